@@ -1,0 +1,181 @@
+//! Command-line definitions. The agent's flags follow cax's so operators keep their habits:
+//! `ferry [--config FILE] [--host SITE] [--once] [--run N | --name NAME] [--task T ...]`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use super::exit::EXIT_CODES_HELP;
+use super::logging::LogArgs;
+
+/// Ferry: moves run data between sites, proves every copy with checksums, and records
+/// every copy in the run catalogue.
+///
+/// Without a subcommand, runs the agent for one site: as a daemon, or one cycle with
+/// `--once`.
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, after_help = EXIT_CODES_HELP, max_term_width = 100)]
+pub struct Cli {
+    /// The shared JSON site map (Ferry's own format or a legacy cax.json).
+    #[arg(long, global = true, env = "FERRY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// The site this agent runs as [default: $FERRY_SITE, else the short hostname].
+    #[arg(long, global = true, value_name = "SITE")]
+    pub host: Option<String>,
+
+    /// The run catalogue: mongodb://… or sqlite:PATH [default: $FERRY_CATALOG, else the
+    /// site map's, else the embedded catalogue].
+    #[arg(long, global = true, value_name = "URI")]
+    pub catalog: Option<String>,
+
+    /// Run one cycle and exit, instead of running as a daemon.
+    #[arg(long)]
+    pub once: bool,
+
+    /// Work on this run number only.
+    #[arg(long, value_name = "N", conflicts_with = "name")]
+    pub run: Option<i64>,
+
+    /// Work on the run with this name only.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// Run only these tasks (repeatable), in the cycle's order. cax task names are accepted.
+    #[arg(long = "task", value_enum, value_name = "TASK")]
+    pub tasks: Vec<Task>,
+
+    /// Print what would be done (copies, deletions) without doing it.
+    #[arg(long, global = true)]
+    pub dry_run: bool,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The agent's tasks, in cycle order (DESIGN §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum)]
+pub enum Task {
+    /// Find complete runs at origin sites and record them.
+    #[value(alias = "AddRunToDatabase", alias = "AddChecksum")]
+    Register,
+    /// Hash local copies awaiting verification.
+    #[value(alias = "RetryStalledTransfer")]
+    Verify,
+    /// Reclaim stalled copies and retry failed ones.
+    #[value(alias = "RetryBadChecksumTransfer")]
+    Retry,
+    /// Copy runs to the sites this site pushes to.
+    #[value(alias = "CopyPush")]
+    Push,
+    /// Copy runs from the sites this site pulls from.
+    #[value(alias = "CopyPull")]
+    Pull,
+    /// Back runs up to tape.
+    #[value(alias = "TSMclient")]
+    Tape,
+    /// Remove local copies that enough verified copies elsewhere protect.
+    #[value(alias = "BufferPurger", alias = "PurgeProcessed")]
+    Purge,
+    /// Re-hash local copies; report dark and lost data.
+    #[value(alias = "Filesystem")]
+    Audit,
+    /// Write this agent's heartbeat document.
+    Heartbeat,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Site map tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Query the run catalogue (needs no site map).
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
+    },
+}
+
+/// `ferry config …`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Check a site map and print a summary; exit 0 when valid, 2 with every problem listed.
+    Validate(ValidateArgs),
+}
+
+/// `ferry config validate`
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `ferry runs …`
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// List runs, one line each.
+    List(RunsListArgs),
+    /// Show one run and every copy of it.
+    Show(RunsShowArgs),
+}
+
+/// `ferry runs list`
+#[derive(Debug, Args)]
+pub struct RunsListArgs {
+    /// Only runs with a copy in this status (with --host: at that site). The global
+    /// `--host SITE` filters the list to runs with a copy at SITE.
+    #[arg(long, value_name = "STATUS")]
+    pub status: Option<String>,
+    /// Only runs with no transferred copy at this site.
+    #[arg(long, value_name = "SITE")]
+    pub missing_at: Option<String>,
+    /// Only runs with fewer than N transferred copies.
+    #[arg(long, value_name = "N")]
+    pub fewer_copies_than: Option<u32>,
+    /// Only runs that started on or after this date (YYYY-MM-DD or RFC 3339).
+    #[arg(long, value_name = "DATE")]
+    pub since: Option<String>,
+    /// Print JSON (one array) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `ferry runs show`
+#[derive(Debug, Args)]
+pub struct RunsShowArgs {
+    /// A run number or a run name.
+    pub run: String,
+    /// Print the run document as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn cax_task_names_accepted() {
+        let cli = Cli::try_parse_from(["ferry", "--once", "--task", "CopyPush", "--task", "purge"])
+            .unwrap();
+        assert_eq!(cli.tasks, vec![Task::Push, Task::Purge]);
+    }
+
+    #[test]
+    fn run_and_name_conflict() {
+        assert!(Cli::try_parse_from(["ferry", "--run", "1", "--name", "x"]).is_err());
+    }
+}

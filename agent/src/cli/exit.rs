@@ -1,0 +1,73 @@
+//! Exit codes: documented in `ferry --help` (see [`EXIT_CODES_HELP`]) and in the docs.
+
+use std::process::ExitCode;
+
+/// What a `ferry` process tells its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    /// Everything asked was done (or, for `config validate`, the site map is valid).
+    Ok = 0,
+    /// Some work failed; the log says which run, site and file.
+    Failed = 1,
+    /// Bad input: command line, site map, run name, catalogue URI. Nothing was changed.
+    Usage = 2,
+    /// The catalogue could not be reached or refused us (after retries).
+    Catalog = 3,
+    /// Another agent already holds this site's lock.
+    Locked = 4,
+    /// Asked for something this version does not do yet.
+    Unsupported = 5,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> Self {
+        ExitCode::from(e as u8)
+    }
+}
+
+/// The exit-code table printed at the end of `ferry --help`.
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0  everything asked was done (config validate: the site map is valid)
+  1  some work failed; the log names the run, site and file
+  2  bad input (command line, site map, run name, catalogue URI); nothing was changed
+  3  the catalogue could not be reached, or refused the credentials
+  4  another ferry agent holds this site's lock
+  5  asked for something this version does not do yet";
+
+/// An error that carries its exit code through `anyhow` to the edge.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct CodedError {
+    /// The exit code to use.
+    pub code: Exit,
+    /// What to print.
+    pub message: String,
+}
+
+/// Builds an `anyhow::Error` that exits with `code`.
+pub fn coded(code: Exit, message: impl Into<String>) -> anyhow::Error {
+    CodedError {
+        code,
+        message: message.into(),
+    }
+    .into()
+}
+
+/// Finds the exit code for an error: an explicit [`CodedError`] anywhere in the chain wins;
+/// otherwise library errors are mapped by kind; anything else is [`Exit::Failed`].
+pub fn classify(err: &anyhow::Error) -> Exit {
+    for cause in err.chain() {
+        if let Some(c) = cause.downcast_ref::<CodedError>() {
+            return c.code;
+        }
+        if cause
+            .downcast_ref::<crate::catalog::uri::CatalogUriError>()
+            .is_some()
+        {
+            return Exit::Usage;
+        }
+    }
+    Exit::Failed
+}

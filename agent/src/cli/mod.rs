@@ -1,0 +1,49 @@
+//! The command line: the edge of the program, and the only place `anyhow` is used.
+//!
+//! - [`args`]: clap definitions, compatible with cax's flags.
+//! - [`exit`]: the documented exit codes and how errors map onto them.
+//! - [`logging`]: tracing set-up (text or JSON, stderr or an appended file).
+//! - `agent`, `validate`, `runs`: one file per command.
+
+mod agent;
+pub mod args;
+pub mod exit;
+pub mod logging;
+mod runs;
+mod validate;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+pub use args::Cli;
+pub use exit::Exit;
+
+/// Parses the command line, sets up logging, runs the command and maps the outcome to an
+/// exit code. Errors are printed once, with their whole chain (`{:#}`).
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _guard = match logging::init(&cli.log) {
+        Ok(guard) => guard,
+        Err(err) => {
+            eprintln!("ferry: {err:#}");
+            return Exit::Usage.into();
+        }
+    };
+    let outcome = match &cli.command {
+        Some(args::Command::Config {
+            command: args::ConfigCommand::Validate(v),
+        }) => validate::run(&cli, v),
+        Some(args::Command::Runs { command }) => runs::run(&cli, command),
+        None => agent::run(&cli),
+    };
+    match outcome {
+        Ok(code) => code.into(),
+        Err(err) => {
+            let code = exit::classify(&err);
+            tracing::error!("{err:#}");
+            eprintln!("ferry: {err:#}");
+            code.into()
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! The site map: one JSON file shared by every site's agent.

@@ -1,0 +1,26 @@
+//! # Ferry agent
+//!
+//! Ferry moves experiment run data between the sites of a collaboration, proves every
+//! copy with checksums and records every copy in one run catalogue. One agent runs per
+//! site; all agents read the same JSON site map.
+//!
+//! ## Layout
+//!
+//! One module per concern, each with a small public surface. Who may use whom:
+//!
+//! | module      | what it holds                                                   | uses            |
+//! |-------------|-----------------------------------------------------------------|-----------------|
+//! | [`config`]  | the site map: raw JSON → validated model, legacy `cax.json`      | nothing         |
+//! | [`checksum`]| streaming SHA-256 + MD5 hashers, the run digest                  | nothing         |
+//! | [`catalog`] | the `Catalog` trait and its back ends (`mongo`, `embedded`)      | `catalog-schema`|
+//! | [`transport`]| SSH sessions, SFTP copies, local copies, remote commands        | `checksum`      |
+//! | [`cli`]     | the command line: argument parsing, logging, exit codes          | everything      |
+//!
+//! `config`, `checksum`, `catalog` and `transport` know nothing of the agent's tasks or of
+//! the command line. The binary (`src/main.rs`) is a thin shell over [`cli::main`].
+
+pub mod catalog;
+pub mod checksum;
+pub mod cli;
+pub mod config;
+pub mod transport;

@@ -1,0 +1,1 @@
+//! Moving bytes: SSH sessions, SFTP copies, local copies, remote commands.

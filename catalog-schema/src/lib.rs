@@ -1,0 +1,1 @@
+//! Run catalogue document types for Ferry.

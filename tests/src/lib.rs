@@ -1,0 +1,1 @@
+//! Test-service harness for Ferry's end-to-end tests.
