@@ -247,7 +247,15 @@ impl Ctx {
         let t = s.trim();
         match t.strip_suffix("/s").or_else(|| t.strip_suffix("ps")) {
             Some(amount) => self.bytes(node, path, s, amount, "bandwidth", "\"50MB/s\""),
-            None => self.bytes(node, path, s, "missing \"/s\"", "bandwidth", "\"50MB/s\""),
+            None => {
+                self.error_hint(
+                    node.pos,
+                    path,
+                    format!("bad bandwidth {s:?}: missing \"/s\""),
+                    Some("write it like \"50MB/s\"".into()),
+                );
+                None
+            }
         }
     }
 
@@ -894,7 +902,11 @@ fn read_site(cx: &mut Ctx, node: &Node, path: &str) -> Option<(Site, SiteSpans)>
         .get("limits")
         .and_then(|(n, p)| read_limits(cx, n, &p))
         .unwrap_or_default();
-    if origin && data_dirs.is_empty() {
+    let no_data_dirs = match o.get("data_dirs") {
+        None => true,
+        Some((n, _)) => matches!(&n.value, Value::Object(m) if m.is_empty()),
+    };
+    if origin && no_data_dirs {
         cx.error(
             o.pos,
             path,
@@ -1318,7 +1330,12 @@ pub(crate) fn finish(cx: &mut Ctx, draft: &mut Draft) {
             }
         }
     }
-    if !legacy && !draft.sites.is_empty() && !draft.sites.iter().any(|(s, _)| s.origin) {
+    // (Skipped when there are errors: a bad "origin" value reads as false.)
+    if !legacy
+        && !cx.has_errors()
+        && !draft.sites.is_empty()
+        && !draft.sites.iter().any(|(s, _)| s.origin)
+    {
         cx.warn(
             draft.sites_span.pos,
             &draft.sites_span.path,
