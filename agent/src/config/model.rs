@@ -1,0 +1,670 @@
+//! The validated site map: what the agent works from once loading succeeded.
+//!
+//! Every type here is plain data, already checked: names are unique, references resolve,
+//! paths are absolute, durations and sizes are parsed, and optional settings carry their
+//! documented defaults (see `docs/configuration.md`). Both input formats (Ferry's own and
+//! the legacy `cax.json`) produce these same types. [`LayoutTemplate`] is the one type with
+//! behaviour: it turns a run's identity into its directory below a data directory.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The whole site map.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SiteMap {
+    /// The run catalogue named by the site map, if any (the command line may override it).
+    pub catalog: Option<CatalogSettings>,
+    /// Every site, in file order.
+    pub sites: Vec<Site>,
+}
+
+impl SiteMap {
+    /// The site with this name.
+    pub fn site(&self, name: &str) -> Option<&Site> {
+        self.sites.iter().find(|s| s.name == name)
+    }
+
+    /// Names of every site, in file order.
+    pub fn site_names(&self) -> impl Iterator<Item = &str> {
+        self.sites.iter().map(|s| s.name.as_str())
+    }
+
+    /// Every copy link `(from, to)`, from both `push_to` and `pull_from`, without duplicates,
+    /// in file order.
+    pub fn links(&self) -> Vec<Link> {
+        let mut out: Vec<Link> = Vec::new();
+        for s in &self.sites {
+            for to in &s.push_to {
+                let l = Link {
+                    from: s.name.clone(),
+                    to: to.clone(),
+                    initiator: s.name.clone(),
+                };
+                if !out.contains(&l) {
+                    out.push(l);
+                }
+            }
+            for from in &s.pull_from {
+                let l = Link {
+                    from: from.clone(),
+                    to: s.name.clone(),
+                    initiator: s.name.clone(),
+                };
+                if !out.contains(&l) {
+                    out.push(l);
+                }
+            }
+        }
+        out
+    }
+
+    /// Every tape backend with the site that runs it.
+    pub fn tape_backends(&self) -> impl Iterator<Item = (&Site, &TapeBackendConfig)> {
+        self.sites
+            .iter()
+            .flat_map(|s| s.tape.iter().map(move |t| (s, t)))
+    }
+}
+
+/// One copy direction between two sites, and which site's agent does the copying.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// The site the data comes from.
+    pub from: String,
+    /// The site the data goes to.
+    pub to: String,
+    /// The site whose agent runs this copy (`from` for a push, `to` for a pull).
+    pub initiator: String,
+}
+
+/// Where the run catalogue is and how to authenticate to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogSettings {
+    /// `mongodb://…`, `mongodb+srv://…` or `sqlite:PATH`; never holds a password.
+    pub uri: String,
+    /// Where the password comes from.
+    pub password: PasswordSource,
+    /// Database name [default `run`].
+    pub database: String,
+    /// Collection name [default `runs`].
+    pub collection: String,
+}
+
+/// Where the catalogue password comes from (never the site map itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordSource {
+    /// No password (embedded catalogue, or a MongoDB without authentication).
+    None,
+    /// The value of this environment variable.
+    Env(String),
+    /// The first line of this file.
+    File(PathBuf),
+}
+
+/// One site of the collaboration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Site {
+    /// Unique name: letters, digits, `.`, `_`, `-`; starts with a letter or digit.
+    pub name: String,
+    /// Free text for people.
+    pub description: Option<String>,
+    /// Host to connect to; `None` means the site name (so `~/.ssh/config` aliases work).
+    pub hostname: Option<String>,
+    /// SSH port; `None` = `~/.ssh/config`, else 22.
+    pub port: Option<u16>,
+    /// SSH user; `None` = `~/.ssh/config`, else the local user.
+    pub username: Option<String>,
+    /// Private key; `None` = `~/.ssh/config`, else OpenSSH's default keys.
+    pub identity_file: Option<PathBuf>,
+    /// Host-key policy; `None` = `~/.ssh/config`, else `yes`.
+    pub host_key_policy: Option<HostKeyPolicy>,
+    /// known_hosts file; `None` = `~/.ssh/config`, else `~/.ssh/known_hosts`.
+    pub known_hosts: Option<PathBuf>,
+    /// How other sites reach this site's files.
+    pub method: TransferMethod,
+    /// Whether runs are born here (a DAQ site): the register task runs here.
+    pub origin: bool,
+    /// Absolute data directory per data type (`raw`, `processed`, …).
+    pub data_dirs: BTreeMap<String, PathBuf>,
+    /// A run's directory below each data directory.
+    pub layout: LayoutTemplate,
+    /// Sites this site's agent copies runs to.
+    pub push_to: Vec<String>,
+    /// Sites this site's agent copies runs from.
+    pub pull_from: Vec<String>,
+    /// When a run at an origin site counts as complete.
+    pub completion: CompletionRule,
+    /// Tape backends this site's agent writes to.
+    pub tape: Vec<TapeBackendConfig>,
+    /// When this site may delete its copies.
+    pub purge: PurgePolicy,
+    /// Concurrency and bandwidth limits for this site's agent.
+    pub limits: Limits,
+}
+
+impl Site {
+    /// Whether other sites can copy to or from this site.
+    pub fn is_transfer_peer(&self) -> bool {
+        !matches!(self.method, TransferMethod::Unsupported(_))
+    }
+
+    /// What the site does, for summaries: `origin`, `mirror`, `gateway` (no data
+    /// directories) or `legacy-only` (a legacy method Ferry does not implement).
+    pub fn role(&self) -> &'static str {
+        if !self.is_transfer_peer() {
+            "legacy-only"
+        } else if self.origin {
+            "origin"
+        } else if self.data_dirs.is_empty() {
+            "gateway"
+        } else {
+            "mirror"
+        }
+    }
+}
+
+/// How a site's files are reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransferMethod {
+    /// SSH/SFTP (legacy `scp` and `rsync` map here).
+    Sftp,
+    /// The same machine (or a shared file system): plain file copies.
+    Local,
+    /// A legacy cax method Ferry does not implement (`gfal-copy`, `lcg-cp`, `rucio`, a
+    /// `tsm` entry without a host): the site is kept for reference but is no transfer peer.
+    Unsupported(String),
+}
+
+impl fmt::Display for TransferMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sftp => f.write_str("sftp"),
+            Self::Local => f.write_str("local"),
+            Self::Unsupported(m) => write!(f, "{m} (unsupported)"),
+        }
+    }
+}
+
+/// What to do with a host key that is not in known_hosts (OpenSSH's
+/// `StrictHostKeyChecking`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKeyPolicy {
+    /// `yes`: refuse unknown and changed keys (the default).
+    Strict,
+    /// `accept-new`: record unknown keys, refuse changed ones.
+    AcceptNew,
+    /// `no`: accept anything. Loading warns: this allows man-in-the-middle attacks.
+    No,
+}
+
+impl HostKeyPolicy {
+    /// Parses OpenSSH's spellings (`yes`, `accept-new`, `no`; also `ask`, treated as `yes`
+    /// since an agent cannot ask).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "yes" | "ask" => Some(Self::Strict),
+            "accept-new" => Some(Self::AcceptNew),
+            "no" | "off" => Some(Self::No),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for HostKeyPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Strict => "yes",
+            Self::AcceptNew => "accept-new",
+            Self::No => "no",
+        })
+    }
+}
+
+/// When a run at an origin site is complete and may be registered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CompletionRule {
+    /// The DAQ writes this file (a plain name) into the run directory when done.
+    Marker(String),
+    /// No file in the run directory was modified for this long [default 10 minutes].
+    QuietPeriod(Duration),
+}
+
+impl Default for CompletionRule {
+    fn default() -> Self {
+        Self::QuietPeriod(Duration::from_secs(600))
+    }
+}
+
+/// When a site may delete its copy of a run (DESIGN §6). All must hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurgePolicy {
+    /// Purging is off unless this is true [default false].
+    pub enabled: bool,
+    /// Verified copies required elsewhere [default 2, at least 1].
+    pub min_copies: u32,
+    /// Of those, copies on tape [default 0].
+    pub min_tape_copies: u32,
+    /// Those copies were verified within this long [default 30 days].
+    pub max_verify_age: Duration,
+    /// The run is older than this [default 7 days].
+    pub retention: Duration,
+    /// Purge only when the disk is fuller than this percentage [default 90, 1..=100].
+    pub high_water_mark: u8,
+}
+
+impl Default for PurgePolicy {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            min_copies: 2,
+            min_tape_copies: 0,
+            max_verify_age: Duration::from_secs(30 * 86_400),
+            retention: Duration::from_secs(7 * 86_400),
+            high_water_mark: 90,
+        }
+    }
+}
+
+/// Concurrency and bandwidth limits of one site's agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Files of one run copied at once [default 4].
+    pub files_in_flight: u32,
+    /// Runs copied at once over one link [default 2].
+    pub transfers_per_link: u32,
+    /// Runs copied at once by this agent over all links [default 4].
+    pub global_transfers: u32,
+    /// Bytes per second per link; `None` = unlimited [default].
+    pub bandwidth_per_link: Option<u64>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            files_in_flight: 4,
+            transfers_per_link: 2,
+            global_transfers: 4,
+            bandwidth_per_link: None,
+        }
+    }
+}
+
+/// One named tape backend run by a site's agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapeBackendConfig {
+    /// Unique across the whole site map (copies on tape record it).
+    pub name: String,
+    /// What kind, with its settings.
+    pub kind: TapeKind,
+}
+
+/// The kind of a tape backend and its settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TapeKind {
+    /// A directory tree (an HSM-mounted file system).
+    Directory {
+        /// Absolute root of the tree.
+        path: PathBuf,
+    },
+    /// External commands (JLab `jput`, TSM `dsmc`, HPSS `hsi`), as argv templates.
+    Command {
+        /// Site whose host runs the commands over SSH; `None` = locally.
+        gateway: Option<String>,
+        /// Writes one file (required).
+        put: Vec<String>,
+        /// Checks one written file.
+        verify: Option<Vec<String>>,
+        /// Reads one file back.
+        retrieve: Option<Vec<String>>,
+        /// Asks whether a file is already on tape.
+        stat: Option<Vec<String>>,
+        /// Exit codes that mean success [default `[0]`].
+        ok_exit_codes: Vec<i32>,
+    },
+    /// tar onto tape drives, papertape style.
+    Tar {
+        /// Tape devices, one per drive (such as `/dev/nst0`).
+        devices: Vec<PathBuf>,
+        /// Copies written of each batch, in parallel [default: one per device].
+        copies: u32,
+        /// Bytes per tar batch [default 100 GB].
+        batch_size: u64,
+        /// argv prefix for `mt` [default `["mt"]`].
+        mt: Vec<String>,
+    },
+}
+
+impl TapeKind {
+    /// The kind's name as written in the site map.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Directory { .. } => "directory",
+            Self::Command { .. } => "command",
+            Self::Tar { .. } => "tar",
+        }
+    }
+}
+
+/// A problem turning a run into a directory name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    /// The template is malformed (reported at load time with its JSON path).
+    #[error("layout template {template:?}: {reason}")]
+    Template {
+        /// The template text.
+        template: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The template uses `{period}` but the run has none.
+    #[error("layout template {template:?} needs {{{field}}}, but run {number} has none")]
+    Missing {
+        /// The template text.
+        template: String,
+        /// The missing field.
+        field: &'static str,
+        /// The run.
+        number: i64,
+    },
+    /// A value would escape its directory (contains `/`, is `.`/`..`, or is empty).
+    #[error("run {number}: {field} {value:?} cannot be used in a path")]
+    UnsafeValue {
+        /// The run.
+        number: i64,
+        /// Which field.
+        field: &'static str,
+        /// Its value.
+        value: String,
+    },
+}
+
+impl LayoutError {
+    /// Whether retrying can help: never, these come from data.
+    pub fn is_retryable(&self) -> bool {
+        false
+    }
+}
+
+/// A run-identity field a layout template can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayoutField {
+    /// `{number}` or `{number:0N}`.
+    Number,
+    /// `{name}`.
+    Name,
+    /// `{period}`.
+    Period,
+    /// `{detector}`.
+    Detector,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Text(String),
+    Field(LayoutField, Option<usize>),
+}
+
+/// A run directory layout such as `RunPeriod-{period}/Run{number:06}`: relative, `/`
+/// separated, with placeholders `{number}`, `{number:0N}` (zero-padded to N digits),
+/// `{name}`, `{period}`, `{detector}`; `{{` and `}}` are literal braces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayoutTemplate {
+    text: String,
+    pieces: Vec<Piece>,
+}
+
+impl Default for LayoutTemplate {
+    /// `{name}`: cax's layout, one directory per run name.
+    fn default() -> Self {
+        Self {
+            text: "{name}".into(),
+            pieces: vec![Piece::Field(LayoutField::Name, None)],
+        }
+    }
+}
+
+impl fmt::Display for LayoutTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl LayoutTemplate {
+    /// Parses and checks a template.
+    pub fn parse(text: &str) -> Result<Self, LayoutError> {
+        let bad = |reason: String| LayoutError::Template {
+            template: text.to_string(),
+            reason,
+        };
+        if text.is_empty() {
+            return Err(bad("empty".into()));
+        }
+        if text.starts_with('/') {
+            return Err(bad("must be relative to the data directory".into()));
+        }
+        if text
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+        {
+            return Err(bad("empty, `.` or `..` path segment".into()));
+        }
+        let mut pieces = Vec::new();
+        let mut lit = String::new();
+        let mut chars = text.chars().peekable();
+        let mut has_field = false;
+        while let Some(c) = chars.next() {
+            match c {
+                '{' if chars.peek() == Some(&'{') => {
+                    chars.next();
+                    lit.push('{');
+                }
+                '}' if chars.peek() == Some(&'}') => {
+                    chars.next();
+                    lit.push('}');
+                }
+                '}' => return Err(bad("unmatched `}` (write `}}` for a literal brace)".into())),
+                '{' => {
+                    let mut inner = String::new();
+                    loop {
+                        match chars.next() {
+                            Some('}') => break,
+                            Some('{') | None => {
+                                return Err(bad(
+                                    "unclosed `{` (write `{{` for a literal brace)".into()
+                                ))
+                            }
+                            Some(ch) => inner.push(ch),
+                        }
+                    }
+                    let (field, spec) = match inner.split_once(':') {
+                        Some((f, s)) => (f, Some(s)),
+                        None => (inner.as_str(), None),
+                    };
+                    let field = match field {
+                        "number" => LayoutField::Number,
+                        "name" => LayoutField::Name,
+                        "period" => LayoutField::Period,
+                        "detector" => LayoutField::Detector,
+                        other => {
+                            let hint = super::diag::did_you_mean(
+                                other,
+                                ["number", "name", "period", "detector"],
+                            )
+                            .map(|h| format!(" ({h})"))
+                            .unwrap_or_default();
+                            return Err(bad(format!(
+                                "unknown placeholder {{{other}}}{hint}; known: {{number}}, \
+                                 {{number:0N}}, {{name}}, {{period}}, {{detector}}"
+                            )));
+                        }
+                    };
+                    let width = match spec {
+                        None => None,
+                        Some(spec) if field == LayoutField::Number => {
+                            let w = spec
+                                .strip_prefix('0')
+                                .and_then(|d| d.parse::<usize>().ok())
+                                .filter(|w| (1..=20).contains(w));
+                            match w {
+                                Some(w) => Some(w),
+                                None => {
+                                    return Err(bad(format!(
+                                        "bad width `{spec}` in {{number:{spec}}}; \
+                                         expected 0N with N from 1 to 20, such as {{number:06}}"
+                                    )))
+                                }
+                            }
+                        }
+                        Some(spec) => {
+                            return Err(bad(format!(
+                                "only {{number}} takes a width; found `:{spec}`"
+                            )))
+                        }
+                    };
+                    if !lit.is_empty() {
+                        pieces.push(Piece::Text(std::mem::take(&mut lit)));
+                    }
+                    pieces.push(Piece::Field(field, width));
+                    has_field = true;
+                }
+                c => lit.push(c),
+            }
+        }
+        if !lit.is_empty() {
+            pieces.push(Piece::Text(lit));
+        }
+        let identifies_run = pieces
+            .iter()
+            .any(|p| matches!(p, Piece::Field(LayoutField::Number | LayoutField::Name, _)));
+        if !has_field || !identifies_run {
+            return Err(bad(
+                "must contain {number} or {name}, or every run would share one directory".into(),
+            ));
+        }
+        Ok(Self {
+            text: text.to_string(),
+            pieces,
+        })
+    }
+
+    /// The template as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether the template uses this field.
+    pub fn uses(&self, field: LayoutField) -> bool {
+        self.pieces
+            .iter()
+            .any(|p| matches!(p, Piece::Field(f, _) if *f == field))
+    }
+
+    /// The run's directory, relative to a data directory.
+    pub fn render(
+        &self,
+        number: i64,
+        name: &str,
+        period: Option<&str>,
+        detector: &str,
+    ) -> Result<String, LayoutError> {
+        let safe = |field: &'static str, value: &str| {
+            if value.is_empty() || value == "." || value == ".." || value.contains(['/', '\0']) {
+                Err(LayoutError::UnsafeValue {
+                    number,
+                    field,
+                    value: value.to_string(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        let mut out = String::new();
+        for p in &self.pieces {
+            match p {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Field(LayoutField::Number, None) => out.push_str(&number.to_string()),
+                Piece::Field(LayoutField::Number, Some(w)) => {
+                    out.push_str(&format!("{number:0w$}", w = *w));
+                }
+                Piece::Field(LayoutField::Name, _) => {
+                    safe("name", name)?;
+                    out.push_str(name);
+                }
+                Piece::Field(LayoutField::Detector, _) => {
+                    safe("detector", detector)?;
+                    out.push_str(detector);
+                }
+                Piece::Field(LayoutField::Period, _) => {
+                    let Some(period) = period else {
+                        return Err(LayoutError::Missing {
+                            template: self.text.clone(),
+                            field: "period",
+                            number,
+                        });
+                    };
+                    safe("period", period)?;
+                    out.push_str(period);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_gluex_layout() {
+        let t = LayoutTemplate::parse("RunPeriod-{period}/Run{number:06}").unwrap();
+        assert_eq!(
+            t.render(4711, "x", Some("2019-11"), "tpc").unwrap(),
+            "RunPeriod-2019-11/Run004711"
+        );
+        assert!(matches!(
+            t.render(1, "x", None, "tpc"),
+            Err(LayoutError::Missing {
+                field: "period",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn literal_braces_and_all_fields() {
+        let t = LayoutTemplate::parse("{detector}/{{x}}{name}_{number}").unwrap();
+        assert_eq!(
+            t.render(7, "170330_1234", None, "tpc").unwrap(),
+            "tpc/{x}170330_1234_7"
+        );
+    }
+
+    #[test]
+    fn bad_templates_rejected() {
+        for bad in [
+            "{runnumber}",
+            "{number:6}",
+            "{name:06}",
+            "Run{number",
+            "Run}",
+            "/abs/{name}",
+            "../{name}",
+            "RunPeriod-{period}",
+            "",
+        ] {
+            assert!(LayoutTemplate::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        let e = LayoutTemplate::parse("{nmber:06}").unwrap_err().to_string();
+        assert!(e.contains("did you mean \"number\""), "{e}");
+    }
+
+    #[test]
+    fn unsafe_values_refused() {
+        let t = LayoutTemplate::parse("{name}").unwrap();
+        assert!(t.render(1, "../etc", None, "tpc").is_err());
+        assert!(t.render(1, "..", None, "tpc").is_err());
+    }
+}

@@ -1,0 +1,1410 @@
+//! Raw JSON tree → validated model, collecting every problem instead of stopping at the
+//! first.
+//!
+//! Layout:
+//! - [`Ctx`] collects [`Diagnostic`]s for one file; [`Obj`] is an object being read, which
+//!   reports unknown keys (with a did-you-mean) and duplicate keys once, up front.
+//! - Typed readers (`string`, `uint`, `duration`, …) report a wrong type or value at the
+//!   value's line:column and JSON path and return `None`, so reading goes on.
+//! - [`read_ferry`] reads Ferry's own format into a [`Draft`]; `legacy::read_cax` reads
+//!   cax.json into the same [`Draft`]. [`finish`] runs the cross-site checks (unique names,
+//!   links, tape backends) on either, and [`super::host`] the checks local to `--host`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::diag::{did_you_mean, Diagnostic, LineCol, Location, Severity};
+use super::model::{
+    CatalogSettings, CompletionRule, HostKeyPolicy, LayoutTemplate, Limits, PasswordSource,
+    PurgePolicy, Site, TapeBackendConfig, TapeKind, TransferMethod,
+};
+use super::raw::{Member, Node, Value};
+
+/// The format version this build reads.
+pub const FORMAT_VERSION: i64 = 1;
+
+/// Collects diagnostics for one file.
+pub(crate) struct Ctx {
+    pub file: PathBuf,
+    pub diags: Vec<Diagnostic>,
+}
+
+impl Ctx {
+    pub fn new(file: &Path) -> Self {
+        Self {
+            file: file.to_path_buf(),
+            diags: Vec::new(),
+        }
+    }
+
+    pub fn push(
+        &mut self,
+        severity: Severity,
+        pos: Option<LineCol>,
+        path: &str,
+        message: impl Into<String>,
+        suggestion: Option<String>,
+    ) {
+        self.diags.push(Diagnostic {
+            severity,
+            file: self.file.clone(),
+            location: Location {
+                line_col: pos,
+                path: (!path.is_empty()).then(|| path.to_string()),
+            },
+            message: message.into(),
+            suggestion,
+        });
+    }
+
+    pub fn error(&mut self, pos: LineCol, path: &str, message: impl Into<String>) {
+        self.push(Severity::Error, Some(pos), path, message, None);
+    }
+
+    pub fn error_hint(
+        &mut self,
+        pos: LineCol,
+        path: &str,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) {
+        self.push(Severity::Error, Some(pos), path, message, hint);
+    }
+
+    pub fn warn(&mut self, pos: LineCol, path: &str, message: impl Into<String>) {
+        self.push(Severity::Warning, Some(pos), path, message, None);
+    }
+
+    pub fn has_errors(&self) -> bool {
+        self.diags.iter().any(Diagnostic::is_error)
+    }
+
+    fn type_error(&mut self, node: &Node, path: &str, expected: &str) {
+        let hint = match &node.value {
+            Value::String(s) if expected.contains("integer") && s.trim().parse::<i64>().is_ok() => {
+                Some(format!("write {} without quotes", s.trim()))
+            }
+            _ => None,
+        };
+        self.error_hint(
+            node.pos,
+            path,
+            format!("expected {expected}, found {}", node.value.type_name()),
+            hint,
+        );
+    }
+
+    /// A string value.
+    pub fn string(&mut self, node: &Node, path: &str) -> Option<String> {
+        match &node.value {
+            Value::String(s) => Some(s.clone()),
+            _ => {
+                self.type_error(node, path, "a string");
+                None
+            }
+        }
+    }
+
+    /// A non-empty string value.
+    pub fn nonempty(&mut self, node: &Node, path: &str) -> Option<String> {
+        let s = self.string(node, path)?;
+        if s.trim().is_empty() {
+            self.error(node.pos, path, "must not be empty");
+            return None;
+        }
+        Some(s)
+    }
+
+    /// A boolean value.
+    pub fn boolean(&mut self, node: &Node, path: &str) -> Option<bool> {
+        match &node.value {
+            Value::Bool(b) => Some(*b),
+            _ => {
+                self.type_error(node, path, "true or false");
+                None
+            }
+        }
+    }
+
+    /// An integer in `min..=max`.
+    pub fn int(&mut self, node: &Node, path: &str, min: i64, max: i64) -> Option<i64> {
+        let Value::Number(n) = &node.value else {
+            self.type_error(node, path, &format!("an integer from {min} to {max}"));
+            return None;
+        };
+        match n.as_i64() {
+            Some(v) if (min..=max).contains(&v) => Some(v),
+            Some(v) => {
+                self.error(
+                    node.pos,
+                    path,
+                    format!("{v} is out of range; expected {min} to {max}"),
+                );
+                None
+            }
+            None => {
+                self.error(
+                    node.pos,
+                    path,
+                    format!("{} is not an integer; expected {min} to {max}", n.0),
+                );
+                None
+            }
+        }
+    }
+
+    /// A count from 1 to 10 000, as u32.
+    pub fn count(&mut self, node: &Node, path: &str, min: i64) -> Option<u32> {
+        self.int(node, path, min, 10_000)
+            .and_then(|v| u32::try_from(v).ok())
+    }
+
+    /// An array of strings (`null` is refused here; legacy reading handles it).
+    pub fn string_list(
+        &mut self,
+        node: &Node,
+        path: &str,
+    ) -> Option<Vec<(String, LineCol, String)>> {
+        let Value::Array(items) = &node.value else {
+            self.type_error(node, path, "an array of strings");
+            return None;
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let p = format!("{path}[{i}]");
+            if let Some(s) = self.string(item, &p) {
+                out.push((s, item.pos, p));
+            }
+        }
+        Some(out)
+    }
+
+    /// An argv template: a non-empty array of strings.
+    pub fn argv(&mut self, node: &Node, path: &str) -> Option<Vec<String>> {
+        let list = self.string_list(node, path)?;
+        if list.is_empty() {
+            self.error(
+                node.pos,
+                path,
+                "an empty command; expected [\"program\", \"arg\", …]",
+            );
+            return None;
+        }
+        if list[0].0.trim().is_empty() {
+            self.error(list[0].1, &list[0].2, "empty program name");
+            return None;
+        }
+        Some(list.into_iter().map(|(s, _, _)| s).collect())
+    }
+
+    /// A duration string such as `"30s"`, `"10m"`, `"7days"`.
+    pub fn duration(&mut self, node: &Node, path: &str) -> Option<Duration> {
+        let Value::String(s) = &node.value else {
+            self.error_hint(
+                node.pos,
+                path,
+                format!(
+                    "expected a duration string, found {}",
+                    node.value.type_name()
+                ),
+                Some("write it with a unit, such as \"30s\", \"10m\", \"7days\"".into()),
+            );
+            return None;
+        };
+        match humantime::parse_duration(s.trim()) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.error_hint(
+                    node.pos,
+                    path,
+                    format!("bad duration {s:?}: {e}"),
+                    Some("write it with a unit, such as \"30s\", \"10m\", \"7days\"".into()),
+                );
+                None
+            }
+        }
+    }
+
+    /// A size such as `"100GB"` (or a plain number of bytes).
+    pub fn size(&mut self, node: &Node, path: &str) -> Option<u64> {
+        match &node.value {
+            Value::Number(_) => self.int(node, path, 1, i64::MAX).map(|v| v as u64),
+            Value::String(s) => self.bytes(node, path, s, s, "size", "\"100GB\" or \"512MiB\""),
+            _ => {
+                self.type_error(node, path, "a size string such as \"100GB\"");
+                None
+            }
+        }
+    }
+
+    /// A bandwidth such as `"50MB/s"`: bytes per second.
+    pub fn bandwidth(&mut self, node: &Node, path: &str) -> Option<u64> {
+        let Value::String(s) = &node.value else {
+            self.type_error(node, path, "a bandwidth string such as \"50MB/s\"");
+            return None;
+        };
+        let t = s.trim();
+        match t.strip_suffix("/s").or_else(|| t.strip_suffix("ps")) {
+            Some(amount) => self.bytes(node, path, s, amount, "bandwidth", "\"50MB/s\""),
+            None => {
+                self.error_hint(
+                    node.pos,
+                    path,
+                    format!("bad bandwidth {s:?}: missing \"/s\""),
+                    Some("write it like \"50MB/s\"".into()),
+                );
+                None
+            }
+        }
+    }
+
+    /// Parses `amount` (from the value `whole`) as a positive number of bytes.
+    #[allow(clippy::too_many_arguments)]
+    fn bytes(
+        &mut self,
+        node: &Node,
+        path: &str,
+        whole: &str,
+        amount: &str,
+        what: &str,
+        example: &str,
+    ) -> Option<u64> {
+        match amount.trim().parse::<bytesize::ByteSize>() {
+            Ok(b) if b.as_u64() > 0 => Some(b.as_u64()),
+            Ok(_) => {
+                self.error(
+                    node.pos,
+                    path,
+                    format!("{what} must be more than 0 (leave it out for no limit)"),
+                );
+                None
+            }
+            Err(e) => {
+                self.error_hint(
+                    node.pos,
+                    path,
+                    format!("bad {what} {whole:?}: {e}"),
+                    Some(format!("write it like {example}")),
+                );
+                None
+            }
+        }
+    }
+
+    /// An absolute path.
+    pub fn abs_path(&mut self, node: &Node, path: &str, what: &str) -> Option<PathBuf> {
+        let s = self.nonempty(node, path)?;
+        if !s.starts_with('/') {
+            self.error_hint(
+                node.pos,
+                path,
+                format!("{what} {s:?} is relative; it must be an absolute path"),
+                Some("start it with /".into()),
+            );
+            return None;
+        }
+        Some(PathBuf::from(s))
+    }
+
+    /// An absolute path or one starting with `~/` (expanded on the host that uses it).
+    pub fn home_path(&mut self, node: &Node, path: &str, what: &str) -> Option<PathBuf> {
+        let s = self.nonempty(node, path)?;
+        if !(s.starts_with('/') || s.starts_with("~/")) {
+            self.error(
+                node.pos,
+                path,
+                format!("{what} {s:?} is relative; it must be absolute or start with ~/"),
+            );
+            return None;
+        }
+        Some(PathBuf::from(s))
+    }
+}
+
+/// How to treat keys an object does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unknown {
+    /// An error (Ferry's format: a typo must not silently drop a setting).
+    Error,
+    /// A warning (legacy files carry keys of other cax versions).
+    Warn,
+    /// Any key is fine (maps such as `data_dirs`).
+    Allow,
+}
+
+/// An object being read. Duplicate keys resolve to the last value (what cax's Python did).
+pub(crate) struct Obj<'a> {
+    pub pos: LineCol,
+    pub path: String,
+    members: &'a [Member],
+}
+
+impl<'a> Obj<'a> {
+    /// The value of `key` (the last one if repeated) and its JSON path.
+    pub fn get(&self, key: &str) -> Option<(&'a Node, String)> {
+        self.members
+            .iter()
+            .rev()
+            .find(|m| m.key == key)
+            .map(|m| (&m.value, join(&self.path, key)))
+    }
+
+    /// Like [`Obj::get`], but `null` counts as absent.
+    pub fn get_non_null(&self, key: &str) -> Option<(&'a Node, String)> {
+        self.get(key).filter(|(n, _)| n.value != Value::Null)
+    }
+
+    /// The value of a required key; reports it missing otherwise.
+    pub fn required(&self, cx: &mut Ctx, key: &str) -> Option<(&'a Node, String)> {
+        let found = self.get(key);
+        if found.is_none() {
+            cx.error(
+                self.pos,
+                &self.path,
+                format!("missing required key \"{key}\""),
+            );
+        }
+        found
+    }
+
+    /// The members, in file order.
+    pub fn members(&self) -> &'a [Member] {
+        self.members
+    }
+}
+
+/// `a.b`, or `b` at the top.
+pub(crate) fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// Opens an object: checks its type, its keys against `known`, and duplicate keys
+/// (an error in Ferry's format, a warning naming the key in legacy files).
+pub(crate) fn object<'a>(
+    cx: &mut Ctx,
+    node: &'a Node,
+    path: &str,
+    known: &[&str],
+    unknown: Unknown,
+    duplicates: Severity,
+) -> Option<Obj<'a>> {
+    let Value::Object(members) = &node.value else {
+        cx.type_error(node, path, "an object");
+        return None;
+    };
+    let mut first: HashMap<&str, LineCol> = HashMap::new();
+    for m in members {
+        let mpath = join(path, &m.key);
+        if let Some(prev) = first.get(m.key.as_str()) {
+            let msg = match duplicates {
+                Severity::Error => format!(
+                    "duplicate key \"{}\" (first at line {}); remove one",
+                    m.key, prev.line
+                ),
+                Severity::Warning => format!(
+                    "duplicate key \"{}\" (first at line {}); the last value is used, as cax did",
+                    m.key, prev.line
+                ),
+            };
+            cx.push(duplicates, Some(m.key_pos), &mpath, msg, None);
+        } else {
+            first.insert(&m.key, m.key_pos);
+        }
+        if unknown != Unknown::Allow && !known.contains(&m.key.as_str()) {
+            let hint = did_you_mean(&m.key, known.iter().copied());
+            match unknown {
+                Unknown::Error => cx.error_hint(
+                    m.key_pos,
+                    &mpath,
+                    format!("unknown key \"{}\"", m.key),
+                    hint,
+                ),
+                Unknown::Allow | Unknown::Warn => cx.push(
+                    Severity::Warning,
+                    Some(m.key_pos),
+                    &mpath,
+                    format!("unknown key \"{}\" ignored", m.key),
+                    hint,
+                ),
+            }
+        }
+    }
+    Some(Obj {
+        pos: node.pos,
+        path: path.to_string(),
+        members,
+    })
+}
+
+/// A position and JSON path kept beside the model for the cross-site checks.
+#[derive(Debug, Clone)]
+pub(crate) struct Span {
+    pub pos: LineCol,
+    pub path: String,
+}
+
+/// Where each part of a site was written.
+#[derive(Debug, Clone)]
+pub(crate) struct SiteSpans {
+    pub site: Span,
+    pub name: Span,
+    pub push_to: Vec<Span>,
+    pub pull_from: Vec<Span>,
+    pub data_dirs: BTreeMap<String, Span>,
+    pub identity_file: Option<Span>,
+    /// Per tape backend: its name and, for `command`, its gateway.
+    pub tape: Vec<(Span, Option<Span>)>,
+}
+
+/// A site map read from either format, before the cross-site checks.
+pub(crate) struct Draft {
+    pub catalog: Option<CatalogSettings>,
+    pub sites: Vec<(Site, SiteSpans)>,
+    /// Where the list of sites is (for `--host` errors).
+    pub sites_span: Span,
+    pub legacy: bool,
+}
+
+const TOP_KEYS: &[&str] = &["$schema", "version", "description", "catalog", "sites"];
+const CATALOG_KEYS: &[&str] = &[
+    "uri",
+    "password_env",
+    "password_file",
+    "database",
+    "collection",
+];
+const SITE_KEYS: &[&str] = &[
+    "name",
+    "description",
+    "hostname",
+    "port",
+    "username",
+    "identity_file",
+    "strict_host_key_checking",
+    "known_hosts",
+    "method",
+    "origin",
+    "data_dirs",
+    "layout",
+    "push_to",
+    "pull_from",
+    "completion",
+    "tape",
+    "purge",
+    "limits",
+];
+const COMPLETION_KEYS: &[&str] = &["marker", "quiet_period"];
+const PURGE_KEYS: &[&str] = &[
+    "enabled",
+    "min_copies",
+    "min_tape_copies",
+    "max_verify_age",
+    "retention",
+    "high_water_mark",
+];
+const LIMIT_KEYS: &[&str] = &[
+    "files_in_flight",
+    "transfers_per_link",
+    "global_transfers",
+    "bandwidth_per_link",
+];
+const TAPE_COMMON_KEYS: &[&str] = &["name", "kind"];
+const TAPE_DIRECTORY_KEYS: &[&str] = &["path"];
+const TAPE_COMMAND_KEYS: &[&str] = &[
+    "gateway",
+    "put",
+    "verify",
+    "retrieve",
+    "stat",
+    "ok_exit_codes",
+];
+const TAPE_TAR_KEYS: &[&str] = &["devices", "copies", "batch_size", "mt"];
+const TAPE_KINDS: &[&str] = &["directory", "command", "tar"];
+
+/// Checks a site or data-type name: letters, digits, `.`, `_`, `-`, starting with a letter
+/// or digit, at most 64 characters.
+pub(crate) fn check_name(cx: &mut Ctx, name: &str, pos: LineCol, path: &str, what: &str) -> bool {
+    if name.is_empty() {
+        cx.error(pos, path, format!("{what} must not be empty"));
+        return false;
+    }
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    let ok_start = name.starts_with(|c: char| c.is_ascii_alphanumeric());
+    if !ok_chars || !ok_start || name.len() > 64 {
+        cx.error(
+            pos,
+            path,
+            format!(
+                "bad {what} {name:?}: use letters, digits, `.`, `_` and `-`, start with a \
+                 letter or digit, at most 64 characters"
+            ),
+        );
+        return false;
+    }
+    true
+}
+
+/// Reads Ferry's own format (a JSON object with `"version": 1`).
+pub(crate) fn read_ferry(cx: &mut Ctx, root: &Node) -> Option<Draft> {
+    let top = object(cx, root, "", TOP_KEYS, Unknown::Error, Severity::Error)?;
+    match top.get("version") {
+        None => cx.error_hint(
+            top.pos,
+            "version",
+            "missing required key \"version\"",
+            Some("add \"version\": 1".into()),
+        ),
+        Some((n, p)) => {
+            if let Some(v) = cx.int(n, &p, 0, i64::MAX) {
+                if v != FORMAT_VERSION {
+                    cx.error(
+                        n.pos,
+                        &p,
+                        format!("unsupported format version {v}; this ferry reads version {FORMAT_VERSION}"),
+                    );
+                }
+            }
+        }
+    }
+    if let Some((n, p)) = top.get("description") {
+        cx.string(n, &p);
+    }
+    let catalog = top
+        .get("catalog")
+        .and_then(|(n, p)| read_catalog(cx, n, &p));
+    let mut sites = Vec::new();
+    let sites_span;
+    match top.required(cx, "sites") {
+        Some((node, path)) => {
+            sites_span = Span {
+                pos: node.pos,
+                path: path.clone(),
+            };
+            match &node.value {
+                Value::Array(items) => {
+                    if items.is_empty() {
+                        cx.error(node.pos, &path, "no sites; a site map needs at least one");
+                    }
+                    for (i, item) in items.iter().enumerate() {
+                        if let Some(s) = read_site(cx, item, &format!("sites[{i}]")) {
+                            sites.push(s);
+                        }
+                    }
+                }
+                _ => cx.type_error(node, &path, "an array of sites"),
+            }
+        }
+        None => {
+            sites_span = Span {
+                pos: top.pos,
+                path: "sites".into(),
+            }
+        }
+    }
+    Some(Draft {
+        catalog,
+        sites,
+        sites_span,
+        legacy: false,
+    })
+}
+
+/// Checks a catalogue URI's scheme and that it holds no password. Never echoes the URI's
+/// user-info part.
+pub(crate) fn check_catalog_uri(cx: &mut Ctx, uri: &str, pos: LineCol, path: &str) -> bool {
+    let t = uri.trim();
+    if let Some(rest) = t
+        .strip_prefix("mongodb://")
+        .or_else(|| t.strip_prefix("mongodb+srv://"))
+    {
+        let authority = rest.split(['/', '?']).next().unwrap_or("");
+        if let Some((userinfo, hosts)) = authority.rsplit_once('@') {
+            if userinfo.contains(':') {
+                cx.error_hint(
+                    pos,
+                    path,
+                    "the catalogue URI holds a password; secrets never go in the shared site map",
+                    Some("remove it from the URI and set catalog.password_env or catalog.password_file".into()),
+                );
+                return false;
+            }
+            if hosts.is_empty() {
+                cx.error(
+                    pos,
+                    path,
+                    "no host after the user name in the catalogue URI",
+                );
+                return false;
+            }
+        } else if authority.is_empty() {
+            cx.error(pos, path, "no host after mongodb://");
+            return false;
+        }
+        return true;
+    }
+    for prefix in ["sqlite://", "sqlite:", "embedded:"] {
+        if let Some(p) = t.strip_prefix(prefix) {
+            if p.is_empty() {
+                cx.error(pos, path, format!("no file path after {prefix}"));
+                return false;
+            }
+            return true;
+        }
+    }
+    let scheme = t.split_once(':').map(|(s, _)| s).unwrap_or("");
+    cx.error_hint(
+        pos,
+        path,
+        format!("unknown catalogue scheme {scheme:?}"),
+        Some("use mongodb://HOST/…, mongodb+srv://…, or sqlite:PATH".into()),
+    );
+    false
+}
+
+fn read_catalog(cx: &mut Ctx, node: &Node, path: &str) -> Option<CatalogSettings> {
+    let o = object(
+        cx,
+        node,
+        path,
+        CATALOG_KEYS,
+        Unknown::Error,
+        Severity::Error,
+    )?;
+    let uri = o.required(cx, "uri").and_then(|(n, p)| {
+        let s = cx.nonempty(n, &p)?;
+        check_catalog_uri(cx, &s, n.pos, &p).then_some(s)
+    });
+    let env = o.get("password_env").and_then(|(n, p)| {
+        let s = cx.nonempty(n, &p)?;
+        if !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            cx.error(
+                n.pos,
+                &p,
+                format!("{s:?} is not an environment variable name"),
+            );
+            return None;
+        }
+        Some(s)
+    });
+    let file = o
+        .get("password_file")
+        .and_then(|(n, p)| cx.home_path(n, &p, "password file"));
+    let password = match (env, file) {
+        (Some(_), Some(_)) => {
+            cx.error(o.pos, path, "give password_env or password_file, not both");
+            PasswordSource::None
+        }
+        (Some(e), None) => PasswordSource::Env(e),
+        (None, Some(f)) => PasswordSource::File(f),
+        (None, None) => PasswordSource::None,
+    };
+    let database = o
+        .get("database")
+        .and_then(|(n, p)| cx.nonempty(n, &p))
+        .unwrap_or_else(|| "run".into());
+    let collection = o
+        .get("collection")
+        .and_then(|(n, p)| cx.nonempty(n, &p))
+        .unwrap_or_else(|| "runs".into());
+    Some(CatalogSettings {
+        uri: uri?,
+        password,
+        database,
+        collection,
+    })
+}
+
+/// Checks a host name: no spaces, no `user@`, no `:port`, no URL.
+pub(crate) fn check_hostname(cx: &mut Ctx, host: &str, pos: LineCol, path: &str) -> bool {
+    let problem = if host.contains('@') {
+        Some("put the user in \"username\", not in the host name")
+    } else if host.contains("://") || host.contains('/') {
+        Some("a host name, not a URL or path")
+    } else if host.contains(char::is_whitespace) {
+        Some("a host name cannot contain spaces")
+    } else if host.contains(':') && !host.contains("::") && host.matches(':').count() == 1 {
+        Some("put the port in \"port\", not in the host name")
+    } else {
+        None
+    };
+    if let Some(p) = problem {
+        cx.error(pos, path, format!("bad host name {host:?}: {p}"));
+        return false;
+    }
+    true
+}
+
+fn name_list(cx: &mut Ctx, o: &Obj<'_>, key: &str) -> (Vec<String>, Vec<Span>) {
+    let mut names = Vec::new();
+    let mut spans = Vec::new();
+    if let Some((n, p)) = o.get(key) {
+        for (s, pos, path) in cx.string_list(n, &p).unwrap_or_default() {
+            names.push(s);
+            spans.push(Span { pos, path });
+        }
+    }
+    (names, spans)
+}
+
+fn read_site(cx: &mut Ctx, node: &Node, path: &str) -> Option<(Site, SiteSpans)> {
+    let o = object(cx, node, path, SITE_KEYS, Unknown::Error, Severity::Error)?;
+    let (name, name_span) = match o.required(cx, "name") {
+        Some((n, p)) => {
+            let s = cx.string(n, &p);
+            let span = Span {
+                pos: n.pos,
+                path: p.clone(),
+            };
+            match s {
+                Some(s) if check_name(cx, &s, n.pos, &p, "site name") => (Some(s), span),
+                _ => (None, span),
+            }
+        }
+        None => (
+            None,
+            Span {
+                pos: o.pos,
+                path: join(path, "name"),
+            },
+        ),
+    };
+    let description = o.get("description").and_then(|(n, p)| cx.string(n, &p));
+    let hostname = o.get("hostname").and_then(|(n, p)| {
+        let h = cx.nonempty(n, &p)?;
+        check_hostname(cx, &h, n.pos, &p).then_some(h)
+    });
+    let port = o
+        .get("port")
+        .and_then(|(n, p)| cx.int(n, &p, 1, 65_535))
+        .and_then(|v| u16::try_from(v).ok());
+    let username = o.get("username").and_then(|(n, p)| cx.nonempty(n, &p));
+    let mut identity_span = None;
+    let identity_file = o.get("identity_file").and_then(|(n, p)| {
+        identity_span = Some(Span {
+            pos: n.pos,
+            path: p.clone(),
+        });
+        cx.home_path(n, &p, "identity file")
+    });
+    let host_key_policy = o.get("strict_host_key_checking").and_then(|(n, p)| {
+        let s = cx.string(n, &p)?;
+        match HostKeyPolicy::parse(&s) {
+            Some(HostKeyPolicy::No) => {
+                cx.warn(
+                    n.pos,
+                    &p,
+                    "\"no\" accepts any host key: a man-in-the-middle can read and alter every copy; use \"accept-new\"",
+                );
+                Some(HostKeyPolicy::No)
+            }
+            Some(k) => Some(k),
+            None => {
+                cx.error_hint(
+                    n.pos,
+                    &p,
+                    format!("unknown host-key policy {s:?}"),
+                    did_you_mean(&s, ["yes", "accept-new", "no"])
+                        .or_else(|| Some("use \"yes\" or \"accept-new\"".into())),
+                );
+                None
+            }
+        }
+    });
+    let known_hosts = o
+        .get("known_hosts")
+        .and_then(|(n, p)| cx.home_path(n, &p, "known_hosts file"));
+    let method = match o.get("method") {
+        None => Some(TransferMethod::Sftp),
+        Some((n, p)) => cx.string(n, &p).and_then(|m| match m.as_str() {
+            "sftp" => Some(TransferMethod::Sftp),
+            "local" => Some(TransferMethod::Local),
+            other => {
+                cx.error_hint(
+                    n.pos,
+                    &p,
+                    format!("unknown transfer method {other:?}; Ferry implements \"sftp\" and \"local\""),
+                    did_you_mean(other, ["sftp", "local"]),
+                );
+                None
+            }
+        }),
+    };
+    let origin = o
+        .get("origin")
+        .and_then(|(n, p)| cx.boolean(n, &p))
+        .unwrap_or(false);
+    let mut data_dirs = BTreeMap::new();
+    let mut data_spans = BTreeMap::new();
+    if let Some((n, p)) = o.get("data_dirs") {
+        // Data types are free names; only duplicates, names and paths are checked.
+        if let Some(dd) = object(cx, n, &p, &[], Unknown::Allow, Severity::Error) {
+            for m in dd.members() {
+                let mp = join(&p, &m.key);
+                check_name(cx, &m.key, m.key_pos, &mp, "data type");
+                if let Some(dir) = cx.abs_path(&m.value, &mp, "data directory") {
+                    data_dirs.insert(m.key.clone(), dir);
+                    data_spans.insert(
+                        m.key.clone(),
+                        Span {
+                            pos: m.value.pos,
+                            path: mp,
+                        },
+                    );
+                }
+            }
+        }
+    }
+    let layout = match o.get("layout") {
+        None => Some(LayoutTemplate::default()),
+        Some((n, p)) => cx
+            .string(n, &p)
+            .and_then(|t| match LayoutTemplate::parse(&t) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    cx.error(n.pos, &p, e.to_string());
+                    None
+                }
+            }),
+    };
+    let (push_to, push_spans) = name_list(cx, &o, "push_to");
+    let (pull_from, pull_spans) = name_list(cx, &o, "pull_from");
+    let completion = o
+        .get("completion")
+        .and_then(|(n, p)| read_completion(cx, n, &p))
+        .unwrap_or_default();
+    let mut tape = Vec::new();
+    let mut tape_spans = Vec::new();
+    if let Some((n, p)) = o.get("tape") {
+        match &n.value {
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    if let Some((t, span)) = read_tape(cx, item, &format!("{p}[{i}]")) {
+                        tape.push(t);
+                        tape_spans.push(span);
+                    }
+                }
+            }
+            _ => cx.type_error(n, &p, "an array of tape backends"),
+        }
+    }
+    let purge = o
+        .get("purge")
+        .and_then(|(n, p)| read_purge(cx, n, &p))
+        .unwrap_or_default();
+    let limits = o
+        .get("limits")
+        .and_then(|(n, p)| read_limits(cx, n, &p))
+        .unwrap_or_default();
+    let no_data_dirs = match o.get("data_dirs") {
+        None => true,
+        Some((n, _)) => matches!(&n.value, Value::Object(m) if m.is_empty()),
+    };
+    if origin && no_data_dirs {
+        cx.error(
+            o.pos,
+            path,
+            "an origin site needs at least one data directory (data_dirs)",
+        );
+    }
+    // A site with errors elsewhere is still kept (with defaults in place of the bad
+    // values) when its name is readable, so that links to it do not also report "unknown
+    // site"; loading fails on the errors anyway.
+    let site = Site {
+        name: name?,
+        description,
+        hostname,
+        port,
+        username,
+        identity_file,
+        host_key_policy,
+        known_hosts,
+        method: method.unwrap_or(TransferMethod::Sftp),
+        origin,
+        data_dirs,
+        layout: layout.unwrap_or_default(),
+        push_to,
+        pull_from,
+        completion,
+        tape,
+        purge,
+        limits,
+    };
+    let spans = SiteSpans {
+        site: Span {
+            pos: o.pos,
+            path: path.to_string(),
+        },
+        name: name_span,
+        push_to: push_spans,
+        pull_from: pull_spans,
+        data_dirs: data_spans,
+        identity_file: identity_span,
+        tape: tape_spans,
+    };
+    Some((site, spans))
+}
+
+fn read_completion(cx: &mut Ctx, node: &Node, path: &str) -> Option<CompletionRule> {
+    let o = object(
+        cx,
+        node,
+        path,
+        COMPLETION_KEYS,
+        Unknown::Error,
+        Severity::Error,
+    )?;
+    let marker = o.get("marker").and_then(|(n, p)| {
+        let m = cx.nonempty(n, &p)?;
+        if m.contains('/') || m == "." || m == ".." {
+            cx.error(
+                n.pos,
+                &p,
+                format!("marker {m:?} must be a plain file name in the run directory"),
+            );
+            return None;
+        }
+        Some(m)
+    });
+    let quiet = o.get("quiet_period").and_then(|(n, p)| {
+        let d = cx.duration(n, &p)?;
+        if d.is_zero() {
+            cx.error(
+                n.pos,
+                &p,
+                "a quiet period of 0 would register runs still being written",
+            );
+            return None;
+        }
+        Some(d)
+    });
+    match (marker, quiet) {
+        (Some(_), Some(_)) => {
+            cx.error(o.pos, path, "give marker or quiet_period, not both");
+            None
+        }
+        (Some(m), None) => Some(CompletionRule::Marker(m)),
+        (None, Some(d)) => Some(CompletionRule::QuietPeriod(d)),
+        (None, None) => None,
+    }
+}
+
+fn read_purge(cx: &mut Ctx, node: &Node, path: &str) -> Option<PurgePolicy> {
+    let o = object(cx, node, path, PURGE_KEYS, Unknown::Error, Severity::Error)?;
+    let d = PurgePolicy::default();
+    let enabled = o
+        .get("enabled")
+        .and_then(|(n, p)| cx.boolean(n, &p))
+        .unwrap_or(d.enabled);
+    let min_copies = o
+        .get("min_copies")
+        .map(|(n, p)| match &n.value {
+            Value::Number(x) if x.as_i64() == Some(0) => {
+                cx.error(
+                    n.pos,
+                    &p,
+                    "min_copies 0 would allow deleting the last copy of a run; it must be at least 1",
+                );
+                None
+            }
+            _ => cx.count(n, &p, 1),
+        })
+        .unwrap_or(Some(d.min_copies));
+    let min_tape_copies = o
+        .get("min_tape_copies")
+        .map(|(n, p)| cx.count(n, &p, 0))
+        .unwrap_or(Some(d.min_tape_copies));
+    let max_verify_age = o
+        .get("max_verify_age")
+        .map(|(n, p)| cx.duration(n, &p))
+        .unwrap_or(Some(d.max_verify_age));
+    let retention = o
+        .get("retention")
+        .map(|(n, p)| cx.duration(n, &p))
+        .unwrap_or(Some(d.retention));
+    let high_water_mark = o
+        .get("high_water_mark")
+        .map(|(n, p)| cx.int(n, &p, 1, 100).and_then(|v| u8::try_from(v).ok()))
+        .unwrap_or(Some(d.high_water_mark));
+    let (min_copies, min_tape_copies) = (min_copies?, min_tape_copies?);
+    if min_tape_copies > min_copies {
+        if let Some((n, p)) = o.get("min_tape_copies") {
+            cx.error(
+                n.pos,
+                &p,
+                format!("min_tape_copies {min_tape_copies} is more than min_copies {min_copies}; tape copies count among the copies"),
+            );
+        }
+        return None;
+    }
+    Some(PurgePolicy {
+        enabled,
+        min_copies,
+        min_tape_copies,
+        max_verify_age: max_verify_age?,
+        retention: retention?,
+        high_water_mark: high_water_mark?,
+    })
+}
+
+fn read_limits(cx: &mut Ctx, node: &Node, path: &str) -> Option<Limits> {
+    let o = object(cx, node, path, LIMIT_KEYS, Unknown::Error, Severity::Error)?;
+    let d = Limits::default();
+    let files_in_flight = o
+        .get("files_in_flight")
+        .map(|(n, p)| cx.count(n, &p, 1))
+        .unwrap_or(Some(d.files_in_flight));
+    let transfers_per_link = o
+        .get("transfers_per_link")
+        .map(|(n, p)| cx.count(n, &p, 1))
+        .unwrap_or(Some(d.transfers_per_link));
+    let global_transfers = o
+        .get("global_transfers")
+        .map(|(n, p)| cx.count(n, &p, 1))
+        .unwrap_or(Some(d.global_transfers));
+    let bandwidth_per_link = match o.get("bandwidth_per_link") {
+        None => Some(None),
+        Some((n, p)) => cx.bandwidth(n, &p).map(Some),
+    };
+    Some(Limits {
+        files_in_flight: files_in_flight?,
+        transfers_per_link: transfers_per_link?,
+        global_transfers: global_transfers?,
+        bandwidth_per_link: bandwidth_per_link?,
+    })
+}
+
+fn read_tape(
+    cx: &mut Ctx,
+    node: &Node,
+    path: &str,
+) -> Option<(TapeBackendConfig, (Span, Option<Span>))> {
+    // Read `kind` first, so unknown keys are judged against that kind's settings.
+    let kind = match &node.value {
+        Value::Object(members) => members
+            .iter()
+            .rev()
+            .find(|m| m.key == "kind")
+            .and_then(|m| match &m.value.value {
+                Value::String(s) if TAPE_KINDS.contains(&s.as_str()) => Some(s.clone()),
+                _ => None,
+            }),
+        _ => None,
+    };
+    let specific: &[&str] = match kind.as_deref() {
+        Some("directory") => TAPE_DIRECTORY_KEYS,
+        Some("command") => TAPE_COMMAND_KEYS,
+        Some("tar") => TAPE_TAR_KEYS,
+        _ => &[],
+    };
+    let all: Vec<&str> = if kind.is_some() {
+        TAPE_COMMON_KEYS.iter().chain(specific).copied().collect()
+    } else {
+        TAPE_COMMON_KEYS
+            .iter()
+            .chain(TAPE_DIRECTORY_KEYS)
+            .chain(TAPE_COMMAND_KEYS)
+            .chain(TAPE_TAR_KEYS)
+            .copied()
+            .collect()
+    };
+    let o = object(cx, node, path, &all, Unknown::Error, Severity::Error)?;
+    let name = o.required(cx, "name").and_then(|(n, p)| {
+        let s = cx.string(n, &p)?;
+        check_name(cx, &s, n.pos, &p, "tape backend name").then_some((
+            s,
+            Span {
+                pos: n.pos,
+                path: p,
+            },
+        ))
+    });
+    let (kind_node, kind_path) = o.required(cx, "kind")?;
+    let kind_name = cx.string(kind_node, &kind_path)?;
+    let mut gateway_span = None;
+    let kind = match kind_name.as_str() {
+        "directory" => {
+            let path_ = o
+                .required(cx, "path")
+                .and_then(|(n, p)| cx.abs_path(n, &p, "tape directory"));
+            TapeKind::Directory { path: path_? }
+        }
+        "command" => {
+            let gateway = o.get("gateway").and_then(|(n, p)| {
+                let g = cx.nonempty(n, &p)?;
+                gateway_span = Some(Span {
+                    pos: n.pos,
+                    path: p,
+                });
+                Some(g)
+            });
+            let put = o.required(cx, "put").and_then(|(n, p)| cx.argv(n, &p));
+            let verify = o.get("verify").map(|(n, p)| cx.argv(n, &p));
+            let retrieve = o.get("retrieve").map(|(n, p)| cx.argv(n, &p));
+            let stat = o.get("stat").map(|(n, p)| cx.argv(n, &p));
+            let ok_exit_codes = match o.get("ok_exit_codes") {
+                None => Some(vec![0]),
+                Some((n, p)) => match &n.value {
+                    Value::Array(items) if !items.is_empty() => items
+                        .iter()
+                        .enumerate()
+                        .map(|(i, it)| cx.int(it, &format!("{p}[{i}]"), 0, 255).map(|v| v as i32))
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .collect(),
+                    _ => {
+                        cx.type_error(n, &p, "a non-empty array of exit codes");
+                        None
+                    }
+                },
+            };
+            TapeKind::Command {
+                gateway,
+                put: put?,
+                verify: transpose(verify)?,
+                retrieve: transpose(retrieve)?,
+                stat: transpose(stat)?,
+                ok_exit_codes: ok_exit_codes?,
+            }
+        }
+        "tar" => {
+            let devices = o.required(cx, "devices").and_then(|(n, p)| {
+                let list = cx.string_list(n, &p)?;
+                if list.is_empty() {
+                    cx.error(n.pos, &p, "no tape devices");
+                    return None;
+                }
+                let mut out = Vec::new();
+                for (s, pos, dp) in list {
+                    if !s.starts_with('/') {
+                        cx.error(
+                            pos,
+                            &dp,
+                            format!("tape device {s:?} must be an absolute path"),
+                        );
+                    } else {
+                        out.push(PathBuf::from(s));
+                    }
+                }
+                Some(out)
+            });
+            let copies = o.get("copies").map(|(n, p)| cx.count(n, &p, 1));
+            let batch_size = o
+                .get("batch_size")
+                .map(|(n, p)| cx.size(n, &p))
+                .unwrap_or(Some(100_000_000_000));
+            let mt = o
+                .get("mt")
+                .map(|(n, p)| cx.argv(n, &p))
+                .unwrap_or_else(|| Some(vec!["mt".into()]));
+            let devices = devices?;
+            let copies = match copies {
+                None => u32::try_from(devices.len()).unwrap_or(u32::MAX),
+                Some(c) => c?,
+            };
+            TapeKind::Tar {
+                devices,
+                copies,
+                batch_size: batch_size?,
+                mt: mt?,
+            }
+        }
+        other => {
+            cx.error_hint(
+                kind_node.pos,
+                &kind_path,
+                format!("unknown tape backend kind {other:?}; known: directory, command, tar"),
+                did_you_mean(other, TAPE_KINDS.iter().copied()),
+            );
+            return None;
+        }
+    };
+    let (name, name_span) = name?;
+    Some((TapeBackendConfig { name, kind }, (name_span, gateway_span)))
+}
+
+fn transpose<T>(v: Option<Option<T>>) -> Option<Option<T>> {
+    match v {
+        None => Some(None),
+        Some(None) => None,
+        Some(Some(x)) => Some(Some(x)),
+    }
+}
+
+/// Cross-site checks, on a draft from either format: unique site and tape names, links
+/// that resolve to transfer peers, gateways that exist. Links that cannot work in a legacy
+/// file are dropped with a warning where cax itself had no transfer (TSM).
+pub(crate) fn finish(cx: &mut Ctx, draft: &mut Draft) {
+    let mut seen: HashMap<String, Span> = HashMap::new();
+    for (site, spans) in &draft.sites {
+        if let Some(first) = seen.get(&site.name) {
+            cx.error(
+                spans.name.pos,
+                &spans.name.path,
+                format!(
+                    "duplicate site name {:?} (first defined at {}, line {})",
+                    site.name, first.path, first.pos.line
+                ),
+            );
+        } else {
+            seen.insert(site.name.clone(), spans.name.clone());
+        }
+    }
+    let methods: HashMap<String, TransferMethod> = draft
+        .sites
+        .iter()
+        .map(|(s, _)| (s.name.clone(), s.method.clone()))
+        .collect();
+    let names: Vec<String> = draft.sites.iter().map(|(s, _)| s.name.clone()).collect();
+    let legacy = draft.legacy;
+    for (site, spans) in &mut draft.sites {
+        for (list, list_spans, verb) in [
+            (&mut site.push_to, &mut spans.push_to, "push to"),
+            (&mut site.pull_from, &mut spans.pull_from, "pull from"),
+        ] {
+            let mut keep = Vec::new();
+            let mut keep_spans = Vec::new();
+            for (peer, span) in list.iter().zip(list_spans.iter()) {
+                let ok = check_link(
+                    cx,
+                    &site.name,
+                    &site.method,
+                    peer,
+                    span,
+                    verb,
+                    &methods,
+                    &names,
+                    legacy,
+                );
+                if ok {
+                    keep.push(peer.clone());
+                    keep_spans.push(span.clone());
+                }
+            }
+            *list = keep;
+            *list_spans = keep_spans;
+        }
+    }
+    let mut tape_seen: HashMap<String, Span> = HashMap::new();
+    for (site, spans) in &draft.sites {
+        for (tape, (name_span, gw_span)) in site.tape.iter().zip(&spans.tape) {
+            if let Some(first) = tape_seen.get(&tape.name) {
+                cx.error(
+                    name_span.pos,
+                    &name_span.path,
+                    format!(
+                        "duplicate tape backend name {:?} (first at {}); names must be unique across the site map",
+                        tape.name, first.path
+                    ),
+                );
+            } else {
+                tape_seen.insert(tape.name.clone(), name_span.clone());
+            }
+            if let (
+                TapeKind::Command {
+                    gateway: Some(g), ..
+                },
+                Some(gs),
+            ) = (&tape.kind, gw_span)
+            {
+                match methods.get(g) {
+                    None => cx.error_hint(
+                        gs.pos,
+                        &gs.path,
+                        format!("unknown gateway site {g:?}"),
+                        did_you_mean(g, names.iter().map(String::as_str)),
+                    ),
+                    Some(TransferMethod::Unsupported(m)) => cx.error(
+                        gs.pos,
+                        &gs.path,
+                        format!("gateway site {g:?} uses method {m:?}, which Ferry cannot reach"),
+                    ),
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+    // (Skipped when there are errors: a bad "origin" value reads as false.)
+    if !legacy
+        && !cx.has_errors()
+        && !draft.sites.is_empty()
+        && !draft.sites.iter().any(|(s, _)| s.origin)
+    {
+        cx.warn(
+            draft.sites_span.pos,
+            &draft.sites_span.path,
+            "no site has \"origin\": true, so no agent will register new runs",
+        );
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_link(
+    cx: &mut Ctx,
+    site: &str,
+    site_method: &TransferMethod,
+    peer: &str,
+    span: &Span,
+    verb: &str,
+    methods: &HashMap<String, TransferMethod>,
+    names: &[String],
+    legacy: bool,
+) -> bool {
+    if peer == site {
+        cx.error(
+            span.pos,
+            &span.path,
+            format!("site {site:?} cannot {verb} itself"),
+        );
+        return false;
+    }
+    match methods.get(peer) {
+        None => {
+            cx.error_hint(
+                span.pos,
+                &span.path,
+                format!("unknown site {peer:?}"),
+                did_you_mean(peer, names.iter().map(String::as_str)),
+            );
+            false
+        }
+        Some(TransferMethod::Unsupported(m)) if legacy && m == "tsm" => {
+            cx.warn(
+                span.pos,
+                &span.path,
+                format!(
+                    "{peer:?} is cax's TSM tape entry, not a transfer peer; link dropped \
+                     (configure TSM as a \"command\" tape backend running dsmc)"
+                ),
+            );
+            false
+        }
+        Some(TransferMethod::Unsupported(m)) => {
+            cx.error(
+                span.pos,
+                &span.path,
+                format!(
+                    "site {peer:?} uses method {m:?}, which Ferry does not implement; it cannot be a transfer peer"
+                ),
+            );
+            false
+        }
+        Some(TransferMethod::Local) if *site_method != TransferMethod::Local => {
+            cx.error(
+                span.pos,
+                &span.path,
+                format!(
+                    "site {peer:?} uses method \"local\" (same machine), so only sites with method \"local\" can {verb} it; {site:?} uses {site_method}"
+                ),
+            );
+            false
+        }
+        Some(_) => true,
+    }
+}
