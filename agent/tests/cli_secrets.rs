@@ -5,10 +5,24 @@ use std::process::Command;
 
 const SECRET: &str = "hunter2-Secret";
 
-fn ferry() -> Command {
+/// A one-site map whose data directory exists, so the agent gets as far as the catalogue.
+fn site_map(dir: &std::path::Path) -> std::path::PathBuf {
+    let data = dir.join("raw");
+    std::fs::create_dir_all(&data).unwrap();
+    let map = dir.join("site-map.json");
+    let text = serde_json::json!({
+        "version": 1,
+        "sites": [{ "name": "daq", "hostname": "localhost", "method": "local",
+                    "origin": true, "data_dirs": { "raw": data } }]
+    });
+    std::fs::write(&map, text.to_string()).unwrap();
+    map
+}
+
+fn ferry(dir: &std::path::Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
     cmd.env_remove("FERRY_CATALOG")
-        .env_remove("FERRY_CONFIG")
+        .env("FERRY_CONFIG", site_map(dir))
         .env("FERRY_SITE", "daq");
     cmd
 }
@@ -19,8 +33,9 @@ fn uri() -> String {
 
 #[test]
 fn password_in_catalog_flag_not_logged_text_or_json() {
+    let dir = tempfile::tempdir().unwrap();
     for format in ["text", "json"] {
-        let out = ferry()
+        let out = ferry(dir.path())
             .args([
                 "--once",
                 "--log-level",
@@ -54,7 +69,7 @@ fn password_in_catalog_flag_not_logged_text_or_json() {
 fn password_in_env_not_logged_to_file() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("ferry.log");
-    let out = ferry()
+    let out = ferry(dir.path())
         .env("FERRY_CATALOG", uri())
         .args(["--once", "--log-level", "debug", "--log-file"])
         .arg(&log)
@@ -68,7 +83,8 @@ fn password_in_env_not_logged_to_file() {
 
 #[test]
 fn help_never_shows_catalog_env_value() {
-    let out = ferry()
+    let dir = tempfile::tempdir().unwrap();
+    let out = ferry(dir.path())
         .env("FERRY_CATALOG", uri())
         .arg("--help")
         .output()
@@ -79,7 +95,8 @@ fn help_never_shows_catalog_env_value() {
 
 #[test]
 fn help_shows_cax_compatible_flags_and_exit_codes() {
-    let out = ferry().arg("--help").output().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = ferry(dir.path()).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     for flag in [
         "--config",
@@ -101,7 +118,8 @@ fn help_shows_cax_compatible_flags_and_exit_codes() {
 
 #[test]
 fn bad_catalog_uri_is_usage_error_without_password() {
-    let out = ferry()
+    let dir = tempfile::tempdir().unwrap();
+    let out = ferry(dir.path())
         .args(["--once", "--catalog", "postgres://u:hunter2-Secret@h/db"])
         .output()
         .unwrap();

@@ -5,6 +5,7 @@ use anyhow::{Context as _, Result};
 use super::exit::{coded, Exit};
 use super::Cli;
 use crate::catalog::CatalogUri;
+use crate::config::{self, LoadOptions};
 
 /// The site this agent runs as: `--host`, else `$FERRY_SITE`, else the short host name
 /// (as cax did).
@@ -31,19 +32,51 @@ pub(super) fn site_identity(flag: Option<&str>) -> Result<String> {
     Ok(short.to_string())
 }
 
-/// The catalogue: `--catalog`, else `$FERRY_CATALOG`, else the embedded default.
-/// (`FERRY_CATALOG` is read here rather than through clap so `--help` never shows it.)
-pub(super) fn catalog_uri(flag: Option<&str>) -> Result<CatalogUri> {
-    let from_env = std::env::var("FERRY_CATALOG").ok();
-    match flag.or(from_env.as_deref()) {
-        Some(uri) => Ok(CatalogUri::parse(uri)?),
-        None => Ok(CatalogUri::default_embedded()),
+/// The catalogue named on the command line or in the environment: `--catalog`, else
+/// `$FERRY_CATALOG`. (The variable is read here rather than through clap so `--help` never
+/// shows its value.) `None`: use the site map's, else the embedded default.
+fn catalog_flag_or_env(flag: Option<&str>) -> Option<String> {
+    flag.map(str::to_string)
+        .or_else(|| std::env::var("FERRY_CATALOG").ok())
+        .filter(|s| !s.trim().is_empty())
+}
+
+/// Loads the site map with the host-local checks for `site`. Every problem is printed; a
+/// bad site map is a usage error and nothing runs.
+fn load_site_map(cli: &Cli, site: &str) -> Result<config::Loaded> {
+    let Some(path) = &cli.config else {
+        return Err(coded(
+            Exit::Usage,
+            "no site map: pass --config FILE or set FERRY_CONFIG",
+        ));
+    };
+    let opts = LoadOptions {
+        host: Some(site.to_string()),
+        ssh_config: None,
+    };
+    match config::load(path, &opts) {
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
+                tracing::warn!("{warning}");
+            }
+            Ok(loaded)
+        }
+        Err(err) => Err(coded(Exit::Usage, err.to_string())),
     }
 }
 
 pub(super) fn run(cli: &Cli) -> Result<Exit> {
     let site = site_identity(cli.host.as_deref())?;
-    let catalog = catalog_uri(cli.catalog.as_deref())?;
+    // A bad catalogue flag is reported before the site map is even read.
+    let flagged = catalog_flag_or_env(cli.catalog.as_deref())
+        .map(|uri| CatalogUri::parse(&uri))
+        .transpose()?;
+    let loaded = load_site_map(cli, &site)?;
+    let catalog = match (flagged, &loaded.map.catalog) {
+        (Some(uri), _) => uri,
+        (None, Some(settings)) => CatalogUri::parse(&settings.uri)?,
+        (None, None) => CatalogUri::default_embedded(),
+    };
     tracing::info!(%site, %catalog, once = cli.once, "ferry agent starting");
     Err(coded(
         Exit::Unsupported,

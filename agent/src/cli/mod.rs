@@ -41,7 +41,10 @@ pub fn main() -> ExitCode {
         Ok(code) => code.into(),
         Err(err) => {
             let code = exit::classify(&err);
-            tracing::error!("{err:#}");
+            // Always on the terminal; also in the log file when logs go elsewhere.
+            if cli.log.log_file.is_some() {
+                tracing::error!("{err:#}");
+            }
             eprintln!("ferry: {err:#}");
             code.into()
         }
