@@ -1,6 +1,8 @@
 //! A catalogue password must never appear in a log line, an error message or `--help`,
 //! whichever way it reaches Ferry and whatever the log format.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::process::Command;
 
 const SECRET: &str = "hunter2-Secret";
