@@ -14,6 +14,7 @@
 //! | [`checksum`]| streaming SHA-256 + MD5 hashers, the run digest                  | nothing         |
 //! | [`catalog`] | the `Catalog` trait and its back ends (`mongo`, `embedded`)      | `catalog-schema`|
 //! | [`transport`]| SSH sessions, SFTP copies, local copies, remote commands        | `checksum`      |
+//! | [`daemon`]  | the cycle loop, shutdown, the single-instance site lock       | nothing         |
 //! | [`cli`]     | the command line: argument parsing, logging, exit codes          | everything      |
 //!
 //! `config`, `checksum`, `catalog` and `transport` know nothing of the agent's tasks or of
@@ -23,4 +24,5 @@ pub mod catalog;
 pub mod checksum;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod transport;
