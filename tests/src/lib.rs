@@ -7,10 +7,11 @@
 //! - [`unique_db_name`] — a database name no other test uses.
 //!
 //! Servers listen on free ports (`ports.rs`), are ready when their constructor returns, and
-//! stop when dropped — also when the test panics; if the test binary is SIGKILLed they die
-//! with it (`process.rs`). A missing program is an error that says how to install it
-//! (`binaries.rs`): tests fail, they do not skip. The constructors are synchronous and may be
-//! called from plain tests and from inside `#[tokio::test]` alike.
+//! stop when dropped — also when the test panics. If the test binary is SIGKILLed they die
+//! with it (`process.rs`), and the next server sweeps their temp dirs (`tempdirs.rs`). A
+//! missing program is an error that says how to install it (`binaries.rs`): tests fail, they
+//! do not skip. The constructors are synchronous and may be called from plain tests and from
+//! inside `#[tokio::test]` alike.
 //!
 //! ```no_run
 //! let sshd = ferry_tests::Sshd::start()?;
@@ -26,6 +27,7 @@ pub mod mongo;
 pub mod ports;
 mod process;
 pub mod sshd;
+mod tempdirs;
 pub mod wire;
 
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -9,6 +9,7 @@
 //!   data/             storage (WiredTiger home / dbpath), kept across `restart`
 //!   secantusd.toml    empty config, so secantusd-rs does not pick up ~/.secantus/...
 //!   server.log        stdout + stderr of every start
+//!   owner             pid and start time of the test process (see `tempdirs.rs`)
 //! ```
 //!
 //! Startup waits until a `hello` sent over the wire answers `ok: 1` (see [`crate::wire`]).
@@ -28,6 +29,8 @@ use anyhow::{bail, Context as _};
 use bson::doc;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use tempfile::TempDir;
+
+use crate::tempdirs::server_temp_dir;
 
 use crate::binaries::{mongo_binary, ServerKind};
 use crate::ports::LOOPBACK;
@@ -90,10 +93,7 @@ impl MongoServer {
 
     fn start_inner(credentials: Option<Credentials>) -> anyhow::Result<MongoServer> {
         let (kind, binary) = mongo_binary()?;
-        let dir = tempfile::Builder::new()
-            .prefix("ferry-mongo-")
-            .tempdir()
-            .context("creating the MongoDB-wire server temp dir")?;
+        let dir = server_temp_dir("ferry-mongo-")?;
         let storage = dir.path().join("data");
         fs::create_dir(&storage).with_context(|| format!("creating {}", storage.display()))?;
         let config = dir.path().join("secantusd.toml");

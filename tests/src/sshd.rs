@@ -11,6 +11,7 @@
 //!   known_hosts       "[127.0.0.1]:PORT <host key>"
 //!   sshd.pid, sshd.log  (the log is `sshd -D -e` stderr, LogLevel VERBOSE)
 //!   root/             the test site's data directory (`Sshd::root`)
+//!   owner             pid and start time of the test process (see `tempdirs.rs`)
 //! ```
 //!
 //! The server runs as the current user, who is also the login user (root in CI; sshd needs
@@ -28,6 +29,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
 use tempfile::TempDir;
+
+use crate::tempdirs::server_temp_dir;
 
 use crate::binaries::sshd_binary;
 use crate::keys::{KeyPair, KeyType};
@@ -99,10 +102,7 @@ impl Sshd {
     pub fn start_with(options: SshdOptions) -> anyhow::Result<Sshd> {
         let sshd_path = sshd_binary(options.sshd_path.as_deref())?;
         ensure_privsep_dir()?;
-        let dir = tempfile::Builder::new()
-            .prefix("ferry-sshd-")
-            .tempdir()
-            .context("creating the sshd temp dir")?;
+        let dir = server_temp_dir("ferry-sshd-")?;
         let base = dir.path();
         if base.to_string_lossy().contains(char::is_whitespace) {
             bail!(

@@ -231,11 +231,9 @@ async fn sshd_restart_keeps_port_and_host_key() {
     let session = connect(&sshd, sshd.known_hosts_path()).await.unwrap();
     drop(session);
 
+    let old_pid = sshd.pid().unwrap();
     sshd.stop();
-    assert!(
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
-        "stopped sshd still accepts connections"
-    );
+    assert!(is_dead(old_pid) && sshd.pid().is_none());
     sshd.restart().unwrap();
     assert_eq!(sshd.port(), port);
     assert_eq!(sshd.host_key_fingerprint(), fingerprint);
@@ -251,11 +249,12 @@ async fn sshd_restart_keeps_port_and_host_key() {
 #[test]
 fn dropping_sshd_stops_it_and_removes_its_files() {
     let sshd = Sshd::start().unwrap();
-    let port = sshd.port();
+    let pid = sshd.pid().unwrap();
     let root = sshd.root().to_path_buf();
     assert!(root.is_dir());
     drop(sshd);
-    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    // Not checked by connecting: a concurrent test may already have been given the port.
+    assert!(is_dead(pid), "sshd {pid} survived the drop");
     assert!(!root.exists(), "{} survived the drop", root.display());
 }
 
@@ -441,11 +440,11 @@ async fn mongo_with_auth_requires_credentials() {
 #[test]
 fn dropping_mongo_stops_it_and_removes_its_storage() {
     let mongo = MongoServer::start().unwrap();
-    let port = mongo.port();
+    let pid = mongo.pid().unwrap();
     let storage = mongo.storage_path().to_path_buf();
     assert!(storage.is_dir());
     drop(mongo);
-    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    assert!(is_dead(pid), "server {pid} survived the drop");
     assert!(!storage.exists());
 }
 
@@ -471,4 +470,115 @@ fn env_override_of_mongo_binary_is_honoured() {
             && stdout.contains("deploy/install-test-deps.sh"),
         "{stdout}"
     );
+}
+
+/// Runs in a child process started by `servers_die_when_the_test_process_is_killed`: starts
+/// both servers, reports their pids and waits to be SIGKILLed (no Drop will run).
+#[test]
+#[ignore = "run by servers_die_when_the_test_process_is_killed in a child process"]
+fn child_hold_servers_until_killed() {
+    let sshd = Sshd::start().unwrap();
+    let mongo = MongoServer::start().unwrap();
+    println!(
+        "PIDS {} {} {} {}",
+        sshd.pid().unwrap(),
+        mongo.pid().unwrap(),
+        sshd.root().parent().unwrap().display(),
+        mongo.storage_path().parent().unwrap().display(),
+    );
+    std::thread::sleep(Duration::from_secs(120));
+}
+
+/// Whether `pid` is gone or a zombie (killed, waiting for a reaper that may never come in a
+/// container without an init).
+fn is_dead(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // "pid (comm) S ...": the state follows the last ')'.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+    }
+}
+
+#[test]
+fn servers_die_when_the_test_process_is_killed() {
+    use std::io::BufRead;
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_hold_servers_until_killed",
+            "--ignored",
+            "--nocapture",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    let mut lines = std::io::BufReader::new(stdout);
+    while !line.starts_with("PIDS ") {
+        line.clear();
+        assert_ne!(lines.read_line(&mut line).unwrap(), 0, "child ended early");
+    }
+    let fields: Vec<&str> = line.split_whitespace().skip(1).collect();
+    let [sshd_pid, mongo_pid, sshd_dir, mongo_dir] = fields[..] else {
+        panic!("bad line {line:?}");
+    };
+    let [sshd_pid, mongo_pid] = [sshd_pid, mongo_pid].map(|p| p.parse::<u32>().unwrap());
+    assert!(!is_dead(sshd_pid) && !is_dead(mongo_pid));
+
+    child.kill().unwrap(); // SIGKILL: no destructor runs in the child
+    child.wait().unwrap();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !(is_dead(sshd_pid) && is_dead(mongo_pid)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "servers outlived the killed test process: sshd {} mongo {}",
+            is_dead(sshd_pid),
+            is_dead(mongo_pid)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // (Their ports are not checked: a concurrent test may already have been given them.)
+
+    // No destructor removed the temp dirs; the next servers sweep them. (Servers of
+    // concurrent tests may sweep them first, so their presence is not asserted here.)
+    let _sshd = Sshd::start().unwrap();
+    let _mongo = MongoServer::start().unwrap();
+    assert!(!Path::new(sshd_dir).exists(), "{sshd_dir} not swept");
+    assert!(!Path::new(mongo_dir).exists(), "{mongo_dir} not swept");
+}
+
+/// Holds `port` for `hold`, so that a restart first meets "address already in use".
+fn occupy_port(port: u16, hold: Duration) -> std::thread::JoinHandle<()> {
+    let listener =
+        std::net::TcpListener::bind(("127.0.0.1", port)).expect("binding the port to hold");
+    std::thread::spawn(move || {
+        std::thread::sleep(hold);
+        drop(listener);
+    })
+}
+
+#[test]
+fn restart_waits_for_a_port_held_by_another_process() {
+    let mut sshd = Sshd::start().unwrap();
+    let mut mongo = MongoServer::start().unwrap();
+    sshd.stop();
+    mongo.stop();
+    let holders = [
+        occupy_port(sshd.port(), Duration::from_millis(800)),
+        occupy_port(mongo.port(), Duration::from_millis(800)),
+    ];
+    sshd.restart().unwrap();
+    mongo.restart().unwrap();
+    for holder in holders {
+        holder.join().unwrap();
+    }
+    let log = std::fs::read_to_string(sshd.log_path()).unwrap();
+    assert!(log.contains("Address already in use"), "{log}");
+    std::net::TcpStream::connect(("127.0.0.1", sshd.port())).unwrap();
+    std::net::TcpStream::connect(("127.0.0.1", mongo.port())).unwrap();
 }
