@@ -23,6 +23,14 @@ apt_updated=no
 
 report() { printf '%-22s %s\n' "$1" "$2"; }
 
+# have CMD...: all of the commands are on PATH (`command -v a b` succeeds if any one is).
+have() {
+    local c
+    for c in "$@"; do
+        command -v "$c" >/dev/null || return 1
+    done
+}
+
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then
         "$@"
@@ -56,13 +64,13 @@ ensure_apt() {
     fi
 }
 
-if ! command -v cargo >/dev/null; then
+if ! have cargo; then
     echo "install-test-deps: cargo not found: install Rust first (https://rustup.rs)" >&2
     exit 1
 fi
 
 ensure_apt sshd openssh-server test -x /usr/sbin/sshd
-ensure_apt ssh openssh-client command -v ssh ssh-keygen ssh-keyscan
+ensure_apt ssh openssh-client have ssh ssh-keygen ssh-keyscan
 
 if [ -d /run/sshd ]; then
     report /run/sshd "already there"
@@ -71,39 +79,42 @@ else
     report /run/sshd "created"
 fi
 
-ensure_apt rclone rclone command -v rclone
+ensure_apt rclone rclone have rclone
 
-if command -v mongod >/dev/null; then
+if have mongod; then
     report mongo-wire-server "already there (mongod: $(command -v mongod))"
-elif command -v secantusd-rs >/dev/null; then
+elif have secantusd-rs; then
     report mongo-wire-server "already there (secantusd-rs: $(command -v secantusd-rs))"
 else
     # WiredTiger is built from bundled C sources with CMake.
-    ensure_apt cmake cmake command -v cmake
-    ensure_apt cc build-essential command -v cc make
+    ensure_apt cmake cmake have cmake
+    ensure_apt cc build-essential have cc make
     report mongo-wire-server "building $SECANTUS_CRATE $SECANTUS_VERSION (about 7 minutes)..."
     # The crate declares a newer rust-version than Debian's toolchains have; it builds anyway.
     cargo install "$SECANTUS_CRATE" --version "=$SECANTUS_VERSION" \
         --ignore-rust-version --locked --quiet
-    command -v secantusd-rs >/dev/null || { echo "install-test-deps: secantusd-rs not on PATH after cargo install" >&2; exit 1; }
+    have secantusd-rs || { echo "install-test-deps: secantusd-rs not on PATH after cargo install" >&2; exit 1; }
     report mongo-wire-server "installed (secantusd-rs: $(command -v secantusd-rs))"
 fi
 
-ensure_apt python3 python3 command -v python3
+ensure_apt python3 python3 have python3
 if python3 -c 'import pymongo' >/dev/null 2>&1; then
     report pymongo "already there"
 else
     ensure_apt pip python3-pip python3 -m pip --version
     # Debian's own python3 refuses pip installs into the system (PEP 668); this is a test
     # machine, so install anyway there.
-    if ! python3 -m pip install --quiet pymongo 2>/tmp/pip-pymongo.err; then
-        if grep -q externally-managed /tmp/pip-pymongo.err; then
+    pip_err=$(mktemp)
+    if ! python3 -m pip install --quiet pymongo 2>"$pip_err"; then
+        if grep -q externally-managed "$pip_err"; then
             python3 -m pip install --quiet --break-system-packages pymongo
         else
-            cat /tmp/pip-pymongo.err >&2
+            cat "$pip_err" >&2
+            rm -f "$pip_err"
             exit 1
         fi
     fi
+    rm -f "$pip_err"
     python3 -c 'import pymongo' || { echo "install-test-deps: pymongo installed but not importable" >&2; exit 1; }
     report pymongo "installed"
 fi

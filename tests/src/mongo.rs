@@ -23,9 +23,10 @@ use std::fmt;
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::{anyhow, bail, Context as _};
 use bson::doc;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use tempfile::TempDir;
@@ -89,6 +90,18 @@ impl MongoServer {
             user: user.to_owned(),
             password: password.to_owned(),
         }))
+    }
+
+    /// One server without authentication shared by all tests of this process, started on
+    /// first use. Give each test its own database ([`crate::unique_db_name`]). It cannot be
+    /// stopped or restarted (tests that do that start their own); it dies with the process
+    /// (see `process.rs`) and its temp dir is swept by a later run.
+    pub fn shared() -> anyhow::Result<&'static MongoServer> {
+        static SHARED: OnceLock<Result<MongoServer, String>> = OnceLock::new();
+        SHARED
+            .get_or_init(|| MongoServer::start().map_err(|e| format!("{e:#}")))
+            .as_ref()
+            .map_err(|e| anyhow!("starting the shared MongoDB-wire server: {e}"))
     }
 
     fn start_inner(credentials: Option<Credentials>) -> anyhow::Result<MongoServer> {

@@ -385,6 +385,26 @@ async fn mongo_conditional_update_changes_only_the_expected_state() {
 }
 
 #[tokio::test]
+async fn shared_mongo_is_one_server_per_process() {
+    let first = MongoServer::shared().unwrap();
+    let second = MongoServer::shared().unwrap();
+    assert!(std::ptr::eq(first, second));
+    let client = client(&first.uri()).await;
+    let db = client.database(&unique_db_name("services_shared"));
+    db.collection::<Document>("runs")
+        .insert_one(doc! { "number": 7 })
+        .await
+        .unwrap();
+    assert_eq!(
+        db.collection::<Document>("runs")
+            .count_documents(doc! {})
+            .await
+            .unwrap(),
+        1
+    );
+}
+
+#[tokio::test]
 async fn mongo_restart_keeps_data_and_port() {
     let mut mongo = MongoServer::start().unwrap();
     let db = unique_db_name("services_restart");
