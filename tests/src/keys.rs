@@ -21,7 +21,8 @@ pub enum KeyType {
     Ed25519,
     /// `ecdsa-sha2-nistp256`.
     Ecdsa,
-    /// `ssh-rsa` 3072 bits (OpenSSH's default size; signatures use rsa-sha2-256/512).
+    /// `ssh-rsa` 2048 bits (smaller than OpenSSH's default 3072 to keep key generation
+    /// fast; signatures use rsa-sha2-256/512).
     Rsa,
 }
 
@@ -30,7 +31,7 @@ impl KeyType {
         match self {
             KeyType::Ed25519 => &["-t", "ed25519"],
             KeyType::Ecdsa => &["-t", "ecdsa", "-b", "256"],
-            KeyType::Rsa => &["-t", "rsa", "-b", "3072"],
+            KeyType::Rsa => &["-t", "rsa", "-b", "2048"],
         }
     }
 }

@@ -6,7 +6,7 @@
 //! ferry-sshd-XXXX/
 //!   sshd_config       ListenAddress 127.0.0.1, Port, HostKey, AuthorizedKeysFile, PidFile, ...
 //!   ssh_host_key(.pub)  throwaway host key (ed25519 unless SshdOptions says otherwise)
-//!   id_user(.pub)     throwaway user key, the only key in authorized_keys
+//!   id_user(.pub)     throwaway user key, in authorized_keys (`Sshd::authorize_key` adds more)
 //!   authorized_keys
 //!   known_hosts       "[127.0.0.1]:PORT <host key>"
 //!   sshd.pid, sshd.log  (the log is `sshd -D -e` stderr, LogLevel VERBOSE)
@@ -21,7 +21,7 @@
 //! `known_hosts` entry stays valid. Drop stops the server and removes the temp dir.
 
 use std::fs::{self, DirBuilder};
-use std::io::{self, Read};
+use std::io::{self, Read, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -169,6 +169,22 @@ impl Sshd {
     /// The user's private key (OpenSSH format, no passphrase, mode 0600).
     pub fn user_key_path(&self) -> &Path {
         self.user_key.private_path()
+    }
+
+    /// Lets `key` log in too (appends its public key to the server's `authorized_keys`; sshd
+    /// reads that file at each login, so no restart is needed).
+    pub fn authorize_key(&self, key: &KeyPair) -> anyhow::Result<()> {
+        let path = self.authorized_keys_path();
+        let mut file = fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        writeln!(file, "{}", key.public_line()?)
+            .with_context(|| format!("appending to {}", path.display()))
+    }
+
+    fn authorized_keys_path(&self) -> PathBuf {
+        self.dir.path().join("authorized_keys")
     }
 
     /// A `known_hosts` file holding the line `[127.0.0.1]:PORT <host key>`.
@@ -321,7 +337,7 @@ impl Sshd {
              MaxStartups 64:30:128\n",
             port = self.port,
             host_key = self.host_key.private_path().display(),
-            authorized_keys = base.join("authorized_keys").display(),
+            authorized_keys = self.authorized_keys_path().display(),
             pid = base.join("sshd.pid").display(),
         );
         for line in &self.options.extra_config {

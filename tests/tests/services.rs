@@ -54,20 +54,38 @@ async fn connect(
     sshd: &Sshd,
     known_hosts: &Path,
 ) -> Result<client::Handle<KnownHostsOnly>, russh::Error> {
+    let mut session = handshake(sshd, known_hosts).await?;
+    let accepted = log_in(&mut session, sshd.user(), sshd.user_key_path()).await?;
+    assert!(accepted, "public key authentication failed");
+    Ok(session)
+}
+
+/// Connects to `sshd` and checks its host key against `known_hosts`; no login yet.
+async fn handshake(
+    sshd: &Sshd,
+    known_hosts: &Path,
+) -> Result<client::Handle<KnownHostsOnly>, russh::Error> {
     let handler = KnownHostsOnly {
         host: sshd.host().to_owned(),
         port: sshd.port(),
         known_hosts: known_hosts.to_path_buf(),
     };
     let config = Arc::new(client::Config::default());
-    let mut session = client::connect(config, (sshd.host(), sshd.port()), handler).await?;
-    let key = russh::keys::load_secret_key(sshd.user_key_path(), None)?;
+    client::connect(config, (sshd.host(), sshd.port()), handler).await
+}
+
+/// Public-key authentication with the private key at `key_path`; whether it was accepted.
+async fn log_in(
+    session: &mut client::Handle<KnownHostsOnly>,
+    user: &str,
+    key_path: &Path,
+) -> Result<bool, russh::Error> {
+    let key = russh::keys::load_secret_key(key_path, None)?;
     let hash = session.best_supported_rsa_hash().await?.flatten();
     let auth = session
-        .authenticate_publickey(sshd.user(), PrivateKeyWithHashAlg::new(Arc::new(key), hash))
+        .authenticate_publickey(user, PrivateKeyWithHashAlg::new(Arc::new(key), hash))
         .await?;
-    assert!(auth.success(), "public key authentication failed: {auth:?}");
-    Ok(session)
+    Ok(auth.success())
 }
 
 async fn open_sftp(session: &client::Handle<KnownHostsOnly>) -> SftpSession {
@@ -258,6 +276,33 @@ fn dropping_sshd_stops_it_and_removes_its_files() {
     assert!(!root.exists(), "{} survived the drop", root.display());
 }
 
+#[tokio::test]
+async fn only_authorized_user_keys_log_in() {
+    let sshd = Sshd::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let other = KeyPair::generate(KeyType::Ed25519, &dir.path().join("other"), "o").unwrap();
+    let mut session = handshake(&sshd, sshd.known_hosts_path()).await.unwrap();
+    let accepted = log_in(&mut session, sshd.user(), other.private_path()).await;
+    assert!(!accepted.unwrap(), "a key not in authorized_keys logged in");
+
+    sshd.authorize_key(&other).unwrap();
+    let mut session = handshake(&sshd, sshd.known_hosts_path()).await.unwrap();
+    let accepted = log_in(&mut session, sshd.user(), other.private_path()).await;
+    assert!(accepted.unwrap(), "an authorized key was refused");
+}
+
+#[test]
+fn sshd_config_error_is_reported_with_the_log_tail() {
+    let err = Sshd::start_with(SshdOptions {
+        extra_config: vec!["NoSuchKeyword yes".to_owned()],
+        ..SshdOptions::default()
+    })
+    .unwrap_err();
+    let err = format!("{err:#}");
+    assert!(err.contains("sshd exited with"), "{err}");
+    assert!(err.contains("NoSuchKeyword"), "{err}");
+}
+
 #[test]
 fn missing_sshd_binary_fails_with_install_hint() {
     let err = Sshd::start_with(SshdOptions {
@@ -271,12 +316,32 @@ fn missing_sshd_binary_fails_with_install_hint() {
     );
 }
 
-/// Runs the ignored test `name` of this binary in a child process with `env` set (`None`:
-/// removed), so that environment overrides do not race the servers of concurrent tests.
-/// Returns the child's stdout; panics if the child test failed.
-fn run_child_test(name: &str, env: &[(&str, Option<&str>)]) -> String {
+/// Runs in a child process started by [`start_error_in_child`]: starts the server named by
+/// `$FERRY_CHILD_SERVER` (`sshd` or `mongo`), which must fail, and prints the error.
+#[test]
+#[ignore = "run in a child process by start_error_in_child"]
+fn child_print_start_error() {
+    let err = match std::env::var("FERRY_CHILD_SERVER").as_deref() {
+        Ok("sshd") => Sshd::start().map(drop).unwrap_err(),
+        Ok("mongo") => MongoServer::start().map(drop).unwrap_err(),
+        other => panic!("FERRY_CHILD_SERVER={other:?}"),
+    };
+    println!("CHILD-ERROR-BEGIN\n{err:#}\nCHILD-ERROR-END");
+}
+
+/// Starts `server` (`sshd` or `mongo`) in a child process of this test binary with `env` set
+/// (`None`: removed) and returns the start error it printed. Environment overrides are
+/// tested this way because setting them here would race the servers of concurrent tests.
+fn start_error_in_child(server: &str, env: &[(&str, Option<&str>)]) -> String {
     let mut child = Command::new(std::env::current_exe().expect("path of this test binary"));
-    child.args(["--exact", name, "--ignored", "--nocapture"]);
+    child
+        .args([
+            "--exact",
+            "child_print_start_error",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("FERRY_CHILD_SERVER", server);
     for (key, value) in env {
         match value {
             Some(value) => child.env(key, value),
@@ -285,30 +350,23 @@ fn run_child_test(name: &str, env: &[(&str, Option<&str>)]) -> String {
     }
     let out = child.output().expect("running this test binary as a child");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "child test {name} failed: {stdout}");
+    assert!(out.status.success(), "child test failed: {stdout}");
     stdout
-}
-
-/// Runs in a child process started by `env_override_of_sshd_binary_is_honoured`, with
-/// `FERRY_TEST_SSHD` set there (setting it here would race the other tests' servers).
-#[test]
-#[ignore = "run by env_override_of_sshd_binary_is_honoured in a child process"]
-fn child_start_sshd_from_env() {
-    let err = Sshd::start().unwrap_err();
-    println!("CHILD-ERROR: {err}");
+        .split_once("CHILD-ERROR-BEGIN\n")
+        .and_then(|(_, rest)| rest.split_once("\nCHILD-ERROR-END"))
+        .map(|(error, _)| error.to_owned())
+        .unwrap_or_else(|| panic!("no CHILD-ERROR block in {stdout}"))
 }
 
 #[test]
 fn env_override_of_sshd_binary_is_honoured() {
-    let stdout = run_child_test(
-        "child_start_sshd_from_env",
+    let error = start_error_in_child(
+        "sshd",
         &[("FERRY_TEST_SSHD", Some("/nonexistent/env-sshd"))],
     );
-    assert!(
-        stdout.contains(
-            "CHILD-ERROR: sshd not found at /nonexistent/env-sshd: run deploy/install-test-deps.sh (installs openssh-server)"
-        ),
-        "{stdout}"
+    assert_eq!(
+        error,
+        "sshd not found at /nonexistent/env-sshd: run deploy/install-test-deps.sh (installs openssh-server)"
     );
 }
 
@@ -344,7 +402,7 @@ async fn mongo_insert_and_find_with_official_driver() {
 
 #[tokio::test]
 async fn mongo_conditional_update_changes_only_the_expected_state() {
-    let mongo = MongoServer::start().unwrap();
+    let mongo = MongoServer::shared().unwrap();
     let client = client(&mongo.uri()).await;
     let runs = client
         .database(&unique_db_name("services_cond"))
@@ -469,26 +527,35 @@ fn dropping_mongo_stops_it_and_removes_its_storage() {
 }
 
 #[test]
-#[ignore = "run by env_override_of_mongo_binary_is_honoured in a child process"]
-fn child_start_mongo_from_env() {
-    let err = MongoServer::start().unwrap_err();
-    println!("CHILD-ERROR: {err}");
+fn mongo_server_that_exits_at_once_is_reported_with_its_output() {
+    // `ls` as the server: it rejects `--config` and exits 2 with a message on stderr.
+    let error = start_error_in_child(
+        "mongo",
+        &[
+            ("FERRY_TEST_SECANTUSD", Some("/bin/ls")),
+            ("FERRY_TEST_MONGOD", None),
+        ],
+    );
+    assert!(
+        error.contains("secantusd-rs exited with exit status: 2 before it was ready"),
+        "{error}"
+    );
+    assert!(error.contains("--config"), "log tail missing: {error}");
 }
 
 #[test]
 fn env_override_of_mongo_binary_is_honoured() {
-    let stdout = run_child_test(
-        "child_start_mongo_from_env",
+    let error = start_error_in_child(
+        "mongo",
         &[
             ("FERRY_TEST_SECANTUSD", Some("/nonexistent/secantusd-rs")),
             ("FERRY_TEST_MONGOD", None),
         ],
     );
     assert!(
-        stdout
-            .contains("CHILD-ERROR: FERRY_TEST_SECANTUSD=/nonexistent/secantusd-rs does not exist")
-            && stdout.contains("deploy/install-test-deps.sh"),
-        "{stdout}"
+        error.starts_with("FERRY_TEST_SECANTUSD=/nonexistent/secantusd-rs does not exist")
+            && error.contains("deploy/install-test-deps.sh"),
+        "{error}"
     );
 }
 
