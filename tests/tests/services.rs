@@ -211,6 +211,49 @@ fn openssh_client_runs_a_command_with_ssh_argv() {
 }
 
 #[test]
+fn openssh_sftp_and_scp_work_with_ssh_options() {
+    let sshd = Sshd::start().unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let source = local.path().join("source.bin");
+    let mut data = vec![0u8; 64 * 1024];
+    rand::rng().fill_bytes(&mut data);
+    std::fs::write(&source, &data).unwrap();
+
+    let scp_target = sshd.root().join("by-scp.bin");
+    let out = Command::new("scp")
+        .args(sshd.ssh_options())
+        .arg(&source)
+        .arg(format!("{}:{}", sshd.host(), scp_target.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "scp: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read(&scp_target).unwrap() == data);
+
+    let sftp_target = sshd.root().join("by-sftp.bin");
+    let mut sftp = Command::new("sftp")
+        .args(sshd.ssh_options())
+        .args(["-b", "-", sshd.host()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let batch = format!("put {} {}\n", source.display(), sftp_target.display());
+    std::io::Write::write_all(&mut sftp.stdin.take().unwrap(), batch.as_bytes()).unwrap();
+    let out = sftp.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "sftp: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read(&sftp_target).unwrap() == data);
+}
+
+#[test]
 fn host_key_fingerprint_matches_what_openssh_sees() {
     let sshd = Sshd::start().unwrap();
     // ssh-keyscan asks the running server for its key; ssh-keygen fingerprints it.
