@@ -31,11 +31,10 @@ use bson::doc;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use tempfile::TempDir;
 
-use crate::tempdirs::server_temp_dir;
-
 use crate::binaries::{mongo_binary, ServerKind};
 use crate::ports::LOOPBACK;
 use crate::process::{restart_on_port, start_on_free_port, ServerProcess, StartError};
+use crate::tempdirs::server_temp_dir;
 use crate::wire;
 
 /// How long a start may take until `hello` answers.

@@ -30,12 +30,11 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _};
 use tempfile::TempDir;
 
-use crate::tempdirs::server_temp_dir;
-
 use crate::binaries::sshd_binary;
 use crate::keys::{KeyPair, KeyType};
 use crate::ports::LOOPBACK;
 use crate::process::{restart_on_port, run_tool, start_on_free_port, ServerProcess, StartError};
+use crate::tempdirs::server_temp_dir;
 
 /// Debian's sshd refuses to start as root without this directory.
 const PRIVSEP_DIR: &str = "/run/sshd";
