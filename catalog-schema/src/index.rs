@@ -10,6 +10,8 @@
 //! | `detector_name`              | `detector, name` (unique, names only)  | `runs show NAME`, registration |
 //! | `data_host_status`           | `data.host, data.status`               | work lists per site            |
 //! | `data_status_lease_expires`  | `data.status, data.lease.expires`      | stalled copies                 |
+//! | `number`                     | `number`                               | `runs show N` (any detector)   |
+//! | `name`                       | `name`                                 | `runs show NAME`               |
 //! | `start`                      | `start`                                | `runs list --since`            |
 
 /// One index: its name, its keys (field, 1 or -1), whether it is unique, and an optional
@@ -50,6 +52,18 @@ pub const RUN_INDEXES: &[IndexSpec] = &[
     IndexSpec {
         name: "data_status_lease_expires",
         keys: &[("data.status", 1), ("data.lease.expires", 1)],
+        unique: false,
+        partial_type: None,
+    },
+    IndexSpec {
+        name: "number",
+        keys: &[("number", 1)],
+        unique: false,
+        partial_type: None,
+    },
+    IndexSpec {
+        name: "name",
+        keys: &[("name", 1)],
         unique: false,
         partial_type: None,
     },
