@@ -166,9 +166,10 @@ pub struct Transition {
     pub from: CopyStatus,
     /// The status it goes to (must satisfy [`catalog_schema::can_transition`]).
     pub to: CopyStatus,
-    /// The lease owner the copy must have; `None` for copies that hold no lease
-    /// (`transferred`, `error`). Moving to `transferring` or `verifying` sets the lease to
-    /// this owner; moving anywhere else releases it.
+    /// The lease owner. When `from` is a leased status (`transferring`, `verifying`) the
+    /// copy must be leased by this owner (`None`: by anyone). When `from` holds no lease
+    /// (`transferred`, `error`), the status alone is compared. Moving to a leased status
+    /// gives the lease to this owner; moving anywhere else releases it.
     pub owner: Option<String>,
     /// The lease duration when moving to a leased status.
     pub lease_for: Duration,
@@ -385,6 +386,88 @@ pub fn resolve_catalog_uri(flag: Option<&str>) -> Result<CatalogUri, CatalogUriE
 pub(crate) fn after(now: DateTime, d: Duration) -> DateTime {
     let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
     DateTime::from_millis(now.timestamp_millis().saturating_add(ms))
+}
+
+impl OriginCopy {
+    /// The `data[]` entry it adds: `transferred`, checksum = digest, verified now.
+    pub fn entry(&self, now: DateTime) -> CopyEntry {
+        let mut c = CopyEntry::new(
+            &self.copy.host,
+            &self.copy.data_type,
+            CopyStatus::Transferred,
+            now,
+        );
+        c.location = Some(self.location.clone());
+        c.protocol = Some(self.protocol.clone());
+        c.checksum = Some(self.manifest.digest.clone());
+        c.verified_time = Some(now);
+        c
+    }
+
+    /// Its audit event.
+    pub fn event(&self) -> Event {
+        Event::copy(
+            &self.who,
+            "copy-added",
+            &self.copy.host,
+            &self.copy.data_type,
+            None,
+        )
+    }
+}
+
+impl ClaimRequest {
+    /// The `data[]` entry a won claim adds: `transferring`, leased until `now + lease_for`,
+    /// first attempt.
+    pub fn entry(&self, now: DateTime) -> CopyEntry {
+        let mut c = CopyEntry::new(
+            &self.copy.host,
+            &self.copy.data_type,
+            CopyStatus::Transferring,
+            now,
+        );
+        c.location = Some(self.location.clone());
+        c.protocol = Some(self.protocol.clone());
+        c.lease = Some(catalog_schema::Lease {
+            owner: self.owner.clone(),
+            expires: after(now, self.lease_for),
+        });
+        c.attempts = 1;
+        c
+    }
+
+    /// Its audit event.
+    pub fn event(&self) -> Event {
+        Event::copy(
+            &self.owner,
+            "claimed",
+            &self.copy.host,
+            &self.copy.data_type,
+            None,
+        )
+    }
+}
+
+impl Transition {
+    /// Its audit event, as `action` (`status`, `removing`) on `copy`.
+    pub fn event(&self, copy: &CopyRef, action: &str) -> Event {
+        let reason = match &self.reason {
+            Some(r) => format!("{} -> {}: {r}", self.from, self.to),
+            None => format!("{} -> {}", self.from, self.to),
+        };
+        Event::copy(&self.who, action, &copy.host, &copy.data_type, Some(reason))
+    }
+}
+
+/// The event of a reclaim of a stalled copy.
+pub(crate) fn reclaim_event(copy: &CopyRef, stale_owner: &str, new_owner: &str) -> Event {
+    Event::copy(
+        new_owner,
+        "reclaimed",
+        &copy.host,
+        &copy.data_type,
+        Some(format!("lease of {stale_owner} expired")),
+    )
 }
 
 /// The transition `mark_removing` performs.

@@ -6,9 +6,11 @@
 //! filters and updates of the MongoDB back end one for one.
 
 use bson::DateTime;
-use catalog_schema::{CopyEntry, CopyStatus, Event, Lease, RunDoc};
+use catalog_schema::{CopyStatus, Event, Lease, RunDoc};
 
-use crate::catalog::{after, ClaimRequest, CopyRef, Manifest, OriginCopy, Transition};
+use crate::catalog::{
+    after, reclaim_event, ClaimRequest, CopyRef, Manifest, OriginCopy, Transition,
+};
 
 /// Sets the manifest if the run has none; `false` if it has a different one.
 pub(super) fn set_manifest(run: &mut RunDoc, m: &Manifest) -> bool {
@@ -28,24 +30,8 @@ pub(super) fn add_origin(run: &mut RunDoc, o: &OriginCopy, now: DateTime) -> boo
     if run.copy(&o.copy.host, &o.copy.data_type).is_some() || !set_manifest(run, &o.manifest) {
         return false;
     }
-    let mut c = CopyEntry::new(
-        &o.copy.host,
-        &o.copy.data_type,
-        CopyStatus::Transferred,
-        now,
-    );
-    c.location = Some(o.location.clone());
-    c.protocol = Some(o.protocol.clone());
-    c.checksum = Some(o.manifest.digest.clone());
-    c.verified_time = Some(now);
-    run.data.push(c);
-    run.push_event(Event::copy(
-        &o.who,
-        "copy-added",
-        &o.copy.host,
-        &o.copy.data_type,
-        None,
-    ));
+    run.data.push(o.entry(now));
+    run.push_event(o.event());
     true
 }
 
@@ -54,29 +40,11 @@ pub(super) fn claim(run: &mut RunDoc, r: &ClaimRequest, now: DateTime) -> Option
     if run.copy(&r.copy.host, &r.copy.data_type).is_some() {
         return None;
     }
-    let lease = Lease {
-        owner: r.owner.clone(),
-        expires: after(now, r.lease_for),
-    };
-    let mut c = CopyEntry::new(
-        &r.copy.host,
-        &r.copy.data_type,
-        CopyStatus::Transferring,
-        now,
-    );
-    c.location = Some(r.location.clone());
-    c.protocol = Some(r.protocol.clone());
-    c.lease = Some(lease.clone());
-    c.attempts = 1;
+    let c = r.entry(now);
+    let lease = c.lease.clone();
     run.data.push(c);
-    run.push_event(Event::copy(
-        &r.owner,
-        "claimed",
-        &r.copy.host,
-        &r.copy.data_type,
-        None,
-    ));
-    Some(lease)
+    run.push_event(r.event());
+    lease
 }
 
 /// Renews (`Some(expires)`) or releases (`None`) a lease held by `owner`.
@@ -111,7 +79,8 @@ pub(super) fn transition(
     let Some(c) = run.copy_mut(&copy.host, &copy.data_type) else {
         return false;
     };
-    if c.status != t.from || t.owner.as_deref().is_some_and(|o| !c.leased_by(o)) {
+    let owner_mismatch = t.from.is_leased() && t.owner.as_deref().is_some_and(|o| !c.leased_by(o));
+    if c.status != t.from || owner_mismatch {
         return false;
     }
     c.status = t.to;
@@ -133,17 +102,7 @@ pub(super) fn transition(
     if t.to == CopyStatus::Transferring {
         c.attempts += 1;
     }
-    let reason = match &t.reason {
-        Some(r) => format!("{} -> {}: {r}", t.from, t.to),
-        None => format!("{} -> {}", t.from, t.to),
-    };
-    run.push_event(Event::copy(
-        &t.who,
-        action,
-        &copy.host,
-        &copy.data_type,
-        Some(reason),
-    ));
+    run.push_event(t.event(copy, action));
     true
 }
 
@@ -188,13 +147,7 @@ pub(super) fn reclaim(
     c.lease = Some(lease.clone());
     c.attempts += 1;
     c.updated_time = Some(now);
-    run.push_event(Event::copy(
-        new_owner,
-        "reclaimed",
-        &copy.host,
-        &copy.data_type,
-        Some(format!("lease of {stale} expired")),
-    ));
+    run.push_event(reclaim_event(copy, stale, new_owner));
     Some(lease)
 }
 

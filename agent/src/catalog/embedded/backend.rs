@@ -127,6 +127,55 @@ impl EmbeddedCatalog {
         .await
     }
 
+    /// Stores a document written by another tool as it is (e.g. imported from a MongoDB
+    /// export). Only `number` (and `detector`, default `tpc`) must be readable; a document
+    /// that is not a valid run document is stored anyway, and reading it later reports it.
+    pub async fn import_document(&self, doc: bson::Document) -> Result<(), CatalogError> {
+        let shown = self.describe();
+        let bad = |detail: &str| CatalogError::BadDocument {
+            catalog: shown.clone(),
+            source: catalog_schema::ShapeError {
+                run: catalog_schema::identify(&doc),
+                detail: detail.to_string(),
+            },
+        };
+        let number = match doc.get("number") {
+            Some(bson::Bson::Int32(n)) => i64::from(*n),
+            Some(bson::Bson::Int64(n)) => *n,
+            Some(bson::Bson::Double(d)) if d.fract() == 0.0 && d.abs() < 9.0e15 => {
+                #[allow(clippy::cast_possible_truncation)]
+                let n = *d as i64;
+                n
+            }
+            _ => return Err(bad("field `number`: missing or not an integer")),
+        };
+        let detector = doc
+            .get_str("detector")
+            .unwrap_or(catalog_schema::DEFAULT_DETECTOR)
+            .to_string();
+        let name = doc.get_str("name").ok().map(str::to_string);
+        let start = doc.get_datetime("start").ok().map(|d| d.timestamp_millis());
+        let parsed = RunDoc::from_document(doc.clone()).ok();
+        let mut blob = Vec::new();
+        doc.to_writer(&mut blob).map_err(|e| bad(&e.to_string()))?;
+        self.blocking("import", move |conn, shown| {
+            let op = format!("import {detector}/{number}");
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| sql_error(shown, &op, e))?;
+            tx.execute(
+                "INSERT INTO runs (detector, number, name, start, doc) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![detector, number, name, start, blob],
+            )
+            .map_err(|e| sql_error(shown, &op, e))?;
+            if let Some(run) = parsed {
+                project(&tx, shown, tx.last_insert_rowid(), &run)?;
+            }
+            tx.commit().map_err(|e| sql_error(shown, &op, e))
+        })
+        .await
+    }
+
     /// Runs `f` on the connection in a blocking thread.
     async fn blocking<T, F>(&self, op: &str, f: F) -> Result<T, CatalogError>
     where
@@ -470,7 +519,7 @@ impl Catalog for EmbeddedCatalog {
             Ok(apply::claim(run, &r, now))
         })
         .await
-        .map(|l| claim(l))
+        .map(claim)
     }
 
     async fn renew_lease(
@@ -485,7 +534,7 @@ impl Catalog for EmbeddedCatalog {
             some_if(apply::set_lease(run, &c, &o, Some(expires)))
         })
         .await
-        .map(|d| cas(d))
+        .map(cas)
     }
 
     async fn release_lease(&self, copy: &CopyRef, owner: &str) -> Result<Cas, CatalogError> {
@@ -494,7 +543,7 @@ impl Catalog for EmbeddedCatalog {
             some_if(apply::set_lease(run, &c, &o, None))
         })
         .await
-        .map(|d| cas(d))
+        .map(cas)
     }
 
     async fn transition(&self, copy: &CopyRef, change: &Transition) -> Result<Cas, CatalogError> {
@@ -512,7 +561,7 @@ impl Catalog for EmbeddedCatalog {
             some_if(apply::transition(run, &c, &t, "status", now))
         })
         .await
-        .map(|d| cas(d))
+        .map(cas)
     }
 
     async fn record_checksum(
@@ -539,7 +588,7 @@ impl Catalog for EmbeddedCatalog {
             ))
         })
         .await
-        .map(|d| cas(d))
+        .map(cas)
     }
 
     async fn reclaim_stalled(
@@ -555,7 +604,7 @@ impl Catalog for EmbeddedCatalog {
             Ok(apply::reclaim(run, &c, &s, &n, after(now, lease_for), now))
         })
         .await
-        .map(|l| claim(l))
+        .map(claim)
     }
 
     async fn mark_removing(
@@ -580,7 +629,7 @@ impl Catalog for EmbeddedCatalog {
             some_if(apply::transition(run, &c, &t, "removing", now))
         })
         .await
-        .map(|d| cas(d))
+        .map(cas)
     }
 
     async fn remove_copy(&self, copy: &CopyRef, who: &str, why: &str) -> Result<Cas, CatalogError> {
@@ -589,7 +638,7 @@ impl Catalog for EmbeddedCatalog {
             some_if(apply::remove(run, &c, &w, &y))
         })
         .await
-        .map(|d| cas(d))
+        .map(cas)
     }
 
     async fn heartbeat(&self, beat: &Heartbeat) -> Result<(), CatalogError> {

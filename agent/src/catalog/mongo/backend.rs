@@ -1,10 +1,11 @@
 //! [`MongoCatalog`]: the [`Catalog`] trait over a MongoDB collection.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bson::{doc, Bson, DateTime, Document};
-use catalog_schema::{CopyEntry, CopyStatus, Event, Heartbeat, RunDoc, RunKey, MAX_EVENTS};
+use catalog_schema::{CopyStatus, Event, Heartbeat, RunDoc, RunKey, MAX_EVENTS};
 use futures::TryStreamExt;
 use mongodb::options::{ClientOptions, Credential, Hint, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
@@ -12,9 +13,9 @@ use mongodb::{Client, Collection, Database, IndexModel};
 use super::config::MongoConfig;
 use super::errors::{classify, is_duplicate_key};
 use crate::catalog::{
-    after, check_registration, new_run_doc, removing_transition, Cas, Catalog, CatalogError, Claim,
-    ClaimRequest, CopyRef, LeaseHeld, NewRun, OriginCopy, RegisterCheck, Registered, RunFilter,
-    RunSelector, Transition,
+    after, check_registration, new_run_doc, reclaim_event, removing_transition, Cas, Catalog,
+    CatalogError, Claim, ClaimRequest, CopyRef, LeaseHeld, NewRun, OriginCopy, RegisterCheck,
+    Registered, RunFilter, RunSelector, Transition,
 };
 
 /// Index the site work lists use (see `catalog_schema::index`).
@@ -157,13 +158,13 @@ impl MongoCatalog {
     }
 
     fn key_filter(key: &RunKey) -> Document {
-        doc! { "detector": &key.detector, "number": key.number }
+        doc! { "detector": detector_match(&key.detector), "number": key.number }
     }
 
     /// Filter for one run whose copy matches `elem` (an `$elemMatch` on `data`).
     fn copy_filter(copy: &CopyRef, mut elem: Document) -> Document {
         elem.insert("host", &copy.host);
-        elem.insert("type", &copy.data_type);
+        elem.insert("type", type_match(&copy.data_type));
         let mut f = Self::key_filter(&copy.run);
         f.insert("data", doc! { "$elemMatch": elem });
         f
@@ -264,7 +265,7 @@ impl MongoCatalog {
         }
         let now = DateTime::now();
         let mut elem = doc! { "status": t.from.as_str() };
-        if let Some(owner) = &t.owner {
+        if let (Some(owner), true) = (&t.owner, t.from.is_leased()) {
             elem.insert("lease.owner", owner);
         }
         let mut set = doc! { "data.$.status": t.to.as_str(), "data.$.updated_time": now };
@@ -291,11 +292,7 @@ impl MongoCatalog {
         if t.to == CopyStatus::Transferring {
             update.insert("$inc", doc! { "data.$.attempts": 1 });
         }
-        let reason = match &t.reason {
-            Some(r) => format!("{} -> {}: {r}", t.from, t.to),
-            None => format!("{} -> {}", t.from, t.to),
-        };
-        let event = Event::copy(&t.who, action, &copy.host, &copy.data_type, Some(reason));
+        let event = t.event(copy, action);
         self.push_event(&mut update, &event)?;
         self.update(
             &format!("{action} {copy}"),
@@ -307,7 +304,7 @@ impl MongoCatalog {
 
     /// Registers one run that `insert` refused as a duplicate.
     async fn register_existing(&self, new: &NewRun) -> Result<Registered, CatalogError> {
-        let mut filter = doc! { "detector": &new.key.detector };
+        let mut filter = doc! { "detector": detector_match(&new.key.detector) };
         let mut or = vec![Bson::Document(doc! { "number": new.key.number })];
         if let Some(name) = &new.name {
             or.push(Bson::Document(doc! { "name": name }));
@@ -359,12 +356,47 @@ impl MongoCatalog {
     }
 }
 
+/// The key of a raw document (`detector` defaults to `tpc`; `number` may be any integer
+/// type or a whole double).
+fn raw_key(d: &Document) -> Option<RunKey> {
+    let number = match d.get("number")? {
+        Bson::Int32(n) => i64::from(*n),
+        Bson::Int64(n) => *n,
+        #[allow(clippy::cast_possible_truncation)]
+        Bson::Double(x) if x.fract() == 0.0 => *x as i64,
+        _ => return None,
+    };
+    let detector = d
+        .get_str("detector")
+        .unwrap_or(catalog_schema::DEFAULT_DETECTOR);
+    Some(RunKey::new(detector, number))
+}
+
+/// Matches the detector; documents without one are `tpc` (cax's DAQ wrote none).
+fn detector_match(detector: &str) -> Bson {
+    if detector == catalog_schema::DEFAULT_DETECTOR {
+        Bson::Document(doc! { "$in": [detector, Bson::Null] })
+    } else {
+        Bson::String(detector.to_string())
+    }
+}
+
+/// Matches a copy's data type; entries without one are `raw`.
+fn type_match(data_type: &str) -> Bson {
+    if data_type == "raw" {
+        Bson::Document(doc! { "$in": [data_type, Bson::Null] })
+    } else {
+        Bson::String(data_type.to_string())
+    }
+}
+
 fn needing_copy_query(dest: &str, data_type: &str, sources: &[String]) -> Query {
     Query {
         filter: doc! { "$and": [
             { "data": { "$elemMatch": {
-                "host": { "$in": sources }, "status": "transferred", "type": data_type } } },
-            { "data": { "$not": { "$elemMatch": { "host": dest, "type": data_type } } } },
+                "host": { "$in": sources }, "status": "transferred",
+                "type": type_match(data_type) } } },
+            { "data": { "$not": { "$elemMatch": { "host": dest, "type": type_match(data_type) } } } },
         ]},
         hint: HOST_STATUS,
     }
@@ -417,8 +449,16 @@ impl Catalog for MongoCatalog {
                 catalog: self.shown.clone(),
                 source,
             })?;
-        match self.runs.insert_one(doc).await {
-            Ok(_) => Ok(Registered::Created),
+        // An upsert rather than an insert: a DAQ document without `detector` is a `tpc`
+        // run, but the unique index would not see it as one.
+        let result = self
+            .runs
+            .update_one(Self::key_filter(&run.key), doc! { "$setOnInsert": doc })
+            .upsert(true)
+            .await;
+        match result {
+            Ok(r) if r.upserted_id.is_some() => Ok(Registered::Created),
+            Ok(_) => self.register_existing(run).await,
             Err(e) if is_duplicate_key(&e) => self.register_existing(run).await,
             Err(e) => Err(classify(&self.shown, &format!("register {}", run.key), e)),
         }
@@ -428,30 +468,61 @@ impl Catalog for MongoCatalog {
         if runs.is_empty() {
             return Ok(Vec::new());
         }
-        let docs = runs
+        // One indexed query finds the runs already there (by number, any detector); the
+        // rest go in with one unordered insert_many.
+        let numbers: Vec<i64> = runs.iter().map(|r| r.key.number).collect();
+        let present: HashSet<RunKey> = self
+            .runs
+            .find(doc! { "number": { "$in": numbers } })
+            .projection(doc! { "detector": 1, "number": 1 })
+            .await
+            .map_err(|e| classify(&self.shown, "register many (read existing)", e))?
+            .try_collect::<Vec<Document>>()
+            .await
+            .map_err(|e| classify(&self.shown, "register many (read existing)", e))?
             .iter()
-            .map(|r| new_run_doc(r).to_document())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| CatalogError::BadDocument {
-                catalog: self.shown.clone(),
-                source,
-            })?;
+            .filter_map(raw_key)
+            .collect();
         let mut out = vec![Registered::Created; runs.len()];
-        let refused: Vec<usize> = match self.runs.insert_many(docs).ordered(false).await {
-            Ok(_) => Vec::new(),
-            Err(e) => match e.kind.as_ref() {
-                mongodb::error::ErrorKind::InsertMany(im)
-                    if im.write_concern_error.is_none()
-                        && im.write_errors.as_ref().is_some_and(|w| {
-                            w.iter().all(|x| x.code == super::errors::DUPLICATE_KEY)
-                        }) =>
-                {
-                    im.write_errors.iter().flatten().map(|w| w.index).collect()
+        let mut redo: Vec<usize> = Vec::new();
+        let mut fresh: Vec<(usize, Document)> = Vec::new();
+        for (i, r) in runs.iter().enumerate() {
+            if present.contains(&r.key) {
+                redo.push(i);
+            } else {
+                let doc =
+                    new_run_doc(r)
+                        .to_document()
+                        .map_err(|source| CatalogError::BadDocument {
+                            catalog: self.shown.clone(),
+                            source,
+                        })?;
+                fresh.push((i, doc));
+            }
+        }
+        let positions: Vec<usize> = fresh.iter().map(|(i, _)| *i).collect();
+        if !fresh.is_empty() {
+            let docs = fresh.into_iter().map(|(_, d)| d);
+            if let Err(e) = self.runs.insert_many(docs).ordered(false).await {
+                match e.kind.as_ref() {
+                    mongodb::error::ErrorKind::InsertMany(im)
+                        if im.write_concern_error.is_none()
+                            && im.write_errors.as_ref().is_some_and(|w| {
+                                w.iter().all(|x| x.code == super::errors::DUPLICATE_KEY)
+                            }) =>
+                    {
+                        redo.extend(
+                            im.write_errors
+                                .iter()
+                                .flatten()
+                                .filter_map(|w| positions.get(w.index).copied()),
+                        );
+                    }
+                    _ => return Err(classify(&self.shown, "register many", e)),
                 }
-                _ => return Err(classify(&self.shown, "register many", e)),
-            },
-        };
-        for i in refused {
+            }
+        }
+        for i in redo {
             if let (Some(slot), Some(run)) = (out.get_mut(i), runs.get(i)) {
                 *slot = self.register_existing(run).await?;
             }
@@ -460,21 +531,12 @@ impl Catalog for MongoCatalog {
     }
 
     async fn add_origin_copy(&self, o: &OriginCopy) -> Result<Cas, CatalogError> {
-        let now = DateTime::now();
-        let mut c = CopyEntry::new(
-            &o.copy.host,
-            &o.copy.data_type,
-            CopyStatus::Transferred,
-            now,
-        );
-        c.location = Some(o.location.clone());
-        c.protocol = Some(o.protocol.clone());
-        c.checksum = Some(o.manifest.digest.clone());
-        c.verified_time = Some(now);
+        let c = o.entry(DateTime::now());
         let mut filter = Self::key_filter(&o.copy.run);
         filter.insert(
             "data",
-            doc! { "$not": { "$elemMatch": { "host": &o.copy.host, "type": &o.copy.data_type } } },
+            doc! { "$not": { "$elemMatch": {
+            "host": &o.copy.host, "type": type_match(&o.copy.data_type) } } },
         );
         filter.insert(
             "$or",
@@ -492,44 +554,32 @@ impl Catalog for MongoCatalog {
             },
             "$push": { "data": self.bson_of("copy", &c)? },
         };
-        let ev = Event::copy(&o.who, "copy-added", &o.copy.host, &o.copy.data_type, None);
-        self.push_event(&mut update, &ev)?;
+        self.push_event(&mut update, &o.event())?;
         self.update(&format!("add origin copy {}", o.copy), filter, update)
             .await
     }
 
     async fn claim_copy(&self, r: &ClaimRequest) -> Result<Claim, CatalogError> {
-        let now = DateTime::now();
-        let expires = after(now, r.lease_for);
-        let mut c = CopyEntry::new(
-            &r.copy.host,
-            &r.copy.data_type,
-            CopyStatus::Transferring,
-            now,
-        );
-        c.location = Some(r.location.clone());
-        c.protocol = Some(r.protocol.clone());
-        c.lease = Some(catalog_schema::Lease {
-            owner: r.owner.clone(),
-            expires,
-        });
-        c.attempts = 1;
+        let c = r.entry(DateTime::now());
+        let Some(lease) = c.lease.clone() else {
+            return Ok(Claim::Lost);
+        };
         let mut filter = Self::key_filter(&r.copy.run);
         filter.insert(
             "data",
-            doc! { "$not": { "$elemMatch": { "host": &r.copy.host, "type": &r.copy.data_type } } },
+            doc! { "$not": { "$elemMatch": {
+            "host": &r.copy.host, "type": type_match(&r.copy.data_type) } } },
         );
         let mut update = doc! { "$push": { "data": self.bson_of("copy", &c)? } };
-        let ev = Event::copy(&r.owner, "claimed", &r.copy.host, &r.copy.data_type, None);
-        self.push_event(&mut update, &ev)?;
+        self.push_event(&mut update, &r.event())?;
         Ok(
             match self
                 .update(&format!("claim {}", r.copy), filter, update)
                 .await?
             {
                 Cas::Done => Claim::Won(LeaseHeld {
-                    owner: r.owner.clone(),
-                    expires,
+                    owner: lease.owner,
+                    expires: lease.expires,
                 }),
                 Cas::Lost => Claim::Lost,
             },
@@ -605,13 +655,7 @@ impl Catalog for MongoCatalog {
             },
             "$inc": { "data.$.attempts": 1 },
         };
-        let ev = Event::copy(
-            new_owner,
-            "reclaimed",
-            &copy.host,
-            &copy.data_type,
-            Some(format!("lease of {stale_owner} expired")),
-        );
+        let ev = reclaim_event(copy, stale_owner, new_owner);
         self.push_event(&mut update, &ev)?;
         Ok(
             match self
@@ -645,7 +689,7 @@ impl Catalog for MongoCatalog {
     async fn remove_copy(&self, copy: &CopyRef, who: &str, why: &str) -> Result<Cas, CatalogError> {
         let filter = Self::copy_filter(copy, doc! { "status": "removing" });
         let mut update = doc! { "$pull": { "data": {
-            "host": &copy.host, "type": &copy.data_type, "status": "removing",
+            "host": &copy.host, "type": type_match(&copy.data_type), "status": "removing",
         }}};
         let ev = Event::copy(
             who,
