@@ -1,7 +1,530 @@
 //! The run catalogue: where every copy of every run is, its state and its digest.
 //!
-//! - [`uri`]: catalogue locations, parsed once, password redacted in every printout.
+//! - [`Catalog`]: the trait every back end implements; `dyn Catalog` is what the agent and
+//!   the `ferry runs` commands hold.
+//! - [`mongo`]: the central catalogue, through the official MongoDB driver.
+//! - [`embedded`]: one SQLite file, the zero-setup default.
+//! - [`retry`]: [`Retrying`], a wrapper that retries transient errors with backoff.
+//! - [`uri`]: catalogue locations, parsed once, password redacted in every printout;
+//!   [`resolve_catalog_uri`] picks flag, then `FERRY_CATALOG`, then the embedded default.
+//! - [`error`]: [`CatalogError`] and [`CatalogError::is_retryable`].
+//!
+//! Every state change is one conditional update whose filter names the state it expects
+//! (status, lease owner). A lost race is an ordinary result ([`Claim::Lost`],
+//! [`Cas::Lost`]), never an error. The document types live in the `catalog-schema` crate.
 
+pub mod embedded;
+pub mod error;
+pub mod mongo;
+pub mod retry;
 pub mod uri;
 
-pub use uri::CatalogUri;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bson::DateTime;
+pub use catalog_schema::{CopyEntry, CopyStatus, Event, FileEntry, Heartbeat, RunDoc, RunKey};
+
+pub use error::CatalogError;
+pub use retry::{Backoff, Retrying};
+pub use uri::{CatalogUri, CatalogUriError};
+
+/// The manifest of a run, set once at its origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// Every file with size and hashes.
+    pub files: Vec<FileEntry>,
+    /// Total bytes.
+    pub size: i64,
+    /// The run digest.
+    pub digest: String,
+}
+
+/// A run to register.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRun {
+    /// Detector and number.
+    pub key: RunKey,
+    /// The run name, if it has one.
+    pub name: Option<String>,
+    /// Start of data taking.
+    pub start: Option<DateTime>,
+    /// End of data taking.
+    pub end: Option<DateTime>,
+    /// The manifest, when known at registration.
+    pub manifest: Option<Manifest>,
+    /// Who registers (an owner id or user), for the audit trail.
+    pub who: String,
+}
+
+/// What registering a run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Registered {
+    /// A new run document was written.
+    Created,
+    /// The run was already there with the same identity and manifest (or a manifest was
+    /// added to a run that had none).
+    Existing,
+    /// The run is already there with a different manifest or name; nothing was changed.
+    Conflict {
+        /// What differs.
+        reason: String,
+    },
+}
+
+/// Names one copy: the run, the site and the data type.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CopyRef {
+    /// The run.
+    pub run: RunKey,
+    /// The site.
+    pub host: String,
+    /// The data type (`raw`, …).
+    pub data_type: String,
+}
+
+impl CopyRef {
+    /// A copy reference.
+    pub fn new(run: RunKey, host: &str, data_type: &str) -> Self {
+        CopyRef {
+            run,
+            host: host.to_string(),
+            data_type: data_type.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for CopyRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}@{}", self.run, self.data_type, self.host)
+    }
+}
+
+/// The origin copy of a run: already complete at the site that took the data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OriginCopy {
+    /// Which copy.
+    pub copy: CopyRef,
+    /// Directory at the site.
+    pub location: String,
+    /// `local` usually.
+    pub protocol: String,
+    /// The manifest measured at the origin.
+    pub manifest: Manifest,
+    /// Who adds it.
+    pub who: String,
+}
+
+/// A claim of a new copy at a destination.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimRequest {
+    /// Which copy.
+    pub copy: CopyRef,
+    /// Target directory or tape reference.
+    pub location: String,
+    /// `sftp`, `local` or `tape`.
+    pub protocol: String,
+    /// The claimer's owner id.
+    pub owner: String,
+    /// How long the lease lasts before it must be renewed.
+    pub lease_for: Duration,
+}
+
+/// The lease a winning claim holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseHeld {
+    /// The owner id.
+    pub owner: String,
+    /// When it runs out.
+    pub expires: DateTime,
+}
+
+/// The result of a claim or a reclaim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub enum Claim {
+    /// This caller owns the copy now.
+    Won(LeaseHeld),
+    /// Someone else got there first (or the expected state no longer holds).
+    Lost,
+}
+
+/// The result of a compare-and-set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Cas {
+    /// The expected state held and the change was written.
+    Done,
+    /// The expected state did not hold; nothing was written.
+    Lost,
+}
+
+/// A move of a copy from one status to another.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    /// The status the copy must be in.
+    pub from: CopyStatus,
+    /// The status it goes to (must satisfy [`catalog_schema::can_transition`]).
+    pub to: CopyStatus,
+    /// The lease owner. When `from` is a leased status (`transferring`, `verifying`) the
+    /// copy must be leased by this owner (`None`: by anyone). When `from` holds no lease
+    /// (`transferred`, `error`), the status alone is compared. Moving to a leased status
+    /// gives the lease to this owner; moving anywhere else releases it.
+    pub owner: Option<String>,
+    /// The lease duration when moving to a leased status.
+    pub lease_for: Duration,
+    /// Checksum measured (sets `checksum` and `verified_time`).
+    pub checksum: Option<String>,
+    /// Failure text (sets `last_error`; required context for `error`).
+    pub error: Option<String>,
+    /// Who does it and why, for the audit trail.
+    pub who: String,
+    /// Why, for the audit trail.
+    pub reason: Option<String>,
+}
+
+impl Transition {
+    /// A transition with nothing but the states, owner and actor.
+    pub fn new(from: CopyStatus, to: CopyStatus, owner: Option<&str>, who: &str) -> Self {
+        Transition {
+            from,
+            to,
+            owner: owner.map(str::to_string),
+            lease_for: Duration::from_secs(600),
+            checksum: None,
+            error: None,
+            who: who.to_string(),
+            reason: None,
+        }
+    }
+}
+
+/// Selects runs for `ferry runs list`. All given conditions must hold.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunFilter {
+    /// Has a copy at this site.
+    pub host: Option<String>,
+    /// Has a copy in this status (at `host` when given).
+    pub status: Option<CopyStatus>,
+    /// Has no `transferred` copy at this site.
+    pub missing_at: Option<String>,
+    /// Has fewer than this many `transferred` copies.
+    pub fewer_copies_than: Option<u32>,
+    /// Started on or after this time.
+    pub since: Option<DateTime>,
+    /// At most this many runs (newest number first).
+    pub limit: Option<u32>,
+}
+
+/// A run named on the command line: a number or a name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunSelector {
+    /// By number (any detector).
+    Number(i64),
+    /// By name (any detector).
+    Name(String),
+}
+
+/// The run catalogue.
+///
+/// Every method that changes state is a single conditional update: it names the state it
+/// expects and reports [`Cas::Lost`] / [`Claim::Lost`] when that state no longer holds.
+#[async_trait]
+pub trait Catalog: Send + Sync + std::fmt::Debug {
+    /// Where this catalogue is, password redacted (for messages).
+    fn describe(&self) -> String;
+
+    // ---- registration ----
+
+    /// Registers a run. Idempotent: registering it again with the same manifest is
+    /// [`Registered::Existing`]; with a different manifest or name, [`Registered::Conflict`].
+    async fn register_run(&self, run: &NewRun) -> Result<Registered, CatalogError>;
+
+    /// Registers many new runs at once (bulk insert). Runs already present are reported as
+    /// with [`Catalog::register_run`].
+    async fn register_runs(&self, runs: &[NewRun]) -> Result<Vec<Registered>, CatalogError>;
+
+    /// Adds the origin copy (`transferred`, checksum = digest) and sets the manifest if the
+    /// run has none. [`Cas::Lost`] when a copy of that type at that site exists already or
+    /// the run has a different manifest.
+    async fn add_origin_copy(&self, origin: &OriginCopy) -> Result<Cas, CatalogError>;
+
+    // ---- copies ----
+
+    /// Claims a new copy at a destination: adds a `transferring` entry with a lease, unless
+    /// any copy of that type at that site exists.
+    async fn claim_copy(&self, req: &ClaimRequest) -> Result<Claim, CatalogError>;
+
+    /// Extends the lease held by `owner` to `now + lease_for`.
+    async fn renew_lease(
+        &self,
+        copy: &CopyRef,
+        owner: &str,
+        lease_for: Duration,
+    ) -> Result<Cas, CatalogError>;
+
+    /// Drops the lease held by `owner` (the copy keeps its status).
+    async fn release_lease(&self, copy: &CopyRef, owner: &str) -> Result<Cas, CatalogError>;
+
+    /// Moves a copy between states with compare-and-set on status and lease owner.
+    /// An illegal transition is an error ([`CatalogError::IllegalTransition`]).
+    async fn transition(&self, copy: &CopyRef, change: &Transition) -> Result<Cas, CatalogError>;
+
+    /// Records a checksum and the time it was measured, if the copy is in `expected`
+    /// (and, when given, leased by `owner`).
+    async fn record_checksum(
+        &self,
+        copy: &CopyRef,
+        expected: CopyStatus,
+        owner: Option<&str>,
+        checksum: &str,
+        at: DateTime,
+    ) -> Result<Cas, CatalogError>;
+
+    /// Takes over a stalled copy: `transferring`, leased by `stale_owner`, lease expired
+    /// before now. Exactly one reclaimer wins; `attempts` goes up by one.
+    async fn reclaim_stalled(
+        &self,
+        copy: &CopyRef,
+        stale_owner: &str,
+        new_owner: &str,
+        lease_for: Duration,
+    ) -> Result<Claim, CatalogError>;
+
+    /// Moves a copy to `removing` (from `transferred` or `error`), with an audit event.
+    async fn mark_removing(
+        &self,
+        copy: &CopyRef,
+        from: CopyStatus,
+        who: &str,
+        why: &str,
+    ) -> Result<Cas, CatalogError>;
+
+    /// Deletes a `removing` copy's entry, with an audit event.
+    async fn remove_copy(&self, copy: &CopyRef, who: &str, why: &str) -> Result<Cas, CatalogError>;
+
+    /// Writes (replaces) this agent's heartbeat.
+    async fn heartbeat(&self, beat: &Heartbeat) -> Result<(), CatalogError>;
+
+    /// Reads a site's heartbeat.
+    async fn read_heartbeat(&self, site: &str) -> Result<Option<Heartbeat>, CatalogError>;
+
+    // ---- work queries (each served by an index) ----
+
+    /// Runs with a `transferred` copy of `data_type` at one of `sources` and no copy of that
+    /// type (in any status) at `dest`. At most `limit`, lowest number first.
+    async fn runs_needing_copy(
+        &self,
+        dest: &str,
+        data_type: &str,
+        sources: &[String],
+        limit: u32,
+    ) -> Result<Vec<RunDoc>, CatalogError>;
+
+    /// Runs with a copy at `host` in `status` (e.g. `verifying` copies to hash).
+    async fn copies_in_status(
+        &self,
+        host: &str,
+        status: CopyStatus,
+        limit: u32,
+    ) -> Result<Vec<RunDoc>, CatalogError>;
+
+    /// Runs with a `transferred` copy at `host` and at least one `transferred` copy
+    /// elsewhere: the candidates the purge task checks against its safety rules.
+    async fn purge_candidates(&self, host: &str, limit: u32) -> Result<Vec<RunDoc>, CatalogError>;
+
+    /// Runs with a `transferring` copy whose lease expired before `now` (at `host` when
+    /// given).
+    async fn stalled_copies(
+        &self,
+        host: Option<&str>,
+        now: DateTime,
+        limit: u32,
+    ) -> Result<Vec<RunDoc>, CatalogError>;
+
+    // ---- collaborator queries ----
+
+    /// One run by key.
+    async fn get_run(&self, key: &RunKey) -> Result<Option<RunDoc>, CatalogError>;
+
+    /// Runs by number or name (several when detectors share it).
+    async fn find_runs(&self, sel: &RunSelector) -> Result<Vec<RunDoc>, CatalogError>;
+
+    /// Runs matching a filter, by number.
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunDoc>, CatalogError>;
+}
+
+/// Opens the catalogue at `uri`: MongoDB (with [`mongo::MongoConfig::from_env`] options) or
+/// the embedded SQLite file (created when missing), wrapped in [`Retrying`].
+pub async fn open(uri: &CatalogUri) -> Result<Box<dyn Catalog>, CatalogError> {
+    match uri {
+        CatalogUri::Mongo { .. } => {
+            let config = mongo::MongoConfig::from_env(uri.clone())?;
+            let backend = mongo::MongoCatalog::connect(config).await?;
+            Ok(Box::new(Retrying::new(backend, Backoff::default())))
+        }
+        CatalogUri::Embedded { path } => {
+            let backend = embedded::EmbeddedCatalog::open(path).await?;
+            Ok(Box::new(Retrying::new(backend, Backoff::default())))
+        }
+    }
+}
+
+/// Chooses the catalogue: `--catalog` if given, else `FERRY_CATALOG`, else the embedded
+/// default ([`CatalogUri::default_embedded`]). An empty `FERRY_CATALOG` counts as unset.
+pub fn resolve_catalog_uri(flag: Option<&str>) -> Result<CatalogUri, CatalogUriError> {
+    if let Some(given) = flag {
+        return CatalogUri::parse(given);
+    }
+    match std::env::var("FERRY_CATALOG") {
+        Ok(v) if !v.trim().is_empty() => CatalogUri::parse(&v),
+        _ => Ok(CatalogUri::default_embedded()),
+    }
+}
+
+/// `now + d` as a BSON date (saturating).
+pub(crate) fn after(now: DateTime, d: Duration) -> DateTime {
+    let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    DateTime::from_millis(now.timestamp_millis().saturating_add(ms))
+}
+
+impl OriginCopy {
+    /// The `data[]` entry it adds: `transferred`, checksum = digest, verified now.
+    pub fn entry(&self, now: DateTime) -> CopyEntry {
+        let mut c = CopyEntry::new(
+            &self.copy.host,
+            &self.copy.data_type,
+            CopyStatus::Transferred,
+            now,
+        );
+        c.location = Some(self.location.clone());
+        c.protocol = Some(self.protocol.clone());
+        c.checksum = Some(self.manifest.digest.clone());
+        c.verified_time = Some(now);
+        c
+    }
+
+    /// Its audit event.
+    pub fn event(&self) -> Event {
+        Event::copy(
+            &self.who,
+            "copy-added",
+            &self.copy.host,
+            &self.copy.data_type,
+            None,
+        )
+    }
+}
+
+impl ClaimRequest {
+    /// The `data[]` entry a won claim adds: `transferring`, leased until `now + lease_for`,
+    /// first attempt.
+    pub fn entry(&self, now: DateTime) -> CopyEntry {
+        let mut c = CopyEntry::new(
+            &self.copy.host,
+            &self.copy.data_type,
+            CopyStatus::Transferring,
+            now,
+        );
+        c.location = Some(self.location.clone());
+        c.protocol = Some(self.protocol.clone());
+        c.lease = Some(catalog_schema::Lease {
+            owner: self.owner.clone(),
+            expires: after(now, self.lease_for),
+        });
+        c.attempts = 1;
+        c
+    }
+
+    /// Its audit event.
+    pub fn event(&self) -> Event {
+        Event::copy(
+            &self.owner,
+            "claimed",
+            &self.copy.host,
+            &self.copy.data_type,
+            None,
+        )
+    }
+}
+
+impl Transition {
+    /// Its audit event, as `action` (`status`, `removing`) on `copy`.
+    pub fn event(&self, copy: &CopyRef, action: &str) -> Event {
+        let reason = match &self.reason {
+            Some(r) => format!("{} -> {}: {r}", self.from, self.to),
+            None => format!("{} -> {}", self.from, self.to),
+        };
+        Event::copy(&self.who, action, &copy.host, &copy.data_type, Some(reason))
+    }
+}
+
+/// The event of a reclaim of a stalled copy.
+pub(crate) fn reclaim_event(copy: &CopyRef, stale_owner: &str, new_owner: &str) -> Event {
+    Event::copy(
+        new_owner,
+        "reclaimed",
+        &copy.host,
+        &copy.data_type,
+        Some(format!("lease of {stale_owner} expired")),
+    )
+}
+
+/// The transition `mark_removing` performs.
+pub(crate) fn removing_transition(from: CopyStatus, who: &str, why: &str) -> Transition {
+    let mut t = Transition::new(from, CopyStatus::Removing, None, who);
+    t.reason = Some(why.to_string());
+    t
+}
+
+/// What registering `new` over an `existing` run must do.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum RegisterCheck {
+    /// Nothing: same identity and manifest.
+    Same,
+    /// Set the manifest (the run has none yet).
+    AddManifest,
+    /// Refuse.
+    Conflict(String),
+}
+
+/// Compares a registration with the run already in the catalogue.
+pub(crate) fn check_registration(existing: &RunDoc, new: &NewRun) -> RegisterCheck {
+    if existing.key() != new.key {
+        return RegisterCheck::Conflict(format!(
+            "name {:?} already belongs to run {}",
+            new.name.as_deref().unwrap_or(""),
+            existing.key()
+        ));
+    }
+    if let (Some(a), Some(b)) = (&existing.name, &new.name) {
+        if a != b {
+            return RegisterCheck::Conflict(format!(
+                "run {} is registered with name {a:?}, not {b:?}",
+                new.key
+            ));
+        }
+    }
+    match (&existing.digest, &new.manifest) {
+        (Some(a), Some(m)) if *a != m.digest => RegisterCheck::Conflict(format!(
+            "run {} is registered with digest {a}, not {}",
+            new.key, m.digest
+        )),
+        (None, Some(_)) => RegisterCheck::AddManifest,
+        _ => RegisterCheck::Same,
+    }
+}
+
+/// The document a new registration writes.
+pub(crate) fn new_run_doc(new: &NewRun) -> RunDoc {
+    let mut run = RunDoc::new(&new.key.detector, new.key.number, new.name.as_deref());
+    run.start = new.start;
+    run.end = new.end;
+    if let Some(m) = &new.manifest {
+        run.files.clone_from(&m.files);
+        run.size = Some(m.size);
+        run.digest = Some(m.digest.clone());
+    }
+    run.push_event(Event::run(&new.who, "registered", None));
+    run
+}

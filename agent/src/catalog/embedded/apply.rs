@@ -1,0 +1,170 @@
+//! The conditional updates of the embedded back end, as pure functions on a [`RunDoc`].
+//!
+//! Each function checks the state the caller expects and, only if it holds, changes the
+//! document and returns `true`. The back end calls them inside one `BEGIN IMMEDIATE`
+//! transaction, so check and write are atomic across threads and processes. They mirror the
+//! filters and updates of the MongoDB back end one for one.
+
+use bson::DateTime;
+use catalog_schema::{CopyStatus, Event, Lease, RunDoc};
+
+use crate::catalog::{
+    after, reclaim_event, ClaimRequest, CopyRef, Manifest, OriginCopy, Transition,
+};
+
+/// Sets the manifest if the run has none; `false` if it has a different one.
+pub(super) fn set_manifest(run: &mut RunDoc, m: &Manifest) -> bool {
+    match &run.digest {
+        Some(d) if *d != m.digest => false,
+        _ => {
+            run.files.clone_from(&m.files);
+            run.size = Some(m.size);
+            run.digest = Some(m.digest.clone());
+            true
+        }
+    }
+}
+
+/// Adds the origin copy unless a copy of that type at that site exists.
+pub(super) fn add_origin(run: &mut RunDoc, o: &OriginCopy, now: DateTime) -> bool {
+    if run.copy(&o.copy.host, &o.copy.data_type).is_some() || !set_manifest(run, &o.manifest) {
+        return false;
+    }
+    run.data.push(o.entry(now));
+    run.push_event(o.event());
+    true
+}
+
+/// Adds a `transferring` copy with a lease unless any copy of that type at that site exists.
+pub(super) fn claim(run: &mut RunDoc, r: &ClaimRequest, now: DateTime) -> Option<Lease> {
+    if run.copy(&r.copy.host, &r.copy.data_type).is_some() {
+        return None;
+    }
+    let c = r.entry(now);
+    let lease = c.lease.clone();
+    run.data.push(c);
+    run.push_event(r.event());
+    lease
+}
+
+/// Renews (`Some(expires)`) or releases (`None`) a lease held by `owner`.
+pub(super) fn set_lease(
+    run: &mut RunDoc,
+    copy: &CopyRef,
+    owner: &str,
+    expires: Option<DateTime>,
+) -> bool {
+    let Some(c) = run.copy_mut(&copy.host, &copy.data_type) else {
+        return false;
+    };
+    if !c.leased_by(owner) {
+        return false;
+    }
+    c.lease = expires.map(|e| Lease {
+        owner: owner.to_string(),
+        expires: e,
+    });
+    true
+}
+
+/// Moves a copy from `t.from` to `t.to` if it is in `t.from` (and leased by `t.owner`).
+/// The caller has checked that the transition is legal.
+pub(super) fn transition(
+    run: &mut RunDoc,
+    copy: &CopyRef,
+    t: &Transition,
+    action: &str,
+    now: DateTime,
+) -> bool {
+    let Some(c) = run.copy_mut(&copy.host, &copy.data_type) else {
+        return false;
+    };
+    let owner_mismatch = t.from.is_leased() && t.owner.as_deref().is_some_and(|o| !c.leased_by(o));
+    if c.status != t.from || owner_mismatch {
+        return false;
+    }
+    c.status = t.to;
+    c.updated_time = Some(now);
+    if let Some(sum) = &t.checksum {
+        c.checksum = Some(sum.clone());
+        c.verified_time = Some(now);
+    }
+    if let Some(e) = &t.error {
+        c.last_error = Some(e.clone());
+    }
+    c.lease = match (&t.owner, t.to.is_leased()) {
+        (Some(owner), true) => Some(Lease {
+            owner: owner.clone(),
+            expires: after(now, t.lease_for),
+        }),
+        _ => None,
+    };
+    if t.to == CopyStatus::Transferring {
+        c.attempts += 1;
+    }
+    run.push_event(t.event(copy, action));
+    true
+}
+
+/// Sets checksum and verification time if the copy is in `expected` (leased by `owner`).
+pub(super) fn record_checksum(
+    run: &mut RunDoc,
+    copy: &CopyRef,
+    expected: CopyStatus,
+    owner: Option<&str>,
+    checksum: &str,
+    at: DateTime,
+) -> bool {
+    let Some(c) = run.copy_mut(&copy.host, &copy.data_type) else {
+        return false;
+    };
+    if c.status != expected || owner.is_some_and(|o| !c.leased_by(o)) {
+        return false;
+    }
+    c.checksum = Some(checksum.to_string());
+    c.verified_time = Some(at);
+    c.updated_time = Some(DateTime::now());
+    true
+}
+
+/// Takes over a `transferring` copy whose lease, held by `stale`, expired before `now`.
+pub(super) fn reclaim(
+    run: &mut RunDoc,
+    copy: &CopyRef,
+    stale: &str,
+    new_owner: &str,
+    expires: DateTime,
+    now: DateTime,
+) -> Option<Lease> {
+    let c = run.copy_mut(&copy.host, &copy.data_type)?;
+    if !c.leased_by(stale) || !c.is_stalled(now) {
+        return None;
+    }
+    let lease = Lease {
+        owner: new_owner.to_string(),
+        expires,
+    };
+    c.lease = Some(lease.clone());
+    c.attempts += 1;
+    c.updated_time = Some(now);
+    run.push_event(reclaim_event(copy, stale, new_owner));
+    Some(lease)
+}
+
+/// Deletes a `removing` copy's entry.
+pub(super) fn remove(run: &mut RunDoc, copy: &CopyRef, who: &str, why: &str) -> bool {
+    let before = run.data.len();
+    run.data
+        .retain(|c| !(c.is(&copy.host, &copy.data_type) && c.status == CopyStatus::Removing));
+    if run.data.len() == before {
+        return false;
+    }
+    run.push_event(Event::copy(
+        who,
+        "removed",
+        &copy.host,
+        &copy.data_type,
+        Some(why.to_string()),
+    ));
+    true
+}

@@ -1,0 +1,823 @@
+//! [`EmbeddedCatalog`]: the [`Catalog`] trait over one SQLite file.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bson::DateTime;
+use catalog_schema::{CopyStatus, Heartbeat, Lease, RunDoc, RunKey};
+use rusqlite::types::Value;
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+
+use super::{apply, schema};
+use crate::catalog::{
+    after, check_registration, new_run_doc, removing_transition, Cas, Catalog, CatalogError, Claim,
+    ClaimRequest, CopyRef, LeaseHeld, NewRun, OriginCopy, RegisterCheck, Registered, RunFilter,
+    RunSelector, Transition,
+};
+
+/// How long a writer waits for another process's transaction before giving up (the error
+/// is then retryable).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The embedded catalogue. Cheap to clone; clones share one connection.
+#[derive(Clone)]
+pub struct EmbeddedCatalog {
+    path: PathBuf,
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for EmbeddedCatalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EmbeddedCatalog({})", self.path.display())
+    }
+}
+
+impl EmbeddedCatalog {
+    /// Opens (creating if needed) the catalogue file and its tables.
+    pub async fn open(path: &Path) -> Result<Self, CatalogError> {
+        let shown = format!("sqlite:{}", path.display());
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| CatalogError::Io {
+                catalog: shown.clone(),
+                op: format!("create directory {}", dir.display()),
+                source,
+            })?;
+        }
+        let owned = path.to_path_buf();
+        let conn = tokio::task::spawn_blocking(move || -> rusqlite::Result<Connection> {
+            let conn = Connection::open(&owned)?;
+            conn.busy_timeout(BUSY_TIMEOUT)?;
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            conn.pragma_update(None, "foreign_keys", "ON")?;
+            let tx = conn.unchecked_transaction()?;
+            tx.execute_batch(schema::CREATE)?;
+            tx.pragma_update(None, "user_version", schema::VERSION)?;
+            tx.commit()?;
+            Ok(conn)
+        })
+        .await
+        .map_err(|e| join_error(&shown, "open", e))?
+        .map_err(|e| sql_error(&shown, "open", e))?;
+        Ok(EmbeddedCatalog {
+            path: path.to_path_buf(),
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `EXPLAIN QUERY PLAN` of every query the daemon issues, joined per query (for tests).
+    pub async fn explain_daemon_queries(&self) -> Result<Vec<(String, String)>, CatalogError> {
+        let needing = schema::RUNS_NEEDING_COPY.replace("{sources}", "?,?");
+        let queries: Vec<(&'static str, String, Vec<Value>)> = vec![
+            (
+                "runs_needing_copy",
+                needing,
+                vec![
+                    text("a"),
+                    text("b"),
+                    text("raw"),
+                    text("c"),
+                    text("raw"),
+                    Value::Integer(10),
+                ],
+            ),
+            (
+                "copies_in_status",
+                schema::COPIES_IN_STATUS.to_string(),
+                vec![text("a"), text("verifying"), Value::Integer(10)],
+            ),
+            (
+                "purge_candidates",
+                schema::PURGE_CANDIDATES.to_string(),
+                vec![text("a"), Value::Integer(10)],
+            ),
+            (
+                "stalled_copies",
+                schema::STALLED.to_string(),
+                vec![Value::Integer(0), Value::Integer(10)],
+            ),
+            (
+                "stalled_copies_at",
+                schema::STALLED_AT.to_string(),
+                vec![Value::Integer(0), Value::Integer(10), text("a")],
+            ),
+        ];
+        self.blocking("explain", move |conn, shown| {
+            let mut out = Vec::new();
+            for (name, sql, args) in queries {
+                let mut stmt = conn
+                    .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                    .map_err(|e| sql_error(shown, name, e))?;
+                let rows = stmt
+                    .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
+                    .map_err(|e| sql_error(shown, name, e))?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| sql_error(shown, name, e))?;
+                out.push((name.to_string(), rows.join("\n")));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Stores a document written by another tool as it is (e.g. imported from a MongoDB
+    /// export). Only `number` (and `detector`, default `tpc`) must be readable; a document
+    /// that is not a valid run document is stored anyway, and reading it later reports it.
+    pub async fn import_document(&self, doc: bson::Document) -> Result<(), CatalogError> {
+        let shown = self.describe();
+        let bad = |detail: &str| CatalogError::BadDocument {
+            catalog: shown.clone(),
+            source: catalog_schema::ShapeError {
+                run: catalog_schema::identify(&doc),
+                detail: detail.to_string(),
+            },
+        };
+        let number = match doc.get("number") {
+            Some(bson::Bson::Int32(n)) => i64::from(*n),
+            Some(bson::Bson::Int64(n)) => *n,
+            Some(bson::Bson::Double(d)) if d.fract() == 0.0 && d.abs() < 9.0e15 => {
+                #[allow(clippy::cast_possible_truncation)]
+                let n = *d as i64;
+                n
+            }
+            _ => return Err(bad("field `number`: missing or not an integer")),
+        };
+        let detector = doc
+            .get_str("detector")
+            .unwrap_or(catalog_schema::DEFAULT_DETECTOR)
+            .to_string();
+        let name = doc.get_str("name").ok().map(str::to_string);
+        let start = doc.get_datetime("start").ok().map(|d| d.timestamp_millis());
+        let parsed = RunDoc::from_document(doc.clone()).ok();
+        let mut blob = Vec::new();
+        doc.to_writer(&mut blob).map_err(|e| bad(&e.to_string()))?;
+        self.blocking("import", move |conn, shown| {
+            let op = format!("import {detector}/{number}");
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| sql_error(shown, &op, e))?;
+            tx.execute(
+                "INSERT INTO runs (detector, number, name, start, doc) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![detector, number, name, start, blob],
+            )
+            .map_err(|e| sql_error(shown, &op, e))?;
+            if let Some(run) = parsed {
+                project(&tx, shown, tx.last_insert_rowid(), &run)?;
+            }
+            tx.commit().map_err(|e| sql_error(shown, &op, e))
+        })
+        .await
+    }
+
+    /// Runs `f` on the connection in a blocking thread.
+    async fn blocking<T, F>(&self, op: &str, f: F) -> Result<T, CatalogError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection, &str) -> Result<T, CatalogError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        let shown = self.describe();
+        let op_owned = op.to_string();
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock rolled its transaction back; the connection is
+            // still usable.
+            let mut guard = conn
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            f(&mut guard, &shown)
+        })
+        .await
+        .map_err(|e| join_error(&self.describe(), &op_owned, e))?
+    }
+
+    /// Applies `f` to one run inside `BEGIN IMMEDIATE … COMMIT`; writes only when `f`
+    /// returns `Some`. A missing run is `None`.
+    async fn mutate<T, F>(&self, op: &str, key: &RunKey, f: F) -> Result<Option<T>, CatalogError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut RunDoc) -> Result<Option<T>, CatalogError> + Send + 'static,
+    {
+        let key = key.clone();
+        let op_name = format!("{op} {key}");
+        self.blocking(op, move |conn, shown| {
+            let e = |err| sql_error(shown, &op_name, err);
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(e)?;
+            let Some((id, mut run)) = load(&tx, shown, &key)? else {
+                return Ok(None);
+            };
+            let out = f(&mut run)?;
+            if out.is_some() {
+                store(&tx, shown, id, &run)?;
+                tx.commit().map_err(e)?;
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Reads the run documents a query returns (first column).
+    async fn query_docs(
+        &self,
+        op: &str,
+        sql: String,
+        args: Vec<Value>,
+    ) -> Result<Vec<RunDoc>, CatalogError> {
+        let op = op.to_string();
+        self.blocking(&op.clone(), move |conn, shown| {
+            let mut stmt = conn
+                .prepare_cached(&sql)
+                .map_err(|e| sql_error(shown, &op, e))?;
+            let blobs = stmt
+                .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, Vec<u8>>(0))
+                .map_err(|e| sql_error(shown, &op, e))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| sql_error(shown, &op, e))?;
+            blobs.iter().map(|b| decode(shown, b)).collect()
+        })
+        .await
+    }
+}
+
+fn text(s: &str) -> Value {
+    Value::Text(s.to_string())
+}
+
+fn limit(n: u32) -> Value {
+    Value::Integer(i64::from(n))
+}
+
+fn sql_error(catalog: &str, op: &str, e: rusqlite::Error) -> CatalogError {
+    let retryable = matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    );
+    CatalogError::Database {
+        catalog: catalog.to_string(),
+        op: op.to_string(),
+        detail: e.to_string(),
+        retryable,
+    }
+}
+
+fn join_error(catalog: &str, op: &str, e: tokio::task::JoinError) -> CatalogError {
+    CatalogError::Database {
+        catalog: catalog.to_string(),
+        op: op.to_string(),
+        detail: format!("worker thread failed: {e}"),
+        retryable: false,
+    }
+}
+
+fn decode(catalog: &str, blob: &[u8]) -> Result<RunDoc, CatalogError> {
+    let doc = bson::Document::from_reader(blob).map_err(|e| CatalogError::BadDocument {
+        catalog: catalog.to_string(),
+        source: catalog_schema::ShapeError {
+            run: "<undecodable BSON>".into(),
+            detail: e.to_string(),
+        },
+    })?;
+    RunDoc::from_document(doc).map_err(|source| CatalogError::BadDocument {
+        catalog: catalog.to_string(),
+        source,
+    })
+}
+
+fn encode(catalog: &str, run: &RunDoc) -> Result<Vec<u8>, CatalogError> {
+    let bad = |detail: String| CatalogError::BadDocument {
+        catalog: catalog.to_string(),
+        source: catalog_schema::ShapeError {
+            run: run.key().to_string(),
+            detail,
+        },
+    };
+    let doc = run.to_document().map_err(|e| bad(e.detail))?;
+    let mut out = Vec::new();
+    doc.to_writer(&mut out).map_err(|e| bad(e.to_string()))?;
+    Ok(out)
+}
+
+fn load(
+    tx: &Transaction<'_>,
+    shown: &str,
+    key: &RunKey,
+) -> Result<Option<(i64, RunDoc)>, CatalogError> {
+    let row = tx
+        .query_row(
+            "SELECT id, doc FROM runs WHERE detector = ?1 AND number = ?2",
+            params![key.detector, key.number],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
+        )
+        .optional()
+        .map_err(|e| sql_error(shown, &format!("read {key}"), e))?;
+    row.map(|(id, blob)| Ok((id, decode(shown, &blob)?)))
+        .transpose()
+}
+
+/// Writes the document and re-projects its copies.
+fn store(tx: &Transaction<'_>, shown: &str, id: i64, run: &RunDoc) -> Result<(), CatalogError> {
+    let op = format!("write {}", run.key());
+    let e = |err| sql_error(shown, &op, err);
+    tx.prepare_cached("UPDATE runs SET name = ?2, start = ?3, doc = ?4 WHERE id = ?1")
+        .and_then(|mut s| {
+            s.execute(params![
+                id,
+                run.name,
+                run.start.map(|d| d.timestamp_millis()),
+                encode(shown, run)
+                    .map_err(|x| rusqlite::Error::ToSqlConversionFailure(x.into()))?
+            ])
+        })
+        .map_err(e)?;
+    tx.prepare_cached("DELETE FROM copies WHERE run_id = ?1")
+        .and_then(|mut s| s.execute(params![id]))
+        .map_err(e)?;
+    project(tx, shown, id, run)
+}
+
+fn project(tx: &Transaction<'_>, shown: &str, id: i64, run: &RunDoc) -> Result<(), CatalogError> {
+    let op = format!("index copies of {}", run.key());
+    let mut ins = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO copies (run_id, host, type, status, lease_expires)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .map_err(|e| sql_error(shown, &op, e))?;
+    for c in &run.data {
+        ins.execute(params![
+            id,
+            c.host,
+            c.data_type,
+            c.status.as_str(),
+            c.lease.as_ref().map(|l| l.expires.timestamp_millis())
+        ])
+        .map_err(|e| sql_error(shown, &op, e))?;
+    }
+    Ok(())
+}
+
+/// Inserts a new run; `None` when its key or name is taken.
+fn insert(tx: &Transaction<'_>, shown: &str, run: &RunDoc) -> Result<Option<i64>, CatalogError> {
+    let op = format!("insert {}", run.key());
+    let blob = encode(shown, run)?;
+    let n = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO runs (detector, number, name, start, doc)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                run.detector,
+                run.number,
+                run.name,
+                run.start.map(|d| d.timestamp_millis()),
+                blob
+            ])
+        })
+        .map_err(|e| sql_error(shown, &op, e))?;
+    if n == 0 {
+        return Ok(None);
+    }
+    let id = tx.last_insert_rowid();
+    project(tx, shown, id, run)?;
+    Ok(Some(id))
+}
+
+/// Registers one run inside an open transaction.
+fn register_in(
+    tx: &Transaction<'_>,
+    shown: &str,
+    new: &NewRun,
+) -> Result<Registered, CatalogError> {
+    let doc = new_run_doc(new);
+    if insert(tx, shown, &doc)?.is_some() {
+        return Ok(Registered::Created);
+    }
+    // Taken: by the same key, or by the same name under another number.
+    let existing = match load(tx, shown, &new.key)? {
+        Some(found) => Some(found),
+        None => {
+            let id: Option<i64> = tx
+                .query_row(
+                    "SELECT id FROM runs WHERE detector = ?1 AND name = ?2",
+                    params![new.key.detector, new.name],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(|e| sql_error(shown, &format!("read {}", new.key), e))?;
+            match id {
+                Some(id) => {
+                    let blob: Vec<u8> = tx
+                        .query_row("SELECT doc FROM runs WHERE id = ?1", params![id], |r| {
+                            r.get(0)
+                        })
+                        .map_err(|e| sql_error(shown, &format!("read {}", new.key), e))?;
+                    Some((id, decode(shown, &blob)?))
+                }
+                None => None,
+            }
+        }
+    };
+    let Some((id, mut run)) = existing else {
+        return Err(CatalogError::Database {
+            catalog: shown.to_string(),
+            op: format!("register {}", new.key),
+            detail: "insert refused but no conflicting run found".into(),
+            retryable: true,
+        });
+    };
+    Ok(match check_registration(&run, new) {
+        RegisterCheck::Same => Registered::Existing,
+        RegisterCheck::Conflict(reason) => Registered::Conflict { reason },
+        RegisterCheck::AddManifest => {
+            if let Some(m) = &new.manifest {
+                apply::set_manifest(&mut run, m);
+                run.push_event(catalog_schema::Event::run(&new.who, "manifest", None));
+                store(tx, shown, id, &run)?;
+            }
+            Registered::Existing
+        }
+    })
+}
+
+fn cas(done: Option<()>) -> Cas {
+    if done.is_some() {
+        Cas::Done
+    } else {
+        Cas::Lost
+    }
+}
+
+fn claim(won: Option<Lease>) -> Claim {
+    match won {
+        Some(l) => Claim::Won(LeaseHeld {
+            owner: l.owner,
+            expires: l.expires,
+        }),
+        None => Claim::Lost,
+    }
+}
+
+fn some_if(ok: bool) -> Result<Option<()>, CatalogError> {
+    Ok(ok.then_some(()))
+}
+
+#[async_trait]
+impl Catalog for EmbeddedCatalog {
+    fn describe(&self) -> String {
+        format!("sqlite:{}", self.path.display())
+    }
+
+    async fn register_run(&self, run: &NewRun) -> Result<Registered, CatalogError> {
+        let mut out = self.register_runs(std::slice::from_ref(run)).await?;
+        out.pop().ok_or_else(|| CatalogError::Database {
+            catalog: self.describe(),
+            op: format!("register {}", run.key),
+            detail: "no result".into(),
+            retryable: false,
+        })
+    }
+
+    async fn register_runs(&self, runs: &[NewRun]) -> Result<Vec<Registered>, CatalogError> {
+        let runs = runs.to_vec();
+        self.blocking("register", move |conn, shown| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| sql_error(shown, "register", e))?;
+            let out = runs
+                .iter()
+                .map(|r| register_in(&tx, shown, r))
+                .collect::<Result<Vec<_>, _>>()?;
+            tx.commit().map_err(|e| sql_error(shown, "register", e))?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn add_origin_copy(&self, origin: &OriginCopy) -> Result<Cas, CatalogError> {
+        let o = origin.clone();
+        let now = DateTime::now();
+        self.mutate("add origin copy", &origin.copy.run, move |run| {
+            some_if(apply::add_origin(run, &o, now))
+        })
+        .await
+        .map(cas)
+    }
+
+    async fn claim_copy(&self, req: &ClaimRequest) -> Result<Claim, CatalogError> {
+        let r = req.clone();
+        let now = DateTime::now();
+        self.mutate("claim", &req.copy.run, move |run| {
+            Ok(apply::claim(run, &r, now))
+        })
+        .await
+        .map(claim)
+    }
+
+    async fn renew_lease(
+        &self,
+        copy: &CopyRef,
+        owner: &str,
+        lease_for: Duration,
+    ) -> Result<Cas, CatalogError> {
+        let (c, o) = (copy.clone(), owner.to_string());
+        let expires = after(DateTime::now(), lease_for);
+        self.mutate("renew lease", &copy.run, move |run| {
+            some_if(apply::set_lease(run, &c, &o, Some(expires)))
+        })
+        .await
+        .map(cas)
+    }
+
+    async fn release_lease(&self, copy: &CopyRef, owner: &str) -> Result<Cas, CatalogError> {
+        let (c, o) = (copy.clone(), owner.to_string());
+        self.mutate("release lease", &copy.run, move |run| {
+            some_if(apply::set_lease(run, &c, &o, None))
+        })
+        .await
+        .map(cas)
+    }
+
+    async fn transition(&self, copy: &CopyRef, change: &Transition) -> Result<Cas, CatalogError> {
+        if !catalog_schema::can_transition(change.from, change.to) {
+            return Err(CatalogError::IllegalTransition {
+                catalog: self.describe(),
+                copy: copy.to_string(),
+                from: change.from,
+                to: change.to,
+            });
+        }
+        let (c, t) = (copy.clone(), change.clone());
+        let now = DateTime::now();
+        self.mutate("transition", &copy.run, move |run| {
+            some_if(apply::transition(run, &c, &t, "status", now))
+        })
+        .await
+        .map(cas)
+    }
+
+    async fn record_checksum(
+        &self,
+        copy: &CopyRef,
+        expected: CopyStatus,
+        owner: Option<&str>,
+        checksum: &str,
+        at: DateTime,
+    ) -> Result<Cas, CatalogError> {
+        let (c, o, sum) = (
+            copy.clone(),
+            owner.map(str::to_string),
+            checksum.to_string(),
+        );
+        self.mutate("record checksum", &copy.run, move |run| {
+            some_if(apply::record_checksum(
+                run,
+                &c,
+                expected,
+                o.as_deref(),
+                &sum,
+                at,
+            ))
+        })
+        .await
+        .map(cas)
+    }
+
+    async fn reclaim_stalled(
+        &self,
+        copy: &CopyRef,
+        stale_owner: &str,
+        new_owner: &str,
+        lease_for: Duration,
+    ) -> Result<Claim, CatalogError> {
+        let (c, s, n) = (copy.clone(), stale_owner.to_string(), new_owner.to_string());
+        let now = DateTime::now();
+        self.mutate("reclaim", &copy.run, move |run| {
+            Ok(apply::reclaim(run, &c, &s, &n, after(now, lease_for), now))
+        })
+        .await
+        .map(claim)
+    }
+
+    async fn mark_removing(
+        &self,
+        copy: &CopyRef,
+        from: CopyStatus,
+        who: &str,
+        why: &str,
+    ) -> Result<Cas, CatalogError> {
+        let t = removing_transition(from, who, why);
+        if !catalog_schema::can_transition(t.from, t.to) {
+            return Err(CatalogError::IllegalTransition {
+                catalog: self.describe(),
+                copy: copy.to_string(),
+                from: t.from,
+                to: t.to,
+            });
+        }
+        let c = copy.clone();
+        let now = DateTime::now();
+        self.mutate("mark removing", &copy.run, move |run| {
+            some_if(apply::transition(run, &c, &t, "removing", now))
+        })
+        .await
+        .map(cas)
+    }
+
+    async fn remove_copy(&self, copy: &CopyRef, who: &str, why: &str) -> Result<Cas, CatalogError> {
+        let (c, w, y) = (copy.clone(), who.to_string(), why.to_string());
+        self.mutate("remove copy", &copy.run, move |run| {
+            some_if(apply::remove(run, &c, &w, &y))
+        })
+        .await
+        .map(cas)
+    }
+
+    async fn heartbeat(&self, beat: &Heartbeat) -> Result<(), CatalogError> {
+        let site = beat.site.clone();
+        let doc = bson::to_document(beat).map_err(|e| CatalogError::Database {
+            catalog: self.describe(),
+            op: format!("heartbeat {site}"),
+            detail: e.to_string(),
+            retryable: false,
+        })?;
+        self.blocking("heartbeat", move |conn, shown| {
+            let mut blob = Vec::new();
+            doc.to_writer(&mut blob)
+                .map_err(|e| CatalogError::Database {
+                    catalog: shown.to_string(),
+                    op: format!("heartbeat {site}"),
+                    detail: e.to_string(),
+                    retryable: false,
+                })?;
+            conn.execute(
+                "INSERT INTO heartbeats (site, doc) VALUES (?1, ?2)
+                 ON CONFLICT(site) DO UPDATE SET doc = excluded.doc",
+                params![site, blob],
+            )
+            .map_err(|e| sql_error(shown, &format!("heartbeat {site}"), e))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn read_heartbeat(&self, site: &str) -> Result<Option<Heartbeat>, CatalogError> {
+        let site = site.to_string();
+        self.blocking("read heartbeat", move |conn, shown| {
+            let op = format!("read heartbeat {site}");
+            let blob: Option<Vec<u8>> = conn
+                .query_row(
+                    "SELECT doc FROM heartbeats WHERE site = ?1",
+                    params![site],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(|e| sql_error(shown, &op, e))?;
+            blob.map(|b| {
+                bson::from_slice::<Heartbeat>(&b).map_err(|e| CatalogError::Database {
+                    catalog: shown.to_string(),
+                    op: op.clone(),
+                    detail: e.to_string(),
+                    retryable: false,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn runs_needing_copy(
+        &self,
+        dest: &str,
+        data_type: &str,
+        sources: &[String],
+        limit_n: u32,
+    ) -> Result<Vec<RunDoc>, CatalogError> {
+        if sources.is_empty() {
+            return Ok(Vec::new());
+        }
+        let marks = vec!["?"; sources.len()].join(",");
+        let sql = schema::RUNS_NEEDING_COPY.replace("{sources}", &marks);
+        let mut args: Vec<Value> = sources.iter().map(|s| text(s)).collect();
+        args.extend([text(data_type), text(dest), text(data_type), limit(limit_n)]);
+        self.query_docs("runs needing copy", sql, args).await
+    }
+
+    async fn copies_in_status(
+        &self,
+        host: &str,
+        status: CopyStatus,
+        limit_n: u32,
+    ) -> Result<Vec<RunDoc>, CatalogError> {
+        let args = vec![text(host), text(status.as_str()), limit(limit_n)];
+        self.query_docs("copies in status", schema::COPIES_IN_STATUS.into(), args)
+            .await
+    }
+
+    async fn purge_candidates(
+        &self,
+        host: &str,
+        limit_n: u32,
+    ) -> Result<Vec<RunDoc>, CatalogError> {
+        let args = vec![text(host), limit(limit_n)];
+        self.query_docs("purge candidates", schema::PURGE_CANDIDATES.into(), args)
+            .await
+    }
+
+    async fn stalled_copies(
+        &self,
+        host: Option<&str>,
+        now: DateTime,
+        limit_n: u32,
+    ) -> Result<Vec<RunDoc>, CatalogError> {
+        let mut args = vec![Value::Integer(now.timestamp_millis()), limit(limit_n)];
+        let sql = match host {
+            Some(h) => {
+                args.push(text(h));
+                schema::STALLED_AT
+            }
+            None => schema::STALLED,
+        };
+        self.query_docs("stalled copies", sql.into(), args).await
+    }
+
+    async fn get_run(&self, key: &RunKey) -> Result<Option<RunDoc>, CatalogError> {
+        let sql = "SELECT doc FROM runs WHERE detector = ?1 AND number = ?2".to_string();
+        let args = vec![text(&key.detector), Value::Integer(key.number)];
+        Ok(self.query_docs("get run", sql, args).await?.pop())
+    }
+
+    async fn find_runs(&self, sel: &RunSelector) -> Result<Vec<RunDoc>, CatalogError> {
+        let (sql, arg) = match sel {
+            RunSelector::Number(n) => ("number = ?1", Value::Integer(*n)),
+            RunSelector::Name(s) => ("name = ?1", text(s)),
+        };
+        let sql = format!("SELECT doc FROM runs WHERE {sql} ORDER BY detector");
+        self.query_docs("find runs", sql, vec![arg]).await
+    }
+
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunDoc>, CatalogError> {
+        let mut conds: Vec<String> = Vec::new();
+        let mut args: Vec<Value> = Vec::new();
+        let arg = |v: Value, args: &mut Vec<Value>| {
+            args.push(v);
+            format!("?{}", args.len())
+        };
+        match (&filter.host, filter.status) {
+            (Some(h), Some(s)) => {
+                let (a, b) = (arg(text(h), &mut args), arg(text(s.as_str()), &mut args));
+                conds.push(format!(
+                    "EXISTS (SELECT 1 FROM copies c WHERE c.run_id = r.id AND c.host = {a} AND c.status = {b})"
+                ));
+            }
+            (Some(h), None) => {
+                let a = arg(text(h), &mut args);
+                conds.push(format!(
+                    "EXISTS (SELECT 1 FROM copies c WHERE c.run_id = r.id AND c.host = {a})"
+                ));
+            }
+            (None, Some(s)) => {
+                let b = arg(text(s.as_str()), &mut args);
+                conds.push(format!(
+                    "EXISTS (SELECT 1 FROM copies c WHERE c.run_id = r.id AND c.status = {b})"
+                ));
+            }
+            (None, None) => {}
+        }
+        if let Some(m) = &filter.missing_at {
+            let a = arg(text(m), &mut args);
+            conds.push(format!(
+                "NOT EXISTS (SELECT 1 FROM copies c WHERE c.run_id = r.id AND c.host = {a} AND c.status = 'transferred')"
+            ));
+        }
+        if let Some(n) = filter.fewer_copies_than {
+            let a = arg(Value::Integer(i64::from(n)), &mut args);
+            conds.push(format!(
+                "(SELECT count(*) FROM copies c WHERE c.run_id = r.id AND c.status = 'transferred') < {a}"
+            ));
+        }
+        if let Some(since) = filter.since {
+            let a = arg(Value::Integer(since.timestamp_millis()), &mut args);
+            conds.push(format!("r.start >= {a}"));
+        }
+        let mut sql = "SELECT r.doc FROM runs r".to_string();
+        if !conds.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&conds.join(" AND "));
+        }
+        sql.push_str(" ORDER BY r.number, r.detector");
+        if let Some(n) = filter.limit {
+            let a = arg(limit(n), &mut args);
+            sql.push_str(&format!(" LIMIT {a}"));
+        }
+        self.query_docs("list runs", sql, args).await
+    }
+}

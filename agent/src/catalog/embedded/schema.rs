@@ -1,0 +1,73 @@
+//! The embedded catalogue's tables and indexes.
+//!
+//! The indexes mirror `catalog_schema::RUN_INDEXES`: `copies_host_status` is
+//! `data.host, data.status`; `copies_status_expires` is `data.status, data.lease.expires`.
+
+/// Schema version stored in `PRAGMA user_version`.
+pub(super) const VERSION: i64 = 1;
+
+/// Creates every table and index (idempotent).
+pub(super) const CREATE: &str = "
+CREATE TABLE IF NOT EXISTS runs (
+    id       INTEGER PRIMARY KEY,
+    detector TEXT    NOT NULL,
+    number   INTEGER NOT NULL,
+    name     TEXT,
+    start    INTEGER,
+    doc      BLOB    NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS runs_detector_number ON runs(detector, number);
+CREATE UNIQUE INDEX IF NOT EXISTS runs_detector_name ON runs(detector, name) WHERE name IS NOT NULL;
+CREATE INDEX IF NOT EXISTS runs_number ON runs(number);
+CREATE INDEX IF NOT EXISTS runs_name ON runs(name);
+CREATE INDEX IF NOT EXISTS runs_start ON runs(start);
+CREATE TABLE IF NOT EXISTS copies (
+    run_id        INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    host          TEXT    NOT NULL,
+    type          TEXT    NOT NULL,
+    status        TEXT    NOT NULL,
+    lease_expires INTEGER,
+    PRIMARY KEY (run_id, host, type)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS copies_host_status ON copies(host, status, type);
+CREATE INDEX IF NOT EXISTS copies_status_expires ON copies(status, lease_expires);
+CREATE TABLE IF NOT EXISTS heartbeats (
+    site TEXT PRIMARY KEY,
+    doc  BLOB NOT NULL
+);
+";
+
+/// Runs with a transferred copy at one of the sources and no copy at the destination.
+/// `{sources}` is replaced by the right number of `?` placeholders.
+pub(super) const RUNS_NEEDING_COPY: &str = "
+SELECT r.doc FROM runs r
+WHERE r.id IN (SELECT s.run_id FROM copies s
+               WHERE s.host IN ({sources}) AND s.status = 'transferred' AND s.type = ?)
+  AND NOT EXISTS (SELECT 1 FROM copies d WHERE d.run_id = r.id AND d.host = ? AND d.type = ?)
+ORDER BY r.number LIMIT ?";
+
+/// Runs with a copy at a site in a status.
+pub(super) const COPIES_IN_STATUS: &str = "
+SELECT r.doc FROM copies c JOIN runs r ON r.id = c.run_id
+WHERE c.host = ?1 AND c.status = ?2
+ORDER BY r.number LIMIT ?3";
+
+/// Runs with a transferred copy here and another transferred copy elsewhere.
+pub(super) const PURGE_CANDIDATES: &str = "
+SELECT r.doc FROM copies c JOIN runs r ON r.id = c.run_id
+WHERE c.host = ?1 AND c.status = 'transferred'
+  AND EXISTS (SELECT 1 FROM copies o
+              WHERE o.run_id = c.run_id AND o.host <> ?1 AND o.status = 'transferred')
+ORDER BY r.number LIMIT ?2";
+
+/// Runs with a transferring copy whose lease expired (any site).
+pub(super) const STALLED: &str = "
+SELECT DISTINCT r.doc, r.number FROM copies c JOIN runs r ON r.id = c.run_id
+WHERE c.status = 'transferring' AND c.lease_expires < ?1
+ORDER BY r.number LIMIT ?2";
+
+/// Runs with a transferring copy at a site whose lease expired.
+pub(super) const STALLED_AT: &str = "
+SELECT r.doc FROM copies c JOIN runs r ON r.id = c.run_id
+WHERE c.host = ?3 AND c.status = 'transferring' AND c.lease_expires < ?1
+ORDER BY r.number LIMIT ?2";

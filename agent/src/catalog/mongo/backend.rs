@@ -1,0 +1,833 @@
+//! [`MongoCatalog`]: the [`Catalog`] trait over a MongoDB collection.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bson::{doc, Bson, DateTime, Document};
+use catalog_schema::{CopyStatus, Event, Heartbeat, RunDoc, RunKey, MAX_EVENTS};
+use futures::TryStreamExt;
+use mongodb::options::{ClientOptions, Credential, Hint, IndexOptions};
+use mongodb::{Client, Collection, Database, IndexModel};
+
+use super::config::MongoConfig;
+use super::errors::{classify, is_duplicate_key};
+use crate::catalog::{
+    after, check_registration, new_run_doc, reclaim_event, removing_transition, Cas, Catalog,
+    CatalogError, Claim, ClaimRequest, CopyRef, LeaseHeld, NewRun, OriginCopy, RegisterCheck,
+    Registered, RunFilter, RunSelector, Transition,
+};
+
+/// Index the site work lists use (see `catalog_schema::index`).
+const HOST_STATUS: &str = "data_host_status";
+/// Index the stalled-copy query uses.
+const STATUS_EXPIRES: &str = "data_status_lease_expires";
+
+/// The MongoDB catalogue.
+#[derive(Clone)]
+pub struct MongoCatalog {
+    shown: String,
+    db: Database,
+    runs: Collection<Document>,
+    heartbeats: Collection<Document>,
+}
+
+impl std::fmt::Debug for MongoCatalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MongoCatalog({})", self.shown)
+    }
+}
+
+/// A daemon query as sent to the server: filter, sort and index hint. Shared by the query
+/// methods and [`MongoCatalog::explain_daemon_queries`], so the test explains exactly what
+/// the daemon runs.
+struct Query {
+    filter: Document,
+    hint: &'static str,
+}
+
+impl MongoCatalog {
+    /// Connects, checks the server answers (bounded by the server-selection timeout) and
+    /// creates the indexes.
+    pub async fn connect(config: MongoConfig) -> Result<Self, CatalogError> {
+        let shown = config.uri.to_string();
+        let mut options = ClientOptions::parse(config.uri.expose())
+            .await
+            .map_err(|e| match classify(&shown, "parse connection string", e) {
+                CatalogError::Database { detail, .. } => CatalogError::Config {
+                    catalog: shown.clone(),
+                    detail,
+                },
+                other => other,
+            })?;
+        options.connect_timeout = Some(config.connect_timeout);
+        options.server_selection_timeout = Some(config.server_selection_timeout);
+        options.app_name.get_or_insert_with(|| "ferry".to_string());
+        if let Some(pw) = &config.password {
+            let cred = options.credential.get_or_insert_with(Credential::default);
+            if cred.username.is_none() {
+                return Err(CatalogError::Config {
+                    catalog: shown,
+                    detail: "a password was given but the URI names no user".into(),
+                });
+            }
+            cred.password = Some(pw.expose().to_string());
+        }
+        let db_name = config
+            .database
+            .clone()
+            .or_else(|| options.default_database.clone())
+            .unwrap_or_else(|| "run".to_string());
+        let client = Client::with_options(options).map_err(|e| classify(&shown, "connect", e))?;
+        let db = client.database(&db_name);
+        let catalog = MongoCatalog {
+            runs: db.collection(&config.collection),
+            heartbeats: db.collection(&config.heartbeats),
+            db,
+            shown,
+        };
+        catalog
+            .db
+            .run_command(doc! {"ping": 1})
+            .await
+            .map_err(|e| classify(&catalog.shown, "ping", e))?;
+        catalog.create_indexes().await?;
+        Ok(catalog)
+    }
+
+    /// Creates `catalog_schema::RUN_INDEXES` (idempotent).
+    async fn create_indexes(&self) -> Result<(), CatalogError> {
+        let models = catalog_schema::RUN_INDEXES.iter().map(|spec| {
+            let mut keys = Document::new();
+            for (field, dir) in spec.keys {
+                keys.insert(*field, *dir);
+            }
+            let partial = spec
+                .partial_type
+                .map(|(field, ty)| doc! { field: { "$type": ty } });
+            let options = IndexOptions::builder()
+                .name(spec.name.to_string())
+                .unique(spec.unique.then_some(true))
+                .partial_filter_expression(partial)
+                .build();
+            IndexModel::builder().keys(keys).options(options).build()
+        });
+        self.runs
+            .create_indexes(models)
+            .await
+            .map_err(|e| classify(&self.shown, "create indexes", e))?;
+        Ok(())
+    }
+
+    /// The raw `explain` output (queryPlanner) of every query the daemon issues.
+    pub async fn explain_daemon_queries(&self) -> Result<Vec<(String, Document)>, CatalogError> {
+        let now = DateTime::now();
+        let queries = [
+            (
+                "runs_needing_copy",
+                needing_copy_query("c", "raw", &["a".to_string(), "b".to_string()]),
+            ),
+            (
+                "copies_in_status",
+                in_status_query("a", CopyStatus::Verifying),
+            ),
+            ("purge_candidates", purge_query("a")),
+            ("stalled_copies", stalled_query(None, now)),
+            ("stalled_copies_at", stalled_query(Some("a"), now)),
+        ];
+        let mut out = Vec::new();
+        for (name, q) in queries {
+            let cmd = doc! {
+                "explain": {
+                    "find": self.runs.name(),
+                    "filter": q.filter,
+                    "hint": q.hint,
+                    "sort": {"number": 1},
+                    "limit": 100_i64,
+                },
+                "verbosity": "queryPlanner",
+            };
+            let plan = self
+                .db
+                .run_command(cmd)
+                .await
+                .map_err(|e| classify(&self.shown, &format!("explain {name}"), e))?;
+            out.push((name.to_string(), plan));
+        }
+        Ok(out)
+    }
+
+    fn key_filter(key: &RunKey) -> Document {
+        doc! { "detector": detector_match(&key.detector), "number": key.number }
+    }
+
+    /// Filter for one run whose copy matches `elem` (an `$elemMatch` on `data`).
+    fn copy_filter(copy: &CopyRef, mut elem: Document) -> Document {
+        elem.insert("host", &copy.host);
+        elem.insert("type", type_match(&copy.data_type));
+        let mut f = Self::key_filter(&copy.run);
+        f.insert("data", doc! { "$elemMatch": elem });
+        f
+    }
+
+    fn bson_of<T: serde::Serialize>(&self, what: &str, v: &T) -> Result<Bson, CatalogError> {
+        bson::to_bson(v).map_err(|e| CatalogError::Database {
+            catalog: self.shown.clone(),
+            op: format!("encode {what}"),
+            detail: e.to_string(),
+            retryable: false,
+        })
+    }
+
+    fn push_event(&self, update: &mut Document, event: &Event) -> Result<(), CatalogError> {
+        let ev = self.bson_of("event", event)?;
+        let slice = -i64::try_from(MAX_EVENTS).unwrap_or(100);
+        let push = doc! { "events": { "$each": [ev], "$slice": slice } };
+        match update.get_document_mut("$push") {
+            Ok(existing) => existing.extend(push),
+            Err(_) => {
+                update.insert("$push", push);
+            }
+        }
+        Ok(())
+    }
+
+    /// One conditional update; `Done` iff exactly one document changed.
+    async fn update(
+        &self,
+        op: &str,
+        filter: Document,
+        update: Document,
+    ) -> Result<Cas, CatalogError> {
+        let r = self
+            .runs
+            .update_one(filter, update)
+            .await
+            .map_err(|e| classify(&self.shown, op, e))?;
+        Ok(if r.modified_count == 1 {
+            Cas::Done
+        } else {
+            Cas::Lost
+        })
+    }
+
+    async fn find_docs(
+        &self,
+        op: &str,
+        filter: Document,
+        hint: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Vec<RunDoc>, CatalogError> {
+        let mut find = self
+            .runs
+            .find(filter)
+            .sort(doc! {"number": 1, "detector": 1});
+        if let Some(h) = hint {
+            find = find.hint(Hint::Name(h.to_string()));
+        }
+        if let Some(n) = limit {
+            find = find.limit(i64::from(n));
+        }
+        let docs: Vec<Document> = find
+            .await
+            .map_err(|e| classify(&self.shown, op, e))?
+            .try_collect()
+            .await
+            .map_err(|e| classify(&self.shown, op, e))?;
+        docs.into_iter()
+            .map(|d| {
+                RunDoc::from_document(d).map_err(|source| CatalogError::BadDocument {
+                    catalog: self.shown.clone(),
+                    source,
+                })
+            })
+            .collect()
+    }
+
+    async fn run_query(&self, op: &str, q: Query, limit: u32) -> Result<Vec<RunDoc>, CatalogError> {
+        self.find_docs(op, q.filter, Some(q.hint), Some(limit))
+            .await
+    }
+
+    async fn transition_as(
+        &self,
+        copy: &CopyRef,
+        t: &Transition,
+        action: &str,
+    ) -> Result<Cas, CatalogError> {
+        if !catalog_schema::can_transition(t.from, t.to) {
+            return Err(CatalogError::IllegalTransition {
+                catalog: self.shown.clone(),
+                copy: copy.to_string(),
+                from: t.from,
+                to: t.to,
+            });
+        }
+        let now = DateTime::now();
+        let mut elem = doc! { "status": t.from.as_str() };
+        if let (Some(owner), true) = (&t.owner, t.from.is_leased()) {
+            elem.insert("lease.owner", owner);
+        }
+        let mut set = doc! { "data.$.status": t.to.as_str(), "data.$.updated_time": now };
+        if let Some(sum) = &t.checksum {
+            set.insert("data.$.checksum", sum);
+            set.insert("data.$.verified_time", now);
+        }
+        if let Some(e) = &t.error {
+            set.insert("data.$.last_error", e);
+        }
+        let mut update = Document::new();
+        match (&t.owner, t.to.is_leased()) {
+            (Some(owner), true) => {
+                set.insert(
+                    "data.$.lease",
+                    doc! { "owner": owner, "expires": after(now, t.lease_for) },
+                );
+            }
+            _ => {
+                update.insert("$unset", doc! { "data.$.lease": "" });
+            }
+        }
+        update.insert("$set", set);
+        if t.to == CopyStatus::Transferring {
+            update.insert("$inc", doc! { "data.$.attempts": 1 });
+        }
+        let event = t.event(copy, action);
+        self.push_event(&mut update, &event)?;
+        self.update(
+            &format!("{action} {copy}"),
+            Self::copy_filter(copy, elem),
+            update,
+        )
+        .await
+    }
+
+    /// Registers one run that `insert` refused as a duplicate.
+    async fn register_existing(&self, new: &NewRun) -> Result<Registered, CatalogError> {
+        let mut filter = doc! { "detector": detector_match(&new.key.detector) };
+        let mut or = vec![Bson::Document(doc! { "number": new.key.number })];
+        if let Some(name) = &new.name {
+            or.push(Bson::Document(doc! { "name": name }));
+        }
+        filter.insert("$or", or);
+        let found = self
+            .find_docs("register (read existing)", filter, None, None)
+            .await?;
+        let existing = found
+            .iter()
+            .find(|r| r.number == new.key.number)
+            .or_else(|| found.first());
+        let Some(existing) = existing else {
+            return Err(CatalogError::Database {
+                catalog: self.shown.clone(),
+                op: format!("register {}", new.key),
+                detail: "duplicate key but no conflicting run found".into(),
+                retryable: true,
+            });
+        };
+        match check_registration(existing, new) {
+            RegisterCheck::Same => Ok(Registered::Existing),
+            RegisterCheck::Conflict(reason) => Ok(Registered::Conflict { reason }),
+            RegisterCheck::AddManifest => {
+                let Some(m) = &new.manifest else {
+                    return Ok(Registered::Existing);
+                };
+                let mut filter = Self::key_filter(&new.key);
+                filter.insert(
+                    "$or",
+                    vec![doc! {"digest": {"$exists": false}}, doc! {"digest": null}],
+                );
+                let mut update = doc! { "$set": {
+                    "files": self.bson_of("manifest", &m.files)?,
+                    "size": m.size,
+                    "digest": &m.digest,
+                }};
+                self.push_event(&mut update, &Event::run(&new.who, "manifest", None))?;
+                match self
+                    .update(&format!("register {}", new.key), filter, update)
+                    .await?
+                {
+                    Cas::Done => Ok(Registered::Existing),
+                    // Someone set a manifest in between: compare with theirs.
+                    Cas::Lost => Box::pin(self.register_existing(new)).await,
+                }
+            }
+        }
+    }
+}
+
+/// The key of a raw document (`detector` defaults to `tpc`; `number` may be any integer
+/// type or a whole double).
+fn raw_key(d: &Document) -> Option<RunKey> {
+    let number = match d.get("number")? {
+        Bson::Int32(n) => i64::from(*n),
+        Bson::Int64(n) => *n,
+        #[allow(clippy::cast_possible_truncation)]
+        Bson::Double(x) if x.fract() == 0.0 => *x as i64,
+        _ => return None,
+    };
+    let detector = d
+        .get_str("detector")
+        .unwrap_or(catalog_schema::DEFAULT_DETECTOR);
+    Some(RunKey::new(detector, number))
+}
+
+/// Matches the detector; documents without one are `tpc` (cax's DAQ wrote none).
+fn detector_match(detector: &str) -> Bson {
+    if detector == catalog_schema::DEFAULT_DETECTOR {
+        Bson::Document(doc! { "$in": [detector, Bson::Null] })
+    } else {
+        Bson::String(detector.to_string())
+    }
+}
+
+/// Matches a copy's data type; entries without one are `raw`.
+fn type_match(data_type: &str) -> Bson {
+    if data_type == "raw" {
+        Bson::Document(doc! { "$in": [data_type, Bson::Null] })
+    } else {
+        Bson::String(data_type.to_string())
+    }
+}
+
+fn needing_copy_query(dest: &str, data_type: &str, sources: &[String]) -> Query {
+    Query {
+        filter: doc! { "$and": [
+            { "data": { "$elemMatch": {
+                "host": { "$in": sources }, "status": "transferred",
+                "type": type_match(data_type) } } },
+            { "data": { "$not": { "$elemMatch": { "host": dest, "type": type_match(data_type) } } } },
+        ]},
+        hint: HOST_STATUS,
+    }
+}
+
+fn in_status_query(host: &str, status: CopyStatus) -> Query {
+    Query {
+        filter: doc! { "data": { "$elemMatch": { "host": host, "status": status.as_str() } } },
+        hint: HOST_STATUS,
+    }
+}
+
+fn purge_query(host: &str) -> Query {
+    Query {
+        filter: doc! { "$and": [
+            { "data": { "$elemMatch": { "host": host, "status": "transferred" } } },
+            { "data": { "$elemMatch": { "host": { "$ne": host }, "status": "transferred" } } },
+        ]},
+        hint: HOST_STATUS,
+    }
+}
+
+fn stalled_query(host: Option<&str>, now: DateTime) -> Query {
+    let mut elem = doc! { "status": "transferring", "lease.expires": { "$lt": now } };
+    match host {
+        Some(h) => {
+            elem.insert("host", h);
+            Query {
+                filter: doc! { "data": { "$elemMatch": elem } },
+                hint: HOST_STATUS,
+            }
+        }
+        None => Query {
+            filter: doc! { "data": { "$elemMatch": elem } },
+            hint: STATUS_EXPIRES,
+        },
+    }
+}
+
+#[async_trait]
+impl Catalog for MongoCatalog {
+    fn describe(&self) -> String {
+        self.shown.clone()
+    }
+
+    async fn register_run(&self, run: &NewRun) -> Result<Registered, CatalogError> {
+        let doc = new_run_doc(run)
+            .to_document()
+            .map_err(|source| CatalogError::BadDocument {
+                catalog: self.shown.clone(),
+                source,
+            })?;
+        // An upsert rather than an insert: a DAQ document without `detector` is a `tpc`
+        // run, but the unique index would not see it as one.
+        let result = self
+            .runs
+            .update_one(Self::key_filter(&run.key), doc! { "$setOnInsert": doc })
+            .upsert(true)
+            .await;
+        match result {
+            Ok(r) if r.upserted_id.is_some() => Ok(Registered::Created),
+            Ok(_) => self.register_existing(run).await,
+            Err(e) if is_duplicate_key(&e) => self.register_existing(run).await,
+            Err(e) => Err(classify(&self.shown, &format!("register {}", run.key), e)),
+        }
+    }
+
+    async fn register_runs(&self, runs: &[NewRun]) -> Result<Vec<Registered>, CatalogError> {
+        if runs.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One indexed query finds the runs already there (by number, any detector); the
+        // rest go in with one unordered insert_many.
+        let numbers: Vec<i64> = runs.iter().map(|r| r.key.number).collect();
+        let present: HashSet<RunKey> = self
+            .runs
+            .find(doc! { "number": { "$in": numbers } })
+            .projection(doc! { "detector": 1, "number": 1 })
+            .await
+            .map_err(|e| classify(&self.shown, "register many (read existing)", e))?
+            .try_collect::<Vec<Document>>()
+            .await
+            .map_err(|e| classify(&self.shown, "register many (read existing)", e))?
+            .iter()
+            .filter_map(raw_key)
+            .collect();
+        let mut out = vec![Registered::Created; runs.len()];
+        let mut redo: Vec<usize> = Vec::new();
+        let mut fresh: Vec<(usize, Document)> = Vec::new();
+        for (i, r) in runs.iter().enumerate() {
+            if present.contains(&r.key) {
+                redo.push(i);
+            } else {
+                let doc =
+                    new_run_doc(r)
+                        .to_document()
+                        .map_err(|source| CatalogError::BadDocument {
+                            catalog: self.shown.clone(),
+                            source,
+                        })?;
+                fresh.push((i, doc));
+            }
+        }
+        let positions: Vec<usize> = fresh.iter().map(|(i, _)| *i).collect();
+        if !fresh.is_empty() {
+            let docs = fresh.into_iter().map(|(_, d)| d);
+            if let Err(e) = self.runs.insert_many(docs).ordered(false).await {
+                match e.kind.as_ref() {
+                    mongodb::error::ErrorKind::InsertMany(im)
+                        if im.write_concern_error.is_none()
+                            && im.write_errors.as_ref().is_some_and(|w| {
+                                w.iter().all(|x| x.code == super::errors::DUPLICATE_KEY)
+                            }) =>
+                    {
+                        redo.extend(
+                            im.write_errors
+                                .iter()
+                                .flatten()
+                                .filter_map(|w| positions.get(w.index).copied()),
+                        );
+                    }
+                    _ => return Err(classify(&self.shown, "register many", e)),
+                }
+            }
+        }
+        for i in redo {
+            if let (Some(slot), Some(run)) = (out.get_mut(i), runs.get(i)) {
+                *slot = self.register_existing(run).await?;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn add_origin_copy(&self, o: &OriginCopy) -> Result<Cas, CatalogError> {
+        let c = o.entry(DateTime::now());
+        let mut filter = Self::key_filter(&o.copy.run);
+        filter.insert(
+            "data",
+            doc! { "$not": { "$elemMatch": {
+            "host": &o.copy.host, "type": type_match(&o.copy.data_type) } } },
+        );
+        filter.insert(
+            "$or",
+            vec![
+                doc! { "digest": { "$exists": false } },
+                doc! { "digest": null },
+                doc! { "digest": &o.manifest.digest },
+            ],
+        );
+        let mut update = doc! {
+            "$set": {
+                "files": self.bson_of("manifest", &o.manifest.files)?,
+                "size": o.manifest.size,
+                "digest": &o.manifest.digest,
+            },
+            "$push": { "data": self.bson_of("copy", &c)? },
+        };
+        self.push_event(&mut update, &o.event())?;
+        self.update(&format!("add origin copy {}", o.copy), filter, update)
+            .await
+    }
+
+    async fn claim_copy(&self, r: &ClaimRequest) -> Result<Claim, CatalogError> {
+        let c = r.entry(DateTime::now());
+        let Some(lease) = c.lease.clone() else {
+            return Ok(Claim::Lost);
+        };
+        let mut filter = Self::key_filter(&r.copy.run);
+        filter.insert(
+            "data",
+            doc! { "$not": { "$elemMatch": {
+            "host": &r.copy.host, "type": type_match(&r.copy.data_type) } } },
+        );
+        let mut update = doc! { "$push": { "data": self.bson_of("copy", &c)? } };
+        self.push_event(&mut update, &r.event())?;
+        Ok(
+            match self
+                .update(&format!("claim {}", r.copy), filter, update)
+                .await?
+            {
+                Cas::Done => Claim::Won(LeaseHeld {
+                    owner: lease.owner,
+                    expires: lease.expires,
+                }),
+                Cas::Lost => Claim::Lost,
+            },
+        )
+    }
+
+    async fn renew_lease(
+        &self,
+        copy: &CopyRef,
+        owner: &str,
+        lease_for: Duration,
+    ) -> Result<Cas, CatalogError> {
+        let filter = Self::copy_filter(copy, doc! { "lease.owner": owner });
+        let update = doc! { "$set": { "data.$.lease.expires": after(DateTime::now(), lease_for) } };
+        self.update(&format!("renew lease {copy}"), filter, update)
+            .await
+    }
+
+    async fn release_lease(&self, copy: &CopyRef, owner: &str) -> Result<Cas, CatalogError> {
+        let filter = Self::copy_filter(copy, doc! { "lease.owner": owner });
+        let update = doc! { "$unset": { "data.$.lease": "" } };
+        self.update(&format!("release lease {copy}"), filter, update)
+            .await
+    }
+
+    async fn transition(&self, copy: &CopyRef, change: &Transition) -> Result<Cas, CatalogError> {
+        self.transition_as(copy, change, "status").await
+    }
+
+    async fn record_checksum(
+        &self,
+        copy: &CopyRef,
+        expected: CopyStatus,
+        owner: Option<&str>,
+        checksum: &str,
+        at: DateTime,
+    ) -> Result<Cas, CatalogError> {
+        let mut elem = doc! { "status": expected.as_str() };
+        if let Some(o) = owner {
+            elem.insert("lease.owner", o);
+        }
+        let update = doc! { "$set": {
+            "data.$.checksum": checksum,
+            "data.$.verified_time": at,
+            "data.$.updated_time": DateTime::now(),
+        }};
+        self.update(
+            &format!("record checksum {copy}"),
+            Self::copy_filter(copy, elem),
+            update,
+        )
+        .await
+    }
+
+    async fn reclaim_stalled(
+        &self,
+        copy: &CopyRef,
+        stale_owner: &str,
+        new_owner: &str,
+        lease_for: Duration,
+    ) -> Result<Claim, CatalogError> {
+        let now = DateTime::now();
+        let expires = after(now, lease_for);
+        let elem = doc! {
+            "status": "transferring",
+            "lease.owner": stale_owner,
+            "lease.expires": { "$lt": now },
+        };
+        let mut update = doc! {
+            "$set": {
+                "data.$.lease": { "owner": new_owner, "expires": expires },
+                "data.$.updated_time": now,
+            },
+            "$inc": { "data.$.attempts": 1 },
+        };
+        let ev = reclaim_event(copy, stale_owner, new_owner);
+        self.push_event(&mut update, &ev)?;
+        Ok(
+            match self
+                .update(
+                    &format!("reclaim {copy}"),
+                    Self::copy_filter(copy, elem),
+                    update,
+                )
+                .await?
+            {
+                Cas::Done => Claim::Won(LeaseHeld {
+                    owner: new_owner.to_string(),
+                    expires,
+                }),
+                Cas::Lost => Claim::Lost,
+            },
+        )
+    }
+
+    async fn mark_removing(
+        &self,
+        copy: &CopyRef,
+        from: CopyStatus,
+        who: &str,
+        why: &str,
+    ) -> Result<Cas, CatalogError> {
+        self.transition_as(copy, &removing_transition(from, who, why), "removing")
+            .await
+    }
+
+    async fn remove_copy(&self, copy: &CopyRef, who: &str, why: &str) -> Result<Cas, CatalogError> {
+        let filter = Self::copy_filter(copy, doc! { "status": "removing" });
+        let mut update = doc! { "$pull": { "data": {
+            "host": &copy.host, "type": type_match(&copy.data_type), "status": "removing",
+        }}};
+        let ev = Event::copy(
+            who,
+            "removed",
+            &copy.host,
+            &copy.data_type,
+            Some(why.to_string()),
+        );
+        self.push_event(&mut update, &ev)?;
+        self.update(&format!("remove copy {copy}"), filter, update)
+            .await
+    }
+
+    async fn heartbeat(&self, beat: &Heartbeat) -> Result<(), CatalogError> {
+        let op = format!("heartbeat {}", beat.site);
+        let doc = bson::to_document(beat).map_err(|e| CatalogError::Database {
+            catalog: self.shown.clone(),
+            op: op.clone(),
+            detail: e.to_string(),
+            retryable: false,
+        })?;
+        self.heartbeats
+            .replace_one(doc! { "_id": &beat.site }, doc)
+            .upsert(true)
+            .await
+            .map_err(|e| classify(&self.shown, &op, e))?;
+        Ok(())
+    }
+
+    async fn read_heartbeat(&self, site: &str) -> Result<Option<Heartbeat>, CatalogError> {
+        let op = format!("read heartbeat {site}");
+        let found = self
+            .heartbeats
+            .find_one(doc! { "_id": site })
+            .await
+            .map_err(|e| classify(&self.shown, &op, e))?;
+        found
+            .map(|d| {
+                bson::from_document(d).map_err(|e| CatalogError::Database {
+                    catalog: self.shown.clone(),
+                    op: op.clone(),
+                    detail: e.to_string(),
+                    retryable: false,
+                })
+            })
+            .transpose()
+    }
+
+    async fn runs_needing_copy(
+        &self,
+        dest: &str,
+        data_type: &str,
+        sources: &[String],
+        limit: u32,
+    ) -> Result<Vec<RunDoc>, CatalogError> {
+        if sources.is_empty() {
+            return Ok(Vec::new());
+        }
+        let q = needing_copy_query(dest, data_type, sources);
+        self.run_query("runs needing copy", q, limit).await
+    }
+
+    async fn copies_in_status(
+        &self,
+        host: &str,
+        status: CopyStatus,
+        limit: u32,
+    ) -> Result<Vec<RunDoc>, CatalogError> {
+        self.run_query("copies in status", in_status_query(host, status), limit)
+            .await
+    }
+
+    async fn purge_candidates(&self, host: &str, limit: u32) -> Result<Vec<RunDoc>, CatalogError> {
+        self.run_query("purge candidates", purge_query(host), limit)
+            .await
+    }
+
+    async fn stalled_copies(
+        &self,
+        host: Option<&str>,
+        now: DateTime,
+        limit: u32,
+    ) -> Result<Vec<RunDoc>, CatalogError> {
+        self.run_query("stalled copies", stalled_query(host, now), limit)
+            .await
+    }
+
+    async fn get_run(&self, key: &RunKey) -> Result<Option<RunDoc>, CatalogError> {
+        Ok(self
+            .find_docs(
+                &format!("get run {key}"),
+                Self::key_filter(key),
+                None,
+                Some(1),
+            )
+            .await?
+            .pop())
+    }
+
+    async fn find_runs(&self, sel: &RunSelector) -> Result<Vec<RunDoc>, CatalogError> {
+        let filter = match sel {
+            RunSelector::Number(n) => doc! { "number": n },
+            RunSelector::Name(s) => doc! { "name": s },
+        };
+        self.find_docs("find runs", filter, None, None).await
+    }
+
+    async fn list_runs(&self, f: &RunFilter) -> Result<Vec<RunDoc>, CatalogError> {
+        let mut and: Vec<Document> = Vec::new();
+        match (&f.host, f.status) {
+            (Some(h), Some(s)) => {
+                and.push(doc! { "data": { "$elemMatch": { "host": h, "status": s.as_str() } } })
+            }
+            (Some(h), None) => and.push(doc! { "data.host": h }),
+            (None, Some(s)) => and.push(doc! { "data.status": s.as_str() }),
+            (None, None) => {}
+        }
+        if let Some(m) = &f.missing_at {
+            and.push(doc! { "data": { "$not": {
+            "$elemMatch": { "host": m, "status": "transferred" } } } });
+        }
+        if let Some(n) = f.fewer_copies_than {
+            and.push(doc! { "$expr": { "$lt": [
+                { "$size": { "$filter": {
+                    "input": { "$ifNull": ["$data", []] },
+                    "cond": { "$eq": ["$$this.status", "transferred"] },
+                } } },
+                i64::from(n),
+            ] } });
+        }
+        if let Some(since) = f.since {
+            and.push(doc! { "start": { "$gte": since } });
+        }
+        let filter = if and.is_empty() {
+            Document::new()
+        } else {
+            doc! { "$and": and }
+        };
+        self.find_docs("list runs", filter, None, f.limit).await
+    }
+}

@@ -1,0 +1,304 @@
+//! [`Retrying`]: a [`Catalog`] wrapper that retries transient errors with exponential
+//! backoff. Back ends never retry by themselves; they report
+//! [`CatalogError::is_retryable`] and this wrapper decides.
+//!
+//! A retried write may have been applied by the attempt that failed (the reply was lost).
+//! For claims and reclaims that is resolved here: when a retry reports [`Claim::Lost`] after
+//! an ambiguous failure, the wrapper reads the copy back and reports [`Claim::Won`] if the
+//! lease is ours.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bson::DateTime;
+
+use super::{
+    Cas, Catalog, CatalogError, Claim, ClaimRequest, CopyRef, CopyStatus, Heartbeat, LeaseHeld,
+    NewRun, OriginCopy, Registered, RunDoc, RunFilter, RunKey, RunSelector, Transition,
+};
+
+/// How often and how patiently to retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// Attempts in all (1 = no retry).
+    pub attempts: u32,
+    /// Delay before the first retry; doubled each time.
+    pub initial: Duration,
+    /// Upper bound of one delay.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            attempts: 4,
+            initial: Duration::from_millis(200),
+            max: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before retry number `n` (1-based), with ±25 % jitter.
+    fn delay(&self, n: u32) -> Duration {
+        let base = self
+            .initial
+            .saturating_mul(1u32 << n.saturating_sub(1).min(16))
+            .min(self.max);
+        let jitter = rand::random_range(0.75..1.25);
+        base.mul_f64(jitter)
+    }
+}
+
+/// A catalogue that retries transient failures of `C`.
+#[derive(Debug)]
+pub struct Retrying<C> {
+    inner: C,
+    backoff: Backoff,
+}
+
+impl<C: Catalog> Retrying<C> {
+    /// Wraps a back end.
+    pub fn new(inner: C, backoff: Backoff) -> Self {
+        Retrying { inner, backoff }
+    }
+
+    /// The wrapped back end.
+    pub fn inner(&self) -> &C {
+        &self.inner
+    }
+
+    /// Runs `f` until it succeeds, fails for good, or attempts run out. Returns the result
+    /// and whether an earlier attempt failed in a way that may have applied a write.
+    async fn run<T, F, Fut>(&self, op: &str, mut f: F) -> (Result<T, CatalogError>, bool)
+    where
+        F: FnMut() -> Fut + Send,
+        Fut: Future<Output = Result<T, CatalogError>> + Send,
+    {
+        let mut ambiguous = false;
+        let mut n = 1;
+        loop {
+            match f().await {
+                Err(e) if e.is_retryable() && n < self.backoff.attempts => {
+                    let wait = self.backoff.delay(n);
+                    tracing::warn!(
+                        catalog = %self.inner.describe(),
+                        "{op}: {e}; retry {n} in {wait:?}"
+                    );
+                    ambiguous = true;
+                    n += 1;
+                    tokio::time::sleep(wait).await;
+                }
+                other => return (other, ambiguous),
+            }
+        }
+    }
+
+    /// After an ambiguous failure, a `Lost` claim may be our own earlier win.
+    async fn settle_claim(
+        &self,
+        result: (Result<Claim, CatalogError>, bool),
+        copy: &CopyRef,
+        owner: &str,
+    ) -> Result<Claim, CatalogError> {
+        match result {
+            (Ok(Claim::Lost), true) => {
+                let run = self.inner.get_run(&copy.run).await?;
+                let lease = run
+                    .as_ref()
+                    .and_then(|r| r.copy(&copy.host, &copy.data_type))
+                    .and_then(|c| c.lease.clone())
+                    .filter(|l| l.owner == owner);
+                Ok(match lease {
+                    Some(l) => Claim::Won(LeaseHeld {
+                        owner: l.owner,
+                        expires: l.expires,
+                    }),
+                    None => Claim::Lost,
+                })
+            }
+            (other, _) => other,
+        }
+    }
+}
+
+#[async_trait]
+impl<C: Catalog> Catalog for Retrying<C> {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    async fn register_run(&self, run: &NewRun) -> Result<Registered, CatalogError> {
+        self.run("register", || self.inner.register_run(run))
+            .await
+            .0
+    }
+
+    async fn register_runs(&self, runs: &[NewRun]) -> Result<Vec<Registered>, CatalogError> {
+        self.run("register many", || self.inner.register_runs(runs))
+            .await
+            .0
+    }
+
+    async fn add_origin_copy(&self, origin: &OriginCopy) -> Result<Cas, CatalogError> {
+        self.run("add origin copy", || self.inner.add_origin_copy(origin))
+            .await
+            .0
+    }
+
+    async fn claim_copy(&self, req: &ClaimRequest) -> Result<Claim, CatalogError> {
+        let r = self.run("claim", || self.inner.claim_copy(req)).await;
+        self.settle_claim(r, &req.copy, &req.owner).await
+    }
+
+    async fn renew_lease(
+        &self,
+        copy: &CopyRef,
+        owner: &str,
+        lease_for: Duration,
+    ) -> Result<Cas, CatalogError> {
+        self.run("renew lease", || {
+            self.inner.renew_lease(copy, owner, lease_for)
+        })
+        .await
+        .0
+    }
+
+    async fn release_lease(&self, copy: &CopyRef, owner: &str) -> Result<Cas, CatalogError> {
+        self.run("release lease", || self.inner.release_lease(copy, owner))
+            .await
+            .0
+    }
+
+    async fn transition(&self, copy: &CopyRef, change: &Transition) -> Result<Cas, CatalogError> {
+        self.run("transition", || self.inner.transition(copy, change))
+            .await
+            .0
+    }
+
+    async fn record_checksum(
+        &self,
+        copy: &CopyRef,
+        expected: CopyStatus,
+        owner: Option<&str>,
+        checksum: &str,
+        at: DateTime,
+    ) -> Result<Cas, CatalogError> {
+        self.run("record checksum", || {
+            self.inner
+                .record_checksum(copy, expected, owner, checksum, at)
+        })
+        .await
+        .0
+    }
+
+    async fn reclaim_stalled(
+        &self,
+        copy: &CopyRef,
+        stale_owner: &str,
+        new_owner: &str,
+        lease_for: Duration,
+    ) -> Result<Claim, CatalogError> {
+        let r = self
+            .run("reclaim", || {
+                self.inner
+                    .reclaim_stalled(copy, stale_owner, new_owner, lease_for)
+            })
+            .await;
+        self.settle_claim(r, copy, new_owner).await
+    }
+
+    async fn mark_removing(
+        &self,
+        copy: &CopyRef,
+        from: CopyStatus,
+        who: &str,
+        why: &str,
+    ) -> Result<Cas, CatalogError> {
+        self.run("mark removing", || {
+            self.inner.mark_removing(copy, from, who, why)
+        })
+        .await
+        .0
+    }
+
+    async fn remove_copy(&self, copy: &CopyRef, who: &str, why: &str) -> Result<Cas, CatalogError> {
+        self.run("remove copy", || self.inner.remove_copy(copy, who, why))
+            .await
+            .0
+    }
+
+    async fn heartbeat(&self, beat: &Heartbeat) -> Result<(), CatalogError> {
+        self.run("heartbeat", || self.inner.heartbeat(beat)).await.0
+    }
+
+    async fn read_heartbeat(&self, site: &str) -> Result<Option<Heartbeat>, CatalogError> {
+        self.run("read heartbeat", || self.inner.read_heartbeat(site))
+            .await
+            .0
+    }
+
+    async fn runs_needing_copy(
+        &self,
+        dest: &str,
+        data_type: &str,
+        sources: &[String],
+        limit: u32,
+    ) -> Result<Vec<RunDoc>, CatalogError> {
+        self.run("runs needing copy", || {
+            self.inner
+                .runs_needing_copy(dest, data_type, sources, limit)
+        })
+        .await
+        .0
+    }
+
+    async fn copies_in_status(
+        &self,
+        host: &str,
+        status: CopyStatus,
+        limit: u32,
+    ) -> Result<Vec<RunDoc>, CatalogError> {
+        self.run("copies in status", || {
+            self.inner.copies_in_status(host, status, limit)
+        })
+        .await
+        .0
+    }
+
+    async fn purge_candidates(&self, host: &str, limit: u32) -> Result<Vec<RunDoc>, CatalogError> {
+        self.run("purge candidates", || {
+            self.inner.purge_candidates(host, limit)
+        })
+        .await
+        .0
+    }
+
+    async fn stalled_copies(
+        &self,
+        host: Option<&str>,
+        now: DateTime,
+        limit: u32,
+    ) -> Result<Vec<RunDoc>, CatalogError> {
+        self.run("stalled copies", || {
+            self.inner.stalled_copies(host, now, limit)
+        })
+        .await
+        .0
+    }
+
+    async fn get_run(&self, key: &RunKey) -> Result<Option<RunDoc>, CatalogError> {
+        self.run("get run", || self.inner.get_run(key)).await.0
+    }
+
+    async fn find_runs(&self, sel: &RunSelector) -> Result<Vec<RunDoc>, CatalogError> {
+        self.run("find runs", || self.inner.find_runs(sel)).await.0
+    }
+
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunDoc>, CatalogError> {
+        self.run("list runs", || self.inner.list_runs(filter))
+            .await
+            .0
+    }
+}

@@ -1,0 +1,730 @@
+//! The catalogue behaviour suite: every case is written once, as an async function over
+//! `&Fixture` (a `dyn Catalog` plus raw access), and runs unchanged against the embedded
+//! SQLite back end and against MongoDB (the harness's real MongoDB-wire server, one
+//! database per test). The `suite!` macro generates one `#[tokio::test]` per (case, back
+//! end).
+
+// The cases are test bodies, called from the generated `#[tokio::test]`s.
+#![allow(clippy::unwrap_used)]
+
+mod catalog_common;
+
+use std::time::Duration;
+
+use bson::{doc, Bson, DateTime};
+use catalog_common::{claim, key, manifest, new_run, origin, seed_run, Backend, Fixture};
+use ferry::catalog::{
+    Cas, CatalogError, Claim, CopyRef, CopyStatus, Heartbeat, NewRun, Registered, RunFilter,
+    RunSelector, Transition,
+};
+
+const LEASE: Duration = Duration::from_secs(300);
+
+fn copy(n: i64, site: &str) -> CopyRef {
+    CopyRef::new(key(n), site, "raw")
+}
+
+fn numbers(runs: &[ferry::catalog::RunDoc]) -> Vec<i64> {
+    runs.iter().map(|r| r.number).collect()
+}
+
+async fn register_is_idempotent_and_reports_conflicts(f: &Fixture) {
+    let c = &*f.catalog;
+    assert_eq!(
+        c.register_run(&new_run(1)).await.unwrap(),
+        Registered::Created
+    );
+    assert_eq!(
+        c.register_run(&new_run(1)).await.unwrap(),
+        Registered::Existing
+    );
+
+    let mut other_manifest = new_run(1);
+    other_manifest.manifest = Some(manifest("different"));
+    assert!(matches!(
+        c.register_run(&other_manifest).await.unwrap(),
+        Registered::Conflict { reason } if reason.contains("digest")
+    ));
+
+    let mut same_name = new_run(2);
+    same_name.name = Some("run1".into());
+    assert!(matches!(
+        c.register_run(&same_name).await.unwrap(),
+        Registered::Conflict { reason } if reason.contains("run1")
+    ));
+    assert!(
+        c.get_run(&key(2)).await.unwrap().is_none(),
+        "no partial write"
+    );
+
+    // A run registered without a manifest gets it on the next registration.
+    let mut bare = new_run(3);
+    bare.manifest = None;
+    assert_eq!(c.register_run(&bare).await.unwrap(), Registered::Created);
+    assert_eq!(
+        c.register_run(&new_run(3)).await.unwrap(),
+        Registered::Existing
+    );
+    let run = c.get_run(&key(3)).await.unwrap().unwrap();
+    assert_eq!(run.digest, Some(manifest("3").digest));
+    assert_eq!(run.files, manifest("3").files);
+
+    let stored = c.get_run(&key(1)).await.unwrap().unwrap();
+    assert_eq!(stored.name.as_deref(), Some("run1"));
+    assert_eq!(stored.events[0].action, "registered");
+    assert_eq!(stored.data.len(), 0);
+}
+
+async fn bulk_registration_reports_each_run(f: &Fixture) {
+    let c = &*f.catalog;
+    c.register_run(&new_run(5)).await.unwrap();
+    let mut conflicting = new_run(6);
+    conflicting.name = Some("run5".into());
+    let batch: Vec<NewRun> = vec![new_run(4), new_run(5), conflicting, new_run(7)];
+    let out = c.register_runs(&batch).await.unwrap();
+    assert_eq!(out[0], Registered::Created);
+    assert_eq!(out[1], Registered::Existing);
+    assert!(
+        matches!(out[2], Registered::Conflict { .. }),
+        "{:?}",
+        out[2]
+    );
+    assert_eq!(out[3], Registered::Created);
+    let all = c.list_runs(&RunFilter::default()).await.unwrap();
+    assert_eq!(numbers(&all), vec![4, 5, 7]);
+}
+
+async fn origin_copy_is_added_once(f: &Fixture) {
+    let c = &*f.catalog;
+    let mut bare = new_run(1);
+    bare.manifest = None;
+    c.register_run(&bare).await.unwrap();
+    assert_eq!(
+        c.add_origin_copy(&origin(1, "daq")).await.unwrap(),
+        Cas::Done
+    );
+    assert_eq!(
+        c.add_origin_copy(&origin(1, "daq")).await.unwrap(),
+        Cas::Lost
+    );
+    // A second origin elsewhere with a different manifest is refused.
+    let mut other = origin(1, "lngs");
+    other.manifest = manifest("other");
+    assert_eq!(c.add_origin_copy(&other).await.unwrap(), Cas::Lost);
+    // Unknown run.
+    assert_eq!(
+        c.add_origin_copy(&origin(99, "daq")).await.unwrap(),
+        Cas::Lost
+    );
+
+    let run = c.get_run(&key(1)).await.unwrap().unwrap();
+    assert_eq!(run.digest, Some(manifest("1").digest));
+    assert_eq!(run.data.len(), 1);
+    let copy = &run.data[0];
+    assert_eq!(copy.status, CopyStatus::Transferred);
+    assert_eq!(copy.checksum, run.digest);
+    assert!(copy.verified_time.is_some() && copy.creation_time.is_some());
+    assert_eq!(copy.protocol.as_deref(), Some("local"));
+}
+
+async fn claim_fails_when_any_copy_exists(f: &Fixture) {
+    let c = &*f.catalog;
+    seed_run(c, 1, "daq").await;
+    let won = c.claim_copy(&claim(1, "lngs", "a", LEASE)).await.unwrap();
+    let Claim::Won(lease) = won else {
+        panic!("first claim lost")
+    };
+    assert_eq!(lease.owner, "a");
+    assert!(lease.expires > DateTime::now());
+    assert_eq!(
+        c.claim_copy(&claim(1, "lngs", "b", LEASE)).await.unwrap(),
+        Claim::Lost
+    );
+    assert_eq!(
+        c.claim_copy(&claim(1, "daq", "b", LEASE)).await.unwrap(),
+        Claim::Lost
+    );
+    assert!(matches!(
+        c.claim_copy(&claim(1, "nikhef", "b", LEASE)).await.unwrap(),
+        Claim::Won(_)
+    ));
+    assert_eq!(
+        c.claim_copy(&claim(42, "lngs", "a", LEASE)).await.unwrap(),
+        Claim::Lost
+    );
+
+    let run = c.get_run(&key(1)).await.unwrap().unwrap();
+    let at_lngs = run.copy("lngs", "raw").unwrap();
+    assert_eq!(at_lngs.status, CopyStatus::Transferring);
+    assert_eq!(at_lngs.attempts, 1);
+    assert!(at_lngs.leased_by("a"));
+    assert_eq!(run.data.len(), 3);
+}
+
+async fn lease_renew_and_release_need_the_owner(f: &Fixture) {
+    let c = &*f.catalog;
+    seed_run(c, 1, "daq").await;
+    let Claim::Won(first) = c
+        .claim_copy(&claim(1, "lngs", "a", Duration::from_secs(10)))
+        .await
+        .unwrap()
+    else {
+        panic!("claim lost")
+    };
+    assert_eq!(
+        c.renew_lease(&copy(1, "lngs"), "b", LEASE).await.unwrap(),
+        Cas::Lost
+    );
+    assert_eq!(
+        c.renew_lease(&copy(1, "lngs"), "a", LEASE).await.unwrap(),
+        Cas::Done
+    );
+    let run = c.get_run(&key(1)).await.unwrap().unwrap();
+    let renewed = run.copy("lngs", "raw").unwrap().lease.clone().unwrap();
+    assert!(renewed.expires > first.expires, "{renewed:?} vs {first:?}");
+
+    assert_eq!(
+        c.release_lease(&copy(1, "lngs"), "b").await.unwrap(),
+        Cas::Lost
+    );
+    assert_eq!(
+        c.release_lease(&copy(1, "lngs"), "a").await.unwrap(),
+        Cas::Done
+    );
+    let run = c.get_run(&key(1)).await.unwrap().unwrap();
+    assert!(run.copy("lngs", "raw").unwrap().lease.is_none());
+    assert_eq!(
+        run.copy("lngs", "raw").unwrap().status,
+        CopyStatus::Transferring
+    );
+    assert_eq!(
+        c.renew_lease(&copy(1, "lngs"), "a", LEASE).await.unwrap(),
+        Cas::Lost
+    );
+    assert_eq!(
+        c.renew_lease(&copy(9, "lngs"), "a", LEASE).await.unwrap(),
+        Cas::Lost
+    );
+}
+
+async fn transitions_compare_status_and_owner(f: &Fixture) {
+    let c = &*f.catalog;
+    seed_run(c, 1, "daq").await;
+    let _ = c.claim_copy(&claim(1, "lngs", "a", LEASE)).await.unwrap();
+    let dest = copy(1, "lngs");
+
+    let to_verify = Transition::new(
+        CopyStatus::Transferring,
+        CopyStatus::Verifying,
+        Some("b"),
+        "b",
+    );
+    assert_eq!(
+        c.transition(&dest, &to_verify).await.unwrap(),
+        Cas::Lost,
+        "wrong owner"
+    );
+    let to_verify = Transition::new(
+        CopyStatus::Transferring,
+        CopyStatus::Verifying,
+        Some("a"),
+        "a",
+    );
+    assert_eq!(c.transition(&dest, &to_verify).await.unwrap(), Cas::Done);
+    assert_eq!(
+        c.transition(&dest, &to_verify).await.unwrap(),
+        Cas::Lost,
+        "status moved on"
+    );
+    let run = c.get_run(&key(1)).await.unwrap().unwrap();
+    assert!(
+        run.copy("lngs", "raw").unwrap().leased_by("a"),
+        "verifying keeps the lease"
+    );
+
+    let mut done = Transition::new(
+        CopyStatus::Verifying,
+        CopyStatus::Transferred,
+        Some("a"),
+        "a",
+    );
+    done.checksum = Some(manifest("1").digest);
+    assert_eq!(c.transition(&dest, &done).await.unwrap(), Cas::Done);
+    let run = c.get_run(&key(1)).await.unwrap().unwrap();
+    let cp = run.copy("lngs", "raw").unwrap();
+    assert_eq!(cp.status, CopyStatus::Transferred);
+    assert_eq!(cp.checksum, Some(manifest("1").digest));
+    assert!(cp.verified_time.is_some());
+    assert!(cp.lease.is_none(), "transferred copies hold no lease");
+    let last = run.events.last().unwrap();
+    assert_eq!(last.action, "status");
+    assert_eq!(last.reason.as_deref(), Some("verifying -> transferred"));
+
+    // Illegal: an error for the caller, nothing written.
+    let illegal = Transition::new(CopyStatus::Transferred, CopyStatus::Transferring, None, "a");
+    let err = c.transition(&dest, &illegal).await.unwrap_err();
+    assert!(
+        matches!(err, CatalogError::IllegalTransition { .. }),
+        "{err}"
+    );
+    assert!(!err.is_retryable());
+
+    // Error, then retry: attempts go up, the retrier holds the lease.
+    let mut failed = Transition::new(CopyStatus::Transferred, CopyStatus::Error, None, "audit");
+    failed.error = Some("bit rot in raw/000.evio".into());
+    assert_eq!(c.transition(&dest, &failed).await.unwrap(), Cas::Done);
+    let retry = Transition::new(CopyStatus::Error, CopyStatus::Transferring, Some("c"), "c");
+    assert_eq!(c.transition(&dest, &retry).await.unwrap(), Cas::Done);
+    let run = c.get_run(&key(1)).await.unwrap().unwrap();
+    let cp = run.copy("lngs", "raw").unwrap();
+    assert_eq!(cp.attempts, 2);
+    assert!(cp.leased_by("c"));
+    assert_eq!(cp.last_error.as_deref(), Some("bit rot in raw/000.evio"));
+}
+
+async fn record_checksum_needs_expected_state(f: &Fixture) {
+    let c = &*f.catalog;
+    seed_run(c, 1, "daq").await;
+    let at = DateTime::from_millis(1_750_000_000_000);
+    let daq = copy(1, "daq");
+    assert_eq!(
+        c.record_checksum(&daq, CopyStatus::Verifying, None, "x", at)
+            .await
+            .unwrap(),
+        Cas::Lost
+    );
+    assert_eq!(
+        c.record_checksum(&daq, CopyStatus::Transferred, Some("nobody"), "x", at)
+            .await
+            .unwrap(),
+        Cas::Lost
+    );
+    assert_eq!(
+        c.record_checksum(&daq, CopyStatus::Transferred, None, "abc", at)
+            .await
+            .unwrap(),
+        Cas::Done
+    );
+    let run = c.get_run(&key(1)).await.unwrap().unwrap();
+    let cp = run.copy("daq", "raw").unwrap();
+    assert_eq!(cp.checksum.as_deref(), Some("abc"));
+    assert_eq!(cp.verified_time, Some(at));
+}
+
+async fn expired_lease_is_reclaimed_once(f: &Fixture) {
+    let c = &*f.catalog;
+    seed_run(c, 1, "daq").await;
+    let _ = c
+        .claim_copy(&claim(1, "lngs", "crashed", Duration::from_millis(1)))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let dest = copy(1, "lngs");
+    assert_eq!(
+        c.reclaim_stalled(&dest, "someone-else", "b", LEASE)
+            .await
+            .unwrap(),
+        Claim::Lost
+    );
+    assert!(matches!(
+        c.reclaim_stalled(&dest, "crashed", "b", LEASE)
+            .await
+            .unwrap(),
+        Claim::Won(_)
+    ));
+    assert_eq!(
+        c.reclaim_stalled(&dest, "crashed", "c", LEASE)
+            .await
+            .unwrap(),
+        Claim::Lost
+    );
+    // b's lease is live: not stalled.
+    assert_eq!(
+        c.reclaim_stalled(&dest, "b", "c", LEASE).await.unwrap(),
+        Claim::Lost
+    );
+    let run = c.get_run(&key(1)).await.unwrap().unwrap();
+    let cp = run.copy("lngs", "raw").unwrap();
+    assert!(cp.leased_by("b"));
+    assert_eq!(cp.attempts, 2);
+    assert_eq!(run.events.last().unwrap().action, "reclaimed");
+}
+
+async fn removal_goes_through_removing_with_audit(f: &Fixture) {
+    let c = &*f.catalog;
+    seed_run(c, 1, "daq").await;
+    let daq = copy(1, "daq");
+    assert_eq!(
+        c.remove_copy(&daq, "ops", "too early").await.unwrap(),
+        Cas::Lost
+    );
+    assert_eq!(
+        c.mark_removing(&daq, CopyStatus::Error, "ops", "x")
+            .await
+            .unwrap(),
+        Cas::Lost,
+        "not in error"
+    );
+    let err = c
+        .mark_removing(&daq, CopyStatus::Verifying, "ops", "x")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CatalogError::IllegalTransition { .. }));
+    assert_eq!(
+        c.mark_removing(&daq, CopyStatus::Transferred, "purge@daq", "disk over 90%")
+            .await
+            .unwrap(),
+        Cas::Done
+    );
+    assert_eq!(
+        c.remove_copy(&daq, "purge@daq", "disk over 90%")
+            .await
+            .unwrap(),
+        Cas::Done
+    );
+    assert_eq!(
+        c.remove_copy(&daq, "purge@daq", "again").await.unwrap(),
+        Cas::Lost
+    );
+    let run = c.get_run(&key(1)).await.unwrap().unwrap();
+    assert!(run.data.is_empty());
+    let tail: Vec<_> = run.events.iter().rev().take(2).collect();
+    assert_eq!(tail[0].action, "removed");
+    assert_eq!(tail[0].who, "purge@daq");
+    assert_eq!(tail[0].reason.as_deref(), Some("disk over 90%"));
+    assert_eq!(tail[0].host.as_deref(), Some("daq"));
+    assert_eq!(tail[1].action, "removing");
+}
+
+async fn work_queries_find_the_right_runs(f: &Fixture) {
+    let c = &*f.catalog;
+    // 1: only at daq (needs copy at lngs). 2: at daq + transferring at lngs (stalled).
+    // 3: at daq + verifying at lngs. 4: at daq + transferred at lngs. 5: only at nikhef.
+    for n in 1..=4 {
+        seed_run(c, n, "daq").await;
+    }
+    seed_run(c, 5, "nikhef").await;
+    let _ = c
+        .claim_copy(&claim(2, "lngs", "dead", Duration::from_millis(1)))
+        .await
+        .unwrap();
+    for n in [3, 4] {
+        let _ = c.claim_copy(&claim(n, "lngs", "a", LEASE)).await.unwrap();
+        let t = Transition::new(
+            CopyStatus::Transferring,
+            CopyStatus::Verifying,
+            Some("a"),
+            "a",
+        );
+        assert_eq!(c.transition(&copy(n, "lngs"), &t).await.unwrap(), Cas::Done);
+    }
+    let mut done = Transition::new(
+        CopyStatus::Verifying,
+        CopyStatus::Transferred,
+        Some("a"),
+        "a",
+    );
+    done.checksum = Some("d".into());
+    assert_eq!(
+        c.transition(&copy(4, "lngs"), &done).await.unwrap(),
+        Cas::Done
+    );
+    tokio::time::sleep(Duration::from_millis(30)).await;
+
+    let daq = vec!["daq".to_string()];
+    let need = c.runs_needing_copy("lngs", "raw", &daq, 100).await.unwrap();
+    assert_eq!(numbers(&need), vec![1]);
+    let both = vec!["daq".to_string(), "nikhef".to_string()];
+    let need = c
+        .runs_needing_copy("lngs", "raw", &both, 100)
+        .await
+        .unwrap();
+    assert_eq!(numbers(&need), vec![1, 5]);
+    let need = c.runs_needing_copy("lngs", "raw", &both, 1).await.unwrap();
+    assert_eq!(numbers(&need), vec![1], "limit");
+    let need = c
+        .runs_needing_copy("lngs", "processed", &both, 100)
+        .await
+        .unwrap();
+    assert!(need.is_empty(), "no processed data anywhere");
+    assert!(c
+        .runs_needing_copy("lngs", "raw", &[], 100)
+        .await
+        .unwrap()
+        .is_empty());
+
+    let verifying = c
+        .copies_in_status("lngs", CopyStatus::Verifying, 100)
+        .await
+        .unwrap();
+    assert_eq!(numbers(&verifying), vec![3]);
+    let purge = c.purge_candidates("daq", 100).await.unwrap();
+    assert_eq!(numbers(&purge), vec![4]);
+    assert!(c.purge_candidates("nikhef", 100).await.unwrap().is_empty());
+
+    let now = DateTime::now();
+    assert_eq!(
+        numbers(&c.stalled_copies(None, now, 100).await.unwrap()),
+        vec![2]
+    );
+    assert_eq!(
+        numbers(&c.stalled_copies(Some("lngs"), now, 100).await.unwrap()),
+        vec![2]
+    );
+    assert!(c
+        .stalled_copies(Some("daq"), now, 100)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn collaborator_filters(f: &Fixture) {
+    let c = &*f.catalog;
+    for n in 1..=3 {
+        seed_run(c, n, "daq").await;
+    }
+    let _ = c.claim_copy(&claim(2, "lngs", "a", LEASE)).await.unwrap();
+    let filter = |fun: fn(&mut RunFilter)| {
+        let mut f = RunFilter::default();
+        fun(&mut f);
+        f
+    };
+    let list = |f: RunFilter| async move { numbers(&c.list_runs(&f).await.unwrap()) };
+    assert_eq!(list(RunFilter::default()).await, vec![1, 2, 3]);
+    assert_eq!(
+        list(filter(|f| f.host = Some("lngs".into()))).await,
+        vec![2]
+    );
+    assert_eq!(
+        list(filter(|f| f.status = Some(CopyStatus::Transferring))).await,
+        vec![2]
+    );
+    assert_eq!(
+        list(filter(|f| {
+            f.host = Some("daq".into());
+            f.status = Some(CopyStatus::Transferring);
+        }))
+        .await,
+        Vec::<i64>::new()
+    );
+    assert_eq!(
+        list(filter(|f| f.missing_at = Some("lngs".into()))).await,
+        vec![1, 2, 3]
+    );
+    assert_eq!(
+        list(filter(|f| f.missing_at = Some("daq".into()))).await,
+        Vec::<i64>::new()
+    );
+    assert_eq!(
+        list(filter(|f| f.fewer_copies_than = Some(2))).await,
+        vec![1, 2, 3]
+    );
+    assert_eq!(
+        list(filter(|f| f.fewer_copies_than = Some(1))).await,
+        Vec::<i64>::new()
+    );
+    assert_eq!(
+        list(filter(|f| f.since = Some(DateTime::from_millis(
+            1_700_000_000_000 + 2 * 3_600_000
+        ))))
+        .await,
+        vec![2, 3]
+    );
+    assert_eq!(list(filter(|f| f.limit = Some(2))).await, vec![1, 2]);
+
+    assert_eq!(
+        numbers(&c.find_runs(&RunSelector::Number(2)).await.unwrap()),
+        vec![2]
+    );
+    assert_eq!(
+        numbers(
+            &c.find_runs(&RunSelector::Name("run3".into()))
+                .await
+                .unwrap()
+        ),
+        vec![3]
+    );
+    assert!(c
+        .find_runs(&RunSelector::Name("nope".into()))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn heartbeat_is_replaced(f: &Fixture) {
+    let c = &*f.catalog;
+    assert!(c.read_heartbeat("lngs").await.unwrap().is_none());
+    let mut beat = Heartbeat {
+        site: "lngs".into(),
+        owner: "agent@lngs/1/x".into(),
+        version: "0.1.0".into(),
+        hostname: "xe1t-datamanager".into(),
+        pid: 1,
+        time: DateTime::now(),
+        cycle_seconds: 1.5,
+        stats: doc! {"copied": 3_i64},
+    };
+    c.heartbeat(&beat).await.unwrap();
+    beat.pid = 2;
+    c.heartbeat(&beat).await.unwrap();
+    let back = c.read_heartbeat("lngs").await.unwrap().unwrap();
+    assert_eq!(back.pid, 2);
+    assert_eq!(back.stats, doc! {"copied": 3_i64});
+}
+
+async fn events_are_bounded_to_the_last_100(f: &Fixture) {
+    let c = &*f.catalog;
+    seed_run(c, 1, "daq").await;
+    let daq = copy(1, "daq");
+    for i in 0..55 {
+        let mut t = Transition::new(
+            CopyStatus::Transferred,
+            CopyStatus::Verifying,
+            Some("a"),
+            "a",
+        );
+        t.reason = Some(format!("audit {i}"));
+        assert_eq!(c.transition(&daq, &t).await.unwrap(), Cas::Done);
+        let t = Transition::new(
+            CopyStatus::Verifying,
+            CopyStatus::Transferred,
+            Some("a"),
+            "a",
+        );
+        assert_eq!(c.transition(&daq, &t).await.unwrap(), Cas::Done);
+    }
+    let run = c.get_run(&key(1)).await.unwrap().unwrap();
+    assert_eq!(run.events.len(), 100);
+    // 2 (registered, copy-added) + 110 transitions: the first 12 (the two and audits 0-4)
+    // are gone, in both back ends.
+    assert_eq!(
+        run.events[0].reason.as_deref(),
+        Some("transferred -> verifying: audit 5")
+    );
+    assert_eq!(
+        run.events[99].reason.as_deref(),
+        Some("verifying -> transferred")
+    );
+    assert!(run.events.iter().all(|e| e.action == "status"));
+}
+
+/// A DAQ (as at XENON1T) writes number, name, start, end and its own data[] entry, plus
+/// fields Ferry does not know. Ferry reads it, adds copies, and leaves the rest alone.
+async fn foreign_documents_are_read_and_preserved(f: &Fixture) {
+    let c = &*f.catalog;
+    let start = DateTime::from_millis(1_490_870_000_000);
+    f.insert_raw(doc! {
+        "number": 4711_i32,
+        "name": "170330_1234",
+        "start": start,
+        "end": DateTime::from_millis(1_490_873_600_000),
+        "trigger": {"mode": "background_stable"},
+        "data": [{
+            "type": "raw", "host": "eb0", "location": "/data/xenon/raw/170330_1234",
+            "status": "transferred", "checksum": Bson::Null, "creator": "daq",
+        }],
+    })
+    .await;
+    let run = c.get_run(&key(4711)).await.unwrap().unwrap();
+    assert_eq!(run.detector, "tpc");
+    assert_eq!(run.data[0].checksum, None);
+    assert_eq!(
+        numbers(&c.list_runs(&RunFilter::default()).await.unwrap()),
+        vec![4711]
+    );
+    let sources = vec!["eb0".to_string()];
+    assert_eq!(
+        numbers(
+            &c.runs_needing_copy("lngs", "raw", &sources, 10)
+                .await
+                .unwrap()
+        ),
+        vec![4711]
+    );
+
+    let _ = c
+        .claim_copy(&claim(4711, "lngs", "a", LEASE))
+        .await
+        .unwrap();
+    let t = Transition::new(
+        CopyStatus::Transferring,
+        CopyStatus::Verifying,
+        Some("a"),
+        "a",
+    );
+    assert_eq!(
+        c.transition(&copy(4711, "lngs"), &t).await.unwrap(),
+        Cas::Done
+    );
+
+    let raw = f.read_raw(&key(4711)).await;
+    assert_eq!(
+        raw.get_document("trigger").unwrap(),
+        &doc! {"mode": "background_stable"}
+    );
+    assert_eq!(raw.get_datetime("start").unwrap(), &start);
+    let data = raw.get_array("data").unwrap();
+    let eb0 = data[0].as_document().unwrap();
+    assert_eq!(eb0.get_str("creator").unwrap(), "daq");
+    assert_eq!(eb0.get("checksum"), Some(&Bson::Null));
+    assert_eq!(data.len(), 2);
+}
+
+async fn wrong_shape_is_an_error_naming_run_and_catalogue(f: &Fixture) {
+    let c = &*f.catalog;
+    f.insert_raw(doc! {
+        "number": 13_i64, "name": "bad_run",
+        "data": [{"host": "eb0", "status": "purging"}],
+    })
+    .await;
+    let err = c.get_run(&key(13)).await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, CatalogError::BadDocument { .. }), "{text}");
+    assert!(text.contains("tpc/13 (bad_run)"), "{text}");
+    assert!(text.contains("purging"), "{text}");
+    assert!(text.contains(&c.describe()), "{text}");
+    assert!(!err.is_retryable());
+    let err = c.list_runs(&RunFilter::default()).await.unwrap_err();
+    assert!(err.to_string().contains("bad_run"), "{err}");
+}
+
+macro_rules! suite {
+    ($($case:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let f = super::Fixture::new(super::Backend::Embedded, stringify!($case)).await;
+                    super::$case(&f).await;
+                }
+            )*
+        }
+        mod mongo {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let f = super::Fixture::new(super::Backend::Mongo, stringify!($case)).await;
+                    super::$case(&f).await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    register_is_idempotent_and_reports_conflicts,
+    bulk_registration_reports_each_run,
+    origin_copy_is_added_once,
+    claim_fails_when_any_copy_exists,
+    lease_renew_and_release_need_the_owner,
+    transitions_compare_status_and_owner,
+    record_checksum_needs_expected_state,
+    expired_lease_is_reclaimed_once,
+    removal_goes_through_removing_with_audit,
+    work_queries_find_the_right_runs,
+    collaborator_filters,
+    heartbeat_is_replaced,
+    events_are_bounded_to_the_last_100,
+    foreign_documents_are_read_and_preserved,
+    wrong_shape_is_an_error_naming_run_and_catalogue,
+);
