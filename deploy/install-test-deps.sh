@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Installs what Ferry's test suite needs on a Debian machine (run as root, or with sudo):
+#
+#   openssh-server, openssh-client   sshd, ssh, ssh-keygen, ssh-keyscan (tests/src/sshd.rs)
+#   /run/sshd                         privilege-separation dir root's sshd refuses to start without
+#   rclone                            benchmarks compare against it
+#   mongod or secantusd-rs            MongoDB-wire server (DESIGN.md §9); mongod cannot be
+#                                     installed from this machine's registries, so secantusd-rs
+#                                     is built with cargo (about 7 minutes on 2 cores)
+#   python3 + pymongo                 a catalogue test reads documents back with pymongo
+#
+# Idempotent: what is already there is skipped (a second run takes seconds), and apt-get update
+# runs only when an apt package is missing. Prints one line per item.
+# Rust (cargo >= the workspace's rust-version) must already be installed: https://rustup.rs
+set -euo pipefail
+
+SECANTUS_CRATE=secantus-mdb
+SECANTUS_VERSION=0.5.3-beta.196
+CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
+export PATH="$CARGO_BIN:$PATH"
+
+apt_updated=no
+
+report() { printf '%-22s %s\n' "$1" "$2"; }
+
+# have CMD...: all of the commands are on PATH (`command -v a b` succeeds if any one is).
+have() {
+    local c
+    for c in "$@"; do
+        command -v "$c" >/dev/null || return 1
+    done
+}
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null; then
+        sudo "$@"
+    else
+        echo "install-test-deps: need root (or sudo) to run: $*" >&2
+        exit 1
+    fi
+}
+
+apt_install() {
+    if [ "$apt_updated" = no ]; then
+        as_root apt-get update -qq
+        apt_updated=yes
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# ensure_apt NAME PACKAGE TEST...: installs PACKAGE unless the command TEST... succeeds.
+ensure_apt() {
+    local name=$1 package=$2
+    shift 2
+    if "$@" >/dev/null 2>&1; then
+        report "$name" "already there"
+    else
+        apt_install "$package"
+        "$@" >/dev/null 2>&1 || { echo "install-test-deps: $package installed but '$*' still fails" >&2; exit 1; }
+        report "$name" "installed ($package)"
+    fi
+}
+
+if ! have cargo; then
+    echo "install-test-deps: cargo not found: install Rust first (https://rustup.rs)" >&2
+    exit 1
+fi
+
+ensure_apt sshd openssh-server test -x /usr/sbin/sshd
+ensure_apt ssh openssh-client have ssh ssh-keygen ssh-keyscan
+
+if [ -d /run/sshd ]; then
+    report /run/sshd "already there"
+else
+    as_root install -d -m 0755 /run/sshd
+    report /run/sshd "created"
+fi
+
+ensure_apt rclone rclone have rclone
+
+if have mongod; then
+    report mongo-wire-server "already there (mongod: $(command -v mongod))"
+elif have secantusd-rs; then
+    report mongo-wire-server "already there (secantusd-rs: $(command -v secantusd-rs))"
+else
+    # WiredTiger is built from bundled C sources with CMake.
+    ensure_apt cmake cmake have cmake
+    ensure_apt cc build-essential have cc make
+    report mongo-wire-server "building $SECANTUS_CRATE $SECANTUS_VERSION (about 7 minutes)..."
+    # The crate declares a newer rust-version than Debian's toolchains have; it builds anyway.
+    cargo install "$SECANTUS_CRATE" --version "=$SECANTUS_VERSION" \
+        --ignore-rust-version --locked --quiet
+    have secantusd-rs || { echo "install-test-deps: secantusd-rs not on PATH after cargo install" >&2; exit 1; }
+    report mongo-wire-server "installed (secantusd-rs: $(command -v secantusd-rs))"
+fi
+
+ensure_apt python3 python3 have python3
+if python3 -c 'import pymongo' >/dev/null 2>&1; then
+    report pymongo "already there"
+else
+    ensure_apt pip python3-pip python3 -m pip --version
+    # Debian's own python3 refuses pip installs into the system (PEP 668); this is a test
+    # machine, so install anyway there.
+    pip_err=$(mktemp)
+    if ! python3 -m pip install --quiet pymongo 2>"$pip_err"; then
+        if grep -q externally-managed "$pip_err"; then
+            python3 -m pip install --quiet --break-system-packages pymongo
+        else
+            cat "$pip_err" >&2
+            rm -f "$pip_err"
+            exit 1
+        fi
+    fi
+    rm -f "$pip_err"
+    python3 -c 'import pymongo' || { echo "install-test-deps: pymongo installed but not importable" >&2; exit 1; }
+    report pymongo "installed"
+fi
