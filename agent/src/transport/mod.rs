@@ -1,1 +1,424 @@
 //! Moving bytes: SSH sessions, SFTP copies, local copies, remote commands.
+//!
+//! Every copy follows the same contract, whatever the method:
+//!
+//! 1. the bytes go to `NAME.part` next to the destination (parents created);
+//! 2. SHA-256 and MD5 are computed from the bytes read for sending, on their own threads
+//!    ([`crate::checksum::StreamHasher`]);
+//! 3. a `.part` left by an interrupted copy is resumed: its length is taken as done, the
+//!    source prefix is hashed locally, and only the rest is sent;
+//! 4. the `.part` is flushed to disk (`fsync`), optionally verified independently of the
+//!    sending stream ([`Verify`]), given the source's mtime and mode, then atomically renamed;
+//! 5. a verification mismatch removes the bad `.part` and reports both digests; a mismatch
+//!    after a resume is retried once from zero (the resumed prefix was bad).
+//!
+//! ## Layout
+//!
+//! | module     | what it holds                                                            |
+//! |------------|--------------------------------------------------------------------------|
+//! | [`ssh`]    | [`SshTarget`], host-key policy, [`SshSession`]: one connection, N channels |
+//! | [`sftp`]   | push/pull over SFTP with pipelined requests, `.part`, resume, rename      |
+//! | [`local`]  | the same contract on a shared file system                                |
+//! | [`exec`]   | remote commands as argv (quoted for the remote shell), exit status       |
+//! | [`verify`] | the verification methods (read-back, remote command, deferred)           |
+//! | [`limits`] | files in flight per run / per link / global; bandwidth token bucket       |
+//! | [`run`]    | copy a run's manifest with bounded concurrency and progress events        |
+//!
+//! Nothing here reads the site map: callers build [`SshTarget`], [`CopyOptions`] and
+//! [`limits::Limits`] from it.
+
+pub mod exec;
+pub mod limits;
+pub mod local;
+pub mod run;
+pub mod sftp;
+pub mod ssh;
+pub mod verify;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::checksum::{ChecksumError, FileDigest};
+
+pub use exec::ExecOutput;
+pub use limits::{Limits, RateLimiter};
+pub use ssh::{HostKeyPolicy, SshSession, SshTarget};
+pub use verify::Verify;
+
+/// Suffix of files being written.
+pub const PART_SUFFIX: &str = ".part";
+
+/// How one file is copied.
+#[derive(Debug, Clone)]
+pub struct CopyOptions {
+    /// Resume a `.part` left by an interrupted copy (default `true`).
+    pub resume: bool,
+    /// Give the destination the source's mtime and permission bits (default `true`).
+    pub preserve: bool,
+    /// Flush the `.part` to stable storage before the rename (default `true`).
+    pub fsync: bool,
+    /// Independent check of the destination bytes before the rename.
+    pub verify: Verify,
+    /// SHA-256 (hex) the source must have, e.g. from the run's manifest. A copy whose stream
+    /// digest differs fails with [`TransportError::ChecksumMismatch`].
+    pub expected_sha256: Option<String>,
+    /// SFTP requests kept in flight per file (default 64).
+    pub requests_in_flight: usize,
+    /// Bandwidth limiter shared by every copy on the same link.
+    pub bandwidth: Option<Arc<RateLimiter>>,
+}
+
+impl Default for CopyOptions {
+    fn default() -> Self {
+        CopyOptions {
+            resume: true,
+            preserve: true,
+            fsync: true,
+            verify: Verify::ReadBack,
+            expected_sha256: None,
+            requests_in_flight: 64,
+            bandwidth: None,
+        }
+    }
+}
+
+/// What a finished copy did.
+#[derive(Debug, Clone)]
+pub struct CopyReport {
+    /// Bytes sent by this copy (the file size minus the resumed prefix).
+    pub bytes: u64,
+    /// Size, SHA-256 and MD5 of the whole file, computed while sending.
+    pub digest: FileDigest,
+    /// Length of the `.part` prefix that was kept (0: copied from the start).
+    pub resumed_from: u64,
+    /// Wall time of the copy, verification included.
+    pub elapsed: Duration,
+    /// Whether the destination was verified by this copy (false for [`Verify::Deferred`]).
+    pub verified: bool,
+}
+
+/// Where a transport error happened, for messages: a site's host or `local`.
+pub(crate) const LOCAL: &str = "local";
+
+/// Errors of the transport. Each names where it happened; [`is_retryable`](Self::is_retryable)
+/// says whether the same copy may succeed later.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// TCP connection to the SSH server failed.
+    #[error("cannot connect to {host}:{port}: {source}")]
+    Connect {
+        host: String,
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Something did not answer in time.
+    #[error("{host}: timed out after {after:?} while {what}")]
+    Timeout {
+        host: String,
+        what: String,
+        after: Duration,
+    },
+    /// The SSH protocol layer failed (handshake, channel, key exchange).
+    #[error("{host}: SSH error while {what}: {message}")]
+    Ssh {
+        host: String,
+        what: String,
+        message: String,
+    },
+    /// The connection dropped in the middle of an operation.
+    #[error("{host}: connection lost while {what} {path}")]
+    ConnectionLost {
+        host: String,
+        path: String,
+        what: String,
+    },
+    /// The server's host key is not in known_hosts and the policy is strict.
+    #[error("host key for {host}:{port} ({fingerprint}) is not in {known_hosts:?}; add it, or use host-key policy accept-new")]
+    HostKeyUnknown {
+        host: String,
+        port: u16,
+        fingerprint: String,
+        known_hosts: Vec<PathBuf>,
+    },
+    /// The server presented a key different from the one recorded: possible MITM. Never retried.
+    #[error("HOST KEY CHANGED for {host}:{port}: known_hosts {file:?} line {line} has {known}, server presented {presented}")]
+    HostKeyChanged {
+        host: String,
+        port: u16,
+        known: String,
+        presented: String,
+        file: PathBuf,
+        line: usize,
+    },
+    /// known_hosts could not be read or written.
+    #[error("known_hosts {path:?}: {reason}")]
+    KnownHosts { path: PathBuf, reason: String },
+    /// A private key could not be loaded.
+    #[error("identity {path:?}: {reason}")]
+    Key { path: PathBuf, reason: String },
+    /// The server refused every key offered.
+    #[error("{host}: authentication failed for user {user}; tried {tried:?}")]
+    AuthFailed {
+        host: String,
+        user: String,
+        tried: Vec<String>,
+    },
+    /// The path does not exist.
+    #[error("{host}: {path}: no such file or directory (while {op})")]
+    NotFound {
+        host: String,
+        path: String,
+        op: &'static str,
+    },
+    /// The server or file system refused access.
+    #[error("{host}: {path}: permission denied (while {op})")]
+    PermissionDenied {
+        host: String,
+        path: String,
+        op: &'static str,
+    },
+    /// The destination file system is full.
+    #[error("{host}: {path}: no space left on device (need {needed} more bytes, {available:?} available)")]
+    NoSpace {
+        host: String,
+        path: String,
+        needed: u64,
+        available: Option<u64>,
+    },
+    /// Any other failure reported by the SFTP server.
+    #[error("{host}: {path}: SFTP {op} failed: {message}")]
+    Sftp {
+        host: String,
+        path: String,
+        op: &'static str,
+        message: String,
+    },
+    /// A local file-system operation failed.
+    #[error("local {op} {path:?}: {source}")]
+    Local {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A remote command failed; `stderr_tail` holds the last lines it printed.
+    #[error("{host}: command {argv:?} failed (exit status {status:?}): {stderr_tail}")]
+    Exec {
+        host: String,
+        argv: Vec<String>,
+        status: Option<u32>,
+        stderr_tail: String,
+    },
+    /// The destination bytes do not hash to what was sent (or to the manifest).
+    #[error("{host}: {path}: checksum mismatch: expected {expected}, found {actual}")]
+    ChecksumMismatch {
+        host: String,
+        path: String,
+        expected: String,
+        actual: String,
+    },
+    /// The source changed size while it was being copied.
+    #[error("{host}: {path}: source changed during the copy (size {before} → {after})")]
+    SourceChanged {
+        host: String,
+        path: String,
+        before: u64,
+        after: u64,
+    },
+    /// A path escapes the run directory (symlink, `..`, absolute) or is not a regular file.
+    #[error("{host}: {path}: refused: {reason}")]
+    UnsafePath {
+        host: String,
+        path: String,
+        reason: String,
+    },
+    /// Hashing failed.
+    #[error(transparent)]
+    Checksum(#[from] ChecksumError),
+}
+
+impl TransportError {
+    /// Whether the same operation may succeed if tried again later (after reconnecting).
+    pub fn is_retryable(&self) -> bool {
+        use TransportError::*;
+        match self {
+            Connect { .. } | Timeout { .. } | Ssh { .. } | ConnectionLost { .. } => true,
+            ChecksumMismatch { .. } | SourceChanged { .. } => true,
+            Sftp { .. } => true,
+            Local { source, .. } => !matches!(
+                source.kind(),
+                std::io::ErrorKind::NotFound
+                    | std::io::ErrorKind::PermissionDenied
+                    | std::io::ErrorKind::StorageFull
+                    | std::io::ErrorKind::ReadOnlyFilesystem
+            ),
+            Checksum(e) => e.is_retryable(),
+            HostKeyUnknown { .. }
+            | HostKeyChanged { .. }
+            | KnownHosts { .. }
+            | Key { .. }
+            | AuthFailed { .. }
+            | NotFound { .. }
+            | PermissionDenied { .. }
+            | NoSpace { .. }
+            | Exec { .. }
+            | UnsafePath { .. } => false,
+        }
+    }
+
+    /// A local I/O error, classified (ENOSPC becomes [`TransportError::NoSpace`]).
+    pub(crate) fn local(
+        path: impl Into<PathBuf>,
+        op: &'static str,
+        source: std::io::Error,
+    ) -> Self {
+        let path = path.into();
+        match source.kind() {
+            std::io::ErrorKind::StorageFull => TransportError::NoSpace {
+                host: LOCAL.into(),
+                path: path.display().to_string(),
+                needed: 0,
+                available: None,
+            },
+            _ => TransportError::Local { path, op, source },
+        }
+    }
+}
+
+/// Outcome of one copy attempt: done, or a resumed prefix that failed verification (its
+/// `.part` already removed), which calls for a second attempt from zero.
+pub(crate) enum Attempt {
+    Done(CopyReport),
+    BadPrefix(TransportError),
+}
+
+impl Attempt {
+    /// A finished attempt (`elapsed` is filled in by [`with_restart`]).
+    pub(crate) fn done(bytes: u64, digest: FileDigest, resumed_from: u64, verified: bool) -> Self {
+        Attempt::Done(CopyReport {
+            bytes,
+            digest,
+            resumed_from,
+            elapsed: Duration::ZERO,
+            verified,
+        })
+    }
+
+    /// The report, or what to do next: `Err(Some(e))` retry from zero, `Err(None)` never.
+    fn into_report(self, what: &str, may_restart: bool) -> Result<CopyReport, TransportError> {
+        match self {
+            Attempt::Done(report) => Ok(report),
+            Attempt::BadPrefix(err) if may_restart => {
+                tracing::warn!(what, %err, "resumed copy failed verification; copying again from zero");
+                Err(err)
+            }
+            Attempt::BadPrefix(err) => Err(err),
+        }
+    }
+}
+
+/// Run `attempt(resume = true)`; if its resumed prefix was bad, run `attempt(false)`.
+/// Fills in the report's `elapsed`.
+pub(crate) async fn with_restart<F, Fut>(
+    what: &str,
+    mut attempt: F,
+) -> Result<CopyReport, TransportError>
+where
+    F: FnMut(bool) -> Fut,
+    Fut: std::future::Future<Output = Result<Attempt, TransportError>>,
+{
+    let start = std::time::Instant::now();
+    let report = match attempt(true).await?.into_report(what, true) {
+        Ok(report) => report,
+        Err(_) => attempt(false).await?.into_report(what, false)?,
+    };
+    Ok(CopyReport {
+        elapsed: start.elapsed(),
+        ..report
+    })
+}
+
+/// Blocking [`with_restart`].
+pub(crate) fn with_restart_blocking(
+    what: &str,
+    mut attempt: impl FnMut(bool) -> Result<Attempt, TransportError>,
+) -> Result<CopyReport, TransportError> {
+    let start = std::time::Instant::now();
+    let report = match attempt(true)?.into_report(what, true) {
+        Ok(report) => report,
+        Err(_) => attempt(false)?.into_report(what, false)?,
+    };
+    Ok(CopyReport {
+        elapsed: start.elapsed(),
+        ..report
+    })
+}
+
+/// `NAME.part` for a destination path string.
+pub(crate) fn part_name(dest: &str) -> String {
+    format!("{dest}{PART_SUFFIX}")
+}
+
+/// Compare the stream digest with the manifest's SHA-256, if one was given.
+pub(crate) fn check_expected(
+    host: &str,
+    path: &str,
+    digest: &FileDigest,
+    expected: Option<&str>,
+) -> Result<(), TransportError> {
+    match expected {
+        Some(want) if !want.eq_ignore_ascii_case(&digest.sha256_hex()) => {
+            Err(TransportError::ChecksumMismatch {
+                host: host.into(),
+                path: path.into(),
+                expected: format!("sha256={want} (manifest)"),
+                actual: format!("sha256={} (sent)", digest.sha256_hex()),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryable_classification() {
+        let lost = TransportError::ConnectionLost {
+            host: "h".into(),
+            path: "p".into(),
+            what: "writing".into(),
+        };
+        assert!(lost.is_retryable());
+        let changed = TransportError::HostKeyChanged {
+            host: "h".into(),
+            port: 22,
+            known: "SHA256:a".into(),
+            presented: "SHA256:b".into(),
+            file: "kh".into(),
+            line: 1,
+        };
+        assert!(!changed.is_retryable());
+        let msg = changed.to_string();
+        assert!(msg.contains("SHA256:a") && msg.contains("SHA256:b") && msg.contains("h:22"));
+        let full = TransportError::local(
+            "/x",
+            "write",
+            std::io::Error::from(std::io::ErrorKind::StorageFull),
+        );
+        assert!(matches!(full, TransportError::NoSpace { .. }));
+        assert!(!full.is_retryable());
+    }
+
+    #[test]
+    fn expected_digest_mismatch_names_both() {
+        let d = FileDigest::empty();
+        assert!(check_expected("h", "p", &d, Some(&d.sha256_hex())).is_ok());
+        let err = check_expected("h", "p", &d, Some(&"00".repeat(32))).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains(&d.sha256_hex()) && msg.contains(&"00".repeat(32)));
+    }
+}

@@ -1,0 +1,296 @@
+//! Copying a whole run: the files of a manifest, with bounded concurrency and progress events.
+//!
+//! [`copy_run`] takes a [`RunCopy`] (push, pull or local, with the two run directories), the
+//! manifest's files ([`FileJob`]), and the [`Gates`] that bound files in flight per run, per
+//! link and globally. Each file is admitted by the gates, copied with the method's
+//! `push`/`pull`/`local::copy`, and reported through the `progress` callback. Every file's
+//! result is returned; one failed file does not stop the others.
+//!
+//! Paths in the manifest are relative to the run directory. A path that is absolute, has a
+//! `..` or empty component, or resolves (through a symlink) outside the run directory is
+//! refused with [`TransportError::UnsafePath`] and never opened.
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+
+use crate::transport::limits::Gates;
+use crate::transport::{local, CopyOptions, CopyReport, SshSession, TransportError, LOCAL};
+
+/// One file of a run to copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileJob {
+    /// Path relative to the run directory, `/`-separated.
+    pub path: String,
+    /// Expected size (for progress), from the manifest.
+    pub size: u64,
+    /// SHA-256 from the manifest, if known; the copy must match it.
+    pub sha256: Option<String>,
+}
+
+/// Which way a run goes.
+#[derive(Debug, Clone)]
+pub enum RunCopy {
+    /// Local run directory → remote run directory.
+    Push {
+        session: Arc<SshSession>,
+        local_root: PathBuf,
+        remote_root: String,
+    },
+    /// Remote run directory → local run directory.
+    Pull {
+        session: Arc<SshSession>,
+        remote_root: String,
+        local_root: PathBuf,
+    },
+    /// Between two directories of a shared file system.
+    Local {
+        src_root: PathBuf,
+        dst_root: PathBuf,
+    },
+}
+
+/// A progress event for one file.
+#[derive(Debug)]
+pub enum Progress<'a> {
+    /// The file got its slot and is being copied.
+    Started { path: &'a str, size: u64 },
+    /// The file is copied (and verified, unless deferred).
+    Finished {
+        path: &'a str,
+        report: &'a CopyReport,
+    },
+    /// The file failed.
+    Failed {
+        path: &'a str,
+        error: &'a TransportError,
+    },
+}
+
+/// Check that a manifest path is relative and stays inside the run directory by its syntax.
+pub fn check_relative(host: &str, path: &str) -> Result<(), TransportError> {
+    let refuse = |reason: &str| TransportError::UnsafePath {
+        host: host.to_owned(),
+        path: path.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if path.is_empty() || path.starts_with('/') {
+        return Err(refuse("not a relative path"));
+    }
+    if path
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(refuse("empty, '.' or '..' component"));
+    }
+    if Path::new(path)
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_)))
+    {
+        return Err(refuse("not a plain relative path"));
+    }
+    Ok(())
+}
+
+/// The local file for a manifest path, refused if symlinks lead it outside `root`.
+pub fn resolve_local(root: &Path, path: &str) -> Result<PathBuf, TransportError> {
+    check_relative(LOCAL, path)?;
+    let joined = root.join(path);
+    let canon_root = root
+        .canonicalize()
+        .map_err(|e| TransportError::local(root, "resolve", e))?;
+    let canon = joined
+        .canonicalize()
+        .map_err(|e| TransportError::local(&joined, "resolve", e))?;
+    if !canon.starts_with(&canon_root) {
+        return Err(TransportError::UnsafePath {
+            host: LOCAL.into(),
+            path: joined.display().to_string(),
+            reason: format!("resolves to {} outside the run directory", canon.display()),
+        });
+    }
+    Ok(joined)
+}
+
+/// The remote file for a manifest path, refused if symlinks lead it outside `root`.
+async fn resolve_remote(
+    session: &SshSession,
+    root: &str,
+    path: &str,
+) -> Result<String, TransportError> {
+    check_relative(session.host(), path)?;
+    let joined = format!("{}/{}", root.trim_end_matches('/'), path);
+    let canon_root = session.realpath(root).await?;
+    let canon = session.realpath(&joined).await?;
+    let inside = canon
+        .strip_prefix(canon_root.trim_end_matches('/'))
+        .is_some_and(|rest| rest.starts_with('/'));
+    if !inside {
+        return Err(TransportError::UnsafePath {
+            host: session.host().to_owned(),
+            path: joined,
+            reason: format!("resolves to {canon} outside the run directory"),
+        });
+    }
+    Ok(joined)
+}
+
+impl RunCopy {
+    /// Host name used to pick the link's gates and bandwidth limiter.
+    pub fn link(&self) -> &str {
+        match self {
+            RunCopy::Push { session, .. } | RunCopy::Pull { session, .. } => session.host(),
+            RunCopy::Local { .. } => LOCAL,
+        }
+    }
+
+    async fn copy_one(
+        &self,
+        job: &FileJob,
+        opts: &CopyOptions,
+    ) -> Result<CopyReport, TransportError> {
+        match self {
+            RunCopy::Push {
+                session,
+                local_root,
+                remote_root,
+            } => {
+                let src = resolve_local(local_root, &job.path)?;
+                check_relative(session.host(), &job.path)?;
+                let dst = format!("{}/{}", remote_root.trim_end_matches('/'), job.path);
+                session.push(&src, &dst, opts).await
+            }
+            RunCopy::Pull {
+                session,
+                remote_root,
+                local_root,
+            } => {
+                let src = resolve_remote(session, remote_root, &job.path).await?;
+                check_relative(LOCAL, &job.path)?;
+                session.pull(&src, &local_root.join(&job.path), opts).await
+            }
+            RunCopy::Local { src_root, dst_root } => {
+                let src = resolve_local(src_root, &job.path)?;
+                check_relative(LOCAL, &job.path)?;
+                local::copy_async(src, dst_root.join(&job.path), opts.clone()).await
+            }
+        }
+    }
+}
+
+/// Copy the files of a run; returns each file's result in the order of `files`.
+pub async fn copy_run(
+    method: &RunCopy,
+    files: &[FileJob],
+    opts: &CopyOptions,
+    gates: &Gates,
+    progress: impl Fn(Progress<'_>),
+) -> Vec<Result<CopyReport, TransportError>> {
+    let run_gate = gates.run_gate();
+    let link = method.link().to_owned();
+    let mut opts = opts.clone();
+    if opts.bandwidth.is_none() {
+        opts.bandwidth = gates.bandwidth(&link);
+    }
+    let opts = &opts;
+    let progress = &progress;
+    let mut tasks: FuturesUnordered<_> = files
+        .iter()
+        .enumerate()
+        .map(|(i, job)| {
+            let run_gate = run_gate.clone();
+            let link = link.clone();
+            async move {
+                let _permit = gates.admit(&link, &run_gate).await;
+                progress(Progress::Started {
+                    path: &job.path,
+                    size: job.size,
+                });
+                let mut file_opts = opts.clone();
+                if job.sha256.is_some() {
+                    file_opts.expected_sha256 = job.sha256.clone();
+                }
+                let result = method.copy_one(job, &file_opts).await;
+                match &result {
+                    Ok(report) => progress(Progress::Finished {
+                        path: &job.path,
+                        report,
+                    }),
+                    Err(error) => progress(Progress::Failed {
+                        path: &job.path,
+                        error,
+                    }),
+                }
+                (i, result)
+            }
+        })
+        .collect();
+    let mut results: Vec<Option<Result<CopyReport, TransportError>>> =
+        (0..files.len()).map(|_| None).collect();
+    while let Some((i, result)) = tasks.next().await {
+        results[i] = Some(result);
+    }
+    results.into_iter().flatten().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::limits::Limits;
+    use std::sync::Mutex;
+
+    #[test]
+    fn relative_path_rules() {
+        for ok in ["a", "raw/000.evio", "ü n/ï c✓.bin"] {
+            check_relative("h", ok).unwrap();
+        }
+        for bad in ["", "/etc/passwd", "../x", "a/../b", "a//b", "./a", "a/"] {
+            assert!(check_relative("h", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn local_run_copy_refuses_symlink_out_of_run_and_copies_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("run");
+        std::fs::create_dir_all(src.join("raw")).unwrap();
+        std::fs::write(src.join("raw/a b.bin"), b"alpha").unwrap();
+        std::fs::write(dir.path().join("secret"), b"outside").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret"), src.join("raw/link")).unwrap();
+        let method = RunCopy::Local {
+            src_root: src.clone(),
+            dst_root: dir.path().join("copy"),
+        };
+        let files = vec![
+            FileJob {
+                path: "raw/a b.bin".into(),
+                size: 5,
+                sha256: None,
+            },
+            FileJob {
+                path: "raw/link".into(),
+                size: 7,
+                sha256: None,
+            },
+        ];
+        let events = Mutex::new(Vec::new());
+        let results = copy_run(
+            &method,
+            &files,
+            &CopyOptions::default(),
+            &Gates::new(Limits::default()),
+            |p| events.lock().unwrap().push(format!("{p:?}")),
+        )
+        .await;
+        assert_eq!(results.len(), 2);
+        assert_eq!(results[0].as_ref().unwrap().digest.size, 5);
+        assert!(matches!(results[1], Err(TransportError::UnsafePath { .. })));
+        assert!(!dir.path().join("copy/raw/link").exists());
+        assert_eq!(
+            std::fs::read(dir.path().join("copy/raw/a b.bin")).unwrap(),
+            b"alpha"
+        );
+        assert_eq!(events.lock().unwrap().len(), 4);
+    }
+}

@@ -1,0 +1,907 @@
+//! SFTP copies: push (local → remote) and pull (remote → local) on an [`SshSession`].
+//!
+//! Both follow the transport contract (`.part`, resume, hash in the same read, fsync, verify,
+//! mtime and mode, atomic rename; see [`crate::transport`]). Speed comes from pipelining:
+//!
+//! - requests are as large as the server allows (`limits@openssh.com`, 255 KiB on OpenSSH,
+//!   32 KiB when not announced), and up to [`CopyOptions::requests_in_flight`] of them are in
+//!   flight, each on its own tokio task so that it is sent at once;
+//! - a push reads the local file on a reader thread ([`local_chunks`]); a pull writes the
+//!   local file on a writer thread; the copy task only moves [`Bytes`] between them and hands
+//!   each chunk to the [`StreamHasher`] threads;
+//! - a bandwidth limit wraps the chunk stream ([`throttle`]), outside the copy loop.
+//!
+//! Resume: a push keeps a remote `.part` no longer than the source and hashes the source's
+//! prefix locally; the verification catches a `.part` whose prefix differs, and the copy is
+//! then redone from zero. A pull resumes only when the result can be checked against
+//! something other than itself — the manifest's SHA-256 or a remote hashing command — since
+//! the kept prefix never crossed the wire.
+//!
+//! Symlinks: the source of a push is opened with `O_NOFOLLOW`; the source of a pull must be a
+//! regular file by `lstat`.
+
+use std::collections::VecDeque;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use russh_sftp::client::error::Error as SftpError;
+use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::checksum::{read_full, FileDigest, StreamHasher};
+use crate::transport::limits::throttle;
+use crate::transport::local::{part_path, sync_parent};
+use crate::transport::ssh::SftpChannel;
+use crate::transport::{
+    check_expected, part_name, verify, with_restart, Attempt, CopyOptions, CopyReport, SshSession,
+    TransportError, Verify,
+};
+
+type ChunkStream<'a> = Pin<Box<dyn Stream<Item = Result<Bytes, TransportError>> + Send + 'a>>;
+
+/// Map an SFTP client error to a transport error naming host, path and operation.
+fn sftp_err(host: &str, path: &str, op: &'static str, e: SftpError) -> TransportError {
+    let (host, path) = (host.to_owned(), path.to_owned());
+    match e {
+        SftpError::Status(s) => match s.status_code {
+            StatusCode::NoSuchFile => TransportError::NotFound { host, path, op },
+            StatusCode::PermissionDenied => TransportError::PermissionDenied { host, path, op },
+            StatusCode::NoConnection | StatusCode::ConnectionLost => {
+                TransportError::ConnectionLost {
+                    host,
+                    path,
+                    what: op.into(),
+                }
+            }
+            _ => TransportError::Sftp {
+                host,
+                path,
+                op,
+                message: format!("{}: {}", s.status_code, s.error_message),
+            },
+        },
+        SftpError::Timeout => TransportError::Timeout {
+            host,
+            what: format!("waiting for SFTP {op} of {path}"),
+            after: std::time::Duration::ZERO,
+        },
+        // The request channel is gone: the session or the connection ended.
+        SftpError::IO(_) | SftpError::UnexpectedBehavior(_) => TransportError::ConnectionLost {
+            host,
+            path,
+            what: op.into(),
+        },
+        other => TransportError::Sftp {
+            host,
+            path,
+            op,
+            message: other.to_string(),
+        },
+    }
+}
+
+fn join_err(host: &str, path: &str, e: tokio::task::JoinError) -> TransportError {
+    TransportError::ConnectionLost {
+        host: host.to_owned(),
+        path: path.to_owned(),
+        what: format!("request task ended: {e}"),
+    }
+}
+
+impl SshSession {
+    /// Copy a local file to `remote` (an absolute path or one relative to the login directory).
+    pub async fn push(
+        &self,
+        local: &Path,
+        remote: &str,
+        opts: &CopyOptions,
+    ) -> Result<CopyReport, TransportError> {
+        let ch = self.sftp();
+        with_restart(remote, |resume| {
+            self.push_once(&ch, local, remote, opts, opts.resume && resume)
+        })
+        .await
+    }
+
+    /// Copy `remote` to a local file.
+    pub async fn pull(
+        &self,
+        remote: &str,
+        local: &Path,
+        opts: &CopyOptions,
+    ) -> Result<CopyReport, TransportError> {
+        let ch = self.sftp();
+        // A pull's kept prefix never crossed the wire: resume only if something independent
+        // of it will check the result.
+        let checkable =
+            opts.expected_sha256.is_some() || matches!(opts.verify, Verify::RemoteCommand { .. });
+        with_restart(remote, |resume| {
+            self.pull_once(&ch, remote, local, opts, opts.resume && checkable && resume)
+        })
+        .await
+    }
+
+    /// Create a remote directory and its missing parents.
+    pub async fn mkdir_p(&self, dir: &str) -> Result<(), TransportError> {
+        let ch = self.sftp();
+        mkdir_p(&ch, self.host(), dir).await
+    }
+
+    /// Remove a remote file; a missing file is not an error.
+    pub async fn remove(&self, path: &str) -> Result<(), TransportError> {
+        let ch = self.sftp();
+        match ch.raw.remove(path).await {
+            Ok(_) => Ok(()),
+            Err(SftpError::Status(s)) if s.status_code == StatusCode::NoSuchFile => Ok(()),
+            Err(e) => Err(sftp_err(self.host(), path, "remove", e)),
+        }
+    }
+
+    /// Size of a remote file or directory (`lstat`), `None` if it does not exist.
+    pub async fn remote_size(&self, path: &str) -> Result<Option<u64>, TransportError> {
+        let ch = self.sftp();
+        match ch.raw.lstat(path).await {
+            Ok(a) => Ok(Some(a.attrs.size.unwrap_or(0))),
+            Err(SftpError::Status(s)) if s.status_code == StatusCode::NoSuchFile => Ok(None),
+            Err(e) => Err(sftp_err(self.host(), path, "lstat", e)),
+        }
+    }
+
+    /// The canonical form of a remote path (symlinks resolved by the server).
+    pub async fn realpath(&self, path: &str) -> Result<String, TransportError> {
+        let ch = self.sftp();
+        let name = ch
+            .raw
+            .realpath(path)
+            .await
+            .map_err(|e| sftp_err(self.host(), path, "realpath", e))?;
+        name.files
+            .into_iter()
+            .next()
+            .map(|f| f.filename)
+            .ok_or_else(|| TransportError::Sftp {
+                host: self.host().to_owned(),
+                path: path.to_owned(),
+                op: "realpath",
+                message: "empty reply".into(),
+            })
+    }
+
+    /// Read a remote file back over SFTP and hash it (the read-back verification).
+    pub async fn read_back(
+        &self,
+        remote: &str,
+        opts: &CopyOptions,
+    ) -> Result<FileDigest, TransportError> {
+        let ch = self.sftp();
+        let host = self.host();
+        let attrs = ch
+            .raw
+            .lstat(remote)
+            .await
+            .map_err(|e| sftp_err(host, remote, "lstat", e))?
+            .attrs;
+        let size = attrs.size.unwrap_or(0);
+        let handle = ch
+            .raw
+            .open(remote, OpenFlags::READ, FileAttributes::default())
+            .await
+            .map_err(|e| sftp_err(host, remote, "open", e))?
+            .handle;
+        let mut hasher = StreamHasher::new()?;
+        let mut reads = ReadPipeline::new(&ch, host, remote, &handle, 0, size, opts);
+        let result = async {
+            while let Some(chunk) = reads.next().await {
+                hasher.update(chunk?).await?;
+            }
+            Ok::<_, TransportError>(())
+        }
+        .await;
+        reads.abort();
+        let _ = ch.raw.close(handle).await;
+        result?;
+        Ok(hasher.finish().await?)
+    }
+
+    async fn push_once(
+        &self,
+        ch: &Arc<SftpChannel>,
+        local: &Path,
+        remote: &str,
+        opts: &CopyOptions,
+        allow_resume: bool,
+    ) -> Result<Attempt, TransportError> {
+        let host = self.host();
+        let raw = &ch.raw;
+        let source = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(local)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => TransportError::UnsafePath {
+                    host: crate::transport::LOCAL.into(),
+                    path: local.display().to_string(),
+                    reason: "is a symbolic link".into(),
+                },
+                _ => TransportError::local(local, "open", e),
+            })?;
+        let meta = source
+            .metadata()
+            .map_err(|e| TransportError::local(local, "stat", e))?;
+        if !meta.is_file() {
+            return Err(TransportError::UnsafePath {
+                host: crate::transport::LOCAL.into(),
+                path: local.display().to_string(),
+                reason: "not a regular file".into(),
+            });
+        }
+        let size = meta.len();
+        if let Some((parent, _)) = remote.rsplit_once('/') {
+            if !parent.is_empty() {
+                mkdir_p(ch, host, parent).await?;
+            }
+        }
+        let part = part_name(remote);
+        let resumed_from = if allow_resume {
+            match raw.lstat(part.as_str()).await {
+                Ok(a) if a.attrs.is_regular() && a.attrs.size.unwrap_or(u64::MAX) <= size => {
+                    a.attrs.size.unwrap_or(0)
+                }
+                _ => 0,
+            }
+        } else {
+            0
+        };
+        let flags = if resumed_from > 0 {
+            OpenFlags::WRITE
+        } else {
+            // A fresh start: drop whatever is there (it could be a symlink).
+            let _ = raw.remove(part.as_str()).await;
+            OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE
+        };
+        let handle = raw
+            .open(part.as_str(), flags, FileAttributes::default())
+            .await
+            .map_err(|e| sftp_err(host, &part, "open", e))?
+            .handle;
+
+        let mut hasher = StreamHasher::new()?;
+        let chunk = ch.write_len as usize;
+        let mut chunks = local_chunks(source, local.to_path_buf(), resumed_from, chunk);
+        // The kept prefix: hashed, not sent.
+        let mut hashed = 0u64;
+        while hashed < resumed_from {
+            match chunks.next().await {
+                Some(c) => {
+                    let c = c?;
+                    hashed += c.len() as u64;
+                    hasher.update(c).await?;
+                }
+                None => return Err(changed(local, size, hashed)),
+            }
+        }
+        let chunks = throttle(chunks, opts.bandwidth.clone());
+        // Writes in flight: bounded by count and by ~16 MiB of payload.
+        let depth = opts
+            .requests_in_flight
+            .clamp(1, ((16usize << 20) / chunk.max(1)).max(1));
+        let sent = write_pipeline(
+            ch,
+            host,
+            &part,
+            &handle,
+            resumed_from,
+            depth,
+            chunks,
+            &mut hasher,
+        )
+        .await;
+        let sent = match sent {
+            Ok(n) => n,
+            Err(err) => {
+                let _ = raw.close(handle.as_str()).await;
+                return Err(self.diagnose_full(ch, &part, size, err).await);
+            }
+        };
+        if resumed_from + sent != size {
+            let _ = raw.close(handle.as_str()).await;
+            return Err(changed(local, size, resumed_from + sent));
+        }
+        let digest = hasher.finish().await?;
+        check_expected(host, remote, &digest, opts.expected_sha256.as_deref())?;
+        let finish = async {
+            if opts.preserve {
+                let attrs = FileAttributes {
+                    permissions: Some(meta.mode() & 0o7777),
+                    atime: Some(unix_secs(meta.atime())),
+                    mtime: Some(unix_secs(meta.mtime())),
+                    ..Default::default()
+                };
+                raw.fsetstat(handle.as_str(), attrs)
+                    .await
+                    .map_err(|e| sftp_err(host, &part, "setstat", e))?;
+            }
+            if opts.fsync && ch.fsync {
+                raw.fsync(handle.as_str())
+                    .await
+                    .map_err(|e| sftp_err(host, &part, "fsync", e))?;
+            }
+            Ok::<_, TransportError>(())
+        }
+        .await;
+        let closed = raw.close(handle.as_str()).await;
+        finish?;
+        closed.map_err(|e| sftp_err(host, &part, "close", e))?;
+
+        let verified = !matches!(opts.verify, Verify::Deferred);
+        let check = match &opts.verify {
+            Verify::Deferred => Ok(()),
+            Verify::ReadBack => match self.read_back(&part, opts).await {
+                Ok(found) => verify::compare(host, &part, &digest, &found),
+                Err(e) => Err(e),
+            },
+            Verify::RemoteCommand { argv } => {
+                verify::remote_command(self, argv, &part, &digest).await
+            }
+        };
+        if let Err(err) = check {
+            if let TransportError::ChecksumMismatch { .. } = err {
+                let _ = raw.remove(part.as_str()).await;
+                if resumed_from > 0 {
+                    return Ok(Attempt::BadPrefix(err));
+                }
+            }
+            return Err(err);
+        }
+        rename(ch, host, &part, remote).await?;
+        Ok(Attempt::done(sent, digest, resumed_from, verified))
+    }
+
+    /// A write failure with a generic status may be a full disk (SFTP v3 has no code for it):
+    /// ask `statvfs@openssh.com` and say so if the space is not there.
+    async fn diagnose_full(
+        &self,
+        ch: &SftpChannel,
+        part: &str,
+        size: u64,
+        err: TransportError,
+    ) -> TransportError {
+        if !matches!(err, TransportError::Sftp { .. }) || !ch.statvfs {
+            return err;
+        }
+        let Ok(vfs) = ch.raw.statvfs(part).await else {
+            return err;
+        };
+        let available = vfs.blocks_avail.saturating_mul(vfs.fragment_size.max(1));
+        let written = match ch.raw.lstat(part).await {
+            Ok(a) => a.attrs.size.unwrap_or(0),
+            Err(_) => 0,
+        };
+        let needed = size.saturating_sub(written);
+        if available < needed {
+            TransportError::NoSpace {
+                host: self.host().to_owned(),
+                path: part.to_owned(),
+                needed,
+                available: Some(available),
+            }
+        } else {
+            err
+        }
+    }
+
+    async fn pull_once(
+        &self,
+        ch: &Arc<SftpChannel>,
+        remote: &str,
+        local: &Path,
+        opts: &CopyOptions,
+        allow_resume: bool,
+    ) -> Result<Attempt, TransportError> {
+        let host = self.host();
+        let raw = &ch.raw;
+        let attrs = raw
+            .lstat(remote)
+            .await
+            .map_err(|e| sftp_err(host, remote, "lstat", e))?
+            .attrs;
+        if !attrs.is_regular() {
+            return Err(TransportError::UnsafePath {
+                host: host.to_owned(),
+                path: remote.to_owned(),
+                reason: if attrs.is_symlink() {
+                    "is a symbolic link".into()
+                } else {
+                    "not a regular file".into()
+                },
+            });
+        }
+        let size = attrs.size.unwrap_or(0);
+        if let Some(parent) = local.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| TransportError::local(parent, "create directory", e))?;
+        }
+        let part = part_path(local);
+        let resumed_from = match tokio::fs::symlink_metadata(&part).await {
+            Ok(m) if allow_resume && m.is_file() && m.len() <= size => m.len(),
+            _ => 0,
+        };
+        let handle = raw
+            .open(remote, OpenFlags::READ, FileAttributes::default())
+            .await
+            .map_err(|e| sftp_err(host, remote, "open", e))?
+            .handle;
+
+        let mut hasher = StreamHasher::new()?;
+        let (writer, tx) = spawn_writer(part.clone(), resumed_from)?;
+        // The kept prefix is hashed from the local .part (it is checked later, see module docs).
+        let mut prefix = local_chunks_of_part(&part, resumed_from, ch.read_len as usize)?;
+        let mut result = async {
+            while let Some(c) = prefix.next().await {
+                hasher.update(c?).await?;
+            }
+            let reads = ReadPipeline::new(ch, host, remote, &handle, resumed_from, size, opts);
+            let mut stream = std::pin::pin!(throttle(reads.into_stream(), opts.bandwidth.clone()));
+            let mut got = 0u64;
+            while let Some(c) = stream.next().await {
+                let c = c?;
+                got += c.len() as u64;
+                hasher.update(c.clone()).await?;
+                if tx.send(c).await.is_err() {
+                    break; // the writer failed; its error is collected below
+                }
+            }
+            drop(tx);
+            Ok::<_, TransportError>(got)
+        }
+        .await;
+        let _ = raw.close(handle.as_str()).await;
+        let written = writer
+            .await
+            .map_err(|e| TransportError::local(&part, "writer thread", std::io::Error::other(e)))?;
+        let file = match (written, &result) {
+            (Err(e), _) => {
+                result = Err(e);
+                None
+            }
+            (Ok(f), _) => Some(f),
+        };
+        let sent = result?;
+        let Some(file) = file else {
+            return Err(TransportError::local(
+                &part,
+                "write",
+                std::io::Error::other("writer ended"),
+            ));
+        };
+        if resumed_from + sent != size {
+            return Err(changed_remote(host, remote, size, resumed_from + sent));
+        }
+        let digest = hasher.finish().await?;
+        check_expected(host, remote, &digest, opts.expected_sha256.as_deref())?;
+        let (preserve, fsync) = (opts.preserve, opts.fsync);
+        let part2 = part.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), TransportError> {
+            if preserve {
+                use std::os::unix::fs::PermissionsExt;
+                if let Some(mode) = attrs.permissions {
+                    file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
+                        .map_err(|e| TransportError::local(&part2, "chmod", e))?;
+                }
+                if let Some(mtime) = attrs.mtime {
+                    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime.into());
+                    file.set_modified(t)
+                        .map_err(|e| TransportError::local(&part2, "set mtime", e))?;
+                }
+            }
+            if fsync {
+                file.sync_all()
+                    .map_err(|e| TransportError::local(&part2, "fsync", e))?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| TransportError::local(&part, "finish", std::io::Error::other(e)))??;
+
+        let verified = !matches!(opts.verify, Verify::Deferred);
+        let check = match &opts.verify {
+            Verify::Deferred => Ok(()),
+            Verify::ReadBack => {
+                let (p, d) = (part.clone(), digest);
+                tokio::task::spawn_blocking(move || verify::local_file(&p, &d))
+                    .await
+                    .map_err(|e| TransportError::local(&part, "verify", std::io::Error::other(e)))?
+            }
+            Verify::RemoteCommand { argv } => {
+                verify::remote_command(self, argv, remote, &digest).await
+            }
+        };
+        if let Err(err) = check {
+            if let TransportError::ChecksumMismatch { .. } = err {
+                let _ = tokio::fs::remove_file(&part).await;
+                if resumed_from > 0 {
+                    return Ok(Attempt::BadPrefix(err));
+                }
+            }
+            return Err(err);
+        }
+        tokio::fs::rename(&part, local)
+            .await
+            .map_err(|e| TransportError::local(local, "rename", e))?;
+        if opts.fsync {
+            let l = local.to_path_buf();
+            tokio::task::spawn_blocking(move || sync_parent(&l))
+                .await
+                .map_err(|e| {
+                    TransportError::local(local, "fsync directory", std::io::Error::other(e))
+                })??;
+        }
+        Ok(Attempt::done(sent, digest, resumed_from, verified))
+    }
+}
+
+fn unix_secs(t: i64) -> u32 {
+    t.clamp(0, u32::MAX as i64) as u32
+}
+
+fn changed(local: &Path, before: u64, after: u64) -> TransportError {
+    TransportError::SourceChanged {
+        host: crate::transport::LOCAL.into(),
+        path: local.display().to_string(),
+        before,
+        after,
+    }
+}
+
+fn changed_remote(host: &str, remote: &str, before: u64, after: u64) -> TransportError {
+    TransportError::SourceChanged {
+        host: host.to_owned(),
+        path: remote.to_owned(),
+        before,
+        after,
+    }
+}
+
+/// Create `dir` and its missing parents on the server.
+async fn mkdir_p(ch: &SftpChannel, host: &str, dir: &str) -> Result<(), TransportError> {
+    let is_dir = |a: &FileAttributes| a.is_dir();
+    if let Ok(a) = ch.raw.stat(dir).await {
+        if is_dir(&a.attrs) {
+            return Ok(());
+        }
+    }
+    let mut prefix = String::new();
+    for (i, part) in dir.split('/').enumerate() {
+        if i > 0 {
+            prefix.push('/');
+        }
+        prefix.push_str(part);
+        if part.is_empty() || part == "." {
+            continue;
+        }
+        match ch.raw.stat(prefix.as_str()).await {
+            Ok(a) if is_dir(&a.attrs) => continue,
+            Ok(_) => {
+                return Err(TransportError::Sftp {
+                    host: host.to_owned(),
+                    path: prefix,
+                    op: "mkdir",
+                    message: "exists and is not a directory".into(),
+                })
+            }
+            Err(SftpError::Status(s)) if s.status_code == StatusCode::NoSuchFile => {}
+            Err(e) => return Err(sftp_err(host, &prefix, "stat", e)),
+        }
+        if let Err(e) = ch
+            .raw
+            .mkdir(prefix.as_str(), FileAttributes::default())
+            .await
+        {
+            // Another copy may have created it meanwhile.
+            match ch.raw.stat(prefix.as_str()).await {
+                Ok(a) if is_dir(&a.attrs) => {}
+                _ => return Err(sftp_err(host, &prefix, "mkdir", e)),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Rename `from` over `to`: `posix-rename@openssh.com` when offered (atomic replace),
+/// else remove + rename.
+async fn rename(ch: &SftpChannel, host: &str, from: &str, to: &str) -> Result<(), TransportError> {
+    if ch.posix_rename {
+        let mut data = Vec::with_capacity(8 + from.len() + to.len());
+        for s in [from, to] {
+            data.extend_from_slice(&(s.len() as u32).to_be_bytes());
+            data.extend_from_slice(s.as_bytes());
+        }
+        let reply = ch
+            .raw
+            .extended("posix-rename@openssh.com", data)
+            .await
+            .map_err(|e| sftp_err(host, to, "posix-rename", e))?;
+        return match reply {
+            russh_sftp::protocol::Packet::Status(s) if s.status_code == StatusCode::Ok => Ok(()),
+            russh_sftp::protocol::Packet::Status(s) => {
+                Err(sftp_err(host, to, "posix-rename", SftpError::Status(s)))
+            }
+            _ => Err(TransportError::Sftp {
+                host: host.to_owned(),
+                path: to.to_owned(),
+                op: "posix-rename",
+                message: "unexpected reply".into(),
+            }),
+        };
+    }
+    match ch.raw.remove(to).await {
+        Ok(_) => {}
+        Err(SftpError::Status(s)) if s.status_code == StatusCode::NoSuchFile => {}
+        Err(e) => return Err(sftp_err(host, to, "remove", e)),
+    }
+    ch.raw
+        .rename(from, to)
+        .await
+        .map(|_| ())
+        .map_err(|e| sftp_err(host, to, "rename", e))
+}
+
+/// Send chunks as pipelined writes from `offset`; returns the bytes written. Each chunk is
+/// also handed to the hasher (its threads do the hashing).
+#[allow(clippy::too_many_arguments)]
+async fn write_pipeline(
+    ch: &SftpChannel,
+    host: &str,
+    part: &str,
+    handle: &str,
+    mut offset: u64,
+    depth: usize,
+    chunks: impl Stream<Item = Result<Bytes, TransportError>>,
+    hasher: &mut StreamHasher,
+) -> Result<u64, TransportError> {
+    let mut chunks = std::pin::pin!(chunks);
+    let mut inflight: VecDeque<JoinHandle<Result<(), SftpError>>> = VecDeque::new();
+    let start = offset;
+    let result = async {
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            while inflight.len() >= depth {
+                if let Some(oldest) = inflight.pop_front() {
+                    oldest
+                        .await
+                        .map_err(|e| join_err(host, part, e))?
+                        .map_err(|e| sftp_err(host, part, "write", e))?;
+                }
+            }
+            let raw = ch.raw.clone();
+            let (h, data, at) = (handle.to_owned(), chunk.to_vec(), offset);
+            inflight.push_back(tokio::spawn(async move {
+                raw.write(h, at, data).await.map(|_| ())
+            }));
+            offset += chunk.len() as u64;
+            hasher.update(chunk).await?;
+        }
+        while let Some(oldest) = inflight.pop_front() {
+            oldest
+                .await
+                .map_err(|e| join_err(host, part, e))?
+                .map_err(|e| sftp_err(host, part, "write", e))?;
+        }
+        Ok(offset - start)
+    }
+    .await;
+    for task in inflight {
+        task.abort();
+    }
+    result
+}
+
+/// Read a local file on a reader thread: `first` bytes in pieces ending exactly at `first`,
+/// then `chunk`-sized pieces. At most a few chunks are buffered.
+fn local_chunks(
+    mut file: impl std::io::Read + Send + 'static,
+    path: PathBuf,
+    first: u64,
+    chunk: usize,
+) -> ChunkStream<'static> {
+    let (tx, rx) = mpsc::channel::<Result<Bytes, TransportError>>(8);
+    std::thread::spawn(move || {
+        let mut pos = 0u64;
+        loop {
+            let want = if pos < first {
+                (first - pos).min(chunk as u64) as usize
+            } else {
+                chunk
+            };
+            let mut buf = vec![0u8; want];
+            match read_full(&mut file, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    buf.truncate(n);
+                    pos += n as u64;
+                    if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(TransportError::local(&path, "read", e)));
+                    break;
+                }
+            }
+        }
+    });
+    Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
+}
+
+/// The first `len` bytes of a local `.part`, as chunks (empty when `len` is 0).
+fn local_chunks_of_part(
+    part: &Path,
+    len: u64,
+    chunk: usize,
+) -> Result<ChunkStream<'static>, TransportError> {
+    if len == 0 {
+        return Ok(Box::pin(futures::stream::empty()));
+    }
+    let file = std::fs::File::open(part).map_err(|e| TransportError::local(part, "open", e))?;
+    Ok(local_chunks(
+        std::io::Read::take(file, len),
+        part.to_path_buf(),
+        0,
+        chunk,
+    ))
+}
+
+/// A writer thread appending chunks to a local `.part` from `offset` (truncating it when 0).
+/// Returns the open file when the channel closes, for mtime/mode/fsync.
+#[allow(clippy::type_complexity)]
+fn spawn_writer(
+    part: PathBuf,
+    offset: u64,
+) -> Result<
+    (
+        JoinHandle<Result<std::fs::File, TransportError>>,
+        mpsc::Sender<Bytes>,
+    ),
+    TransportError,
+> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut file = if offset > 0 {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&part)
+            .map_err(|e| TransportError::local(&part, "open", e))?;
+        f.seek(SeekFrom::Start(offset))
+            .map_err(|e| TransportError::local(&part, "seek", e))?;
+        f.set_len(offset)
+            .map_err(|e| TransportError::local(&part, "truncate", e))?;
+        f
+    } else {
+        match std::fs::remove_file(&part) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(TransportError::local(&part, "remove", e)),
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&part)
+            .map_err(|e| TransportError::local(&part, "create", e))?
+    };
+    let (tx, mut rx) = mpsc::channel::<Bytes>(16);
+    let task = tokio::task::spawn_blocking(move || {
+        while let Some(chunk) = rx.blocking_recv() {
+            file.write_all(&chunk)
+                .map_err(|e| TransportError::local(&part, "write", e))?;
+        }
+        Ok(file)
+    });
+    Ok((task, tx))
+}
+
+/// One read request in flight: its task yields the data.
+type ReadTask = JoinHandle<Result<Vec<u8>, SftpError>>;
+
+/// Pipelined reads of `[offset, size)` of an open remote file, yielded in order.
+struct ReadPipeline<'a> {
+    ch: &'a SftpChannel,
+    host: &'a str,
+    path: &'a str,
+    handle: String,
+    /// Next offset to request.
+    next: u64,
+    size: u64,
+    depth: usize,
+    inflight: VecDeque<(u64, u32, ReadTask)>,
+}
+
+impl<'a> ReadPipeline<'a> {
+    fn new(
+        ch: &'a SftpChannel,
+        host: &'a str,
+        path: &'a str,
+        handle: &str,
+        offset: u64,
+        size: u64,
+        opts: &CopyOptions,
+    ) -> Self {
+        ReadPipeline {
+            ch,
+            host,
+            path,
+            handle: handle.to_owned(),
+            next: offset,
+            size,
+            depth: opts.requests_in_flight.max(1),
+            inflight: VecDeque::new(),
+        }
+    }
+
+    fn request(&self, offset: u64, len: u32) -> ReadTask {
+        let raw = self.ch.raw.clone();
+        let h = self.handle.clone();
+        tokio::spawn(async move { raw.read(h, offset, len).await.map(|d| d.data) })
+    }
+
+    fn fill(&mut self) {
+        while self.inflight.len() < self.depth && self.next < self.size {
+            let len = (self.size - self.next).min(self.ch.read_len as u64) as u32;
+            let task = self.request(self.next, len);
+            self.inflight.push_back((self.next, len, task));
+            self.next += len as u64;
+        }
+    }
+
+    /// The next chunk in file order; `None` at the end.
+    async fn next(&mut self) -> Option<Result<Bytes, TransportError>> {
+        self.fill();
+        let (offset, len, task) = self.inflight.pop_front()?;
+        let data = match task.await {
+            Ok(Ok(data)) => data,
+            Ok(Err(SftpError::Status(s))) if s.status_code == StatusCode::Eof => {
+                return Some(Err(changed_remote(self.host, self.path, self.size, offset)));
+            }
+            Ok(Err(e)) => return Some(Err(sftp_err(self.host, self.path, "read", e))),
+            Err(e) => return Some(Err(join_err(self.host, self.path, e))),
+        };
+        if data.is_empty() {
+            return Some(Err(changed_remote(self.host, self.path, self.size, offset)));
+        }
+        let got = data.len().min(len as usize) as u32;
+        if got < len {
+            // Short read: ask for the rest before anything queued behind it.
+            let task = self.request(offset + got as u64, len - got);
+            self.inflight
+                .push_front((offset + got as u64, len - got, task));
+        }
+        let mut data = data;
+        data.truncate(got as usize);
+        Some(Ok(Bytes::from(data)))
+    }
+
+    fn into_stream(self) -> impl Stream<Item = Result<Bytes, TransportError>> + 'a {
+        futures::stream::unfold(
+            self,
+            |mut p| async move { p.next().await.map(|item| (item, p)) },
+        )
+    }
+
+    fn abort(&mut self) {
+        for (_, _, task) in self.inflight.drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for ReadPipeline<'_> {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}

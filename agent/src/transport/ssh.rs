@@ -1,0 +1,553 @@
+//! SSH sessions: one connection per site, several SFTP channels on it.
+//!
+//! - [`SshTarget`]: where and how to connect (plain data; the caller maps the site map onto it).
+//! - [`HostKeyPolicy`]: `Strict` (the key must be in known_hosts) or `AcceptNew` (an unknown
+//!   host's key is appended to the first known_hosts file). Under both, a host whose recorded
+//!   key differs from the presented one is refused with [`TransportError::HostKeyChanged`],
+//!   naming the host and both fingerprints.
+//! - [`SshSession::connect`]: TCP with a timeout, key exchange with AES-GCM preferred on
+//!   AES-NI hosts, public-key authentication (identity files, then ssh-agent — the way to use
+//!   encrypted keys), then [`SshTarget::channels`] SFTP channels. Uploads are capped per channel
+//!   by the server's window (2 MiB for a stock sshd), so files are spread over the channels.
+//!
+//! The session's file operations live in [`crate::transport::sftp`] (push, pull) and
+//! [`crate::transport::exec`] (remote commands).
+
+use std::borrow::Cow;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::client;
+use russh::keys::{known_hosts, HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use russh_sftp::client::rawsession::Limits as SftpLimits;
+use russh_sftp::client::RawSftpSession;
+
+use crate::transport::TransportError;
+
+/// What to do with a host whose key is not in known_hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HostKeyPolicy {
+    /// Refuse it (OpenSSH `StrictHostKeyChecking yes`).
+    #[default]
+    Strict,
+    /// Record it in the first known_hosts file and go on (OpenSSH `accept-new`).
+    AcceptNew,
+}
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct SshTarget {
+    /// Host name or address, as written in known_hosts.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Remote user.
+    pub user: String,
+    /// Private keys to offer, in order (ed25519, ECDSA, RSA). Encrypted keys are skipped;
+    /// load them into ssh-agent.
+    pub identity_files: Vec<PathBuf>,
+    /// Also offer the keys held by the agent at `$SSH_AUTH_SOCK`.
+    pub use_agent: bool,
+    /// known_hosts files to check; the first one receives `AcceptNew` entries.
+    pub known_hosts_files: Vec<PathBuf>,
+    /// Unknown host policy.
+    pub host_key_policy: HostKeyPolicy,
+    /// Cipher names in order of preference; empty = AES-GCM first on AES-NI hosts,
+    /// ChaCha20-Poly1305 first otherwise.
+    pub ciphers: Vec<String>,
+    /// Limit on TCP connect + key exchange + authentication.
+    pub connect_timeout: Duration,
+    /// Send a keep-alive after this much silence from the server.
+    pub keepalive_interval: Option<Duration>,
+    /// Close the connection after this much inactivity.
+    pub idle_timeout: Option<Duration>,
+    /// Limit on the answer to one SFTP request.
+    pub request_timeout: Duration,
+    /// SFTP channels opened on the connection.
+    pub channels: usize,
+    /// SSH receive window per channel, in bytes (downloads are capped at one window per RTT).
+    pub window_size: u32,
+}
+
+impl SshTarget {
+    /// A target with the defaults: strict host keys, 4 channels, 16 MiB window.
+    pub fn new(host: impl Into<String>, port: u16, user: impl Into<String>) -> Self {
+        SshTarget {
+            host: host.into(),
+            port,
+            user: user.into(),
+            identity_files: Vec::new(),
+            use_agent: true,
+            known_hosts_files: Vec::new(),
+            host_key_policy: HostKeyPolicy::Strict,
+            ciphers: Vec::new(),
+            connect_timeout: Duration::from_secs(15),
+            keepalive_interval: Some(Duration::from_secs(15)),
+            idle_timeout: None,
+            request_timeout: Duration::from_secs(60),
+            channels: 4,
+            window_size: 16 << 20,
+        }
+    }
+}
+
+/// One SFTP channel and what its server offers.
+pub(crate) struct SftpChannel {
+    pub(crate) raw: Arc<RawSftpSession>,
+    /// Largest read request (server limit or 32 KiB).
+    pub(crate) read_len: u32,
+    /// Largest write request (server limit or 32 KiB).
+    pub(crate) write_len: u32,
+    pub(crate) posix_rename: bool,
+    pub(crate) fsync: bool,
+    pub(crate) statvfs: bool,
+}
+
+/// A connected, authenticated SSH session with its SFTP channels.
+pub struct SshSession {
+    target: Arc<SshTarget>,
+    handle: client::Handle<Client>,
+    sftp: Vec<Arc<SftpChannel>>,
+    next: AtomicUsize,
+}
+
+impl std::fmt::Debug for SshSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SshSession")
+            .field("host", &self.target.host)
+            .field("port", &self.target.port)
+            .field("user", &self.target.user)
+            .field("channels", &self.sftp.len())
+            .finish()
+    }
+}
+
+/// Request size when the server does not announce `limits@openssh.com`.
+const DEFAULT_REQUEST: u32 = 32 * 1024;
+/// Upper bound on requests (OpenSSH announces 255 KiB).
+const MAX_REQUEST: u64 = 255 * 1024;
+
+impl SshSession {
+    /// Connect, check the host key, authenticate and open the SFTP channels.
+    pub async fn connect(target: &SshTarget) -> Result<SshSession, TransportError> {
+        let target = Arc::new(target.clone());
+        let timeout = target.connect_timeout;
+        tokio::time::timeout(timeout, Self::connect_inner(target.clone()))
+            .await
+            .map_err(|_| TransportError::Timeout {
+                host: target.host.clone(),
+                what: "connecting and authenticating".into(),
+                after: timeout,
+            })?
+    }
+
+    async fn connect_inner(target: Arc<SshTarget>) -> Result<SshSession, TransportError> {
+        let config = client::Config {
+            window_size: target.window_size,
+            maximum_packet_size: 64 * 1024,
+            inactivity_timeout: target.idle_timeout,
+            keepalive_interval: target.keepalive_interval,
+            keepalive_max: 3,
+            nodelay: true,
+            preferred: russh::Preferred {
+                cipher: Cow::Owned(cipher_preference(&target)?),
+                ..russh::Preferred::DEFAULT
+            },
+            ..Default::default()
+        };
+        let rejection = Arc::new(Mutex::new(None));
+        let handler = Client {
+            target: target.clone(),
+            rejection: rejection.clone(),
+        };
+        let addr = (target.host.as_str(), target.port);
+        let mut handle = match client::connect(Arc::new(config), addr, handler).await {
+            Ok(h) => h,
+            Err(e) => {
+                let taken = match rejection.lock() {
+                    Ok(mut g) => g.take(),
+                    Err(p) => p.into_inner().take(),
+                };
+                return Err(taken.unwrap_or_else(|| match e {
+                    russh::Error::IO(source) => TransportError::Connect {
+                        host: target.host.clone(),
+                        port: target.port,
+                        source,
+                    },
+                    other => ssh_error(&target.host, "connecting", other),
+                }));
+            }
+        };
+        authenticate(&mut handle, &target).await?;
+        let mut sftp = Vec::new();
+        for _ in 0..target.channels.max(1) {
+            sftp.push(Arc::new(open_sftp(&handle, &target).await?));
+        }
+        Ok(SshSession {
+            target,
+            handle,
+            sftp,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// The host this session is connected to.
+    pub fn host(&self) -> &str {
+        &self.target.host
+    }
+
+    /// The target this session was made from.
+    pub fn target(&self) -> &SshTarget {
+        &self.target
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.handle.is_closed()
+    }
+
+    /// The SFTP channel for the next file (round robin).
+    pub(crate) fn sftp(&self) -> Arc<SftpChannel> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.sftp.len();
+        self.sftp[i].clone()
+    }
+
+    pub(crate) fn handle(&self) -> &client::Handle<Client> {
+        &self.handle
+    }
+
+    /// Close the connection politely.
+    pub async fn close(self) -> Result<(), TransportError> {
+        for ch in &self.sftp {
+            let _ = ch.raw.close_session();
+        }
+        self.handle
+            .disconnect(russh::Disconnect::ByApplication, "", "en")
+            .await
+            .map_err(|e| ssh_error(&self.target.host, "disconnecting", e))
+    }
+}
+
+pub(crate) fn ssh_error(host: &str, what: &str, e: russh::Error) -> TransportError {
+    TransportError::Ssh {
+        host: host.to_owned(),
+        what: what.to_owned(),
+        message: e.to_string(),
+    }
+}
+
+fn cipher_preference(target: &SshTarget) -> Result<Vec<russh::cipher::Name>, TransportError> {
+    use russh::cipher::{AES_128_CTR, AES_128_GCM, AES_256_CTR, AES_256_GCM, CHACHA20_POLY1305};
+    if !target.ciphers.is_empty() {
+        return target
+            .ciphers
+            .iter()
+            .map(|c| {
+                russh::cipher::Name::try_from(c.as_str()).map_err(|_| TransportError::Ssh {
+                    host: target.host.clone(),
+                    what: "choosing ciphers".into(),
+                    message: format!("unknown cipher {c:?}"),
+                })
+            })
+            .collect();
+    }
+    Ok(if has_aes_ni() {
+        vec![
+            AES_128_GCM,
+            AES_256_GCM,
+            CHACHA20_POLY1305,
+            AES_256_CTR,
+            AES_128_CTR,
+        ]
+    } else {
+        vec![
+            CHACHA20_POLY1305,
+            AES_128_GCM,
+            AES_256_GCM,
+            AES_256_CTR,
+            AES_128_CTR,
+        ]
+    })
+}
+
+fn has_aes_ni() -> bool {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    {
+        std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("aes")
+    }
+    #[cfg(not(any(target_arch = "x86", target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
+}
+
+/// The russh client handler: checks the server's host key.
+pub(crate) struct Client {
+    target: Arc<SshTarget>,
+    /// Why the host key was refused, for the error returned by `connect`.
+    rejection: Arc<Mutex<Option<TransportError>>>,
+}
+
+impl client::Handler for Client {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        server_public_key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let verdict = match server_public_key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => check_host_key(&self.target, key),
+            PublicKeyOrCertificate::Certificate(_) => Err(TransportError::Ssh {
+                host: self.target.host.clone(),
+                what: "checking the host key".into(),
+                message: "host certificates are not supported; list the host key in known_hosts"
+                    .into(),
+            }),
+        };
+        match verdict {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                tracing::error!(host = %self.target.host, error = %e, "host key refused");
+                match self.rejection.lock() {
+                    Ok(mut g) => *g = Some(e),
+                    Err(p) => *p.into_inner() = Some(e),
+                }
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// The known_hosts decision for a presented key.
+pub fn check_host_key(target: &SshTarget, key: &PublicKey) -> Result<(), TransportError> {
+    let presented = key.fingerprint(HashAlg::Sha256).to_string();
+    let mut first_other: Option<(PathBuf, usize, PublicKey)> = None;
+    for file in &target.known_hosts_files {
+        let entries =
+            known_hosts::known_host_keys_path(&target.host, target.port, file).map_err(|e| {
+                TransportError::KnownHosts {
+                    path: file.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+        for (line, recorded) in entries {
+            if recorded.key_data() == key.key_data() {
+                return Ok(());
+            }
+            if first_other.is_none() {
+                first_other = Some((file.clone(), line, recorded));
+            }
+        }
+    }
+    if let Some((file, line, recorded)) = first_other {
+        return Err(TransportError::HostKeyChanged {
+            host: target.host.clone(),
+            port: target.port,
+            known: format!(
+                "{} {}",
+                recorded.algorithm(),
+                recorded.fingerprint(HashAlg::Sha256)
+            ),
+            presented: format!("{} {presented}", key.algorithm()),
+            file,
+            line,
+        });
+    }
+    match (target.host_key_policy, target.known_hosts_files.first()) {
+        (HostKeyPolicy::AcceptNew, Some(file)) => {
+            known_hosts::learn_known_hosts_path(&target.host, target.port, key, file).map_err(
+                |e| TransportError::KnownHosts {
+                    path: file.clone(),
+                    reason: format!("cannot record the new host key: {e}"),
+                },
+            )?;
+            tracing::warn!(host = %target.host, port = target.port, fingerprint = %presented,
+                file = %file.display(), "new host key recorded (accept-new)");
+            Ok(())
+        }
+        _ => Err(TransportError::HostKeyUnknown {
+            host: target.host.clone(),
+            port: target.port,
+            fingerprint: presented,
+            known_hosts: target.known_hosts_files.clone(),
+        }),
+    }
+}
+
+async fn authenticate(
+    handle: &mut client::Handle<Client>,
+    target: &SshTarget,
+) -> Result<(), TransportError> {
+    let host = &target.host;
+    let mut tried = Vec::new();
+    let rsa_hash = handle
+        .best_supported_rsa_hash()
+        .await
+        .map_err(|e| ssh_error(host, "asking for RSA hashes", e))?
+        .flatten();
+    for path in &target.identity_files {
+        let key = match russh::keys::load_secret_key(path, None) {
+            Ok(key) => key,
+            Err(russh::keys::Error::KeyIsEncrypted) => {
+                tracing::debug!(path = %path.display(), "encrypted key skipped; use ssh-agent");
+                tried.push(format!(
+                    "{} (encrypted: skipped, load it into ssh-agent)",
+                    path.display()
+                ));
+                continue;
+            }
+            Err(e) => {
+                return Err(TransportError::Key {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })
+            }
+        };
+        tried.push(path.display().to_string());
+        let key = PrivateKeyWithHashAlg::new(Arc::new(key), rsa_hash);
+        let result = handle
+            .authenticate_publickey(&target.user, key)
+            .await
+            .map_err(|e| ssh_error(host, "authenticating", e))?;
+        if result.success() {
+            return Ok(());
+        }
+    }
+    if target.use_agent && std::env::var_os("SSH_AUTH_SOCK").is_some() {
+        if let Ok(mut agent) = russh::keys::agent::client::AgentClient::connect_env().await {
+            let identities = agent.request_identities().await.unwrap_or_default();
+            for identity in identities {
+                let key = identity.public_key().into_owned();
+                tried.push(format!("agent key {}", key.fingerprint(HashAlg::Sha256)));
+                let result = handle
+                    .authenticate_publickey_with(&target.user, key, rsa_hash, &mut agent)
+                    .await;
+                if matches!(result, Ok(r) if r.success()) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    Err(TransportError::AuthFailed {
+        host: host.clone(),
+        user: target.user.clone(),
+        tried,
+    })
+}
+
+async fn open_sftp(
+    handle: &client::Handle<Client>,
+    target: &SshTarget,
+) -> Result<SftpChannel, TransportError> {
+    let host = &target.host;
+    let channel = handle
+        .channel_open_session()
+        .await
+        .map_err(|e| ssh_error(host, "opening a channel", e))?;
+    channel
+        .request_subsystem(true, "sftp")
+        .await
+        .map_err(|e| ssh_error(host, "starting the sftp subsystem", e))?;
+    let config = russh_sftp::client::Config {
+        max_packet_len: 512 * 1024,
+        request_timeout_secs: target.request_timeout.as_secs().max(1),
+        ..Default::default()
+    };
+    let mut raw = RawSftpSession::new_with_config(channel.into_stream(), config);
+    let version = raw.init().await.map_err(|e| TransportError::Sftp {
+        host: host.clone(),
+        path: String::new(),
+        op: "init",
+        message: e.to_string(),
+    })?;
+    let has = |name: &str| version.extensions.contains_key(name);
+    let (mut read_len, mut write_len) = (DEFAULT_REQUEST, DEFAULT_REQUEST);
+    if has(russh_sftp::extensions::LIMITS) {
+        if let Ok(limits) = raw.limits().await {
+            let limits = SftpLimits::from(limits);
+            let clamp = |v: Option<u64>| v.map_or(DEFAULT_REQUEST, |v| v.min(MAX_REQUEST) as u32);
+            read_len = clamp(limits.read_len);
+            write_len = clamp(limits.write_len);
+            raw.set_limits(limits);
+        }
+    }
+    Ok(SftpChannel {
+        raw: Arc::new(raw),
+        read_len,
+        write_len,
+        posix_rename: has("posix-rename@openssh.com"),
+        fsync: has(russh_sftp::extensions::FSYNC),
+        statvfs: has(russh_sftp::extensions::STATVFS),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(seed: u8) -> PublicKey {
+        let private = russh::keys::PrivateKey::from(
+            russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&[seed; 32]),
+        );
+        private.public_key().clone()
+    }
+
+    #[test]
+    fn accept_new_records_then_a_changed_key_is_refused_with_both_fingerprints() {
+        let dir = tempfile::tempdir().unwrap();
+        let kh = dir.path().join("known_hosts");
+        let mut target = SshTarget::new("127.0.0.1", 2222, "u");
+        target.known_hosts_files = vec![kh.clone()];
+
+        let err = check_host_key(&target, &key(1)).unwrap_err();
+        assert!(
+            matches!(err, TransportError::HostKeyUnknown { .. }),
+            "{err}"
+        );
+        assert!(!kh.exists(), "strict policy must not write known_hosts");
+
+        target.host_key_policy = HostKeyPolicy::AcceptNew;
+        check_host_key(&target, &key(1)).unwrap();
+        assert!(std::fs::read_to_string(&kh)
+            .unwrap()
+            .contains("[127.0.0.1]:2222"));
+        target.host_key_policy = HostKeyPolicy::Strict;
+        check_host_key(&target, &key(1)).unwrap();
+
+        for policy in [HostKeyPolicy::Strict, HostKeyPolicy::AcceptNew] {
+            target.host_key_policy = policy;
+            let err = check_host_key(&target, &key(2)).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                matches!(err, TransportError::HostKeyChanged { .. }),
+                "{msg}"
+            );
+            assert!(
+                msg.contains(&key(1).fingerprint(HashAlg::Sha256).to_string()),
+                "{msg}"
+            );
+            assert!(
+                msg.contains(&key(2).fingerprint(HashAlg::Sha256).to_string()),
+                "{msg}"
+            );
+            assert!(msg.contains("127.0.0.1:2222"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn cipher_names_are_validated() {
+        let mut target = SshTarget::new("h", 22, "u");
+        assert!(!cipher_preference(&target).unwrap().is_empty());
+        target.ciphers = vec!["aes128-gcm@openssh.com".into()];
+        assert_eq!(cipher_preference(&target).unwrap().len(), 1);
+        target.ciphers = vec!["rot13".into()];
+        assert!(cipher_preference(&target).is_err());
+    }
+}
