@@ -426,6 +426,12 @@ fn host_local_checks_pass_on_a_prepared_host() {
         "{}",
         o.stdout
     );
+    assert!(
+        o.stdout
+            .contains(":6:5: warning: sites[1]: no known_hosts file"),
+        "{}",
+        o.stdout
+    );
     // Without --host the same map is valid on any machine, whatever is on this one.
     fs::remove_dir(&h.data).unwrap();
     assert_eq!(validate(&path, &[], h.home.path()).code, 0);

@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use super::diag::did_you_mean;
-use super::model::{TapeKind, TransferMethod};
+use super::model::{HostKeyPolicy, TapeKind, TransferMethod};
 use super::ssh::{SettingSource, SshEnvironment};
 use super::validate::{Ctx, Draft};
 
@@ -135,6 +135,19 @@ pub(crate) fn check_host(cx: &mut Ctx, draft: &Draft, host: &str, ssh: &SshEnvir
                     checked.push(key.clone());
                 }
             }
+        }
+        if settings.host_key_policy == HostKeyPolicy::Strict
+            && !settings.known_hosts.iter().any(|k| k.is_file())
+        {
+            cx.warn(
+                pspans.site.pos,
+                &pspans.site.path,
+                format!(
+                    "no known_hosts file ({}) and StrictHostKeyChecking yes: connecting to {peer:?} \
+                     will be refused until its host key is recorded (ssh-keyscan, or \"accept-new\")",
+                    settings.known_hosts[0].display()
+                ),
+            );
         }
         if !found && settings.identity_source == SettingSource::Default {
             cx.warn(

@@ -1408,3 +1408,67 @@ fn check_link(
         Some(_) => true,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value as J;
+
+    const SCHEMA: &str = include_str!("../../../site-configs/site-map.schema.json");
+
+    fn keys(v: &J) -> Vec<String> {
+        let mut k: Vec<String> = v
+            .as_object()
+            .unwrap_or_else(|| panic!("not an object: {v}"))
+            .keys()
+            .cloned()
+            .collect();
+        k.sort();
+        k
+    }
+
+    fn sorted(list: &[&str]) -> Vec<String> {
+        let mut k: Vec<String> = list.iter().map(|s| s.to_string()).collect();
+        k.sort();
+        k
+    }
+
+    /// The JSON Schema and the validator must know the same keys, or editors and
+    /// `ferry config validate` disagree.
+    #[test]
+    fn schema_and_validator_know_the_same_keys() {
+        let s: J = serde_json::from_str(SCHEMA).unwrap();
+        let defs = &s["$defs"];
+        assert_eq!(keys(&s["properties"]), sorted(TOP_KEYS));
+        assert_eq!(keys(&defs["catalog"]["properties"]), sorted(CATALOG_KEYS));
+        assert_eq!(keys(&defs["site"]["properties"]), sorted(SITE_KEYS));
+        let site = &defs["site"]["properties"];
+        assert_eq!(
+            keys(&site["completion"]["properties"]),
+            sorted(COMPLETION_KEYS)
+        );
+        assert_eq!(keys(&site["purge"]["properties"]), sorted(PURGE_KEYS));
+        assert_eq!(keys(&site["limits"]["properties"]), sorted(LIMIT_KEYS));
+        let branches = defs["tape"]["oneOf"].as_array().unwrap();
+        for (kind, specific) in [
+            ("directory", TAPE_DIRECTORY_KEYS),
+            ("command", TAPE_COMMAND_KEYS),
+            ("tar", TAPE_TAR_KEYS),
+        ] {
+            let b = branches
+                .iter()
+                .find(|b| b["properties"]["kind"]["const"] == kind)
+                .unwrap_or_else(|| panic!("no schema branch for tape kind {kind}"));
+            let mut want: Vec<&str> = TAPE_COMMON_KEYS.to_vec();
+            want.extend(specific);
+            assert_eq!(keys(&b["properties"]), sorted(&want), "tape kind {kind}");
+        }
+        let kinds: Vec<&str> = defs["tape"]["properties"]["kind"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, TAPE_KINDS);
+    }
+}
