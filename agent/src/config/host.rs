@@ -11,8 +11,9 @@ use std::path::Path;
 
 use super::diag::did_you_mean;
 use super::model::{HostKeyPolicy, TapeKind, TransferMethod};
+use super::read::Ctx;
 use super::ssh::{SettingSource, SshEnvironment};
-use super::validate::{Ctx, Draft};
+use super::validate::Draft;
 
 /// Runs the host-local checks for site `host`.
 pub(crate) fn check_host(cx: &mut Ctx, draft: &Draft, host: &str, ssh: &SshEnvironment) {

@@ -23,7 +23,8 @@ use std::path::PathBuf;
 use super::diag::{did_you_mean, LineCol, Severity};
 use super::model::{LayoutTemplate, Limits, Site, TransferMethod};
 use super::raw::{Node, Value};
-use super::validate::{check_hostname, check_name, object, Ctx, Draft, SiteSpans, Span, Unknown};
+use super::read::{check_hostname, check_name, object, Ctx, Obj, Span, Unknown};
+use super::validate::{Draft, SiteSpans};
 
 /// Keys cax defined and Ferry maps.
 const MAPPED: &[&str] = &[
@@ -316,7 +317,7 @@ pub(crate) fn read_cax(cx: &mut Ctx, root: &Node) -> Option<Draft> {
 }
 
 /// `upload_options` / `download_options`: a list of site names, or `null` for none.
-fn links(cx: &mut Ctx, o: &super::validate::Obj<'_>, key: &str) -> (Vec<String>, Vec<Span>) {
+fn links(cx: &mut Ctx, o: &Obj<'_>, key: &str) -> (Vec<String>, Vec<Span>) {
     let Some((n, p)) = o.get_non_null(key) else {
         return (Vec::new(), Vec::new());
     };

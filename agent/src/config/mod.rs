@@ -6,6 +6,7 @@
 //!
 //! ```text
 //! raw.rs       text → JSON tree that keeps positions and duplicate keys
+//! read.rs      typed reading of that tree, collecting diagnostics (shared by both formats)
 //! validate.rs  Ferry's format → Draft; cross-site checks (names, links, tape backends)
 //! legacy.rs    legacy cax.json → the same Draft, with warnings for what does not map
 //! host.rs      checks local to the site the agent runs as (--host): data dirs, keys
@@ -22,6 +23,7 @@ mod host;
 mod legacy;
 mod model;
 mod raw;
+mod read;
 mod ssh;
 mod validate;
 
@@ -38,7 +40,7 @@ pub use ssh::{SettingSource, SshConfigError, SshEnvironment, SshSettings};
 pub use validate::FORMAT_VERSION;
 
 use raw::Value;
-use validate::Ctx;
+use read::Ctx;
 
 /// What to check beyond the shared part of the site map.
 #[derive(Debug, Clone, Default)]
