@@ -323,85 +323,27 @@ fn read_site(cx: &mut Ctx, node: &Node, path: &str) -> Option<(Site, SiteSpans)>
         });
         cx.home_path(n, &p, "identity file")
     });
-    let host_key_policy = o.get("strict_host_key_checking").and_then(|(n, p)| {
-        let s = cx.string(n, &p)?;
-        match HostKeyPolicy::parse(&s) {
-            Some(HostKeyPolicy::No) => {
-                cx.warn(
-                    n.pos,
-                    &p,
-                    "\"no\" accepts any host key: a man-in-the-middle can read and alter every copy; use \"accept-new\"",
-                );
-                Some(HostKeyPolicy::No)
-            }
-            Some(k) => Some(k),
-            None => {
-                cx.error_hint(
-                    n.pos,
-                    &p,
-                    format!("unknown host-key policy {s:?}"),
-                    did_you_mean(&s, ["yes", "accept-new", "no"])
-                        .or_else(|| Some("use \"yes\" or \"accept-new\"".into())),
-                );
-                None
-            }
-        }
-    });
+    let host_key_policy = o
+        .get("strict_host_key_checking")
+        .and_then(|(n, p)| read_host_key_policy(cx, n, &p));
     let known_hosts = o
         .get("known_hosts")
         .and_then(|(n, p)| cx.home_path(n, &p, "known_hosts file"));
     let method = match o.get("method") {
         None => Some(TransferMethod::Sftp),
-        Some((n, p)) => cx.string(n, &p).and_then(|m| match m.as_str() {
-            "sftp" => Some(TransferMethod::Sftp),
-            "local" => Some(TransferMethod::Local),
-            other => {
-                cx.error_hint(
-                    n.pos,
-                    &p,
-                    format!("unknown transfer method {other:?}; Ferry implements \"sftp\" and \"local\""),
-                    did_you_mean(other, ["sftp", "local"]),
-                );
-                None
-            }
-        }),
+        Some((n, p)) => read_method(cx, n, &p),
     };
     let origin = o
         .get("origin")
         .and_then(|(n, p)| cx.boolean(n, &p))
         .unwrap_or(false);
-    let mut data_dirs = BTreeMap::new();
-    let mut data_spans = BTreeMap::new();
-    if let Some((n, p)) = o.get("data_dirs") {
-        // Data types are free names; only duplicates, names and paths are checked.
-        if let Some(dd) = object(cx, n, &p, &[], Unknown::Allow, Severity::Error) {
-            for m in dd.members() {
-                let mp = join(&p, &m.key);
-                check_name(cx, &m.key, m.key_pos, &mp, "data type");
-                if let Some(dir) = cx.abs_path(&m.value, &mp, "data directory") {
-                    data_dirs.insert(m.key.clone(), dir);
-                    data_spans.insert(
-                        m.key.clone(),
-                        Span {
-                            pos: m.value.pos,
-                            path: mp,
-                        },
-                    );
-                }
-            }
-        }
-    }
+    let (data_dirs, data_spans) = match o.get("data_dirs") {
+        Some((n, p)) => read_data_dirs(cx, n, &p),
+        None => Default::default(),
+    };
     let layout = match o.get("layout") {
         None => Some(LayoutTemplate::default()),
-        Some((n, p)) => cx
-            .string(n, &p)
-            .and_then(|t| match LayoutTemplate::parse(&t) {
-                Ok(l) => Some(l),
-                Err(e) => {
-                    cx.error(n.pos, &p, e.to_string());
-                    None
-                }
-            }),
+        Some((n, p)) => read_layout(cx, n, &p),
     };
     let (push_to, push_spans) = name_list(cx, &o, "push_to");
     let (pull_from, pull_spans) = name_list(cx, &o, "pull_from");
@@ -479,6 +421,89 @@ fn read_site(cx: &mut Ctx, node: &Node, path: &str) -> Option<(Site, SiteSpans)>
         tape: tape_spans,
     };
     Some((site, spans))
+}
+
+fn read_host_key_policy(cx: &mut Ctx, n: &Node, p: &str) -> Option<HostKeyPolicy> {
+    let s = cx.string(n, p)?;
+    match HostKeyPolicy::parse(&s) {
+        Some(HostKeyPolicy::No) => {
+            cx.warn(
+                n.pos,
+                p,
+                "\"no\" accepts any host key: a man-in-the-middle can read and alter every copy; use \"accept-new\"",
+            );
+            Some(HostKeyPolicy::No)
+        }
+        Some(k) => Some(k),
+        None => {
+            cx.error_hint(
+                n.pos,
+                p,
+                format!("unknown host-key policy {s:?}"),
+                did_you_mean(&s, ["yes", "accept-new", "no"])
+                    .or_else(|| Some("use \"yes\" or \"accept-new\"".into())),
+            );
+            None
+        }
+    }
+}
+
+fn read_method(cx: &mut Ctx, n: &Node, p: &str) -> Option<TransferMethod> {
+    let m = cx.string(n, p)?;
+    match m.as_str() {
+        "sftp" => Some(TransferMethod::Sftp),
+        "local" => Some(TransferMethod::Local),
+        other => {
+            cx.error_hint(
+                n.pos,
+                p,
+                format!(
+                    "unknown transfer method {other:?}; Ferry implements \"sftp\" and \"local\""
+                ),
+                did_you_mean(other, ["sftp", "local"]),
+            );
+            None
+        }
+    }
+}
+
+/// `data_dirs`: data types are free names; their names, duplicates and paths are checked.
+fn read_data_dirs(
+    cx: &mut Ctx,
+    n: &Node,
+    p: &str,
+) -> (BTreeMap<String, PathBuf>, BTreeMap<String, Span>) {
+    let mut dirs = BTreeMap::new();
+    let mut spans = BTreeMap::new();
+    let Some(dd) = object(cx, n, p, &[], Unknown::Allow, Severity::Error) else {
+        return (dirs, spans);
+    };
+    for m in dd.members() {
+        let mp = join(p, &m.key);
+        check_name(cx, &m.key, m.key_pos, &mp, "data type");
+        if let Some(dir) = cx.abs_path(&m.value, &mp, "data directory") {
+            dirs.insert(m.key.clone(), dir);
+            spans.insert(
+                m.key.clone(),
+                Span {
+                    pos: m.value.pos,
+                    path: mp,
+                },
+            );
+        }
+    }
+    (dirs, spans)
+}
+
+fn read_layout(cx: &mut Ctx, n: &Node, p: &str) -> Option<LayoutTemplate> {
+    let text = cx.string(n, p)?;
+    match LayoutTemplate::parse(&text) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            cx.error(n.pos, p, e.to_string());
+            None
+        }
+    }
 }
 
 fn read_completion(cx: &mut Ctx, node: &Node, path: &str) -> Option<CompletionRule> {
