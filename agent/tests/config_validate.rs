@@ -230,6 +230,11 @@ fn bad_cases() -> Vec<Bad> {
         bad("duplicate tape backend names",
             good_with("\"name\": \"mirror\",", "\"name\": \"mirror\", \"tape\": [{\"name\": \"t1\", \"kind\": \"directory\", \"path\": \"/tape\"}, {\"name\": \"t1\", \"kind\": \"tar\", \"devices\": [\"/dev/nst0\"]}],"),
             &["sites[1].tape[1].name: duplicate tape backend name \"t1\" (first at sites[1].tape[0].name)"]),
+        bad(
+            "more tar copies than drives",
+            good_with("\"name\": \"mirror\",", "\"name\": \"mirror\", \"tape\": [{\"name\": \"t1\", \"kind\": \"tar\", \"devices\": [\"/dev/nst0\"], \"copies\": 2}],"),
+            &["sites[1].tape[0].copies: 2 copies need 2 drives, but only 1 device(s) are listed"],
+        ),
         bad("unknown tape kind", good_with("\"name\": \"mirror\",", "\"name\": \"mirror\", \"tape\": [{\"name\": \"t1\", \"kind\": \"tsm\"}],"), &["sites[1].tape[0].kind: unknown tape backend kind \"tsm\"; known: directory, command, tar"]),
         bad("tape backend missing its required key", good_with("\"name\": \"mirror\",", "\"name\": \"mirror\", \"tape\": [{\"name\": \"t1\", \"kind\": \"command\"}],"), &["sites[1].tape[0]: missing required key \"put\""]),
         bad("unknown tape gateway", good_with("\"name\": \"mirror\",", "\"name\": \"mirror\", \"tape\": [{\"name\": \"t1\", \"kind\": \"command\", \"gateway\": \"ifram\", \"put\": [\"jput\", \"{file}\"]}],"), &["sites[1].tape[0].gateway: unknown gateway site \"ifram\""]),

@@ -640,7 +640,7 @@ fn read_tape(
     node: &Node,
     path: &str,
 ) -> Option<(TapeBackendConfig, (Span, Option<Span>))> {
-    // Read `kind` first, so unknown keys are judged against that kind's settings.
+    // Peek at `kind` first, so unknown keys are judged against that kind's settings.
     let kind = match &node.value {
         Value::Object(members) => members
             .iter()
@@ -652,24 +652,18 @@ fn read_tape(
             }),
         _ => None,
     };
-    let specific: &[&str] = match kind.as_deref() {
-        Some("directory") => TAPE_DIRECTORY_KEYS,
-        Some("command") => TAPE_COMMAND_KEYS,
-        Some("tar") => TAPE_TAR_KEYS,
-        _ => &[],
+    let specific: &[&[&str]] = match kind.as_deref() {
+        Some("directory") => &[TAPE_DIRECTORY_KEYS],
+        Some("command") => &[TAPE_COMMAND_KEYS],
+        Some("tar") => &[TAPE_TAR_KEYS],
+        _ => &[TAPE_DIRECTORY_KEYS, TAPE_COMMAND_KEYS, TAPE_TAR_KEYS],
     };
-    let all: Vec<&str> = if kind.is_some() {
-        TAPE_COMMON_KEYS.iter().chain(specific).copied().collect()
-    } else {
-        TAPE_COMMON_KEYS
-            .iter()
-            .chain(TAPE_DIRECTORY_KEYS)
-            .chain(TAPE_COMMAND_KEYS)
-            .chain(TAPE_TAR_KEYS)
-            .copied()
-            .collect()
-    };
-    let o = object(cx, node, path, &all, Unknown::Error, Severity::Error)?;
+    let known: Vec<&str> = TAPE_COMMON_KEYS
+        .iter()
+        .chain(specific.iter().flat_map(|k| k.iter()))
+        .copied()
+        .collect();
+    let o = object(cx, node, path, &known, Unknown::Error, Severity::Error)?;
     let name = o.required(cx, "name").and_then(|(n, p)| {
         let s = cx.string(n, &p)?;
         check_name(cx, &s, n.pos, &p, "tape backend name").then_some((
@@ -682,94 +676,15 @@ fn read_tape(
     });
     let (kind_node, kind_path) = o.required(cx, "kind")?;
     let kind_name = cx.string(kind_node, &kind_path)?;
-    let mut gateway_span = None;
-    let kind = match kind_name.as_str() {
+    let (kind, gateway_span) = match kind_name.as_str() {
         "directory" => {
-            let path_ = o
+            let root = o
                 .required(cx, "path")
                 .and_then(|(n, p)| cx.abs_path(n, &p, "tape directory"));
-            TapeKind::Directory { path: path_? }
+            (TapeKind::Directory { path: root? }, None)
         }
-        "command" => {
-            let gateway = o.get("gateway").and_then(|(n, p)| {
-                let g = cx.nonempty(n, &p)?;
-                gateway_span = Some(Span {
-                    pos: n.pos,
-                    path: p,
-                });
-                Some(g)
-            });
-            let put = o.required(cx, "put").and_then(|(n, p)| cx.argv(n, &p));
-            let verify = o.get("verify").map(|(n, p)| cx.argv(n, &p));
-            let retrieve = o.get("retrieve").map(|(n, p)| cx.argv(n, &p));
-            let stat = o.get("stat").map(|(n, p)| cx.argv(n, &p));
-            let ok_exit_codes = match o.get("ok_exit_codes") {
-                None => Some(vec![0]),
-                Some((n, p)) => match &n.value {
-                    Value::Array(items) if !items.is_empty() => items
-                        .iter()
-                        .enumerate()
-                        .map(|(i, it)| cx.int(it, &format!("{p}[{i}]"), 0, 255).map(|v| v as i32))
-                        .collect::<Vec<_>>()
-                        .into_iter()
-                        .collect(),
-                    _ => {
-                        cx.type_error(n, &p, "a non-empty array of exit codes");
-                        None
-                    }
-                },
-            };
-            TapeKind::Command {
-                gateway,
-                put: put?,
-                verify: optional(verify)?,
-                retrieve: optional(retrieve)?,
-                stat: optional(stat)?,
-                ok_exit_codes: ok_exit_codes?,
-            }
-        }
-        "tar" => {
-            let devices = o.required(cx, "devices").and_then(|(n, p)| {
-                let list = cx.string_list(n, &p)?;
-                if list.is_empty() {
-                    cx.error(n.pos, &p, "no tape devices");
-                    return None;
-                }
-                let mut out = Vec::new();
-                for (s, pos, dp) in list {
-                    if !s.starts_with('/') {
-                        cx.error(
-                            pos,
-                            &dp,
-                            format!("tape device {s:?} must be an absolute path"),
-                        );
-                    } else {
-                        out.push(PathBuf::from(s));
-                    }
-                }
-                Some(out)
-            });
-            let copies = o.get("copies").map(|(n, p)| cx.count(n, &p, 1));
-            let batch_size = o
-                .get("batch_size")
-                .map(|(n, p)| cx.size(n, &p))
-                .unwrap_or(Some(100_000_000_000));
-            let mt = o
-                .get("mt")
-                .map(|(n, p)| cx.argv(n, &p))
-                .unwrap_or_else(|| Some(vec!["mt".into()]));
-            let devices = devices?;
-            let copies = match copies {
-                None => u32::try_from(devices.len()).unwrap_or(u32::MAX),
-                Some(c) => c?,
-            };
-            TapeKind::Tar {
-                devices,
-                copies,
-                batch_size: batch_size?,
-                mt: mt?,
-            }
-        }
+        "command" => read_command_tape(cx, &o)?,
+        "tar" => (read_tar_tape(cx, &o)?, None),
         other => {
             cx.error_hint(
                 kind_node.pos,
@@ -782,6 +697,107 @@ fn read_tape(
     };
     let (name, name_span) = name?;
     Some((TapeBackendConfig { name, kind }, (name_span, gateway_span)))
+}
+
+/// `kind: "command"`: argv templates, an optional gateway site (checked in [`finish`]).
+fn read_command_tape(cx: &mut Ctx, o: &Obj<'_>) -> Option<(TapeKind, Option<Span>)> {
+    let mut gateway_span = None;
+    let gateway = o.get("gateway").and_then(|(n, p)| {
+        let g = cx.nonempty(n, &p)?;
+        gateway_span = Some(Span {
+            pos: n.pos,
+            path: p,
+        });
+        Some(g)
+    });
+    let put = o.required(cx, "put").and_then(|(n, p)| cx.argv(n, &p));
+    let verify = o.get("verify").map(|(n, p)| cx.argv(n, &p));
+    let retrieve = o.get("retrieve").map(|(n, p)| cx.argv(n, &p));
+    let stat = o.get("stat").map(|(n, p)| cx.argv(n, &p));
+    let ok_exit_codes = match o.get("ok_exit_codes") {
+        None => Some(vec![0]),
+        Some((n, p)) => match &n.value {
+            Value::Array(items) if !items.is_empty() => {
+                // Read every element (reporting each bad one) before giving up.
+                let codes: Vec<Option<i32>> = items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, it)| cx.int(it, &format!("{p}[{i}]"), 0, 255).map(|v| v as i32))
+                    .collect();
+                codes.into_iter().collect()
+            }
+            _ => {
+                cx.type_error(n, &p, "a non-empty array of exit codes");
+                None
+            }
+        },
+    };
+    let kind = TapeKind::Command {
+        gateway,
+        put: put?,
+        verify: optional(verify)?,
+        retrieve: optional(retrieve)?,
+        stat: optional(stat)?,
+        ok_exit_codes: ok_exit_codes?,
+    };
+    Some((kind, gateway_span))
+}
+
+/// `kind: "tar"`: devices, copies (at most one per device: copies are written in
+/// parallel, one drive each), batch size, the `mt` program.
+fn read_tar_tape(cx: &mut Ctx, o: &Obj<'_>) -> Option<TapeKind> {
+    let devices = o.required(cx, "devices").and_then(|(n, p)| {
+        let list = cx.string_list(n, &p)?;
+        if list.is_empty() {
+            cx.error(n.pos, &p, "no tape devices");
+            return None;
+        }
+        let mut out = Vec::new();
+        for (s, pos, dp) in list {
+            if s.starts_with('/') {
+                out.push(PathBuf::from(s));
+            } else {
+                cx.error(
+                    pos,
+                    &dp,
+                    format!("tape device {s:?} must be an absolute path"),
+                );
+            }
+        }
+        Some(out)
+    });
+    let copies = o.get("copies").map(|(n, p)| (cx.count(n, &p, 1), n.pos, p));
+    let batch_size = o
+        .get("batch_size")
+        .map(|(n, p)| cx.size(n, &p))
+        .unwrap_or(Some(100_000_000_000));
+    let mt = o
+        .get("mt")
+        .map(|(n, p)| cx.argv(n, &p))
+        .unwrap_or_else(|| Some(vec!["mt".into()]));
+    let devices = devices?;
+    let drives = u32::try_from(devices.len()).unwrap_or(u32::MAX);
+    let copies = match copies {
+        None => drives,
+        Some((c, pos, p)) => {
+            let c = c?;
+            if c > drives {
+                cx.error(
+                    pos,
+                    &p,
+                    format!("{c} copies need {c} drives, but only {drives} device(s) are listed"),
+                );
+                return None;
+            }
+            c
+        }
+    };
+    Some(TapeKind::Tar {
+        devices,
+        copies,
+        batch_size: batch_size?,
+        mt: mt?,
+    })
 }
 
 /// An optional setting after reading: absent (`None`) is fine and stays `Some(None)`;
