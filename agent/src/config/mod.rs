@@ -366,6 +366,29 @@ mod tests {
     }
 
     #[test]
+    fn link_named_by_both_ends_or_twice_warns() {
+        let text = r#"{"version": 1, "sites": [
+            {"name": "a", "origin": true, "data_dirs": {"raw": "/r"}, "push_to": ["b", "b"]},
+            {"name": "b", "data_dirs": {"raw": "/r"}, "pull_from": ["a"]}]}"#;
+        let l = parse_str(text, Path::new("m.json"), &LoadOptions::default()).unwrap();
+        let shown: Vec<String> = l.warnings.iter().map(|w| w.to_string()).collect();
+        assert_eq!(shown.len(), 2, "{shown:?}");
+        assert!(
+            shown[0].starts_with(
+                "m.json:2:88: warning: sites[0].push_to[1]: site \"b\" is listed twice"
+            ),
+            "{shown:?}"
+        );
+        assert!(
+            shown[1].starts_with(
+                "m.json:3:69: warning: sites[1].pull_from[0]: \"a\" already pushes to \"b\""
+            ),
+            "{shown:?}"
+        );
+        assert_eq!(l.map.site("a").unwrap().push_to, ["b"]);
+    }
+
+    #[test]
     fn non_utf8_file_reported_with_position() {
         let dir = std::env::temp_dir().join(format!("ferry-cfg-utf8-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -828,13 +828,15 @@ pub(crate) fn finish(cx: &mut Ctx, draft: &mut Draft) {
             seen.insert(site.name.clone(), spans.name.clone());
         }
     }
-    let methods: HashMap<String, TransferMethod> = draft
-        .sites
-        .iter()
-        .map(|(s, _)| (s.name.clone(), s.method.clone()))
-        .collect();
-    let names: Vec<String> = draft.sites.iter().map(|(s, _)| s.name.clone()).collect();
-    let legacy = draft.legacy;
+    let peers = Peers {
+        names: draft.sites.iter().map(|(s, _)| s.name.clone()).collect(),
+        methods: draft
+            .sites
+            .iter()
+            .map(|(s, _)| (s.name.clone(), s.method.clone()))
+            .collect(),
+        legacy: draft.legacy,
+    };
     for (site, spans) in &mut draft.sites {
         for (list, list_spans, verb) in [
             (&mut site.push_to, &mut spans.push_to, "push to"),
@@ -843,24 +845,39 @@ pub(crate) fn finish(cx: &mut Ctx, draft: &mut Draft) {
             let mut keep = Vec::new();
             let mut keep_spans = Vec::new();
             for (peer, span) in list.iter().zip(list_spans.iter()) {
-                let ok = check_link(
-                    cx,
-                    &site.name,
-                    &site.method,
-                    peer,
-                    span,
-                    verb,
-                    &methods,
-                    &names,
-                    legacy,
-                );
-                if ok {
+                if keep.contains(peer) {
+                    cx.warn(
+                        span.pos,
+                        &span.path,
+                        format!("site {peer:?} is listed twice"),
+                    );
+                } else if peers.check(cx, &site.name, &site.method, peer, span, verb) {
                     keep.push(peer.clone());
                     keep_spans.push(span.clone());
                 }
             }
             *list = keep;
             *list_spans = keep_spans;
+        }
+    }
+    // The same copy direction named by both ends: harmless (the catalogue's leases stop
+    // two agents copying one run), but one of the two entries is surely a mistake.
+    for (site, spans) in &draft.sites {
+        for (from, span) in site.pull_from.iter().zip(&spans.pull_from) {
+            let pushed = draft
+                .sites
+                .iter()
+                .any(|(s, _)| &s.name == from && s.push_to.contains(&site.name));
+            if pushed {
+                cx.warn(
+                    span.pos,
+                    &span.path,
+                    format!(
+                        "{from:?} already pushes to {:?}; both agents would copy over this link",
+                        site.name
+                    ),
+                );
+            }
         }
     }
     let mut tape_seen: HashMap<String, Span> = HashMap::new();
@@ -885,12 +902,12 @@ pub(crate) fn finish(cx: &mut Ctx, draft: &mut Draft) {
                 Some(gs),
             ) = (&tape.kind, gw_span)
             {
-                match methods.get(g) {
+                match peers.methods.get(g) {
                     None => cx.error_hint(
                         gs.pos,
                         &gs.path,
                         format!("unknown gateway site {g:?}"),
-                        did_you_mean(g, names.iter().map(String::as_str)),
+                        did_you_mean(g, peers.names.iter().map(String::as_str)),
                     ),
                     Some(TransferMethod::Unsupported(m)) => cx.error(
                         gs.pos,
@@ -903,7 +920,7 @@ pub(crate) fn finish(cx: &mut Ctx, draft: &mut Draft) {
         }
     }
     // (Skipped when there are errors: a bad "origin" value reads as false.)
-    if !legacy
+    if !peers.legacy
         && !cx.has_errors()
         && !draft.sites.is_empty()
         && !draft.sites.iter().any(|(s, _)| s.origin)
@@ -916,68 +933,78 @@ pub(crate) fn finish(cx: &mut Ctx, draft: &mut Draft) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn check_link(
-    cx: &mut Ctx,
-    site: &str,
-    site_method: &TransferMethod,
-    peer: &str,
-    span: &Span,
-    verb: &str,
-    methods: &HashMap<String, TransferMethod>,
-    names: &[String],
+/// What the link checks need to know about every site.
+struct Peers {
+    /// Site names in file order (for did-you-mean).
+    names: Vec<String>,
+    methods: HashMap<String, TransferMethod>,
     legacy: bool,
-) -> bool {
-    if peer == site {
-        cx.error(
-            span.pos,
-            &span.path,
-            format!("site {site:?} cannot {verb} itself"),
-        );
-        return false;
-    }
-    match methods.get(peer) {
-        None => {
-            cx.error_hint(
-                span.pos,
-                &span.path,
-                format!("unknown site {peer:?}"),
-                did_you_mean(peer, names.iter().map(String::as_str)),
-            );
-            false
-        }
-        Some(TransferMethod::Unsupported(m)) if legacy && m == "tsm" => {
-            cx.warn(
-                span.pos,
-                &span.path,
-                format!(
-                    "{peer:?} is cax's TSM tape entry, not a transfer peer; link dropped \
-                     (configure TSM as a \"command\" tape backend running dsmc)"
-                ),
-            );
-            false
-        }
-        Some(TransferMethod::Unsupported(m)) => {
+}
+
+impl Peers {
+    /// Checks one entry of `site`'s `push_to` / `pull_from`; `false` drops the link.
+    fn check(
+        &self,
+        cx: &mut Ctx,
+        site: &str,
+        site_method: &TransferMethod,
+        peer: &str,
+        span: &Span,
+        verb: &str,
+    ) -> bool {
+        if peer == site {
             cx.error(
                 span.pos,
                 &span.path,
-                format!(
-                    "site {peer:?} uses method {m:?}, which Ferry does not implement; it cannot be a transfer peer"
-                ),
+                format!("site {site:?} cannot {verb} itself"),
             );
-            false
+            return false;
         }
-        Some(TransferMethod::Local) if *site_method != TransferMethod::Local => {
-            cx.error(
-                span.pos,
-                &span.path,
-                format!(
-                    "site {peer:?} uses method \"local\" (same machine), so only sites with method \"local\" can {verb} it; {site:?} uses {site_method}"
-                ),
-            );
-            false
+        match self.methods.get(peer) {
+            None => {
+                cx.error_hint(
+                    span.pos,
+                    &span.path,
+                    format!("unknown site {peer:?}"),
+                    did_you_mean(peer, self.names.iter().map(String::as_str)),
+                );
+                false
+            }
+            Some(TransferMethod::Unsupported(m)) if self.legacy && m == "tsm" => {
+                cx.warn(
+                    span.pos,
+                    &span.path,
+                    format!(
+                        "{peer:?} is cax's TSM tape entry, not a transfer peer; link dropped \
+                         (configure TSM as a \"command\" tape backend running dsmc)"
+                    ),
+                );
+                false
+            }
+            Some(TransferMethod::Unsupported(m)) => {
+                cx.error(
+                    span.pos,
+                    &span.path,
+                    format!(
+                        "site {peer:?} uses method {m:?}, which Ferry does not implement; \
+                         it cannot be a transfer peer"
+                    ),
+                );
+                false
+            }
+            Some(TransferMethod::Local) if *site_method != TransferMethod::Local => {
+                cx.error(
+                    span.pos,
+                    &span.path,
+                    format!(
+                        "site {peer:?} uses method \"local\" (same machine), so only sites with \
+                         method \"local\" can {verb} it; {site:?} uses {site_method}"
+                    ),
+                );
+                false
+            }
+            Some(_) => true,
         }
-        Some(_) => true,
     }
 }
 
