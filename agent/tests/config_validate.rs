@@ -355,6 +355,24 @@ fn three_distinct_problems_are_all_reported() {
 }
 
 #[test]
+fn json_output_lists_diagnostics_with_places() {
+    let text = good_with("\"push_to\": [\"mirror\"]", "\"push_to\": [\"mirorr\"]");
+    let (dir, path) = write_map("site-map.json", &text);
+    let o = validate(&path, &["--json"], dir.path());
+    assert_eq!(o.code, 2);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(v["valid"], false);
+    let d = &v["diagnostics"][0];
+    assert_eq!(d["severity"], "error");
+    assert_eq!(
+        (d["line"].as_u64(), d["column"].as_u64()),
+        (Some(6), Some(53))
+    );
+    assert_eq!(d["path"], "sites[0].push_to[0]");
+    assert_eq!(d["suggestion"], "did you mean \"mirror\"?");
+}
+
+#[test]
 fn missing_config_is_a_usage_error() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_ferry"))

@@ -465,6 +465,15 @@ mod tests {
     }
 
     #[test]
+    fn astral_characters_are_one_column() {
+        let n = parse("{\"😀\": 1,\r\n \"b\": \"\u{1F600}\"}").unwrap();
+        let Value::Object(m) = n.value else { panic!() };
+        assert_eq!(m[0].value.pos, lc(1, 7));
+        assert_eq!(m[1].key_pos, lc(2, 2));
+        assert_eq!(m[1].value.value, Value::String("😀".into()));
+    }
+
+    #[test]
     fn duplicate_keys_kept_in_order() {
         let n = parse("{\"a\": 1,\n \"a\": 2}").unwrap();
         let Value::Object(m) = n.value else { panic!() };
