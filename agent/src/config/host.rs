@@ -135,38 +135,34 @@ fn check_peer_ssh(
         }
     }
     if !found && settings.identity_source == SettingSource::Default {
-        let tried: Vec<String> = settings
-            .identity_files
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
         cx.warn(
             pos,
             path,
             format!(
                 "no identity file for site {name:?}: none of {} exists; an ssh-agent must hold the key",
-                tried.join(", ")
+                list(&settings.identity_files)
             ),
         );
     }
     if settings.host_key_policy == HostKeyPolicy::Strict
         && !settings.known_hosts.iter().any(|k| k.is_file())
     {
-        let files: Vec<String> = settings
-            .known_hosts
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
         cx.warn(
             spans.site.pos,
             &spans.site.path,
             format!(
                 "no known_hosts file ({}) and StrictHostKeyChecking yes: connecting to {name:?} \
                  will be refused until its host key is recorded (ssh-keyscan, or \"accept-new\")",
-                files.join(", ")
+                list(&settings.known_hosts)
             ),
         );
     }
+}
+
+/// `a, b, c` for messages.
+fn list(paths: &[PathBuf]) -> String {
+    let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    shown.join(", ")
 }
 
 /// Creates and removes a file in `dir`: the only reliable test that this user can write
