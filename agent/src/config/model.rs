@@ -276,7 +276,7 @@ pub struct Limits {
     pub transfers_per_link: u32,
     /// Runs copied at once by this agent over all links [default 4].
     pub global_transfers: u32,
-    /// Bytes per second per link; `None` = unlimited [default].
+    /// Bytes per second per link; `None` = unlimited (the default).
     pub bandwidth_per_link: Option<u64>,
 }
 
