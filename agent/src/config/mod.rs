@@ -269,6 +269,11 @@ mod tests {
         );
         assert_eq!(mirror.tape[0].kind.name(), "directory");
         assert_eq!(l.map.links().len(), 1);
+        assert_eq!(
+            daq.data_dir("raw"),
+            Some(Path::new("/tmp/ferry-demo/daq/raw"))
+        );
+        assert_eq!(daq.data_dir("processed"), None);
         assert!(l.map.site("nowhere").is_none());
     }
 

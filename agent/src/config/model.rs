@@ -145,6 +145,11 @@ pub struct Site {
 }
 
 impl Site {
+    /// The data directory for a data type (`raw`, `processed`, …), if this site has one.
+    pub fn data_dir(&self, data_type: &str) -> Option<&std::path::Path> {
+        self.data_dirs.get(data_type).map(PathBuf::as_path)
+    }
+
     /// Whether other sites can copy to or from this site.
     pub fn is_transfer_peer(&self) -> bool {
         !matches!(self.method, TransferMethod::Unsupported(_))
