@@ -520,6 +520,24 @@ fn host_local_identity_file_from_ssh_config_too_open() {
 }
 
 #[test]
+fn host_local_tape_directory_and_device_missing() {
+    let h = HostFixture::new(true, Some(0o600));
+    let tape = r#""tape": [{"name": "t-dir", "kind": "directory", "path": "/nonexistent/ferry-tape"},
+                 {"name": "t-tar", "kind": "tar", "devices": ["/nonexistent/nst0"]}],"#;
+    let map = h.map(&h.data, Some(&h.key)).replacen(
+        "\"origin\": true,",
+        &format!("\"origin\": true, {tape}"),
+        1,
+    );
+    let (path, o) = h.validate(&map);
+    let expect = [
+        ":4:89: error: sites[0].tape[0]: tape backend \"t-dir\": directory /nonexistent/ferry-tape does not exist on this host",
+        ":5:18: error: sites[0].tape[1]: tape backend \"t-tar\": device /nonexistent/nst0 does not exist on this host",
+    ];
+    check_rejected("tape directory and device missing", &path, &o, &expect);
+}
+
+#[test]
 fn host_unknown_site_lists_known_sites() {
     let (dir, path) = write_map("site-map.json", GOOD);
     let o = validate(&path, &["--host", "mirorr"], dir.path());

@@ -1,6 +1,7 @@
 //! Checks that only make sense on the machine of the site the agent runs as (`--host`):
-//! its data directories exist and are writable, and the private keys it will use to reach
-//! its SFTP peers exist and are private (refused as OpenSSH refuses them).
+//! its data directories (and `directory` tape roots) exist and are writable, its `tar`
+//! tape devices exist, and the private keys it will use to reach its SFTP peers exist and
+//! are private (refused as OpenSSH refuses them).
 //!
 //! Everything else in the site map is shared by all sites and checked everywhere; these
 //! checks run only when a host is named, so the examples validate on any machine.
@@ -31,6 +32,7 @@ pub(crate) fn check_host(cx: &mut Ctx, draft: &Draft, host: &str, ssh: &SshEnvir
         return;
     };
     check_data_dirs(cx, site, spans);
+    check_local_tape(cx, site, spans);
     // The SFTP peers this agent logs into: its links and its tape gateways, each once.
     let gateways = site.tape.iter().filter_map(|t| match &t.kind {
         TapeKind::Command {
@@ -60,20 +62,62 @@ fn check_data_dirs(cx: &mut Ctx, site: &Site, spans: &SiteSpans) {
         let Some(span) = spans.data_dirs.get(kind) else {
             continue;
         };
-        let problem = match std::fs::metadata(dir) {
-            Err(e) => Some(format!("does not exist on this host ({e})")),
-            Ok(m) if !m.is_dir() => Some("is not a directory".to_string()),
-            Ok(_) => probe_writable(dir)
-                .err()
-                .map(|e| format!("is not writable by this user ({e})")),
-        };
-        if let Some(problem) = problem {
+        if let Some(problem) = writable_dir_problem(dir) {
             cx.error(
                 span.pos,
                 &span.path,
                 format!("data directory {} {problem}", dir.display()),
             );
         }
+    }
+}
+
+/// Tape backends that live on this machine: a `directory` backend's root is a writable
+/// directory; a `tar` backend's devices exist. (`command` backends are checked when they
+/// run: their programs may exist only on a gateway.)
+fn check_local_tape(cx: &mut Ctx, site: &Site, spans: &SiteSpans) {
+    for (tape, tspans) in site.tape.iter().zip(&spans.tape) {
+        let at = &tspans.item;
+        match &tape.kind {
+            TapeKind::Directory { path } => {
+                if let Some(problem) = writable_dir_problem(path) {
+                    cx.error(
+                        at.pos,
+                        &at.path,
+                        format!(
+                            "tape backend {:?}: directory {} {problem}",
+                            tape.name,
+                            path.display()
+                        ),
+                    );
+                }
+            }
+            TapeKind::Tar { devices, .. } => {
+                for dev in devices.iter().filter(|d| !d.exists()) {
+                    cx.error(
+                        at.pos,
+                        &at.path,
+                        format!(
+                            "tape backend {:?}: device {} does not exist on this host",
+                            tape.name,
+                            dev.display()
+                        ),
+                    );
+                }
+            }
+            TapeKind::Command { .. } => {}
+        }
+    }
+}
+
+/// Why `dir` cannot take new files, if it cannot.
+fn writable_dir_problem(dir: &Path) -> Option<String> {
+    match std::fs::metadata(dir) {
+        Err(e) => Some(format!("does not exist on this host ({e})")),
+        Ok(m) if !m.is_dir() => Some("is not a directory".to_string()),
+        Ok(_) => probe_writable(dir)
+            .err()
+            .map(|e| format!("is not writable by this user ({e})")),
     }
 }
 

@@ -32,8 +32,16 @@ pub(crate) struct SiteSpans {
     pub pull_from: Vec<Span>,
     pub data_dirs: BTreeMap<String, Span>,
     pub identity_file: Option<Span>,
-    /// Per tape backend: its name and, for `command`, its gateway.
-    pub tape: Vec<(Span, Option<Span>)>,
+    /// Per tape backend: the entry, its name and, for `command`, its gateway.
+    pub tape: Vec<TapeSpans>,
+}
+
+/// Where a tape backend was written.
+#[derive(Debug, Clone)]
+pub(crate) struct TapeSpans {
+    pub item: Span,
+    pub name: Span,
+    pub gateway: Option<Span>,
 }
 
 /// A site map read from either format, before the cross-site checks.
@@ -635,11 +643,7 @@ fn read_limits(cx: &mut Ctx, node: &Node, path: &str) -> Option<Limits> {
     })
 }
 
-fn read_tape(
-    cx: &mut Ctx,
-    node: &Node,
-    path: &str,
-) -> Option<(TapeBackendConfig, (Span, Option<Span>))> {
+fn read_tape(cx: &mut Ctx, node: &Node, path: &str) -> Option<(TapeBackendConfig, TapeSpans)> {
     // Peek at `kind` first, so unknown keys are judged against that kind's settings.
     let kind = match &node.value {
         Value::Object(members) => members
@@ -696,7 +700,15 @@ fn read_tape(
         }
     };
     let (name, name_span) = name?;
-    Some((TapeBackendConfig { name, kind }, (name_span, gateway_span)))
+    let spans = TapeSpans {
+        item: Span {
+            pos: node.pos,
+            path: path.to_string(),
+        },
+        name: name_span,
+        gateway: gateway_span,
+    };
+    Some((TapeBackendConfig { name, kind }, spans))
 }
 
 /// `kind: "command"`: argv templates, an optional gateway site (checked in [`finish`]).
@@ -882,7 +894,8 @@ pub(crate) fn finish(cx: &mut Ctx, draft: &mut Draft) {
     }
     let mut tape_seen: HashMap<String, Span> = HashMap::new();
     for (site, spans) in &draft.sites {
-        for (tape, (name_span, gw_span)) in site.tape.iter().zip(&spans.tape) {
+        for (tape, tape_spans) in site.tape.iter().zip(&spans.tape) {
+            let (name_span, gw_span) = (&tape_spans.name, &tape_spans.gateway);
             if let Some(first) = tape_seen.get(&tape.name) {
                 cx.error(
                     name_span.pos,
