@@ -481,7 +481,10 @@ mod tests {
         assert_eq!(n.value, Value::String("a\né😀/".into()));
         assert!(parse(r#""\ud83d""#).is_err());
         assert!(parse(r#""\udc00""#).is_err(), "a lone low surrogate");
-        assert!(parse(r#""\ud83d\u0041""#).is_err(), "a high surrogate with a non-low one");
+        assert!(
+            parse(r#""\ud83d\u0041""#).is_err(),
+            "a high surrogate with a non-low one"
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
+    /// No diagnostics yet, for `file`.
     pub fn new(file: &Path) -> Self {
         Self {
             file: file.to_path_buf(),
@@ -29,6 +30,7 @@ impl Ctx {
         }
     }
 
+    /// Records a diagnostic (an empty `path` means "no JSON path").
     pub fn push(
         &mut self,
         severity: Severity,
@@ -49,10 +51,12 @@ impl Ctx {
         });
     }
 
+    /// Records an error at a value.
     pub fn error(&mut self, pos: LineCol, path: &str, message: impl Into<String>) {
         self.push(Severity::Error, Some(pos), path, message, None);
     }
 
+    /// Records an error with a suggested fix.
     pub fn error_hint(
         &mut self,
         pos: LineCol,
@@ -63,10 +67,12 @@ impl Ctx {
         self.push(Severity::Error, Some(pos), path, message, hint);
     }
 
+    /// Records a warning at a value.
     pub fn warn(&mut self, pos: LineCol, path: &str, message: impl Into<String>) {
         self.push(Severity::Warning, Some(pos), path, message, None);
     }
 
+    /// Whether any error (not warning) was recorded.
     pub fn has_errors(&self) -> bool {
         self.diags.iter().any(Diagnostic::is_error)
     }
