@@ -409,6 +409,42 @@ mod tests {
     }
 
     #[test]
+    fn ssh_config_option_is_used_for_host_checks() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("ferry-cfg-ssh-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("raw")).unwrap();
+        let key = dir.join("k");
+        std::fs::write(&key, "k").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o604)).unwrap();
+        let ssh_config = dir.join("ssh_config");
+        std::fs::write(
+            &ssh_config,
+            format!("Host m\n  IdentityFile {}\n", key.display()),
+        )
+        .unwrap();
+        let text = format!(
+            r#"{{"version": 1, "sites": [
+                {{"name": "a", "origin": true, "data_dirs": {{"raw": "{}"}}, "push_to": ["m"]}},
+                {{"name": "m", "strict_host_key_checking": "accept-new"}}]}}"#,
+            dir.join("raw").display()
+        );
+        let opts = LoadOptions {
+            host: Some("a".into()),
+            ssh_config: Some(ssh_config),
+        };
+        let e = parse_str(&text, Path::new("m.json"), &opts).unwrap_err();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let shown = e.to_string();
+        assert!(
+            shown.contains(
+                "m.json:3:17: error: sites[1]: UNPROTECTED PRIVATE KEY FILE: permissions 0604"
+            ),
+            "{shown}"
+        );
+        assert_eq!(e.diagnostics().len(), 1, "{shown}");
+    }
+
+    #[test]
     fn missing_file_is_an_io_error() {
         let e = load(
             Path::new("/nonexistent/site-map.json"),
