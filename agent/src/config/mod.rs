@@ -444,6 +444,50 @@ mod tests {
         assert_eq!(e.diagnostics().len(), 1, "{shown}");
     }
 
+    fn diagnostics_of(text: &str) -> Vec<String> {
+        match parse_str(text, Path::new("m.json"), &LoadOptions::default()) {
+            Ok(l) => l.warnings.iter().map(|d| d.to_string()).collect(),
+            Err(e) => e.diagnostics().iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    /// Regression: a bad "origin" value read as false and also warned "no site has origin".
+    #[test]
+    fn bad_origin_value_is_reported_once() {
+        let d = diagnostics_of(
+            r#"{"version": 1, "sites": [{"name": "a", "origin": "yes", "data_dirs": {"raw": "/r"}}]}"#,
+        );
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(
+            d[0].contains("sites[0].origin: expected true or false"),
+            "{d:?}"
+        );
+    }
+
+    /// Regression: a relative data directory on an origin site was also reported as "an
+    /// origin site needs at least one data directory".
+    #[test]
+    fn relative_data_dir_is_reported_once() {
+        let d = diagnostics_of(
+            r#"{"version": 1, "sites": [{"name": "a", "origin": true, "data_dirs": {"raw": "r"}}]}"#,
+        );
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(
+            d[0].contains("sites[0].data_dirs.raw: data directory \"r\" is relative"),
+            "{d:?}"
+        );
+    }
+
+    /// Regression: a one-letter unknown site got "did you mean" the other one-letter site.
+    #[test]
+    fn one_letter_site_names_get_no_suggestion() {
+        let d = diagnostics_of(
+            r#"{"version": 1, "sites": [{"name": "a", "origin": true, "data_dirs": {"raw": "/r"}, "push_to": ["b"]}]}"#,
+        );
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(d[0].ends_with("unknown site \"b\""), "{d:?}");
+    }
+
     #[test]
     fn missing_file_is_an_io_error() {
         let e = load(
