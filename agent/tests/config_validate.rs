@@ -230,6 +230,11 @@ fn bad_cases() -> Vec<Bad> {
         bad("duplicate tape backend names",
             good_with("\"name\": \"mirror\",", "\"name\": \"mirror\", \"tape\": [{\"name\": \"t1\", \"kind\": \"directory\", \"path\": \"/tape\"}, {\"name\": \"t1\", \"kind\": \"tar\", \"devices\": [\"/dev/nst0\"]}],"),
             &["sites[1].tape[1].name: duplicate tape backend name \"t1\" (first at sites[1].tape[0].name)"]),
+        bad(
+            "more tar copies than drives",
+            good_with("\"name\": \"mirror\",", "\"name\": \"mirror\", \"tape\": [{\"name\": \"t1\", \"kind\": \"tar\", \"devices\": [\"/dev/nst0\"], \"copies\": 2}],"),
+            &["sites[1].tape[0].copies: 2 copies need 2 drives, but only 1 device(s) are listed"],
+        ),
         bad("unknown tape kind", good_with("\"name\": \"mirror\",", "\"name\": \"mirror\", \"tape\": [{\"name\": \"t1\", \"kind\": \"tsm\"}],"), &["sites[1].tape[0].kind: unknown tape backend kind \"tsm\"; known: directory, command, tar"]),
         bad("tape backend missing its required key", good_with("\"name\": \"mirror\",", "\"name\": \"mirror\", \"tape\": [{\"name\": \"t1\", \"kind\": \"command\"}],"), &["sites[1].tape[0]: missing required key \"put\""]),
         bad("unknown tape gateway", good_with("\"name\": \"mirror\",", "\"name\": \"mirror\", \"tape\": [{\"name\": \"t1\", \"kind\": \"command\", \"gateway\": \"ifram\", \"put\": [\"jput\", \"{file}\"]}],"), &["sites[1].tape[0].gateway: unknown gateway site \"ifram\""]),
@@ -350,6 +355,24 @@ fn three_distinct_problems_are_all_reported() {
 }
 
 #[test]
+fn json_output_lists_diagnostics_with_places() {
+    let text = good_with("\"push_to\": [\"mirror\"]", "\"push_to\": [\"mirorr\"]");
+    let (dir, path) = write_map("site-map.json", &text);
+    let o = validate(&path, &["--json"], dir.path());
+    assert_eq!(o.code, 2);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(v["valid"], false);
+    let d = &v["diagnostics"][0];
+    assert_eq!(d["severity"], "error");
+    assert_eq!(
+        (d["line"].as_u64(), d["column"].as_u64()),
+        (Some(6), Some(53))
+    );
+    assert_eq!(d["path"], "sites[0].push_to[0]");
+    assert_eq!(d["suggestion"], "did you mean \"mirror\"?");
+}
+
+#[test]
 fn missing_config_is_a_usage_error() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
@@ -426,6 +449,12 @@ fn host_local_checks_pass_on_a_prepared_host() {
         "{}",
         o.stdout
     );
+    assert!(
+        o.stdout
+            .contains(":6:5: warning: sites[1]: no known_hosts file"),
+        "{}",
+        o.stdout
+    );
     // Without --host the same map is valid on any machine, whatever is on this one.
     fs::remove_dir(&h.data).unwrap();
     assert_eq!(validate(&path, &[], h.home.path()).code, 0);
@@ -488,6 +517,24 @@ fn host_local_identity_file_from_ssh_config_too_open() {
         "key' (IdentityFile from the SSH config)",
     ];
     check_rejected("identity file from ssh config 0640", &path, &o, &expect);
+}
+
+#[test]
+fn host_local_tape_directory_and_device_missing() {
+    let h = HostFixture::new(true, Some(0o600));
+    let tape = r#""tape": [{"name": "t-dir", "kind": "directory", "path": "/nonexistent/ferry-tape"},
+                 {"name": "t-tar", "kind": "tar", "devices": ["/nonexistent/nst0"]}],"#;
+    let map = h.map(&h.data, Some(&h.key)).replacen(
+        "\"origin\": true,",
+        &format!("\"origin\": true, {tape}"),
+        1,
+    );
+    let (path, o) = h.validate(&map);
+    let expect = [
+        ":4:89: error: sites[0].tape[0]: tape backend \"t-dir\": directory /nonexistent/ferry-tape does not exist on this host",
+        ":5:18: error: sites[0].tape[1]: tape backend \"t-tar\": device /nonexistent/nst0 does not exist on this host",
+    ];
+    check_rejected("tape directory and device missing", &path, &o, &expect);
 }
 
 #[test]

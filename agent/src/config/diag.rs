@@ -116,7 +116,7 @@ pub fn did_you_mean<'a>(
             let d = strsim::damerau_levenshtein(&lower, &c.to_ascii_lowercase());
             (d, c)
         })
-        .filter(|(d, c)| *d <= (c.chars().count() / 3).max(1))
+        .filter(|(d, c)| *d <= (c.chars().count() / 3).max(1) && *d < c.chars().count())
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| format!("did you mean \"{c}\"?"))
 }
@@ -143,6 +143,11 @@ mod tests {
     #[test]
     fn no_suggestion_for_unrelated_words() {
         assert_eq!(did_you_mean("zzzzzz", ["daq", "mirror"]), None);
+        assert_eq!(
+            did_you_mean("b", ["a"]),
+            None,
+            "one-letter names are not typos of each other"
+        );
         assert_eq!(
             did_you_mean("Hostname", ["hostname", "port"]).as_deref(),
             Some("did you mean \"hostname\"?")

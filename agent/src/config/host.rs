@@ -1,18 +1,20 @@
 //! Checks that only make sense on the machine of the site the agent runs as (`--host`):
-//! its data directories exist and are writable, and the private keys it will use to reach
-//! its SFTP peers exist and are private (refused as OpenSSH refuses them).
+//! its data directories (and `directory` tape roots) exist and are writable, its `tar`
+//! tape devices exist, and the private keys it will use to reach its SFTP peers exist and
+//! are private (refused as OpenSSH refuses them).
 //!
 //! Everything else in the site map is shared by all sites and checked everywhere; these
 //! checks run only when a host is named, so the examples validate on any machine.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::diag::did_you_mean;
-use super::model::{TapeKind, TransferMethod};
+use super::model::{HostKeyPolicy, Site, TapeKind, TransferMethod};
+use super::read::Ctx;
 use super::ssh::{SettingSource, SshEnvironment};
-use super::validate::{Ctx, Draft};
+use super::validate::{Draft, SiteSpans};
 
 /// Runs the host-local checks for site `host`.
 pub(crate) fn check_host(cx: &mut Ctx, draft: &Draft, host: &str, ssh: &SshEnvironment) {
@@ -29,129 +31,182 @@ pub(crate) fn check_host(cx: &mut Ctx, draft: &Draft, host: &str, ssh: &SshEnvir
         );
         return;
     };
+    check_data_dirs(cx, site, spans);
+    check_local_tape(cx, site, spans);
+    // The SFTP peers this agent logs into: its links and its tape gateways, each once.
+    let gateways = site.tape.iter().filter_map(|t| match &t.kind {
+        TapeKind::Command {
+            gateway: Some(g), ..
+        } if g != &site.name => Some(g),
+        _ => None,
+    });
+    let mut peers: Vec<&String> = Vec::new();
+    for p in site.push_to.iter().chain(&site.pull_from).chain(gateways) {
+        if !peers.contains(&p) {
+            peers.push(p);
+        }
+    }
+    let mut checked_keys = Vec::new();
+    for peer in peers {
+        if let Some((ps, pspans)) = draft.sites.iter().find(|(s, _)| &s.name == peer) {
+            if ps.method == TransferMethod::Sftp {
+                check_peer_ssh(cx, ps, pspans, ssh, &mut checked_keys);
+            }
+        }
+    }
+}
+
+/// Each data directory exists, is a directory, and this user can create files in it.
+fn check_data_dirs(cx: &mut Ctx, site: &Site, spans: &SiteSpans) {
     for (kind, dir) in &site.data_dirs {
         let Some(span) = spans.data_dirs.get(kind) else {
             continue;
         };
-        match std::fs::metadata(dir) {
-            Err(e) => cx.error(
+        if let Some(problem) = writable_dir_problem(dir) {
+            cx.error(
                 span.pos,
                 &span.path,
+                format!("data directory {} {problem}", dir.display()),
+            );
+        }
+    }
+}
+
+/// Tape backends that live on this machine: a `directory` backend's root is a writable
+/// directory; a `tar` backend's devices exist. (`command` backends are checked when they
+/// run: their programs may exist only on a gateway.)
+fn check_local_tape(cx: &mut Ctx, site: &Site, spans: &SiteSpans) {
+    for (tape, tspans) in site.tape.iter().zip(&spans.tape) {
+        let at = &tspans.item;
+        match &tape.kind {
+            TapeKind::Directory { path } => {
+                if let Some(problem) = writable_dir_problem(path) {
+                    cx.error(
+                        at.pos,
+                        &at.path,
+                        format!(
+                            "tape backend {:?}: directory {} {problem}",
+                            tape.name,
+                            path.display()
+                        ),
+                    );
+                }
+            }
+            TapeKind::Tar { devices, .. } => {
+                for dev in devices.iter().filter(|d| !d.exists()) {
+                    cx.error(
+                        at.pos,
+                        &at.path,
+                        format!(
+                            "tape backend {:?}: device {} does not exist on this host",
+                            tape.name,
+                            dev.display()
+                        ),
+                    );
+                }
+            }
+            TapeKind::Command { .. } => {}
+        }
+    }
+}
+
+/// Why `dir` cannot take new files, if it cannot.
+fn writable_dir_problem(dir: &Path) -> Option<String> {
+    match std::fs::metadata(dir) {
+        Err(e) => Some(format!("does not exist on this host ({e})")),
+        Ok(m) if !m.is_dir() => Some("is not a directory".to_string()),
+        Ok(_) => probe_writable(dir)
+            .err()
+            .map(|e| format!("is not writable by this user ({e})")),
+    }
+}
+
+/// The keys this agent would offer to `peer` exist and are private; its host key can be
+/// checked. Keys already checked (for another peer) are not reported twice.
+fn check_peer_ssh(
+    cx: &mut Ctx,
+    peer: &Site,
+    spans: &SiteSpans,
+    ssh: &SshEnvironment,
+    checked_keys: &mut Vec<PathBuf>,
+) {
+    let settings = ssh.resolve(peer);
+    let name = &peer.name;
+    let (pos, path) = match (&settings.identity_source, &spans.identity_file) {
+        (SettingSource::SiteMap, Some(span)) => (span.pos, span.path.as_str()),
+        _ => (spans.site.pos, spans.site.path.as_str()),
+    };
+    let origin = match settings.identity_source {
+        SettingSource::SiteMap => "",
+        SettingSource::SshConfig => " (IdentityFile from the SSH config)",
+        SettingSource::Default => " (OpenSSH default key)",
+    };
+    let mut found = false;
+    for key in &settings.identity_files {
+        if checked_keys.contains(key) {
+            found = true;
+            continue;
+        }
+        match std::fs::metadata(key) {
+            // OpenSSH skips missing default keys silently; a named key must exist.
+            Err(_) if settings.identity_source == SettingSource::Default => {}
+            Err(e) => cx.error(
+                pos,
+                path,
                 format!(
-                    "data directory {} does not exist on this host ({e})",
-                    dir.display()
+                    "identity file {}{origin} for site {name:?} cannot be read: {e}",
+                    key.display()
                 ),
             ),
-            Ok(m) if !m.is_dir() => cx.error(
-                span.pos,
-                &span.path,
-                format!("data directory {} is not a directory", dir.display()),
-            ),
-            Ok(_) => {
-                if let Err(e) = probe_writable(dir) {
-                    cx.error(
-                        span.pos,
-                        &span.path,
+            Ok(m) => {
+                found = true;
+                checked_keys.push(key.clone());
+                let mode = m.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    cx.error_hint(
+                        pos,
+                        path,
                         format!(
-                            "data directory {} is not writable by this user ({e})",
-                            dir.display()
+                            "UNPROTECTED PRIVATE KEY FILE: permissions {mode:04o} for '{}'{origin} \
+                             are too open; it must not be accessible by group or others \
+                             (OpenSSH refuses such a key)",
+                            key.display()
                         ),
+                        Some(format!("chmod 600 {}", key.display())),
                     );
                 }
             }
         }
     }
-    // The SFTP peers this agent will log into: its links and its tape gateways.
-    let mut peers: Vec<&str> = site
-        .push_to
-        .iter()
-        .chain(&site.pull_from)
-        .map(String::as_str)
-        .collect();
-    for t in &site.tape {
-        if let TapeKind::Command {
-            gateway: Some(g), ..
-        } = &t.kind
-        {
-            if g != &site.name {
-                peers.push(g);
-            }
-        }
+    if !found && settings.identity_source == SettingSource::Default {
+        cx.warn(
+            pos,
+            path,
+            format!(
+                "no identity file for site {name:?}: none of {} exists; an ssh-agent must hold the key",
+                list(&settings.identity_files)
+            ),
+        );
     }
-    peers.dedup();
-    let mut checked = Vec::new();
-    for peer in peers {
-        let Some((ps, pspans)) = draft.sites.iter().find(|(s, _)| s.name == peer) else {
-            continue;
-        };
-        if ps.method != TransferMethod::Sftp {
-            continue;
-        }
-        let settings = ssh.resolve(ps);
-        let (pos, path) = match (&settings.identity_source, &pspans.identity_file) {
-            (SettingSource::SiteMap, Some(span)) => (span.pos, span.path.clone()),
-            _ => (pspans.site.pos, pspans.site.path.clone()),
-        };
-        let origin = match settings.identity_source {
-            SettingSource::SiteMap => "",
-            SettingSource::SshConfig => " (IdentityFile from the SSH config)",
-            SettingSource::Default => " (OpenSSH default key)",
-        };
-        let mut found = false;
-        for key in &settings.identity_files {
-            if checked.contains(key) {
-                found = true;
-                continue;
-            }
-            match std::fs::metadata(key) {
-                Err(e) => {
-                    if settings.identity_source != SettingSource::Default {
-                        cx.error(
-                            pos,
-                            &path,
-                            format!(
-                                "identity file {}{origin} for site {peer:?} cannot be read: {e}",
-                                key.display()
-                            ),
-                        );
-                    }
-                }
-                Ok(m) => {
-                    found = true;
-                    let mode = m.permissions().mode() & 0o777;
-                    if mode & 0o077 != 0 {
-                        cx.error_hint(
-                            pos,
-                            &path,
-                            format!(
-                                "UNPROTECTED PRIVATE KEY FILE: permissions {mode:04o} for '{}'{origin} \
-                                 are too open; it must not be accessible by group or others \
-                                 (OpenSSH refuses such a key)",
-                                key.display()
-                            ),
-                            Some(format!("chmod 600 {}", key.display())),
-                        );
-                    }
-                    checked.push(key.clone());
-                }
-            }
-        }
-        if !found && settings.identity_source == SettingSource::Default {
-            cx.warn(
-                pos,
-                &path,
-                format!(
-                    "no identity file for site {peer:?}: none of {} exists; an ssh-agent must hold the key",
-                    settings
-                        .identity_files
-                        .iter()
-                        .map(|p| p.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            );
-        }
+    if settings.host_key_policy == HostKeyPolicy::Strict
+        && !settings.known_hosts.iter().any(|k| k.is_file())
+    {
+        cx.warn(
+            spans.site.pos,
+            &spans.site.path,
+            format!(
+                "no known_hosts file ({}) and StrictHostKeyChecking yes: connecting to {name:?} \
+                 will be refused until its host key is recorded (ssh-keyscan, or \"accept-new\")",
+                list(&settings.known_hosts)
+            ),
+        );
     }
+}
+
+/// `a, b, c` for messages.
+fn list(paths: &[PathBuf]) -> String {
+    let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    shown.join(", ")
 }
 
 /// Creates and removes a file in `dir`: the only reliable test that this user can write

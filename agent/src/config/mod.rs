@@ -6,6 +6,7 @@
 //!
 //! ```text
 //! raw.rs       text → JSON tree that keeps positions and duplicate keys
+//! read.rs      typed reading of that tree, collecting diagnostics (shared by both formats)
 //! validate.rs  Ferry's format → Draft; cross-site checks (names, links, tape backends)
 //! legacy.rs    legacy cax.json → the same Draft, with warnings for what does not map
 //! host.rs      checks local to the site the agent runs as (--host): data dirs, keys
@@ -22,6 +23,7 @@ mod host;
 mod legacy;
 mod model;
 mod raw;
+mod read;
 mod ssh;
 mod validate;
 
@@ -38,7 +40,7 @@ pub use ssh::{SettingSource, SshConfigError, SshEnvironment, SshSettings};
 pub use validate::FORMAT_VERSION;
 
 use raw::Value;
-use validate::Ctx;
+use read::Ctx;
 
 /// What to check beyond the shared part of the site map.
 #[derive(Debug, Clone, Default)]
@@ -223,4 +225,280 @@ pub fn parse_str(text: &str, file: &Path, opts: &LoadOptions) -> Result<Loaded, 
         warnings: cx.diags,
         format,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn example(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(name)
+    }
+
+    fn load_ok(name: &str) -> Loaded {
+        load(&example(name), &LoadOptions::default())
+            .unwrap_or_else(|e| panic!("{name} does not load:\n{e}"))
+    }
+
+    #[test]
+    fn demo_map_has_documented_defaults() {
+        let l = load_ok("site-configs/demo-local.json");
+        assert_eq!(l.format, SourceFormat::Ferry);
+        let c = l.map.catalog.as_ref().unwrap();
+        assert_eq!(c.uri, "sqlite:/tmp/ferry-demo/catalog.sqlite");
+        assert_eq!(
+            (c.database.as_str(), c.collection.as_str()),
+            ("run", "runs")
+        );
+        assert_eq!(c.password, PasswordSource::None);
+        let daq = l.map.site("daq").unwrap();
+        assert!(daq.origin);
+        assert_eq!(daq.method, TransferMethod::Local);
+        assert_eq!(
+            daq.completion,
+            CompletionRule::Marker("RUN_COMPLETE".into())
+        );
+        assert_eq!(daq.purge.retention, Duration::from_secs(60));
+        let mirror = l.map.site("mirror").unwrap();
+        assert_eq!(mirror.purge, PurgePolicy::default());
+        assert_eq!(mirror.limits, Limits::default());
+        assert_eq!(
+            mirror.completion,
+            CompletionRule::QuietPeriod(Duration::from_secs(600))
+        );
+        assert_eq!(mirror.tape[0].kind.name(), "directory");
+        assert_eq!(l.map.links().len(), 1);
+        assert_eq!(
+            daq.data_dir("raw"),
+            Some(Path::new("/tmp/ferry-demo/daq/raw"))
+        );
+        assert_eq!(daq.data_dir("processed"), None);
+        assert!(l.map.site("nowhere").is_none());
+    }
+
+    #[test]
+    fn gluex_layout_and_gateway() {
+        let l = load_ok("site-configs/gluex-jlab.json");
+        let ch = l.map.site("counting-house").unwrap();
+        assert_eq!(
+            ch.layout.render(71234, "r", Some("2019-11"), "hd").unwrap(),
+            "RunPeriod-2019-11/Run071234"
+        );
+        assert_eq!(ch.limits.bandwidth_per_link, Some(400_000_000));
+        let (site, tape) = l.map.tape_backends().next().unwrap();
+        assert_eq!(site.name, "jlab-cache");
+        let TapeKind::Command {
+            gateway,
+            ok_exit_codes,
+            ..
+        } = &tape.kind
+        else {
+            panic!("{tape:?}")
+        };
+        assert_eq!(gateway.as_deref(), Some("ifarm"));
+        assert_eq!(ok_exit_codes, &[0]);
+        assert_eq!(l.map.site("ifarm").unwrap().role(), "gateway");
+        match &l.map.catalog.as_ref().unwrap().password {
+            PasswordSource::File(f) => assert!(f.starts_with("~/")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn legacy_cax_maps_onto_the_model() {
+        let l = load_ok("tests/fixtures/legacy-cax/cax.json");
+        assert_eq!(l.format, SourceFormat::LegacyCax);
+        assert!(l.map.catalog.is_none());
+        let lena = l.map.site("lena").unwrap();
+        assert_eq!(lena.method, TransferMethod::Sftp);
+        assert_eq!(lena.username.as_deref(), Some("ctunnell"));
+        assert_eq!(lena.data_dirs.len(), 2);
+        assert!(
+            !lena.purge.enabled,
+            "cax's purge must not switch purging on"
+        );
+        let midway = l.map.site("midway-login1").unwrap();
+        assert_eq!(midway.pull_from, ["login", "xe1t-datamanager"]);
+        assert_eq!(
+            midway.data_dirs.keys().collect::<Vec<_>>(),
+            ["processed", "raw"],
+            "data_type keeps only raw and processed, not minitrees"
+        );
+        assert_eq!(l.map.site("login").unwrap().limits.files_in_flight, 2);
+        let dm = l.map.site("xe1t-datamanager").unwrap();
+        assert_eq!(dm.data_dirs.len(), 1, "null dir_processed is no directory");
+        assert!(!l.map.site("tsm-server").unwrap().is_transfer_peer());
+        assert!(!l.map.site("lfc").unwrap().is_transfer_peer());
+        assert!(l
+            .warnings
+            .iter()
+            .any(|w| w.message.contains("\"gfal-copy\"") && w.message.contains("lfc")));
+    }
+
+    #[test]
+    fn error_display_lists_every_diagnostic_one_per_line() {
+        let text =
+            "{\"version\": 1, \"sites\": [{\"name\": \"a\", \"port\": 0, \"pull_from\": [\"b\"]}]}";
+        let e = parse_str(text, Path::new("m.json"), &LoadOptions::default()).unwrap_err();
+        assert!(!e.is_retryable());
+        let shown = e.to_string();
+        let lines: Vec<&str> = shown.lines().collect();
+        assert_eq!(lines[0], "m.json: invalid site map (2 errors)");
+        assert_eq!(lines.len(), 3, "{shown}");
+        assert!(
+            lines[1].starts_with("m.json:1:48: error: sites[0].port:"),
+            "{shown}"
+        );
+        assert!(
+            lines[2].starts_with("m.json:1:65: error: sites[0].pull_from[0]:"),
+            "{shown}"
+        );
+        assert_eq!(e.diagnostics().len(), 2);
+    }
+
+    #[test]
+    fn host_key_policy_no_warns() {
+        let text = r#"{"version": 1, "sites": [{"name": "a", "origin": true, "data_dirs": {"raw": "/r"},
+            "strict_host_key_checking": "no"}]}"#;
+        let l = parse_str(text, Path::new("m.json"), &LoadOptions::default()).unwrap();
+        assert_eq!(l.map.sites[0].host_key_policy, Some(HostKeyPolicy::No));
+        assert!(
+            l.warnings[0].message.contains("man-in-the-middle"),
+            "{:?}",
+            l.warnings
+        );
+    }
+
+    #[test]
+    fn link_named_by_both_ends_or_twice_warns() {
+        let text = r#"{"version": 1, "sites": [
+            {"name": "a", "origin": true, "data_dirs": {"raw": "/r"}, "push_to": ["b", "b"]},
+            {"name": "b", "data_dirs": {"raw": "/r"}, "pull_from": ["a"]}]}"#;
+        let l = parse_str(text, Path::new("m.json"), &LoadOptions::default()).unwrap();
+        let shown: Vec<String> = l.warnings.iter().map(|w| w.to_string()).collect();
+        assert_eq!(shown.len(), 2, "{shown:?}");
+        assert!(
+            shown[0].starts_with(
+                "m.json:2:88: warning: sites[0].push_to[1]: site \"b\" is listed twice"
+            ),
+            "{shown:?}"
+        );
+        assert!(
+            shown[1].starts_with(
+                "m.json:3:69: warning: sites[1].pull_from[0]: \"a\" already pushes to \"b\""
+            ),
+            "{shown:?}"
+        );
+        assert_eq!(l.map.site("a").unwrap().push_to, ["b"]);
+    }
+
+    #[test]
+    fn non_utf8_file_reported_with_position() {
+        let dir = std::env::temp_dir().join(format!("ferry-cfg-utf8-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("m.json");
+        std::fs::write(&f, b"{\n  \"version\": \xff}").unwrap();
+        let e = load(&f, &LoadOptions::default()).unwrap_err();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            e.to_string()
+                .contains("m.json:2:14: error: the file is not valid UTF-8"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn ssh_config_option_is_used_for_host_checks() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("ferry-cfg-ssh-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("raw")).unwrap();
+        let key = dir.join("k");
+        std::fs::write(&key, "k").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o604)).unwrap();
+        let ssh_config = dir.join("ssh_config");
+        std::fs::write(
+            &ssh_config,
+            format!("Host m\n  IdentityFile {}\n", key.display()),
+        )
+        .unwrap();
+        let text = format!(
+            r#"{{"version": 1, "sites": [
+                {{"name": "a", "origin": true, "data_dirs": {{"raw": "{}"}}, "push_to": ["m"]}},
+                {{"name": "m", "strict_host_key_checking": "accept-new"}}]}}"#,
+            dir.join("raw").display()
+        );
+        let opts = LoadOptions {
+            host: Some("a".into()),
+            ssh_config: Some(ssh_config),
+        };
+        let e = parse_str(&text, Path::new("m.json"), &opts).unwrap_err();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let shown = e.to_string();
+        assert!(
+            shown.contains(
+                "m.json:3:17: error: sites[1]: UNPROTECTED PRIVATE KEY FILE: permissions 0604"
+            ),
+            "{shown}"
+        );
+        assert_eq!(e.diagnostics().len(), 1, "{shown}");
+    }
+
+    fn diagnostics_of(text: &str) -> Vec<String> {
+        match parse_str(text, Path::new("m.json"), &LoadOptions::default()) {
+            Ok(l) => l.warnings.iter().map(|d| d.to_string()).collect(),
+            Err(e) => e.diagnostics().iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    /// Regression: a bad "origin" value read as false and also warned "no site has origin".
+    #[test]
+    fn bad_origin_value_is_reported_once() {
+        let d = diagnostics_of(
+            r#"{"version": 1, "sites": [{"name": "a", "origin": "yes", "data_dirs": {"raw": "/r"}}]}"#,
+        );
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(
+            d[0].contains("sites[0].origin: expected true or false"),
+            "{d:?}"
+        );
+    }
+
+    /// Regression: a relative data directory on an origin site was also reported as "an
+    /// origin site needs at least one data directory".
+    #[test]
+    fn relative_data_dir_is_reported_once() {
+        let d = diagnostics_of(
+            r#"{"version": 1, "sites": [{"name": "a", "origin": true, "data_dirs": {"raw": "r"}}]}"#,
+        );
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(
+            d[0].contains("sites[0].data_dirs.raw: data directory \"r\" is relative"),
+            "{d:?}"
+        );
+    }
+
+    /// Regression: a one-letter unknown site got "did you mean" the other one-letter site.
+    #[test]
+    fn one_letter_site_names_get_no_suggestion() {
+        let d = diagnostics_of(
+            r#"{"version": 1, "sites": [{"name": "a", "origin": true, "data_dirs": {"raw": "/r"}, "push_to": ["b"]}]}"#,
+        );
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(d[0].ends_with("unknown site \"b\""), "{d:?}");
+    }
+
+    #[test]
+    fn missing_file_is_an_io_error() {
+        let e = load(
+            Path::new("/nonexistent/site-map.json"),
+            &LoadOptions::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(e, ConfigError::Io { .. }));
+        assert!(!e.is_retryable());
+        assert!(e
+            .to_string()
+            .starts_with("/nonexistent/site-map.json: cannot read"));
+    }
 }

@@ -145,6 +145,11 @@ pub struct Site {
 }
 
 impl Site {
+    /// The data directory for a data type (`raw`, `processed`, …), if this site has one.
+    pub fn data_dir(&self, data_type: &str) -> Option<&std::path::Path> {
+        self.data_dirs.get(data_type).map(PathBuf::as_path)
+    }
+
     /// Whether other sites can copy to or from this site.
     pub fn is_transfer_peer(&self) -> bool {
         !matches!(self.method, TransferMethod::Unsupported(_))
@@ -276,7 +281,7 @@ pub struct Limits {
     pub transfers_per_link: u32,
     /// Runs copied at once by this agent over all links [default 4].
     pub global_transfers: u32,
-    /// Bytes per second per link; `None` = unlimited [default].
+    /// Bytes per second per link; `None` = unlimited (the default).
     pub bandwidth_per_link: Option<u64>,
 }
 

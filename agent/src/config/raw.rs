@@ -267,6 +267,29 @@ impl Parser {
         Ok(v)
     }
 
+    /// The character of a `\uXXXX` escape (the `\u` already read), joining a UTF-16
+    /// surrogate pair written as two escapes. `at` is where the escape starts.
+    fn unicode_escape(&mut self, at: LineCol) -> Result<char, SyntaxError> {
+        let unpaired = || SyntaxError {
+            pos: at,
+            message: "unpaired UTF-16 surrogate in \\u escape".into(),
+        };
+        let hi = self.hex4()?;
+        let code = if (0xD800..0xDC00).contains(&hi) {
+            if self.bump() != Some('\\') || self.bump() != Some('u') {
+                return Err(unpaired());
+            }
+            let lo = self.hex4()?;
+            if !(0xDC00..0xE000).contains(&lo) {
+                return Err(unpaired());
+            }
+            0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
+        } else {
+            hi
+        };
+        char::from_u32(code).ok_or_else(unpaired)
+    }
+
     fn string(&mut self) -> Result<String, SyntaxError> {
         let open = self.pos();
         self.bump(); // the opening quote
@@ -294,36 +317,7 @@ impl Parser {
                         'n' => s.push('\n'),
                         'r' => s.push('\r'),
                         't' => s.push('\t'),
-                        'u' => {
-                            let hi = self.hex4()?;
-                            let code = if (0xD800..0xDC00).contains(&hi) {
-                                if self.bump() != Some('\\') || self.bump() != Some('u') {
-                                    return Err(SyntaxError {
-                                        pos: here,
-                                        message: "unpaired UTF-16 surrogate in \\u escape".into(),
-                                    });
-                                }
-                                let lo = self.hex4()?;
-                                if !(0xDC00..0xE000).contains(&lo) {
-                                    return Err(SyntaxError {
-                                        pos: here,
-                                        message: "unpaired UTF-16 surrogate in \\u escape".into(),
-                                    });
-                                }
-                                0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
-                            } else {
-                                hi
-                            };
-                            match char::from_u32(code) {
-                                Some(ch) => s.push(ch),
-                                None => {
-                                    return Err(SyntaxError {
-                                        pos: here,
-                                        message: "unpaired UTF-16 surrogate in \\u escape".into(),
-                                    })
-                                }
-                            }
-                        }
+                        'u' => s.push(self.unicode_escape(here)?),
                         other => {
                             return Err(SyntaxError {
                                 pos: here,
@@ -465,6 +459,15 @@ mod tests {
     }
 
     #[test]
+    fn astral_characters_are_one_column() {
+        let n = parse("{\"😀\": 1,\r\n \"b\": \"\u{1F600}\"}").unwrap();
+        let Value::Object(m) = n.value else { panic!() };
+        assert_eq!(m[0].value.pos, lc(1, 7));
+        assert_eq!(m[1].key_pos, lc(2, 2));
+        assert_eq!(m[1].value.value, Value::String("😀".into()));
+    }
+
+    #[test]
     fn duplicate_keys_kept_in_order() {
         let n = parse("{\"a\": 1,\n \"a\": 2}").unwrap();
         let Value::Object(m) = n.value else { panic!() };
@@ -477,6 +480,11 @@ mod tests {
         let n = parse(r#""a\n\u00e9\ud83d\ude00\/""#).unwrap();
         assert_eq!(n.value, Value::String("a\né😀/".into()));
         assert!(parse(r#""\ud83d""#).is_err());
+        assert!(parse(r#""\udc00""#).is_err(), "a lone low surrogate");
+        assert!(
+            parse(r#""\ud83d\u0041""#).is_err(),
+            "a high surrogate with a non-low one"
+        );
     }
 
     #[test]

@@ -312,6 +312,23 @@ Host *
     }
 
     #[test]
+    fn common_real_world_config_lines_parse() {
+        let text = "\
+Include ~/.ssh/config.d/*
+Host *.example.org !bastion.example.org
+    ProxyJump bastion.example.org
+    ServerAliveInterval 30
+    ControlMaster auto
+    ControlPath ~/.ssh/cm-%r@%h:%p
+    AddKeysToAgent yes
+Match host mirror exec \"true\"
+    User matched
+";
+        let env = SshEnvironment::from_text(text, Path::new("/home/op"), "op").unwrap();
+        assert_eq!(env.resolve(&site("plain")).user, "op");
+    }
+
+    #[test]
     fn openssh_defaults_last() {
         let env = SshEnvironment::from_text("", Path::new("/home/op"), "op").unwrap();
         let s = env.resolve(&site("other"));

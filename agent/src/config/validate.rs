@@ -1,452 +1,27 @@
-//! Raw JSON tree → validated model, collecting every problem instead of stopping at the
-//! first.
+//! Ferry's own format → validated model, and the cross-site checks both formats share.
 //!
-//! Layout:
-//! - [`Ctx`] collects [`Diagnostic`]s for one file; [`Obj`] is an object being read, which
-//!   reports unknown keys (with a did-you-mean) and duplicate keys once, up front.
-//! - Typed readers (`string`, `uint`, `duration`, …) report a wrong type or value at the
-//!   value's line:column and JSON path and return `None`, so reading goes on.
-//! - [`read_ferry`] reads Ferry's own format into a [`Draft`]; `legacy::read_cax` reads
-//!   cax.json into the same [`Draft`]. [`finish`] runs the cross-site checks (unique names,
-//!   links, tape backends) on either, and [`super::host`] the checks local to `--host`.
+//! - [`read_ferry`] reads a version-1 site map into a [`Draft`] (the model plus where each
+//!   part was written), one `read_*` function per section, collecting every problem
+//!   through [`Ctx`] (see `read.rs`). `legacy::read_cax` produces the same [`Draft`].
+//! - [`finish`] runs the checks that need the whole map (unique site and tape names, links
+//!   and gateways that resolve to transfer peers) on either; `host.rs` then runs the
+//!   checks local to `--host`.
+//! - The key lists below are the format; a test keeps them equal to the JSON Schema in
+//!   `site-configs/site-map.schema.json`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::PathBuf;
 
-use super::diag::{did_you_mean, Diagnostic, LineCol, Location, Severity};
+use super::diag::{did_you_mean, LineCol, Severity};
 use super::model::{
     CatalogSettings, CompletionRule, HostKeyPolicy, LayoutTemplate, Limits, PasswordSource,
     PurgePolicy, Site, TapeBackendConfig, TapeKind, TransferMethod,
 };
-use super::raw::{Member, Node, Value};
+use super::raw::{Node, Value};
+use super::read::{check_hostname, check_name, join, object, Ctx, Obj, Span, Unknown};
 
 /// The format version this build reads.
 pub const FORMAT_VERSION: i64 = 1;
-
-/// Collects diagnostics for one file.
-pub(crate) struct Ctx {
-    pub file: PathBuf,
-    pub diags: Vec<Diagnostic>,
-}
-
-impl Ctx {
-    pub fn new(file: &Path) -> Self {
-        Self {
-            file: file.to_path_buf(),
-            diags: Vec::new(),
-        }
-    }
-
-    pub fn push(
-        &mut self,
-        severity: Severity,
-        pos: Option<LineCol>,
-        path: &str,
-        message: impl Into<String>,
-        suggestion: Option<String>,
-    ) {
-        self.diags.push(Diagnostic {
-            severity,
-            file: self.file.clone(),
-            location: Location {
-                line_col: pos,
-                path: (!path.is_empty()).then(|| path.to_string()),
-            },
-            message: message.into(),
-            suggestion,
-        });
-    }
-
-    pub fn error(&mut self, pos: LineCol, path: &str, message: impl Into<String>) {
-        self.push(Severity::Error, Some(pos), path, message, None);
-    }
-
-    pub fn error_hint(
-        &mut self,
-        pos: LineCol,
-        path: &str,
-        message: impl Into<String>,
-        hint: Option<String>,
-    ) {
-        self.push(Severity::Error, Some(pos), path, message, hint);
-    }
-
-    pub fn warn(&mut self, pos: LineCol, path: &str, message: impl Into<String>) {
-        self.push(Severity::Warning, Some(pos), path, message, None);
-    }
-
-    pub fn has_errors(&self) -> bool {
-        self.diags.iter().any(Diagnostic::is_error)
-    }
-
-    fn type_error(&mut self, node: &Node, path: &str, expected: &str) {
-        let hint = match &node.value {
-            Value::String(s) if expected.contains("integer") && s.trim().parse::<i64>().is_ok() => {
-                Some(format!("write {} without quotes", s.trim()))
-            }
-            _ => None,
-        };
-        self.error_hint(
-            node.pos,
-            path,
-            format!("expected {expected}, found {}", node.value.type_name()),
-            hint,
-        );
-    }
-
-    /// A string value.
-    pub fn string(&mut self, node: &Node, path: &str) -> Option<String> {
-        match &node.value {
-            Value::String(s) => Some(s.clone()),
-            _ => {
-                self.type_error(node, path, "a string");
-                None
-            }
-        }
-    }
-
-    /// A non-empty string value.
-    pub fn nonempty(&mut self, node: &Node, path: &str) -> Option<String> {
-        let s = self.string(node, path)?;
-        if s.trim().is_empty() {
-            self.error(node.pos, path, "must not be empty");
-            return None;
-        }
-        Some(s)
-    }
-
-    /// A boolean value.
-    pub fn boolean(&mut self, node: &Node, path: &str) -> Option<bool> {
-        match &node.value {
-            Value::Bool(b) => Some(*b),
-            _ => {
-                self.type_error(node, path, "true or false");
-                None
-            }
-        }
-    }
-
-    /// An integer in `min..=max`.
-    pub fn int(&mut self, node: &Node, path: &str, min: i64, max: i64) -> Option<i64> {
-        let Value::Number(n) = &node.value else {
-            self.type_error(node, path, &format!("an integer from {min} to {max}"));
-            return None;
-        };
-        match n.as_i64() {
-            Some(v) if (min..=max).contains(&v) => Some(v),
-            Some(v) => {
-                self.error(
-                    node.pos,
-                    path,
-                    format!("{v} is out of range; expected {min} to {max}"),
-                );
-                None
-            }
-            None => {
-                self.error(
-                    node.pos,
-                    path,
-                    format!("{} is not an integer; expected {min} to {max}", n.0),
-                );
-                None
-            }
-        }
-    }
-
-    /// A count from 1 to 10 000, as u32.
-    pub fn count(&mut self, node: &Node, path: &str, min: i64) -> Option<u32> {
-        self.int(node, path, min, 10_000)
-            .and_then(|v| u32::try_from(v).ok())
-    }
-
-    /// An array of strings (`null` is refused here; legacy reading handles it).
-    pub fn string_list(
-        &mut self,
-        node: &Node,
-        path: &str,
-    ) -> Option<Vec<(String, LineCol, String)>> {
-        let Value::Array(items) = &node.value else {
-            self.type_error(node, path, "an array of strings");
-            return None;
-        };
-        let mut out = Vec::new();
-        for (i, item) in items.iter().enumerate() {
-            let p = format!("{path}[{i}]");
-            if let Some(s) = self.string(item, &p) {
-                out.push((s, item.pos, p));
-            }
-        }
-        Some(out)
-    }
-
-    /// An argv template: a non-empty array of strings.
-    pub fn argv(&mut self, node: &Node, path: &str) -> Option<Vec<String>> {
-        let list = self.string_list(node, path)?;
-        if list.is_empty() {
-            self.error(
-                node.pos,
-                path,
-                "an empty command; expected [\"program\", \"arg\", …]",
-            );
-            return None;
-        }
-        if list[0].0.trim().is_empty() {
-            self.error(list[0].1, &list[0].2, "empty program name");
-            return None;
-        }
-        Some(list.into_iter().map(|(s, _, _)| s).collect())
-    }
-
-    /// A duration string such as `"30s"`, `"10m"`, `"7days"`.
-    pub fn duration(&mut self, node: &Node, path: &str) -> Option<Duration> {
-        let Value::String(s) = &node.value else {
-            self.error_hint(
-                node.pos,
-                path,
-                format!(
-                    "expected a duration string, found {}",
-                    node.value.type_name()
-                ),
-                Some("write it with a unit, such as \"30s\", \"10m\", \"7days\"".into()),
-            );
-            return None;
-        };
-        match humantime::parse_duration(s.trim()) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                self.error_hint(
-                    node.pos,
-                    path,
-                    format!("bad duration {s:?}: {e}"),
-                    Some("write it with a unit, such as \"30s\", \"10m\", \"7days\"".into()),
-                );
-                None
-            }
-        }
-    }
-
-    /// A size such as `"100GB"` (or a plain number of bytes).
-    pub fn size(&mut self, node: &Node, path: &str) -> Option<u64> {
-        match &node.value {
-            Value::Number(_) => self.int(node, path, 1, i64::MAX).map(|v| v as u64),
-            Value::String(s) => self.bytes(node, path, s, s, "size", "\"100GB\" or \"512MiB\""),
-            _ => {
-                self.type_error(node, path, "a size string such as \"100GB\"");
-                None
-            }
-        }
-    }
-
-    /// A bandwidth such as `"50MB/s"`: bytes per second.
-    pub fn bandwidth(&mut self, node: &Node, path: &str) -> Option<u64> {
-        let Value::String(s) = &node.value else {
-            self.type_error(node, path, "a bandwidth string such as \"50MB/s\"");
-            return None;
-        };
-        let t = s.trim();
-        match t.strip_suffix("/s").or_else(|| t.strip_suffix("ps")) {
-            Some(amount) => self.bytes(node, path, s, amount, "bandwidth", "\"50MB/s\""),
-            None => {
-                self.error_hint(
-                    node.pos,
-                    path,
-                    format!("bad bandwidth {s:?}: missing \"/s\""),
-                    Some("write it like \"50MB/s\"".into()),
-                );
-                None
-            }
-        }
-    }
-
-    /// Parses `amount` (from the value `whole`) as a positive number of bytes.
-    #[allow(clippy::too_many_arguments)]
-    fn bytes(
-        &mut self,
-        node: &Node,
-        path: &str,
-        whole: &str,
-        amount: &str,
-        what: &str,
-        example: &str,
-    ) -> Option<u64> {
-        match amount.trim().parse::<bytesize::ByteSize>() {
-            Ok(b) if b.as_u64() > 0 => Some(b.as_u64()),
-            Ok(_) => {
-                self.error(
-                    node.pos,
-                    path,
-                    format!("{what} must be more than 0 (leave it out for no limit)"),
-                );
-                None
-            }
-            Err(e) => {
-                self.error_hint(
-                    node.pos,
-                    path,
-                    format!("bad {what} {whole:?}: {e}"),
-                    Some(format!("write it like {example}")),
-                );
-                None
-            }
-        }
-    }
-
-    /// An absolute path.
-    pub fn abs_path(&mut self, node: &Node, path: &str, what: &str) -> Option<PathBuf> {
-        let s = self.nonempty(node, path)?;
-        if !s.starts_with('/') {
-            self.error_hint(
-                node.pos,
-                path,
-                format!("{what} {s:?} is relative; it must be an absolute path"),
-                Some("start it with /".into()),
-            );
-            return None;
-        }
-        Some(PathBuf::from(s))
-    }
-
-    /// An absolute path or one starting with `~/` (expanded on the host that uses it).
-    pub fn home_path(&mut self, node: &Node, path: &str, what: &str) -> Option<PathBuf> {
-        let s = self.nonempty(node, path)?;
-        if !(s.starts_with('/') || s.starts_with("~/")) {
-            self.error(
-                node.pos,
-                path,
-                format!("{what} {s:?} is relative; it must be absolute or start with ~/"),
-            );
-            return None;
-        }
-        Some(PathBuf::from(s))
-    }
-}
-
-/// How to treat keys an object does not know.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Unknown {
-    /// An error (Ferry's format: a typo must not silently drop a setting).
-    Error,
-    /// A warning (legacy files carry keys of other cax versions).
-    Warn,
-    /// Any key is fine (maps such as `data_dirs`).
-    Allow,
-}
-
-/// An object being read. Duplicate keys resolve to the last value (what cax's Python did).
-pub(crate) struct Obj<'a> {
-    pub pos: LineCol,
-    pub path: String,
-    members: &'a [Member],
-}
-
-impl<'a> Obj<'a> {
-    /// The value of `key` (the last one if repeated) and its JSON path.
-    pub fn get(&self, key: &str) -> Option<(&'a Node, String)> {
-        self.members
-            .iter()
-            .rev()
-            .find(|m| m.key == key)
-            .map(|m| (&m.value, join(&self.path, key)))
-    }
-
-    /// Like [`Obj::get`], but `null` counts as absent.
-    pub fn get_non_null(&self, key: &str) -> Option<(&'a Node, String)> {
-        self.get(key).filter(|(n, _)| n.value != Value::Null)
-    }
-
-    /// The value of a required key; reports it missing otherwise.
-    pub fn required(&self, cx: &mut Ctx, key: &str) -> Option<(&'a Node, String)> {
-        let found = self.get(key);
-        if found.is_none() {
-            cx.error(
-                self.pos,
-                &self.path,
-                format!("missing required key \"{key}\""),
-            );
-        }
-        found
-    }
-
-    /// The members, in file order.
-    pub fn members(&self) -> &'a [Member] {
-        self.members
-    }
-}
-
-/// `a.b`, or `b` at the top.
-pub(crate) fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_string()
-    } else {
-        format!("{path}.{key}")
-    }
-}
-
-/// Opens an object: checks its type, its keys against `known`, and duplicate keys
-/// (an error in Ferry's format, a warning naming the key in legacy files).
-pub(crate) fn object<'a>(
-    cx: &mut Ctx,
-    node: &'a Node,
-    path: &str,
-    known: &[&str],
-    unknown: Unknown,
-    duplicates: Severity,
-) -> Option<Obj<'a>> {
-    let Value::Object(members) = &node.value else {
-        cx.type_error(node, path, "an object");
-        return None;
-    };
-    let mut first: HashMap<&str, LineCol> = HashMap::new();
-    for m in members {
-        let mpath = join(path, &m.key);
-        if let Some(prev) = first.get(m.key.as_str()) {
-            let msg = match duplicates {
-                Severity::Error => format!(
-                    "duplicate key \"{}\" (first at line {}); remove one",
-                    m.key, prev.line
-                ),
-                Severity::Warning => format!(
-                    "duplicate key \"{}\" (first at line {}); the last value is used, as cax did",
-                    m.key, prev.line
-                ),
-            };
-            cx.push(duplicates, Some(m.key_pos), &mpath, msg, None);
-        } else {
-            first.insert(&m.key, m.key_pos);
-        }
-        if unknown != Unknown::Allow && !known.contains(&m.key.as_str()) {
-            let hint = did_you_mean(&m.key, known.iter().copied());
-            match unknown {
-                Unknown::Error => cx.error_hint(
-                    m.key_pos,
-                    &mpath,
-                    format!("unknown key \"{}\"", m.key),
-                    hint,
-                ),
-                Unknown::Allow | Unknown::Warn => cx.push(
-                    Severity::Warning,
-                    Some(m.key_pos),
-                    &mpath,
-                    format!("unknown key \"{}\" ignored", m.key),
-                    hint,
-                ),
-            }
-        }
-    }
-    Some(Obj {
-        pos: node.pos,
-        path: path.to_string(),
-        members,
-    })
-}
-
-/// A position and JSON path kept beside the model for the cross-site checks.
-#[derive(Debug, Clone)]
-pub(crate) struct Span {
-    pub pos: LineCol,
-    pub path: String,
-}
 
 /// Where each part of a site was written.
 #[derive(Debug, Clone)]
@@ -457,8 +32,16 @@ pub(crate) struct SiteSpans {
     pub pull_from: Vec<Span>,
     pub data_dirs: BTreeMap<String, Span>,
     pub identity_file: Option<Span>,
-    /// Per tape backend: its name and, for `command`, its gateway.
-    pub tape: Vec<(Span, Option<Span>)>,
+    /// Per tape backend: the entry, its name and, for `command`, its gateway.
+    pub tape: Vec<TapeSpans>,
+}
+
+/// Where a tape backend was written.
+#[derive(Debug, Clone)]
+pub(crate) struct TapeSpans {
+    pub item: Span,
+    pub name: Span,
+    pub gateway: Option<Span>,
 }
 
 /// A site map read from either format, before the cross-site checks.
@@ -525,31 +108,6 @@ const TAPE_COMMAND_KEYS: &[&str] = &[
 ];
 const TAPE_TAR_KEYS: &[&str] = &["devices", "copies", "batch_size", "mt"];
 const TAPE_KINDS: &[&str] = &["directory", "command", "tar"];
-
-/// Checks a site or data-type name: letters, digits, `.`, `_`, `-`, starting with a letter
-/// or digit, at most 64 characters.
-pub(crate) fn check_name(cx: &mut Ctx, name: &str, pos: LineCol, path: &str, what: &str) -> bool {
-    if name.is_empty() {
-        cx.error(pos, path, format!("{what} must not be empty"));
-        return false;
-    }
-    let ok_chars = name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    let ok_start = name.starts_with(|c: char| c.is_ascii_alphanumeric());
-    if !ok_chars || !ok_start || name.len() > 64 {
-        cx.error(
-            pos,
-            path,
-            format!(
-                "bad {what} {name:?}: use letters, digits, `.`, `_` and `-`, start with a \
-                 letter or digit, at most 64 characters"
-            ),
-        );
-        return false;
-    }
-    true
-}
 
 /// Reads Ferry's own format (a JSON object with `"version": 1`).
 pub(crate) fn read_ferry(cx: &mut Ctx, root: &Node) -> Option<Draft> {
@@ -721,26 +279,6 @@ fn read_catalog(cx: &mut Ctx, node: &Node, path: &str) -> Option<CatalogSettings
     })
 }
 
-/// Checks a host name: no spaces, no `user@`, no `:port`, no URL.
-pub(crate) fn check_hostname(cx: &mut Ctx, host: &str, pos: LineCol, path: &str) -> bool {
-    let problem = if host.contains('@') {
-        Some("put the user in \"username\", not in the host name")
-    } else if host.contains("://") || host.contains('/') {
-        Some("a host name, not a URL or path")
-    } else if host.contains(char::is_whitespace) {
-        Some("a host name cannot contain spaces")
-    } else if host.contains(':') && !host.contains("::") && host.matches(':').count() == 1 {
-        Some("put the port in \"port\", not in the host name")
-    } else {
-        None
-    };
-    if let Some(p) = problem {
-        cx.error(pos, path, format!("bad host name {host:?}: {p}"));
-        return false;
-    }
-    true
-}
-
 fn name_list(cx: &mut Ctx, o: &Obj<'_>, key: &str) -> (Vec<String>, Vec<Span>) {
     let mut names = Vec::new();
     let mut spans = Vec::new();
@@ -793,85 +331,27 @@ fn read_site(cx: &mut Ctx, node: &Node, path: &str) -> Option<(Site, SiteSpans)>
         });
         cx.home_path(n, &p, "identity file")
     });
-    let host_key_policy = o.get("strict_host_key_checking").and_then(|(n, p)| {
-        let s = cx.string(n, &p)?;
-        match HostKeyPolicy::parse(&s) {
-            Some(HostKeyPolicy::No) => {
-                cx.warn(
-                    n.pos,
-                    &p,
-                    "\"no\" accepts any host key: a man-in-the-middle can read and alter every copy; use \"accept-new\"",
-                );
-                Some(HostKeyPolicy::No)
-            }
-            Some(k) => Some(k),
-            None => {
-                cx.error_hint(
-                    n.pos,
-                    &p,
-                    format!("unknown host-key policy {s:?}"),
-                    did_you_mean(&s, ["yes", "accept-new", "no"])
-                        .or_else(|| Some("use \"yes\" or \"accept-new\"".into())),
-                );
-                None
-            }
-        }
-    });
+    let host_key_policy = o
+        .get("strict_host_key_checking")
+        .and_then(|(n, p)| read_host_key_policy(cx, n, &p));
     let known_hosts = o
         .get("known_hosts")
         .and_then(|(n, p)| cx.home_path(n, &p, "known_hosts file"));
     let method = match o.get("method") {
         None => Some(TransferMethod::Sftp),
-        Some((n, p)) => cx.string(n, &p).and_then(|m| match m.as_str() {
-            "sftp" => Some(TransferMethod::Sftp),
-            "local" => Some(TransferMethod::Local),
-            other => {
-                cx.error_hint(
-                    n.pos,
-                    &p,
-                    format!("unknown transfer method {other:?}; Ferry implements \"sftp\" and \"local\""),
-                    did_you_mean(other, ["sftp", "local"]),
-                );
-                None
-            }
-        }),
+        Some((n, p)) => read_method(cx, n, &p),
     };
     let origin = o
         .get("origin")
         .and_then(|(n, p)| cx.boolean(n, &p))
         .unwrap_or(false);
-    let mut data_dirs = BTreeMap::new();
-    let mut data_spans = BTreeMap::new();
-    if let Some((n, p)) = o.get("data_dirs") {
-        // Data types are free names; only duplicates, names and paths are checked.
-        if let Some(dd) = object(cx, n, &p, &[], Unknown::Allow, Severity::Error) {
-            for m in dd.members() {
-                let mp = join(&p, &m.key);
-                check_name(cx, &m.key, m.key_pos, &mp, "data type");
-                if let Some(dir) = cx.abs_path(&m.value, &mp, "data directory") {
-                    data_dirs.insert(m.key.clone(), dir);
-                    data_spans.insert(
-                        m.key.clone(),
-                        Span {
-                            pos: m.value.pos,
-                            path: mp,
-                        },
-                    );
-                }
-            }
-        }
-    }
+    let (data_dirs, data_spans) = match o.get("data_dirs") {
+        Some((n, p)) => read_data_dirs(cx, n, &p),
+        None => Default::default(),
+    };
     let layout = match o.get("layout") {
         None => Some(LayoutTemplate::default()),
-        Some((n, p)) => cx
-            .string(n, &p)
-            .and_then(|t| match LayoutTemplate::parse(&t) {
-                Ok(l) => Some(l),
-                Err(e) => {
-                    cx.error(n.pos, &p, e.to_string());
-                    None
-                }
-            }),
+        Some((n, p)) => read_layout(cx, n, &p),
     };
     let (push_to, push_spans) = name_list(cx, &o, "push_to");
     let (pull_from, pull_spans) = name_list(cx, &o, "pull_from");
@@ -949,6 +429,89 @@ fn read_site(cx: &mut Ctx, node: &Node, path: &str) -> Option<(Site, SiteSpans)>
         tape: tape_spans,
     };
     Some((site, spans))
+}
+
+fn read_host_key_policy(cx: &mut Ctx, n: &Node, p: &str) -> Option<HostKeyPolicy> {
+    let s = cx.string(n, p)?;
+    match HostKeyPolicy::parse(&s) {
+        Some(HostKeyPolicy::No) => {
+            cx.warn(
+                n.pos,
+                p,
+                "\"no\" accepts any host key: a man-in-the-middle can read and alter every copy; use \"accept-new\"",
+            );
+            Some(HostKeyPolicy::No)
+        }
+        Some(k) => Some(k),
+        None => {
+            cx.error_hint(
+                n.pos,
+                p,
+                format!("unknown host-key policy {s:?}"),
+                did_you_mean(&s, ["yes", "accept-new", "no"])
+                    .or_else(|| Some("use \"yes\" or \"accept-new\"".into())),
+            );
+            None
+        }
+    }
+}
+
+fn read_method(cx: &mut Ctx, n: &Node, p: &str) -> Option<TransferMethod> {
+    let m = cx.string(n, p)?;
+    match m.as_str() {
+        "sftp" => Some(TransferMethod::Sftp),
+        "local" => Some(TransferMethod::Local),
+        other => {
+            cx.error_hint(
+                n.pos,
+                p,
+                format!(
+                    "unknown transfer method {other:?}; Ferry implements \"sftp\" and \"local\""
+                ),
+                did_you_mean(other, ["sftp", "local"]),
+            );
+            None
+        }
+    }
+}
+
+/// `data_dirs`: data types are free names; their names, duplicates and paths are checked.
+fn read_data_dirs(
+    cx: &mut Ctx,
+    n: &Node,
+    p: &str,
+) -> (BTreeMap<String, PathBuf>, BTreeMap<String, Span>) {
+    let mut dirs = BTreeMap::new();
+    let mut spans = BTreeMap::new();
+    let Some(dd) = object(cx, n, p, &[], Unknown::Allow, Severity::Error) else {
+        return (dirs, spans);
+    };
+    for m in dd.members() {
+        let mp = join(p, &m.key);
+        check_name(cx, &m.key, m.key_pos, &mp, "data type");
+        if let Some(dir) = cx.abs_path(&m.value, &mp, "data directory") {
+            dirs.insert(m.key.clone(), dir);
+            spans.insert(
+                m.key.clone(),
+                Span {
+                    pos: m.value.pos,
+                    path: mp,
+                },
+            );
+        }
+    }
+    (dirs, spans)
+}
+
+fn read_layout(cx: &mut Ctx, n: &Node, p: &str) -> Option<LayoutTemplate> {
+    let text = cx.string(n, p)?;
+    match LayoutTemplate::parse(&text) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            cx.error(n.pos, p, e.to_string());
+            None
+        }
+    }
 }
 
 fn read_completion(cx: &mut Ctx, node: &Node, path: &str) -> Option<CompletionRule> {
@@ -1080,12 +643,8 @@ fn read_limits(cx: &mut Ctx, node: &Node, path: &str) -> Option<Limits> {
     })
 }
 
-fn read_tape(
-    cx: &mut Ctx,
-    node: &Node,
-    path: &str,
-) -> Option<(TapeBackendConfig, (Span, Option<Span>))> {
-    // Read `kind` first, so unknown keys are judged against that kind's settings.
+fn read_tape(cx: &mut Ctx, node: &Node, path: &str) -> Option<(TapeBackendConfig, TapeSpans)> {
+    // Peek at `kind` first, so unknown keys are judged against that kind's settings.
     let kind = match &node.value {
         Value::Object(members) => members
             .iter()
@@ -1097,24 +656,18 @@ fn read_tape(
             }),
         _ => None,
     };
-    let specific: &[&str] = match kind.as_deref() {
-        Some("directory") => TAPE_DIRECTORY_KEYS,
-        Some("command") => TAPE_COMMAND_KEYS,
-        Some("tar") => TAPE_TAR_KEYS,
-        _ => &[],
+    let specific: &[&[&str]] = match kind.as_deref() {
+        Some("directory") => &[TAPE_DIRECTORY_KEYS],
+        Some("command") => &[TAPE_COMMAND_KEYS],
+        Some("tar") => &[TAPE_TAR_KEYS],
+        _ => &[TAPE_DIRECTORY_KEYS, TAPE_COMMAND_KEYS, TAPE_TAR_KEYS],
     };
-    let all: Vec<&str> = if kind.is_some() {
-        TAPE_COMMON_KEYS.iter().chain(specific).copied().collect()
-    } else {
-        TAPE_COMMON_KEYS
-            .iter()
-            .chain(TAPE_DIRECTORY_KEYS)
-            .chain(TAPE_COMMAND_KEYS)
-            .chain(TAPE_TAR_KEYS)
-            .copied()
-            .collect()
-    };
-    let o = object(cx, node, path, &all, Unknown::Error, Severity::Error)?;
+    let known: Vec<&str> = TAPE_COMMON_KEYS
+        .iter()
+        .chain(specific.iter().flat_map(|k| k.iter()))
+        .copied()
+        .collect();
+    let o = object(cx, node, path, &known, Unknown::Error, Severity::Error)?;
     let name = o.required(cx, "name").and_then(|(n, p)| {
         let s = cx.string(n, &p)?;
         check_name(cx, &s, n.pos, &p, "tape backend name").then_some((
@@ -1127,94 +680,15 @@ fn read_tape(
     });
     let (kind_node, kind_path) = o.required(cx, "kind")?;
     let kind_name = cx.string(kind_node, &kind_path)?;
-    let mut gateway_span = None;
-    let kind = match kind_name.as_str() {
+    let (kind, gateway_span) = match kind_name.as_str() {
         "directory" => {
-            let path_ = o
+            let root = o
                 .required(cx, "path")
                 .and_then(|(n, p)| cx.abs_path(n, &p, "tape directory"));
-            TapeKind::Directory { path: path_? }
+            (TapeKind::Directory { path: root? }, None)
         }
-        "command" => {
-            let gateway = o.get("gateway").and_then(|(n, p)| {
-                let g = cx.nonempty(n, &p)?;
-                gateway_span = Some(Span {
-                    pos: n.pos,
-                    path: p,
-                });
-                Some(g)
-            });
-            let put = o.required(cx, "put").and_then(|(n, p)| cx.argv(n, &p));
-            let verify = o.get("verify").map(|(n, p)| cx.argv(n, &p));
-            let retrieve = o.get("retrieve").map(|(n, p)| cx.argv(n, &p));
-            let stat = o.get("stat").map(|(n, p)| cx.argv(n, &p));
-            let ok_exit_codes = match o.get("ok_exit_codes") {
-                None => Some(vec![0]),
-                Some((n, p)) => match &n.value {
-                    Value::Array(items) if !items.is_empty() => items
-                        .iter()
-                        .enumerate()
-                        .map(|(i, it)| cx.int(it, &format!("{p}[{i}]"), 0, 255).map(|v| v as i32))
-                        .collect::<Vec<_>>()
-                        .into_iter()
-                        .collect(),
-                    _ => {
-                        cx.type_error(n, &p, "a non-empty array of exit codes");
-                        None
-                    }
-                },
-            };
-            TapeKind::Command {
-                gateway,
-                put: put?,
-                verify: transpose(verify)?,
-                retrieve: transpose(retrieve)?,
-                stat: transpose(stat)?,
-                ok_exit_codes: ok_exit_codes?,
-            }
-        }
-        "tar" => {
-            let devices = o.required(cx, "devices").and_then(|(n, p)| {
-                let list = cx.string_list(n, &p)?;
-                if list.is_empty() {
-                    cx.error(n.pos, &p, "no tape devices");
-                    return None;
-                }
-                let mut out = Vec::new();
-                for (s, pos, dp) in list {
-                    if !s.starts_with('/') {
-                        cx.error(
-                            pos,
-                            &dp,
-                            format!("tape device {s:?} must be an absolute path"),
-                        );
-                    } else {
-                        out.push(PathBuf::from(s));
-                    }
-                }
-                Some(out)
-            });
-            let copies = o.get("copies").map(|(n, p)| cx.count(n, &p, 1));
-            let batch_size = o
-                .get("batch_size")
-                .map(|(n, p)| cx.size(n, &p))
-                .unwrap_or(Some(100_000_000_000));
-            let mt = o
-                .get("mt")
-                .map(|(n, p)| cx.argv(n, &p))
-                .unwrap_or_else(|| Some(vec!["mt".into()]));
-            let devices = devices?;
-            let copies = match copies {
-                None => u32::try_from(devices.len()).unwrap_or(u32::MAX),
-                Some(c) => c?,
-            };
-            TapeKind::Tar {
-                devices,
-                copies,
-                batch_size: batch_size?,
-                mt: mt?,
-            }
-        }
+        "command" => read_command_tape(cx, &o)?,
+        "tar" => (read_tar_tape(cx, &o)?, None),
         other => {
             cx.error_hint(
                 kind_node.pos,
@@ -1226,14 +700,124 @@ fn read_tape(
         }
     };
     let (name, name_span) = name?;
-    Some((TapeBackendConfig { name, kind }, (name_span, gateway_span)))
+    let spans = TapeSpans {
+        item: Span {
+            pos: node.pos,
+            path: path.to_string(),
+        },
+        name: name_span,
+        gateway: gateway_span,
+    };
+    Some((TapeBackendConfig { name, kind }, spans))
 }
 
-fn transpose<T>(v: Option<Option<T>>) -> Option<Option<T>> {
-    match v {
+/// `kind: "command"`: argv templates, an optional gateway site (checked in [`finish`]).
+fn read_command_tape(cx: &mut Ctx, o: &Obj<'_>) -> Option<(TapeKind, Option<Span>)> {
+    let mut gateway_span = None;
+    let gateway = o.get("gateway").and_then(|(n, p)| {
+        let g = cx.nonempty(n, &p)?;
+        gateway_span = Some(Span {
+            pos: n.pos,
+            path: p,
+        });
+        Some(g)
+    });
+    let put = o.required(cx, "put").and_then(|(n, p)| cx.argv(n, &p));
+    let verify = o.get("verify").map(|(n, p)| cx.argv(n, &p));
+    let retrieve = o.get("retrieve").map(|(n, p)| cx.argv(n, &p));
+    let stat = o.get("stat").map(|(n, p)| cx.argv(n, &p));
+    let ok_exit_codes = match o.get("ok_exit_codes") {
+        None => Some(vec![0]),
+        Some((n, p)) => match &n.value {
+            Value::Array(items) if !items.is_empty() => {
+                // Read every element (reporting each bad one) before giving up.
+                let codes: Vec<Option<i32>> = items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, it)| cx.int(it, &format!("{p}[{i}]"), 0, 255).map(|v| v as i32))
+                    .collect();
+                codes.into_iter().collect()
+            }
+            _ => {
+                cx.type_error(n, &p, "a non-empty array of exit codes");
+                None
+            }
+        },
+    };
+    let kind = TapeKind::Command {
+        gateway,
+        put: put?,
+        verify: optional(verify)?,
+        retrieve: optional(retrieve)?,
+        stat: optional(stat)?,
+        ok_exit_codes: ok_exit_codes?,
+    };
+    Some((kind, gateway_span))
+}
+
+/// `kind: "tar"`: devices, copies (at most one per device: copies are written in
+/// parallel, one drive each), batch size, the `mt` program.
+fn read_tar_tape(cx: &mut Ctx, o: &Obj<'_>) -> Option<TapeKind> {
+    let devices = o.required(cx, "devices").and_then(|(n, p)| {
+        let list = cx.string_list(n, &p)?;
+        if list.is_empty() {
+            cx.error(n.pos, &p, "no tape devices");
+            return None;
+        }
+        let mut out = Vec::new();
+        for (s, pos, dp) in list {
+            if s.starts_with('/') {
+                out.push(PathBuf::from(s));
+            } else {
+                cx.error(
+                    pos,
+                    &dp,
+                    format!("tape device {s:?} must be an absolute path"),
+                );
+            }
+        }
+        Some(out)
+    });
+    let copies = o.get("copies").map(|(n, p)| (cx.count(n, &p, 1), n.pos, p));
+    let batch_size = o
+        .get("batch_size")
+        .map(|(n, p)| cx.size(n, &p))
+        .unwrap_or(Some(100_000_000_000));
+    let mt = o
+        .get("mt")
+        .map(|(n, p)| cx.argv(n, &p))
+        .unwrap_or_else(|| Some(vec!["mt".into()]));
+    let devices = devices?;
+    let drives = u32::try_from(devices.len()).unwrap_or(u32::MAX);
+    let copies = match copies {
+        None => drives,
+        Some((c, pos, p)) => {
+            let c = c?;
+            if c > drives {
+                cx.error(
+                    pos,
+                    &p,
+                    format!("{c} copies need {c} drives, but only {drives} device(s) are listed"),
+                );
+                return None;
+            }
+            c
+        }
+    };
+    Some(TapeKind::Tar {
+        devices,
+        copies,
+        batch_size: batch_size?,
+        mt: mt?,
+    })
+}
+
+/// An optional setting after reading: absent (`None`) is fine and stays `Some(None)`;
+/// present but invalid (`Some(None)`, already reported) makes the whole value `None`.
+fn optional<T>(read: Option<Option<T>>) -> Option<Option<T>> {
+    match read {
         None => Some(None),
-        Some(None) => None,
-        Some(Some(x)) => Some(Some(x)),
+        Some(value) => value.map(Some),
     }
 }
 
@@ -1256,13 +840,15 @@ pub(crate) fn finish(cx: &mut Ctx, draft: &mut Draft) {
             seen.insert(site.name.clone(), spans.name.clone());
         }
     }
-    let methods: HashMap<String, TransferMethod> = draft
-        .sites
-        .iter()
-        .map(|(s, _)| (s.name.clone(), s.method.clone()))
-        .collect();
-    let names: Vec<String> = draft.sites.iter().map(|(s, _)| s.name.clone()).collect();
-    let legacy = draft.legacy;
+    let peers = Peers {
+        names: draft.sites.iter().map(|(s, _)| s.name.clone()).collect(),
+        methods: draft
+            .sites
+            .iter()
+            .map(|(s, _)| (s.name.clone(), s.method.clone()))
+            .collect(),
+        legacy: draft.legacy,
+    };
     for (site, spans) in &mut draft.sites {
         for (list, list_spans, verb) in [
             (&mut site.push_to, &mut spans.push_to, "push to"),
@@ -1271,18 +857,13 @@ pub(crate) fn finish(cx: &mut Ctx, draft: &mut Draft) {
             let mut keep = Vec::new();
             let mut keep_spans = Vec::new();
             for (peer, span) in list.iter().zip(list_spans.iter()) {
-                let ok = check_link(
-                    cx,
-                    &site.name,
-                    &site.method,
-                    peer,
-                    span,
-                    verb,
-                    &methods,
-                    &names,
-                    legacy,
-                );
-                if ok {
+                if keep.contains(peer) {
+                    cx.warn(
+                        span.pos,
+                        &span.path,
+                        format!("site {peer:?} is listed twice"),
+                    );
+                } else if peers.check(cx, &site.name, &site.method, peer, span, verb) {
                     keep.push(peer.clone());
                     keep_spans.push(span.clone());
                 }
@@ -1291,9 +872,30 @@ pub(crate) fn finish(cx: &mut Ctx, draft: &mut Draft) {
             *list_spans = keep_spans;
         }
     }
+    // The same copy direction named by both ends: harmless (the catalogue's leases stop
+    // two agents copying one run), but one of the two entries is surely a mistake.
+    for (site, spans) in &draft.sites {
+        for (from, span) in site.pull_from.iter().zip(&spans.pull_from) {
+            let pushed = draft
+                .sites
+                .iter()
+                .any(|(s, _)| &s.name == from && s.push_to.contains(&site.name));
+            if pushed {
+                cx.warn(
+                    span.pos,
+                    &span.path,
+                    format!(
+                        "{from:?} already pushes to {:?}; both agents would copy over this link",
+                        site.name
+                    ),
+                );
+            }
+        }
+    }
     let mut tape_seen: HashMap<String, Span> = HashMap::new();
     for (site, spans) in &draft.sites {
-        for (tape, (name_span, gw_span)) in site.tape.iter().zip(&spans.tape) {
+        for (tape, tape_spans) in site.tape.iter().zip(&spans.tape) {
+            let (name_span, gw_span) = (&tape_spans.name, &tape_spans.gateway);
             if let Some(first) = tape_seen.get(&tape.name) {
                 cx.error(
                     name_span.pos,
@@ -1313,12 +915,12 @@ pub(crate) fn finish(cx: &mut Ctx, draft: &mut Draft) {
                 Some(gs),
             ) = (&tape.kind, gw_span)
             {
-                match methods.get(g) {
+                match peers.methods.get(g) {
                     None => cx.error_hint(
                         gs.pos,
                         &gs.path,
                         format!("unknown gateway site {g:?}"),
-                        did_you_mean(g, names.iter().map(String::as_str)),
+                        did_you_mean(g, peers.names.iter().map(String::as_str)),
                     ),
                     Some(TransferMethod::Unsupported(m)) => cx.error(
                         gs.pos,
@@ -1331,7 +933,7 @@ pub(crate) fn finish(cx: &mut Ctx, draft: &mut Draft) {
         }
     }
     // (Skipped when there are errors: a bad "origin" value reads as false.)
-    if !legacy
+    if !peers.legacy
         && !cx.has_errors()
         && !draft.sites.is_empty()
         && !draft.sites.iter().any(|(s, _)| s.origin)
@@ -1344,67 +946,141 @@ pub(crate) fn finish(cx: &mut Ctx, draft: &mut Draft) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn check_link(
-    cx: &mut Ctx,
-    site: &str,
-    site_method: &TransferMethod,
-    peer: &str,
-    span: &Span,
-    verb: &str,
-    methods: &HashMap<String, TransferMethod>,
-    names: &[String],
+/// What the link checks need to know about every site.
+struct Peers {
+    /// Site names in file order (for did-you-mean).
+    names: Vec<String>,
+    methods: HashMap<String, TransferMethod>,
     legacy: bool,
-) -> bool {
-    if peer == site {
-        cx.error(
-            span.pos,
-            &span.path,
-            format!("site {site:?} cannot {verb} itself"),
-        );
-        return false;
+}
+
+impl Peers {
+    /// Checks one entry of `site`'s `push_to` / `pull_from`; `false` drops the link.
+    fn check(
+        &self,
+        cx: &mut Ctx,
+        site: &str,
+        site_method: &TransferMethod,
+        peer: &str,
+        span: &Span,
+        verb: &str,
+    ) -> bool {
+        if peer == site {
+            cx.error(
+                span.pos,
+                &span.path,
+                format!("site {site:?} cannot {verb} itself"),
+            );
+            return false;
+        }
+        match self.methods.get(peer) {
+            None => {
+                cx.error_hint(
+                    span.pos,
+                    &span.path,
+                    format!("unknown site {peer:?}"),
+                    did_you_mean(peer, self.names.iter().map(String::as_str)),
+                );
+                false
+            }
+            Some(TransferMethod::Unsupported(m)) if self.legacy && m == "tsm" => {
+                cx.warn(
+                    span.pos,
+                    &span.path,
+                    format!(
+                        "{peer:?} is cax's TSM tape entry, not a transfer peer; link dropped \
+                         (configure TSM as a \"command\" tape backend running dsmc)"
+                    ),
+                );
+                false
+            }
+            Some(TransferMethod::Unsupported(m)) => {
+                cx.error(
+                    span.pos,
+                    &span.path,
+                    format!(
+                        "site {peer:?} uses method {m:?}, which Ferry does not implement; \
+                         it cannot be a transfer peer"
+                    ),
+                );
+                false
+            }
+            Some(TransferMethod::Local) if *site_method != TransferMethod::Local => {
+                cx.error(
+                    span.pos,
+                    &span.path,
+                    format!(
+                        "site {peer:?} uses method \"local\" (same machine), so only sites with \
+                         method \"local\" can {verb} it; {site:?} uses {site_method}"
+                    ),
+                );
+                false
+            }
+            Some(_) => true,
+        }
     }
-    match methods.get(peer) {
-        None => {
-            cx.error_hint(
-                span.pos,
-                &span.path,
-                format!("unknown site {peer:?}"),
-                did_you_mean(peer, names.iter().map(String::as_str)),
-            );
-            false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value as J;
+
+    const SCHEMA: &str = include_str!("../../../site-configs/site-map.schema.json");
+
+    fn keys(v: &J) -> Vec<String> {
+        let mut k: Vec<String> = v
+            .as_object()
+            .unwrap_or_else(|| panic!("not an object: {v}"))
+            .keys()
+            .cloned()
+            .collect();
+        k.sort();
+        k
+    }
+
+    fn sorted(list: &[&str]) -> Vec<String> {
+        let mut k: Vec<String> = list.iter().map(|s| s.to_string()).collect();
+        k.sort();
+        k
+    }
+
+    /// The JSON Schema and the validator must know the same keys, or editors and
+    /// `ferry config validate` disagree.
+    #[test]
+    fn schema_and_validator_know_the_same_keys() {
+        let s: J = serde_json::from_str(SCHEMA).unwrap();
+        let defs = &s["$defs"];
+        assert_eq!(keys(&s["properties"]), sorted(TOP_KEYS));
+        assert_eq!(keys(&defs["catalog"]["properties"]), sorted(CATALOG_KEYS));
+        assert_eq!(keys(&defs["site"]["properties"]), sorted(SITE_KEYS));
+        let site = &defs["site"]["properties"];
+        assert_eq!(
+            keys(&site["completion"]["properties"]),
+            sorted(COMPLETION_KEYS)
+        );
+        assert_eq!(keys(&site["purge"]["properties"]), sorted(PURGE_KEYS));
+        assert_eq!(keys(&site["limits"]["properties"]), sorted(LIMIT_KEYS));
+        let branches = defs["tape"]["oneOf"].as_array().unwrap();
+        for (kind, specific) in [
+            ("directory", TAPE_DIRECTORY_KEYS),
+            ("command", TAPE_COMMAND_KEYS),
+            ("tar", TAPE_TAR_KEYS),
+        ] {
+            let b = branches
+                .iter()
+                .find(|b| b["properties"]["kind"]["const"] == kind)
+                .unwrap_or_else(|| panic!("no schema branch for tape kind {kind}"));
+            let mut want: Vec<&str> = TAPE_COMMON_KEYS.to_vec();
+            want.extend(specific);
+            assert_eq!(keys(&b["properties"]), sorted(&want), "tape kind {kind}");
         }
-        Some(TransferMethod::Unsupported(m)) if legacy && m == "tsm" => {
-            cx.warn(
-                span.pos,
-                &span.path,
-                format!(
-                    "{peer:?} is cax's TSM tape entry, not a transfer peer; link dropped \
-                     (configure TSM as a \"command\" tape backend running dsmc)"
-                ),
-            );
-            false
-        }
-        Some(TransferMethod::Unsupported(m)) => {
-            cx.error(
-                span.pos,
-                &span.path,
-                format!(
-                    "site {peer:?} uses method {m:?}, which Ferry does not implement; it cannot be a transfer peer"
-                ),
-            );
-            false
-        }
-        Some(TransferMethod::Local) if *site_method != TransferMethod::Local => {
-            cx.error(
-                span.pos,
-                &span.path,
-                format!(
-                    "site {peer:?} uses method \"local\" (same machine), so only sites with method \"local\" can {verb} it; {site:?} uses {site_method}"
-                ),
-            );
-            false
-        }
-        Some(_) => true,
+        let kinds: Vec<&str> = defs["tape"]["properties"]["kind"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, TAPE_KINDS);
     }
 }
