@@ -25,4 +25,5 @@ pub mod checksum;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod tasks;
 pub mod transport;

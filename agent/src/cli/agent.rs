@@ -4,8 +4,14 @@ use anyhow::{Context as _, Result};
 
 use super::exit::{coded, Exit};
 use super::Cli;
+use std::sync::Arc;
+use std::time::Duration;
+
 use crate::catalog::CatalogUri;
 use crate::config::{self, LoadOptions};
+use crate::daemon::lock::SiteLock;
+use crate::daemon::{run_cycles, shutdown_signal, LoopOptions, Stopped};
+use crate::tasks::{self, Context, CycleReport, RunScope, Task};
 
 /// The site this agent runs as: `--host`, else `$FERRY_SITE`, else the short host name
 /// (as cax did).
@@ -77,12 +83,114 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
         (None, Some(settings)) => CatalogUri::parse(&settings.uri)?,
         (None, None) => CatalogUri::default_embedded(),
     };
-    tracing::info!(%site, %catalog, once = cli.once, "ferry agent starting");
-    Err(coded(
-        Exit::Unsupported,
-        format!(
-            "site {site}: the agent's tasks (register, verify, copy, purge) are not built in \
-             this version yet; nothing was done"
-        ),
-    ))
+    let Some(site_model) = loaded.map.site(&site).cloned() else {
+        return Err(coded(
+            Exit::Usage,
+            format!("site {site} is not in the site map"),
+        ));
+    };
+    let asked: Vec<Task> = cli.tasks.clone();
+    let missing: Vec<Task> = asked
+        .iter()
+        .copied()
+        .filter(|t| !tasks::is_built(*t))
+        .collect();
+    if !missing.is_empty() {
+        return Err(coded(
+            Exit::Unsupported,
+            format!("these tasks are not built in this version yet: {missing:?}; nothing was done"),
+        ));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let scope = match (&cli.run, &cli.name) {
+        (Some(n), _) => RunScope::Number(*n),
+        (None, Some(name)) => RunScope::Name(name.clone()),
+        (None, None) => RunScope::All,
+    };
+    let (stopped, report) = runtime.block_on(async {
+        let shutdown = shutdown_signal().context("cannot install the SIGTERM/SIGINT handlers")?;
+        let lock = SiteLock::acquire(&SiteLock::default_dir(), &site).map_err(|e| {
+            let code = if e.is_retryable() { Exit::Locked } else { Exit::Failed };
+            coded(code, e.to_string())
+        })?;
+        tracing::info!(%site, %catalog, once = cli.once, lock = %lock.path().display(), "ferry agent starting");
+        let opened = crate::catalog::open(&catalog)
+            .await
+            .map_err(|e| coded(Exit::Catalog, format!("catalogue {catalog}: {e}")))?;
+        let ctx = Context {
+            map: Arc::new(loaded.map.clone()),
+            site: site_model,
+            catalog: Arc::from(opened),
+            owner: owner_id(&site),
+            scope,
+            dry_run: cli.dry_run,
+        };
+        let opts = LoopOptions {
+            interval: Duration::from_secs(60),
+            once: cli.once,
+            grace: Duration::from_secs(300),
+        };
+        let (stopped, last) = run_cycles(
+            opts,
+            |token| {
+                let ctx = ctx.clone();
+                let asked = asked.clone();
+                async move {
+                    let report = tasks::run_cycle(&ctx, &asked, &token).await;
+                    print_report(&report);
+                    report
+                }
+            },
+            shutdown,
+        )
+        .await;
+        drop(lock);
+        anyhow::Ok((stopped, last))
+    })?;
+    // The exit code says whether everything asked was done: a cycle that could run only
+    // some of its tasks did not do everything asked.
+    Ok(match report {
+        // A daemon asked to stop, stopping cleanly, did what it was asked.
+        _ if stopped == Stopped::Shutdown && !cli.once => Exit::Ok,
+        Some(r) if r.tasks.iter().any(|(_, t)| !t.failed.is_empty()) => Exit::Failed,
+        Some(r) if !r.not_built.is_empty() => Exit::Unsupported,
+        Some(_) => Exit::Ok,
+        None => Exit::Failed,
+    })
+}
+
+/// This agent's identity in leases and the audit trail: `site@host:pid`.
+fn owner_id(site: &str) -> String {
+    let host = gethostname::gethostname();
+    format!("{site}@{}:{}", host.to_string_lossy(), std::process::id())
+}
+
+/// One line per task and per run touched, on stdout: what a person at the terminal asked for.
+fn print_report(report: &CycleReport) {
+    for (task, r) in &report.tasks {
+        println!(
+            "{task:?}: {} done, {} skipped, {} failed",
+            r.done.len(),
+            r.skipped.len(),
+            r.failed.len()
+        );
+        for line in &r.done {
+            println!("  done     {line}");
+        }
+        for line in &r.skipped {
+            println!("  skipped  {line}");
+        }
+        for line in &r.failed {
+            println!("  FAILED   {line}");
+        }
+    }
+    if !report.not_built.is_empty() {
+        println!(
+            "not built in this version yet (nothing done for them): {:?}",
+            report.not_built
+        );
+    }
 }

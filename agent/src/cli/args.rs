@@ -3,10 +3,11 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
 use super::exit::EXIT_CODES_HELP;
 use super::logging::LogArgs;
+pub use crate::tasks::Task;
 
 /// Ferry: moves run data between sites, proves every copy with checksums, and records
 /// every copy in the run catalogue.
@@ -54,37 +55,6 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Option<Command>,
-}
-
-/// The agent's tasks, in cycle order (DESIGN §5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum)]
-pub enum Task {
-    /// Find complete runs at origin sites and record them.
-    #[value(alias = "AddRunToDatabase", alias = "AddChecksum")]
-    Register,
-    /// Hash local copies awaiting verification.
-    #[value(alias = "RetryStalledTransfer")]
-    Verify,
-    /// Reclaim stalled copies and retry failed ones.
-    #[value(alias = "RetryBadChecksumTransfer")]
-    Retry,
-    /// Copy runs to the sites this site pushes to.
-    #[value(alias = "CopyPush")]
-    Push,
-    /// Copy runs from the sites this site pulls from.
-    #[value(alias = "CopyPull")]
-    Pull,
-    /// Back runs up to tape.
-    #[value(alias = "TSMclient")]
-    Tape,
-    /// Remove local copies that enough verified copies elsewhere protect.
-    #[value(alias = "BufferPurger", alias = "PurgeProcessed")]
-    Purge,
-    /// Re-hash local copies; report dark and lost data.
-    #[value(alias = "Filesystem")]
-    Audit,
-    /// Write this agent's heartbeat document.
-    Heartbeat,
 }
 
 /// Subcommands.

@@ -33,8 +33,8 @@ use std::path::{Path, PathBuf};
 pub use diag::{did_you_mean, Diagnostic, LineCol, Location, Severity};
 pub use model::{
     CatalogSettings, CompletionRule, HostKeyPolicy, LayoutError, LayoutField, LayoutTemplate,
-    Limits, Link, PasswordSource, PurgePolicy, Site, SiteMap, TapeBackendConfig, TapeKind,
-    TransferMethod,
+    Limits, Link, PasswordSource, PurgePolicy, RunPathFields, Site, SiteMap, TapeBackendConfig,
+    TapeKind, TransferMethod,
 };
 pub use ssh::{SettingSource, SshConfigError, SshEnvironment, SshSettings};
 pub use validate::FORMAT_VERSION;

@@ -411,6 +411,19 @@ enum Piece {
     Field(LayoutField, Option<usize>),
 }
 
+/// What a run directory's path says about the run (see [`LayoutTemplate::match_path`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunPathFields {
+    /// From `{number}`.
+    pub number: Option<i64>,
+    /// From `{name}`.
+    pub name: Option<String>,
+    /// From `{period}`.
+    pub period: Option<String>,
+    /// From `{detector}`.
+    pub detector: Option<String>,
+}
+
 /// A run directory layout such as `RunPeriod-{period}/Run{number:06}`: relative, `/`
 /// separated, with placeholders `{number}`, `{number:0N}` (zero-padded to N digits),
 /// `{name}`, `{period}`, `{detector}`; `{{` and `}}` are literal braces.
@@ -566,6 +579,60 @@ impl LayoutTemplate {
             .any(|p| matches!(p, Piece::Field(f, _) if *f == field))
     }
 
+    /// How many directory levels a run directory sits below its data directory.
+    pub fn depth(&self) -> usize {
+        self.text.split('/').count()
+    }
+
+    /// Reads a run's identity back from its directory (relative to the data directory,
+    /// `/`-separated): the inverse of [`render`](Self::render). `None` when the path does
+    /// not have the template's shape.
+    pub fn match_path(&self, rel: &str) -> Option<RunPathFields> {
+        let mut pattern = String::from("^");
+        let mut fields = Vec::new();
+        for p in &self.pieces {
+            match p {
+                Piece::Text(t) => pattern.push_str(&regex::escape(t)),
+                Piece::Field(LayoutField::Number, width) => {
+                    match width {
+                        Some(w) => pattern.push_str(&format!("([0-9]{{{w},}})")),
+                        None => pattern.push_str("([0-9]+)"),
+                    }
+                    fields.push(LayoutField::Number);
+                }
+                Piece::Field(field, _) => {
+                    pattern.push_str("([^/]+?)");
+                    fields.push(*field);
+                }
+            }
+        }
+        pattern.push('$');
+        let re = regex::Regex::new(&pattern).ok()?;
+        let caps = re.captures(rel)?;
+        let mut out = RunPathFields::default();
+        for (i, field) in fields.iter().enumerate() {
+            let value = caps.get(i + 1)?.as_str();
+            let slot = match field {
+                LayoutField::Number => {
+                    let n: i64 = value.parse().ok()?;
+                    if out.number.is_some_and(|prev| prev != n) {
+                        return None;
+                    }
+                    out.number = Some(n);
+                    continue;
+                }
+                LayoutField::Name => &mut out.name,
+                LayoutField::Period => &mut out.period,
+                LayoutField::Detector => &mut out.detector,
+            };
+            if slot.as_deref().is_some_and(|prev| prev != value) {
+                return None;
+            }
+            *slot = Some(value.to_string());
+        }
+        Some(out)
+    }
+
     /// The run's directory, relative to a data directory.
     pub fn render(
         &self,
@@ -664,6 +731,29 @@ mod tests {
         }
         let e = LayoutTemplate::parse("{nmber:06}").unwrap_err().to_string();
         assert!(e.contains("did you mean \"number\""), "{e}");
+    }
+
+    #[test]
+    fn match_path_inverts_render() {
+        let t = LayoutTemplate::parse("RunPeriod-{period}/Run{number:06}").unwrap();
+        assert_eq!(t.depth(), 2);
+        let rel = t.render(4711, "x", Some("2019-11"), "tpc").unwrap();
+        let got = t.match_path(&rel).unwrap();
+        assert_eq!(got.number, Some(4711));
+        assert_eq!(got.period.as_deref(), Some("2019-11"));
+        assert!(
+            t.match_path("RunPeriod-2019-11/Run47").is_none(),
+            "width not kept"
+        );
+        assert!(t.match_path("RunPeriod-2019-11/Run004711/extra").is_none());
+        assert!(t.match_path("Other/Run004711").is_none());
+        let t = LayoutTemplate::parse("{detector}/{name}_{number}").unwrap();
+        let got = t.match_path("tpc/170330_1234_7").unwrap();
+        assert_eq!(got.detector.as_deref(), Some("tpc"));
+        assert_eq!(got.name.as_deref(), Some("170330_1234"));
+        assert_eq!(got.number, Some(7));
+        let t = LayoutTemplate::parse("{name}").unwrap();
+        assert!(t.match_path("a/b").is_none());
     }
 
     #[test]

@@ -1,0 +1,471 @@
+//! *register*: at an origin site, find complete runs on disk, build their manifest
+//! (DESIGN §3.2) and record the run with its origin copy.
+//!
+//! Discovery walks each data directory to the layout template's depth and reads each run
+//! directory's identity back from its path (`RunPeriod-{period}/Run{number:06}`). A run is
+//! complete when its completion marker exists, or when no file in it was modified for the
+//! quiet period; a run holding a `.part` file, or a file modified during hashing, is still
+//! being written and is left for a later cycle. Symbolic links inside a run directory are
+//! refused: a manifest lists only regular files that live in the run directory.
+//!
+//! A run already recorded with a checksummed copy at this site is skipped without reading
+//! its files, so an idle cycle costs one catalogue lookup per run directory.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use catalog_schema::{FileEntry, RunKey};
+use tokio_util::sync::CancellationToken;
+
+use super::{Context, TaskReport};
+use crate::catalog::{Cas, CopyRef, Manifest, NewRun, OriginCopy, Registered};
+use crate::checksum::{self, ManifestLine};
+use crate::config::{CompletionRule, LayoutField, Site};
+use crate::transport::PART_SUFFIX;
+
+/// The detector recorded when the layout does not name one (cax's default).
+pub const DEFAULT_DETECTOR: &str = "tpc";
+
+/// A run directory found on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// Detector and number.
+    pub key: RunKey,
+    /// The run name: `{name}` from the layout, else the run directory's own name.
+    pub name: String,
+    /// Data type (the data directory's key, e.g. `raw`).
+    pub data_type: String,
+    /// The run directory.
+    pub dir: PathBuf,
+}
+
+/// Why a run directory is not registered (yet).
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    /// The run is still being written.
+    #[error("{dir}: not complete yet: {why}")]
+    Incomplete {
+        /// The run directory.
+        dir: String,
+        /// What shows it.
+        why: String,
+    },
+    /// The run directory holds something a manifest cannot list.
+    #[error("{dir}: {why}")]
+    Refused {
+        /// The run directory.
+        dir: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// Reading the directory or a file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Hashing failed.
+    #[error(transparent)]
+    Checksum(#[from] checksum::ChecksumError),
+}
+
+/// Runs the task for `ctx.site` (does nothing at sites that are not origins).
+pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
+    let mut report = TaskReport::default();
+    if !ctx.site.origin {
+        return report;
+    }
+    let found = match discover(&ctx.site) {
+        Ok(found) => found,
+        Err(err) => {
+            report.failed.push(format!("site {}: {err}", ctx.site.name));
+            return report;
+        }
+    };
+    for run in found {
+        if token.is_cancelled() {
+            break;
+        }
+        if !ctx.scope.admits(run.key.number, Some(&run.name)) {
+            continue;
+        }
+        let label = format!("run {} ({}) {}", run.key.number, run.name, run.data_type);
+        match register_one(ctx, &run).await {
+            Ok(Outcome::Registered) => report.done.push(label),
+            Ok(Outcome::Skipped(why)) => report.skipped.push(format!("{label}: {why}")),
+            Err(why) => {
+                tracing::error!(site = %ctx.site.name, run = run.key.number, "{why}");
+                report.failed.push(format!("{label}: {why}"));
+            }
+        }
+    }
+    report
+}
+
+enum Outcome {
+    Registered,
+    Skipped(String),
+}
+
+async fn register_one(ctx: &Context, run: &Found) -> Result<Outcome, String> {
+    let existing = ctx
+        .catalog
+        .get_run(&run.key)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(doc) = &existing {
+        let recorded = doc
+            .copy(&ctx.site.name, &run.data_type)
+            .is_some_and(|c| c.checksum.is_some());
+        if recorded && doc.digest.is_some() {
+            return Ok(Outcome::Skipped("already registered".into()));
+        }
+    }
+    let quiet = match &ctx.site.completion {
+        CompletionRule::Marker(m) => {
+            if !run.dir.join(m).is_file() {
+                return Ok(Outcome::Skipped(format!("no completion marker {m}")));
+            }
+            None
+        }
+        CompletionRule::QuietPeriod(d) => Some(*d),
+    };
+    let marker = match &ctx.site.completion {
+        CompletionRule::Marker(m) => Some(m.clone()),
+        CompletionRule::QuietPeriod(_) => None,
+    };
+    let dir = run.dir.clone();
+    let built = tokio::task::spawn_blocking(move || build_manifest(&dir, marker.as_deref(), quiet))
+        .await
+        .map_err(|e| format!("manifest task failed: {e}"))?;
+    let manifest = match built {
+        Ok(m) => m,
+        Err(RegisterError::Incomplete { why, .. }) => return Ok(Outcome::Skipped(why)),
+        Err(e) => return Err(e.to_string()),
+    };
+    if ctx.dry_run {
+        return Ok(Outcome::Skipped(format!(
+            "dry run: would register {} files, {} bytes, digest {}",
+            manifest.files.len(),
+            manifest.size,
+            manifest.digest
+        )));
+    }
+    let new = NewRun {
+        key: run.key.clone(),
+        name: Some(run.name.clone()),
+        start: None,
+        end: None,
+        manifest: Some(manifest.clone()),
+        who: ctx.owner.clone(),
+    };
+    match ctx
+        .catalog
+        .register_run(&new)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        Registered::Created | Registered::Existing => {}
+        Registered::Conflict { reason } => {
+            return Err(format!(
+                "the catalogue already holds this run with different contents ({reason}); \
+                 nothing was changed"
+            ))
+        }
+    }
+    let origin = OriginCopy {
+        copy: CopyRef::new(run.key.clone(), &ctx.site.name, &run.data_type),
+        location: run.dir.display().to_string(),
+        protocol: "local".into(),
+        manifest,
+        who: ctx.owner.clone(),
+    };
+    match ctx
+        .catalog
+        .add_origin_copy(&origin)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        Cas::Done => Ok(Outcome::Registered),
+        Cas::Lost => Ok(Outcome::Skipped(
+            "origin copy already recorded by another agent".into(),
+        )),
+    }
+}
+
+/// Finds run directories under each of the site's data directories.
+pub fn discover(site: &Site) -> Result<Vec<Found>, RegisterError> {
+    let layout = &site.layout;
+    if !layout.uses(LayoutField::Number) {
+        return Err(RegisterError::Refused {
+            dir: site
+                .data_dirs
+                .values()
+                .next()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default(),
+            why: format!(
+                "layout `{layout}` has no {{number}}: directory discovery cannot tell run \
+                 numbers (use a layout such as Run{{number:06}}, or let the DAQ write run \
+                 documents into the catalogue)"
+            ),
+        });
+    }
+    let mut found = Vec::new();
+    for (data_type, root) in &site.data_dirs {
+        let mut dirs = Vec::new();
+        collect_dirs(root, root, layout.depth(), &mut dirs)?;
+        for (rel, dir) in dirs {
+            let Some(fields) = layout.match_path(&rel) else {
+                continue;
+            };
+            let Some(number) = fields.number else {
+                continue;
+            };
+            let name = fields
+                .name
+                .unwrap_or_else(|| rel.rsplit('/').next().unwrap_or(rel.as_str()).to_string());
+            let detector = fields
+                .detector
+                .unwrap_or_else(|| DEFAULT_DETECTOR.to_string());
+            found.push(Found {
+                key: RunKey::new(&detector, number),
+                name,
+                data_type: data_type.clone(),
+                dir,
+            });
+        }
+    }
+    found.sort_by(|a, b| (&a.key.detector, a.key.number).cmp(&(&b.key.detector, b.key.number)));
+    Ok(found)
+}
+
+/// Directories exactly `depth` levels below `root` (real directories, not links).
+fn collect_dirs(
+    root: &Path,
+    dir: &Path,
+    depth: usize,
+    out: &mut Vec<(String, PathBuf)>,
+) -> Result<(), RegisterError> {
+    let io = |source| RegisterError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        if !entry.file_type().map_err(io)?.is_dir() {
+            continue;
+        }
+        let path = entry.path();
+        if depth <= 1 {
+            let Ok(rel) = path.strip_prefix(root) else {
+                continue;
+            };
+            let Some(rel) = rel.to_str() else {
+                tracing::warn!(dir = %path.display(), "run directory name is not UTF-8; skipped");
+                continue;
+            };
+            out.push((rel.to_string(), path.clone()));
+        } else {
+            collect_dirs(root, &path, depth - 1, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Hashes every regular file of a run directory (the completion marker excluded) into a
+/// manifest. Fails as [`RegisterError::Incomplete`] when the run is still being written.
+pub fn build_manifest(
+    dir: &Path,
+    marker: Option<&str>,
+    quiet: Option<Duration>,
+) -> Result<Manifest, RegisterError> {
+    let shown = dir.display().to_string();
+    let mut files = Vec::new();
+    list_files(dir, dir, &mut files)?;
+    files.retain(|(rel, _)| Some(rel.as_str()) != marker);
+    files.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    if files.is_empty() {
+        return Err(RegisterError::Refused {
+            dir: shown,
+            why: "the run directory holds no files; an empty run is not registered".into(),
+        });
+    }
+    if let Some((rel, _)) = files.iter().find(|(rel, _)| rel.ends_with(PART_SUFFIX)) {
+        return Err(RegisterError::Incomplete {
+            dir: shown,
+            why: format!("{rel} is still being written"),
+        });
+    }
+    let newest = newest_mtime(&files)?;
+    if let Some(quiet) = quiet {
+        let age = SystemTime::now()
+            .duration_since(newest)
+            .unwrap_or(Duration::ZERO);
+        if age < quiet {
+            return Err(RegisterError::Incomplete {
+                dir: shown,
+                why: format!(
+                    "a file was modified {} ago (quiet period {})",
+                    humantime::format_duration(Duration::from_secs(age.as_secs())),
+                    humantime::format_duration(quiet)
+                ),
+            });
+        }
+    }
+    let mut entries = Vec::with_capacity(files.len());
+    let mut total: u64 = 0;
+    for (rel, path) in &files {
+        let digest = checksum::hash_file(path)?;
+        total = total.saturating_add(digest.size);
+        entries.push(FileEntry {
+            path: rel.clone(),
+            size: i64::try_from(digest.size).unwrap_or(i64::MAX),
+            sha256: digest.sha256_hex(),
+            md5: Some(digest.md5_hex()),
+        });
+    }
+    // A file that changed while it was read would give a manifest that no copy matches.
+    if newest_mtime(&files)? != newest {
+        return Err(RegisterError::Incomplete {
+            dir: shown,
+            why: "a file changed while it was hashed".into(),
+        });
+    }
+    let lines: Vec<ManifestLine<'_>> = entries
+        .iter()
+        .map(|f| ManifestLine {
+            path: &f.path,
+            size: u64::try_from(f.size).unwrap_or(0),
+            sha256: &f.sha256,
+        })
+        .collect();
+    let digest = checksum::run_digest(&lines)?;
+    Ok(Manifest {
+        files: entries,
+        size: i64::try_from(total).unwrap_or(i64::MAX),
+        digest,
+    })
+}
+
+fn list_files(
+    root: &Path,
+    dir: &Path,
+    out: &mut Vec<(String, PathBuf)>,
+) -> Result<(), RegisterError> {
+    let io = |source| RegisterError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let path = entry.path();
+        let kind = entry.file_type().map_err(io)?;
+        let rel = path
+            .strip_prefix(root)
+            .ok()
+            .and_then(Path::to_str)
+            .ok_or_else(|| RegisterError::Refused {
+                dir: root.display().to_string(),
+                why: format!("{}: file name is not UTF-8", path.display()),
+            })?
+            .to_string();
+        if kind.is_symlink() {
+            return Err(RegisterError::Refused {
+                dir: root.display().to_string(),
+                why: format!("{rel} is a symbolic link; a run holds regular files only"),
+            });
+        } else if kind.is_dir() {
+            list_files(root, &path, out)?;
+        } else if kind.is_file() {
+            out.push((rel, path));
+        } else {
+            return Err(RegisterError::Refused {
+                dir: root.display().to_string(),
+                why: format!("{rel} is not a regular file"),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn newest_mtime(files: &[(String, PathBuf)]) -> Result<SystemTime, RegisterError> {
+    let mut newest = SystemTime::UNIX_EPOCH;
+    for (_, path) in files {
+        let meta = std::fs::symlink_metadata(path).map_err(|source| RegisterError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let m = meta.modified().map_err(|source| RegisterError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        newest = newest.max(m);
+    }
+    Ok(newest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, rel: &str, bytes: &[u8]) {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
+
+    #[test]
+    fn manifest_lists_files_sorted_without_marker() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "b.evio", b"bbb");
+        write(d.path(), "a/000.evio", b"");
+        write(d.path(), "DONE", b"");
+        let m = build_manifest(d.path(), Some("DONE"), None).unwrap();
+        let paths: Vec<_> = m.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["a/000.evio", "b.evio"]);
+        assert_eq!(m.size, 3);
+        assert_eq!(
+            m.files[0].sha256,
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(m.digest.len(), 64);
+    }
+
+    #[test]
+    fn part_file_means_incomplete() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "000.evio.part", b"x");
+        assert!(matches!(
+            build_manifest(d.path(), None, None),
+            Err(RegisterError::Incomplete { .. })
+        ));
+    }
+
+    #[test]
+    fn recent_file_inside_quiet_period_means_incomplete() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "000.evio", b"x");
+        let err = build_manifest(d.path(), None, Some(Duration::from_secs(600))).unwrap_err();
+        assert!(err.to_string().contains("quiet period"), "{err}");
+    }
+
+    #[test]
+    fn symlink_out_of_run_refused() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "000.evio", b"x");
+        std::os::unix::fs::symlink("/etc/passwd", d.path().join("evil")).unwrap();
+        let err = build_manifest(d.path(), None, None).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+    }
+
+    #[test]
+    fn empty_run_refused() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "DONE", b"");
+        let err = build_manifest(d.path(), Some("DONE"), None).unwrap_err();
+        assert!(err.to_string().contains("empty run"), "{err}");
+    }
+}

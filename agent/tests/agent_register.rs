@@ -1,0 +1,267 @@
+//! The agent as operators run it: `ferry --once --task register` at an origin site on the
+//! embedded catalogue, a second instance refused, a daemon stopped by SIGTERM. Digests are
+//! checked against coreutils `sha256sum`, which shares no code with Ferry.
+
+// Helpers outside #[test] functions may unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["daq/raw", "mirror/raw", "state"] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        let map = serde_json::json!({
+            "version": 1,
+            "catalog": { "uri": format!("sqlite:{}", dir.path().join("catalog.sqlite").display()) },
+            "sites": [
+                { "name": "daq", "method": "local", "origin": true,
+                  "data_dirs": { "raw": dir.path().join("daq/raw") },
+                  "layout": "Run{number:06}", "completion": { "marker": "RUN_COMPLETE" },
+                  "push_to": ["mirror"] },
+                { "name": "mirror", "method": "local",
+                  "data_dirs": { "raw": dir.path().join("mirror/raw") },
+                  "layout": "Run{number:06}" }
+            ]
+        });
+        std::fs::write(dir.path().join("map.json"), map.to_string()).unwrap();
+        Sandbox { dir }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// A run at the DAQ site: files of the given sizes, complete or not.
+    fn run(&self, number: u32, sizes: &[usize], complete: bool) -> PathBuf {
+        let run = self.path(&format!("daq/raw/Run{number:06}"));
+        for (i, size) in sizes.iter().enumerate() {
+            let file = run.join(format!("sub dir/{i:03} ü.evio"));
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            let bytes: Vec<u8> = (0..*size)
+                .map(|j| (j * 31 + i * 7 + number as usize) as u8)
+                .collect();
+            std::fs::write(file, bytes).unwrap();
+        }
+        if complete {
+            std::fs::write(run.join("RUN_COMPLETE"), b"").unwrap();
+        }
+        run
+    }
+
+    fn ferry(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+        cmd.env_remove("FERRY_CATALOG")
+            .env("FERRY_STATE_DIR", self.path("state"))
+            .arg("--config")
+            .arg(self.path("map.json"))
+            .args(["--host", "daq"]);
+        cmd
+    }
+
+    fn runs_json(&self) -> serde_json::Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["runs", "list", "--json", "--catalog"])
+            .arg(format!("sqlite:{}", self.path("catalog.sqlite").display()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The run digest computed with coreutils: `sha256sum` per file, then SHA-256 over the
+/// sorted lines `path \0 size \0 sha256 \n` (DESIGN §3.2).
+fn digest_with_coreutils(run: &Path, skip: &str) -> String {
+    let mut lines: Vec<(String, u64, String)> = Vec::new();
+    let mut stack = vec![run.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let rel = p.strip_prefix(run).unwrap().to_str().unwrap().to_string();
+            if rel == skip {
+                continue;
+            }
+            let out = Command::new("sha256sum").arg(&p).output().unwrap();
+            assert!(out.status.success());
+            let hash = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .trim_start_matches('\\')
+                .to_string();
+            lines.push((rel, std::fs::metadata(&p).unwrap().len(), hash));
+        }
+    }
+    lines.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    let mut manifest = Vec::new();
+    for (path, size, hash) in lines {
+        manifest.extend_from_slice(format!("{path}\0{size}\0{hash}\n").as_bytes());
+    }
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), &manifest).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn register_records_complete_runs_with_independently_checked_digests() {
+    let sb = Sandbox::new();
+    let run1 = sb.run(1, &[0, 1, 1 << 20 | 1], true);
+    let run2 = sb.run(2, &[4096], true);
+    sb.run(3, &[10], false); // still being written: no marker
+
+    let out = sb
+        .ferry()
+        .args(["--once", "--task", "register"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("Register: 2 done, 1 skipped, 0 failed"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stdout.contains("no completion marker RUN_COMPLETE"),
+        "{stdout}"
+    );
+
+    let runs = sb.runs_json();
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{runs:#?}");
+    for (doc, dir) in runs.iter().zip([&run1, &run2]) {
+        let expected = digest_with_coreutils(dir, "RUN_COMPLETE");
+        assert_eq!(doc["digest"].as_str(), Some(expected.as_str()), "{doc:#}");
+        let origin = &doc["data"][0];
+        assert_eq!(origin["host"], "daq");
+        assert_eq!(origin["status"], "transferred");
+        assert_eq!(origin["checksum"].as_str(), Some(expected.as_str()));
+    }
+
+    // Idempotent: a second cycle changes nothing and reads no file again.
+    let out = sb
+        .ferry()
+        .args(["--once", "--task", "register"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Register: 0 done, 3 skipped"));
+    assert_eq!(sb.runs_json().as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn run_filter_registers_only_that_run() {
+    let sb = Sandbox::new();
+    sb.run(1, &[10], true);
+    sb.run(2, &[10], true);
+    let out = sb
+        .ferry()
+        .args(["--once", "--task", "register", "--run", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let runs = sb.runs_json();
+    let numbers: Vec<_> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["number"].clone())
+        .collect();
+    assert_eq!(numbers, [serde_json::json!(2)]);
+}
+
+#[test]
+fn tasks_not_built_are_refused_and_nothing_is_done() {
+    let sb = Sandbox::new();
+    sb.run(1, &[10], true);
+    let out = sb
+        .ferry()
+        .args(["--once", "--task", "push"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not built"),
+        "{}",
+        text(&out)
+    );
+    assert!(!sb.path("catalog.sqlite").exists() || sb.runs_json().as_array().unwrap().is_empty());
+}
+
+#[test]
+fn second_agent_for_a_site_exits_naming_the_holder_and_sigterm_stops_the_daemon() {
+    let sb = Sandbox::new();
+    let mut daemon = sb
+        .ferry()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the daemon holds its lock (the lock file names its pid).
+    let lock = sb.path("state/ferry-daq.lock");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(&lock)
+        .map(|s| s.trim().to_string())
+        .ok()
+        != Some(daemon.id().to_string())
+    {
+        assert!(Instant::now() < deadline, "daemon never took its lock");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = sb
+        .ferry()
+        .args(["--once", "--task", "register"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("pid {}", daemon.id())), "{stderr}");
+
+    // SIGTERM: the daemon stops promptly and cleanly (exit 0), releasing the lock.
+    let started = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let status = daemon.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let out = sb
+        .ferry()
+        .args(["--once", "--task", "register"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
