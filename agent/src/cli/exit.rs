@@ -68,6 +68,14 @@ pub fn classify(err: &anyhow::Error) -> Exit {
         {
             return Exit::Usage;
         }
+        if let Some(c) = cause.downcast_ref::<crate::catalog::CatalogError>() {
+            return match c {
+                crate::catalog::CatalogError::Uri(_)
+                | crate::catalog::CatalogError::Config { .. } => Exit::Usage,
+                c if c.is_connection() => Exit::Catalog,
+                _ => Exit::Failed,
+            };
+        }
     }
     Exit::Failed
 }

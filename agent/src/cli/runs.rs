@@ -1,11 +1,270 @@
-//! `ferry runs list|show`.
+//! `ferry runs list|show`: the collaborator's view of the catalogue.
+//!
+//! Needs no site map: the catalogue comes from `--catalog`, else `FERRY_CATALOG`, else the
+//! embedded default ([`crate::catalog::resolve_catalog_uri`]). Only reads; an embedded
+//! catalogue that does not exist yet is an empty one (nothing is created). Output is an
+//! aligned table, or JSON (MongoDB relaxed extended JSON, the documents as stored) with
+//! `--json`.
 
-use anyhow::Result;
+use std::fmt::Write as _;
 
-use super::args::RunsCommand;
+use anyhow::{Context, Result};
+use bson::DateTime;
+
+use super::args::{RunsCommand, RunsListArgs, RunsShowArgs};
 use super::exit::{coded, Exit};
 use super::Cli;
+use crate::catalog::{self, Catalog, CatalogUri, CopyStatus, RunDoc, RunFilter, RunSelector};
 
-pub(super) fn run(_cli: &Cli, _cmd: &RunsCommand) -> Result<Exit> {
-    Err(coded(Exit::Unsupported, "runs: not built yet"))
+pub(super) fn run(cli: &Cli, cmd: &RunsCommand) -> Result<Exit> {
+    let uri = catalog::resolve_catalog_uri(cli.catalog.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let out = runtime.block_on(async {
+        match cmd {
+            RunsCommand::List(args) => list(cli, &uri, args).await,
+            RunsCommand::Show(args) => show(&uri, args).await,
+        }
+    })?;
+    print!("{out}");
+    Ok(Exit::Ok)
+}
+
+/// Opens the catalogue, or `None` for an embedded one that does not exist yet.
+async fn open(uri: &CatalogUri) -> Result<Option<Box<dyn Catalog>>> {
+    if let CatalogUri::Embedded { path } = uri {
+        if !path.exists() {
+            tracing::info!("no catalogue at {}: nothing recorded yet", path.display());
+            return Ok(None);
+        }
+    }
+    Ok(Some(catalog::open(uri).await?))
+}
+
+fn filter_of(cli: &Cli, args: &RunsListArgs) -> Result<RunFilter> {
+    let status = args
+        .status
+        .as_deref()
+        .map(str::parse::<CopyStatus>)
+        .transpose()
+        .map_err(|e| coded(Exit::Usage, format!("--status: {e}")))?;
+    let since = args.since.as_deref().map(parse_date).transpose()?;
+    Ok(RunFilter {
+        host: cli.host.clone(),
+        status,
+        missing_at: args.missing_at.clone(),
+        fewer_copies_than: args.fewer_copies_than,
+        since,
+        limit: None,
+    })
+}
+
+/// `YYYY-MM-DD` (midnight UTC) or RFC 3339.
+fn parse_date(s: &str) -> Result<DateTime> {
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        let midnight = d.and_hms_opt(0, 0, 0).map(|t| t.and_utc());
+        if let Some(t) = midnight {
+            return Ok(DateTime::from_chrono(t));
+        }
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| DateTime::from_chrono(t.with_timezone(&chrono::Utc)))
+        .map_err(|e| {
+            coded(
+                Exit::Usage,
+                format!("--since {s:?}: expected YYYY-MM-DD or RFC 3339 ({e})"),
+            )
+        })
+}
+
+async fn list(cli: &Cli, uri: &CatalogUri, args: &RunsListArgs) -> Result<String> {
+    let filter = filter_of(cli, args)?;
+    let runs = match open(uri).await? {
+        Some(c) => c.list_runs(&filter).await?,
+        None => Vec::new(),
+    };
+    if args.json {
+        return json(&runs, true);
+    }
+    let mut rows = vec![row(&[
+        "NUMBER", "NAME", "DETECTOR", "START", "SIZE", "COPIES",
+    ])];
+    for r in &runs {
+        rows.push(vec![
+            r.number.to_string(),
+            r.name.clone().unwrap_or_default(),
+            r.detector.clone(),
+            r.start.map(date).unwrap_or_default(),
+            r.size.map(size).unwrap_or_default(),
+            copies_summary(r),
+        ]);
+    }
+    Ok(table(&rows))
+}
+
+async fn show(uri: &CatalogUri, args: &RunsShowArgs) -> Result<String> {
+    let sel = match args.run.parse::<i64>() {
+        Ok(n) => RunSelector::Number(n),
+        Err(_) => RunSelector::Name(args.run.clone()),
+    };
+    let runs = match open(uri).await? {
+        Some(c) => c.find_runs(&sel).await?,
+        None => Vec::new(),
+    };
+    if runs.is_empty() {
+        return Err(coded(
+            Exit::Failed,
+            format!("no run {} in catalogue {uri}", args.run),
+        ));
+    }
+    if args.json {
+        return json(&runs, runs.len() > 1);
+    }
+    let mut out = String::new();
+    for r in &runs {
+        out.push_str(&describe(r));
+    }
+    Ok(out)
+}
+
+fn describe(r: &RunDoc) -> String {
+    let mut out = String::new();
+    let field = |out: &mut String, k: &str, v: String| {
+        let _ = writeln!(out, "{k:<10} {v}");
+    };
+    field(&mut out, "run", format!("{} ({})", r.number, r.detector));
+    field(&mut out, "name", r.name.clone().unwrap_or_default());
+    field(&mut out, "start", r.start.map(date).unwrap_or_default());
+    field(&mut out, "end", r.end.map(date).unwrap_or_default());
+    field(&mut out, "size", r.size.map(size).unwrap_or_default());
+    field(&mut out, "files", r.files.len().to_string());
+    field(&mut out, "digest", r.digest.clone().unwrap_or_default());
+    out.push('\n');
+    let mut rows = vec![row(&[
+        "HOST", "TYPE", "STATUS", "CHECKSUM", "VERIFIED", "LEASE", "LOCATION",
+    ])];
+    for c in &r.data {
+        let checksum = match (&c.checksum, &r.digest) {
+            (None, _) => "-".to_string(),
+            (Some(s), Some(d)) if s == d => "= digest".to_string(),
+            (Some(s), _) => s.chars().take(16).collect(),
+        };
+        rows.push(vec![
+            c.host.clone(),
+            c.data_type.clone(),
+            c.status.to_string(),
+            checksum,
+            c.verified_time.map(date).unwrap_or_else(|| "-".into()),
+            c.lease
+                .as_ref()
+                .map(|l| format!("{} until {}", l.owner, date(l.expires)))
+                .unwrap_or_else(|| "-".into()),
+            c.location.clone().unwrap_or_default(),
+        ]);
+    }
+    out.push_str(&table(&rows));
+    if !r.events.is_empty() {
+        out.push('\n');
+        let mut rows = vec![row(&["WHEN", "WHO", "WHAT", "WHERE", "WHY"])];
+        let skip = r.events.len().saturating_sub(10);
+        for e in r.events.iter().skip(skip) {
+            rows.push(vec![
+                date(e.time),
+                e.who.clone(),
+                e.action.clone(),
+                e.host.clone().unwrap_or_default(),
+                e.reason.clone().unwrap_or_default(),
+            ]);
+        }
+        out.push_str(&table(&rows));
+    }
+    out.push('\n');
+    out
+}
+
+fn copies_summary(r: &RunDoc) -> String {
+    r.data
+        .iter()
+        .map(|c| format!("{}:{}", c.host, c.status))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn date(d: DateTime) -> String {
+    d.to_chrono().format("%Y-%m-%d %H:%M:%SZ").to_string()
+}
+
+fn size(bytes: i64) -> String {
+    bytesize::ByteSize(u64::try_from(bytes).unwrap_or(0)).to_string()
+}
+
+fn row(cells: &[&str]) -> Vec<String> {
+    cells.iter().map(|s| (*s).to_string()).collect()
+}
+
+/// Left-aligned columns separated by two spaces; no trailing blanks.
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let mut line = String::new();
+        for (i, cell) in r.iter().enumerate() {
+            let w = widths.get(i).copied().unwrap_or(0);
+            let _ = write!(line, "{cell:<w$}  ");
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// The documents as relaxed extended JSON: an array, or one object.
+fn json(runs: &[RunDoc], as_array: bool) -> Result<String> {
+    let values = runs
+        .iter()
+        .map(|r| {
+            r.to_document()
+                .map(|d| bson::Bson::Document(d).into_relaxed_extjson())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let text = if as_array {
+        serde_json::to_string_pretty(&values)?
+    } else {
+        match values.first() {
+            Some(v) => serde_json::to_string_pretty(v)?,
+            None => "null".to_string(),
+        }
+    };
+    Ok(text + "\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let t = table(&[row(&["A", "BB"]), row(&["CCC", "D"])]);
+        assert_eq!(t, "A    BB\nCCC  D\n");
+    }
+
+    #[test]
+    fn dates_parse() {
+        let d = parse_date("2017-03-30").unwrap();
+        assert_eq!(date(d), "2017-03-30 00:00:00Z");
+        let d = parse_date("2017-03-30T12:34:56+02:00").unwrap();
+        assert_eq!(date(d), "2017-03-30 10:34:56Z");
+        assert!(parse_date("30/03/2017").is_err());
+    }
 }

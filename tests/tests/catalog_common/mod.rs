@@ -124,10 +124,7 @@ impl Fixture {
                 .await
                 .unwrap()
                 .unwrap(),
-            Raw::Embedded(_) => {
-                let run = self.catalog.get_run(key).await.unwrap().unwrap();
-                run.to_document().unwrap()
-            }
+            Raw::Embedded(e) => e.raw_document(key).await.unwrap().unwrap(),
         }
     }
 }

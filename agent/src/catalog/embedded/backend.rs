@@ -176,6 +176,32 @@ impl EmbeddedCatalog {
         .await
     }
 
+    /// A run document exactly as stored (no decoding: for export and inspection).
+    pub async fn raw_document(&self, key: &RunKey) -> Result<Option<bson::Document>, CatalogError> {
+        let key = key.clone();
+        self.blocking("read raw", move |conn, shown| {
+            let op = format!("read {key}");
+            let blob: Option<Vec<u8>> = conn
+                .query_row(
+                    "SELECT doc FROM runs WHERE detector = ?1 AND number = ?2",
+                    params![key.detector, key.number],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(|e| sql_error(shown, &op, e))?;
+            blob.map(|b| {
+                bson::Document::from_reader(b.as_slice()).map_err(|e| CatalogError::Database {
+                    catalog: shown.to_string(),
+                    op: op.clone(),
+                    detail: e.to_string(),
+                    retryable: false,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
     /// Runs `f` on the connection in a blocking thread.
     async fn blocking<T, F>(&self, op: &str, f: F) -> Result<T, CatalogError>
     where

@@ -60,8 +60,13 @@ impl MongoCatalog {
                 },
                 other => other,
             })?;
-        options.connect_timeout = Some(config.connect_timeout);
-        options.server_selection_timeout = Some(config.server_selection_timeout);
+        // Timeouts given in the URI (`connectTimeoutMS`, `serverSelectionTimeoutMS`) win.
+        options
+            .connect_timeout
+            .get_or_insert(config.connect_timeout);
+        options
+            .server_selection_timeout
+            .get_or_insert(config.server_selection_timeout);
         options.app_name.get_or_insert_with(|| "ferry".to_string());
         if let Some(pw) = &config.password {
             let cred = options.credential.get_or_insert_with(Credential::default);

@@ -1,0 +1,72 @@
+//! Every query the daemon issues is served by an index:
+//! - MongoDB: `explain` (queryPlanner) of each query shows an `IXSCAN` and no `COLLSCAN`;
+//! - embedded: `EXPLAIN QUERY PLAN` of each query searches with an index and never scans a
+//!   table.
+//!
+//! The queries explained are built by the same code the daemon's calls use
+//! (`explain_daemon_queries` on each back end).
+
+// Test bodies and helpers.
+#![allow(clippy::unwrap_used)]
+
+mod catalog_common;
+
+use catalog_common::{mongo_server, mongo_uri, seed_run};
+use ferry::catalog::embedded::EmbeddedCatalog;
+use ferry::catalog::mongo::{MongoCatalog, MongoConfig};
+use ferry::catalog::CatalogUri;
+use ferry_tests::unique_db_name;
+
+#[tokio::test]
+async fn mongo_daemon_queries_use_indexes() {
+    let uri = mongo_uri(mongo_server(), &unique_db_name("explain"));
+    let cat = MongoCatalog::connect(MongoConfig::new(CatalogUri::parse(&uri).unwrap()))
+        .await
+        .unwrap();
+    for n in 1..=50 {
+        seed_run(&cat, n, if n % 2 == 0 { "daq" } else { "lngs" }).await;
+    }
+    let plans = cat.explain_daemon_queries().await.unwrap();
+    assert_eq!(plans.len(), 5);
+    for (name, plan) in plans {
+        let winning = plan
+            .get_document("queryPlanner")
+            .and_then(|q| q.get_document("winningPlan"))
+            .unwrap_or_else(|e| panic!("{name}: no queryPlanner.winningPlan ({e}): {plan}"));
+        let text = winning.to_string();
+        eprintln!("{name}: {text}");
+        assert!(text.contains("IXSCAN"), "{name}: no index scan: {text}");
+        assert!(
+            !text.contains("COLLSCAN"),
+            "{name}: collection scan: {text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn embedded_daemon_queries_use_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = EmbeddedCatalog::open(&dir.path().join("c.sqlite"))
+        .await
+        .unwrap();
+    for n in 1..=50 {
+        seed_run(&cat, n, if n % 2 == 0 { "daq" } else { "lngs" }).await;
+    }
+    let plans = cat.explain_daemon_queries().await.unwrap();
+    assert_eq!(plans.len(), 5);
+    for (name, plan) in plans {
+        eprintln!("{name}:\n{plan}");
+        assert!(
+            plan.contains("USING INDEX")
+                || plan.contains("USING COVERING INDEX")
+                || plan.contains("USING PRIMARY KEY"),
+            "{name}: no index used:\n{plan}"
+        );
+        for line in plan.lines() {
+            assert!(
+                !line.trim_start().starts_with("SCAN "),
+                "{name}: table scan `{line}`:\n{plan}"
+            );
+        }
+    }
+}
