@@ -347,6 +347,23 @@ fn sshd_config_error_is_reported_with_the_log_tail() {
 }
 
 #[test]
+fn servers_stop_when_the_test_panics() {
+    let pids = std::sync::Mutex::new(Vec::new());
+    let result = std::panic::catch_unwind(|| {
+        let sshd = Sshd::start().unwrap();
+        let mongo = MongoServer::start().unwrap();
+        pids.lock()
+            .unwrap()
+            .extend([sshd.pid().unwrap(), mongo.pid().unwrap()]);
+        panic!("test failure while servers run");
+    });
+    assert!(result.is_err());
+    for pid in pids.into_inner().unwrap() {
+        assert!(is_dead(pid), "server {pid} outlived the panicking test");
+    }
+}
+
+#[test]
 fn missing_sshd_binary_fails_with_install_hint() {
     let err = Sshd::start_with(SshdOptions {
         sshd_path: Some(PathBuf::from("/nonexistent/sshd")),
