@@ -211,7 +211,7 @@ fn openssh_client_runs_a_command_with_ssh_argv() {
 }
 
 #[test]
-fn openssh_sftp_and_scp_work_with_ssh_options() {
+fn openssh_sftp_scp_and_rclone_reach_the_server() {
     let sshd = Sshd::start().unwrap();
     let local = tempfile::tempdir().unwrap();
     let source = local.path().join("source.bin");
@@ -251,6 +251,49 @@ fn openssh_sftp_and_scp_work_with_ssh_options() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(std::fs::read(&sftp_target).unwrap() == data);
+
+    let rclone_target = sshd.root().join("by-rclone.bin");
+    let out = Command::new("rclone")
+        .arg("copyto")
+        .arg(&source)
+        .arg(format!(
+            "{}{}",
+            sshd.rclone_remote(),
+            rclone_target.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rclone: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read(&rclone_target).unwrap() == data);
+
+    // rclone checks the host key: with another key recorded it refuses to copy.
+    let impostor = KeyPair::generate(KeyType::Ed25519, &local.path().join("k"), "x").unwrap();
+    let line = format!(
+        "[127.0.0.1]:{} {}\n",
+        sshd.port(),
+        impostor.public_line().unwrap()
+    );
+    std::fs::write(sshd.known_hosts_path(), line).unwrap();
+    let refused = Command::new("rclone")
+        .args(["--retries", "1", "--low-level-retries", "1", "copyto"])
+        .arg(&source)
+        .arg(format!(
+            "{}{}",
+            sshd.rclone_remote(),
+            sshd.root().join("no.bin").display()
+        ))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("key mismatch"),
+        "{stderr}"
+    );
+    assert!(!sshd.root().join("no.bin").exists());
 }
 
 #[test]
