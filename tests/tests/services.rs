@@ -1,12 +1,19 @@
 //! Proof that the test-service harness gives real, working servers.
 //!
-//! - SFTP through the harness's OpenSSH `sshd` with russh + russh-sftp, host key checked
-//!   against the harness's `known_hosts` (and a wrong key refused); OpenSSH's own `ssh` with
-//!   `Sshd::ssh_argv`.
-//! - insert / find / conditional update through the official `mongodb` driver against
-//!   `MongoServer`, with and without authentication.
-//! - restart keeps data (MongoDB) and host key and port (sshd); drop stops the server.
-//! - a missing server binary fails with the install hint.
+//! - SSH: SFTP round trip through the harness's OpenSSH `sshd` with russh + russh-sftp, the
+//!   host key checked against the harness's `known_hosts` (a wrong or unknown key refused);
+//!   ed25519, ECDSA and RSA keys; only authorized user keys log in; OpenSSH `ssh`, `scp`,
+//!   `sftp` and rclone with the argv/remote the harness gives them.
+//! - MongoDB: insert / find / conditional update through the official `mongodb` driver
+//!   against `MongoServer` (own or shared), and SCRAM authentication required when asked.
+//! - Lifecycle: restart keeps data (MongoDB) and host key and port (sshd), also when another
+//!   process holds the port for a while; drop, a panicking test and a SIGKILLed test binary
+//!   all leave no server running.
+//! - Failures: a missing binary (by option or environment) gives the install hint; a server
+//!   that exits at start is reported with its log tail.
+//!
+//! Tests needing another environment run this binary again as a child process (the
+//! `child_*` tests, ignored when run directly).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
