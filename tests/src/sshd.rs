@@ -253,6 +253,19 @@ impl Sshd {
         argv
     }
 
+    /// An rclone on-the-fly SFTP remote for this server, host key checked against
+    /// [`Sshd::known_hosts_path`]: append a path, e.g.
+    /// `format!("{}{}", sshd.rclone_remote(), sshd.root().join("x").display())`.
+    pub fn rclone_remote(&self) -> String {
+        format!(
+            ":sftp,host={LOOPBACK},port={},user={},key_file=\"{}\",known_hosts_file=\"{}\":",
+            self.port,
+            self.user,
+            self.user_key_path().display(),
+            self.known_hosts.display()
+        )
+    }
+
     fn common_client_options(&self) -> Vec<String> {
         [
             "IdentitiesOnly=yes".to_owned(),

@@ -1,12 +1,19 @@
 //! Proof that the test-service harness gives real, working servers.
 //!
-//! - SFTP through the harness's OpenSSH `sshd` with russh + russh-sftp, host key checked
-//!   against the harness's `known_hosts` (and a wrong key refused); OpenSSH's own `ssh` with
-//!   `Sshd::ssh_argv`.
-//! - insert / find / conditional update through the official `mongodb` driver against
-//!   `MongoServer`, with and without authentication.
-//! - restart keeps data (MongoDB) and host key and port (sshd); drop stops the server.
-//! - a missing server binary fails with the install hint.
+//! - SSH: SFTP round trip through the harness's OpenSSH `sshd` with russh + russh-sftp, the
+//!   host key checked against the harness's `known_hosts` (a wrong or unknown key refused);
+//!   ed25519, ECDSA and RSA keys; only authorized user keys log in; OpenSSH `ssh`, `scp`,
+//!   `sftp` and rclone with the argv/remote the harness gives them.
+//! - MongoDB: insert / find / conditional update through the official `mongodb` driver
+//!   against `MongoServer` (own or shared), and SCRAM authentication required when asked.
+//! - Lifecycle: restart keeps data (MongoDB) and host key and port (sshd), also when another
+//!   process holds the port for a while; drop, a panicking test and a SIGKILLed test binary
+//!   all leave no server running.
+//! - Failures: a missing binary (by option or environment) gives the install hint; a server
+//!   that exits at start is reported with its log tail.
+//!
+//! Tests needing another environment run this binary again as a child process (the
+//! `child_*` tests, ignored when run directly).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -211,7 +218,7 @@ fn openssh_client_runs_a_command_with_ssh_argv() {
 }
 
 #[test]
-fn openssh_sftp_and_scp_work_with_ssh_options() {
+fn openssh_sftp_scp_and_rclone_reach_the_server() {
     let sshd = Sshd::start().unwrap();
     let local = tempfile::tempdir().unwrap();
     let source = local.path().join("source.bin");
@@ -251,6 +258,49 @@ fn openssh_sftp_and_scp_work_with_ssh_options() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(std::fs::read(&sftp_target).unwrap() == data);
+
+    let rclone_target = sshd.root().join("by-rclone.bin");
+    let out = Command::new("rclone")
+        .arg("copyto")
+        .arg(&source)
+        .arg(format!(
+            "{}{}",
+            sshd.rclone_remote(),
+            rclone_target.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rclone: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read(&rclone_target).unwrap() == data);
+
+    // rclone checks the host key: with another key recorded it refuses to copy.
+    let impostor = KeyPair::generate(KeyType::Ed25519, &local.path().join("k"), "x").unwrap();
+    let line = format!(
+        "[127.0.0.1]:{} {}\n",
+        sshd.port(),
+        impostor.public_line().unwrap()
+    );
+    std::fs::write(sshd.known_hosts_path(), line).unwrap();
+    let refused = Command::new("rclone")
+        .args(["--retries", "1", "--low-level-retries", "1", "copyto"])
+        .arg(&source)
+        .arg(format!(
+            "{}{}",
+            sshd.rclone_remote(),
+            sshd.root().join("no.bin").display()
+        ))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("key mismatch"),
+        "{stderr}"
+    );
+    assert!(!sshd.root().join("no.bin").exists());
 }
 
 #[test]
@@ -344,6 +394,23 @@ fn sshd_config_error_is_reported_with_the_log_tail() {
     let err = format!("{err:#}");
     assert!(err.contains("sshd exited with"), "{err}");
     assert!(err.contains("NoSuchKeyword"), "{err}");
+}
+
+#[test]
+fn servers_stop_when_the_test_panics() {
+    let pids = std::sync::Mutex::new(Vec::new());
+    let result = std::panic::catch_unwind(|| {
+        let sshd = Sshd::start().unwrap();
+        let mongo = MongoServer::start().unwrap();
+        pids.lock()
+            .unwrap()
+            .extend([sshd.pid().unwrap(), mongo.pid().unwrap()]);
+        panic!("test failure while servers run");
+    });
+    assert!(result.is_err());
+    for pid in pids.into_inner().unwrap() {
+        assert!(is_dead(pid), "server {pid} outlived the panicking test");
+    }
 }
 
 #[test]
