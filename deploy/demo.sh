@@ -32,8 +32,8 @@ done
 echo "==> checking the site map: $map"
 "$ferry" config validate --config "$map"
 
-echo "==> one agent cycle at the DAQ site (register complete runs)"
-"$ferry" --config "$map" --host daq --once --task register
+echo "==> one agent cycle at the DAQ site: register complete runs, push them to the mirror"
+"$ferry" --config "$map" --host daq --once --task register --task push
 
 echo "==> the catalogue, as collaborators query it"
 "$ferry" runs list --catalog "$catalog"
@@ -42,6 +42,7 @@ echo
 
 echo
 echo "Done: runs 1 and 2 are registered with their manifests and run digests (SHA-256 + MD5"
-echo "of every file); run 3 has no completion marker yet, so it was left alone."
-echo "Copying to the mirror, verification, tape and purge are the agent's next tasks: see"
-echo "docs/architecture.md for what this version builds."
+echo "of every file) and copied to the mirror, where every file was read back and matched"
+echo "before the copy was recorded as transferred. Run 3 has no completion marker yet, so it"
+echo "was left alone. Verification by the receiving site, retries, SFTP pushes, tape and"
+echo "purge are the agent's next tasks: see docs/architecture.md for what this version builds."

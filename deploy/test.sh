@@ -7,4 +7,4 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash deploy/install-test-deps.sh
 # cargo install puts secantusd-rs here; the harness also looks there, but keep PATH honest.
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
-exec cargo test --workspace --locked "$@"
+exec cargo test --workspace --locked --no-fail-fast "$@"

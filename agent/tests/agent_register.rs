@@ -265,3 +265,74 @@ fn second_agent_for_a_site_exits_naming_the_holder_and_sigterm_stops_the_daemon(
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
+
+#[test]
+fn push_local_copies_verify_and_record_the_mirror() {
+    let sb = Sandbox::new();
+    let run1 = sb.run(1, &[0, 1, 1 << 20 | 1], true);
+    let out = sb
+        .ferry()
+        .args(["--once", "--task", "register", "--task", "push"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Push: 1 done"),
+        "{}",
+        text(&out)
+    );
+
+    let mirror = sb.path("mirror/raw/Run000001");
+    let expected = digest_with_coreutils(&run1, "RUN_COMPLETE");
+    assert_eq!(digest_with_coreutils(&mirror, "RUN_COMPLETE"), expected);
+    let runs = sb.runs_json();
+    let copies = runs[0]["data"].as_array().unwrap();
+    let at_mirror = copies.iter().find(|c| c["host"] == "mirror").unwrap();
+    assert_eq!(at_mirror["status"], "transferred", "{at_mirror:#}");
+    assert_eq!(at_mirror["checksum"].as_str(), Some(expected.as_str()));
+    // No temporary file is left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(mirror.join("sub dir"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".part"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn source_corrupted_after_registration_is_never_recorded_as_transferred() {
+    let sb = Sandbox::new();
+    let run1 = sb.run(1, &[4096], true);
+    let out = sb
+        .ferry()
+        .args(["--once", "--task", "register"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // Bit rot at the origin after the manifest was taken.
+    let file = run1.join("sub dir/000 ü.evio");
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[100] ^= 0x01;
+    std::fs::write(&file, bytes).unwrap();
+
+    let out = sb
+        .ferry()
+        .args(["--once", "--task", "push"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let runs = sb.runs_json();
+    let at_mirror = runs[0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["host"] == "mirror")
+        .cloned()
+        .unwrap();
+    assert_eq!(at_mirror["status"], "error", "{at_mirror:#}");
+    assert!(at_mirror["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("000 ü.evio"));
+    assert!(!sb.path("mirror/raw/Run000001/sub dir/000 ü.evio").exists());
+}

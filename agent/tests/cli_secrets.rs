@@ -23,8 +23,10 @@ fn site_map(dir: &std::path::Path) -> std::path::PathBuf {
 
 fn ferry(dir: &std::path::Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    // Each test its own state directory: agents of parallel tests must not share a lock.
     cmd.env_remove("FERRY_CATALOG")
         .env("FERRY_CONFIG", site_map(dir))
+        .env("FERRY_STATE_DIR", dir.join("state"))
         .env("FERRY_SITE", "daq");
     cmd
 }

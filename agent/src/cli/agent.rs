@@ -12,6 +12,7 @@ use crate::config::{self, LoadOptions};
 use crate::daemon::lock::SiteLock;
 use crate::daemon::{run_cycles, shutdown_signal, LoopOptions, Stopped};
 use crate::tasks::{self, Context, CycleReport, RunScope, Task};
+use crate::transport::limits::{Gates, Limits};
 
 /// The site this agent runs as: `--host`, else `$FERRY_SITE`, else the short host name
 /// (as cax did).
@@ -89,6 +90,7 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
             format!("site {site} is not in the site map"),
         ));
     };
+    let site_model_limits = site_model.limits.clone();
     let asked: Vec<Task> = cli.tasks.clone();
     let missing: Vec<Task> = asked
         .iter()
@@ -127,6 +129,7 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
             owner: owner_id(&site),
             scope,
             dry_run: cli.dry_run,
+            gates: Gates::new(transport_limits(&site_model_limits)),
         };
         let opts = LoopOptions {
             interval: Duration::from_secs(60),
@@ -160,6 +163,17 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
         Some(_) => Exit::Ok,
         None => Exit::Failed,
     })
+}
+
+/// The site map's limits as the transport's gates take them.
+fn transport_limits(l: &config::Limits) -> Limits {
+    let n = |v: u32| usize::try_from(v.max(1)).unwrap_or(1);
+    Limits {
+        files_per_run: n(l.files_in_flight),
+        transfers_per_link: n(l.transfers_per_link),
+        global: n(l.global_transfers),
+        bandwidth_per_link: l.bandwidth_per_link,
+    }
 }
 
 /// This agent's identity in leases and the audit trail: `site@host:pid`.

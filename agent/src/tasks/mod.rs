@@ -5,12 +5,14 @@
 //! | task       | file          | status                                            |
 //! |------------|---------------|---------------------------------------------------|
 //! | register   | `register.rs` | directory discovery at origin sites               |
-//! | verify, retry, push, pull, tape, purge, audit, heartbeat | — | not built yet   |
+//! | push       | `push.rs`     | `local` method: claim, copy, read back, record    |
+//! | verify, retry, pull, tape, purge, audit, heartbeat | — | not built yet         |
 //!
 //! A task never fails the cycle: each run it touches either succeeds, is skipped with a
 //! reason, or is listed in the report's failures with the run and the cause; the next task
 //! still runs. A lost race in the catalogue is an ordinary outcome, not a failure.
 
+pub mod push;
 pub mod register;
 
 use std::fmt;
@@ -20,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::catalog::Catalog;
 use crate::config::{Site, SiteMap};
+use crate::transport::limits::Gates;
 
 /// The agent's tasks, in cycle order (DESIGN §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
@@ -90,6 +93,8 @@ pub struct Context {
     pub scope: RunScope,
     /// Report what would be done; change nothing.
     pub dry_run: bool,
+    /// Files in flight per run, per link and in all; shared by every copy of this agent.
+    pub gates: Gates,
 }
 
 impl fmt::Debug for Context {
@@ -139,7 +144,7 @@ pub const CYCLE_ORDER: [Task; 9] = [
 
 /// Whether this version implements `task`.
 pub fn is_built(task: Task) -> bool {
-    matches!(task, Task::Register)
+    matches!(task, Task::Register | Task::Push)
 }
 
 /// Runs `tasks` (all of them when empty) in cycle order. Stops starting tasks once
@@ -155,6 +160,7 @@ pub async fn run_cycle(ctx: &Context, tasks: &[Task], token: &CancellationToken)
         }
         let outcome = match task {
             Task::Register => register::run(ctx, token).await,
+            Task::Push => push::run(ctx, token).await,
             other => {
                 report.not_built.push(other);
                 continue;
