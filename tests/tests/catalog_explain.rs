@@ -80,7 +80,11 @@ async fn mongo_indexes_created_at_startup_idempotently() {
     MongoCatalog::connect(config()).await.unwrap();
     let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
     let db = client.default_database().unwrap();
-    let mut names = db.collection::<bson::Document>("runs").list_index_names().await.unwrap();
+    let mut names = db
+        .collection::<bson::Document>("runs")
+        .list_index_names()
+        .await
+        .unwrap();
     names.sort();
     let mut expected: Vec<String> = catalog_schema::RUN_INDEXES
         .iter()
