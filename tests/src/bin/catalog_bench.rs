@@ -3,7 +3,7 @@
 //! (started by the harness) and on the embedded catalogue.
 //!
 //! ```text
-//! cargo run -p ferry-tests --bin catalog_bench [-- RUNS]
+//! cargo run -p ferry-tests --bin catalog_bench [-- RUNS [both|mongo|embedded]]
 //! ```
 //!
 //! Registration: `Catalog::register_runs` in batches of 1,000, 4 batches in flight, into an
@@ -130,10 +130,20 @@ async fn main() -> Result<()> {
         Some(s) => s.parse().context("RUNS must be a number")?,
         None => 100_000,
     };
-    let server = ferry_tests::MongoServer::start()?;
-    let tmp = tempfile::tempdir()?;
+    let which = std::env::args().nth(2).unwrap_or_else(|| "both".into());
     println!("| back end | runs × copies | registration (runs/s) | idle work list (median of 7) | fill time |");
     println!("|---|---|---|---|---|");
+    if which != "embedded" {
+        mongo(runs).await?;
+    }
+    if which != "mongo" {
+        embedded(runs).await?;
+    }
+    Ok(())
+}
+
+async fn mongo(runs: i64) -> Result<()> {
+    let server = ferry_tests::MongoServer::start()?;
 
     // MongoDB-wire server.
     let connect = |db: &str| {
@@ -173,8 +183,11 @@ async fn main() -> Result<()> {
         ms(idle),
         fill.as_secs_f64()
     );
+    Ok(())
+}
 
-    // Embedded.
+async fn embedded(runs: i64) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
     let reg = EmbeddedCatalog::open(&tmp.path().join("register.sqlite")).await?;
     let reg_rate = register(Arc::new(reg), runs).await?;
     let cat = EmbeddedCatalog::open(&tmp.path().join("worklist.sqlite")).await?;
