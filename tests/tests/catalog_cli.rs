@@ -334,3 +334,52 @@ async fn wrong_shape_is_reported_on_embedded() {
 async fn wrong_shape_is_reported_on_mongo() {
     wrong_shape_is_reported(Backend::Mongo).await;
 }
+
+/// Regression: `ferry runs` created indexes on connect, which a collaborator's read-only
+/// user may not do; it must read with the `read` role alone.
+#[tokio::test]
+async fn read_only_user_can_list_runs() {
+    let server = MongoServer::start_with_auth("admin_user", "Admin-Pass-1").unwrap();
+    let db = unique_db_name("cli_reader");
+    let admin_uri = with_database(&server.uri(), &db);
+    // The agent (root) writes a run and the indexes.
+    let agent = ferry::catalog::open(&ferry::catalog::CatalogUri::parse(&admin_uri).unwrap())
+        .await
+        .unwrap();
+    seed_run(&*agent, 7, "daq").await;
+    let client = mongodb::Client::with_uri_str(&admin_uri).await.unwrap();
+    client
+        .database(&db)
+        .run_command(doc! {"createUser": "reader", "pwd": "Reader-Pass-2",
+        "roles": [{"role": "read", "db": &db}]})
+        .await
+        .unwrap();
+    let reader_uri = with_database(
+        &format!(
+            "mongodb://reader@127.0.0.1:{}/?directConnection=true&authSource={db}",
+            server.port()
+        ),
+        &db,
+    );
+    // The read-only user really cannot create indexes here (else this test proves nothing).
+    let denied = ferry::catalog::mongo::MongoCatalog::connect({
+        let mut c = ferry::catalog::mongo::MongoConfig::new(
+            ferry::catalog::CatalogUri::parse(&reader_uri).unwrap(),
+        );
+        c.password = Some(ferry::catalog::mongo::Password::new("Reader-Pass-2"));
+        c
+    })
+    .await;
+    assert!(
+        denied.is_err(),
+        "read role may create indexes on this server"
+    );
+    let home = tempfile::tempdir().unwrap();
+    let o = ferry(
+        home.path(),
+        &["runs", "list", "--json", "--catalog", &reader_uri],
+        &[("FERRY_CATALOG_PASSWORD", "Reader-Pass-2")],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("\"number\": 7"), "{}", stdout(&o));
+}

@@ -70,3 +70,27 @@ async fn embedded_daemon_queries_use_indexes() {
         }
     }
 }
+
+#[tokio::test]
+async fn mongo_indexes_created_at_startup_idempotently() {
+    let uri = mongo_uri(mongo_server(), &unique_db_name("indexes"));
+    let config = || MongoConfig::new(CatalogUri::parse(&uri).unwrap());
+    MongoCatalog::connect(config()).await.unwrap();
+    // A second agent starting against the same catalogue: same indexes, no error.
+    MongoCatalog::connect(config()).await.unwrap();
+    let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
+    let db = client.default_database().unwrap();
+    let mut names = db
+        .collection::<bson::Document>("runs")
+        .list_index_names()
+        .await
+        .unwrap();
+    names.sort();
+    let mut expected: Vec<String> = catalog_schema::RUN_INDEXES
+        .iter()
+        .map(|i| i.name.to_string())
+        .chain(["_id_".to_string()])
+        .collect();
+    expected.sort();
+    assert_eq!(names, expected);
+}

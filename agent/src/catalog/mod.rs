@@ -354,12 +354,27 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunDoc>, CatalogError>;
 }
 
-/// Opens the catalogue at `uri`: MongoDB (with [`mongo::MongoConfig::from_env`] options) or
-/// the embedded SQLite file (created when missing), wrapped in [`Retrying`].
+/// Opens the catalogue at `uri`: MongoDB (with [`mongo::MongoConfig::from_env`] options;
+/// indexes created) or the embedded SQLite file (created when missing), wrapped in
+/// [`Retrying`].
 pub async fn open(uri: &CatalogUri) -> Result<Box<dyn Catalog>, CatalogError> {
+    open_with(uri, true).await
+}
+
+/// Like [`open`] for clients that only read (`ferry runs`): creates no MongoDB indexes, so
+/// a user with the `read` role suffices.
+pub async fn open_for_reading(uri: &CatalogUri) -> Result<Box<dyn Catalog>, CatalogError> {
+    open_with(uri, false).await
+}
+
+async fn open_with(
+    uri: &CatalogUri,
+    create_indexes: bool,
+) -> Result<Box<dyn Catalog>, CatalogError> {
     match uri {
         CatalogUri::Mongo { .. } => {
-            let config = mongo::MongoConfig::from_env(uri.clone())?;
+            let mut config = mongo::MongoConfig::from_env(uri.clone())?;
+            config.create_indexes = create_indexes;
             let backend = mongo::MongoCatalog::connect(config).await?;
             Ok(Box::new(Retrying::new(backend, Backoff::default())))
         }

@@ -40,7 +40,7 @@ async fn open(uri: &CatalogUri) -> Result<Option<Box<dyn Catalog>>> {
             return Ok(None);
         }
     }
-    Ok(Some(catalog::open(uri).await?))
+    Ok(Some(catalog::open_for_reading(uri).await?))
 }
 
 fn filter_of(cli: &Cli, args: &RunsListArgs) -> Result<RunFilter> {

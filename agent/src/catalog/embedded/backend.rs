@@ -131,47 +131,36 @@ impl EmbeddedCatalog {
     /// export). Only `number` (and `detector`, default `tpc`) must be readable; a document
     /// that is not a valid run document is stored anyway, and reading it later reports it.
     pub async fn import_document(&self, doc: bson::Document) -> Result<(), CatalogError> {
+        self.import_documents(vec![doc]).await
+    }
+
+    /// [`EmbeddedCatalog::import_document`] for many documents, in one transaction: all are
+    /// stored or none.
+    pub async fn import_documents(&self, docs: Vec<bson::Document>) -> Result<(), CatalogError> {
         let shown = self.describe();
-        let bad = |detail: &str| CatalogError::BadDocument {
-            catalog: shown.clone(),
-            source: catalog_schema::ShapeError {
-                run: catalog_schema::identify(&doc),
-                detail: detail.to_string(),
-            },
-        };
-        let number = match doc.get("number") {
-            Some(bson::Bson::Int32(n)) => i64::from(*n),
-            Some(bson::Bson::Int64(n)) => *n,
-            Some(bson::Bson::Double(d)) if d.fract() == 0.0 && d.abs() < 9.0e15 => {
-                #[allow(clippy::cast_possible_truncation)]
-                let n = *d as i64;
-                n
-            }
-            _ => return Err(bad("field `number`: missing or not an integer")),
-        };
-        let detector = doc
-            .get_str("detector")
-            .unwrap_or(catalog_schema::DEFAULT_DETECTOR)
-            .to_string();
-        let name = doc.get_str("name").ok().map(str::to_string);
-        let start = doc.get_datetime("start").ok().map(|d| d.timestamp_millis());
-        let parsed = RunDoc::from_document(doc.clone()).ok();
-        let mut blob = Vec::new();
-        doc.to_writer(&mut blob).map_err(|e| bad(&e.to_string()))?;
+        let rows = docs
+            .into_iter()
+            .map(|d| import_row(&shown, d))
+            .collect::<Result<Vec<_>, _>>()?;
         self.blocking("import", move |conn, shown| {
-            let op = format!("import {detector}/{number}");
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| sql_error(shown, "import", e))?;
+            for r in rows {
+                let op = format!("import {}/{}", r.detector, r.number);
+                tx.prepare_cached(
+                    "INSERT INTO runs (detector, number, name, start, doc)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .and_then(|mut st| {
+                    st.execute(params![r.detector, r.number, r.name, r.start, r.blob])
+                })
                 .map_err(|e| sql_error(shown, &op, e))?;
-            tx.execute(
-                "INSERT INTO runs (detector, number, name, start, doc) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![detector, number, name, start, blob],
-            )
-            .map_err(|e| sql_error(shown, &op, e))?;
-            if let Some(run) = parsed {
-                project(&tx, shown, tx.last_insert_rowid(), &run)?;
+                if let Some(run) = r.parsed {
+                    project(&tx, shown, tx.last_insert_rowid(), &run)?;
+                }
             }
-            tx.commit().map_err(|e| sql_error(shown, &op, e))
+            tx.commit().map_err(|e| sql_error(shown, "import", e))
         })
         .await
     }
@@ -180,24 +169,13 @@ impl EmbeddedCatalog {
     pub async fn raw_document(&self, key: &RunKey) -> Result<Option<bson::Document>, CatalogError> {
         let key = key.clone();
         self.blocking("read raw", move |conn, shown| {
-            let op = format!("read {key}");
-            let blob: Option<Vec<u8>> = conn
-                .query_row(
-                    "SELECT doc FROM runs WHERE detector = ?1 AND number = ?2",
-                    params![key.detector, key.number],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(|e| sql_error(shown, &op, e))?;
-            blob.map(|b| {
-                bson::Document::from_reader(b.as_slice()).map_err(|e| CatalogError::Database {
-                    catalog: shown.to_string(),
-                    op: op.clone(),
-                    detail: e.to_string(),
-                    retryable: false,
-                })
-            })
-            .transpose()
+            one_document(
+                conn,
+                shown,
+                &format!("read {key}"),
+                "SELECT doc FROM runs WHERE detector = ?1 AND number = ?2",
+                params![key.detector, key.number],
+            )
         })
         .await
     }
@@ -271,6 +249,72 @@ impl EmbeddedCatalog {
         })
         .await
     }
+}
+
+/// The BSON document in the first column of the row `sql` finds, if any.
+fn one_document(
+    conn: &Connection,
+    shown: &str,
+    op: &str,
+    sql: &str,
+    args: impl rusqlite::Params,
+) -> Result<Option<bson::Document>, CatalogError> {
+    let blob: Option<Vec<u8>> = conn
+        .query_row(sql, args, |r| r.get(0))
+        .optional()
+        .map_err(|e| sql_error(shown, op, e))?;
+    blob.map(|b| {
+        bson::Document::from_reader(b.as_slice()).map_err(|e| CatalogError::Database {
+            catalog: shown.to_string(),
+            op: op.to_string(),
+            detail: e.to_string(),
+            retryable: false,
+        })
+    })
+    .transpose()
+}
+
+/// A document to import, with its indexed columns.
+struct ImportRow {
+    detector: String,
+    number: i64,
+    name: Option<String>,
+    start: Option<i64>,
+    blob: Vec<u8>,
+    parsed: Option<RunDoc>,
+}
+
+fn import_row(shown: &str, doc: bson::Document) -> Result<ImportRow, CatalogError> {
+    let bad = |detail: &str| CatalogError::BadDocument {
+        catalog: shown.to_string(),
+        source: catalog_schema::ShapeError {
+            run: catalog_schema::identify(&doc),
+            detail: detail.to_string(),
+        },
+    };
+    let number = match doc.get("number") {
+        Some(bson::Bson::Int32(n)) => i64::from(*n),
+        Some(bson::Bson::Int64(n)) => *n,
+        Some(bson::Bson::Double(d)) if d.fract() == 0.0 && d.abs() < 9.0e15 => {
+            #[allow(clippy::cast_possible_truncation)]
+            let n = *d as i64;
+            n
+        }
+        _ => return Err(bad("field `number`: missing or not an integer")),
+    };
+    let mut blob = Vec::new();
+    doc.to_writer(&mut blob).map_err(|e| bad(&e.to_string()))?;
+    Ok(ImportRow {
+        detector: doc
+            .get_str("detector")
+            .unwrap_or(catalog_schema::DEFAULT_DETECTOR)
+            .to_string(),
+        number,
+        name: doc.get_str("name").ok().map(str::to_string),
+        start: doc.get_datetime("start").ok().map(|d| d.timestamp_millis()),
+        parsed: RunDoc::from_document(doc).ok(),
+        blob,
+    })
 }
 
 fn text(s: &str) -> Value {
@@ -697,27 +741,26 @@ impl Catalog for EmbeddedCatalog {
 
     async fn read_heartbeat(&self, site: &str) -> Result<Option<Heartbeat>, CatalogError> {
         let site = site.to_string();
-        self.blocking("read heartbeat", move |conn, shown| {
-            let op = format!("read heartbeat {site}");
-            let blob: Option<Vec<u8>> = conn
-                .query_row(
+        let doc = self
+            .blocking("read heartbeat", move |conn, shown| {
+                one_document(
+                    conn,
+                    shown,
+                    &format!("read heartbeat {site}"),
                     "SELECT doc FROM heartbeats WHERE site = ?1",
                     params![site],
-                    |r| r.get(0),
                 )
-                .optional()
-                .map_err(|e| sql_error(shown, &op, e))?;
-            blob.map(|b| {
-                bson::from_slice::<Heartbeat>(&b).map_err(|e| CatalogError::Database {
-                    catalog: shown.to_string(),
-                    op: op.clone(),
-                    detail: e.to_string(),
-                    retryable: false,
-                })
             })
-            .transpose()
+            .await?;
+        doc.map(|d| {
+            bson::from_document::<Heartbeat>(d).map_err(|e| CatalogError::Database {
+                catalog: self.describe(),
+                op: "read heartbeat".into(),
+                detail: e.to_string(),
+                retryable: false,
+            })
         })
-        .await
+        .transpose()
     }
 
     async fn runs_needing_copy(

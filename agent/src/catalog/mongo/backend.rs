@@ -96,7 +96,9 @@ impl MongoCatalog {
             .run_command(doc! {"ping": 1})
             .await
             .map_err(|e| classify(&catalog.shown, "ping", e))?;
-        catalog.create_indexes().await?;
+        if config.create_indexes {
+            catalog.create_indexes().await?;
+        }
         Ok(catalog)
     }
 

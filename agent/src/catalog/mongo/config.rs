@@ -49,6 +49,9 @@ pub struct MongoConfig {
     pub connect_timeout: Duration,
     /// How long an operation waits for a usable server (bounds "unreachable").
     pub server_selection_timeout: Duration,
+    /// Create the indexes at connect time (agents: yes; read-only clients such as
+    /// `ferry runs`, whose users may lack the `createIndex` privilege: no).
+    pub create_indexes: bool,
 }
 
 impl MongoConfig {
@@ -62,6 +65,7 @@ impl MongoConfig {
             heartbeats: "heartbeats".into(),
             connect_timeout: Duration::from_secs(5),
             server_selection_timeout: Duration::from_secs(10),
+            create_indexes: true,
         }
     }
 
