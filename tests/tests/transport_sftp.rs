@@ -14,7 +14,7 @@ use ferry::transport::{CopyOptions, HostKeyPolicy, SshSession, TransportError, V
 use ferry_tests::{KeyType, Sshd, SshdOptions};
 mod transport_common;
 
-use transport_common::{digest, random_file, target};
+use transport_common::{digest, random_file, target, SmallTmpfs};
 
 fn set_mtime(path: &Path, secs: u64) {
     std::fs::File::options()
@@ -276,31 +276,6 @@ async fn read_only_server_gives_permission_denied_and_missing_file_not_found() {
         .await
         .unwrap_err();
     assert!(matches!(err, TransportError::NotFound { .. }), "{err}");
-}
-
-/// A tmpfs mounted for the test; unmounted on drop.
-struct SmallTmpfs(PathBuf);
-
-impl SmallTmpfs {
-    fn mount(dir: PathBuf, size: &str) -> SmallTmpfs {
-        std::fs::create_dir_all(&dir).expect("test setup");
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&dir)
-            .status()
-            .expect("run mount");
-        assert!(
-            status.success(),
-            "mounting a tmpfs needs root (CAP_SYS_ADMIN): {status}"
-        );
-        SmallTmpfs(dir)
-    }
-}
-
-impl Drop for SmallTmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,7 @@
 // Each test file uses only some of the helpers.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ferry::checksum::FileDigest;
@@ -36,4 +36,30 @@ pub fn random_file(path: &Path, size: usize) {
     let mut data = vec![0u8; size];
     rand::rng().fill_bytes(&mut data);
     std::fs::write(path, data).expect("test setup");
+}
+
+/// A tmpfs mounted for the test; unmounted on drop.
+pub struct SmallTmpfs(pub PathBuf);
+
+impl SmallTmpfs {
+    /// Mount a tmpfs of `size` (e.g. `2m`) on `dir`, created if missing.
+    pub fn mount(dir: PathBuf, size: &str) -> SmallTmpfs {
+        std::fs::create_dir_all(&dir).expect("test setup");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "mounting a tmpfs needs root (CAP_SYS_ADMIN): {status}"
+        );
+        SmallTmpfs(dir)
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
 }
