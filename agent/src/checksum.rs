@@ -217,7 +217,9 @@ impl StreamHasher {
         self.md5.tx.send(chunk).await.map_err(|_| self.md5.dead())
     }
 
-    /// Like [`update`](Self::update), for synchronous code (never call it on an async task).
+    /// Like [`update`](Self::update), for synchronous code: call it from a plain or
+    /// `spawn_blocking` thread. Called on an async task it panics (tokio's `blocking_send`),
+    /// rather than stalling the executor.
     pub fn blocking_update(&mut self, chunk: Bytes) -> Result<(), ChecksumError> {
         if chunk.is_empty() {
             return Ok(());
@@ -252,7 +254,8 @@ impl StreamHasher {
     }
 }
 
-/// Hash a local file with the two-thread pipeline (blocking; use `spawn_blocking` from async).
+/// Hash a local file with the two-thread pipeline. Blocking: from async code, run it with
+/// `tokio::task::spawn_blocking`.
 pub fn hash_file(path: &Path) -> Result<FileDigest, ChecksumError> {
     let read_err = |source| ChecksumError::Read {
         path: path.to_path_buf(),

@@ -207,7 +207,7 @@ fn tasks_not_built_are_refused_and_nothing_is_done() {
     sb.run(1, &[10], true);
     let out = sb
         .ferry()
-        .args(["--once", "--task", "push"])
+        .args(["--once", "--task", "purge"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(5), "{}", text(&out));

@@ -133,7 +133,14 @@ fn copy_once(
             break;
         }
         buf.truncate(n);
-        out.write_all(&buf).map_err(io(&part, "write"))?;
+        if let Err(e) = out.write_all(&buf) {
+            let err = TransportError::local(&part, "write", e);
+            if let TransportError::NoSpace { .. } = err {
+                // Resuming cannot help a full disk; give the space back.
+                let _ = std::fs::remove_file(&part);
+            }
+            return Err(err);
+        }
         sent += n as u64;
         hasher.blocking_update(Bytes::from(buf))?;
     }

@@ -305,7 +305,12 @@ impl SshSession {
             Ok(n) => n,
             Err(err) => {
                 let _ = raw.close(handle.as_str()).await;
-                return Err(self.diagnose_full(ch, &part, size, err).await);
+                let err = self.diagnose_full(ch, &part, size, err).await;
+                if let TransportError::NoSpace { .. } = err {
+                    // Resuming cannot help a full disk; give the space back.
+                    let _ = raw.remove(part.as_str()).await;
+                }
+                return Err(err);
             }
         };
         if resumed_from + sent != size {
@@ -465,12 +470,15 @@ impl SshSession {
         let written = writer
             .await
             .map_err(|e| TransportError::local(&part, "writer thread", std::io::Error::other(e)))?;
-        let file = match (written, &result) {
-            (Err(e), _) => {
+        let file = match written {
+            Err(e) => {
+                if let TransportError::NoSpace { .. } = e {
+                    let _ = tokio::fs::remove_file(&part).await;
+                }
                 result = Err(e);
                 None
             }
-            (Ok(f), _) => Some(f),
+            Ok(f) => Some(f),
         };
         let sent = result?;
         let Some(file) = file else {

@@ -1,0 +1,406 @@
+//! SFTP push and pull against a real OpenSSH sshd (the harness's [`ferry_tests::Sshd`]).
+//!
+//! The server runs on this machine, so the test reads the remote side's files directly from
+//! `sshd.root()` to check what arrived — independently of Ferry's own digests.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ferry::transport::limits::{Gates, Limits};
+use ferry::transport::run::{copy_run, FileJob, RunCopy};
+use ferry::transport::{CopyOptions, HostKeyPolicy, SshSession, TransportError, Verify};
+use ferry_tests::{KeyType, Sshd, SshdOptions};
+mod transport_common;
+
+use transport_common::{digest, random_file, target, SmallTmpfs};
+
+fn set_mtime(path: &Path, secs: u64) {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .expect("test setup")
+        .set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+        .expect("test setup");
+}
+
+/// Sizes and names of issue 4: 0 bytes, 1 byte, 1 MiB + 1, 64 MiB; unicode and spaces.
+const FILES: &[(&str, usize)] = &[
+    ("empty file", 0),
+    ("one byte.bin", 1),
+    ("ünïcödé dir/файл 1.evio", (1 << 20) + 1),
+    ("raw/big 64MiB.evio", 64 << 20),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_then_pull_many_sizes_and_names_round_trip_with_mode_and_mtime() {
+    let sshd = Sshd::start().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("run 4711");
+    for (i, (name, size)) in FILES.iter().enumerate() {
+        let p = src.join(name);
+        random_file(&p, *size);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640 + i as u32)).unwrap();
+        set_mtime(&p, 1_600_000_000 + i as u64);
+    }
+    let session = Arc::new(SshSession::connect(&target(&sshd)).await.unwrap());
+    let remote_root = format!("{}/site b/run 4711", sshd.root().display());
+    let files: Vec<FileJob> = FILES
+        .iter()
+        .map(|(name, size)| FileJob {
+            path: name.to_string(),
+            size: *size as u64,
+            sha256: Some(digest(&src.join(name)).sha256_hex()),
+        })
+        .collect();
+    let gates = Gates::new(Limits::default());
+    let push = RunCopy::Push {
+        session: session.clone(),
+        local_root: src.clone(),
+        remote_root: remote_root.clone(),
+    };
+    let results = copy_run(&push, &files, &CopyOptions::default(), &gates, |_| {}).await;
+    for ((name, size), r) in FILES.iter().zip(&results) {
+        let report = r.as_ref().unwrap_or_else(|e| panic!("push {name}: {e}"));
+        assert!(report.verified);
+        assert_eq!(report.digest.size, *size as u64);
+        let remote_file = PathBuf::from(&remote_root).join(name);
+        // Independent check: hash what sshd wrote.
+        assert_eq!(digest(&remote_file), report.digest, "{name}");
+        let (s, d) = (
+            std::fs::metadata(src.join(name)).unwrap(),
+            std::fs::metadata(&remote_file).unwrap(),
+        );
+        assert_eq!(
+            s.permissions().mode() & 0o777,
+            d.permissions().mode() & 0o777
+        );
+        assert_eq!(s.modified().unwrap(), d.modified().unwrap());
+        assert!(!PathBuf::from(format!("{}.part", remote_file.display())).exists());
+    }
+
+    let back = work.path().join("pulled");
+    let pull = RunCopy::Pull {
+        session: session.clone(),
+        remote_root: remote_root.clone(),
+        local_root: back.clone(),
+    };
+    let results = copy_run(&pull, &files, &CopyOptions::default(), &gates, |_| {}).await;
+    for ((name, _), r) in FILES.iter().zip(&results) {
+        let report = r.as_ref().unwrap_or_else(|e| panic!("pull {name}: {e}"));
+        assert_eq!(digest(&back.join(name)), report.digest);
+        assert_eq!(
+            std::fs::read(back.join(name)).unwrap(),
+            std::fs::read(src.join(name)).unwrap()
+        );
+        assert_eq!(
+            std::fs::metadata(back.join(name))
+                .unwrap()
+                .modified()
+                .unwrap(),
+            std::fs::metadata(src.join(name))
+                .unwrap()
+                .modified()
+                .unwrap()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumed_part_with_a_corrupt_prefix_is_copied_again_from_zero() {
+    let sshd = Sshd::start().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("f.bin");
+    random_file(&src, 3 << 20);
+    let remote = format!("{}/f.bin", sshd.root().display());
+    // A .part of the right length but the wrong bytes.
+    std::fs::write(format!("{remote}.part"), vec![0xAAu8; 1 << 20]).unwrap();
+    let session = SshSession::connect(&target(&sshd)).await.unwrap();
+    let report = session
+        .push(&src, &remote, &CopyOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(report.resumed_from, 0, "second attempt starts from zero");
+    assert_eq!(
+        std::fs::read(&remote).unwrap(),
+        std::fs::read(&src).unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_resumes_only_when_the_manifest_digest_can_check_it() {
+    let sshd = Sshd::start().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let remote = sshd.root().join("r.bin");
+    random_file(&remote, 2 << 20);
+    let data = std::fs::read(&remote).unwrap();
+    let local = work.path().join("r.bin");
+    std::fs::write(work.path().join("r.bin.part"), &data[..1 << 20]).unwrap();
+    let session = SshSession::connect(&target(&sshd)).await.unwrap();
+    let remote = remote.display().to_string();
+
+    let report = session
+        .pull(&remote, &local, &CopyOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(report.resumed_from, 0, "no manifest digest: no resume");
+
+    std::fs::remove_file(&local).unwrap();
+    std::fs::write(work.path().join("r.bin.part"), &data[..1 << 20]).unwrap();
+    let opts = CopyOptions {
+        expected_sha256: Some(digest(Path::new(&remote)).sha256_hex()),
+        ..CopyOptions::default()
+    };
+    let report = session.pull(&remote, &local, &opts).await.unwrap();
+    assert_eq!(report.resumed_from, 1 << 20);
+    assert_eq!(std::fs::read(&local).unwrap(), data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_host_key_is_refused_naming_host_and_both_fingerprints() {
+    let sshd = Sshd::start().unwrap();
+    let other = Sshd::start_with(SshdOptions {
+        host_key_type: KeyType::Ed25519,
+        ..SshdOptions::default()
+    })
+    .unwrap();
+    // known_hosts says sshd's port has `other`'s key.
+    let kh = tempfile::NamedTempFile::new().unwrap();
+    let other_line = std::fs::read_to_string(other.known_hosts_path()).unwrap();
+    let key_part = other_line.split_once(' ').unwrap().1;
+    std::fs::write(
+        kh.path(),
+        format!("[{}]:{} {key_part}", sshd.host(), sshd.port()),
+    )
+    .unwrap();
+    for policy in [HostKeyPolicy::Strict, HostKeyPolicy::AcceptNew] {
+        let mut t = target(&sshd);
+        t.known_hosts_files = vec![kh.path().to_path_buf()];
+        t.host_key_policy = policy;
+        let err = SshSession::connect(&t).await.unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(err, TransportError::HostKeyChanged { .. }),
+            "{msg}"
+        );
+        assert!(!err.is_retryable());
+        assert!(msg.contains(&sshd.host_key_fingerprint()), "{msg}");
+        assert!(msg.contains(&other.host_key_fingerprint()), "{msg}");
+        assert!(
+            msg.contains(&format!("{}:{}", sshd.host(), sshd.port())),
+            "{msg}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_host_refused_when_strict_and_recorded_with_accept_new() {
+    let sshd = Sshd::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kh = dir.path().join("known_hosts");
+    let mut t = target(&sshd);
+    t.known_hosts_files = vec![kh.clone()];
+    let err = SshSession::connect(&t).await.unwrap_err();
+    assert!(
+        matches!(err, TransportError::HostKeyUnknown { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&sshd.host_key_fingerprint()));
+
+    t.host_key_policy = HostKeyPolicy::AcceptNew;
+    SshSession::connect(&t).await.unwrap();
+    t.host_key_policy = HostKeyPolicy::Strict;
+    SshSession::connect(&t).await.unwrap();
+    assert!(std::fs::read_to_string(&kh).unwrap().contains(&format!(
+        "[{}]:{}",
+        sshd.host(),
+        sshd.port()
+    )));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsa_and_ecdsa_user_keys_authenticate_and_a_wrong_key_is_refused() {
+    for key in [KeyType::Rsa, KeyType::Ecdsa] {
+        let sshd = Sshd::start_with(SshdOptions {
+            user_key_type: key,
+            ..SshdOptions::default()
+        })
+        .unwrap();
+        let session = SshSession::connect(&target(&sshd)).await.unwrap();
+        let out = session
+            .exec(&["echo".into(), "it's ok".into()])
+            .await
+            .unwrap();
+        assert_eq!(out.stdout, b"it's ok\n", "{key:?}");
+    }
+    let a = Sshd::start().unwrap();
+    let b = Sshd::start().unwrap();
+    let mut t = target(&a);
+    t.identity_files = vec![b.user_key_path().to_path_buf()];
+    let err = SshSession::connect(&t).await.unwrap_err();
+    assert!(matches!(err, TransportError::AuthFailed { .. }), "{err}");
+    assert!(!err.is_retryable());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_server_gives_permission_denied_and_missing_file_not_found() {
+    let sshd = Sshd::start_with(SshdOptions {
+        // The server runs as root, which file modes do not stop: make SFTP read-only instead.
+        extra_config: vec!["Match all".into(), "ForceCommand internal-sftp -R".into()],
+        ..SshdOptions::default()
+    })
+    .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("f");
+    random_file(&src, 1000);
+    let session = SshSession::connect(&target(&sshd)).await.unwrap();
+    let remote = format!("{}/f", sshd.root().display());
+    let err = session
+        .push(&src, &remote, &CopyOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, TransportError::PermissionDenied { .. }),
+        "{err}"
+    );
+    assert!(!err.is_retryable());
+    assert!(!Path::new(&remote).exists());
+
+    let err = session
+        .pull(
+            &format!("{}/missing", sshd.root().display()),
+            &work.path().join("m"),
+            &CopyOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TransportError::NotFound { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destination_full_is_a_clear_error_and_leaves_nothing_behind() {
+    let sshd = Sshd::start().unwrap();
+    let full = SmallTmpfs::mount(sshd.root().join("small"), "2m");
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("four MiB.bin");
+    random_file(&src, 4 << 20);
+    let session = SshSession::connect(&target(&sshd)).await.unwrap();
+    let remote = format!("{}/four MiB.bin", full.0.display());
+    let err = session
+        .push(&src, &remote, &CopyOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TransportError::NoSpace { .. }), "{err}");
+    assert!(!err.is_retryable());
+    assert!(err.to_string().contains("no space left"), "{err}");
+    assert!(!Path::new(&remote).exists());
+    assert!(!Path::new(&format!("{remote}.part")).exists());
+
+    // Pull into a full local file system: same.
+    let local_full = SmallTmpfs::mount(work.path().join("small"), "2m");
+    let remote_src = sshd.root().join("src.bin");
+    random_file(&remote_src, 4 << 20);
+    let dst = local_full.0.join("src.bin");
+    let err = session
+        .pull(
+            &remote_src.display().to_string(),
+            &dst,
+            &CopyOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TransportError::NoSpace { .. }), "{err}");
+    assert!(!dst.exists() && !local_full.0.join("src.bin.part").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_command_verification_and_exec_errors() {
+    let sshd = Sshd::start().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("it's a file");
+    random_file(&src, 300_000);
+    let session = SshSession::connect(&target(&sshd)).await.unwrap();
+    let remote = format!("{}/v/it's a file", sshd.root().display());
+    let opts = CopyOptions {
+        verify: Verify::sha256sum(),
+        ..CopyOptions::default()
+    };
+    let report = session.push(&src, &remote, &opts).await.unwrap();
+    assert!(report.verified);
+    assert_eq!(digest(Path::new(&remote)), report.digest);
+
+    // A "hasher" that reports another file's digest first: the copy must be refused.
+    std::fs::remove_file(&remote).unwrap();
+    let lying = CopyOptions {
+        verify: Verify::RemoteCommand {
+            argv: vec!["sha256sum".into(), "--".into(), "/dev/null".into()],
+        },
+        ..CopyOptions::default()
+    };
+    let err = session.push(&src, &remote, &lying).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, TransportError::ChecksumMismatch { .. }),
+        "{msg}"
+    );
+    assert!(msg.contains(&report.digest.sha256_hex()), "{msg}");
+    assert!(msg.contains("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"));
+    assert!(!Path::new(&remote).exists());
+    assert!(!Path::new(&format!("{remote}.part")).exists());
+
+    let err = session
+        .exec(&["ls".into(), "/no such dir".into()])
+        .await
+        .unwrap_err();
+    match err {
+        TransportError::Exec {
+            status,
+            stderr_tail,
+            argv,
+            ..
+        } => {
+            assert_eq!(status, Some(2));
+            assert!(stderr_tail.contains("No such file"), "{stderr_tail}");
+            assert_eq!(argv[1], "/no such dir");
+        }
+        other => panic!("{other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_refuses_a_symlink_leading_out_of_the_run_directory() {
+    let sshd = Sshd::start().unwrap();
+    let run = sshd.root().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(sshd.root().join("secret"), b"not part of the run").unwrap();
+    std::os::unix::fs::symlink(sshd.root().join("secret"), run.join("link")).unwrap();
+    std::fs::write(run.join("ok"), b"data").unwrap();
+    let session = Arc::new(SshSession::connect(&target(&sshd)).await.unwrap());
+    let work = tempfile::tempdir().unwrap();
+    let pull = RunCopy::Pull {
+        session,
+        remote_root: run.display().to_string(),
+        local_root: work.path().to_path_buf(),
+    };
+    let files = ["link", "ok"].map(|p| FileJob {
+        path: p.into(),
+        size: 0,
+        sha256: None,
+    });
+    let results = copy_run(
+        &pull,
+        &files,
+        &CopyOptions::default(),
+        &Gates::new(Limits::default()),
+        |_| {},
+    )
+    .await;
+    assert!(
+        matches!(results[0], Err(TransportError::UnsafePath { .. })),
+        "{:?}",
+        results[0]
+    );
+    assert!(!work.path().join("link").exists());
+    assert_eq!(std::fs::read(work.path().join("ok")).unwrap(), b"data");
+}
