@@ -67,6 +67,11 @@ impl Sandbox {
         cmd
     }
 
+    /// One cycle (`--once`) with these extra arguments.
+    fn once(&self, args: &[&str]) -> Output {
+        self.ferry().arg("--once").args(args).output().unwrap()
+    }
+
     fn runs_json(&self) -> serde_json::Value {
         let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
             .args(["runs", "list", "--json", "--catalog"])
@@ -140,11 +145,7 @@ fn register_records_complete_runs_with_independently_checked_digests() {
     let run2 = sb.run(2, &[4096], true);
     sb.run(3, &[10], false); // still being written: no marker
 
-    let out = sb
-        .ferry()
-        .args(["--once", "--task", "register"])
-        .output()
-        .unwrap();
+    let out = sb.once(&["--task", "register"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -170,11 +171,7 @@ fn register_records_complete_runs_with_independently_checked_digests() {
     }
 
     // Idempotent: a second cycle changes nothing and reads no file again.
-    let out = sb
-        .ferry()
-        .args(["--once", "--task", "register"])
-        .output()
-        .unwrap();
+    let out = sb.once(&["--task", "register"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("Register: 0 done, 3 skipped"));
     assert_eq!(sb.runs_json().as_array().unwrap().len(), 2);
@@ -185,11 +182,7 @@ fn run_filter_registers_only_that_run() {
     let sb = Sandbox::new();
     sb.run(1, &[10], true);
     sb.run(2, &[10], true);
-    let out = sb
-        .ferry()
-        .args(["--once", "--task", "register", "--run", "2"])
-        .output()
-        .unwrap();
+    let out = sb.once(&["--task", "register", "--run", "2"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let runs = sb.runs_json();
     let numbers: Vec<_> = runs
@@ -205,11 +198,7 @@ fn run_filter_registers_only_that_run() {
 fn tasks_not_built_are_refused_and_nothing_is_done() {
     let sb = Sandbox::new();
     sb.run(1, &[10], true);
-    let out = sb
-        .ferry()
-        .args(["--once", "--task", "purge"])
-        .output()
-        .unwrap();
+    let out = sb.once(&["--task", "purge"]);
     assert_eq!(out.status.code(), Some(5), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("not built"),
@@ -239,11 +228,7 @@ fn second_agent_for_a_site_exits_naming_the_holder_and_sigterm_stops_the_daemon(
         assert!(Instant::now() < deadline, "daemon never took its lock");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let out = sb
-        .ferry()
-        .args(["--once", "--task", "register"])
-        .output()
-        .unwrap();
+    let out = sb.once(&["--task", "register"]);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&format!("pid {}", daemon.id())), "{stderr}");
@@ -258,11 +243,7 @@ fn second_agent_for_a_site_exits_naming_the_holder_and_sigterm_stops_the_daemon(
     let status = daemon.wait().unwrap();
     assert_eq!(status.code(), Some(0));
     assert!(started.elapsed() < Duration::from_secs(10));
-    let out = sb
-        .ferry()
-        .args(["--once", "--task", "register"])
-        .output()
-        .unwrap();
+    let out = sb.once(&["--task", "register"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
 
@@ -270,11 +251,7 @@ fn second_agent_for_a_site_exits_naming_the_holder_and_sigterm_stops_the_daemon(
 fn push_local_copies_verify_and_record_the_mirror() {
     let sb = Sandbox::new();
     let run1 = sb.run(1, &[0, 1, 1 << 20 | 1], true);
-    let out = sb
-        .ferry()
-        .args(["--once", "--task", "register", "--task", "push"])
-        .output()
-        .unwrap();
+    let out = sb.once(&["--task", "register", "--task", "push"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("Push: 1 done"),
@@ -303,11 +280,7 @@ fn push_local_copies_verify_and_record_the_mirror() {
 fn source_corrupted_after_registration_is_never_recorded_as_transferred() {
     let sb = Sandbox::new();
     let run1 = sb.run(1, &[4096], true);
-    let out = sb
-        .ferry()
-        .args(["--once", "--task", "register"])
-        .output()
-        .unwrap();
+    let out = sb.once(&["--task", "register"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     // Bit rot at the origin after the manifest was taken.
     let file = run1.join("sub dir/000 ü.evio");
@@ -315,11 +288,7 @@ fn source_corrupted_after_registration_is_never_recorded_as_transferred() {
     bytes[100] ^= 0x01;
     std::fs::write(&file, bytes).unwrap();
 
-    let out = sb
-        .ferry()
-        .args(["--once", "--task", "push"])
-        .output()
-        .unwrap();
+    let out = sb.once(&["--task", "push"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let runs = sb.runs_json();
     let at_mirror = runs[0]["data"]
