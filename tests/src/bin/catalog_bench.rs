@@ -9,7 +9,7 @@
 //! Registration: `Catalog::register_runs` in batches of 1,000, 4 batches in flight, into an
 //! empty catalogue (indexes in place). Work list: the queries of one idle cycle at site
 //! `lngs` when every run already has its 4 copies (`daq`, `lngs`, `nikhef`, `ccin2p3`, all
-//! transferred): runs needing a copy from `daq`, copies verifying at `lngs`, stalled copies
+//! transferred, `want` empty as the claims left it): runs needing a copy from `daq`, copies verifying at `lngs`, stalled copies
 //! at `lngs`. Median of 7 cycles (after one warm-up). Results go to stdout as a Markdown
 //! table.
 
@@ -53,11 +53,14 @@ fn new_run(n: i64) -> NewRun {
             1_500_000_000_000 + n * 3_600_000 + 3_000_000,
         )),
         manifest: Some(manifest(n)),
+        // Registered at `daq`: the three other sites want a copy.
+        want: SITES[1..].iter().map(|s| format!("{s}/raw")).collect(),
         who: "bench".into(),
     }
 }
 
-/// Run N with its four transferred copies.
+/// Run N with its four transferred copies and, as the agents leave it once every copy is
+/// made, no `want`.
 fn full_doc(n: i64) -> Result<Document> {
     let m = manifest(n);
     let now = DateTime::now();
