@@ -104,12 +104,21 @@ async fn idle_cycle(cat: &dyn Catalog) -> Result<(Duration, usize)> {
     let sources = vec!["daq".to_string()];
     let t0 = Instant::now();
     let need = cat.runs_needing_copy("lngs", "raw", &sources, 100).await?;
+    let t1 = Instant::now();
     let verifying = cat
         .copies_in_status("lngs", CopyStatus::Verifying, 100)
         .await?;
+    let t2 = Instant::now();
     let stalled = cat
         .stalled_copies(Some("lngs"), DateTime::now(), 100)
         .await?;
+    // Per query, on stderr, to see which query dominates.
+    eprintln!(
+        "needing {} | verifying {} | stalled {}",
+        ms(t1 - t0),
+        ms(t2 - t1),
+        ms(t2.elapsed())
+    );
     Ok((t0.elapsed(), need.len() + verifying.len() + stalled.len()))
 }
 
