@@ -10,6 +10,7 @@
 //! | `detector_name`              | `detector, name` (unique, names only)  | `runs show NAME`, registration |
 //! | `data_host_status`           | `data.host, data.status`               | work lists per site            |
 //! | `data_status_lease_expires`  | `data.status, data.lease.expires`      | stalled copies                 |
+//! | `want`                       | `want` (multikey)                      | runs needing a copy            |
 //! | `number`                     | `number`                               | `runs show N` (any detector)   |
 //! | `name`                       | `name`                                 | `runs show NAME`               |
 //! | `start`                      | `start`                                | `runs list --since`            |
@@ -52,6 +53,12 @@ pub const RUN_INDEXES: &[IndexSpec] = &[
     IndexSpec {
         name: "data_status_lease_expires",
         keys: &[("data.status", 1), ("data.lease.expires", 1)],
+        unique: false,
+        partial_type: None,
+    },
+    IndexSpec {
+        name: "want",
+        keys: &[("want", 1)],
         unique: false,
         partial_type: None,
     },

@@ -55,6 +55,11 @@ impl fmt::Display for RunKey {
     }
 }
 
+/// The `want` entry naming a copy of `data_type` at `site`: `"<site>/<type>"`.
+pub fn want_tag(site: &str, data_type: &str) -> String {
+    format!("{site}/{data_type}")
+}
+
 /// One run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunDoc {
@@ -92,6 +97,10 @@ pub struct RunDoc {
     /// One entry per copy.
     #[serde(default)]
     pub data: Vec<CopyEntry>,
+    /// Copies the collaboration wants that do not exist yet, as `"<site>/<type>"` (see
+    /// [`want_tag`]). Absent in documents written by other tools.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub want: Vec<String>,
     /// The bounded audit trail.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<Event>,
@@ -114,6 +123,7 @@ impl RunDoc {
             size: None,
             digest: None,
             data: Vec::new(),
+            want: Vec::new(),
             events: Vec::new(),
             extra: Document::new(),
         }

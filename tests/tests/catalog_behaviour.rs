@@ -632,7 +632,17 @@ async fn foreign_documents_are_read_and_preserved(f: &Fixture) {
         numbers(&c.list_runs(&RunFilter::default()).await.unwrap()),
         vec![4711]
     );
+    // Written without `want`: not offered for copying until a copy is requested.
     let sources = vec!["eb0".to_string()];
+    assert!(c
+        .runs_needing_copy("lngs", "raw", &sources, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        c.request_copy(&key(4711), "lngs", "raw").await.unwrap(),
+        Cas::Done
+    );
     assert_eq!(
         numbers(
             &c.runs_needing_copy("lngs", "raw", &sources, 10)
@@ -688,6 +698,143 @@ async fn wrong_shape_is_an_error_naming_run_and_catalogue(f: &Fixture) {
     assert!(err.to_string().contains("bad_run"), "{err}");
 }
 
+fn wants(c: &ferry::catalog::RunDoc) -> Vec<&str> {
+    c.want.iter().map(String::as_str).collect()
+}
+
+/// Registration sets `want`; registering again adds only wants without a copy; a won claim
+/// removes its want, and only runs that want a copy are offered for it.
+async fn want_set_at_registration_and_removed_by_claim(f: &Fixture) {
+    let c = &*f.catalog;
+    seed_run(c, 1, "daq").await;
+    let run = c.get_run(&key(1)).await.unwrap().unwrap();
+    assert_eq!(wants(&run), ["lngs/raw"]);
+
+    let mut again = new_run(1);
+    again.want = vec!["lngs/raw".into(), "daq/raw".into(), "nikhef/raw".into()];
+    assert_eq!(c.register_run(&again).await.unwrap(), Registered::Existing);
+    assert_eq!(c.register_run(&again).await.unwrap(), Registered::Existing);
+    let run = c.get_run(&key(1)).await.unwrap().unwrap();
+    assert_eq!(wants(&run), ["lngs/raw", "nikhef/raw"], "daq has a copy");
+
+    let daq = vec!["daq".to_string()];
+    let need = c.runs_needing_copy("lngs", "raw", &daq, 10).await.unwrap();
+    assert_eq!(numbers(&need), vec![1]);
+    assert!(matches!(
+        c.claim_copy(&claim(1, "lngs", "a", LEASE)).await.unwrap(),
+        Claim::Won(_)
+    ));
+    let run = c.get_run(&key(1)).await.unwrap().unwrap();
+    assert_eq!(wants(&run), ["nikhef/raw"]);
+    assert!(c
+        .runs_needing_copy("lngs", "raw", &daq, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let need = c
+        .runs_needing_copy("nikhef", "raw", &daq, 10)
+        .await
+        .unwrap();
+    assert_eq!(numbers(&need), vec![1]);
+
+    // Registering again does not re-want the copy that now exists.
+    assert_eq!(c.register_run(&again).await.unwrap(), Registered::Existing);
+    let run = c.get_run(&key(1)).await.unwrap().unwrap();
+    assert_eq!(wants(&run), ["nikhef/raw"]);
+
+    // A conflicting registration changes nothing, wants included.
+    let mut conflict = new_run(1);
+    conflict.manifest = Some(manifest("different"));
+    conflict.want = vec!["ccin2p3/raw".into()];
+    assert!(matches!(
+        c.register_run(&conflict).await.unwrap(),
+        Registered::Conflict { .. }
+    ));
+    let run = c.get_run(&key(1)).await.unwrap().unwrap();
+    assert_eq!(wants(&run), ["nikhef/raw"]);
+}
+
+/// The claim's `$pull` of the want is part of its conditional update: a claim that loses
+/// (here: a copy exists although another tool left the want) changes nothing.
+async fn lost_claim_leaves_want(f: &Fixture) {
+    let c = &*f.catalog;
+    f.insert_raw(doc! {
+        "number": 9_i64, "detector": "tpc", "name": "run9",
+        "want": ["lngs/raw"],
+        "data": [{
+            "type": "raw", "host": "lngs", "status": "error",
+            "location": "/data/lngs/run9",
+        }],
+    })
+    .await;
+    assert_eq!(
+        c.claim_copy(&claim(9, "lngs", "b", LEASE)).await.unwrap(),
+        Claim::Lost
+    );
+    let run = c.get_run(&key(9)).await.unwrap().unwrap();
+    assert_eq!(wants(&run), ["lngs/raw"]);
+    assert_eq!(run.data.len(), 1);
+    assert_eq!(run.data[0].status, CopyStatus::Error);
+}
+
+/// `request_copy` re-adds a want only when no copy of that type exists at that site.
+async fn request_copy_only_when_no_copy_exists(f: &Fixture) {
+    let c = &*f.catalog;
+    seed_run(c, 1, "daq").await;
+    let _ = c.claim_copy(&claim(1, "lngs", "a", LEASE)).await.unwrap();
+    assert_eq!(
+        c.request_copy(&key(1), "lngs", "raw").await.unwrap(),
+        Cas::Lost,
+        "transferring copy exists"
+    );
+    assert_eq!(
+        c.request_copy(&key(1), "daq", "raw").await.unwrap(),
+        Cas::Lost,
+        "origin copy exists"
+    );
+    assert_eq!(
+        c.request_copy(&key(1), "nikhef", "raw").await.unwrap(),
+        Cas::Done
+    );
+    assert_eq!(
+        c.request_copy(&key(1), "nikhef", "raw").await.unwrap(),
+        Cas::Lost,
+        "already wanted"
+    );
+    assert_eq!(
+        c.request_copy(&key(2), "nikhef", "raw").await.unwrap(),
+        Cas::Lost,
+        "no such run"
+    );
+    let run = c.get_run(&key(1)).await.unwrap().unwrap();
+    assert_eq!(wants(&run), ["nikhef/raw"]);
+
+    // After the lngs copy is removed, it can be wanted again.
+    let mut t = Transition::new(CopyStatus::Transferring, CopyStatus::Error, Some("a"), "a");
+    t.error = Some("disk full".into());
+    assert_eq!(c.transition(&copy(1, "lngs"), &t).await.unwrap(), Cas::Done);
+    assert_eq!(
+        c.mark_removing(&copy(1, "lngs"), CopyStatus::Error, "a", "give up")
+            .await
+            .unwrap(),
+        Cas::Done
+    );
+    assert_eq!(
+        c.remove_copy(&copy(1, "lngs"), "a", "give up")
+            .await
+            .unwrap(),
+        Cas::Done
+    );
+    let run = c.get_run(&key(1)).await.unwrap().unwrap();
+    assert_eq!(wants(&run), ["nikhef/raw"], "removal does not re-want");
+    assert_eq!(
+        c.request_copy(&key(1), "lngs", "raw").await.unwrap(),
+        Cas::Done
+    );
+    let run = c.get_run(&key(1)).await.unwrap().unwrap();
+    assert_eq!(wants(&run), ["nikhef/raw", "lngs/raw"]);
+}
+
 macro_rules! suite {
     ($($case:ident),* $(,)?) => {
         mod embedded {
@@ -727,4 +874,7 @@ suite!(
     events_are_bounded_to_the_last_100,
     foreign_documents_are_read_and_preserved,
     wrong_shape_is_an_error_naming_run_and_catalogue,
+    want_set_at_registration_and_removed_by_claim,
+    lost_claim_leaves_want,
+    request_copy_only_when_no_copy_exists,
 );

@@ -23,7 +23,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bson::DateTime;
-pub use catalog_schema::{CopyEntry, CopyStatus, Event, FileEntry, Heartbeat, RunDoc, RunKey};
+pub use catalog_schema::{
+    want_tag, CopyEntry, CopyStatus, Event, FileEntry, Heartbeat, RunDoc, RunKey,
+};
 
 pub use error::CatalogError;
 pub use retry::{Backoff, Retrying};
@@ -53,6 +55,9 @@ pub struct NewRun {
     pub end: Option<DateTime>,
     /// The manifest, when known at registration.
     pub manifest: Option<Manifest>,
+    /// The copies wanted (`"<site>/<type>"`, see [`want_tag`]). Registering an existing run
+    /// adds those that have no copy yet.
+    pub want: Vec<String>,
     /// Who registers (an owner id or user), for the audit trail.
     pub who: String,
 }
@@ -251,8 +256,9 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
 
     // ---- copies ----
 
-    /// Claims a new copy at a destination: adds a `transferring` entry with a lease, unless
-    /// any copy of that type at that site exists.
+    /// Claims a new copy at a destination: adds a `transferring` entry with a lease and
+    /// removes the copy from `want`, in one conditional update, unless any copy of that type
+    /// at that site exists.
     async fn claim_copy(&self, req: &ClaimRequest) -> Result<Claim, CatalogError>;
 
     /// Extends the lease held by `owner` to `now + lease_for`.
@@ -303,6 +309,16 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     /// Deletes a `removing` copy's entry, with an audit event.
     async fn remove_copy(&self, copy: &CopyRef, who: &str, why: &str) -> Result<Cas, CatalogError>;
 
+    /// Wants a copy of `data_type` at `site` again (adds it to `want`), only if the run has
+    /// no copy of that type there in any status. [`Cas::Lost`] when it has one, or when the
+    /// copy is already wanted.
+    async fn request_copy(
+        &self,
+        run: &RunKey,
+        site: &str,
+        data_type: &str,
+    ) -> Result<Cas, CatalogError>;
+
     /// Writes (replaces) this agent's heartbeat.
     async fn heartbeat(&self, beat: &Heartbeat) -> Result<(), CatalogError>;
 
@@ -311,8 +327,9 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
 
     // ---- work queries (each served by an index) ----
 
-    /// Runs with a `transferred` copy of `data_type` at one of `sources` and no copy of that
-    /// type (in any status) at `dest`. At most `limit`, lowest number first.
+    /// Runs that want a copy of `data_type` at `dest` (`want` holds `"<dest>/<type>"`) and
+    /// have a `transferred` copy of that type at one of `sources`. At most `limit`, lowest
+    /// number first. Served by the `want` index; runs without `want` are never offered.
     async fn runs_needing_copy(
         &self,
         dest: &str,
@@ -540,6 +557,22 @@ pub(crate) fn new_run_doc(new: &NewRun) -> RunDoc {
         run.size = Some(m.size);
         run.digest = Some(m.digest.clone());
     }
+    run.want = missing_wants(&run, &new.want);
     run.push_event(Event::run(&new.who, "registered", None));
     run
+}
+
+/// The wants of `wanted` that `run` neither has a copy for (any status) nor wants already,
+/// without repeats, in the order given.
+pub(crate) fn missing_wants(run: &RunDoc, wanted: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for w in wanted {
+        let has_copy = w
+            .split_once('/')
+            .is_some_and(|(site, ty)| run.copy(site, ty).is_some());
+        if !has_copy && !run.want.contains(w) && !out.contains(w) {
+            out.push(w.clone());
+        }
+    }
+    out
 }

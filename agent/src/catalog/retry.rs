@@ -229,6 +229,19 @@ impl<C: Catalog> Catalog for Retrying<C> {
             .0
     }
 
+    async fn request_copy(
+        &self,
+        run: &RunKey,
+        site: &str,
+        data_type: &str,
+    ) -> Result<Cas, CatalogError> {
+        self.run("request copy", || {
+            self.inner.request_copy(run, site, data_type)
+        })
+        .await
+        .0
+    }
+
     async fn heartbeat(&self, beat: &Heartbeat) -> Result<(), CatalogError> {
         self.run("heartbeat", || self.inner.heartbeat(beat)).await.0
     }

@@ -10,6 +10,10 @@
 //!
 //! A run already recorded with a checksummed copy at this site is skipped without reading
 //! its files, so an idle cycle costs one catalogue lookup per run directory.
+//!
+//! Registration also records which copies the collaboration wants ([`wanted_sites`]): every
+//! site the site map's links reach from this origin, through sites that hold the data type.
+//! The copy tasks find their work through those wants.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -18,9 +22,9 @@ use catalog_schema::{FileEntry, RunKey};
 use tokio_util::sync::CancellationToken;
 
 use super::{Context, TaskReport};
-use crate::catalog::{Cas, CopyRef, Manifest, NewRun, OriginCopy, Registered};
+use crate::catalog::{want_tag, Cas, CopyRef, Manifest, NewRun, OriginCopy, Registered};
 use crate::checksum::{self, ManifestLine};
-use crate::config::{CompletionRule, LayoutField, Site};
+use crate::config::{CompletionRule, LayoutField, Link, Site, SiteMap};
 use crate::transport::PART_SUFFIX;
 
 /// The detector recorded when the layout does not name one (cax's default).
@@ -159,6 +163,10 @@ async fn register_one(ctx: &Context, run: &Found) -> Result<Outcome, String> {
         start: None,
         end: None,
         manifest: Some(manifest.clone()),
+        want: wanted_sites(&ctx.map, &ctx.site.name, &run.data_type)
+            .iter()
+            .map(|site| want_tag(site, &run.data_type))
+            .collect(),
         who: ctx.owner.clone(),
     };
     match ctx
@@ -193,6 +201,32 @@ async fn register_one(ctx: &Context, run: &Found) -> Result<Outcome, String> {
             "origin copy already recorded by another agent".into(),
         )),
     }
+}
+
+/// The sites that should end up with a copy of `data_type` from `origin`: every site the
+/// map's links reach from `origin`, transitively, through sites that have a data directory
+/// for that type. `origin` itself is not listed.
+pub fn wanted_sites(map: &SiteMap, origin: &str, data_type: &str) -> Vec<String> {
+    reachable(&map.links(), origin, |site| {
+        map.site(site)
+            .is_some_and(|s| s.data_dir(data_type).is_some())
+    })
+}
+
+/// Sites reachable from `origin` along `links` (`from -> to`, whichever side initiates),
+/// entering only sites for which `holds` is true; breadth first, each once, without `origin`.
+pub fn reachable(links: &[Link], origin: &str, holds: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut seen: Vec<String> = Vec::new();
+    let mut queue: std::collections::VecDeque<&str> = std::collections::VecDeque::from([origin]);
+    while let Some(at) = queue.pop_front() {
+        for l in links.iter().filter(|l| l.from == at) {
+            if l.to != origin && !seen.contains(&l.to) && holds(&l.to) {
+                seen.push(l.to.clone());
+                queue.push_back(&l.to);
+            }
+        }
+    }
+    seen
 }
 
 /// Finds run directories under each of the site's data directories.
@@ -415,6 +449,33 @@ mod tests {
         let p = dir.join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, bytes).unwrap();
+    }
+
+    fn link(from: &str, to: &str, initiator: &str) -> Link {
+        Link {
+            from: from.into(),
+            to: to.into(),
+            initiator: initiator.into(),
+        }
+    }
+
+    #[test]
+    fn reachable_follows_push_and_pull_transitively_through_holding_sites() {
+        let links = [
+            link("daq", "mirror", "daq"),         // push daq -> mirror
+            link("mirror", "archive", "archive"), // pull by archive from mirror
+            link("archive", "daq", "archive"),    // a cycle back to the origin
+            link("mirror", "scratch", "mirror"),  // scratch has no dir for the type
+            link("scratch", "far", "scratch"),    // only reachable through scratch
+            link("other", "daq", "other"),        // into the origin: not followed backwards
+        ];
+        let holds = |s: &str| s != "scratch";
+        assert_eq!(
+            reachable(&links, "daq", holds),
+            ["mirror".to_string(), "archive".to_string()]
+        );
+        assert_eq!(reachable(&links, "archive", holds), ["daq", "mirror"]);
+        assert!(reachable(&links, "far", holds).is_empty());
     }
 
     #[test]

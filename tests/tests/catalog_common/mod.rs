@@ -148,7 +148,7 @@ pub fn manifest(seed: &str) -> Manifest {
     }
 }
 
-/// Run N, named `runN`, with a manifest.
+/// Run N, named `runN`, with a manifest, wanting a raw copy at `lngs`.
 pub fn new_run(n: i64) -> NewRun {
     NewRun {
         key: key(n),
@@ -158,6 +158,7 @@ pub fn new_run(n: i64) -> NewRun {
         )),
         end: None,
         manifest: Some(manifest(&n.to_string())),
+        want: vec!["lngs/raw".into()],
         who: "test".into(),
     }
 }

@@ -6,7 +6,7 @@
 //! filters and updates of the MongoDB back end one for one.
 
 use bson::DateTime;
-use catalog_schema::{CopyStatus, Event, Lease, RunDoc};
+use catalog_schema::{want_tag, CopyStatus, Event, Lease, RunDoc};
 
 use crate::catalog::{
     after, reclaim_event, ClaimRequest, CopyRef, Manifest, OriginCopy, Transition,
@@ -31,7 +31,24 @@ pub(super) fn add_origin(run: &mut RunDoc, o: &OriginCopy, now: DateTime) -> boo
         return false;
     }
     run.data.push(o.entry(now));
+    unwant(run, &o.copy);
     run.push_event(o.event());
+    true
+}
+
+/// Removes `copy` from the run's wants (it exists now).
+fn unwant(run: &mut RunDoc, copy: &CopyRef) {
+    let tag = want_tag(&copy.host, &copy.data_type);
+    run.want.retain(|w| *w != tag);
+}
+
+/// Wants a copy of `data_type` at `site` unless any copy of it exists or it is wanted.
+pub(super) fn request(run: &mut RunDoc, site: &str, data_type: &str) -> bool {
+    let tag = want_tag(site, data_type);
+    if run.copy(site, data_type).is_some() || run.want.contains(&tag) {
+        return false;
+    }
+    run.want.push(tag);
     true
 }
 
@@ -43,6 +60,7 @@ pub(super) fn claim(run: &mut RunDoc, r: &ClaimRequest, now: DateTime) -> Option
     let c = r.entry(now);
     let lease = c.lease.clone();
     run.data.push(c);
+    unwant(run, &r.copy);
     run.push_event(r.event());
     lease
 }

@@ -6,15 +6,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bson::DateTime;
-use catalog_schema::{CopyStatus, Heartbeat, Lease, RunDoc, RunKey};
+use catalog_schema::{want_tag, CopyStatus, Heartbeat, Lease, RunDoc, RunKey};
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use super::{apply, schema};
 use crate::catalog::{
-    after, check_registration, new_run_doc, removing_transition, Cas, Catalog, CatalogError, Claim,
-    ClaimRequest, CopyRef, LeaseHeld, NewRun, OriginCopy, RegisterCheck, Registered, RunFilter,
-    RunSelector, Transition,
+    after, check_registration, missing_wants, new_run_doc, removing_transition, Cas, Catalog,
+    CatalogError, Claim, ClaimRequest, CopyRef, LeaseHeld, NewRun, OriginCopy, RegisterCheck,
+    Registered, RunFilter, RunSelector, Transition,
 };
 
 /// How long a writer waits for another process's transaction before giving up (the error
@@ -80,10 +80,9 @@ impl EmbeddedCatalog {
                 "runs_needing_copy",
                 needing,
                 vec![
+                    text("c/raw"),
                     text("a"),
                     text("b"),
-                    text("raw"),
-                    text("c"),
                     text("raw"),
                     Value::Integer(10),
                 ],
@@ -410,6 +409,9 @@ fn store(tx: &Transaction<'_>, shown: &str, id: i64, run: &RunDoc) -> Result<(),
     tx.prepare_cached("DELETE FROM copies WHERE run_id = ?1")
         .and_then(|mut s| s.execute(params![id]))
         .map_err(e)?;
+    tx.prepare_cached("DELETE FROM wants WHERE run_id = ?1")
+        .and_then(|mut s| s.execute(params![id]))
+        .map_err(e)?;
     project(tx, shown, id, run)
 }
 
@@ -430,6 +432,13 @@ fn project(tx: &Transaction<'_>, shown: &str, id: i64, run: &RunDoc) -> Result<(
             c.lease.as_ref().map(|l| l.expires.timestamp_millis())
         ])
         .map_err(|e| sql_error(shown, &op, e))?;
+    }
+    let mut want = tx
+        .prepare_cached("INSERT OR IGNORE INTO wants (want, run_id) VALUES (?1, ?2)")
+        .map_err(|e| sql_error(shown, &op, e))?;
+    for w in &run.want {
+        want.execute(params![w, id])
+            .map_err(|e| sql_error(shown, &op, e))?;
     }
     Ok(())
 }
@@ -504,18 +513,29 @@ fn register_in(
             retryable: true,
         });
     };
-    Ok(match check_registration(&run, new) {
+    let check = check_registration(&run, new);
+    let mut changed = false;
+    if !matches!(check, RegisterCheck::Conflict(_)) {
+        let wants = missing_wants(&run, &new.want);
+        changed = !wants.is_empty();
+        run.want.extend(wants);
+    }
+    let out = match check {
         RegisterCheck::Same => Registered::Existing,
         RegisterCheck::Conflict(reason) => Registered::Conflict { reason },
         RegisterCheck::AddManifest => {
             if let Some(m) = &new.manifest {
                 apply::set_manifest(&mut run, m);
                 run.push_event(catalog_schema::Event::run(&new.who, "manifest", None));
-                store(tx, shown, id, &run)?;
+                changed = true;
             }
             Registered::Existing
         }
-    })
+    };
+    if changed {
+        store(tx, shown, id, &run)?;
+    }
+    Ok(out)
 }
 
 fn cas(done: Option<()>) -> Cas {
@@ -711,6 +731,20 @@ impl Catalog for EmbeddedCatalog {
         .map(cas)
     }
 
+    async fn request_copy(
+        &self,
+        run: &RunKey,
+        site: &str,
+        data_type: &str,
+    ) -> Result<Cas, CatalogError> {
+        let (site, ty) = (site.to_string(), data_type.to_string());
+        self.mutate("request copy", run, move |r| {
+            some_if(apply::request(r, &site, &ty))
+        })
+        .await
+        .map(cas)
+    }
+
     async fn heartbeat(&self, beat: &Heartbeat) -> Result<(), CatalogError> {
         let site = beat.site.clone();
         let doc = bson::to_document(beat).map_err(|e| CatalogError::Database {
@@ -775,8 +809,9 @@ impl Catalog for EmbeddedCatalog {
         }
         let marks = vec!["?"; sources.len()].join(",");
         let sql = schema::RUNS_NEEDING_COPY.replace("{sources}", &marks);
-        let mut args: Vec<Value> = sources.iter().map(|s| text(s)).collect();
-        args.extend([text(data_type), text(dest), text(data_type), limit(limit_n)]);
+        let mut args: Vec<Value> = vec![text(&want_tag(dest, data_type))];
+        args.extend(sources.iter().map(|s| text(s)));
+        args.extend([text(data_type), limit(limit_n)]);
         self.query_docs("runs needing copy", sql, args).await
     }
 

@@ -1,10 +1,11 @@
 //! The embedded catalogue's tables and indexes.
 //!
 //! The indexes mirror `catalog_schema::RUN_INDEXES`: `copies_host_status` is
-//! `data.host, data.status`; `copies_status_expires` is `data.status, data.lease.expires`.
+//! `data.host, data.status`; `copies_status_expires` is `data.status, data.lease.expires`;
+//! the `wants` table (keyed by want first) is the multikey `want` index.
 
 /// Schema version stored in `PRAGMA user_version`.
-pub(super) const VERSION: i64 = 1;
+pub(super) const VERSION: i64 = 2;
 
 /// Creates every table and index (idempotent).
 pub(super) const CREATE: &str = "
@@ -31,22 +32,29 @@ CREATE TABLE IF NOT EXISTS copies (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS copies_host_status ON copies(host, status, type);
 CREATE INDEX IF NOT EXISTS copies_status_expires ON copies(status, lease_expires);
+CREATE TABLE IF NOT EXISTS wants (
+    want   TEXT    NOT NULL,
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    PRIMARY KEY (want, run_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS wants_run ON wants(run_id);
 CREATE TABLE IF NOT EXISTS heartbeats (
     site TEXT PRIMARY KEY,
     doc  BLOB NOT NULL
 );
 ";
 
-/// Runs with a transferred copy at one of the sources and no copy at the destination.
-/// `{sources}` is replaced by the right number of `?` placeholders. The anti-join runs on
-/// the `copies` indexes alone; run rows (with their documents) are read only for the runs
-/// that need a copy (twice as fast as reading each candidate run first).
+/// Runs that want a copy at the destination (`?` = `"<dest>/<type>"`) and have a
+/// transferred copy at one of the sources. `{sources}` is replaced by the right number of
+/// `?` placeholders. The `wants` primary key gives the candidates; each is checked with one
+/// `copies` primary-key lookup; run rows are read only for the runs that qualify.
 pub(super) const RUNS_NEEDING_COPY: &str = "
 WITH todo AS (
-    SELECT s.run_id AS id FROM copies s
-    WHERE s.host IN ({sources}) AND s.status = 'transferred' AND s.type = ?
-      AND NOT EXISTS (SELECT 1 FROM copies d
-                      WHERE d.run_id = s.run_id AND d.host = ? AND d.type = ?))
+    SELECT w.run_id AS id FROM wants w
+    WHERE w.want = ?
+      AND EXISTS (SELECT 1 FROM copies s
+                  WHERE s.run_id = w.run_id AND s.host IN ({sources}) AND s.type = ?
+                    AND s.status = 'transferred'))
 SELECT r.doc FROM runs r WHERE r.id IN (SELECT id FROM todo)
 ORDER BY r.number LIMIT ?";
 

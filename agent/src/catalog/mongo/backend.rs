@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bson::{doc, Bson, DateTime, Document};
-use catalog_schema::{CopyStatus, Event, Heartbeat, RunDoc, RunKey, MAX_EVENTS};
+use catalog_schema::{want_tag, CopyStatus, Event, Heartbeat, RunDoc, RunKey, MAX_EVENTS};
 use futures::TryStreamExt;
 use mongodb::options::{ClientOptions, Credential, Hint, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
@@ -13,13 +13,15 @@ use mongodb::{Client, Collection, Database, IndexModel};
 use super::config::MongoConfig;
 use super::errors::{classify, is_duplicate_key};
 use crate::catalog::{
-    after, check_registration, new_run_doc, reclaim_event, removing_transition, Cas, Catalog,
-    CatalogError, Claim, ClaimRequest, CopyRef, LeaseHeld, NewRun, OriginCopy, RegisterCheck,
-    Registered, RunFilter, RunSelector, Transition,
+    after, check_registration, missing_wants, new_run_doc, reclaim_event, removing_transition, Cas,
+    Catalog, CatalogError, Claim, ClaimRequest, CopyRef, LeaseHeld, NewRun, OriginCopy,
+    RegisterCheck, Registered, RunFilter, RunSelector, Transition,
 };
 
 /// Index the site work lists use (see `catalog_schema::index`).
 const HOST_STATUS: &str = "data_host_status";
+/// Index the "runs needing a copy" query uses.
+const WANT: &str = "want";
 /// Index the stalled-copy query uses.
 const STATUS_EXPIRES: &str = "data_status_lease_expires";
 
@@ -332,7 +334,18 @@ impl MongoCatalog {
                 retryable: true,
             });
         };
-        match check_registration(existing, new) {
+        let check = check_registration(existing, new);
+        if !matches!(check, RegisterCheck::Conflict(_)) {
+            // Each want is added only while no copy exists (conditional, so idempotent and
+            // safe against a claim in between).
+            for tag in missing_wants(existing, &new.want) {
+                if let Some((site, ty)) = tag.split_once('/') {
+                    // `Lost`: a copy appeared or someone else added the want. Either is fine.
+                    let _ = self.request_copy(&new.key, site, ty).await?;
+                }
+            }
+        }
+        match check {
             RegisterCheck::Same => Ok(Registered::Existing),
             RegisterCheck::Conflict(reason) => Ok(Registered::Conflict { reason }),
             RegisterCheck::AddManifest => {
@@ -399,13 +412,13 @@ fn type_match(data_type: &str) -> Bson {
 
 fn needing_copy_query(dest: &str, data_type: &str, sources: &[String]) -> Query {
     Query {
-        filter: doc! { "$and": [
-            { "data": { "$elemMatch": {
+        filter: doc! {
+            "want": want_tag(dest, data_type),
+            "data": { "$elemMatch": {
                 "host": { "$in": sources }, "status": "transferred",
-                "type": type_match(data_type) } } },
-            { "data": { "$not": { "$elemMatch": { "host": dest, "type": type_match(data_type) } } } },
-        ]},
-        hint: HOST_STATUS,
+                "type": type_match(data_type) } },
+        },
+        hint: WANT,
     }
 }
 
@@ -538,6 +551,7 @@ impl Catalog for MongoCatalog {
     }
 
     async fn add_origin_copy(&self, o: &OriginCopy) -> Result<Cas, CatalogError> {
+        let tag = want_tag(&o.copy.host, &o.copy.data_type);
         let c = o.entry(DateTime::now());
         let mut filter = Self::key_filter(&o.copy.run);
         filter.insert(
@@ -560,6 +574,7 @@ impl Catalog for MongoCatalog {
                 "digest": &o.manifest.digest,
             },
             "$push": { "data": self.bson_of("copy", &c)? },
+            "$pull": { "want": tag },
         };
         self.push_event(&mut update, &o.event())?;
         self.update(&format!("add origin copy {}", o.copy), filter, update)
@@ -577,7 +592,11 @@ impl Catalog for MongoCatalog {
             doc! { "$not": { "$elemMatch": {
             "host": &r.copy.host, "type": type_match(&r.copy.data_type) } } },
         );
-        let mut update = doc! { "$push": { "data": self.bson_of("copy", &c)? } };
+        // The want goes in the same conditional update: a lost claim leaves it.
+        let mut update = doc! {
+            "$push": { "data": self.bson_of("copy", &c)? },
+            "$pull": { "want": want_tag(&r.copy.host, &r.copy.data_type) },
+        };
         self.push_event(&mut update, &r.event())?;
         Ok(
             match self
@@ -707,6 +726,24 @@ impl Catalog for MongoCatalog {
         );
         self.push_event(&mut update, &ev)?;
         self.update(&format!("remove copy {copy}"), filter, update)
+            .await
+    }
+
+    async fn request_copy(
+        &self,
+        run: &RunKey,
+        site: &str,
+        data_type: &str,
+    ) -> Result<Cas, CatalogError> {
+        let tag = want_tag(site, data_type);
+        let mut filter = Self::key_filter(run);
+        filter.insert(
+            "data",
+            doc! { "$not": { "$elemMatch": { "host": site, "type": type_match(data_type) } } },
+        );
+        filter.insert("want", doc! { "$ne": &tag });
+        let update = doc! { "$addToSet": { "want": &tag } };
+        self.update(&format!("request copy {run} {tag}"), filter, update)
             .await
     }
 
