@@ -47,12 +47,16 @@ impl EmbeddedCatalog {
         }
         let owned = path.to_path_buf();
         let conn = tokio::task::spawn_blocking(move || -> rusqlite::Result<Connection> {
-            let conn = Connection::open(&owned)?;
+            let mut conn = Connection::open(&owned)?;
             conn.busy_timeout(BUSY_TIMEOUT)?;
             conn.pragma_update(None, "journal_mode", "WAL")?;
             conn.pragma_update(None, "synchronous", "NORMAL")?;
             conn.pragma_update(None, "foreign_keys", "ON")?;
-            let tx = conn.unchecked_transaction()?;
+            // IMMEDIATE, not deferred: a deferred transaction that reads the schema and then
+            // writes `user_version` must upgrade its lock, and in WAL mode that fails at once
+            // with "database is locked" (the busy timeout does not apply) whenever another
+            // process is writing — seen as a flaky open in the multi-process claim test.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute_batch(schema::CREATE)?;
             tx.pragma_update(None, "user_version", schema::VERSION)?;
             tx.commit()?;
