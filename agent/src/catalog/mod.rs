@@ -6,7 +6,8 @@
 //! - [`embedded`]: one SQLite file, the zero-setup default.
 //! - [`retry`]: [`Retrying`], a wrapper that retries transient errors with backoff.
 //! - [`uri`]: catalogue locations, parsed once, password redacted in every printout;
-//!   [`resolve_catalog_uri`] picks flag, then `FERRY_CATALOG`, then the embedded default.
+//!   [`resolve_catalog_uri`] picks flag, then `FERRY_CATALOG`, then the site map's, then the
+//!   embedded default.
 //! - [`error`]: [`CatalogError`] and [`CatalogError::is_retryable`].
 //!
 //! Every state change is one conditional update whose filter names the state it expects
@@ -402,15 +403,23 @@ async fn open_with(
     }
 }
 
-/// Chooses the catalogue: `--catalog` if given, else `FERRY_CATALOG`, else the embedded
-/// default ([`CatalogUri::default_embedded`]). An empty `FERRY_CATALOG` counts as unset.
-pub fn resolve_catalog_uri(flag: Option<&str>) -> Result<CatalogUri, CatalogUriError> {
+/// Chooses the catalogue: `--catalog` if given, else `FERRY_CATALOG`, else the site map's
+/// `catalog.uri` (`site_map`), else the embedded default ([`CatalogUri::default_embedded`]).
+/// An empty `FERRY_CATALOG` counts as unset. (The variable is read here rather than through
+/// clap so `--help` never shows its value.)
+pub fn resolve_catalog_uri(
+    flag: Option<&str>,
+    site_map: Option<&str>,
+) -> Result<CatalogUri, CatalogUriError> {
     if let Some(given) = flag {
         return CatalogUri::parse(given);
     }
     match std::env::var("FERRY_CATALOG") {
         Ok(v) if !v.trim().is_empty() => CatalogUri::parse(&v),
-        _ => Ok(CatalogUri::default_embedded()),
+        _ => match site_map {
+            Some(uri) => CatalogUri::parse(uri),
+            None => Ok(CatalogUri::default_embedded()),
+        },
     }
 }
 

@@ -7,7 +7,7 @@ use super::Cli;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::catalog::CatalogUri;
+use crate::catalog::resolve_catalog_uri;
 use crate::config::{self, LoadOptions};
 use crate::daemon::lock::SiteLock;
 use crate::daemon::{run_cycles, shutdown_signal, LoopOptions, Stopped};
@@ -39,15 +39,6 @@ pub(super) fn site_identity(flag: Option<&str>) -> Result<String> {
     Ok(short.to_string())
 }
 
-/// The catalogue named on the command line or in the environment: `--catalog`, else
-/// `$FERRY_CATALOG`. (The variable is read here rather than through clap so `--help` never
-/// shows its value.) `None`: use the site map's, else the embedded default.
-fn catalog_flag_or_env(flag: Option<&str>) -> Option<String> {
-    flag.map(str::to_string)
-        .or_else(|| std::env::var("FERRY_CATALOG").ok())
-        .filter(|s| !s.trim().is_empty())
-}
-
 /// Loads the site map with the host-local checks for `site`. Every problem is printed; a
 /// bad site map is a usage error and nothing runs.
 fn load_site_map(cli: &Cli, site: &str) -> Result<config::Loaded> {
@@ -74,16 +65,11 @@ fn load_site_map(cli: &Cli, site: &str) -> Result<config::Loaded> {
 
 pub(super) fn run(cli: &Cli) -> Result<Exit> {
     let site = site_identity(cli.host.as_deref())?;
-    // A bad catalogue flag is reported before the site map is even read.
-    let flagged = catalog_flag_or_env(cli.catalog.as_deref())
-        .map(|uri| CatalogUri::parse(&uri))
-        .transpose()?;
     let loaded = load_site_map(cli, &site)?;
-    let catalog = match (flagged, &loaded.map.catalog) {
-        (Some(uri), _) => uri,
-        (None, Some(settings)) => CatalogUri::parse(&settings.uri)?,
-        (None, None) => CatalogUri::default_embedded(),
-    };
+    let catalog = resolve_catalog_uri(
+        cli.catalog.as_deref(),
+        loaded.map.catalog.as_ref().map(|c| c.uri.as_str()),
+    )?;
     let Some(site_model) = loaded.map.site(&site).cloned() else {
         return Err(coded(
             Exit::Usage,

@@ -17,7 +17,7 @@ use super::Cli;
 use crate::catalog::{self, Catalog, CatalogUri, CopyStatus, RunDoc, RunFilter, RunSelector};
 
 pub(super) fn run(cli: &Cli, cmd: &RunsCommand) -> Result<Exit> {
-    let uri = catalog::resolve_catalog_uri(cli.catalog.as_deref())?;
+    let uri = catalog::resolve_catalog_uri(cli.catalog.as_deref(), None)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
