@@ -242,6 +242,14 @@ impl<C: Catalog> Catalog for Retrying<C> {
         .0
     }
 
+    async fn adopt_foreign_copies(&self, limit: u32) -> Result<u64, CatalogError> {
+        self.run("adopt foreign copies", || {
+            self.inner.adopt_foreign_copies(limit)
+        })
+        .await
+        .0
+    }
+
     async fn heartbeat(&self, beat: &Heartbeat) -> Result<(), CatalogError> {
         self.run("heartbeat", || self.inner.heartbeat(beat)).await.0
     }

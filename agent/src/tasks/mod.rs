@@ -142,6 +142,9 @@ pub const CYCLE_ORDER: [Task; 9] = [
     Task::Heartbeat,
 ];
 
+/// Runs looked at per cycle for copies written by other tools.
+const ADOPT_BATCH: u32 = 1000;
+
 /// Whether this version implements `task`.
 pub fn is_built(task: Task) -> bool {
     matches!(task, Task::Register | Task::Push)
@@ -151,6 +154,13 @@ pub fn is_built(task: Task) -> bool {
 /// `token` is cancelled.
 pub async fn run_cycle(ctx: &Context, tasks: &[Task], token: &CancellationToken) -> CycleReport {
     let mut report = CycleReport::default();
+    // Copies other tools wrote (a DAQ's own entry) join the work lists before any task
+    // asks for them. A failure here is logged; the tasks still run on what is indexed.
+    match ctx.catalog.adopt_foreign_copies(ADOPT_BATCH).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(adopted = n, "copies written by other tools adopted"),
+        Err(e) => tracing::warn!("adopting copies written by other tools: {e}"),
+    }
     for task in CYCLE_ORDER {
         if !tasks.is_empty() && !tasks.contains(&task) {
             continue;
