@@ -457,6 +457,11 @@ async fn retry_never_hammers_a_permission_error_and_gives_up_loudly_at_the_limit
         assert!(r.done.is_empty(), "{}", joined(&r));
         assert_eq!(r.failed.len(), 2, "reported every cycle: {}", joined(&r));
         assert!(r.failed[0].contains("run 5") && r.failed[0].contains("not retried"));
+        assert!(
+            r.failed[0].contains("--task retry --run 5"),
+            "{}",
+            joined(&r)
+        );
         assert!(r.failed[0].contains("permission denied"), "{}", joined(&r));
         assert!(r.failed[1].contains("run 6") && r.failed[1].contains("gave up after 5"));
     }
@@ -469,6 +474,18 @@ async fn retry_never_hammers_a_permission_error_and_gives_up_loudly_at_the_limit
         );
     }
     assert!(!w.path("mirror/raw/Run000005").exists());
+
+    // The operator fixed the permissions and asks for the run: retried at once.
+    let mut asked = w.ctx("daq");
+    asked.scope = RunScope::Number(5);
+    let r = retry::run(&asked, &t).await;
+    assert_eq!(r.done.len(), 1, "{}", joined(&r));
+    let c = copy_at(&w.get(5).await, "mirror").clone();
+    assert_eq!(
+        (c.status, c.attempts),
+        (CopyStatus::Transferred, 2),
+        "{c:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,10 +17,13 @@
 //!      last verified: the source is suspected, its copy goes to `verifying` (its site's
 //!      verify task re-hashes it) and the retry waits until it is `transferred` again;
 //!    - `[fatal]` (permission denied, no space, a missing source file, a refused path,
-//!      authentication) is never retried: it is listed as failed every cycle until an
-//!      operator fixes the cause and removes the entry;
+//!      authentication) is never retried on its own: it is listed as failed every cycle
+//!      until an operator fixes the cause and asks for the run (`--run N` / `--name X`);
 //!    - at [`MAX_ATTEMPTS`] the copy is given up: a failed line every cycle and an `error`
-//!      log, never another attempt.
+//!      log, no further attempt unless an operator asks for the run.
+//!
+//!    A run the operator names is retried at once: past the class, the limit and the
+//!    backoff, one attempt per invocation.
 //!
 //! **How a retried copy re-enters the push path**: the responsible agent moves the entry
 //! `error → transferring` itself (a conditional update on the status; the catalogue gives it
@@ -44,7 +47,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::push::{self, LEASE};
 use super::verify::copies_in;
-use super::{Context, TaskReport};
+use super::{Context, RunScope, TaskReport};
 use crate::catalog::{Cas, Claim, CopyRef, Transition};
 use crate::config::{Site, TransferMethod};
 use crate::transport::TransportError;
@@ -396,21 +399,26 @@ async fn retry_one(
 ) -> Result<Step, String> {
     let last = c.last_error.clone().unwrap_or_default();
     let class = FailureClass::classify(&last);
-    if c.attempts >= MAX_ATTEMPTS {
+    // `--run N` / `--name X`: the operator asks for this run now, past the limit, the
+    // class and the backoff (once per invocation).
+    let asked = !matches!(ctx.scope, RunScope::All);
+    let hint = format!(
+        "fix the cause, then `ferry --once --task retry --run {}`",
+        run.number
+    );
+    if c.attempts >= MAX_ATTEMPTS && !asked {
         return Err(format!(
-            "gave up after {} attempts (limit {MAX_ATTEMPTS}); last error: {last}",
+            "gave up after {} attempts (limit {MAX_ATTEMPTS}; {hint}); last error: {last}",
             c.attempts
         ));
     }
-    if class == FailureClass::Fatal {
-        return Err(format!(
-            "not retried (needs an operator; remove the entry once fixed): {last}"
-        ));
+    if class == FailureClass::Fatal && !asked {
+        return Err(format!("not retried (needs an operator: {hint}): {last}"));
     }
     let wait = backoff(c.attempts);
     let since = c.updated_time.unwrap_or(DateTime::from_millis(0));
     let due = crate::catalog::after(since, wait);
-    if DateTime::now() < due {
+    if DateTime::now() < due && !asked {
         return Ok(Step::Skipped(format!(
             "attempt {} of {MAX_ATTEMPTS} after {} (backoff {}): {last}",
             c.attempts.saturating_add(1),
