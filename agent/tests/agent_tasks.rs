@@ -782,3 +782,53 @@ async fn heartbeat_document_carries_identity_cycle_counts_and_free_disk() {
     assert!(raw.get_i64("free_bytes").unwrap() > 0);
     assert!(raw.get_i64("total_bytes").unwrap() >= raw.get_i64("free_bytes").unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_finishes_a_removal_cut_short_but_never_the_last_copy() {
+    let w = World::new().await;
+    w.registered_and_pushed(14).await;
+    w.registered_and_pushed(15).await;
+    let t = w_token();
+    // An agent died after `removing` and one deleted file (run 14).
+    let daq14 = CopyRef::new(RunKey::new("tpc", 14), "daq", "raw");
+    assert_eq!(
+        w.catalog
+            .mark_removing(&daq14, CopyStatus::Transferred, "test", "purge")
+            .await
+            .unwrap(),
+        Cas::Done
+    );
+    std::fs::remove_file(w.path("daq/raw/Run000014/a.evio")).unwrap();
+    // Run 15: the origin is `removing` but the mirror's copy has failed meanwhile.
+    let daq15 = CopyRef::new(RunKey::new("tpc", 15), "daq", "raw");
+    assert_eq!(
+        w.catalog
+            .mark_removing(&daq15, CopyStatus::Transferred, "test", "purge")
+            .await
+            .unwrap(),
+        Cas::Done
+    );
+    let mut m = Transition::new(CopyStatus::Transferred, CopyStatus::Error, None, "test");
+    m.error = Some("[checksum] test: the mirror's copy rotted".into());
+    assert_eq!(
+        w.catalog.transition(&mirror_copy(15), &m).await.unwrap(),
+        Cas::Done
+    );
+
+    // Purging is even switched off: finishing (or refusing) cut-short removals still runs.
+    let mut ctx = w.ctx("daq");
+    ctx.site.purge.enabled = false;
+    let r = tasks::purge::run(&ctx, &t).await;
+    assert_eq!(r.done.len(), 1, "{}", joined(&r));
+    assert!(r.done[0].contains("run 14") && r.done[0].contains("removal finished"));
+    assert!(!w.path("daq/raw/Run000014").exists());
+    assert!(w.get(14).await.copy("daq", "raw").is_none());
+
+    assert_eq!(r.failed.len(), 1, "{}", joined(&r));
+    assert!(r.failed[0].contains("run 15") && r.failed[0].contains("last verified copy"));
+    assert!(w.path("daq/raw/Run000015/a.evio").exists());
+    assert_eq!(
+        copy_at(&w.get(15).await, "daq").status,
+        CopyStatus::Removing
+    );
+}
