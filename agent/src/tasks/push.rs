@@ -256,7 +256,10 @@ async fn copy_and_measure(
             _ = renew.tick() => {
                 match ctx.catalog.renew_lease(copy, &ctx.owner, LEASE).await {
                     Ok(Cas::Done) => {}
-                    Ok(Cas::Lost) => return Err(Failure::new(FailureClass::Retryable, "lost the lease while copying".into())),
+                    Ok(Cas::Lost) => {
+                        let why = "lost the lease while copying".to_string();
+                        return Err(Failure::new(FailureClass::Retryable, why));
+                    }
                     Err(e) => tracing::warn!(%copy, "cannot renew the lease: {e}"),
                 }
             }

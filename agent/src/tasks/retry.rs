@@ -5,8 +5,8 @@
 //! links it initiates (its `push_to` sites, and itself for its `pull_from` sites). For each
 //! such destination, every cycle:
 //!
-//! 1. **stalled** copies (`transferring`, lease expired; [`crate::catalog::Catalog::stalled_copies`]) are
-//!    reclaimed with [`crate::catalog::Catalog::reclaim_stalled`] (one conditional update: exactly one
+//! 1. **stalled** copies (`transferring`, lease expired; [`Catalog::stalled_copies`]) are
+//!    reclaimed with [`Catalog::reclaim_stalled`] (one conditional update: exactly one
 //!    reclaimer wins, `attempts` goes up) and copied again at once;
 //! 2. **failed** copies (`error`) are classified from `last_error` ([`FailureClass`], as
 //!    FTS3 does) and
@@ -36,6 +36,9 @@
 //! `[retryable] …`, `[checksum] …`, `[fatal] …`. Text without a prefix (an older agent,
 //! another tool) is classified by the same words FTS3 looks for, else taken as retryable.
 //! Only the `local` method is built; other copies are reported as skipped.
+//!
+//! [`Catalog::stalled_copies`]: crate::catalog::Catalog::stalled_copies
+//! [`Catalog::reclaim_stalled`]: crate::catalog::Catalog::reclaim_stalled
 
 use std::fmt;
 use std::path::PathBuf;
