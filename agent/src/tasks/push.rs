@@ -14,7 +14,7 @@
 //! Any failure moves the copy to `error` with the cause, prefixed by its class
 //! (`[retryable]`, `[checksum]`, `[fatal]`: see [`super::retry::FailureClass`]), and names
 //! the source (`from SITE: …`); the retry task takes it from there and re-enters step 3
-//! through [`transfer_claimed`]. A crash leaves the copy `transferring` under a lease that
+//! through `transfer_claimed`. A crash leaves the copy `transferring` under a lease that
 //! expires, so another agent can reclaim it. Nothing is recorded as `transferred` that was
 //! not read back.
 

@@ -28,7 +28,7 @@
 //! **How a retried copy re-enters the push path**: the responsible agent moves the entry
 //! `error → transferring` itself (a conditional update on the status; the catalogue gives it
 //! the lease and counts the attempt), then runs the same copy as a fresh claim,
-//! [`super::push::transfer_claimed`], from a source holding a verified copy. The entry is
+//! `push::transfer_claimed`, from a source holding a verified copy. The entry is
 //! kept (not removed and requested again), so `attempts` and the audit trail of earlier
 //! failures survive: the limit and the suspect-source rule are counted from them.
 //!

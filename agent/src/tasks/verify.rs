@@ -21,7 +21,7 @@
 //!    copy of a run is never made smaller, even when it is damaged.
 //!
 //! Tape copies are verified by the tape task, not here. Helpers that find a copy's files
-//! on disk safely ([`copy_dir`], [`file_in`]) are shared with the purge task.
+//! on disk safely (`copy_dir`, `file_in`, `copies_in`) are shared with the purge task.
 
 use std::path::{Path, PathBuf};
 
