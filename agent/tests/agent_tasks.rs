@@ -832,3 +832,42 @@ async fn purge_finishes_a_removal_cut_short_but_never_the_last_copy() {
         CopyStatus::Removing
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_and_retry_dry_runs_change_nothing() {
+    let w = World::new().await;
+    w.registered_and_pushed(16).await;
+    to_verifying(&w, 16, &owner("audit", DEAD_PID)).await;
+    w.run_files(17);
+    let daq = w.ctx("daq");
+    assert!(tasks::register::run(&daq, &w_token())
+        .await
+        .failed
+        .is_empty());
+    failed_copy(&w, 17, "[retryable] from daq: mirror: timed out").await;
+    w.edit_run(17, |run| {
+        run.copy_mut("mirror", "raw").unwrap().updated_time = Some(hours_ago(24));
+    });
+    let (before16, before17) = (w.get(16).await, w.get(17).await);
+
+    let mut mirror = w.ctx("mirror");
+    mirror.dry_run = true;
+    let r = tasks::verify::run(&mirror, &w_token()).await;
+    assert!(
+        r.skipped[0].contains("dry run: would re-hash 2 files"),
+        "{}",
+        joined(&r)
+    );
+    let mut daq = w.ctx("daq");
+    daq.dry_run = true;
+    let r = retry::run(&daq, &w_token()).await;
+    assert!(
+        r.skipped[0].contains("dry run: would retry"),
+        "{}",
+        joined(&r)
+    );
+
+    assert_eq!(w.get(16).await, before16);
+    assert_eq!(w.get(17).await, before17);
+    assert!(!w.path("mirror/raw/Run000017").exists());
+}
