@@ -5,15 +5,23 @@
 //! | task       | file          | status                                            |
 //! |------------|---------------|---------------------------------------------------|
 //! | register   | `register.rs` | directory discovery at origin sites               |
+//! | verify     | `verify.rs`   | re-hash `verifying` copies here; take over only dead leases |
+//! | retry      | `retry.rs`    | reclaim stalled copies; classified retries with backoff |
 //! | push       | `push.rs`     | `local` method: claim, copy, read back, record    |
-//! | verify, retry, pull, tape, purge, audit, heartbeat | — | not built yet         |
+//! | purge      | `purge.rs`    | DESIGN §6 rules, last-copy guard, dry run         |
+//! | heartbeat  | `heartbeat.rs`| one document per agent: cycle, counts, free disk  |
+//! | pull, tape, audit | —      | not built yet                                     |
 //!
 //! A task never fails the cycle: each run it touches either succeeds, is skipped with a
 //! reason, or is listed in the report's failures with the run and the cause; the next task
 //! still runs. A lost race in the catalogue is an ordinary outcome, not a failure.
 
+pub mod heartbeat;
+pub mod purge;
 pub mod push;
 pub mod register;
+pub mod retry;
+pub mod verify;
 
 use std::fmt;
 use std::sync::Arc;
@@ -147,13 +155,17 @@ const ADOPT_BATCH: u32 = 1000;
 
 /// Whether this version implements `task`.
 pub fn is_built(task: Task) -> bool {
-    matches!(task, Task::Register | Task::Push)
+    matches!(
+        task,
+        Task::Register | Task::Verify | Task::Retry | Task::Push | Task::Purge | Task::Heartbeat
+    )
 }
 
 /// Runs `tasks` (all of them when empty) in cycle order. Stops starting tasks once
 /// `token` is cancelled.
 pub async fn run_cycle(ctx: &Context, tasks: &[Task], token: &CancellationToken) -> CycleReport {
     let mut report = CycleReport::default();
+    let started = bson::DateTime::now();
     // Copies other tools wrote (a DAQ's own entry) join the work lists before any task
     // asks for them. A failure here is logged; the tasks still run on what is indexed.
     match ctx.catalog.adopt_foreign_copies(ADOPT_BATCH).await {
@@ -170,7 +182,11 @@ pub async fn run_cycle(ctx: &Context, tasks: &[Task], token: &CancellationToken)
         }
         let outcome = match task {
             Task::Register => register::run(ctx, token).await,
+            Task::Verify => verify::run(ctx, token).await,
+            Task::Retry => retry::run(ctx, token).await,
             Task::Push => push::run(ctx, token).await,
+            Task::Purge => purge::run(ctx, token).await,
+            Task::Heartbeat => heartbeat::run(ctx, token, &report, started).await,
             other => {
                 report.not_built.push(other);
                 continue;

@@ -11,9 +11,12 @@
 //! 4. the copy moves `transferring → verifying` with the digest measured from the
 //!    destination's bytes, then `verifying → transferred` when that digest is the run's.
 //!
-//! Any failure moves the copy to `error` with the cause (the retry task takes it from
-//! there); a crash leaves it `transferring` under a lease that expires, so another agent
-//! can reclaim it. Nothing is recorded as `transferred` that was not read back.
+//! Any failure moves the copy to `error` with the cause, prefixed by its class
+//! (`[retryable]`, `[checksum]`, `[fatal]`: see [`super::retry::FailureClass`]), and names
+//! the source (`from SITE: …`); the retry task takes it from there and re-enters step 3
+//! through `transfer_claimed`. A crash leaves the copy `transferring` under a lease that
+//! expires, so another agent can reclaim it. Nothing is recorded as `transferred` that was
+//! not read back.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,9 +24,10 @@ use std::time::Duration;
 use catalog_schema::{CopyStatus, RunDoc};
 use tokio_util::sync::CancellationToken;
 
+use super::retry::{Failure, FailureClass};
+use super::verify::digest_of;
 use super::{Context, TaskReport};
 use crate::catalog::{Cas, Claim, ClaimRequest, CopyRef, Transition};
-use crate::checksum::{self, ManifestLine};
 use crate::config::{Site, TransferMethod};
 use crate::transport::run::{copy_run, FileJob, RunCopy};
 use crate::transport::{CopyOptions, Verify};
@@ -112,16 +116,9 @@ async fn push_run(
     let Some(src_dir) = source.and_then(|c| c.location.clone()).map(PathBuf::from) else {
         return Ok(Some("no verified copy here to copy from".into()));
     };
-    let name = run.name.clone().unwrap_or_else(|| run.number.to_string());
-    let period = run.extra.get_str("period").ok();
-    let rel = dest
-        .layout
-        .render(run.number, &name, period, &run.detector)
-        .map_err(|e| format!("destination layout: {e}"))?;
-    let Some(dest_root) = dest.data_dir(data_type) else {
+    let Some(dst_dir) = run_dir(dest, data_type, run)? else {
         return Ok(Some(format!("{} has no {data_type} directory", dest.name)));
     };
-    let dst_dir = dest_root.join(rel);
     if ctx.dry_run {
         return Ok(Some(format!(
             "dry run: would copy {} files ({} bytes) {} -> {}",
@@ -148,17 +145,57 @@ async fn push_run(
         Claim::Won(_) => {}
         Claim::Lost => return Ok(Some("claimed by another agent".into())),
     }
-    let outcome = copy_and_measure(ctx, &copy, src_dir, dst_dir, run).await;
+    transfer_claimed(ctx, &copy, &ctx.site.name, src_dir, dst_dir, run, &digest).await?;
+    Ok(None)
+}
+
+/// The directory of `run`'s `data_type` copy at `site` (its data directory joined with the
+/// rendered layout); `Ok(None)` when the site has no directory for that type.
+pub(super) fn run_dir(
+    site: &Site,
+    data_type: &str,
+    run: &RunDoc,
+) -> Result<Option<PathBuf>, String> {
+    let Some(root) = site.data_dir(data_type) else {
+        return Ok(None);
+    };
+    let name = run.name.clone().unwrap_or_else(|| run.number.to_string());
+    let period = run.extra.get_str("period").ok();
+    let rel = site
+        .layout
+        .render(run.number, &name, period, &run.detector)
+        .map_err(|e| format!("{} layout: {e}", site.name))?;
+    Ok(Some(root.join(rel)))
+}
+
+/// Copies a run into a copy this agent holds in `transferring` (a fresh claim, or one the
+/// retry task took back), reads it back, and records `verifying → transferred`; on any
+/// failure records `error` with a [`Failure`] class prefix and returns the text.
+pub(super) async fn transfer_claimed(
+    ctx: &Context,
+    copy: &CopyRef,
+    source: &str,
+    src_dir: PathBuf,
+    dst_dir: PathBuf,
+    run: &RunDoc,
+    digest: &str,
+) -> Result<(), String> {
+    let outcome = copy_and_measure(ctx, copy, source, src_dir, dst_dir, run).await;
     let measured = match outcome {
         Ok(measured) if measured == digest => measured,
         Ok(measured) => {
-            let why = format!("run digest at the destination {measured} != manifest {digest}");
-            fail(ctx, &copy, &why).await;
-            return Err(why);
+            let why = Failure::new(
+                FailureClass::Checksum,
+                format!(
+                    "from {source}: run digest at the destination {measured} != manifest {digest}"
+                ),
+            );
+            fail(ctx, copy, &why).await;
+            return Err(why.to_string());
         }
         Err(why) => {
-            fail(ctx, &copy, &why).await;
-            return Err(why);
+            fail(ctx, copy, &why).await;
+            return Err(why.to_string());
         }
     };
     let owner = Some(ctx.owner.as_str());
@@ -170,7 +207,7 @@ async fn push_run(
     );
     to_verifying.checksum = Some(measured.clone());
     to_verifying.lease_for = LEASE;
-    cas(ctx, &copy, &to_verifying).await?;
+    cas(ctx, copy, &to_verifying).await?;
     let mut to_done = Transition::new(
         CopyStatus::Verifying,
         CopyStatus::Transferred,
@@ -179,8 +216,7 @@ async fn push_run(
     );
     to_done.checksum = Some(measured);
     to_done.reason = Some("every file read back at the destination matched the manifest".into());
-    cas(ctx, &copy, &to_done).await?;
-    Ok(None)
+    cas(ctx, copy, &to_done).await
 }
 
 /// Copies every file, renewing the lease meanwhile; returns the run digest measured from
@@ -188,10 +224,11 @@ async fn push_run(
 async fn copy_and_measure(
     ctx: &Context,
     copy: &CopyRef,
+    source: &str,
     src_dir: PathBuf,
     dst_dir: PathBuf,
     run: &RunDoc,
-) -> Result<String, String> {
+) -> Result<String, Failure> {
     let files: Vec<FileJob> = run
         .files
         .iter()
@@ -219,37 +256,42 @@ async fn copy_and_measure(
             _ = renew.tick() => {
                 match ctx.catalog.renew_lease(copy, &ctx.owner, LEASE).await {
                     Ok(Cas::Done) => {}
-                    Ok(Cas::Lost) => return Err("lost the lease while copying".into()),
+                    Ok(Cas::Lost) => {
+                        let why = "lost the lease while copying".to_string();
+                        return Err(Failure::new(FailureClass::Retryable, why));
+                    }
                     Err(e) => tracing::warn!(%copy, "cannot renew the lease: {e}"),
                 }
             }
         }
     };
     let mut errors = Vec::new();
+    let mut class = None;
     let mut measured = Vec::with_capacity(files.len());
     for (job, result) in files.iter().zip(results) {
         match result {
             Ok(report) if report.verified => measured.push((job.path.clone(), report.digest)),
-            Ok(_) => errors.push(format!("{}: not read back", job.path)),
-            Err(e) => errors.push(format!("{}: {e}", job.path)),
+            Ok(_) => {
+                class = class.max(Some(FailureClass::Retryable));
+                errors.push(format!("{}: not read back", job.path));
+            }
+            Err(e) => {
+                class = class.max(Some(FailureClass::of_transport(&e)));
+                errors.push(format!("{}: {e}", job.path));
+            }
         }
     }
-    if !errors.is_empty() {
-        return Err(errors.join("; "));
+    if let Some(class) = class {
+        return Err(Failure::new(
+            class,
+            format!("from {source}: {}", errors.join("; ")),
+        ));
     }
     let hex: Vec<(String, u64, String)> = measured
         .iter()
         .map(|(p, d)| (p.clone(), d.size, d.sha256_hex()))
         .collect();
-    let lines: Vec<ManifestLine<'_>> = hex
-        .iter()
-        .map(|(path, size, sha256)| ManifestLine {
-            path,
-            size: *size,
-            sha256,
-        })
-        .collect();
-    checksum::run_digest(&lines).map_err(|e| e.to_string())
+    digest_of(&hex).map_err(|e| Failure::new(FailureClass::Fatal, format!("manifest: {e}")))
 }
 
 async fn cas(ctx: &Context, copy: &CopyRef, change: &Transition) -> Result<(), String> {
@@ -263,9 +305,10 @@ async fn cas(ctx: &Context, copy: &CopyRef, change: &Transition) -> Result<(), S
     }
 }
 
-/// Records a failed copy as `error` (best effort: if this fails too, the lease expires and
-/// the retry task reclaims the copy).
-async fn fail(ctx: &Context, copy: &CopyRef, why: &str) {
+/// Records a failed copy as `error`, the classified text in `last_error` and in the audit
+/// trail (where the retry task counts checksum mismatches). Best effort: if this fails too,
+/// the lease expires and the retry task reclaims the copy.
+pub(super) async fn fail(ctx: &Context, copy: &CopyRef, why: &Failure) {
     let mut change = Transition::new(
         CopyStatus::Transferring,
         CopyStatus::Error,
@@ -273,6 +316,7 @@ async fn fail(ctx: &Context, copy: &CopyRef, why: &str) {
         &ctx.owner,
     );
     change.error = Some(why.to_string());
+    change.reason = Some(why.to_string());
     if let Err(e) = ctx.catalog.transition(copy, &change).await {
         tracing::warn!(%copy, "cannot record the failure ({why}): {e}");
     }

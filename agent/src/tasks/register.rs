@@ -198,9 +198,10 @@ async fn register_one(ctx: &Context, run: &Found) -> Result<Outcome, String> {
             )));
         }
     }
-    let daq_complete = existing.as_ref().is_some_and(|d| d.end.is_some());
+    // The DAQ said the run ended, and its entry here is still waiting for a digest. (A run
+    // that merely has `end` set but no entry here, e.g. purged here, follows the rule.)
+    let daq_complete = daq_entry.is_some() && existing.as_ref().is_some_and(|d| d.end.is_some());
     let (marker, quiet) = match &ctx.site.completion {
-        // The DAQ said the run ended: its files are written.
         _ if daq_complete => (None, None),
         CompletionRule::Marker(m) => {
             if !run.dir.join(m).is_file() {
