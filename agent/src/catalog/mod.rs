@@ -16,6 +16,7 @@
 
 pub mod embedded;
 pub mod error;
+pub mod faults;
 pub mod mongo;
 pub mod retry;
 pub mod uri;
