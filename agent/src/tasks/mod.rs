@@ -5,15 +5,22 @@
 //! | task       | file          | status                                            |
 //! |------------|---------------|---------------------------------------------------|
 //! | register   | `register.rs` | directory discovery at origin sites               |
-//! | push       | `push.rs`     | `local` method: claim, copy, read back, record    |
-//! | verify, retry, pull, tape, purge, audit, heartbeat | — | not built yet         |
+//! | push       | `push.rs`     | to `push_to` sites over SFTP or locally           |
+//! | pull       | `pull.rs`     | from `pull_from` sites over SFTP or locally       |
+//! | verify, retry, tape, purge, audit, heartbeat | — | not built yet               |
+//!
+//! Push and pull share `copy.rs` (claim → copy → read back → record) and the agent's SSH
+//! sessions, one per peer site (`sessions.rs`).
 //!
 //! A task never fails the cycle: each run it touches either succeeds, is skipped with a
 //! reason, or is listed in the report's failures with the run and the cause; the next task
 //! still runs. A lost race in the catalogue is an ordinary outcome, not a failure.
 
+pub mod copy;
+pub mod pull;
 pub mod push;
 pub mod register;
+pub mod sessions;
 
 use std::fmt;
 use std::sync::Arc;
@@ -95,6 +102,10 @@ pub struct Context {
     pub dry_run: bool,
     /// Files in flight per run, per link and in all; shared by every copy of this agent.
     pub gates: Gates,
+    /// One SSH session per peer site, reused across runs, files and cycles.
+    pub sessions: Arc<sessions::SessionPool>,
+    /// Where copies report their progress (log lines, or bars on a terminal).
+    pub progress: Arc<dyn copy::CopyProgress>,
 }
 
 impl fmt::Debug for Context {
@@ -144,7 +155,7 @@ pub const CYCLE_ORDER: [Task; 9] = [
 
 /// Whether this version implements `task`.
 pub fn is_built(task: Task) -> bool {
-    matches!(task, Task::Register | Task::Push)
+    matches!(task, Task::Register | Task::Push | Task::Pull)
 }
 
 /// Runs `tasks` (all of them when empty) in cycle order. Stops starting tasks once
@@ -161,6 +172,7 @@ pub async fn run_cycle(ctx: &Context, tasks: &[Task], token: &CancellationToken)
         let outcome = match task {
             Task::Register => register::run(ctx, token).await,
             Task::Push => push::run(ctx, token).await,
+            Task::Pull => pull::run(ctx, token).await,
             other => {
                 report.not_built.push(other);
                 continue;
