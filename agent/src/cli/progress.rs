@@ -77,15 +77,18 @@ impl Bars {
         }
     }
 
-    fn total(&self) -> ProgressBar {
-        lock(&self.total)
-            .get_or_insert_with(|| {
-                let bar = self.multi.add(ProgressBar::new(0));
-                bar.set_style(style(TOTAL_STYLE).progress_chars("=> "));
-                bar.set_prefix("total");
-                bar
-            })
-            .clone()
+    /// The total bar, `more` bytes longer (created, with that length, on first use).
+    fn total(&self, more: u64) -> ProgressBar {
+        let mut total = lock(&self.total);
+        if let Some(bar) = total.as_ref() {
+            bar.inc_length(more);
+            return bar.clone();
+        }
+        let bar = ProgressBar::new(more).with_style(style(TOTAL_STYLE).progress_chars("=> "));
+        bar.set_prefix("total");
+        let bar = self.multi.add(bar);
+        *total = Some(bar.clone());
+        bar
     }
 
     /// Bytes done and bytes expected so far (for tests and the final line).
@@ -115,8 +118,7 @@ impl Bars {
 
 impl CopyProgress for Bars {
     fn run_started(&self, label: &str, files: usize, bytes: u64) {
-        let total = self.total();
-        total.inc_length(bytes);
+        self.total(bytes);
         self.println(format!(
             "copying {label}: {files} files, {}",
             ByteSize(bytes)
@@ -138,7 +140,7 @@ impl CopyProgress for Bars {
                     bar.finish_and_clear();
                     self.multi.remove(&bar);
                 }
-                self.total().inc(report.digest.size);
+                self.total(0).inc(report.digest.size);
                 let secs = report.elapsed.as_secs_f64().max(1e-3);
                 self.println(format!(
                     "  ok    {path} ({}, {}/s)",
@@ -152,7 +154,7 @@ impl CopyProgress for Bars {
                     self.multi.remove(&bar);
                     bar.length().unwrap_or(0)
                 });
-                let total = self.total();
+                let total = self.total(0);
                 let left = total.length().unwrap_or(0);
                 total.set_length(left.saturating_sub(size.unwrap_or(0)));
                 self.println(format!("  FAIL  {path}: {error}"));
