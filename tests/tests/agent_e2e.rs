@@ -426,3 +426,46 @@ fn two_agents_racing_for_the_same_mirror_copy_exactly_one_copies_each_run() {
     }
     assert!(leftovers(&world.root("mirror")).is_empty());
 }
+
+#[test]
+fn a_mirror_copy_corrupted_after_its_transfer_is_never_pulled_as_transferred() {
+    let world = World::new(
+        "agent_e2e_rot",
+        &["origin", "mirror-a", "mirror-b"],
+        |name| match name {
+            "origin" => serde_json::json!({ "origin": true, "push_to": ["mirror-a"] }),
+            "mirror-b" => serde_json::json!({ "pull_from": ["mirror-a"] }),
+            _ => serde_json::json!({}),
+        },
+    );
+    world.run(
+        "origin",
+        7,
+        &[("good.evio", 300_000), ("rot.evio", 200_000)],
+    );
+    world.once("origin", &["--task", "register", "--task", "push"]);
+    // Bit rot at mirror-a after its copy was verified and recorded.
+    let at_a = world.root("mirror-a").join("Run000007/rot.evio");
+    let mut bytes = std::fs::read(&at_a).unwrap();
+    bytes[12_345] ^= 0x10;
+    std::fs::write(&at_a, bytes).unwrap();
+
+    let out = world
+        .command("mirror-b", &["--task", "pull"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let run = world.runs().pop().unwrap();
+    let at_b = copy_at(&run, "mirror-b");
+    assert_eq!(at_b.len(), 1, "{run:#?}");
+    assert_eq!(at_b[0].get_str("status").unwrap(), "error", "{run:#?}");
+    assert!(
+        at_b[0].get_str("last_error").unwrap().contains("rot.evio"),
+        "{run:#?}"
+    );
+    // The bad bytes never get the file's name. (The transport keeps their `.part` when the
+    // stream's digest fails the manifest check, which a later resume would keep: reported
+    // to the transport's owner, not asserted here.)
+    let b_run = world.root("mirror-b").join("Run000007");
+    assert!(!b_run.join("rot.evio").exists());
+}
