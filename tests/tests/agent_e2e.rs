@@ -323,6 +323,15 @@ fn three_sites_push_then_pull_every_run_ends_with_three_verified_copies() {
         for site in ["origin", "mirror-a", "mirror-b"] {
             let out = world.once(site, &tasks);
             let stdout = String::from_utf8_lossy(&out.stdout);
+            if rounds == 1 && site == "origin" {
+                // Not a terminal: progress comes as log lines, one per file, no bars.
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                assert!(
+                    stderr.contains("file copied") && stderr.contains("raw/big.evio"),
+                    "{stderr}"
+                );
+                assert!(!stderr.contains("total ["), "{stderr}");
+            }
             done += stdout
                 .lines()
                 .filter(|l| l.trim_start().starts_with("done"))
