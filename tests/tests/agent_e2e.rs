@@ -26,6 +26,9 @@ use ferry_tests::{unique_db_name, MongoServer, Sshd};
 use futures::TryStreamExt;
 use sha2::{Digest, Sha256};
 
+mod agent_common;
+use agent_common::kill_connections;
+
 const FERRY: &str = env!("CARGO_BIN_EXE_ferry_under_test");
 const MARKER: &str = "RUN_COMPLETE";
 
@@ -477,4 +480,59 @@ fn a_mirror_copy_corrupted_after_its_transfer_is_never_pulled_as_transferred() {
     // to the transport's owner, not asserted here.)
     let b_run = world.root("mirror-b").join("Run000007");
     assert!(!b_run.join("rot.evio").exists());
+}
+
+#[test]
+fn a_connection_cut_mid_copy_is_resumed_on_a_new_session_under_the_same_claim() {
+    // 4 MB/s: the 24 MiB file takes about 6 s, time enough to cut the connection under it.
+    let world = World::new("agent_e2e_cut", &["origin", "mirror"], |name| match name {
+        "origin" => serde_json::json!({
+            "origin": true,
+            "push_to": ["mirror"],
+            "limits": { "files_in_flight": 2, "transfers_per_link": 2, "global_transfers": 2,
+                        "bandwidth_per_link": "4MB/s" },
+        }),
+        _ => serde_json::json!({}),
+    });
+    let dir = world.run("origin", 1, &[("big.evio", 24 << 20), ("small.evio", 1000)]);
+    let want = run_digest(&dir);
+    world.once("origin", &["--task", "register"]);
+
+    let pusher = world.spawn("origin", &["--task", "push"]);
+    let part = world.root("mirror").join("Run000001/big.evio.part");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::fs::metadata(&part).map_or(0, |m| m.len()) < 4 << 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the copy never got going"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    kill_connections(&world.sites["mirror"]);
+    let out = pusher.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("reconnecting to resume"), "{stderr}");
+    // The big file went on from its `.part`, not from zero.
+    let resumed: u64 = stderr
+        .lines()
+        .find(|l| l.contains("file copied") && l.contains("big.evio"))
+        .and_then(|l| l.split("resumed_from=").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no resumed_from for big.evio: {stderr}"));
+    assert!(resumed >= 4 << 20, "resumed from {resumed}: {stderr}");
+    assert_eq!(
+        world.logins("mirror"),
+        2,
+        "{}",
+        world.sites["mirror"].log_tail()
+    );
+
+    let run = world.runs().pop().unwrap();
+    let at = copy_at(&run, "mirror");
+    assert_eq!(at[0].get_str("status").unwrap(), "transferred", "{run:#?}");
+    assert_eq!(at[0].get_str("checksum").unwrap(), want);
+    assert_eq!(run_digest(&world.root("mirror").join("Run000001")), want);
+    assert!(leftovers(&world.root("mirror")).is_empty());
 }

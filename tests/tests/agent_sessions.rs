@@ -11,6 +11,9 @@ use ferry::config::{HostKeyPolicy, LayoutTemplate, Site, SshEnvironment, Transfe
 use ferry::tasks::sessions::SessionPool;
 use ferry_tests::Sshd;
 
+mod agent_common;
+use agent_common::kill_connections;
+
 fn site_for(sshd: &Sshd) -> Site {
     Site {
         name: "mirror".into(),
@@ -31,32 +34,6 @@ fn site_for(sshd: &Sshd) -> Site {
         tape: vec![],
         purge: Default::default(),
         limits: Default::default(),
-    }
-}
-
-/// SIGKILLs the sshd processes holding established connections to `sshd`'s port, found
-/// with `ss -tnp` (by pid: only processes of this test's own sshd).
-fn kill_connections(sshd: &Sshd) {
-    let filter = format!("( sport = :{} )", sshd.port());
-    let out = std::process::Command::new("ss")
-        .args(["-tnpH", "state", "established", &filter])
-        .output()
-        .expect("run ss (iproute2)");
-    assert!(out.status.success(), "ss: {out:?}");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let pids: std::collections::BTreeSet<&str> = text
-        .split("pid=")
-        .skip(1)
-        .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .filter(|pid| !pid.is_empty())
-        .collect();
-    assert!(!pids.is_empty(), "no sshd connection process found: {text}");
-    for pid in pids {
-        let status = std::process::Command::new("kill")
-            .args(["-KILL", pid])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -KILL {pid}");
     }
 }
 

@@ -8,7 +8,9 @@
 //!   (task)          pick the verified source copy, render the destination directory
 //!   copy_along      the peer's method: local copy, or SFTP on the pooled session → a Plan
 //!   execute         claim (conditional) → copy_run (`.part`, hashed while read, read back
-//!                   at the destination, rename) with lease renewal → transferring →
+//!                   at the destination, rename) with lease renewal; files cut off by a
+//!                   failed connection are copied again on a new session (their `.part`
+//!                   resumed), up to RECONNECTS times, still under the claim → transferring →
 //!                   verifying (digest measured from the destination's bytes) → transferred
 //!                   when that digest is the run's; any failure → error, with the cause
 //! ```
@@ -28,12 +30,14 @@ use crate::catalog::{Cas, CatalogError, Claim, ClaimRequest, CopyRef, Transition
 use crate::checksum::{self, ChecksumError, ManifestLine};
 use crate::config::{LayoutError, Site, TransferMethod};
 use crate::transport::run::{copy_run, FileJob, Progress, RunCopy};
-use crate::transport::{CopyOptions, TransportError, Verify};
+use crate::transport::{CopyOptions, CopyReport, SshSession, TransportError, Verify};
 
 /// How long a claim lasts without renewal; renewed every third of it while copying.
 pub const LEASE: Duration = Duration::from_secs(600);
 /// Runs asked of the catalogue per destination, data type and cycle.
 const BATCH: u32 = 100;
+/// New sessions a run copy may open when its connection fails under it.
+const RECONNECTS: usize = 2;
 
 /// Where a copy task reports what it is doing, file by file.
 pub trait CopyProgress: Send + Sync {
@@ -199,18 +203,9 @@ impl CopyError {
 
     /// Whether the SSH connection itself failed, so the pooled session should be dropped.
     pub fn connection_failed(&self) -> bool {
-        let cut = |e: &TransportError| {
-            matches!(
-                e,
-                TransportError::Connect { .. }
-                    | TransportError::ConnectionLost { .. }
-                    | TransportError::Ssh { .. }
-                    | TransportError::Timeout { .. }
-            )
-        };
         match self {
-            CopyError::Session { source, .. } => cut(source.as_ref()),
-            CopyError::Files { failed, .. } => failed.iter().any(|(_, e)| cut(e)),
+            CopyError::Session { source, .. } => is_connection_error(source),
+            CopyError::Files { failed, .. } => failed.iter().any(|(_, e)| is_connection_error(e)),
             _ => false,
         }
     }
@@ -336,14 +331,7 @@ pub(super) async fn copy_along(
             None,
         ),
         TransferMethod::Sftp => {
-            let session =
-                ctx.sessions
-                    .session(peer)
-                    .await
-                    .map_err(|source| CopyError::Session {
-                        site: peer.name.clone(),
-                        source: Box::new(source),
-                    })?;
+            let session = session_for(ctx, peer).await?;
             let method = match direction {
                 Direction::Push => RunCopy::Push {
                     session,
@@ -536,35 +524,35 @@ async fn copy_and_measure(ctx: &Context, plan: &Plan, run: &RunDoc) -> Result<St
             sha256: Some(f.sha256.clone()),
         })
         .collect();
-    // Read back at the destination: over SFTP for a push, from the local disk for a pull.
-    let opts = CopyOptions {
-        verify: Verify::ReadBack,
-        ..CopyOptions::default()
-    };
-    let progress = Arc::clone(&ctx.progress);
-    let label = plan.label.as_str();
-    let copying = copy_run(&plan.method, &files, &opts, &ctx.gates, |event| {
-        progress.file(label, &event);
-    });
-    let mut copying = std::pin::pin!(copying);
-    let mut renew = tokio::time::interval(LEASE / 3);
-    renew.tick().await;
-    let results = loop {
-        tokio::select! {
-            results = &mut copying => break results,
-            _ = renew.tick() => {
-                match ctx.catalog.renew_lease(copy, &ctx.owner, LEASE).await {
-                    Ok(Cas::Done) => {}
-                    Ok(Cas::Lost) => return Err(CopyError::Lost {
-                        copy: copy.to_string(),
-                        from: CopyStatus::Transferring,
-                        to: CopyStatus::Transferring,
-                    }),
-                    Err(e) => tracing::warn!(%copy, "cannot renew the lease: {e}"),
-                }
+    let mut results: Vec<Option<Result<CopyReport, TransportError>>> =
+        files.iter().map(|_| None).collect();
+    let mut pending: Vec<usize> = (0..files.len()).collect();
+    let mut method = plan.method.clone();
+    for attempt in 0..=RECONNECTS {
+        let jobs: Vec<FileJob> = pending.iter().map(|&i| files[i].clone()).collect();
+        let outcome = copy_files(ctx, plan, &method, &jobs).await?;
+        let mut cut = Vec::new();
+        for (&i, result) in pending.iter().zip(outcome) {
+            if matches!(&result, Err(e) if is_connection_error(e)) {
+                cut.push(i);
             }
+            results[i] = Some(result);
         }
-    };
+        let Some(peer) = plan.peer.as_deref().and_then(|p| ctx.map.site(p)) else {
+            break;
+        };
+        if cut.is_empty() || attempt == RECONNECTS {
+            break;
+        }
+        // The connection failed under some files: a new session, and those files again
+        // (their `.part` is resumed), still under this claim.
+        tracing::warn!(%copy, peer = %peer.name, files = cut.len(), attempt = attempt + 1,
+            "connection lost during the copy; reconnecting to resume");
+        ctx.sessions.forget(&peer.name).await;
+        method = with_session(&method, session_for(ctx, peer).await?);
+        pending = cut;
+    }
+    let results = results.into_iter().flatten();
     let mut failed = Vec::new();
     let mut unverified = Vec::new();
     let mut measured = Vec::with_capacity(files.len());
@@ -603,6 +591,92 @@ async fn copy_and_measure(ctx: &Context, plan: &Plan, run: &RunDoc) -> Result<St
         copy: copy.to_string(),
         source,
     })
+}
+
+/// Copies `jobs` with `method` while renewing the lease; each file's result, in order.
+async fn copy_files(
+    ctx: &Context,
+    plan: &Plan,
+    method: &RunCopy,
+    jobs: &[FileJob],
+) -> Result<Vec<Result<CopyReport, TransportError>>, CopyError> {
+    let copy = &plan.copy;
+    // Read back at the destination: over SFTP for a push, from the local disk for a pull.
+    let opts = CopyOptions {
+        verify: Verify::ReadBack,
+        ..CopyOptions::default()
+    };
+    let progress = Arc::clone(&ctx.progress);
+    let label = plan.label.as_str();
+    let copying = copy_run(method, jobs, &opts, &ctx.gates, |event| {
+        progress.file(label, &event);
+    });
+    let mut copying = std::pin::pin!(copying);
+    let mut renew = tokio::time::interval(LEASE / 3);
+    renew.tick().await;
+    loop {
+        tokio::select! {
+            results = &mut copying => return Ok(results),
+            _ = renew.tick() => {
+                match ctx.catalog.renew_lease(copy, &ctx.owner, LEASE).await {
+                    Ok(Cas::Done) => {}
+                    Ok(Cas::Lost) => return Err(CopyError::Lost {
+                        copy: copy.to_string(),
+                        from: CopyStatus::Transferring,
+                        to: CopyStatus::Transferring,
+                    }),
+                    Err(e) => tracing::warn!(%copy, "cannot renew the lease: {e}"),
+                }
+            }
+        }
+    }
+}
+
+/// The pooled session to `peer`.
+async fn session_for(ctx: &Context, peer: &Site) -> Result<Arc<SshSession>, CopyError> {
+    ctx.sessions
+        .session(peer)
+        .await
+        .map_err(|source| CopyError::Session {
+            site: peer.name.clone(),
+            source: Box::new(source),
+        })
+}
+
+/// The same copy on another session (after a reconnect).
+fn with_session(method: &RunCopy, session: Arc<SshSession>) -> RunCopy {
+    match method {
+        RunCopy::Push {
+            local_root,
+            remote_root,
+            ..
+        } => RunCopy::Push {
+            session,
+            local_root: local_root.clone(),
+            remote_root: remote_root.clone(),
+        },
+        RunCopy::Pull {
+            remote_root,
+            local_root,
+            ..
+        } => RunCopy::Pull {
+            session,
+            remote_root: remote_root.clone(),
+            local_root: local_root.clone(),
+        },
+        RunCopy::Local { .. } => method.clone(),
+    }
+}
+
+/// Whether the SSH connection itself failed (as opposed to the file or the disk).
+fn is_connection_error(e: &TransportError) -> bool {
+    matches!(
+        e,
+        TransportError::Connect { .. }
+            | TransportError::ConnectionLost { .. }
+            | TransportError::Ssh { .. }
+            | TransportError::Timeout { .. }
+    )
 }
 
 async fn cas(ctx: &Context, copy: &CopyRef, change: &Transition) -> Result<(), CopyError> {
