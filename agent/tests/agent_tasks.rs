@@ -26,8 +26,10 @@ use ferry::catalog::embedded::EmbeddedCatalog;
 use ferry::catalog::{
     Cas, Catalog, Claim, ClaimRequest, CopyRef, CopyStatus, OriginCopy, RunDoc, RunKey, Transition,
 };
-use ferry::config::{LoadOptions, PurgePolicy};
+use ferry::config::{LoadOptions, PurgePolicy, SshEnvironment};
 use ferry::daemon::CancellationToken;
+use ferry::tasks::copy::LogProgress;
+use ferry::tasks::sessions::SessionPool;
 use ferry::tasks::{self, retry, Context, RunScope, Task, TaskReport};
 use ferry::transport::limits::{Gates, Limits};
 
@@ -97,6 +99,11 @@ impl World {
             scope: RunScope::All,
             dry_run: false,
             gates: Gates::new(Limits::default()),
+            // Local sites only: no SSH session is ever opened.
+            sessions: Arc::new(SessionPool::new(
+                SshEnvironment::from_text("", self.dir.path(), "ferry").unwrap(),
+            )),
+            progress: Arc::new(LogProgress),
         }
     }
 

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::catalog::resolve_catalog_uri;
-use crate::config::{self, LoadOptions};
+use crate::config::{self, LoadOptions, SshEnvironment};
 use crate::daemon::lock::SiteLock;
 use crate::daemon::{run_cycles, shutdown_signal, LoopOptions, Stopped};
+use crate::tasks::sessions::SessionPool;
 use crate::tasks::{self, Context, CycleReport, RunScope, Task};
 use crate::transport::limits::{Gates, Limits};
 
@@ -89,6 +90,8 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
             format!("these tasks are not built in this version yet: {missing:?}; nothing was done"),
         ));
     }
+    let ssh = SshEnvironment::load(None).map_err(|e| coded(Exit::Usage, e.to_string()))?;
+    let (progress, bars) = super::progress::for_agent(cli.once);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -116,6 +119,8 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
             scope,
             dry_run: cli.dry_run,
             gates: Gates::new(transport_limits(&site_model_limits)),
+            sessions: Arc::new(SessionPool::new(ssh)),
+            progress,
         };
         let opts = LoopOptions {
             interval: Duration::from_secs(60),
@@ -137,6 +142,9 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
         )
         .await;
         drop(lock);
+        if let Some(bars) = &bars {
+            bars.finish();
+        }
         anyhow::Ok((stopped, last))
     })?;
     // The exit code says whether everything asked was done: a cycle that could run only

@@ -63,8 +63,12 @@ pub fn init(args: &LogArgs) -> anyhow::Result<LogGuard> {
                 LogFormat::Json => builder.json().with_writer(writer).try_init(),
             }
         }
-        (None, LogFormat::Text) => builder.with_writer(std::io::stderr).try_init(),
-        (None, LogFormat::Json) => builder.json().with_writer(std::io::stderr).try_init(),
+        // Through `progress::Stderr`, which keeps log lines and progress bars apart.
+        (None, LogFormat::Text) => builder.with_writer(super::progress::Stderr).try_init(),
+        (None, LogFormat::Json) => builder
+            .json()
+            .with_writer(super::progress::Stderr)
+            .try_init(),
     };
     // A second init (only possible in tests) keeps the first subscriber.
     drop(result);

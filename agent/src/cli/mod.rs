@@ -3,12 +3,14 @@
 //! - [`args`]: clap definitions, compatible with cax's flags.
 //! - [`exit`]: the documented exit codes and how errors map onto them.
 //! - [`logging`]: tracing set-up (text or JSON, stderr or an appended file).
+//! - [`progress`]: progress bars for `--once` on a terminal, log lines otherwise.
 //! - `agent`, `validate`, `runs`: one file per command.
 
 mod agent;
 pub mod args;
 pub mod exit;
 pub mod logging;
+pub mod progress;
 mod runs;
 mod validate;
 

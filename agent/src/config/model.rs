@@ -277,9 +277,9 @@ impl Default for PurgePolicy {
 pub struct Limits {
     /// Files of one run copied at once [default 4].
     pub files_in_flight: u32,
-    /// Runs copied at once over one link [default 2].
+    /// Files copied at once over one link [default 2].
     pub transfers_per_link: u32,
-    /// Runs copied at once by this agent over all links [default 4].
+    /// Files copied at once by this agent over all links [default 4].
     pub global_transfers: u32,
     /// Bytes per second per link; `None` = unlimited (the default).
     pub bandwidth_per_link: Option<u64>,

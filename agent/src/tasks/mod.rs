@@ -7,20 +7,27 @@
 //! | register   | `register.rs` | directory discovery at origin sites               |
 //! | verify     | `verify.rs`   | re-hash `verifying` copies here; take over only dead leases |
 //! | retry      | `retry.rs`    | reclaim stalled copies; classified retries with backoff |
-//! | push       | `push.rs`     | `local` method: claim, copy, read back, record    |
+//! | push       | `push.rs`     | to `push_to` sites over SFTP or locally           |
+//! | pull       | `pull.rs`     | from `pull_from` sites over SFTP or locally       |
 //! | purge      | `purge.rs`    | DESIGN §6 rules, last-copy guard, dry run         |
 //! | heartbeat  | `heartbeat.rs`| one document per agent: cycle, counts, free disk  |
-//! | pull, tape, audit | —      | not built yet                                     |
+//! | tape, audit | —            | not built yet                                     |
+//!
+//! Push, pull and retry share `copy.rs` (claim → copy → read back → record) and the agent's
+//! SSH sessions, one per peer site (`sessions.rs`).
 //!
 //! A task never fails the cycle: each run it touches either succeeds, is skipped with a
 //! reason, or is listed in the report's failures with the run and the cause; the next task
 //! still runs. A lost race in the catalogue is an ordinary outcome, not a failure.
 
+pub mod copy;
 pub mod heartbeat;
+pub mod pull;
 pub mod purge;
 pub mod push;
 pub mod register;
 pub mod retry;
+pub mod sessions;
 pub mod verify;
 
 use std::fmt;
@@ -103,6 +110,10 @@ pub struct Context {
     pub dry_run: bool,
     /// Files in flight per run, per link and in all; shared by every copy of this agent.
     pub gates: Gates,
+    /// One SSH session per peer site, reused across runs, files and cycles.
+    pub sessions: Arc<sessions::SessionPool>,
+    /// Where copies report their progress (log lines, or bars on a terminal).
+    pub progress: Arc<dyn copy::CopyProgress>,
 }
 
 impl fmt::Debug for Context {
@@ -157,7 +168,13 @@ const ADOPT_BATCH: u32 = 1000;
 pub fn is_built(task: Task) -> bool {
     matches!(
         task,
-        Task::Register | Task::Verify | Task::Retry | Task::Push | Task::Purge | Task::Heartbeat
+        Task::Register
+            | Task::Verify
+            | Task::Retry
+            | Task::Push
+            | Task::Pull
+            | Task::Purge
+            | Task::Heartbeat
     )
 }
 
@@ -185,6 +202,7 @@ pub async fn run_cycle(ctx: &Context, tasks: &[Task], token: &CancellationToken)
             Task::Verify => verify::run(ctx, token).await,
             Task::Retry => retry::run(ctx, token).await,
             Task::Push => push::run(ctx, token).await,
+            Task::Pull => pull::run(ctx, token).await,
             Task::Purge => purge::run(ctx, token).await,
             Task::Heartbeat => heartbeat::run(ctx, token, &report, started).await,
             other => {

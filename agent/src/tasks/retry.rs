@@ -28,14 +28,16 @@
 //! **How a retried copy re-enters the push path**: the responsible agent moves the entry
 //! `error → transferring` itself (a conditional update on the status; the catalogue gives it
 //! the lease and counts the attempt), then runs the same copy as a fresh claim,
-//! `push::transfer_claimed`, from a source holding a verified copy. The entry is
+//! `copy::transfer_claimed` (the lifecycle push and pull share), from a source holding a
+//! verified copy. The entry is
 //! kept (not removed and requested again), so `attempts` and the audit trail of earlier
 //! failures survive: the limit and the suspect-source rule are counted from them.
 //!
 //! The classes are written by push (and verify) as a stable prefix of `last_error`:
 //! `[retryable] …`, `[checksum] …`, `[fatal] …`. Text without a prefix (an older agent,
 //! another tool) is classified by the same words FTS3 looks for, else taken as retryable.
-//! Only the `local` method is built; other copies are reported as skipped.
+//! Both methods (`local`, `sftp`) are retried, in either direction (this site pushing to the
+//! destination, or the destination pulling).
 //!
 //! [`Catalog::stalled_copies`]: crate::catalog::Catalog::stalled_copies
 //! [`Catalog::reclaim_stalled`]: crate::catalog::Catalog::reclaim_stalled
@@ -48,7 +50,7 @@ use bson::DateTime;
 use catalog_schema::{CopyEntry, CopyStatus, RunDoc};
 use tokio_util::sync::CancellationToken;
 
-use super::push::{self, LEASE};
+use super::copy::{self, Direction, Outcome, LEASE};
 use super::verify::copies_in;
 use super::{Context, RunScope, TaskReport};
 use crate::catalog::{Cas, Claim, CopyRef, Transition};
@@ -223,19 +225,20 @@ fn verified_source(route: &Route<'_>, run: &RunDoc, data_type: &str) -> Option<S
     })
 }
 
-/// Why this version cannot copy between the two sites, if it cannot.
+/// Why this version cannot copy between the two sites, if it cannot (a method Ferry does
+/// not implement); checked before the copy is taken, so that it is not left `transferring`.
 fn unsupported(src: &str, route: &Route<'_>, ctx: &Context) -> Option<String> {
-    let src_local = ctx
-        .map
-        .site(src)
-        .is_some_and(|s| s.method == TransferMethod::Local);
-    if !src_local || route.dest.method != TransferMethod::Local {
-        return Some(format!(
-            "{src} -> {}: only `local` copies are built in this version",
-            route.dest.name
-        ));
-    }
-    None
+    let src_site = ctx.map.site(src);
+    [src_site, Some(route.dest)]
+        .into_iter()
+        .flatten()
+        .find_map(|s| match &s.method {
+            TransferMethod::Unsupported(m) => Some(format!(
+                "{} is reached by {m}, which Ferry does not implement",
+                s.name
+            )),
+            _ => None,
+        })
 }
 
 async fn reclaim_stalled(
@@ -321,7 +324,7 @@ async fn reclaim_one(
                 c.attempts
             ),
         );
-        push::fail(ctx, &copy, &why).await;
+        copy::fail(ctx, &copy, &why).await;
         return Err(format!("gave up: {why}"));
     }
     copy_again(ctx, route, run, &copy, &src).await?;
@@ -339,18 +342,28 @@ async fn copy_again(
     copy: &CopyRef,
     src: &Source,
 ) -> Result<(), String> {
-    let dst_dir = push::run_dir(route.dest, &copy.data_type, run)?
-        .ok_or_else(|| format!("{} has no {} directory", route.dest.name, copy.data_type))?;
-    push::transfer_claimed(
-        ctx,
-        copy,
-        &src.site,
-        src.dir.clone(),
+    let dst_dir = copy::run_dir(route.dest, &copy.data_type, run).map_err(|e| e.to_string())?;
+    // This agent initiates the link: it is the source (a push) or the destination (a pull).
+    let (peer, direction) = if src.site == ctx.site.name {
+        (route.dest, Direction::Push)
+    } else {
+        let peer = ctx
+            .map
+            .site(&src.site)
+            .ok_or_else(|| format!("source site {} is not in the site map", src.site))?;
+        (peer, Direction::Pull)
+    };
+    let way = copy::Route {
+        peer,
+        direction,
+        src_dir: src.dir.display().to_string(),
         dst_dir,
-        run,
-        &src.digest,
-    )
-    .await
+    };
+    match copy::transfer_claimed(ctx, run, &src.digest, &copy.data_type, way).await {
+        Ok(Outcome::Copied) => Ok(()),
+        Ok(Outcome::Skipped(why)) => Err(why),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 async fn retry_failed(

@@ -1,0 +1,278 @@
+//! Progress for copies run by hand: bars on a terminal, plain log lines otherwise.
+//!
+//! [`for_agent`] picks the [`CopyProgress`] the copy tasks report to. When the agent runs
+//! one cycle (`--once`) with stderr on a terminal, that is [`Bars`]: one bar for all bytes of
+//! the runs being copied (rate and ETA) and one line per file in flight (size, elapsed),
+//! fed from [`transport::run::Progress`](crate::transport::run::Progress) events; a finished
+//! or failed file leaves one line above the bars. Otherwise — a daemon, a pipe, a log file —
+//! it is the tasks' [`LogProgress`]: one log line per file.
+//!
+//! Log lines and bars share stderr: the logger writes through [`Stderr`], which hides the
+//! bars while a line is printed and redraws them after, so neither garbles the other.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tracing_subscriber::fmt::MakeWriter;
+
+use crate::tasks::copy::{CopyProgress, LogProgress};
+use crate::transport::run::Progress;
+
+/// The bars on screen, if any, so that log lines can be printed around them.
+static ON_SCREEN: OnceLock<MultiProgress> = OnceLock::new();
+
+/// Bars when `once` and stderr is a terminal, log lines otherwise. The second value is the
+/// same bars, for [`Bars::finish`] at the end of the cycle.
+pub fn for_agent(once: bool) -> (Arc<dyn CopyProgress>, Option<Arc<Bars>>) {
+    if once && std::io::stderr().is_terminal() {
+        let bars = Arc::new(Bars::new(ProgressDrawTarget::stderr()));
+        // Only the first set of bars in a process is shared with the logger.
+        let _ = ON_SCREEN.set(bars.multi.clone());
+        (bars.clone(), Some(bars))
+    } else {
+        (Arc::new(LogProgress), None)
+    }
+}
+
+/// Progress bars: a total over every run copy started, one line per file in flight.
+pub struct Bars {
+    multi: MultiProgress,
+    total: Mutex<Option<ProgressBar>>,
+    files: Mutex<HashMap<(String, String), ProgressBar>>,
+}
+
+impl std::fmt::Debug for Bars {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bars").finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+fn style(template: &str) -> ProgressStyle {
+    // The templates are constants; a bad one falls back to the default style.
+    ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar())
+}
+
+const TOTAL_STYLE: &str =
+    "{prefix:>8} [{wide_bar}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}";
+const FILE_STYLE: &str = "{spinner} {msg} ({total_bytes}, {elapsed})";
+
+impl Bars {
+    /// Bars drawn to `target` (stderr, or hidden in tests).
+    pub fn new(target: ProgressDrawTarget) -> Self {
+        Bars {
+            multi: MultiProgress::with_draw_target(target),
+            total: Mutex::new(None),
+            files: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The total bar, `more` bytes longer (created, with that length, on first use).
+    fn total(&self, more: u64) -> ProgressBar {
+        let mut total = lock(&self.total);
+        if let Some(bar) = total.as_ref() {
+            bar.inc_length(more);
+            return bar.clone();
+        }
+        let bar = ProgressBar::new(more).with_style(style(TOTAL_STYLE).progress_chars("=> "));
+        bar.set_prefix("total");
+        let bar = self.multi.add(bar);
+        *total = Some(bar.clone());
+        bar
+    }
+
+    /// Bytes done and bytes expected so far (for tests and the final line).
+    pub fn position(&self) -> (u64, u64) {
+        lock(&self.total)
+            .as_ref()
+            .map_or((0, 0), |b| (b.position(), b.length().unwrap_or(0)))
+    }
+
+    /// Files still shown as in flight.
+    pub fn in_flight(&self) -> usize {
+        lock(&self.files).len()
+    }
+
+    /// Leaves the total bar's last state on screen.
+    pub fn finish(&self) {
+        if let Some(bar) = lock(&self.total).as_ref() {
+            bar.finish();
+        }
+    }
+
+    fn println(&self, line: String) {
+        // Printing fails only when stderr is gone; nothing to do then.
+        let _ = self.multi.println(line);
+    }
+}
+
+impl CopyProgress for Bars {
+    fn run_started(&self, label: &str, files: usize, bytes: u64) {
+        self.total(bytes);
+        self.println(format!(
+            "copying {label}: {files} files, {}",
+            ByteSize(bytes)
+        ));
+    }
+
+    fn file(&self, label: &str, event: &Progress<'_>) {
+        let key = |path: &str| (label.to_owned(), path.to_owned());
+        match event {
+            Progress::Started { path, size } => {
+                let bar = self.multi.add(ProgressBar::new(*size));
+                bar.set_style(style(FILE_STYLE));
+                bar.set_message(path.to_string());
+                bar.enable_steady_tick(Duration::from_millis(200));
+                lock(&self.files).insert(key(path), bar);
+            }
+            Progress::Finished { path, report } => {
+                if let Some(bar) = lock(&self.files).remove(&key(path)) {
+                    bar.finish_and_clear();
+                    self.multi.remove(&bar);
+                }
+                self.total(0).inc(report.digest.size);
+                let secs = report.elapsed.as_secs_f64().max(1e-3);
+                self.println(format!(
+                    "  ok    {path} ({}, {}/s)",
+                    ByteSize(report.digest.size),
+                    ByteSize((report.bytes as f64 / secs) as u64)
+                ));
+            }
+            Progress::Failed { path, error } => {
+                let size = lock(&self.files).remove(&key(path)).map(|bar| {
+                    bar.finish_and_clear();
+                    self.multi.remove(&bar);
+                    bar.length().unwrap_or(0)
+                });
+                let total = self.total(0);
+                let left = total.length().unwrap_or(0);
+                total.set_length(left.saturating_sub(size.unwrap_or(0)));
+                self.println(format!("  FAIL  {path}: {error}"));
+            }
+        }
+    }
+
+    fn run_finished(&self, label: &str, ok: bool) {
+        let verdict = if ok { "transferred" } else { "FAILED" };
+        self.println(format!("{verdict} {label}"));
+    }
+}
+
+/// The logger's stderr: one buffer per log line, written in one piece with the bars
+/// hidden (when there are bars).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stderr;
+
+/// One log line on its way to stderr.
+#[derive(Debug)]
+pub struct StderrLine(Vec<u8>);
+
+impl<'a> MakeWriter<'a> for Stderr {
+    type Writer = StderrLine;
+
+    fn make_writer(&'a self) -> StderrLine {
+        StderrLine(Vec::with_capacity(256))
+    }
+}
+
+impl Write for StderrLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for StderrLine {
+    fn drop(&mut self) {
+        let line = std::mem::take(&mut self.0);
+        // A log line that cannot be written to stderr has nowhere else to go.
+        let write = || {
+            let _ = std::io::stderr().write_all(&line);
+        };
+        match ON_SCREEN.get() {
+            Some(multi) => multi.suspend(write),
+            None => write(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checksum::FileDigest;
+    use crate::transport::{CopyReport, TransportError};
+
+    fn report(size: u64) -> CopyReport {
+        let mut digest = FileDigest::empty();
+        digest.size = size;
+        CopyReport {
+            bytes: size,
+            digest,
+            resumed_from: 0,
+            elapsed: Duration::from_millis(10),
+            verified: true,
+        }
+    }
+
+    #[test]
+    fn total_counts_bytes_of_finished_files_and_drops_failed_ones() {
+        let bars = Bars::new(ProgressDrawTarget::hidden());
+        bars.run_started("run 1", 3, 1_000);
+        for (path, size) in [("a", 600), ("b", 300), ("c", 100)] {
+            bars.file("run 1", &Progress::Started { path, size });
+        }
+        assert_eq!(bars.in_flight(), 3);
+        bars.file(
+            "run 1",
+            &Progress::Finished {
+                path: "a",
+                report: &report(600),
+            },
+        );
+        let error = TransportError::ConnectionLost {
+            host: "mirror".into(),
+            path: "b".into(),
+            what: "writing".into(),
+        };
+        bars.file(
+            "run 1",
+            &Progress::Failed {
+                path: "b",
+                error: &error,
+            },
+        );
+        bars.file(
+            "run 1",
+            &Progress::Finished {
+                path: "c",
+                report: &report(100),
+            },
+        );
+        bars.run_finished("run 1", false);
+        assert_eq!(bars.position(), (700, 700));
+        assert_eq!(bars.in_flight(), 0);
+    }
+
+    #[test]
+    fn log_lines_are_written_whole() {
+        let mut line = Stderr.make_writer();
+        line.write_all(b"part one, ").unwrap();
+        line.write_all(b"part two\n").unwrap();
+        assert_eq!(line.0, b"part one, part two\n");
+        line.0.clear(); // nothing printed by the test on drop
+    }
+}

@@ -1,0 +1,821 @@
+//! What *push* and *pull* share: find the runs a destination wants, claim the destination
+//! copy, copy the run's files, record the copy's lifecycle. The two tasks only differ in
+//! which site is the destination and how the bytes go ([`RunCopy`]); everything from the
+//! claim on is here, once.
+//!
+//! ```text
+//! for_each_wanted   runs_needing_copy(dest, type, sources) → scope filter → per run:
+//!   (task)          pick the verified source copy, render the destination directory
+//!   copy_along      the peer's method: local copy, or SFTP on the pooled session → a Plan
+//!   execute         claim (conditional) → copy_run (`.part`, hashed while read, read back
+//!                   at the destination, rename) with lease renewal; files cut off by a
+//!                   failed connection are copied again on a new session (their `.part`
+//!                   resumed), up to RECONNECTS times, still under the claim → transferring →
+//!                   verifying (digest measured from the destination's bytes) → transferred
+//!                   when that digest is the run's; any failure → error, with the cause
+//!                   classified (`[retryable]`, `[checksum]`, `[fatal]`: [`FailureClass`])
+//!                   and the source named (`from SITE: …`), for the retry task
+//! transfer_claimed  the same from "claim" on, for a copy the retry task already holds
+//!                   (reclaimed, or moved `error → transferring`)
+//! ```
+//!
+//! Progress goes to a [`CopyProgress`] held by the [`Context`]: plain log lines by default
+//! ([`LogProgress`]); the command line puts progress bars there when a person watches.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use catalog_schema::{CopyStatus, RunDoc};
+use tokio_util::sync::CancellationToken;
+
+use super::retry::{Failure, FailureClass};
+use super::{Context, TaskReport};
+use crate::catalog::{Cas, CatalogError, Claim, ClaimRequest, CopyRef, Transition};
+use crate::checksum::{self, ChecksumError, ManifestLine};
+use crate::config::{LayoutError, Site, TransferMethod};
+use crate::transport::run::{copy_run, FileJob, Progress, RunCopy};
+use crate::transport::{CopyOptions, CopyReport, SshSession, TransportError, Verify};
+
+/// How long a claim lasts without renewal; renewed every third of it while copying.
+pub const LEASE: Duration = Duration::from_secs(600);
+/// Runs asked of the catalogue per destination, data type and cycle.
+const BATCH: u32 = 100;
+/// New sessions a run copy may open when its connection fails under it.
+const RECONNECTS: usize = 2;
+
+/// Where a copy task reports what it is doing, file by file.
+pub trait CopyProgress: Send + Sync {
+    /// A run copy was claimed and starts: `files` files, `bytes` bytes in all.
+    fn run_started(&self, label: &str, files: usize, bytes: u64);
+    /// A file of that run started, finished or failed.
+    fn file(&self, label: &str, event: &Progress<'_>);
+    /// The run copy ended: recorded `transferred` (`ok`) or not.
+    fn run_finished(&self, label: &str, ok: bool);
+}
+
+/// Plain log lines: one when a run starts, one per file finished or failed.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LogProgress;
+
+impl CopyProgress for LogProgress {
+    fn run_started(&self, label: &str, files: usize, bytes: u64) {
+        tracing::info!(copy = label, files, bytes, "copy started");
+    }
+
+    fn file(&self, label: &str, event: &Progress<'_>) {
+        match event {
+            Progress::Started { .. } => {}
+            Progress::Finished { path, report } => {
+                let secs = report.elapsed.as_secs_f64();
+                let rate = if secs > 0.0 {
+                    report.bytes as f64 / secs
+                } else {
+                    0.0
+                };
+                tracing::info!(
+                    copy = label,
+                    file = path,
+                    bytes = report.digest.size,
+                    sent = report.bytes,
+                    resumed_from = report.resumed_from,
+                    rate = %format!("{}/s", bytesize::ByteSize(rate as u64)),
+                    "file copied"
+                );
+            }
+            Progress::Failed { path, error } => {
+                tracing::warn!(copy = label, file = path, %error, "file failed");
+            }
+        }
+    }
+
+    fn run_finished(&self, label: &str, ok: bool) {
+        tracing::info!(copy = label, ok, "copy finished");
+    }
+}
+
+/// Why a run copy failed. [`is_retryable`](Self::is_retryable) says whether the same copy
+/// may succeed in a later cycle.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    /// The catalogue failed during the copy's lifecycle.
+    #[error("{copy}: catalogue: {source}")]
+    Catalog {
+        /// The destination copy.
+        copy: String,
+        /// The catalogue's error.
+        #[source]
+        source: CatalogError,
+    },
+    /// No SSH session to the peer site.
+    #[error("site {site}: no SSH session: {source}")]
+    Session {
+        /// The peer site.
+        site: String,
+        /// The transport's error.
+        #[source]
+        source: Box<TransportError>,
+    },
+    /// The destination directory could not be derived from the site's layout.
+    #[error("run {run} at {site}: destination layout: {source}")]
+    Layout {
+        /// The run number.
+        run: i64,
+        /// The destination site.
+        site: String,
+        /// The layout's error.
+        #[source]
+        source: LayoutError,
+    },
+    /// The destination site has no directory for this data type.
+    #[error("site {site} has no {data_type} directory")]
+    NoDataDir {
+        /// The destination site.
+        site: String,
+        /// The data type.
+        data_type: String,
+    },
+    /// Files failed to copy; each with the transport's error.
+    #[error("{copy}: {} file(s) failed: {}", failed.len(), list_failures(failed))]
+    Files {
+        /// The destination copy.
+        copy: String,
+        /// Manifest path and error of each failed file.
+        failed: Vec<(String, TransportError)>,
+    },
+    /// The transport copied files without verifying them at the destination.
+    #[error("{copy}: not verified at the destination: {paths:?}")]
+    NotVerified {
+        /// The destination copy.
+        copy: String,
+        /// The files concerned.
+        paths: Vec<String>,
+    },
+    /// The run digest measured from the destination's bytes is not the manifest's.
+    #[error("{copy}: run digest at the destination {measured} != manifest {expected}")]
+    DigestMismatch {
+        /// The destination copy.
+        copy: String,
+        /// Measured from the destination's read-back.
+        measured: String,
+        /// The run's digest.
+        expected: String,
+    },
+    /// The measured files do not form a valid manifest.
+    #[error("{copy}: run digest: {source}")]
+    Manifest {
+        /// The destination copy.
+        copy: String,
+        /// The checksum module's error.
+        #[source]
+        source: ChecksumError,
+    },
+    /// Another agent changed the copy under us (our lease expired and was taken over).
+    #[error("{copy}: {from} -> {to} lost: the copy changed under us (lease expired?)")]
+    Lost {
+        /// The destination copy.
+        copy: String,
+        /// The state we expected.
+        from: CopyStatus,
+        /// The state we wanted.
+        to: CopyStatus,
+    },
+}
+
+fn list_failures(failed: &[(String, TransportError)]) -> String {
+    failed
+        .iter()
+        .map(|(path, e)| format!("{path}: {e}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl CopyError {
+    /// Whether the same copy may succeed later (a cut connection, a digest mismatch that a
+    /// fresh copy may fix); not for bad layouts, refused keys, a full disk or a lost race.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            CopyError::Catalog { source, .. } => source.is_retryable(),
+            CopyError::Session { source, .. } => source.is_retryable(),
+            CopyError::Files { failed, .. } => failed.iter().all(|(_, e)| e.is_retryable()),
+            CopyError::DigestMismatch { .. } | CopyError::NotVerified { .. } => true,
+            CopyError::Layout { .. }
+            | CopyError::NoDataDir { .. }
+            | CopyError::Manifest { .. }
+            | CopyError::Lost { .. } => false,
+        }
+    }
+
+    /// How the retry task should treat the failed copy (FTS3's classes).
+    pub fn class(&self) -> FailureClass {
+        match self {
+            CopyError::Catalog { source, .. } if source.is_retryable() => FailureClass::Retryable,
+            CopyError::Session { source, .. } if source.is_retryable() => FailureClass::Retryable,
+            CopyError::Files { failed, .. } => failed
+                .iter()
+                .map(|(_, e)| FailureClass::of_transport(e))
+                .max()
+                .unwrap_or(FailureClass::Retryable),
+            CopyError::DigestMismatch { .. } => FailureClass::Checksum,
+            CopyError::NotVerified { .. } | CopyError::Lost { .. } => FailureClass::Retryable,
+            CopyError::Catalog { .. }
+            | CopyError::Session { .. }
+            | CopyError::Layout { .. }
+            | CopyError::NoDataDir { .. }
+            | CopyError::Manifest { .. } => FailureClass::Fatal,
+        }
+    }
+
+    /// Whether the SSH connection itself failed, so the pooled session should be dropped.
+    pub fn connection_failed(&self) -> bool {
+        match self {
+            CopyError::Session { source, .. } => is_connection_error(source),
+            CopyError::Files { failed, .. } => failed.iter().any(|(_, e)| is_connection_error(e)),
+            _ => false,
+        }
+    }
+}
+
+/// What became of one run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Outcome {
+    /// Copied, verified and recorded `transferred`.
+    Copied,
+    /// Left alone, with why (no verified source, lost the claim, dry run…).
+    Skipped(String),
+}
+
+/// One run copy, ready to execute.
+struct Plan {
+    /// The destination copy.
+    pub copy: CopyRef,
+    /// The destination directory, as recorded in the catalogue.
+    pub location: String,
+    /// `sftp` or `local`.
+    pub protocol: &'static str,
+    /// How the bytes go.
+    pub method: RunCopy,
+    /// The site whose SSH session `method` uses, if any (dropped from the pool when the
+    /// connection fails).
+    pub peer: Option<String>,
+    /// The site the bytes come from (named in a recorded failure).
+    pub source: String,
+    /// For messages: `site:path` of the source and the destination.
+    pub label: String,
+}
+
+/// The location of `site`'s verified copy of `run` (`transferred` with the run's digest).
+pub(super) fn verified_location(
+    run: &RunDoc,
+    site: &str,
+    data_type: &str,
+    digest: &str,
+) -> Option<String> {
+    run.copy(site, data_type)
+        .filter(|c| c.status == CopyStatus::Transferred && c.checksum.as_deref() == Some(digest))
+        .and_then(|c| c.location.clone())
+}
+
+/// The run's directory at `site` for `data_type`, per the site's layout.
+pub(super) fn run_dir(site: &Site, data_type: &str, run: &RunDoc) -> Result<PathBuf, CopyError> {
+    let name = run.name.clone().unwrap_or_else(|| run.number.to_string());
+    let period = run.extra.get_str("period").ok();
+    let layout_err = |source| CopyError::Layout {
+        run: run.number,
+        site: site.name.clone(),
+        source,
+    };
+    let rel = site
+        .layout
+        .render(run.number, &name, period, &run.detector)
+        .map_err(layout_err)?;
+    let root = site
+        .data_dir(data_type)
+        .ok_or_else(|| CopyError::NoDataDir {
+            site: site.name.clone(),
+            data_type: data_type.to_owned(),
+        })?;
+    Ok(root.join(rel))
+}
+
+/// Which way a run goes between this site and its peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Direction {
+    /// From this site to the peer: the peer's `method` decides how.
+    Push,
+    /// From the peer to this site: the peer's `method` decides how.
+    Pull,
+}
+
+/// One run's way between this site and a peer site.
+pub(super) struct Route<'a> {
+    /// The other site.
+    pub peer: &'a Site,
+    /// Which way.
+    pub direction: Direction,
+    /// The source copy's directory (at this site for a push, at the peer for a pull).
+    pub src_dir: String,
+    /// The destination directory (at the peer for a push, here for a pull).
+    pub dst_dir: PathBuf,
+}
+
+/// Copies `run` along `route`: the peer's method picks local copy or SFTP over the pooled
+/// session, then [`execute`] claims and records. A dry run only says what it would do.
+pub(super) async fn copy_along(
+    ctx: &Context,
+    run: &RunDoc,
+    digest: &str,
+    data_type: &str,
+    route: Route<'_>,
+) -> Result<Outcome, CopyError> {
+    match plan(ctx, run, data_type, route).await? {
+        Ok(plan) => execute(ctx, run, digest, plan).await,
+        Err(skipped) => Ok(skipped),
+    }
+}
+
+/// [`copy_along`] for a copy this agent already holds in `transferring` (the retry task
+/// reclaimed it, or moved it `error → transferring`): no claim, the rest the same.
+pub(super) async fn transfer_claimed(
+    ctx: &Context,
+    run: &RunDoc,
+    digest: &str,
+    data_type: &str,
+    route: Route<'_>,
+) -> Result<Outcome, CopyError> {
+    match plan(ctx, run, data_type, route).await? {
+        Ok(plan) => run_claimed(ctx, run, digest, &plan)
+            .await
+            .map(|()| Outcome::Copied),
+        Err(skipped) => Ok(skipped),
+    }
+}
+
+/// How `run` goes along `route` (`Err`: it does not go, and why).
+async fn plan(
+    ctx: &Context,
+    run: &RunDoc,
+    data_type: &str,
+    route: Route<'_>,
+) -> Result<Result<Plan, Outcome>, CopyError> {
+    let Route {
+        peer,
+        direction,
+        src_dir,
+        dst_dir,
+    } = route;
+    let (src_site, dst_site) = match direction {
+        Direction::Push => (&ctx.site, peer),
+        Direction::Pull => (peer, &ctx.site),
+    };
+    let from = format!("{}:{src_dir}", src_site.name);
+    let to = format!("{}:{}", dst_site.name, dst_dir.display());
+    if ctx.dry_run {
+        return Ok(Err(Outcome::Skipped(format!(
+            "dry run: would copy {} files ({} bytes) {from} -> {to}",
+            run.files.len(),
+            run.size.unwrap_or(0)
+        ))));
+    }
+    let location = dst_dir.display().to_string();
+    let (method, protocol, pooled) = match &peer.method {
+        TransferMethod::Local => (
+            RunCopy::Local {
+                src_root: src_dir.into(),
+                dst_root: dst_dir,
+            },
+            "local",
+            None,
+        ),
+        TransferMethod::Sftp => {
+            let session = session_for(ctx, peer).await?;
+            let method = match direction {
+                Direction::Push => RunCopy::Push {
+                    session,
+                    local_root: src_dir.into(),
+                    remote_root: location.clone(),
+                },
+                Direction::Pull => RunCopy::Pull {
+                    session,
+                    remote_root: src_dir,
+                    local_root: dst_dir,
+                },
+            };
+            (method, "sftp", Some(peer.name.clone()))
+        }
+        TransferMethod::Unsupported(m) => {
+            return Ok(Err(Outcome::Skipped(format!(
+                "{} is reached by {m}, which Ferry does not implement",
+                peer.name
+            ))))
+        }
+    };
+    Ok(Ok(Plan {
+        copy: CopyRef::new(run.key(), &dst_site.name, data_type),
+        location,
+        protocol,
+        method,
+        peer: pooled,
+        source: src_site.name.clone(),
+        label: format!("run {} {from} -> {to}", run.number),
+    }))
+}
+
+/// Which runs a copy task asks the catalogue for.
+pub(super) struct Wanted<'a> {
+    /// The site that wants the copies.
+    pub dest: &'a str,
+    /// The data type.
+    pub data_type: &'a str,
+    /// Sites whose verified copy may be the source.
+    pub sources: &'a [String],
+    /// For the report, e.g. `to mirror` or `from daq`.
+    pub label: &'a str,
+}
+
+/// Runs every run that `wanted` names through `one`, adding each outcome to `report`.
+/// Stops early when cancelled, or when the peer cannot be reached at all (the rest would
+/// only wait for the same timeout).
+pub(super) async fn for_each_wanted(
+    ctx: &Context,
+    wanted: Wanted<'_>,
+    token: &CancellationToken,
+    report: &mut TaskReport,
+    mut one: impl AsyncFnMut(&RunDoc) -> Result<Outcome, CopyError>,
+) {
+    let Wanted {
+        dest,
+        data_type,
+        sources,
+        label,
+    } = wanted;
+    let runs = match ctx
+        .catalog
+        .runs_needing_copy(dest, data_type, sources, BATCH)
+        .await
+    {
+        Ok(runs) => runs,
+        Err(e) => {
+            report
+                .failed
+                .push(format!("{data_type} {label}: catalogue: {e}"));
+            return;
+        }
+    };
+    for run in runs {
+        if token.is_cancelled() {
+            break;
+        }
+        if !ctx.scope.admits(run.number, run.name.as_deref()) {
+            continue;
+        }
+        let line = format!("run {} {data_type} {label}", run.number);
+        match one(&run).await {
+            Ok(Outcome::Copied) => report.done.push(line),
+            Ok(Outcome::Skipped(why)) => report.skipped.push(format!("{line}: {why}")),
+            Err(e) => {
+                tracing::error!(site = %ctx.site.name, run = run.number, retryable = e.is_retryable(), "{line}: {e}");
+                let stop = matches!(e, CopyError::Session { .. });
+                report.failed.push(format!("{line}: {e}"));
+                if stop {
+                    report.skipped.push(format!(
+                        "{data_type} {label}: remaining runs left for the next cycle (peer unreachable)"
+                    ));
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Claims the destination copy and carries it to `transferred` (or `error`).
+async fn execute(
+    ctx: &Context,
+    run: &RunDoc,
+    digest: &str,
+    plan: Plan,
+) -> Result<Outcome, CopyError> {
+    let copy = plan.copy.clone();
+    let claim = ClaimRequest {
+        copy: copy.clone(),
+        location: plan.location.clone(),
+        protocol: plan.protocol.into(),
+        owner: ctx.owner.clone(),
+        lease_for: LEASE,
+    };
+    let claimed = ctx
+        .catalog
+        .claim_copy(&claim)
+        .await
+        .map_err(|source| CopyError::Catalog {
+            copy: copy.to_string(),
+            source,
+        })?;
+    if let Claim::Lost = claimed {
+        return Ok(Outcome::Skipped("claimed by another agent".into()));
+    }
+    run_claimed(ctx, run, digest, &plan)
+        .await
+        .map(|()| Outcome::Copied)
+}
+
+/// Copies and records a copy this agent holds in `transferring`; on failure records `error`
+/// with the classified cause.
+async fn run_claimed(
+    ctx: &Context,
+    run: &RunDoc,
+    digest: &str,
+    plan: &Plan,
+) -> Result<(), CopyError> {
+    let copy = &plan.copy;
+    let bytes: u64 = run
+        .files
+        .iter()
+        .map(|f| u64::try_from(f.size).unwrap_or(0))
+        .sum();
+    ctx.progress
+        .run_started(&plan.label, run.files.len(), bytes);
+    let result = copy_and_record(ctx, run, digest, plan).await;
+    if let Err(e) = &result {
+        let why = Failure::new(e.class(), format!("from {}: {e}", plan.source));
+        fail(ctx, copy, &why).await;
+        if let (true, Some(peer)) = (e.connection_failed(), &plan.peer) {
+            ctx.sessions.forget(peer).await;
+        }
+    }
+    ctx.progress.run_finished(&plan.label, result.is_ok());
+    result
+}
+
+async fn copy_and_record(
+    ctx: &Context,
+    run: &RunDoc,
+    digest: &str,
+    plan: &Plan,
+) -> Result<(), CopyError> {
+    let copy = &plan.copy;
+    let measured = copy_and_measure(ctx, plan, run).await?;
+    if measured != digest {
+        return Err(CopyError::DigestMismatch {
+            copy: copy.to_string(),
+            measured,
+            expected: digest.to_owned(),
+        });
+    }
+    let owner = Some(ctx.owner.as_str());
+    let mut to_verifying = Transition::new(
+        CopyStatus::Transferring,
+        CopyStatus::Verifying,
+        owner,
+        &ctx.owner,
+    );
+    to_verifying.checksum = Some(measured.clone());
+    to_verifying.lease_for = LEASE;
+    cas(ctx, copy, &to_verifying).await?;
+    let mut to_done = Transition::new(
+        CopyStatus::Verifying,
+        CopyStatus::Transferred,
+        owner,
+        &ctx.owner,
+    );
+    to_done.checksum = Some(measured);
+    to_done.reason = Some("every file read back at the destination matched the manifest".into());
+    cas(ctx, copy, &to_done).await
+}
+
+/// Copies every file, renewing the lease meanwhile; returns the run digest measured from
+/// the destination's read-back.
+async fn copy_and_measure(ctx: &Context, plan: &Plan, run: &RunDoc) -> Result<String, CopyError> {
+    let copy = &plan.copy;
+    let files: Vec<FileJob> = run
+        .files
+        .iter()
+        .map(|f| FileJob {
+            path: f.path.clone(),
+            size: u64::try_from(f.size).unwrap_or(0),
+            sha256: Some(f.sha256.clone()),
+        })
+        .collect();
+    let mut results: Vec<Option<Result<CopyReport, TransportError>>> =
+        files.iter().map(|_| None).collect();
+    let mut pending: Vec<usize> = (0..files.len()).collect();
+    let mut method = plan.method.clone();
+    for attempt in 0..=RECONNECTS {
+        let jobs: Vec<FileJob> = pending.iter().map(|&i| files[i].clone()).collect();
+        let outcome = copy_files(ctx, plan, &method, &jobs).await?;
+        let mut cut = Vec::new();
+        for (&i, result) in pending.iter().zip(outcome) {
+            if matches!(&result, Err(e) if is_connection_error(e)) {
+                cut.push(i);
+            }
+            results[i] = Some(result);
+        }
+        let Some(peer) = plan.peer.as_deref().and_then(|p| ctx.map.site(p)) else {
+            break;
+        };
+        if cut.is_empty() || attempt == RECONNECTS {
+            break;
+        }
+        // The connection failed under some files: a new session, and those files again
+        // (their `.part` is resumed), still under this claim.
+        tracing::warn!(%copy, peer = %peer.name, files = cut.len(), attempt = attempt + 1,
+            "connection lost during the copy; reconnecting to resume");
+        ctx.sessions.forget(&peer.name).await;
+        method = with_session(&method, session_for(ctx, peer).await?);
+        pending = cut;
+    }
+    let results = results.into_iter().flatten();
+    let mut failed = Vec::new();
+    let mut unverified = Vec::new();
+    let mut measured = Vec::with_capacity(files.len());
+    for (job, result) in files.iter().zip(results) {
+        match result {
+            Ok(report) if report.verified => measured.push((job.path.clone(), report.digest)),
+            Ok(_) => unverified.push(job.path.clone()),
+            Err(e) => failed.push((job.path.clone(), e)),
+        }
+    }
+    if !failed.is_empty() {
+        return Err(CopyError::Files {
+            copy: copy.to_string(),
+            failed,
+        });
+    }
+    if !unverified.is_empty() {
+        return Err(CopyError::NotVerified {
+            copy: copy.to_string(),
+            paths: unverified,
+        });
+    }
+    let hex: Vec<(String, u64, String)> = measured
+        .iter()
+        .map(|(p, d)| (p.clone(), d.size, d.sha256_hex()))
+        .collect();
+    let lines: Vec<ManifestLine<'_>> = hex
+        .iter()
+        .map(|(path, size, sha256)| ManifestLine {
+            path,
+            size: *size,
+            sha256,
+        })
+        .collect();
+    checksum::run_digest(&lines).map_err(|source| CopyError::Manifest {
+        copy: copy.to_string(),
+        source,
+    })
+}
+
+/// Copies `jobs` with `method` while renewing the lease; each file's result, in order.
+async fn copy_files(
+    ctx: &Context,
+    plan: &Plan,
+    method: &RunCopy,
+    jobs: &[FileJob],
+) -> Result<Vec<Result<CopyReport, TransportError>>, CopyError> {
+    let copy = &plan.copy;
+    // Read back at the destination: over SFTP for a push, from the local disk for a pull.
+    let opts = CopyOptions {
+        verify: Verify::ReadBack,
+        ..CopyOptions::default()
+    };
+    let progress = Arc::clone(&ctx.progress);
+    let label = plan.label.as_str();
+    let copying = copy_run(method, jobs, &opts, &ctx.gates, |event| {
+        progress.file(label, &event);
+    });
+    let mut copying = std::pin::pin!(copying);
+    let mut renew = tokio::time::interval(LEASE / 3);
+    renew.tick().await;
+    loop {
+        tokio::select! {
+            results = &mut copying => return Ok(results),
+            _ = renew.tick() => {
+                match ctx.catalog.renew_lease(copy, &ctx.owner, LEASE).await {
+                    Ok(Cas::Done) => {}
+                    Ok(Cas::Lost) => return Err(CopyError::Lost {
+                        copy: copy.to_string(),
+                        from: CopyStatus::Transferring,
+                        to: CopyStatus::Transferring,
+                    }),
+                    Err(e) => tracing::warn!(%copy, "cannot renew the lease: {e}"),
+                }
+            }
+        }
+    }
+}
+
+/// The pooled session to `peer`.
+async fn session_for(ctx: &Context, peer: &Site) -> Result<Arc<SshSession>, CopyError> {
+    ctx.sessions
+        .session(peer)
+        .await
+        .map_err(|source| CopyError::Session {
+            site: peer.name.clone(),
+            source: Box::new(source),
+        })
+}
+
+/// The same copy on another session (after a reconnect).
+fn with_session(method: &RunCopy, session: Arc<SshSession>) -> RunCopy {
+    match method {
+        RunCopy::Push {
+            local_root,
+            remote_root,
+            ..
+        } => RunCopy::Push {
+            session,
+            local_root: local_root.clone(),
+            remote_root: remote_root.clone(),
+        },
+        RunCopy::Pull {
+            remote_root,
+            local_root,
+            ..
+        } => RunCopy::Pull {
+            session,
+            remote_root: remote_root.clone(),
+            local_root: local_root.clone(),
+        },
+        RunCopy::Local { .. } => method.clone(),
+    }
+}
+
+/// Whether the SSH connection itself failed (as opposed to the file or the disk).
+fn is_connection_error(e: &TransportError) -> bool {
+    matches!(
+        e,
+        TransportError::Connect { .. }
+            | TransportError::ConnectionLost { .. }
+            | TransportError::Ssh { .. }
+            | TransportError::Timeout { .. }
+    )
+}
+
+async fn cas(ctx: &Context, copy: &CopyRef, change: &Transition) -> Result<(), CopyError> {
+    match ctx.catalog.transition(copy, change).await {
+        Ok(Cas::Done) => Ok(()),
+        Ok(Cas::Lost) => Err(CopyError::Lost {
+            copy: copy.to_string(),
+            from: change.from,
+            to: change.to,
+        }),
+        Err(source) => Err(CopyError::Catalog {
+            copy: copy.to_string(),
+            source,
+        }),
+    }
+}
+
+/// Records a failed copy as `error`, the classified text in `last_error` and in the audit
+/// trail (where the retry task counts checksum mismatches). Best effort: if this fails too,
+/// the lease expires and the retry task reclaims the copy.
+pub(super) async fn fail(ctx: &Context, copy: &CopyRef, why: &Failure) {
+    let mut change = Transition::new(
+        CopyStatus::Transferring,
+        CopyStatus::Error,
+        Some(&ctx.owner),
+        &ctx.owner,
+    );
+    change.error = Some(why.to_string());
+    change.reason = Some(why.to_string());
+    if let Err(e) = ctx.catalog.transition(copy, &change).await {
+        tracing::warn!(%copy, "cannot record the failure ({why}): {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_and_reconnect_classification() {
+        let cut = TransportError::ConnectionLost {
+            host: "mirror".into(),
+            path: "/data/Run000001/a".into(),
+            what: "writing".into(),
+        };
+        let denied = TransportError::PermissionDenied {
+            host: "mirror".into(),
+            path: "/data/Run000001/b".into(),
+            op: "open",
+        };
+        let files = CopyError::Files {
+            copy: "run 1 raw@mirror".into(),
+            failed: vec![("a".into(), cut)],
+        };
+        assert!(files.is_retryable() && files.connection_failed());
+        let msg = files.to_string();
+        assert!(msg.contains("raw@mirror") && msg.contains("a: "), "{msg}");
+        let mixed = CopyError::Files {
+            copy: "run 1 raw@mirror".into(),
+            failed: vec![("b".into(), denied)],
+        };
+        assert!(!mixed.is_retryable() && !mixed.connection_failed());
+        let lost = CopyError::Lost {
+            copy: "c".into(),
+            from: CopyStatus::Transferring,
+            to: CopyStatus::Verifying,
+        };
+        assert!(!lost.is_retryable());
+    }
+}

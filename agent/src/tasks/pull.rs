@@ -1,0 +1,92 @@
+//! *pull*: copy runs to this site from the sites it pulls from (`pull_from`).
+//!
+//! For each data type this site has a directory for, the catalogue names the runs that want
+//! a copy **here** and have a verified (`transferred`, digest matching) copy at one of the
+//! `pull_from` sites; the first of those in `pull_from` order is the source. How the bytes
+//! come is the **source's** `method`: `sftp` pulls over the agent's pooled SSH session to
+//! that site ([`super::sessions`]), `local` copies on a shared file system.
+//!
+//! The copy at this site is claimed with a conditional update (two agents wanting it: one
+//! wins), written to `.part`, hashed while received, flushed, **re-read and hashed from the
+//! local disk**, renamed, and recorded `verifying` then `transferred` only when the digest
+//! measured from those local bytes is the run's — the lifecycle shared with push, in
+//! [`super::copy`].
+
+use catalog_schema::RunDoc;
+use tokio_util::sync::CancellationToken;
+
+use super::copy::{self, CopyError, Direction, Outcome, Route, Wanted};
+use super::{Context, TaskReport};
+use crate::config::Site;
+
+/// Runs the task.
+pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
+    let mut report = TaskReport::default();
+    let sources: Vec<&Site> = ctx
+        .site
+        .pull_from
+        .iter()
+        .filter_map(|name| ctx.map.site(name))
+        .collect();
+    if sources.is_empty() {
+        return report;
+    }
+    for data_type in ctx.site.data_dirs.keys() {
+        let holders: Vec<&Site> = sources
+            .iter()
+            .copied()
+            .filter(|s| s.data_dir(data_type).is_some())
+            .collect();
+        if holders.is_empty() {
+            continue;
+        }
+        let names: Vec<String> = holders.iter().map(|s| s.name.clone()).collect();
+        let label = format!("from {}", names.join("|"));
+        copy::for_each_wanted(
+            ctx,
+            Wanted {
+                dest: &ctx.site.name,
+                data_type,
+                sources: &names,
+                label: &label,
+            },
+            token,
+            &mut report,
+            async |run: &RunDoc| pull_run(ctx, &holders, data_type, run).await,
+        )
+        .await;
+    }
+    report
+}
+
+async fn pull_run(
+    ctx: &Context,
+    sources: &[&Site],
+    data_type: &str,
+    run: &RunDoc,
+) -> Result<Outcome, CopyError> {
+    let Some(digest) = run.digest.clone() else {
+        return Ok(Outcome::Skipped("no manifest yet".into()));
+    };
+    let Some((src, src_dir)) = sources.iter().find_map(|s| {
+        copy::verified_location(run, &s.name, data_type, &digest).map(|dir| (*s, dir))
+    }) else {
+        return Ok(Outcome::Skipped(
+            "no verified copy at a site this site pulls from".into(),
+        ));
+    };
+    let dst_dir = copy::run_dir(&ctx.site, data_type, run)?;
+    copy::copy_along(
+        ctx,
+        run,
+        &digest,
+        data_type,
+        Route {
+            peer: src,
+            direction: Direction::Pull,
+            src_dir,
+            dst_dir,
+        },
+    )
+    .await
+}
