@@ -9,13 +9,15 @@
 //! | retry      | `retry.rs`    | reclaim stalled copies; classified retries with backoff |
 //! | push       | `push.rs`     | `local` method: claim, copy, read back, record    |
 //! | purge      | `purge.rs`    | DESIGN §6 rules, last-copy guard, dry run         |
+//! | audit      | `audit.rs`    | slow schedule: bit rot, lost and dark data, alarm thresholds |
 //! | heartbeat  | `heartbeat.rs`| one document per agent: cycle, counts, free disk  |
-//! | pull, tape, audit | —      | not built yet                                     |
+//! | pull, tape | —             | not built yet                                     |
 //!
 //! A task never fails the cycle: each run it touches either succeeds, is skipped with a
 //! reason, or is listed in the report's failures with the run and the cause; the next task
 //! still runs. A lost race in the catalogue is an ordinary outcome, not a failure.
 
+pub mod audit;
 pub mod heartbeat;
 pub mod purge;
 pub mod push;
@@ -103,6 +105,8 @@ pub struct Context {
     pub dry_run: bool,
     /// Files in flight per run, per link and in all; shared by every copy of this agent.
     pub gates: Gates,
+    /// The audit's schedule, byte budget and alarm thresholds.
+    pub audit: audit::Settings,
 }
 
 impl fmt::Debug for Context {
@@ -157,7 +161,13 @@ const ADOPT_BATCH: u32 = 1000;
 pub fn is_built(task: Task) -> bool {
     matches!(
         task,
-        Task::Register | Task::Verify | Task::Retry | Task::Push | Task::Purge | Task::Heartbeat
+        Task::Register
+            | Task::Verify
+            | Task::Retry
+            | Task::Push
+            | Task::Purge
+            | Task::Audit
+            | Task::Heartbeat
     )
 }
 
@@ -186,6 +196,9 @@ pub async fn run_cycle(ctx: &Context, tasks: &[Task], token: &CancellationToken)
             Task::Retry => retry::run(ctx, token).await,
             Task::Push => push::run(ctx, token).await,
             Task::Purge => purge::run(ctx, token).await,
+            // Asked for by name: now. In the whole cycle: on its slow schedule.
+            Task::Audit if tasks.contains(&Task::Audit) => audit::run(ctx, token).await,
+            Task::Audit => audit::run_scheduled(ctx, token).await,
             Task::Heartbeat => heartbeat::run(ctx, token, &report, started).await,
             other => {
                 report.not_built.push(other);
