@@ -29,7 +29,8 @@
 //!    verified copy through `push::transfer_claimed`, after its backoff); the bad files are
 //!    removed only when another verified copy of the run exists. A lost copy goes
 //!    `transferred → error` with `[retryable] lost: …` (re-copied the same way). A copy with
-//!    no other verified copy (the origin's, usually) keeps its files and is reported loudly.
+//!    no other verified copy (the origin's, usually) is marked too but keeps its files, and
+//!    is reported loudly.
 //!    Dark data is reported (a `skipped` line and a warning), never deleted. A good copy's
 //!    `verified_time` is refreshed.
 //!
@@ -37,7 +38,7 @@
 //!
 //! **Schedule.** In the daemon (and `--once` without `--task`) [`run_scheduled`] audits at
 //! most once per [`Settings::every`] (`--audit-every`, default 24 h): the time of the last
-//! complete pass is kept in `audit-SITE.json` in the state directory, so a restart does not
+//! complete pass is kept in `audit-SITE.last` in the state directory, so a restart does not
 //! audit again at once. A pass cut short by the byte budget, the shutdown token or an alarm
 //! is not complete, so the next cycle continues it. `--task audit` runs [`run`], which
 //! audits now whatever the schedule says.
@@ -192,10 +193,11 @@ pub async fn run_scheduled(ctx: &Context, token: &CancellationToken) -> TaskRepo
     run(ctx, token).await
 }
 
-/// Records a complete pass in the state directory (never in a dry run).
+/// Records a complete pass in the state directory (never in a dry run, nor for a pass
+/// limited to one run by `--run` / `--name`).
 fn finish(ctx: &Context, pass: Pass, started: SystemTime) -> TaskReport {
     let mut report = pass.report;
-    if pass.complete && !ctx.dry_run {
+    if pass.complete && !ctx.dry_run && ctx.scope == RunScope::All {
         if let Some(dir) = &ctx.audit.state_dir {
             if let Err(e) = remember(dir, &ctx.site.name, started) {
                 tracing::warn!("{e}: the next cycle audits again");
