@@ -135,14 +135,16 @@ async fn origin_copy_with_no_other_verified_copy_is_reported_loudly_and_never_de
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lost_run_dir_is_error_lost_then_recopied() {
+async fn lost_run_dir_and_lost_file_are_error_lost_then_recopied() {
     let w = World::new().await;
     let run = w.registered_and_pushed(3).await;
     w.registered_and_pushed(4).await;
     std::fs::remove_dir_all(w.path("mirror/raw/Run000003")).unwrap();
+    // One file of the other run gone too.
+    std::fs::remove_file(w.path("mirror/raw/Run000004/sub/b.evio")).unwrap();
 
     let r = audit_as(&w.ctx("mirror")).await;
-    assert_eq!(r.failed.len(), 1, "{}", joined(&r));
+    assert_eq!(r.failed.len(), 2, "{}", joined(&r));
     let (status, _, err) = mirror_state(&w, 3).await;
     assert_eq!(status, CopyStatus::Error);
     let err = err.unwrap();
@@ -151,8 +153,12 @@ async fn lost_run_dir_is_error_lost_then_recopied() {
         "{err}"
     );
     assert!(err.contains("Run000003 is gone"), "{err}");
-    // The other run is untouched.
-    assert_eq!(mirror_state(&w, 4).await.0, CopyStatus::Transferred);
+    let (status, _, err) = mirror_state(&w, 4).await;
+    assert_eq!(status, CopyStatus::Error);
+    let err = err.unwrap();
+    assert!(err.starts_with("[retryable] lost: "), "{err}");
+    assert!(err.contains("1 of 2 files missing"), "{err}");
+    assert!(err.contains("sub/b.evio"), "{err}");
 
     let r = retry_now(&w, 3).await;
     assert_eq!(r.done.len(), 1, "{}", joined(&r));

@@ -493,7 +493,8 @@ fn survey(site: &Site, dir: &Path, run: &RunDoc) -> Seen {
         match std::fs::symlink_metadata(&path) {
             Ok(m) if m.is_file() => resized |= i64::try_from(m.len()).ok() != Some(f.size),
             Ok(_) => resized = true,
-            Err(_) => missing.push(f.path.clone()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing.push(f.path.clone()),
+            Err(e) => return Seen::Refused(format!("{}: {e}", path.display())),
         }
     }
     if !missing.is_empty() {
