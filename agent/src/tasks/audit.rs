@@ -600,7 +600,9 @@ fn dark_files(h: &Held, extra: &[String]) -> String {
     )
 }
 
-/// Re-hashes one copy (verify's `rehash`, inside the site's data directory only).
+/// Re-hashes one copy (verify's `rehash`). A `location` must lie inside the site's data
+/// directory (verify's `copy_dir`); a copy without one (written by another tool) is looked
+/// for where the site's layout puts it, which is inside the data directory by construction.
 async fn rehash(ctx: &Context, h: &Held) -> Result<Hashed, String> {
     let dir = copy_dir(&ctx.site, &h.copy).or_else(|e| {
         if h.copy.location.is_none() {
