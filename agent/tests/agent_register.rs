@@ -208,7 +208,7 @@ fn run_filter_registers_only_that_run() {
 fn tasks_not_built_are_refused_and_nothing_is_done() {
     let sb = Sandbox::new();
     sb.run(1, &[10], true);
-    let out = sb.once(&["--task", "audit"]);
+    let out = sb.once(&["--task", "tape"]);
     assert_eq!(out.status.code(), Some(5), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("not built"),

@@ -16,190 +16,18 @@
 // Helpers outside #[test] functions may unwrap too: a failure there is a test failure.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
-use bson::DateTime;
-use ferry::catalog::embedded::EmbeddedCatalog;
 use ferry::catalog::{
-    Cas, Catalog, Claim, ClaimRequest, CopyRef, CopyStatus, OriginCopy, RunDoc, RunKey, Transition,
+    Cas, Claim, ClaimRequest, CopyRef, CopyStatus, OriginCopy, RunKey, Transition,
 };
-use ferry::config::{LoadOptions, PurgePolicy, SshEnvironment};
+use ferry::config::PurgePolicy;
 use ferry::daemon::CancellationToken;
-use ferry::tasks::copy::LogProgress;
-use ferry::tasks::sessions::SessionPool;
-use ferry::tasks::{self, retry, Context, RunScope, Task, TaskReport};
-use ferry::transport::limits::{Gates, Limits};
+use ferry::tasks::{self, retry, Context, RunScope, Task};
 
-/// A pid no Linux process can have (above the kernel's hard `pid_max`).
-const DEAD_PID: u32 = 4_194_305;
-
-struct World {
-    dir: tempfile::TempDir,
-    catalog: Arc<dyn Catalog>,
-}
-
-impl World {
-    async fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        for d in ["daq/raw", "mirror/raw", "state"] {
-            std::fs::create_dir_all(dir.path().join(d)).unwrap();
-        }
-        let map = serde_json::json!({
-            "version": 1,
-            "catalog": { "uri": format!("sqlite:{}", dir.path().join("catalog.sqlite").display()) },
-            "sites": [
-                { "name": "daq", "method": "local", "origin": true,
-                  "data_dirs": { "raw": dir.path().join("daq/raw") },
-                  "layout": "Run{number:06}", "completion": { "marker": "RUN_COMPLETE" },
-                  "push_to": ["mirror"],
-                  "purge": { "enabled": true, "min_copies": 1, "retention": "1s",
-                             "high_water_mark": 100 } },
-                { "name": "mirror", "method": "local",
-                  "data_dirs": { "raw": dir.path().join("mirror/raw") },
-                  "layout": "Run{number:06}" }
-            ]
-        });
-        std::fs::write(dir.path().join("map.json"), map.to_string()).unwrap();
-        let catalog = EmbeddedCatalog::open(&dir.path().join("catalog.sqlite"))
-            .await
-            .unwrap();
-        World {
-            dir,
-            catalog: Arc::new(catalog),
-        }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    /// The agent of `site` (owner id with this host and this live process's pid).
-    fn ctx(&self, site: &str) -> Context {
-        self.ctx_as(site, std::process::id())
-    }
-
-    fn ctx_as(&self, site: &str, pid: u32) -> Context {
-        let loaded = ferry::config::load(
-            &self.path("map.json"),
-            &LoadOptions {
-                host: Some(site.into()),
-                ssh_config: None,
-            },
-        )
-        .unwrap();
-        let site_model = loaded.map.site(site).unwrap().clone();
-        Context {
-            map: Arc::new(loaded.map),
-            site: site_model,
-            catalog: self.catalog.clone(),
-            owner: owner(site, pid),
-            scope: RunScope::All,
-            dry_run: false,
-            gates: Gates::new(Limits::default()),
-            // Local sites only: no SSH session is ever opened.
-            sessions: Arc::new(SessionPool::new(
-                SshEnvironment::from_text("", self.dir.path(), "ferry").unwrap(),
-            )),
-            progress: Arc::new(LogProgress),
-        }
-    }
-
-    /// A complete run at the DAQ site: files `a.evio` and `sub/b.evio`.
-    fn run_files(&self, number: u32) -> PathBuf {
-        let run = self.path(&format!("daq/raw/Run{number:06}"));
-        std::fs::create_dir_all(run.join("sub")).unwrap();
-        std::fs::write(run.join("a.evio"), vec![number as u8; 5000]).unwrap();
-        std::fs::write(run.join("sub/b.evio"), b"second file").unwrap();
-        std::fs::write(run.join("RUN_COMPLETE"), b"").unwrap();
-        run
-    }
-
-    /// Registers run `number` at the DAQ and pushes it to the mirror.
-    async fn registered_and_pushed(&self, number: u32) -> RunDoc {
-        self.run_files(number);
-        let daq = self.ctx("daq");
-        let t = CancellationToken::new();
-        let r = tasks::register::run(&daq, &t).await;
-        assert!(r.failed.is_empty(), "{r:?}");
-        let p = tasks::push::run(&daq, &t).await;
-        assert!(p.failed.is_empty(), "{p:?}");
-        self.get(i64::from(number)).await
-    }
-
-    async fn get(&self, number: i64) -> RunDoc {
-        self.catalog
-            .get_run(&RunKey::new("tpc", number))
-            .await
-            .unwrap()
-            .unwrap()
-    }
-
-    /// Changes run `number`'s stored document directly in the SQLite file.
-    fn edit_run(&self, number: i64, change: impl FnOnce(&mut RunDoc)) {
-        let db = rusqlite::Connection::open(self.path("catalog.sqlite")).unwrap();
-        db.busy_timeout(Duration::from_secs(5)).unwrap();
-        let (id, blob): (i64, Vec<u8>) = db
-            .query_row(
-                "SELECT id, doc FROM runs WHERE number = ?1",
-                [number],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .unwrap();
-        let mut run =
-            RunDoc::from_document(bson::Document::from_reader(blob.as_slice()).unwrap()).unwrap();
-        change(&mut run);
-        let mut out = Vec::new();
-        run.to_document().unwrap().to_writer(&mut out).unwrap();
-        db.execute(
-            "UPDATE runs SET doc = ?1 WHERE id = ?2",
-            rusqlite::params![out, id],
-        )
-        .unwrap();
-    }
-
-    fn ferry(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .env_remove("FERRY_CATALOG")
-            .env("FERRY_STATE_DIR", self.path("state"))
-            .arg("--config")
-            .arg(self.path("map.json"))
-            .args(args)
-            .output()
-            .unwrap()
-    }
-}
-
-fn owner(site: &str, pid: u32) -> String {
-    format!(
-        "{site}@{}:{pid}",
-        gethostname::gethostname().to_string_lossy()
-    )
-}
-
-fn hours_ago(h: i64) -> DateTime {
-    DateTime::from_millis(DateTime::now().timestamp_millis() - h * 3_600_000)
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn copy_at<'r>(run: &'r RunDoc, host: &str) -> &'r ferry::catalog::CopyEntry {
-    run.copy(host, "raw")
-        .unwrap_or_else(|| panic!("no copy at {host}: {run:#?}"))
-}
-
-fn mirror_copy(number: i64) -> CopyRef {
-    CopyRef::new(RunKey::new("tpc", number), "mirror", "raw")
-}
+use common::*;
 
 /// Sends the mirror's transferred copy back to `verifying` as the audit task does, under a
 /// lease of `lease_owner`.
@@ -218,16 +46,6 @@ async fn to_verifying(w: &World, number: i64, lease_owner: &str) {
             .unwrap(),
         Cas::Done
     );
-}
-
-fn joined(r: &TaskReport) -> String {
-    format!("{r:#?}")
-}
-
-fn flip_byte(file: &Path, at: usize) {
-    let mut bytes = std::fs::read(file).unwrap();
-    bytes[at] ^= 0x01;
-    std::fs::write(file, bytes).unwrap();
 }
 
 // ---------------------------------------------------------------- verify
@@ -286,15 +104,7 @@ async fn verify_flipped_byte_is_error_with_both_digests_and_the_bad_file_removed
     let err = c.last_error.clone().unwrap();
     assert!(err.starts_with("[checksum] "), "{err}");
     assert!(err.contains(&format!("manifest {digest}")), "{err}");
-    let measured = err
-        .split("run digest measured ")
-        .nth(1)
-        .unwrap()
-        .split(',')
-        .next()
-        .unwrap();
-    assert_eq!(measured.len(), 64, "{err}");
-    assert_ne!(measured, digest);
+    assert_ne!(measured_digest(&err), digest);
     assert!(err.contains("sub/b.evio"), "{err}");
     assert!(!bad.exists(), "the bad file is still there");
     assert!(good.exists(), "a good file was removed");

@@ -103,7 +103,8 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
     };
     let (stopped, report) = runtime.block_on(async {
         let shutdown = shutdown_signal().context("cannot install the SIGTERM/SIGINT handlers")?;
-        let lock = SiteLock::acquire(&SiteLock::default_dir(), &site).map_err(|e| {
+        let state_dir = SiteLock::default_dir();
+        let lock = SiteLock::acquire(&state_dir, &site).map_err(|e| {
             let code = if e.is_retryable() { Exit::Locked } else { Exit::Failed };
             coded(code, e.to_string())
         })?;
@@ -121,6 +122,11 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
             gates: Gates::new(transport_limits(&site_model_limits)),
             sessions: Arc::new(SessionPool::new(ssh)),
             progress,
+            audit: tasks::audit::Settings {
+                every: cli.audit_every,
+                state_dir: Some(state_dir),
+                ..tasks::audit::Settings::default()
+            },
         };
         let opts = LoopOptions {
             interval: Duration::from_secs(60),

@@ -46,6 +46,11 @@ pub struct Cli {
     #[arg(long = "task", value_enum, value_name = "TASK")]
     pub tasks: Vec<Task>,
 
+    /// The audit task's slow schedule: at most one complete audit per this long (e.g.
+    /// `24h`, `7d`); `--task audit` audits at once.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub audit_every: std::time::Duration,
+
     /// Print what would be done (copies, deletions) without doing it.
     #[arg(long, global = true)]
     pub dry_run: bool,

@@ -10,8 +10,9 @@
 //! | push       | `push.rs`     | to `push_to` sites over SFTP or locally           |
 //! | pull       | `pull.rs`     | from `pull_from` sites over SFTP or locally       |
 //! | purge      | `purge.rs`    | DESIGN §6 rules, last-copy guard, dry run         |
+//! | audit      | `audit.rs`    | slow schedule: bit rot, lost and dark data, alarm thresholds |
 //! | heartbeat  | `heartbeat.rs`| one document per agent: cycle, counts, free disk  |
-//! | tape, audit | —            | not built yet                                     |
+//! | tape       | —             | not built yet                                     |
 //!
 //! Push, pull and retry share `copy.rs` (claim → copy → read back → record) and the agent's
 //! SSH sessions, one per peer site (`sessions.rs`).
@@ -20,6 +21,7 @@
 //! reason, or is listed in the report's failures with the run and the cause; the next task
 //! still runs. A lost race in the catalogue is an ordinary outcome, not a failure.
 
+pub mod audit;
 pub mod copy;
 pub mod heartbeat;
 pub mod pull;
@@ -114,6 +116,8 @@ pub struct Context {
     pub sessions: Arc<sessions::SessionPool>,
     /// Where copies report their progress (log lines, or bars on a terminal).
     pub progress: Arc<dyn copy::CopyProgress>,
+    /// The audit's schedule, byte budget and alarm thresholds.
+    pub audit: audit::Settings,
 }
 
 impl fmt::Debug for Context {
@@ -174,6 +178,7 @@ pub fn is_built(task: Task) -> bool {
             | Task::Push
             | Task::Pull
             | Task::Purge
+            | Task::Audit
             | Task::Heartbeat
     )
 }
@@ -204,6 +209,9 @@ pub async fn run_cycle(ctx: &Context, tasks: &[Task], token: &CancellationToken)
             Task::Push => push::run(ctx, token).await,
             Task::Pull => pull::run(ctx, token).await,
             Task::Purge => purge::run(ctx, token).await,
+            // Asked for by name: now. In the whole cycle: on its slow schedule.
+            Task::Audit if tasks.contains(&Task::Audit) => audit::run(ctx, token).await,
+            Task::Audit => audit::run_scheduled(ctx, token).await,
             Task::Heartbeat => heartbeat::run(ctx, token, &report, started).await,
             other => {
                 report.not_built.push(other);

@@ -172,16 +172,52 @@ async fn verify_one(ctx: &Context, run: &RunDoc, c: &CopyEntry) -> Result<Verdic
         };
     }
     let restorable = verified_elsewhere(run, c, &digest).next().is_some();
+    let failure = mismatch(
+        &format!("verify at {}", ctx.site.name),
+        &dir,
+        &rehash,
+        &digest,
+        restorable,
+    );
+    let mut change = Transition::new(CopyStatus::Verifying, CopyStatus::Error, owner, &ctx.owner);
+    change.error = Some(failure.to_string());
+    change.reason = Some(failure.to_string());
+    if record(ctx, &copy, &change).await? == Cas::Lost {
+        return Ok(Verdict::Skipped(
+            "changed by another agent while it was hashed".into(),
+        ));
+    }
+    if restorable {
+        let problems = remove_bad(&dir, &rehash);
+        if !problems.is_empty() {
+            return Ok(Verdict::Bad(format!(
+                "{failure}; but removing failed: {}",
+                problems.join("; ")
+            )));
+        }
+    }
+    Ok(Verdict::Bad(failure.to_string()))
+}
+
+/// The `[checksum]` failure of a copy whose re-hash did not match: who found it (`what`),
+/// where, both run digests, the bad files, and whether they are removed for the re-copy
+/// (`restorable`: another verified copy exists).
+pub(super) fn mismatch(
+    what: &str,
+    dir: &Path,
+    rehash: &Rehash,
+    digest: &str,
+    restorable: bool,
+) -> Failure {
     let bad: Vec<String> = rehash
         .bad
         .iter()
         .map(|b| format!("{} ({})", b.path, b.why))
         .collect();
-    let failure = Failure::new(
+    Failure::new(
         FailureClass::Checksum,
         format!(
-            "verify at {}: {}: run digest measured {}, manifest {digest}; bad files: {}; {}",
-            ctx.site.name,
+            "{what}: {}: run digest measured {}, manifest {digest}; bad files: {}; {}",
             dir.display(),
             rehash.digest.as_deref().unwrap_or("(no file readable)"),
             if bad.is_empty() {
@@ -195,30 +231,16 @@ async fn verify_one(ctx: &Context, run: &RunDoc, c: &CopyEntry) -> Result<Verdic
                 "bad files kept: no other verified copy of the run exists"
             }
         ),
-    );
-    let mut change = Transition::new(CopyStatus::Verifying, CopyStatus::Error, owner, &ctx.owner);
-    change.error = Some(failure.to_string());
-    change.reason = Some(failure.to_string());
-    if record(ctx, &copy, &change).await? == Cas::Lost {
-        return Ok(Verdict::Skipped(
-            "changed by another agent while it was hashed".into(),
-        ));
-    }
-    if restorable {
-        let mut problems = Vec::new();
-        for b in &rehash.bad {
-            if let Err(e) = remove_file_in(&dir, &b.path) {
-                problems.push(e);
-            }
-        }
-        if !problems.is_empty() {
-            return Ok(Verdict::Bad(format!(
-                "{failure}; but removing failed: {}",
-                problems.join("; ")
-            )));
-        }
-    }
-    Ok(Verdict::Bad(failure.to_string()))
+    )
+}
+
+/// Removes the bad files a re-hash found below `dir`; returns what could not be removed.
+pub(super) fn remove_bad(dir: &Path, rehash: &Rehash) -> Vec<String> {
+    rehash
+        .bad
+        .iter()
+        .filter_map(|b| remove_file_in(dir, &b.path).err())
+        .collect()
 }
 
 async fn record(ctx: &Context, copy: &CopyRef, change: &Transition) -> Result<Cas, String> {
@@ -281,20 +303,20 @@ pub(super) fn verified_elsewhere<'r>(
 }
 
 /// A manifest file that does not match.
-struct BadFile {
-    path: String,
-    why: String,
+pub(super) struct BadFile {
+    pub(super) path: String,
+    pub(super) why: String,
 }
 
 /// What re-hashing a copy found.
-struct Rehash {
+pub(super) struct Rehash {
     /// The run digest over the files that could be read (`None`: none could).
-    digest: Option<String>,
-    bad: Vec<BadFile>,
+    pub(super) digest: Option<String>,
+    pub(super) bad: Vec<BadFile>,
 }
 
 /// Hashes every manifest file below `dir` and compares it with the manifest. Blocking.
-fn rehash(site: &str, dir: &Path, files: &[FileEntry]) -> Rehash {
+pub(super) fn rehash(site: &str, dir: &Path, files: &[FileEntry]) -> Rehash {
     let mut measured: Vec<(String, u64, String)> = Vec::with_capacity(files.len());
     let mut bad = Vec::new();
     for f in files {
