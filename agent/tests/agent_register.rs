@@ -15,6 +15,11 @@ struct Sandbox {
 
 impl Sandbox {
     fn new() -> Self {
+        Self::with_layout("Run{number:06}")
+    }
+
+    /// The DAQ site's run directories laid out as `layout`.
+    fn with_layout(layout: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         for d in ["daq/raw", "mirror/raw", "state"] {
             std::fs::create_dir_all(dir.path().join(d)).unwrap();
@@ -25,7 +30,7 @@ impl Sandbox {
             "sites": [
                 { "name": "daq", "method": "local", "origin": true,
                   "data_dirs": { "raw": dir.path().join("daq/raw") },
-                  "layout": "Run{number:06}", "completion": { "marker": "RUN_COMPLETE" },
+                  "layout": layout, "completion": { "marker": "RUN_COMPLETE" },
                   "push_to": ["mirror"] },
                 { "name": "mirror", "method": "local",
                   "data_dirs": { "raw": dir.path().join("mirror/raw") },
@@ -42,7 +47,12 @@ impl Sandbox {
 
     /// A run at the DAQ site: files of the given sizes, complete or not.
     fn run(&self, number: u32, sizes: &[usize], complete: bool) -> PathBuf {
-        let run = self.path(&format!("daq/raw/Run{number:06}"));
+        self.run_dir(&format!("Run{number:06}"), number, sizes, complete)
+    }
+
+    /// [`Sandbox::run`] in a directory of this name.
+    fn run_dir(&self, dir: &str, number: u32, sizes: &[usize], complete: bool) -> PathBuf {
+        let run = self.path(&format!("daq/raw/{dir}"));
         for (i, size) in sizes.iter().enumerate() {
             let file = run.join(format!("sub dir/{i:03} ü.evio"));
             std::fs::create_dir_all(file.parent().unwrap()).unwrap();
@@ -198,7 +208,7 @@ fn run_filter_registers_only_that_run() {
 fn tasks_not_built_are_refused_and_nothing_is_done() {
     let sb = Sandbox::new();
     sb.run(1, &[10], true);
-    let out = sb.once(&["--task", "purge"]);
+    let out = sb.once(&["--task", "audit"]);
     assert_eq!(out.status.code(), Some(5), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("not built"),
@@ -304,4 +314,112 @@ fn source_corrupted_after_registration_is_never_recorded_as_transferred() {
         .unwrap()
         .contains("000 ü.evio"));
     assert!(!sb.path("mirror/raw/Run000001/sub dir/000 ü.evio").exists());
+}
+
+/// Run documents a DAQ wrote (XENON1T style: `number`, `name`, `end`, its own `data[]` entry
+/// with `checksum: null`) get their manifest, digest and wanted copies from the origin agent,
+/// found by name with a `{name}` layout; `end` unset waits for the completion rule; a
+/// directory without a document is left alone; and the run is then pushed like any other.
+#[test]
+fn daq_written_runs_get_manifest_digest_and_copies() {
+    use bson::{doc, Bson, DateTime};
+    let sb = Sandbox::with_layout("{name}");
+    let ended = sb.run_dir("170330_1234", 4711, &[0, 5000], false);
+    let verifying = sb.run_dir("170330_1400", 4713, &[77], false);
+    sb.run_dir("170330_1300", 4712, &[10], false);
+    sb.run_dir("170330_9999", 9999, &[10], true);
+    let daq_doc = |number: i32, name: &str, status: &str, end: bool, dir: &Path| {
+        let mut d = doc! {
+            "number": number, "name": name,
+            "start": DateTime::from_millis(1_490_870_000_000),
+            "trigger": { "mode": "background_stable" },
+            "data": [{ "type": "raw", "host": "daq", "location": dir.display().to_string(),
+                       "status": status, "checksum": Bson::Null, "creator": "daq" }],
+        };
+        if end {
+            d.insert("end", DateTime::from_millis(1_490_873_600_000));
+        }
+        d
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let cat = ferry::catalog::embedded::EmbeddedCatalog::open(&sb.path("catalog.sqlite"))
+            .await
+            .unwrap();
+        cat.import_documents(vec![
+            daq_doc(4711, "170330_1234", "transferred", true, &ended),
+            daq_doc(4712, "170330_1300", "transferred", false, &sb.path("x")),
+            daq_doc(4713, "170330_1400", "verifying", true, &verifying),
+        ])
+        .await
+        .unwrap();
+    });
+
+    let out = sb.once(&["--task", "register"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("Register: 2 done, 2 skipped, 0 failed"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stdout.contains("no completion marker RUN_COMPLETE"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("no run document named \"170330_9999\""),
+        "{stdout}"
+    );
+
+    let runs = sb.runs_json();
+    let by_number = |n: i64| {
+        runs.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["number"] == n)
+            .unwrap()
+            .clone()
+    };
+    for (n, dir) in [(4711, &ended), (4713, &verifying)] {
+        let doc = by_number(n);
+        let expected = digest_with_coreutils(dir, "");
+        assert_eq!(doc["digest"].as_str(), Some(expected.as_str()), "{doc:#}");
+        assert_eq!(
+            doc["data"].as_array().unwrap().len(),
+            1,
+            "a second origin copy: {doc:#}"
+        );
+        let entry = &doc["data"][0];
+        assert_eq!(entry["status"], "transferred", "{doc:#}");
+        assert_eq!(
+            entry["checksum"].as_str(),
+            Some(expected.as_str()),
+            "{doc:#}"
+        );
+        assert_eq!(entry["creator"], "daq", "{doc:#}");
+        assert_eq!(doc["trigger"]["mode"], "background_stable", "{doc:#}");
+        assert_eq!(doc["want"], serde_json::json!(["mirror/raw"]), "{doc:#}");
+    }
+    let waiting = by_number(4712);
+    assert!(waiting["digest"].is_null(), "{waiting:#}");
+    assert!(waiting["data"][0]["checksum"].is_null(), "{waiting:#}");
+
+    let out = sb.once(&["--task", "push"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(sb.path("mirror/raw/Run004711/sub dir/001 ü.evio").is_file());
+    let doc = sb.runs_json();
+    let mirrored = doc
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["host"] == "mirror" && c["status"] == "transferred")
+        })
+        .count();
+    assert_eq!(mirrored, 2, "{doc:#}");
 }

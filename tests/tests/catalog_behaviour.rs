@@ -698,6 +698,80 @@ async fn wrong_shape_is_an_error_naming_run_and_catalogue(f: &Fixture) {
     assert!(err.to_string().contains("bad_run"), "{err}");
 }
 
+/// Copies another tool wrote (a DAQ, a script) reach the site work lists once adopted, the
+/// adoption changes nothing a collaborator reads, and Ferry's own writes keep them there.
+async fn foreign_copies_reach_work_lists_after_adoption(f: &Fixture) {
+    let c = &*f.catalog;
+    let expired = DateTime::from_millis(1_000);
+    f.insert_raw(doc! {
+        "number": 21_i64, "name": "run21",
+        "data": [
+            { "type": "raw", "host": "eb0", "status": "transferred", "checksum": Bson::Null },
+            { "type": "raw", "host": "lngs", "status": "verifying", "checksum": Bson::Null },
+            { "type": "processed", "host": "lngs", "status": "transferring",
+              "lease": { "owner": "old", "expires": expired } },
+        ],
+    })
+    .await;
+    let before = f.read_raw(&key(21)).await;
+    c.adopt_foreign_copies(100).await.unwrap();
+    // A document inserted after the first (full) adoption is found by the next one.
+    f.insert_raw(doc! {
+        "number": 22_i64, "name": "run22",
+        "data": [{ "type": "raw", "host": "lngs", "status": "verifying" }],
+    })
+    .await;
+    c.adopt_foreign_copies(100).await.unwrap();
+    assert_eq!(
+        c.adopt_foreign_copies(100).await.unwrap(),
+        0,
+        "adopted twice"
+    );
+    let verifying = c
+        .copies_in_status("lngs", CopyStatus::Verifying, 10)
+        .await
+        .unwrap();
+    assert_eq!(numbers(&verifying), vec![21, 22]);
+    let stalled = c
+        .stalled_copies(Some("lngs"), DateTime::now(), 10)
+        .await
+        .unwrap();
+    assert_eq!(numbers(&stalled), vec![21]);
+    // What a reader sees is unchanged (index fields are the back end's business).
+    let run = c.get_run(&key(21)).await.unwrap().unwrap();
+    assert!(
+        run.data.iter().all(|e| e.extra.is_empty()),
+        "{:?}",
+        run.data
+    );
+    assert_eq!(
+        before.get_array("data").unwrap().len(),
+        f.read_raw(&key(21)).await.get_array("data").unwrap().len()
+    );
+    // A status Ferry writes moves the copy between work lists.
+    let t = Transition::new(CopyStatus::Verifying, CopyStatus::Error, None, "audit");
+    assert_eq!(
+        c.transition(&copy(21, "lngs"), &t).await.unwrap(),
+        Cas::Done
+    );
+    assert_eq!(
+        numbers(
+            &c.copies_in_status("lngs", CopyStatus::Verifying, 10)
+                .await
+                .unwrap()
+        ),
+        vec![22]
+    );
+    assert_eq!(
+        numbers(
+            &c.copies_in_status("lngs", CopyStatus::Error, 10)
+                .await
+                .unwrap()
+        ),
+        vec![21]
+    );
+}
+
 fn wants(c: &ferry::catalog::RunDoc) -> Vec<&str> {
     c.want.iter().map(String::as_str).collect()
 }
@@ -877,4 +951,5 @@ suite!(
     want_set_at_registration_and_removed_by_claim,
     lost_claim_leaves_want,
     request_copy_only_when_no_copy_exists,
+    foreign_copies_reach_work_lists_after_adoption,
 );

@@ -63,3 +63,104 @@ async fn transient_outage_is_retried_until_the_server_is_back() {
         Registered::Existing
     );
 }
+
+/// A write applied by an attempt whose reply was lost: the retry finds the state already
+/// changed. `Retrying` must report the write as done (the copy is in the state it writes),
+/// not as a lost race — else an agent would think another agent took its copy, and a
+/// removal would look undone. A real lost race after such a failure stays lost.
+async fn lost_replies_are_settled_by_reading_the_copy_back<C: Catalog>(backend: C) {
+    use catalog_common::{claim, seed_run};
+    use ferry::catalog::faults::{Fault, Faulty};
+    use ferry::catalog::{Cas, Claim, CopyRef, CopyStatus, Transition};
+
+    let faulty = Faulty::new(backend);
+    let quick = Backoff {
+        attempts: 3,
+        initial: Duration::from_millis(1),
+        max: Duration::from_millis(1),
+    };
+    let cat = Retrying::new(faulty, quick);
+    seed_run(&cat, 1, "daq").await;
+    let lngs = CopyRef::new(key(1), "lngs", "raw");
+
+    cat.inner().inject("claim", Fault::LoseReply);
+    let won = cat.claim_copy(&claim(1, "lngs", "a", LEASE)).await.unwrap();
+    assert!(matches!(won, Claim::Won(_)), "{won:?}");
+
+    let mut t = Transition::new(
+        CopyStatus::Transferring,
+        CopyStatus::Verifying,
+        Some("a"),
+        "a",
+    );
+    t.checksum = Some("abc".into());
+    cat.inner().inject("transition", Fault::LoseReply);
+    assert_eq!(cat.transition(&lngs, &t).await.unwrap(), Cas::Done);
+    let run = cat.get_run(&key(1)).await.unwrap().unwrap();
+    let verifying = run
+        .events
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("transferring -> verifying"))
+        .count();
+    assert_eq!(verifying, 1, "applied once: {:?}", run.events);
+
+    // Not ours: another owner's copy stays a lost race even after an ambiguous failure.
+    let theirs = Transition::new(
+        CopyStatus::Verifying,
+        CopyStatus::Transferred,
+        Some("b"),
+        "b",
+    );
+    cat.inner().inject("transition", Fault::LoseReply);
+    assert_eq!(cat.transition(&lngs, &theirs).await.unwrap(), Cas::Lost);
+
+    let mut done = Transition::new(
+        CopyStatus::Verifying,
+        CopyStatus::Transferred,
+        Some("a"),
+        "a",
+    );
+    done.checksum = Some("abc".into());
+    assert_eq!(cat.transition(&lngs, &done).await.unwrap(), Cas::Done);
+    cat.inner().inject("mark removing", Fault::LoseReply);
+    assert_eq!(
+        cat.mark_removing(&lngs, CopyStatus::Transferred, "a", "test")
+            .await
+            .unwrap(),
+        Cas::Done
+    );
+    cat.inner().inject("remove copy", Fault::LoseReply);
+    assert_eq!(
+        cat.remove_copy(&lngs, "a", "test").await.unwrap(),
+        Cas::Done
+    );
+    let run = cat.get_run(&key(1)).await.unwrap().unwrap();
+    assert!(run.copy("lngs", "raw").is_none(), "{run:?}");
+
+    // A failure before anything was written is retried and applies once.
+    cat.inner().inject("request copy", Fault::FailBefore);
+    assert_eq!(
+        cat.request_copy(&key(1), "lngs", "raw").await.unwrap(),
+        Cas::Done
+    );
+}
+
+const LEASE: Duration = Duration::from_secs(600);
+
+#[tokio::test]
+async fn lost_replies_are_settled_embedded() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = ferry::catalog::embedded::EmbeddedCatalog::open(&dir.path().join("c.sqlite"))
+        .await
+        .unwrap();
+    lost_replies_are_settled_by_reading_the_copy_back(cat).await;
+}
+
+#[tokio::test]
+async fn lost_replies_are_settled_mongo() {
+    let uri = catalog_common::mongo_uri(catalog_common::mongo_server(), &unique_db_name("lost"));
+    let cat = MongoCatalog::connect(MongoConfig::new(CatalogUri::parse(&uri).unwrap()))
+        .await
+        .unwrap();
+    lost_replies_are_settled_by_reading_the_copy_back(cat).await;
+}

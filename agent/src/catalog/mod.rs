@@ -16,6 +16,7 @@
 
 pub mod embedded;
 pub mod error;
+pub mod faults;
 pub mod mongo;
 pub mod retry;
 pub mod uri;
@@ -325,6 +326,12 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
 
     /// Reads a site's heartbeat.
     async fn read_heartbeat(&self, site: &str) -> Result<Option<Heartbeat>, CatalogError>;
+
+    /// Brings copy entries written by other tools (a DAQ, a collaborator's script) into the
+    /// back end's work-list indexes; returns how many entries it adopted (at most `limit`
+    /// runs are looked at per call). Call it once per cycle, before the work queries. Only
+    /// index fields change; no copy's status, checksum or lease.
+    async fn adopt_foreign_copies(&self, limit: u32) -> Result<u64, CatalogError>;
 
     // ---- work queries (each served by an index) ----
 

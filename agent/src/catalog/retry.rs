@@ -3,15 +3,21 @@
 //! [`CatalogError::is_retryable`] and this wrapper decides.
 //!
 //! A retried write may have been applied by the attempt that failed (the reply was lost).
-//! For claims and reclaims that is resolved here: when a retry reports [`Claim::Lost`] after
-//! an ambiguous failure, the wrapper reads the copy back and reports [`Claim::Won`] if the
-//! lease is ours.
+//! That is resolved here for every conditional write on a copy: when a retry reports
+//! [`Claim::Lost`] / [`Cas::Lost`] after an ambiguous failure, the wrapper reads the copy
+//! back and reports success if the copy is in exactly the state the write produces (the
+//! lease is ours; the status, checksum and error text are the ones written; a removed
+//! entry is gone). A copy is only ever changed by the agent that holds it or, for its
+//! `removing`/removal, by its own site's single agent, so that state is our write's.
+//! `tests`: [`super::faults::Faulty`] loses replies on purpose.
 
 use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bson::DateTime;
+
+use catalog_schema::CopyEntry;
 
 use super::{
     Cas, Catalog, CatalogError, Claim, ClaimRequest, CopyRef, CopyStatus, Heartbeat, LeaseHeld,
@@ -121,6 +127,45 @@ impl<C: Catalog> Retrying<C> {
             (other, _) => other,
         }
     }
+
+    /// After an ambiguous failure, a `Lost` write may be our own earlier success: reads the
+    /// copy back and reports `Done` when `applied` recognises the state the write produces.
+    async fn settle_cas(
+        &self,
+        result: (Result<Cas, CatalogError>, bool),
+        copy: &CopyRef,
+        applied: impl Fn(Option<&CopyEntry>) -> bool + Send,
+    ) -> Result<Cas, CatalogError> {
+        match result {
+            (Ok(Cas::Lost), true) => {
+                let run = self.inner.get_run(&copy.run).await?;
+                let entry = run
+                    .as_ref()
+                    .and_then(|r| r.copy(&copy.host, &copy.data_type));
+                if run.is_some() && applied(entry) {
+                    tracing::info!(%copy, "an earlier attempt whose reply was lost applied the change");
+                    Ok(Cas::Done)
+                } else {
+                    Ok(Cas::Lost)
+                }
+            }
+            (other, _) => other,
+        }
+    }
+}
+
+/// Whether `entry` is what `t` leaves behind.
+fn shows_transition(entry: Option<&CopyEntry>, t: &Transition) -> bool {
+    let Some(e) = entry else { return false };
+    let lease_ok = if t.to.is_leased() {
+        e.lease.as_ref().map(|l| &l.owner) == t.owner.as_ref()
+    } else {
+        e.lease.is_none()
+    };
+    e.status == t.to
+        && lease_ok
+        && (t.checksum.is_none() || e.checksum == t.checksum)
+        && (t.error.is_none() || e.last_error == t.error)
 }
 
 #[async_trait]
@@ -142,9 +187,14 @@ impl<C: Catalog> Catalog for Retrying<C> {
     }
 
     async fn add_origin_copy(&self, origin: &OriginCopy) -> Result<Cas, CatalogError> {
-        self.run("add origin copy", || self.inner.add_origin_copy(origin))
-            .await
-            .0
+        let r = self
+            .run("add origin copy", || self.inner.add_origin_copy(origin))
+            .await;
+        let digest = &origin.manifest.digest;
+        self.settle_cas(r, &origin.copy, |e| {
+            e.is_some_and(|e| e.checksum.as_ref() == Some(digest))
+        })
+        .await
     }
 
     async fn claim_copy(&self, req: &ClaimRequest) -> Result<Claim, CatalogError> {
@@ -172,9 +222,11 @@ impl<C: Catalog> Catalog for Retrying<C> {
     }
 
     async fn transition(&self, copy: &CopyRef, change: &Transition) -> Result<Cas, CatalogError> {
-        self.run("transition", || self.inner.transition(copy, change))
+        let r = self
+            .run("transition", || self.inner.transition(copy, change))
+            .await;
+        self.settle_cas(r, copy, |e| shows_transition(e, change))
             .await
-            .0
     }
 
     async fn record_checksum(
@@ -185,12 +237,20 @@ impl<C: Catalog> Catalog for Retrying<C> {
         checksum: &str,
         at: DateTime,
     ) -> Result<Cas, CatalogError> {
-        self.run("record checksum", || {
-            self.inner
-                .record_checksum(copy, expected, owner, checksum, at)
+        let r = self
+            .run("record checksum", || {
+                self.inner
+                    .record_checksum(copy, expected, owner, checksum, at)
+            })
+            .await;
+        self.settle_cas(r, copy, |e| {
+            e.is_some_and(|e| {
+                e.status == expected
+                    && e.checksum.as_deref() == Some(checksum)
+                    && e.verified_time == Some(at)
+            })
         })
         .await
-        .0
     }
 
     async fn reclaim_stalled(
@@ -216,17 +276,22 @@ impl<C: Catalog> Catalog for Retrying<C> {
         who: &str,
         why: &str,
     ) -> Result<Cas, CatalogError> {
-        self.run("mark removing", || {
-            self.inner.mark_removing(copy, from, who, why)
+        let r = self
+            .run("mark removing", || {
+                self.inner.mark_removing(copy, from, who, why)
+            })
+            .await;
+        self.settle_cas(r, copy, |e| {
+            e.is_some_and(|e| e.status == CopyStatus::Removing)
         })
         .await
-        .0
     }
 
     async fn remove_copy(&self, copy: &CopyRef, who: &str, why: &str) -> Result<Cas, CatalogError> {
-        self.run("remove copy", || self.inner.remove_copy(copy, who, why))
-            .await
-            .0
+        let r = self
+            .run("remove copy", || self.inner.remove_copy(copy, who, why))
+            .await;
+        self.settle_cas(r, copy, |e| e.is_none()).await
     }
 
     async fn request_copy(
@@ -237,6 +302,14 @@ impl<C: Catalog> Catalog for Retrying<C> {
     ) -> Result<Cas, CatalogError> {
         self.run("request copy", || {
             self.inner.request_copy(run, site, data_type)
+        })
+        .await
+        .0
+    }
+
+    async fn adopt_foreign_copies(&self, limit: u32) -> Result<u64, CatalogError> {
+        self.run("adopt foreign copies", || {
+            self.inner.adopt_foreign_copies(limit)
         })
         .await
         .0

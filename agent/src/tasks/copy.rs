@@ -25,6 +25,7 @@ use std::time::Duration;
 use catalog_schema::{want_tag, CopyStatus, RunDoc};
 use tokio_util::sync::CancellationToken;
 
+use super::retry::{Failure, FailureClass};
 use super::{Context, RunScope, TaskReport};
 use crate::catalog::{Cas, CatalogError, Claim, ClaimRequest, CopyRef, RunSelector, Transition};
 use crate::checksum::{self, ChecksumError, ManifestLine};
@@ -130,6 +131,14 @@ pub enum CopyError {
         /// The data type.
         data_type: String,
     },
+    /// The copy cannot be made as configured (unknown site, unimplemented method).
+    #[error("{copy}: cannot copy: {reason}")]
+    NotPossible {
+        /// The destination copy.
+        copy: String,
+        /// Why.
+        reason: String,
+    },
     /// Files failed to copy; each with the transport's error.
     #[error("{copy}: {} file(s) failed: {}", failed.len(), list_failures(failed))]
     Files {
@@ -196,8 +205,24 @@ impl CopyError {
             CopyError::DigestMismatch { .. } | CopyError::NotVerified { .. } => true,
             CopyError::Layout { .. }
             | CopyError::NoDataDir { .. }
+            | CopyError::NotPossible { .. }
             | CopyError::Manifest { .. }
             | CopyError::Lost { .. } => false,
+        }
+    }
+
+    /// How the retry task may retry it (FTS3's classification).
+    pub fn class(&self) -> FailureClass {
+        match self {
+            CopyError::DigestMismatch { .. } => FailureClass::Checksum,
+            CopyError::Files { failed, .. } => failed
+                .iter()
+                .map(|(_, e)| FailureClass::of_transport(e))
+                .max()
+                .unwrap_or(FailureClass::Retryable),
+            CopyError::NotVerified { .. } | CopyError::Lost { .. } => FailureClass::Retryable,
+            e if e.is_retryable() => FailureClass::Retryable,
+            _ => FailureClass::Fatal,
         }
     }
 
@@ -233,6 +258,8 @@ struct Plan {
     /// The site whose SSH session `method` uses, if any (dropped from the pool when the
     /// connection fails).
     pub peer: Option<String>,
+    /// The source site (failures name it: `from SITE: …`).
+    pub source: String,
     /// For messages: `site:path` of the source and the destination.
     pub label: String,
 }
@@ -301,6 +328,20 @@ pub(super) async fn copy_along(
     data_type: &str,
     route: Route<'_>,
 ) -> Result<Outcome, CopyError> {
+    match plan_for(ctx, run, data_type, route).await? {
+        Ok(plan) => execute(ctx, run, digest, plan).await,
+        Err(why) => Ok(Outcome::Skipped(why)),
+    }
+}
+
+/// The plan for copying `run` along `route`, or why there is none (a dry run, a method
+/// Ferry does not implement).
+async fn plan_for(
+    ctx: &Context,
+    run: &RunDoc,
+    data_type: &str,
+    route: Route<'_>,
+) -> Result<Result<Plan, String>, CopyError> {
     let Route {
         peer,
         direction,
@@ -314,7 +355,7 @@ pub(super) async fn copy_along(
     let from = format!("{}:{src_dir}", src_site.name);
     let to = format!("{}:{}", dst_site.name, dst_dir.display());
     if ctx.dry_run {
-        return Ok(Outcome::Skipped(format!(
+        return Ok(Err(format!(
             "dry run: would copy {} files ({} bytes) {from} -> {to}",
             run.files.len(),
             run.size.unwrap_or(0)
@@ -347,7 +388,7 @@ pub(super) async fn copy_along(
             (method, "sftp", Some(peer.name.clone()))
         }
         TransferMethod::Unsupported(m) => {
-            return Ok(Outcome::Skipped(format!(
+            return Ok(Err(format!(
                 "{} is reached by {m}, which Ferry does not implement",
                 peer.name
             )))
@@ -359,9 +400,10 @@ pub(super) async fn copy_along(
         protocol,
         method,
         peer: pooled,
+        source: src_site.name.clone(),
         label: format!("run {} {from} -> {to}", run.number),
     };
-    execute(ctx, run, digest, plan).await
+    Ok(Ok(plan))
 }
 
 /// Which runs a copy task asks the catalogue for.
@@ -470,6 +512,18 @@ async fn execute(
     if let Claim::Lost = claimed {
         return Ok(Outcome::Skipped("claimed by another agent".into()));
     }
+    run_claimed(ctx, run, digest, &plan).await?;
+    Ok(Outcome::Copied)
+}
+
+/// Copies into a copy this agent holds in `transferring` and records the outcome: the
+/// failure, class-tagged for the retry task, as `error`.
+async fn run_claimed(
+    ctx: &Context,
+    run: &RunDoc,
+    digest: &str,
+    plan: &Plan,
+) -> Result<(), CopyError> {
     let bytes: u64 = run
         .files
         .iter()
@@ -477,15 +531,54 @@ async fn execute(
         .sum();
     ctx.progress
         .run_started(&plan.label, run.files.len(), bytes);
-    let result = copy_and_record(ctx, run, digest, &plan).await;
+    let result = copy_and_record(ctx, run, digest, plan).await;
     if let Err(e) = &result {
-        fail(ctx, &copy, &e.to_string()).await;
+        let why = Failure::new(e.class(), format!("from {}: {e}", plan.source));
+        fail(ctx, &plan.copy, &why.to_string()).await;
         if let (true, Some(peer)) = (e.connection_failed(), &plan.peer) {
             ctx.sessions.forget(peer).await;
         }
     }
     ctx.progress.run_finished(&plan.label, result.is_ok());
-    result.map(|()| Outcome::Copied)
+    result
+}
+
+/// Copies `run` into `copy`, which this agent already holds in `transferring` (a copy the
+/// retry task reclaimed or cleared), from `source`'s verified copy in `src_dir`: a push when
+/// the source is this site, a pull otherwise.
+pub(super) async fn transfer_claimed(
+    ctx: &Context,
+    copy: &CopyRef,
+    source: &str,
+    src_dir: String,
+    dst_dir: PathBuf,
+    run: &RunDoc,
+    digest: &str,
+) -> Result<(), CopyError> {
+    let (peer_name, direction) = if source == ctx.site.name {
+        (copy.host.as_str(), Direction::Push)
+    } else {
+        (source, Direction::Pull)
+    };
+    let Some(peer) = ctx.map.site(peer_name) else {
+        return Err(CopyError::NotPossible {
+            copy: copy.to_string(),
+            reason: format!("site {peer_name} is not in the site map"),
+        });
+    };
+    let route = Route {
+        peer,
+        direction,
+        src_dir,
+        dst_dir,
+    };
+    match plan_for(ctx, run, &copy.data_type, route).await? {
+        Ok(plan) => run_claimed(ctx, run, digest, &plan).await,
+        Err(reason) => Err(CopyError::NotPossible {
+            copy: copy.to_string(),
+            reason,
+        }),
+    }
 }
 
 async fn copy_and_record(
@@ -709,7 +802,7 @@ async fn cas(ctx: &Context, copy: &CopyRef, change: &Transition) -> Result<(), C
 
 /// Records a failed copy as `error` (best effort: if this fails too, the lease expires and
 /// the retry task reclaims the copy).
-async fn fail(ctx: &Context, copy: &CopyRef, why: &str) {
+pub(super) async fn fail(ctx: &Context, copy: &CopyRef, why: &str) {
     let mut change = Transition::new(
         CopyStatus::Transferring,
         CopyStatus::Error,
@@ -717,6 +810,8 @@ async fn fail(ctx: &Context, copy: &CopyRef, why: &str) {
         &ctx.owner,
     );
     change.error = Some(why.to_string());
+    // The audit trail too: the retry task counts checksum mismatches there.
+    change.reason = Some(why.to_string());
     if let Err(e) = ctx.catalog.transition(copy, &change).await {
         tracing::warn!(%copy, "cannot record the failure ({why}): {e}");
     }

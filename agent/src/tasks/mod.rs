@@ -5,9 +5,13 @@
 //! | task       | file          | status                                            |
 //! |------------|---------------|---------------------------------------------------|
 //! | register   | `register.rs` | directory discovery at origin sites               |
+//! | verify     | `verify.rs`   | re-hash `verifying` copies here; take over only dead leases |
+//! | retry      | `retry.rs`    | reclaim stalled copies; classified retries with backoff |
 //! | push       | `push.rs`     | to `push_to` sites over SFTP or locally           |
 //! | pull       | `pull.rs`     | from `pull_from` sites over SFTP or locally       |
-//! | verify, retry, tape, purge, audit, heartbeat | — | not built yet               |
+//! | purge      | `purge.rs`    | DESIGN §6 rules, last-copy guard, dry run         |
+//! | heartbeat  | `heartbeat.rs`| one document per agent: cycle, counts, free disk  |
+//! | tape, audit | —            | not built yet                                     |
 //!
 //! Push and pull share `copy.rs` (claim → copy → read back → record) and the agent's SSH
 //! sessions, one per peer site (`sessions.rs`).
@@ -17,10 +21,14 @@
 //! still runs. A lost race in the catalogue is an ordinary outcome, not a failure.
 
 pub mod copy;
+pub mod heartbeat;
 pub mod pull;
+pub mod purge;
 pub mod push;
 pub mod register;
+pub mod retry;
 pub mod sessions;
+pub mod verify;
 
 use std::fmt;
 use std::sync::Arc;
@@ -153,15 +161,35 @@ pub const CYCLE_ORDER: [Task; 9] = [
     Task::Heartbeat,
 ];
 
+/// Runs looked at per cycle for copies written by other tools.
+const ADOPT_BATCH: u32 = 1000;
+
 /// Whether this version implements `task`.
 pub fn is_built(task: Task) -> bool {
-    matches!(task, Task::Register | Task::Push | Task::Pull)
+    matches!(
+        task,
+        Task::Register
+            | Task::Verify
+            | Task::Retry
+            | Task::Push
+            | Task::Pull
+            | Task::Purge
+            | Task::Heartbeat
+    )
 }
 
 /// Runs `tasks` (all of them when empty) in cycle order. Stops starting tasks once
 /// `token` is cancelled.
 pub async fn run_cycle(ctx: &Context, tasks: &[Task], token: &CancellationToken) -> CycleReport {
     let mut report = CycleReport::default();
+    let started = bson::DateTime::now();
+    // Copies other tools wrote (a DAQ's own entry) join the work lists before any task
+    // asks for them. A failure here is logged; the tasks still run on what is indexed.
+    match ctx.catalog.adopt_foreign_copies(ADOPT_BATCH).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(adopted = n, "copies written by other tools adopted"),
+        Err(e) => tracing::warn!("adopting copies written by other tools: {e}"),
+    }
     for task in CYCLE_ORDER {
         if !tasks.is_empty() && !tasks.contains(&task) {
             continue;
@@ -171,8 +199,12 @@ pub async fn run_cycle(ctx: &Context, tasks: &[Task], token: &CancellationToken)
         }
         let outcome = match task {
             Task::Register => register::run(ctx, token).await,
+            Task::Verify => verify::run(ctx, token).await,
+            Task::Retry => retry::run(ctx, token).await,
             Task::Push => push::run(ctx, token).await,
             Task::Pull => pull::run(ctx, token).await,
+            Task::Purge => purge::run(ctx, token).await,
+            Task::Heartbeat => heartbeat::run(ctx, token, &report, started).await,
             other => {
                 report.not_built.push(other);
                 continue;

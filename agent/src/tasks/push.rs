@@ -77,3 +77,43 @@ async fn push_run(
     )
     .await
 }
+
+/// The directory of `run`'s `data_type` copy at `site`; `Ok(None)` when the site has no
+/// directory for that type. (For the retry task.)
+pub(super) fn run_dir(
+    site: &Site,
+    data_type: &str,
+    run: &RunDoc,
+) -> Result<Option<std::path::PathBuf>, String> {
+    match copy::run_dir(site, data_type, run) {
+        Ok(dir) => Ok(Some(dir)),
+        Err(CopyError::NoDataDir { .. }) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Copies `run` into `copy`, already held in `transferring` by this agent (the retry task
+/// re-enters here), from `source`'s verified copy in `src_dir`; records the outcome.
+pub(super) async fn transfer_claimed(
+    ctx: &Context,
+    copy: &crate::catalog::CopyRef,
+    source: &str,
+    src_dir: std::path::PathBuf,
+    dst_dir: std::path::PathBuf,
+    run: &RunDoc,
+    digest: &str,
+) -> Result<(), String> {
+    let src_dir = src_dir.display().to_string();
+    copy::transfer_claimed(ctx, copy, source, src_dir, dst_dir, run, digest)
+        .await
+        .map_err(|e| format!("{} {e}", e.class().tag()))
+}
+
+/// Records a failed copy as `error` with its classified text. (For the retry task.)
+pub(super) async fn fail(
+    ctx: &Context,
+    copy: &crate::catalog::CopyRef,
+    why: &super::retry::Failure,
+) {
+    copy::fail(ctx, copy, &why.to_string()).await;
+}

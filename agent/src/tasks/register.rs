@@ -11,6 +11,16 @@
 //! A run already recorded with a checksummed copy at this site is skipped without reading
 //! its files, so an idle cycle costs one catalogue lookup per run directory.
 //!
+//! **Runs a DAQ recorded (XENON style).** A DAQ may write the run document itself:
+//! `number`, `name`, `start`, `end`, and a `data[]` entry for its own host with `checksum:
+//! null` (status `transferred` or `verifying`). When a run directory found on disk belongs to
+//! such a document (by number, or by name where the layout has no `{number}`, e.g.
+//! `{name}` for XENON1T's `170330_1234`), `end` set means complete; the task builds the
+//! manifest, adds it and the wanted copies to the document, and records the digest on the
+//! DAQ's own entry (moving a `verifying` entry to `transferred`), instead of adding a second
+//! origin copy. Nothing copies such a run before that: the copy tasks only take runs with a
+//! `transferred` copy that carries the run's digest, and only runs with a `want`.
+//!
 //! Registration also records which copies the collaboration wants ([`wanted_sites`]): every
 //! site the site map's links reach from this origin, through sites that hold the data type.
 //! The copy tasks find their work through those wants.
@@ -18,11 +28,14 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use catalog_schema::{FileEntry, RunKey};
+use bson::DateTime;
+use catalog_schema::{CopyStatus, FileEntry, RunDoc, RunKey};
 use tokio_util::sync::CancellationToken;
 
 use super::{Context, TaskReport};
-use crate::catalog::{want_tag, Cas, CopyRef, Manifest, NewRun, OriginCopy, Registered};
+use crate::catalog::{
+    want_tag, Cas, CopyRef, Manifest, NewRun, OriginCopy, Registered, RunSelector, Transition,
+};
 use crate::checksum::{self, ManifestLine};
 use crate::config::{CompletionRule, LayoutField, Link, Site, SiteMap};
 use crate::transport::PART_SUFFIX;
@@ -33,8 +46,11 @@ pub const DEFAULT_DETECTOR: &str = "tpc";
 /// A run directory found on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
-    /// Detector and number.
-    pub key: RunKey,
+    /// Detector and number; `None` when the layout has no `{number}` (the run document,
+    /// found by name, gives it).
+    pub key: Option<RunKey>,
+    /// `{detector}` from the layout, if it has one.
+    pub detector: Option<String>,
     /// The run name: `{name}` from the layout, else the run directory's own name.
     pub name: String,
     /// Data type (the data directory's key, e.g. `raw`).
@@ -92,15 +108,21 @@ pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
         if token.is_cancelled() {
             break;
         }
-        if !ctx.scope.admits(run.key.number, Some(&run.name)) {
-            continue;
+        if let Some(key) = &run.key {
+            if !ctx.scope.admits(key.number, Some(&run.name)) {
+                continue;
+            }
         }
-        let label = format!("run {} ({}) {}", run.key.number, run.name, run.data_type);
+        let number = run
+            .key
+            .as_ref()
+            .map_or_else(|| "?".into(), |k| k.number.to_string());
+        let label = format!("run {number} ({}) {}", run.name, run.data_type);
         match register_one(ctx, &run).await {
             Ok(Outcome::Registered) => report.done.push(label),
             Ok(Outcome::Skipped(why)) => report.skipped.push(format!("{label}: {why}")),
             Err(why) => {
-                tracing::error!(site = %ctx.site.name, run = run.key.number, "{why}");
+                tracing::error!(site = %ctx.site.name, run = %number, name = %run.name, "{why}");
                 report.failed.push(format!("{label}: {why}"));
             }
         }
@@ -113,32 +135,81 @@ enum Outcome {
     Skipped(String),
 }
 
-async fn register_one(ctx: &Context, run: &Found) -> Result<Outcome, String> {
-    let existing = ctx
+/// The run document a directory belongs to: by key, or by name when the layout gives none
+/// (`Ok(None)`: not recorded yet).
+async fn recorded(ctx: &Context, run: &Found) -> Result<Option<RunDoc>, String> {
+    if let Some(key) = &run.key {
+        return ctx.catalog.get_run(key).await.map_err(|e| e.to_string());
+    }
+    let mut docs = ctx
         .catalog
-        .get_run(&run.key)
+        .find_runs(&RunSelector::Name(run.name.clone()))
         .await
         .map_err(|e| e.to_string())?;
-    if let Some(doc) = &existing {
-        let recorded = doc
-            .copy(&ctx.site.name, &run.data_type)
-            .is_some_and(|c| c.checksum.is_some());
-        if recorded && doc.digest.is_some() {
+    if let Some(d) = &run.detector {
+        docs.retain(|doc| &doc.detector == d);
+    }
+    match docs.len() {
+        0 | 1 => Ok(docs.pop()),
+        n => Err(format!(
+            "{n} run documents are named {:?} (detectors {}); add {{detector}} to the layout \
+             to tell them apart",
+            run.name,
+            docs.iter()
+                .map(|d| d.detector.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+async fn register_one(ctx: &Context, run: &Found) -> Result<Outcome, String> {
+    let existing = recorded(ctx, run).await?;
+    let key = match (&run.key, &existing) {
+        (Some(key), _) => key.clone(),
+        (None, Some(doc)) => doc.key(),
+        (None, None) => {
+            return Ok(Outcome::Skipped(format!(
+                "no run document named {:?} in the catalogue yet (the layout has no \
+                 {{number}}: only runs the DAQ recorded are registered)",
+                run.name
+            )))
+        }
+    };
+    if !ctx.scope.admits(key.number, Some(&run.name)) {
+        return Ok(Outcome::Skipped("not the run asked for".into()));
+    }
+    // The DAQ's own entry for this site, if it wrote one.
+    let daq_entry = existing
+        .as_ref()
+        .and_then(|doc| doc.copy(&ctx.site.name, &run.data_type))
+        .cloned();
+    if let (Some(doc), Some(entry)) = (&existing, &daq_entry) {
+        if entry.checksum.is_some() && doc.digest.is_some() {
             return Ok(Outcome::Skipped("already registered".into()));
         }
+        if !matches!(
+            entry.status,
+            CopyStatus::Transferred | CopyStatus::Verifying
+        ) {
+            return Ok(Outcome::Skipped(format!(
+                "this site's copy is {} in the catalogue; registered when it is transferred",
+                entry.status
+            )));
+        }
     }
-    let quiet = match &ctx.site.completion {
+    // The DAQ said the run ended, and its entry here is still waiting for a digest. (A run
+    // that merely has `end` set but no entry here, e.g. purged here, follows the rule.)
+    let daq_complete = daq_entry.is_some() && existing.as_ref().is_some_and(|d| d.end.is_some());
+    let (marker, quiet) = match &ctx.site.completion {
+        _ if daq_complete => (None, None),
         CompletionRule::Marker(m) => {
             if !run.dir.join(m).is_file() {
                 return Ok(Outcome::Skipped(format!("no completion marker {m}")));
             }
-            None
+            (Some(m.clone()), None)
         }
-        CompletionRule::QuietPeriod(d) => Some(*d),
-    };
-    let marker = match &ctx.site.completion {
-        CompletionRule::Marker(m) => Some(m.clone()),
-        CompletionRule::QuietPeriod(_) => None,
+        CompletionRule::QuietPeriod(d) => (None, Some(*d)),
     };
     let dir = run.dir.clone();
     let built = tokio::task::spawn_blocking(move || build_manifest(&dir, marker.as_deref(), quiet))
@@ -158,8 +229,12 @@ async fn register_one(ctx: &Context, run: &Found) -> Result<Outcome, String> {
         )));
     }
     let new = NewRun {
-        key: run.key.clone(),
-        name: Some(run.name.clone()),
+        key: key.clone(),
+        // A DAQ-written document's name stands (the directory may be named otherwise).
+        name: existing
+            .as_ref()
+            .and_then(|d| d.name.clone())
+            .or_else(|| Some(run.name.clone())),
         start: None,
         end: None,
         manifest: Some(manifest.clone()),
@@ -183,8 +258,12 @@ async fn register_one(ctx: &Context, run: &Found) -> Result<Outcome, String> {
             ))
         }
     }
+    let copy = CopyRef::new(key, &ctx.site.name, &run.data_type);
+    if let Some(entry) = daq_entry {
+        return checksum_daq_entry(ctx, &copy, entry.status, &manifest.digest).await;
+    }
     let origin = OriginCopy {
-        copy: CopyRef::new(run.key.clone(), &ctx.site.name, &run.data_type),
+        copy,
         location: run.dir.display().to_string(),
         protocol: "local".into(),
         manifest,
@@ -199,6 +278,37 @@ async fn register_one(ctx: &Context, run: &Found) -> Result<Outcome, String> {
         Cas::Done => Ok(Outcome::Registered),
         Cas::Lost => Ok(Outcome::Skipped(
             "origin copy already recorded by another agent".into(),
+        )),
+    }
+}
+
+/// Records the digest measured here on the entry the DAQ wrote (conditional on its status),
+/// and moves a `verifying` entry to `transferred`.
+async fn checksum_daq_entry(
+    ctx: &Context,
+    copy: &CopyRef,
+    status: CopyStatus,
+    digest: &str,
+) -> Result<Outcome, String> {
+    let outcome = if status == CopyStatus::Verifying {
+        let mut t = Transition::new(
+            CopyStatus::Verifying,
+            CopyStatus::Transferred,
+            None,
+            &ctx.owner,
+        );
+        t.checksum = Some(digest.to_string());
+        t.reason = Some("digest of the DAQ's files measured at the origin".into());
+        ctx.catalog.transition(copy, &t).await
+    } else {
+        ctx.catalog
+            .record_checksum(copy, status, None, digest, DateTime::now())
+            .await
+    };
+    match outcome.map_err(|e| e.to_string())? {
+        Cas::Done => Ok(Outcome::Registered),
+        Cas::Lost => Ok(Outcome::Skipped(
+            "the DAQ's entry changed while it was hashed; next cycle".into(),
         )),
     }
 }
@@ -232,7 +342,7 @@ pub fn reachable(links: &[Link], origin: &str, holds: impl Fn(&str) -> bool) -> 
 /// Finds run directories under each of the site's data directories.
 pub fn discover(site: &Site) -> Result<Vec<Found>, RegisterError> {
     let layout = &site.layout;
-    if !layout.uses(LayoutField::Number) {
+    if !layout.uses(LayoutField::Number) && !layout.uses(LayoutField::Name) {
         return Err(RegisterError::Refused {
             dir: site
                 .data_dirs
@@ -241,9 +351,9 @@ pub fn discover(site: &Site) -> Result<Vec<Found>, RegisterError> {
                 .map(|d| d.display().to_string())
                 .unwrap_or_default(),
             why: format!(
-                "layout `{layout}` has no {{number}}: directory discovery cannot tell run \
-                 numbers (use a layout such as Run{{number:06}}, or let the DAQ write run \
-                 documents into the catalogue)"
+                "layout `{layout}` has neither {{number}} nor {{name}}: directory discovery \
+                 cannot tell which run a directory holds (use a layout such as \
+                 Run{{number:06}}, or {{name}} with run documents the DAQ writes)"
             ),
         });
     }
@@ -255,24 +365,26 @@ pub fn discover(site: &Site) -> Result<Vec<Found>, RegisterError> {
             let Some(fields) = layout.match_path(&rel) else {
                 continue;
             };
-            let Some(number) = fields.number else {
+            if fields.number.is_none() && fields.name.is_none() {
                 continue;
-            };
+            }
             let name = fields
                 .name
                 .unwrap_or_else(|| rel.rsplit('/').next().unwrap_or(rel.as_str()).to_string());
-            let detector = fields
-                .detector
-                .unwrap_or_else(|| DEFAULT_DETECTOR.to_string());
+            let key = fields.number.map(|number| {
+                let detector = fields.detector.as_deref().unwrap_or(DEFAULT_DETECTOR);
+                RunKey::new(detector, number)
+            });
             found.push(Found {
-                key: RunKey::new(&detector, number),
+                key,
+                detector: fields.detector,
                 name,
                 data_type: data_type.clone(),
                 dir,
             });
         }
     }
-    found.sort_by(|a, b| (&a.key.detector, a.key.number).cmp(&(&b.key.detector, b.key.number)));
+    found.sort_by(|a, b| (&a.key, &a.name).cmp(&(&b.key, &b.name)));
     Ok(found)
 }
 

@@ -9,8 +9,9 @@
 //! Registration: `Catalog::register_runs` in batches of 1,000, 4 batches in flight, into an
 //! empty catalogue (indexes in place). Work list: the queries of one idle cycle at site
 //! `lngs` when every run already has its 4 copies (`daq`, `lngs`, `nikhef`, `ccin2p3`, all
-//! transferred, `want` empty as the claims left it): runs needing a copy from `daq`, copies verifying at `lngs`, stalled copies
-//! at `lngs`. Median of 7 cycles (after one warm-up). Results go to stdout as a Markdown
+//! transferred, `want` empty as the claims left it): copies written by other tools to adopt
+//! (none), runs needing a copy from `daq`, copies verifying at `lngs`, stalled copies at
+//! `lngs`. Median of 7 cycles (after one warm-up). Results go to stdout as a Markdown
 //! table.
 
 use std::sync::Arc;
@@ -77,7 +78,24 @@ fn full_doc(n: i64) -> Result<Document> {
         c.verified_time = Some(now);
         run.data.push(c);
     }
-    Ok(run.to_document()?)
+    let mut d = run.to_document()?;
+    // Created over the years before now (a run every 10 minutes from 2017), as in a real
+    // catalogue; an ObjectId starts with its creation second.
+    let secs = u32::try_from(1_500_000_000 + n * 600)?;
+    let count = u32::try_from(n)?.to_be_bytes();
+    d.insert(
+        "_id",
+        bson::oid::ObjectId::from_parts(secs, [0; 5], [count[1], count[2], count[3]]),
+    );
+    // As the MongoDB back end stores Ferry's copies: with their `host_status` index field.
+    if let Ok(data) = d.get_array_mut("data") {
+        for (entry, site) in data.iter_mut().zip(SITES) {
+            if let bson::Bson::Document(e) = entry {
+                e.insert("host_status", format!("{site}/transferred"));
+            }
+        }
+    }
+    Ok(d)
 }
 
 async fn register(cat: Arc<dyn Catalog>, runs: i64) -> Result<f64> {
@@ -103,6 +121,8 @@ async fn register(cat: Arc<dyn Catalog>, runs: i64) -> Result<f64> {
 async fn idle_cycle(cat: &dyn Catalog) -> Result<(Duration, usize)> {
     let sources = vec!["daq".to_string()];
     let t0 = Instant::now();
+    let adopted = cat.adopt_foreign_copies(1000).await?;
+    let ta = Instant::now();
     let need = cat.runs_needing_copy("lngs", "raw", &sources, 100).await?;
     let t1 = Instant::now();
     let verifying = cat
@@ -114,8 +134,9 @@ async fn idle_cycle(cat: &dyn Catalog) -> Result<(Duration, usize)> {
         .await?;
     // Per query, on stderr, to see which query dominates.
     eprintln!(
-        "needing {} | verifying {} | stalled {}",
-        ms(t1 - t0),
+        "adopt {} ({adopted}) | needing {} | verifying {} | stalled {}",
+        ms(ta - t0),
+        ms(t1 - ta),
         ms(t2 - t1),
         ms(t2.elapsed())
     );

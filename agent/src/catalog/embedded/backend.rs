@@ -777,6 +777,12 @@ impl Catalog for EmbeddedCatalog {
         .await
     }
 
+    /// Nothing to adopt: the `copies` table is rebuilt from the document on every write,
+    /// and only Ferry writes this file.
+    async fn adopt_foreign_copies(&self, _limit: u32) -> Result<u64, CatalogError> {
+        Ok(0)
+    }
+
     async fn read_heartbeat(&self, site: &str) -> Result<Option<Heartbeat>, CatalogError> {
         let site = site.to_string();
         let doc = self

@@ -1,7 +1,8 @@
 //! [`MongoCatalog`]: the [`Catalog`] trait over a MongoDB collection.
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bson::{doc, Bson, DateTime, Document};
@@ -18,10 +19,9 @@ use crate::catalog::{
     RegisterCheck, Registered, RunFilter, RunSelector, Transition,
 };
 
-/// Index the site work lists use (see `catalog_schema::index`).
-const HOST_STATUS: &str = "data_host_status";
-/// Index the "runs needing a copy" query uses.
-const WANT: &str = "want";
+/// The per-copy index field Ferry keeps next to `status`: `"<host>/<status>"` (see
+/// [`host_status`]).
+const HOST_STATUS_FIELD: &str = "host_status";
 /// Index the stalled-copy query uses.
 const STATUS_EXPIRES: &str = "data_status_lease_expires";
 
@@ -32,7 +32,29 @@ pub struct MongoCatalog {
     db: Database,
     runs: Collection<Document>,
     heartbeats: Collection<Document>,
+    adoption: Arc<Mutex<Adoption>>,
 }
+
+/// Where [`Catalog::adopt_foreign_copies`] left off.
+///
+/// A query for entries *without* the index field cannot be a point lookup, and the
+/// MongoDB-wire server of the tests answers it by reading every run (2 s for 100,000). So
+/// each call looks only at documents inserted since the previous call (`_id` range:
+/// ObjectIds begin with their creation second; a margin covers clients whose clocks lag),
+/// and a full sweep runs at start-up and then every [`FULL_SWEEP`]. A foreign tool that
+/// adds a copy to an *old* document is therefore adopted within that period.
+#[derive(Debug, Default)]
+struct Adoption {
+    /// When the next full sweep is due (`None`: now).
+    next_full: Option<Instant>,
+    /// Start of the last completed call.
+    since: Option<DateTime>,
+}
+
+/// How often adoption looks at every run.
+const FULL_SWEEP: Duration = Duration::from_secs(3600);
+/// How far before the last call an inserted document's ObjectId may be stamped.
+const CLOCK_MARGIN: Duration = Duration::from_secs(600);
 
 impl std::fmt::Debug for MongoCatalog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -45,7 +67,9 @@ impl std::fmt::Debug for MongoCatalog {
 /// the daemon runs.
 struct Query {
     filter: Document,
-    hint: &'static str,
+    /// `None` where the planner's choice is certain (one equality on a single-field index)
+    /// and a hint would only cost time (the stand-in server is slow with hints).
+    hint: Option<&'static str>,
 }
 
 impl MongoCatalog {
@@ -92,6 +116,7 @@ impl MongoCatalog {
             heartbeats: db.collection(&config.heartbeats),
             db,
             shown,
+            adoption: Arc::default(),
         };
         catalog
             .db
@@ -146,16 +171,16 @@ impl MongoCatalog {
         ];
         let mut out = Vec::new();
         for (name, q) in queries {
-            let cmd = doc! {
-                "explain": {
-                    "find": self.runs.name(),
-                    "filter": q.filter,
-                    "hint": q.hint,
-                    "sort": {"number": 1},
-                    "limit": 100_i64,
-                },
-                "verbosity": "queryPlanner",
+            let mut find = doc! {
+                "find": self.runs.name(),
+                "filter": q.filter,
+                "sort": {"number": 1},
+                "limit": 100_i64,
             };
+            if let Some(h) = q.hint {
+                find.insert("hint", h);
+            }
+            let cmd = doc! { "explain": find, "verbosity": "queryPlanner" };
             let plan = self
                 .db
                 .run_command(cmd)
@@ -244,7 +269,8 @@ impl MongoCatalog {
             .await
             .map_err(|e| classify(&self.shown, op, e))?;
         docs.into_iter()
-            .map(|d| {
+            .map(|mut d| {
+                strip_host_status(&mut d);
                 RunDoc::from_document(d).map_err(|source| CatalogError::BadDocument {
                     catalog: self.shown.clone(),
                     source,
@@ -254,8 +280,7 @@ impl MongoCatalog {
     }
 
     async fn run_query(&self, op: &str, q: Query, limit: u32) -> Result<Vec<RunDoc>, CatalogError> {
-        self.find_docs(op, q.filter, Some(q.hint), Some(limit))
-            .await
+        self.find_docs(op, q.filter, q.hint, Some(limit)).await
     }
 
     async fn transition_as(
@@ -277,7 +302,11 @@ impl MongoCatalog {
         if let (Some(owner), true) = (&t.owner, t.from.is_leased()) {
             elem.insert("lease.owner", owner);
         }
-        let mut set = doc! { "data.$.status": t.to.as_str(), "data.$.updated_time": now };
+        let mut set = doc! {
+            "data.$.status": t.to.as_str(),
+            "data.$.host_status": host_status(&copy.host, t.to),
+            "data.$.updated_time": now,
+        };
         if let Some(sum) = &t.checksum {
             set.insert("data.$.checksum", sum);
             set.insert("data.$.verified_time", now);
@@ -418,24 +447,32 @@ fn needing_copy_query(dest: &str, data_type: &str, sources: &[String]) -> Query 
                 "host": { "$in": sources }, "status": "transferred",
                 "type": type_match(data_type) } },
         },
-        hint: WANT,
+        // No hint: the stand-in server is slow with one, and an equality on `want` leaves
+        // a planner no other index to take (the explain test checks it takes this one).
+        hint: None,
     }
 }
 
 fn in_status_query(host: &str, status: CopyStatus) -> Query {
     Query {
-        filter: doc! { "data": { "$elemMatch": { "host": host, "status": status.as_str() } } },
-        hint: HOST_STATUS,
+        filter: doc! {
+            "data.host_status": host_status(host, status),
+            "data": { "$elemMatch": { "host": host, "status": status.as_str() } },
+        },
+        hint: None,
     }
 }
 
 fn purge_query(host: &str) -> Query {
     Query {
-        filter: doc! { "$and": [
-            { "data": { "$elemMatch": { "host": host, "status": "transferred" } } },
-            { "data": { "$elemMatch": { "host": { "$ne": host }, "status": "transferred" } } },
-        ]},
-        hint: HOST_STATUS,
+        filter: doc! {
+            "data.host_status": host_status(host, CopyStatus::Transferred),
+            "$and": [
+                { "data": { "$elemMatch": { "host": host, "status": "transferred" } } },
+                { "data": { "$elemMatch": { "host": { "$ne": host }, "status": "transferred" } } },
+            ],
+        },
+        hint: None,
     }
 }
 
@@ -445,14 +482,66 @@ fn stalled_query(host: Option<&str>, now: DateTime) -> Query {
         Some(h) => {
             elem.insert("host", h);
             Query {
-                filter: doc! { "data": { "$elemMatch": elem } },
-                hint: HOST_STATUS,
+                filter: doc! {
+                    "data.host_status": host_status(h, CopyStatus::Transferring),
+                    "data": { "$elemMatch": elem },
+                },
+                hint: None,
             }
         }
         None => Query {
             filter: doc! { "data": { "$elemMatch": elem } },
-            hint: STATUS_EXPIRES,
+            hint: Some(STATUS_EXPIRES),
         },
+    }
+}
+
+/// The smallest ObjectId stamped at `seconds` since the epoch (clamped to its 32 bits).
+fn oid_at(seconds: i64) -> bson::oid::ObjectId {
+    let s = u32::try_from(seconds.max(0)).unwrap_or(u32::MAX);
+    let mut bytes = [0u8; 12];
+    bytes[..4].copy_from_slice(&s.to_be_bytes());
+    bson::oid::ObjectId::from_bytes(bytes)
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// The value of a copy's `host_status` index field.
+///
+/// Why the field exists: every site work list asks for "a copy at HOST in STATUS", one
+/// `$elemMatch` over `data[]`. MongoDB answers that from the compound multikey index
+/// `(data.host, data.status)` with both bounds; the MongoDB-wire server the tests use bounds
+/// only `data.host`, and so reads every run that has a copy at the site (3 s for 100,000
+/// runs). One string field per copy, written in the same `$set` as `status`, gives every
+/// server a point lookup. The `$elemMatch` stays in each query, so the field only narrows:
+/// a missing or stale value can hide a copy from a work list, never invent one.
+/// Entries written by other tools lack it until [`Catalog::adopt_foreign_copies`] fills it in.
+fn host_status(host: &str, status: CopyStatus) -> String {
+    format!("{host}/{}", status.as_str())
+}
+
+/// Removes the index field from a document's copies before it is parsed: it is a detail of
+/// this back end, not part of the run document's schema.
+fn strip_host_status(d: &mut Document) {
+    if let Ok(data) = d.get_array_mut("data") {
+        for entry in data.iter_mut() {
+            if let Bson::Document(e) = entry {
+                e.remove(HOST_STATUS_FIELD);
+            }
+        }
+    }
+}
+
+/// A new copy entry as stored: the entry plus its index field.
+fn stored_entry(entry: Bson, host: &str, status: CopyStatus) -> Bson {
+    match entry {
+        Bson::Document(mut e) => {
+            e.insert(HOST_STATUS_FIELD, host_status(host, status));
+            Bson::Document(e)
+        }
+        other => other,
     }
 }
 
@@ -573,7 +662,7 @@ impl Catalog for MongoCatalog {
                 "size": o.manifest.size,
                 "digest": &o.manifest.digest,
             },
-            "$push": { "data": self.bson_of("copy", &c)? },
+            "$push": { "data": stored_entry(self.bson_of("copy", &c)?, &c.host, c.status) },
             "$pull": { "want": tag },
         };
         self.push_event(&mut update, &o.event())?;
@@ -594,7 +683,7 @@ impl Catalog for MongoCatalog {
         );
         // The want goes in the same conditional update: a lost claim leaves it.
         let mut update = doc! {
-            "$push": { "data": self.bson_of("copy", &c)? },
+            "$push": { "data": stored_entry(self.bson_of("copy", &c)?, &c.host, c.status) },
             "$pull": { "want": want_tag(&r.copy.host, &r.copy.data_type) },
         };
         self.push_event(&mut update, &r.event())?;
@@ -761,6 +850,77 @@ impl Catalog for MongoCatalog {
             .await
             .map_err(|e| classify(&self.shown, &op, e))?;
         Ok(())
+    }
+
+    async fn adopt_foreign_copies(&self, limit: u32) -> Result<u64, CatalogError> {
+        let op = "adopt foreign copies";
+        let started = DateTime::now();
+        let (full, since) = {
+            let a = self.adoption.lock().unwrap_or_else(PoisonError::into_inner);
+            (a.next_full.is_none_or(|t| t <= Instant::now()), a.since)
+        };
+        let filter = match (full, since) {
+            // Only the `_id` range, so that every server takes the `_id` index; the few
+            // recent documents are checked here.
+            (false, Some(since)) => {
+                let from = since.timestamp_millis() / 1000 - secs(CLOCK_MARGIN);
+                doc! { "_id": { "$gte": oid_at(from) } }
+            }
+            _ => doc! { "data": { "$elemMatch": { HOST_STATUS_FIELD: { "$exists": false } } } },
+        };
+        let docs: Vec<Document> = self
+            .runs
+            .find(filter)
+            .projection(
+                doc! { "data.host": 1, "data.status": 1, "data.type": 1, "data.host_status": 1 },
+            )
+            .limit(i64::from(limit))
+            .await
+            .map_err(|e| classify(&self.shown, op, e))?
+            .try_collect()
+            .await
+            .map_err(|e| classify(&self.shown, op, e))?;
+        let mut adopted = 0;
+        let seen = docs.len() as u64;
+        for d in docs {
+            let Some(id) = d.get("_id").cloned() else {
+                continue;
+            };
+            let Ok(data) = d.get_array("data") else {
+                continue;
+            };
+            for entry in data {
+                let Bson::Document(e) = entry else { continue };
+                if e.contains_key(HOST_STATUS_FIELD) {
+                    continue;
+                }
+                // Entries of other shapes are left alone; the work lists never match them.
+                let (Ok(host), Ok(status)) = (e.get_str("host"), e.get_str("status")) else {
+                    continue;
+                };
+                let mut elem = doc! {
+                    "host": host, "status": status, HOST_STATUS_FIELD: { "$exists": false },
+                };
+                if let Some(t) = e.get("type") {
+                    elem.insert("type", t.clone());
+                }
+                // Conditional on the status read: a concurrent change makes this a no-op.
+                let set = doc! { "$set": { "data.$.host_status": format!("{host}/{status}") } };
+                let filter = doc! { "_id": id.clone(), "data": { "$elemMatch": elem } };
+                if self.update(op, filter, set).await? == Cas::Done {
+                    adopted += 1;
+                }
+            }
+        }
+        let mut a = self.adoption.lock().unwrap_or_else(PoisonError::into_inner);
+        a.since = Some(started);
+        if seen >= u64::from(limit) {
+            // Cut short by `limit`: the next call sweeps (what is adopted no longer matches).
+            a.next_full = None;
+        } else if full {
+            a.next_full = Some(Instant::now() + FULL_SWEEP);
+        }
+        Ok(adopted)
     }
 
     async fn read_heartbeat(&self, site: &str) -> Result<Option<Heartbeat>, CatalogError> {

@@ -1,0 +1,103 @@
+//! *heartbeat*: this agent's one document in the catalogue (collection `heartbeats`,
+//! `_id` = the site), replaced every cycle, for `ferry check` and for people.
+//!
+//! Besides the fixed fields of [`Heartbeat`] (site, owner id, version, host name, pid,
+//! time written, cycle length), `stats` holds:
+//!
+//! ```text
+//! { cycle_start: <date>, cycle_end: <date>,
+//!   done: N, skipped: N, failed: N,                       // the cycle so far, all tasks
+//!   tasks: { register: { done, skipped, failed }, … },    // per task that ran
+//!   disks: { raw: { path, total_bytes, free_bytes, used_percent } | { path, error } } }
+//! ```
+//!
+//! It runs last in the cycle, so the counts are the whole cycle's but its own; it takes
+//! them from [`super::run_cycle`] (the only task that needs the other tasks' reports).
+
+use bson::{doc, DateTime, Document};
+use tokio_util::sync::CancellationToken;
+
+use super::purge::disk_usage;
+use super::{Context, CycleReport, TaskReport};
+use crate::catalog::Heartbeat;
+
+/// Runs the task: `cycle` is what the cycle did so far, `started` when it began.
+pub async fn run(
+    ctx: &Context,
+    _token: &CancellationToken,
+    cycle: &CycleReport,
+    started: DateTime,
+) -> TaskReport {
+    let mut report = TaskReport::default();
+    let beat = build(ctx, cycle, started, DateTime::now());
+    if ctx.dry_run {
+        report.skipped.push(format!(
+            "dry run: would write the heartbeat of {}",
+            ctx.site.name
+        ));
+        return report;
+    }
+    match ctx.catalog.heartbeat(&beat).await {
+        Ok(()) => report
+            .done
+            .push(format!("heartbeat of {} written", ctx.site.name)),
+        Err(e) => report.failed.push(format!("heartbeat: catalogue: {e}")),
+    }
+    report
+}
+
+/// The heartbeat document for a cycle that began at `started` and ends at `now`.
+pub fn build(ctx: &Context, cycle: &CycleReport, started: DateTime, now: DateTime) -> Heartbeat {
+    let count = |f: fn(&TaskReport) -> usize| -> i64 {
+        let n: usize = cycle.tasks.iter().map(|(_, r)| f(r)).sum();
+        i64::try_from(n).unwrap_or(i64::MAX)
+    };
+    let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    let mut tasks = Document::new();
+    for (task, r) in &cycle.tasks {
+        tasks.insert(
+            format!("{task:?}").to_lowercase(),
+            doc! {
+                "done": as_i64(r.done.len()),
+                "skipped": as_i64(r.skipped.len()),
+                "failed": as_i64(r.failed.len()),
+            },
+        );
+    }
+    let mut disks = Document::new();
+    for (data_type, dir) in &ctx.site.data_dirs {
+        let path = dir.display().to_string();
+        let entry = match disk_usage(dir) {
+            Ok(d) => doc! {
+                "path": path,
+                "total_bytes": i64::try_from(d.total_bytes).unwrap_or(i64::MAX),
+                "free_bytes": i64::try_from(d.free_bytes).unwrap_or(i64::MAX),
+                "used_percent": i32::from(d.used_percent),
+            },
+            Err(e) => doc! { "path": path, "error": e.to_string() },
+        };
+        disks.insert(data_type.clone(), entry);
+    }
+    let millis = now
+        .timestamp_millis()
+        .saturating_sub(started.timestamp_millis())
+        .max(0);
+    Heartbeat {
+        site: ctx.site.name.clone(),
+        owner: ctx.owner.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        hostname: gethostname::gethostname().to_string_lossy().into_owned(),
+        pid: std::process::id(),
+        time: now,
+        cycle_seconds: millis as f64 / 1000.0,
+        stats: doc! {
+            "cycle_start": started,
+            "cycle_end": now,
+            "done": count(|r| r.done.len()),
+            "skipped": count(|r| r.skipped.len()),
+            "failed": count(|r| r.failed.len()),
+            "tasks": tasks,
+            "disks": disks,
+        },
+    }
+}

@@ -1,0 +1,514 @@
+//! *purge*: remove this site's copy of a run once enough verified copies elsewhere protect
+//! it (DESIGN §6).
+//!
+//! [`decide`] is the whole rule, as a pure function of the run document, the policy, the
+//! time, the disk and the operator's request. A copy here (`transferred`, on disk) may go
+//! only when **all** hold:
+//!
+//! - every other `transferred` copy of the type carries the run's digest, and so does this
+//!   one (copies that disagree are never resolved by deleting one);
+//! - at least `min_copies` *other* copies are `transferred` with the run's digest and were
+//!   verified within `max_verify_age`, `min_tape_copies` of them on tape (`protocol: tape`);
+//! - the run is older than `retention` (its `end`, else `start`, else its oldest copy);
+//! - the data directory's file system is fuller than `high_water_mark` (statvfs), **or**
+//!   the operator asked for this run (`--run N` / `--name X`).
+//!
+//! The **absolute guard** comes before the policy and holds whatever the site map says
+//! (even `min_copies: 0`): the last verified copy of a run is never removed
+//! ([`last_copy_guard`]). Removal is then, in order: `transferred → removing` (conditional,
+//! with an audit event); the run document read again and the guard and `min_copies`
+//! checked again (two sites purging the same run at once each see the other go to
+//! `removing`, and both stop); the manifest's files deleted (nothing else, no symbolic link
+//! followed), then the site's completion marker, then directories left empty, the run
+//! directory last; then the entry itself (`remove_copy`, with an audit event). A copy left
+//! in `removing` by a crash is finished on a later cycle, guard permitting; one whose guard
+//! failed keeps its files and is reported every cycle for an operator.
+//!
+//! `--dry-run` reports every file it would delete and why, and changes nothing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bson::DateTime;
+use catalog_schema::{CopyEntry, CopyStatus, RunDoc};
+use tokio_util::sync::CancellationToken;
+
+use super::verify::{copies_in, copy_dir, file_in, remove_file_in, verified_elsewhere};
+use super::{Context, RunScope, TaskReport};
+use crate::catalog::{Cas, CopyRef};
+use crate::config::{CompletionRule, PurgePolicy};
+
+/// Runs asked of the catalogue per query and cycle.
+const BATCH: u32 = 100;
+
+/// The file system holding a directory, as statvfs sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskUsage {
+    /// Bytes in the file system.
+    pub total_bytes: u64,
+    /// Bytes an unprivileged user may still write.
+    pub free_bytes: u64,
+    /// Percentage used, as `df` shows it: used / (used + available), rounded up.
+    pub used_percent: u8,
+}
+
+/// statvfs of `path`.
+pub fn disk_usage(path: &Path) -> std::io::Result<DiskUsage> {
+    let st = rustix::fs::statvfs(path)?;
+    let unit = st.f_frsize.max(1);
+    let used = st.f_blocks.saturating_sub(st.f_bfree);
+    let base = used.saturating_add(st.f_bavail);
+    let pct = if base == 0 {
+        0
+    } else {
+        used.saturating_mul(100).div_ceil(base)
+    };
+    Ok(DiskUsage {
+        total_bytes: st.f_blocks.saturating_mul(unit),
+        free_bytes: st.f_bavail.saturating_mul(unit),
+        used_percent: u8::try_from(pct.min(100)).unwrap_or(100),
+    })
+}
+
+/// Why the disk permits a purge, if it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pressure {
+    /// The disk is this full (percent).
+    Used(u8),
+    /// The operator asked for this run.
+    Asked,
+}
+
+/// Whether the copy `c` of `run` may be removed now: `Ok(why)` or `Err(why not)`.
+/// `used_percent` is the fullness of its data directory's file system (`None`: unknown,
+/// which never counts as over the mark).
+pub fn decide(
+    policy: &PurgePolicy,
+    run: &RunDoc,
+    c: &CopyEntry,
+    now: DateTime,
+    used_percent: Option<u8>,
+    asked: bool,
+) -> Result<String, String> {
+    let Some(digest) = run.digest.as_deref() else {
+        return Err("the run has no manifest digest".into());
+    };
+    if c.checksum.as_deref() != Some(digest) {
+        return Err(format!(
+            "this copy's checksum {} is not the run digest {digest}",
+            c.checksum.as_deref().unwrap_or("(none)")
+        ));
+    }
+    if let Some(o) = run.data.iter().find(|o| {
+        o.data_type == c.data_type
+            && o.host != c.host
+            && o.status == CopyStatus::Transferred
+            && o.checksum.as_deref() != Some(digest)
+    }) {
+        return Err(format!(
+            "copies disagree: {} has {}, the run digest is {digest}",
+            o.host,
+            o.checksum.as_deref().unwrap_or("no checksum")
+        ));
+    }
+    last_copy_guard(run, c)?;
+    let fresh = fresh_copies(run, c, digest, now, policy.max_verify_age);
+    let min = usize::try_from(policy.min_copies).unwrap_or(usize::MAX);
+    if fresh.len() < min {
+        return Err(format!(
+            "{} verified copies elsewhere within {} ({} in all), policy needs {min}",
+            fresh.len(),
+            humantime::format_duration(policy.max_verify_age),
+            verified_elsewhere(run, c, digest).count()
+        ));
+    }
+    let tape = fresh
+        .iter()
+        .filter(|o| o.protocol.as_deref() == Some("tape"))
+        .count();
+    let min_tape = usize::try_from(policy.min_tape_copies).unwrap_or(usize::MAX);
+    if tape < min_tape {
+        return Err(format!("{tape} of them on tape, policy needs {min_tape}"));
+    }
+    let Some(born) = run_time(run) else {
+        return Err("the run's age is unknown (no end, start or copy time)".into());
+    };
+    let age = millis_between(born, now);
+    if age < policy.retention {
+        return Err(format!(
+            "run age {} is under the retention {}",
+            humantime::format_duration(whole_seconds(age)),
+            humantime::format_duration(policy.retention)
+        ));
+    }
+    let pressure = match used_percent {
+        _ if asked => Pressure::Asked,
+        Some(used) if used > policy.high_water_mark => Pressure::Used(used),
+        Some(used) => {
+            return Err(format!(
+                "disk {used}% used, not above the high-water mark {}%, and the run was not \
+                 asked for",
+                policy.high_water_mark
+            ))
+        }
+        None => return Err("disk usage unknown and the run was not asked for".into()),
+    };
+    let hosts: Vec<&str> = fresh.iter().map(|o| o.host.as_str()).collect();
+    Ok(format!(
+        "{} verified copies elsewhere ({}; {tape} on tape), run age {} over retention {}, {}",
+        fresh.len(),
+        hosts.join(", "),
+        humantime::format_duration(whole_seconds(age)),
+        humantime::format_duration(policy.retention),
+        match pressure {
+            Pressure::Asked => "asked for by the operator".to_string(),
+            Pressure::Used(u) => format!(
+                "disk {u}% used over the high-water mark {}%",
+                policy.high_water_mark
+            ),
+        }
+    ))
+}
+
+/// The absolute guard: at least one *other* copy of the type is `transferred` with the
+/// run's digest. Checked before the policy, and again after the copy went to `removing`.
+pub fn last_copy_guard(run: &RunDoc, c: &CopyEntry) -> Result<(), String> {
+    let verified = run
+        .digest
+        .as_deref()
+        .map_or(0, |d| verified_elsewhere(run, c, d).count());
+    if verified == 0 {
+        return Err(
+            "it is the last verified copy of the run; the last copy is never removed".into(),
+        );
+    }
+    Ok(())
+}
+
+/// The other copies of the type, `transferred` with `digest` and verified within `max_age`.
+fn fresh_copies<'r>(
+    run: &'r RunDoc,
+    c: &CopyEntry,
+    digest: &str,
+    now: DateTime,
+    max_age: Duration,
+) -> Vec<&'r CopyEntry> {
+    verified_elsewhere(run, c, digest)
+        .filter(|o| {
+            o.verified_time
+                .is_some_and(|t| millis_between(t, now) <= max_age)
+        })
+        .collect()
+}
+
+/// When the run was taken: `end`, else `start`, else its oldest copy's creation.
+fn run_time(run: &RunDoc) -> Option<DateTime> {
+    run.end
+        .or(run.start)
+        .or_else(|| run.data.iter().filter_map(|c| c.creation_time).min())
+}
+
+/// `later - earlier`, zero when negative.
+fn millis_between(earlier: DateTime, later: DateTime) -> Duration {
+    let ms = later
+        .timestamp_millis()
+        .saturating_sub(earlier.timestamp_millis());
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+fn whole_seconds(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs())
+}
+
+/// Runs the task.
+pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
+    let mut report = TaskReport::default();
+    finish_removals(ctx, token, &mut report).await;
+    if !ctx.site.purge.enabled {
+        report.skipped.push(format!(
+            "purging is disabled for {} in the site map",
+            ctx.site.name
+        ));
+        return report;
+    }
+    let me = &ctx.site.name;
+    let runs = match ctx.catalog.purge_candidates(me, BATCH).await {
+        Ok(runs) => runs,
+        Err(e) => {
+            report
+                .failed
+                .push(format!("purge candidates: catalogue: {e}"));
+            return report;
+        }
+    };
+    let asked = !matches!(ctx.scope, RunScope::All);
+    let mut disks: BTreeMap<String, Option<u8>> = BTreeMap::new();
+    for run in &runs {
+        if !ctx.scope.admits(run.number, run.name.as_deref()) {
+            continue;
+        }
+        for c in run.data.iter().filter(|c| {
+            c.host == *me
+                && c.status == CopyStatus::Transferred
+                && c.protocol.as_deref() != Some("tape")
+        }) {
+            if token.is_cancelled() {
+                return report;
+            }
+            let label = format!("run {} {}@{me}", run.number, c.data_type);
+            let used = *disks
+                .entry(c.data_type.clone())
+                .or_insert_with(|| used_percent(ctx, &c.data_type));
+            let why = match decide(&ctx.site.purge, run, c, DateTime::now(), used, asked) {
+                Ok(why) => why,
+                Err(why_not) => {
+                    report.skipped.push(format!("{label}: kept: {why_not}"));
+                    continue;
+                }
+            };
+            match purge_one(ctx, run, c, &why).await {
+                Ok(lines) if ctx.dry_run => report
+                    .skipped
+                    .extend(lines.into_iter().map(|l| format!("{label}: {l}"))),
+                Ok(_) => report.done.push(format!("{label}: removed: {why}")),
+                Err(e) => {
+                    tracing::error!(site = %me, run = run.number, "purge: {e}");
+                    report.failed.push(format!("{label}: {e}"));
+                }
+            }
+        }
+    }
+    report
+}
+
+fn used_percent(ctx: &Context, data_type: &str) -> Option<u8> {
+    let dir = ctx.site.data_dir(data_type)?;
+    match disk_usage(dir) {
+        Ok(d) => Some(d.used_percent),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), "cannot read the disk usage: {e}");
+            None
+        }
+    }
+}
+
+/// Removes one copy (or, in a dry run, lists what it would delete).
+async fn purge_one(
+    ctx: &Context,
+    run: &RunDoc,
+    c: &CopyEntry,
+    why: &str,
+) -> Result<Vec<String>, String> {
+    let dir = copy_dir(&ctx.site, c)?;
+    let marker = marker(ctx);
+    if ctx.dry_run {
+        let mut lines = vec![format!(
+            "dry run: would remove this copy ({}): {why}",
+            dir.display()
+        )];
+        for path in planned_deletions(&ctx.site.name, &dir, run, marker.as_deref())? {
+            lines.push(format!("dry run: would delete {}", path.display()));
+        }
+        return Ok(lines);
+    }
+    let copy = CopyRef::new(run.key(), &ctx.site.name, &c.data_type);
+    let purge_why = format!("purge: {why}");
+    match ctx
+        .catalog
+        .mark_removing(&copy, CopyStatus::Transferred, &ctx.owner, &purge_why)
+        .await
+        .map_err(|e| format!("{copy}: {e}"))?
+    {
+        Cas::Done => {}
+        Cas::Lost => return Err("the copy changed before it could be marked removing".into()),
+    }
+    // Read again: another site may have removed its copy meanwhile.
+    let now = ctx
+        .catalog
+        .get_run(&run.key())
+        .await
+        .map_err(|e| format!("{copy}: re-reading the run: {e}"))?
+        .ok_or_else(|| format!("{copy}: the run vanished from the catalogue"))?;
+    let min = ctx.site.purge.min_copies.max(1);
+    let still = recheck(&now, c, DateTime::now(), ctx.site.purge.max_verify_age);
+    if still < usize::try_from(min).unwrap_or(usize::MAX) {
+        return Err(format!(
+            "left in `removing` with every file kept: only {still} verified copies remain \
+             elsewhere now (needs {min}); an operator must check the run"
+        ));
+    }
+    delete_and_forget(ctx, &copy, run, &dir, &purge_why).await?;
+    Ok(Vec::new())
+}
+
+/// Other copies of `c`'s type that still protect it: transferred, digest-equal, verified
+/// within `max_age`. Zero when the absolute guard fails.
+fn recheck(run: &RunDoc, c: &CopyEntry, now: DateTime, max_age: Duration) -> usize {
+    match (last_copy_guard(run, c), run.digest.as_deref()) {
+        (Ok(()), Some(d)) => fresh_copies(run, c, d, now, max_age).len(),
+        _ => 0,
+    }
+}
+
+/// The site's completion marker, which goes with the run's files (otherwise the register
+/// task would find a complete run with no files).
+fn marker(ctx: &Context) -> Option<String> {
+    match &ctx.site.completion {
+        CompletionRule::Marker(m) => Some(m.clone()),
+        CompletionRule::QuietPeriod(_) => None,
+    }
+}
+
+/// What deleting the copy would remove: the manifest files present, the marker.
+fn planned_deletions(
+    site: &str,
+    dir: &Path,
+    run: &RunDoc,
+    marker: Option<&str>,
+) -> Result<Vec<PathBuf>, String> {
+    let mut out = Vec::new();
+    for rel in run.files.iter().map(|f| f.path.as_str()).chain(marker) {
+        let path = file_in(site, dir, rel)?;
+        if std::fs::symlink_metadata(&path).is_ok() {
+            out.push(path);
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes the files, then the entry.
+async fn delete_and_forget(
+    ctx: &Context,
+    copy: &CopyRef,
+    run: &RunDoc,
+    dir: &Path,
+    why: &str,
+) -> Result<(), String> {
+    let marker = marker(ctx);
+    let files: Vec<String> = run
+        .files
+        .iter()
+        .map(|f| f.path.clone())
+        .chain(marker)
+        .collect();
+    let owned = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || delete_files(&owned, &files))
+        .await
+        .map_err(|e| format!("delete task failed: {e}"))??;
+    match ctx
+        .catalog
+        .remove_copy(copy, &ctx.owner, why)
+        .await
+        .map_err(|e| format!("{copy}: {e}"))?
+    {
+        Cas::Done => Ok(()),
+        Cas::Lost => Err(format!(
+            "{copy}: files deleted but the entry was no longer `removing`"
+        )),
+    }
+}
+
+/// Deletes `files` below `dir`, then the directories they leave empty, `dir` last.
+/// A directory still holding something else stays.
+fn delete_files(dir: &Path, files: &[String]) -> Result<(), String> {
+    let mut problems = Vec::new();
+    let mut parents: Vec<PathBuf> = Vec::new();
+    for rel in files {
+        if let Err(e) = remove_file_in(dir, rel) {
+            problems.push(e);
+        }
+        let mut p = Path::new(rel).parent();
+        while let Some(sub) = p.filter(|s| !s.as_os_str().is_empty()) {
+            parents.push(dir.join(sub));
+            p = sub.parent();
+        }
+    }
+    if !problems.is_empty() {
+        return Err(format!("cannot delete: {}", problems.join("; ")));
+    }
+    parents.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    parents.dedup();
+    for p in parents.iter().map(PathBuf::as_path).chain([dir]) {
+        // Fails (and keeps it) when something not in the manifest is still there.
+        let _ = std::fs::remove_dir(p);
+    }
+    Ok(())
+}
+
+/// Copies here in `removing`: finish them when the guard holds, report them when not.
+async fn finish_removals(ctx: &Context, token: &CancellationToken, report: &mut TaskReport) {
+    let me = &ctx.site.name;
+    let copies = match copies_in(ctx, me, CopyStatus::Removing).await {
+        Ok(copies) => copies,
+        Err(e) => {
+            report.failed.push(e);
+            return;
+        }
+    };
+    for (run, c) in &copies {
+        if token.is_cancelled() {
+            return;
+        }
+        let label = format!("run {} {}@{me}", run.number, c.data_type);
+        if let Err(why) = last_copy_guard(run, c) {
+            report.failed.push(format!(
+                "{label}: left in `removing` with its files: {why}; an operator must check"
+            ));
+            continue;
+        }
+        if ctx.dry_run {
+            report
+                .skipped
+                .push(format!("{label}: dry run: would finish removing this copy"));
+            continue;
+        }
+        let copy = CopyRef::new(run.key(), me, &c.data_type);
+        let why = "purge: finishing a removal that was cut short";
+        let outcome = match c.location.as_deref().map(Path::new) {
+            Some(loc) if loc.exists() => match copy_dir(&ctx.site, c) {
+                Ok(dir) => delete_and_forget(ctx, &copy, run, &dir, why).await,
+                Err(e) => Err(e),
+            },
+            _ => match ctx.catalog.remove_copy(&copy, &ctx.owner, why).await {
+                Ok(Cas::Done) => Ok(()),
+                Ok(Cas::Lost) => Err(format!("{copy}: the entry was no longer `removing`")),
+                Err(e) => Err(format!("{copy}: {e}")),
+            },
+        };
+        match outcome {
+            Ok(()) => report.done.push(format!("{label}: removal finished")),
+            Err(e) => report.failed.push(format!("{label}: {e}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_usage_of_tmp_is_sane() {
+        let d = disk_usage(Path::new("/tmp")).unwrap();
+        assert!(d.total_bytes > 0);
+        assert!(d.free_bytes <= d.total_bytes);
+        assert!(d.used_percent <= 100);
+    }
+
+    #[test]
+    fn empty_directories_left_behind_are_removed_but_not_foreign_files() {
+        let d = tempfile::tempdir().unwrap();
+        let run = d.path().join("Run1");
+        std::fs::create_dir_all(run.join("a/b")).unwrap();
+        std::fs::create_dir_all(run.join("c")).unwrap();
+        std::fs::write(run.join("a/b/x"), b"x").unwrap();
+        std::fs::write(run.join("c/y"), b"y").unwrap();
+        std::fs::write(run.join("c/not-in-manifest"), b"z").unwrap();
+        delete_files(&run, &["a/b/x".into(), "c/y".into()]).unwrap();
+        assert!(!run.join("a").exists());
+        assert!(run.join("c/not-in-manifest").exists());
+        std::fs::remove_file(run.join("c/not-in-manifest")).unwrap();
+        delete_files(&run, &["a/b/x".into(), "c/y".into()]).unwrap();
+        assert!(!run.exists());
+    }
+}

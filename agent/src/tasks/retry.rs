@@ -1,0 +1,597 @@
+//! *retry*: take back copies whose agent died, and try failed copies again, with backoff and
+//! a limit.
+//!
+//! This site is **responsible** for the copies its agent makes: the destinations of the
+//! links it initiates (its `push_to` sites, and itself for its `pull_from` sites). For each
+//! such destination, every cycle:
+//!
+//! 1. **stalled** copies (`transferring`, lease expired; [`Catalog::stalled_copies`]) are
+//!    reclaimed with [`Catalog::reclaim_stalled`] (one conditional update: exactly one
+//!    reclaimer wins, `attempts` goes up) and copied again at once;
+//! 2. **failed** copies (`error`) are classified from `last_error` ([`FailureClass`], as
+//!    FTS3 does) and
+//!    - `[retryable]` (connection cut, timeout, catalogue, a lost lease) and `[checksum]`
+//!      (the bytes at the destination did not match) are retried once their backoff has
+//!      passed: [`backoff`] after `updated_time`, doubling with each attempt;
+//!    - `[checksum]` after [`SUSPECT_SOURCE_AFTER`] mismatches since the source copy was
+//!      last verified: the source is suspected, its copy goes to `verifying` (its site's
+//!      verify task re-hashes it) and the retry waits until it is `transferred` again;
+//!    - `[fatal]` (permission denied, no space, a missing source file, a refused path,
+//!      authentication) is never retried on its own: it is listed as failed every cycle
+//!      until an operator fixes the cause and asks for the run (`--run N` / `--name X`);
+//!    - at [`MAX_ATTEMPTS`] the copy is given up: a failed line every cycle and an `error`
+//!      log, no further attempt unless an operator asks for the run.
+//!
+//!    A run the operator names is retried at once: past the class, the limit and the
+//!    backoff, one attempt per invocation.
+//!
+//! **How a retried copy re-enters the push path**: the responsible agent moves the entry
+//! `error → transferring` itself (a conditional update on the status; the catalogue gives it
+//! the lease and counts the attempt), then runs the same copy as a fresh claim,
+//! `push::transfer_claimed`, from a source holding a verified copy. The entry is
+//! kept (not removed and requested again), so `attempts` and the audit trail of earlier
+//! failures survive: the limit and the suspect-source rule are counted from them.
+//!
+//! The classes are written by push (and verify) as a stable prefix of `last_error`:
+//! `[retryable] …`, `[checksum] …`, `[fatal] …`. Text without a prefix (an older agent,
+//! another tool) is classified by the same words FTS3 looks for, else taken as retryable.
+//! Only the `local` method is built; other copies are reported as skipped.
+//!
+//! [`Catalog::stalled_copies`]: crate::catalog::Catalog::stalled_copies
+//! [`Catalog::reclaim_stalled`]: crate::catalog::Catalog::reclaim_stalled
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bson::DateTime;
+use catalog_schema::{CopyEntry, CopyStatus, RunDoc};
+use tokio_util::sync::CancellationToken;
+
+use super::push::{self, LEASE};
+use super::verify::copies_in;
+use super::{Context, RunScope, TaskReport};
+use crate::catalog::{Cas, Claim, CopyRef, Transition};
+use crate::config::{Site, TransferMethod};
+use crate::transport::TransportError;
+
+/// Attempts after which a copy is given up.
+pub const MAX_ATTEMPTS: i64 = 5;
+/// The wait before the first retry; doubled with each attempt.
+pub const BACKOFF_BASE: Duration = Duration::from_secs(60);
+/// The longest wait between two attempts.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(3600);
+/// Checksum mismatches from one source (since it was last verified) that make it suspect.
+pub const SUSPECT_SOURCE_AFTER: usize = 2;
+/// Runs asked of the catalogue for stalled copies per destination and cycle.
+const BATCH: u32 = 100;
+
+/// How a failed copy may be retried (FTS3's classification).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FailureClass {
+    /// Transient: a cut connection, a timeout, the catalogue, a lost lease. Retry later.
+    Retryable,
+    /// The bytes did not match the manifest. Copy again from a verified source; suspect the
+    /// source after repeats.
+    Checksum,
+    /// Needs a person: permission denied, no space, a missing source file, a refused path.
+    Fatal,
+}
+
+impl FailureClass {
+    /// The stable prefix stored at the start of `last_error`.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Self::Retryable => "[retryable]",
+            Self::Checksum => "[checksum]",
+            Self::Fatal => "[fatal]",
+        }
+    }
+
+    /// The class of a transport failure.
+    pub fn of_transport(e: &TransportError) -> Self {
+        match e {
+            TransportError::ChecksumMismatch { .. } => Self::Checksum,
+            e if e.is_retryable() => Self::Retryable,
+            _ => Self::Fatal,
+        }
+    }
+
+    /// The class of a stored `last_error`: its prefix, else the words FTS3 looks for, else
+    /// [`FailureClass::Retryable`] (the attempt limit still bounds it).
+    pub fn classify(last_error: &str) -> Self {
+        let text = last_error.trim_start();
+        for class in [Self::Retryable, Self::Checksum, Self::Fatal] {
+            if text.starts_with(class.tag()) {
+                return class;
+            }
+        }
+        let lower = text.to_lowercase();
+        const FATAL: [&str; 6] = [
+            "permission denied",
+            "no space left",
+            "no such file",
+            "authentication failed",
+            "host key",
+            "refused:",
+        ];
+        if FATAL.iter().any(|w| lower.contains(w)) {
+            Self::Fatal
+        } else if lower.contains("checksum mismatch") || lower.contains("digest") {
+            Self::Checksum
+        } else {
+            Self::Retryable
+        }
+    }
+}
+
+/// A failure as recorded in `last_error`: `[class] text`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// How it may be retried.
+    pub class: FailureClass,
+    /// What happened, with the site and the files concerned.
+    pub text: String,
+}
+
+impl Failure {
+    /// A failure of this class.
+    pub fn new(class: FailureClass, text: String) -> Self {
+        Failure { class, text }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.class.tag(), self.text)
+    }
+}
+
+/// The wait after a copy's `attempts`-th attempt failed: [`BACKOFF_BASE`] × 2^attempts,
+/// at most [`BACKOFF_CAP`].
+pub fn backoff(attempts: i64) -> Duration {
+    let exp = u32::try_from(attempts.clamp(0, 16)).unwrap_or(16);
+    BACKOFF_BASE
+        .saturating_mul(2u32.saturating_pow(exp))
+        .min(BACKOFF_CAP)
+}
+
+/// A destination this agent copies to, and the sites it copies from (link order).
+struct Route<'a> {
+    dest: &'a Site,
+    sources: Vec<&'a Site>,
+}
+
+/// The destinations of the links this site initiates (pushes from it, pulls into it).
+fn routes(ctx: &Context) -> Vec<Route<'_>> {
+    let mut out: Vec<Route<'_>> = Vec::new();
+    for link in ctx.map.links() {
+        if link.initiator != ctx.site.name {
+            continue;
+        }
+        let (Some(dest), Some(src)) = (ctx.map.site(&link.to), ctx.map.site(&link.from)) else {
+            continue;
+        };
+        match out.iter_mut().find(|r| r.dest.name == dest.name) {
+            Some(r) => r.sources.push(src),
+            None => out.push(Route {
+                dest,
+                sources: vec![src],
+            }),
+        }
+    }
+    out
+}
+
+/// Runs the task.
+pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
+    let mut report = TaskReport::default();
+    for route in routes(ctx) {
+        if token.is_cancelled() {
+            break;
+        }
+        reclaim_stalled(ctx, &route, token, &mut report).await;
+        retry_failed(ctx, &route, token, &mut report).await;
+    }
+    report
+}
+
+/// Where a copy can be copied from again.
+struct Source {
+    site: String,
+    dir: PathBuf,
+    digest: String,
+    /// When the source copy was last verified.
+    verified: Option<DateTime>,
+}
+
+/// The first of `route.sources` holding a verified copy (transferred, with the run's
+/// digest) of `data_type`.
+fn verified_source(route: &Route<'_>, run: &RunDoc, data_type: &str) -> Option<Source> {
+    let digest = run.digest.clone()?;
+    route.sources.iter().find_map(|s| {
+        let c = run.copy(&s.name, data_type)?;
+        if c.status != CopyStatus::Transferred || c.checksum.as_deref() != Some(&digest) {
+            return None;
+        }
+        Some(Source {
+            site: s.name.clone(),
+            dir: PathBuf::from(c.location.clone()?),
+            digest: digest.clone(),
+            verified: c.verified_time,
+        })
+    })
+}
+
+/// Why this version cannot copy between the two sites, if it cannot.
+fn unsupported(src: &str, route: &Route<'_>, ctx: &Context) -> Option<String> {
+    let src_local = ctx
+        .map
+        .site(src)
+        .is_some_and(|s| s.method == TransferMethod::Local);
+    if !src_local || route.dest.method != TransferMethod::Local {
+        return Some(format!(
+            "{src} -> {}: only `local` copies are built in this version",
+            route.dest.name
+        ));
+    }
+    None
+}
+
+async fn reclaim_stalled(
+    ctx: &Context,
+    route: &Route<'_>,
+    token: &CancellationToken,
+    report: &mut TaskReport,
+) {
+    let now = DateTime::now();
+    let dest = &route.dest.name;
+    let runs = match ctx.catalog.stalled_copies(Some(dest), now, BATCH).await {
+        Ok(runs) => runs,
+        Err(e) => {
+            report
+                .failed
+                .push(format!("stalled copies at {dest}: catalogue: {e}"));
+            return;
+        }
+    };
+    let in_scope = runs
+        .iter()
+        .filter(|run| ctx.scope.admits(run.number, run.name.as_deref()));
+    for run in in_scope {
+        for c in run
+            .data
+            .iter()
+            .filter(|c| c.host == *dest && c.is_stalled(now))
+        {
+            if token.is_cancelled() {
+                return;
+            }
+            let outcome = reclaim_one(ctx, route, run, c).await;
+            note(ctx, report, run, c, outcome);
+        }
+    }
+}
+
+/// What happened to one copy.
+enum Step {
+    Done(String),
+    Skipped(String),
+}
+
+async fn reclaim_one(
+    ctx: &Context,
+    route: &Route<'_>,
+    run: &RunDoc,
+    c: &CopyEntry,
+) -> Result<Step, String> {
+    let Some(stale) = c.lease.as_ref().map(|l| l.owner.clone()) else {
+        return Ok(Step::Skipped("no lease to reclaim".into()));
+    };
+    let Some(src) = verified_source(route, run, &c.data_type) else {
+        return Ok(Step::Skipped(format!(
+            "stalled (lease of {stale} expired) but no verified source to copy from"
+        )));
+    };
+    if let Some(why) = unsupported(&src.site, route, ctx) {
+        return Ok(Step::Skipped(why));
+    }
+    if ctx.dry_run {
+        return Ok(Step::Skipped(format!(
+            "dry run: would reclaim from {stale} (lease expired) and copy again from {}",
+            src.site
+        )));
+    }
+    let copy = CopyRef::new(run.key(), &route.dest.name, &c.data_type);
+    match ctx
+        .catalog
+        .reclaim_stalled(&copy, &stale, &ctx.owner, LEASE)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        Claim::Won(_) => {}
+        Claim::Lost => return Ok(Step::Skipped("reclaimed by another agent".into())),
+    }
+    let attempts = c.attempts.saturating_add(1);
+    if attempts > MAX_ATTEMPTS {
+        let why = Failure::new(
+            FailureClass::Retryable,
+            format!(
+                "stalled again (lease of {stale} expired) after {} attempts",
+                c.attempts
+            ),
+        );
+        push::fail(ctx, &copy, &why).await;
+        return Err(format!("gave up: {why}"));
+    }
+    copy_again(ctx, route, run, &copy, &src).await?;
+    Ok(Step::Done(format!(
+        "reclaimed from {stale} (lease expired), copied from {} (attempt {attempts})",
+        src.site
+    )))
+}
+
+/// The copy in `transferring`, leased by this agent: copies it from `src`.
+async fn copy_again(
+    ctx: &Context,
+    route: &Route<'_>,
+    run: &RunDoc,
+    copy: &CopyRef,
+    src: &Source,
+) -> Result<(), String> {
+    let dst_dir = push::run_dir(route.dest, &copy.data_type, run)?
+        .ok_or_else(|| format!("{} has no {} directory", route.dest.name, copy.data_type))?;
+    push::transfer_claimed(
+        ctx,
+        copy,
+        &src.site,
+        src.dir.clone(),
+        dst_dir,
+        run,
+        &src.digest,
+    )
+    .await
+}
+
+async fn retry_failed(
+    ctx: &Context,
+    route: &Route<'_>,
+    token: &CancellationToken,
+    report: &mut TaskReport,
+) {
+    let copies = match copies_in(ctx, &route.dest.name, CopyStatus::Error).await {
+        Ok(copies) => copies,
+        Err(e) => {
+            report.failed.push(e);
+            return;
+        }
+    };
+    for (run, c) in &copies {
+        if token.is_cancelled() {
+            return;
+        }
+        let outcome = retry_one(ctx, route, run, c).await;
+        note(ctx, report, run, c, outcome);
+    }
+}
+
+/// Files one copy's outcome in the report (and logs a failure).
+fn note(
+    ctx: &Context,
+    report: &mut TaskReport,
+    run: &RunDoc,
+    c: &CopyEntry,
+    outcome: Result<Step, String>,
+) {
+    let label = format!("run {} {} at {}", run.number, c.data_type, c.host);
+    match outcome {
+        Ok(Step::Done(what)) => report.done.push(format!("{label}: {what}")),
+        Ok(Step::Skipped(why)) => report.skipped.push(format!("{label}: {why}")),
+        Err(e) => {
+            tracing::error!(site = %ctx.site.name, run = run.number, dest = %c.host, "{e}");
+            report.failed.push(format!("{label}: {e}"));
+        }
+    }
+}
+
+async fn retry_one(
+    ctx: &Context,
+    route: &Route<'_>,
+    run: &RunDoc,
+    c: &CopyEntry,
+) -> Result<Step, String> {
+    let last = c.last_error.clone().unwrap_or_default();
+    let class = FailureClass::classify(&last);
+    // `--run N` / `--name X`: the operator asks for this run now, past the limit, the
+    // class and the backoff (once per invocation).
+    let asked = !matches!(ctx.scope, RunScope::All);
+    let hint = format!(
+        "fix the cause, then `ferry --once --task retry --run {}`",
+        run.number
+    );
+    if c.attempts >= MAX_ATTEMPTS && !asked {
+        return Err(format!(
+            "gave up after {} attempts (limit {MAX_ATTEMPTS}; {hint}); last error: {last}",
+            c.attempts
+        ));
+    }
+    if class == FailureClass::Fatal && !asked {
+        return Err(format!("not retried (needs an operator: {hint}): {last}"));
+    }
+    let wait = backoff(c.attempts);
+    let since = c.updated_time.unwrap_or(DateTime::from_millis(0));
+    let due = crate::catalog::after(since, wait);
+    if DateTime::now() < due && !asked {
+        return Ok(Step::Skipped(format!(
+            "attempt {} of {MAX_ATTEMPTS} after {} (backoff {}): {last}",
+            c.attempts.saturating_add(1),
+            due.try_to_rfc3339_string().unwrap_or_default(),
+            humantime::format_duration(wait)
+        )));
+    }
+    let Some(src) = verified_source(route, run, &c.data_type) else {
+        return Ok(Step::Skipped(
+            "no verified source to copy from (waiting for one)".into(),
+        ));
+    };
+    if let Some(why) = unsupported(&src.site, route, ctx) {
+        return Ok(Step::Skipped(why));
+    }
+    if class == FailureClass::Checksum {
+        let n = mismatches_since(run, c, src.verified);
+        if n >= SUSPECT_SOURCE_AFTER {
+            return suspect_source(ctx, run, c, &src, n).await;
+        }
+    }
+    if ctx.dry_run {
+        return Ok(Step::Skipped(format!(
+            "dry run: would retry ({}) from {}, attempt {}",
+            class.tag(),
+            src.site,
+            c.attempts.saturating_add(1)
+        )));
+    }
+    let copy = CopyRef::new(run.key(), &route.dest.name, &c.data_type);
+    let mut take = Transition::new(
+        CopyStatus::Error,
+        CopyStatus::Transferring,
+        Some(&ctx.owner),
+        &ctx.owner,
+    );
+    take.lease_for = LEASE;
+    take.reason = Some(format!(
+        "retry {} of {MAX_ATTEMPTS} from {} after {}",
+        c.attempts.saturating_add(1),
+        src.site,
+        class.tag()
+    ));
+    match ctx
+        .catalog
+        .transition(&copy, &take)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        Cas::Done => {}
+        Cas::Lost => {
+            return Ok(Step::Skipped("taken by another agent".into()));
+        }
+    }
+    copy_again(ctx, route, run, &copy, &src).await?;
+    Ok(Step::Done(format!(
+        "retried from {} (attempt {}) after {}",
+        src.site,
+        c.attempts.saturating_add(1),
+        class.tag()
+    )))
+}
+
+/// Checksum failures of copy `c` recorded in the run's audit trail after `since` (the
+/// source's last verification; all of them when it was never verified).
+fn mismatches_since(run: &RunDoc, c: &CopyEntry, since: Option<DateTime>) -> usize {
+    let marker = format!("-> error: {}", FailureClass::Checksum.tag());
+    run.events
+        .iter()
+        .filter(|e| {
+            e.host.as_deref() == Some(c.host.as_str())
+                && e.data_type.as_deref() == Some(c.data_type.as_str())
+                && e.reason.as_deref().is_some_and(|r| r.contains(&marker))
+                && since.is_none_or(|t| e.time > t)
+        })
+        .count()
+}
+
+/// Sends the source copy to `verifying` (no lease: its site's verify task takes it at
+/// once); the retry waits until it is verified again.
+async fn suspect_source(
+    ctx: &Context,
+    run: &RunDoc,
+    c: &CopyEntry,
+    src: &Source,
+    mismatches: usize,
+) -> Result<Step, String> {
+    let why = format!(
+        "{mismatches} checksum mismatches copying from {} to {} since {} was last verified",
+        src.site, c.host, src.site
+    );
+    if ctx.dry_run {
+        return Ok(Step::Skipped(format!(
+            "dry run: would send {}'s copy to verifying: {why}",
+            src.site
+        )));
+    }
+    let source_copy = CopyRef::new(run.key(), &src.site, &c.data_type);
+    let mut change = Transition::new(
+        CopyStatus::Transferred,
+        CopyStatus::Verifying,
+        None,
+        &ctx.owner,
+    );
+    change.reason = Some(format!("source suspected: {why}"));
+    tracing::warn!(run = run.number, source = %src.site, "source suspected: {why}");
+    match ctx.catalog.transition(&source_copy, &change).await {
+        Ok(Cas::Done) => Ok(Step::Skipped(format!(
+            "source suspected ({why}): sent {}'s copy to verifying; the retry waits for it",
+            src.site
+        ))),
+        Ok(Cas::Lost) => Ok(Step::Skipped(format!(
+            "source suspected ({why}) but its copy changed meanwhile"
+        ))),
+        Err(e) => Err(format!("{source_copy}: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_round_trip_and_win_over_words() {
+        for class in [
+            FailureClass::Retryable,
+            FailureClass::Checksum,
+            FailureClass::Fatal,
+        ] {
+            let f = Failure::new(class, "from daq: permission denied".into());
+            assert_eq!(FailureClass::classify(&f.to_string()), class);
+        }
+    }
+
+    #[test]
+    fn unprefixed_text_is_classified_like_fts3() {
+        use FailureClass::*;
+        let cases = [
+            ("local: /x: permission denied (while open)", Fatal),
+            (
+                "mirror: /x: no space left on device (need 5 more bytes)",
+                Fatal,
+            ),
+            ("daq: /x: no such file or directory (while open)", Fatal),
+            (
+                "mirror: a: checksum mismatch: expected 1, found 2",
+                Checksum,
+            ),
+            ("mirror: connection lost while writing a", Retryable),
+            ("", Retryable),
+        ];
+        for (text, class) in cases {
+            assert_eq!(FailureClass::classify(text), class, "{text}");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        assert_eq!(backoff(0), Duration::from_secs(60));
+        assert_eq!(backoff(1), Duration::from_secs(120));
+        assert_eq!(backoff(3), Duration::from_secs(480));
+        assert_eq!(backoff(10), BACKOFF_CAP);
+        assert_eq!(backoff(-4), Duration::from_secs(60));
+        assert_eq!(backoff(i64::MAX), BACKOFF_CAP);
+    }
+
+    #[test]
+    fn the_worst_class_wins() {
+        use FailureClass::*;
+        assert_eq!(Some(Retryable).max(Some(Checksum)), Some(Checksum));
+        assert_eq!(Some(Fatal).max(Some(Checksum)), Some(Fatal));
+    }
+}

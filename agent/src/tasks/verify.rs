@@ -1,0 +1,449 @@
+//! *verify*: re-hash this site's copies in `verifying` and mark them `transferred` or
+//! `error`.
+//!
+//! Copies reach `verifying` when a copy finished writing but its agent did not record the
+//! result (it died between the two steps), when the audit task sends a `transferred` copy
+//! back for a re-hash, and when the retry task suspects a source. For each one:
+//!
+//! 1. **take over** only a copy no live process is working on: no lease, an expired
+//!    lease, this agent's own lease, or the lease of a process of this host that is gone
+//!    (owner ids are `site@host:pid`; `/proc/PID` tells). A lease held by a live process or
+//!    by another host, not expired, is left alone: a push holds its copy in `verifying`
+//!    between its read-back and its record. The final update names the lease owner seen, so
+//!    if anyone changed the copy meanwhile it is lost, not overwritten;
+//! 2. **re-hash** every file of the manifest below the copy's directory (which must lie in
+//!    the site's data directory for the type; symbolic links are never followed) with
+//!    [`checksum::hash_file`], and compute the run digest over what was measured;
+//! 3. **record**: `verifying → transferred` with the measured digest when every file and
+//!    the digest match; otherwise `verifying → error` with `[checksum]`, both digests and
+//!    the bad files named. The bad files are then removed so the re-copy starts clean, but
+//!    only when another verified copy of the run exists to restore them from: the last
+//!    copy of a run is never made smaller, even when it is damaged.
+//!
+//! Tape copies are verified by the tape task, not here. Helpers that find a copy's files
+//! on disk safely (`copy_dir`, `file_in`, `copies_in`) are shared with the purge task.
+
+use std::path::{Path, PathBuf};
+
+use bson::DateTime;
+use catalog_schema::{CopyEntry, CopyStatus, FileEntry, RunDoc};
+use tokio_util::sync::CancellationToken;
+
+use super::retry::{Failure, FailureClass};
+use super::{Context, TaskReport};
+use crate::catalog::{Cas, CopyRef, Transition};
+use crate::checksum::{self, ChecksumError, ManifestLine};
+use crate::config::Site;
+use crate::transport::run::check_relative;
+
+/// Runs asked of the catalogue per cycle.
+const BATCH: u32 = 100;
+
+/// Runs the task.
+pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
+    let mut report = TaskReport::default();
+    let me = &ctx.site.name;
+    let copies = match copies_in(ctx, me, CopyStatus::Verifying).await {
+        Ok(copies) => copies,
+        Err(e) => {
+            report.failed.push(e);
+            return report;
+        }
+    };
+    for (run, c) in &copies {
+        if token.is_cancelled() {
+            break;
+        }
+        let label = format!("run {} {}@{me}", run.number, c.data_type);
+        match verify_one(ctx, run, c).await {
+            Ok(Verdict::Good(what)) => report.done.push(format!("{label}: {what}")),
+            Ok(Verdict::Skipped(why)) => report.skipped.push(format!("{label}: {why}")),
+            Ok(Verdict::Bad(why)) | Err(why) => {
+                tracing::error!(site = %me, run = run.number, "{why}");
+                report.failed.push(format!("{label}: {why}"));
+            }
+        }
+    }
+    report
+}
+
+/// The copies at `host` in `status` of the runs in scope, each with its run (one indexed
+/// catalogue query, at most [`BATCH`] runs).
+pub(super) async fn copies_in(
+    ctx: &Context,
+    host: &str,
+    status: CopyStatus,
+) -> Result<Vec<(RunDoc, CopyEntry)>, String> {
+    let runs = ctx
+        .catalog
+        .copies_in_status(host, status, BATCH)
+        .await
+        .map_err(|e| format!("{status} copies at {host}: catalogue: {e}"))?;
+    let mut out = Vec::new();
+    for run in runs {
+        if !ctx.scope.admits(run.number, run.name.as_deref()) {
+            continue;
+        }
+        for c in run
+            .data
+            .iter()
+            .filter(|c| c.host == host && c.status == status)
+        {
+            out.push((run.clone(), c.clone()));
+        }
+    }
+    Ok(out)
+}
+
+/// The run digest over measured `(path, size, sha256 hex)` lines.
+pub(super) fn digest_of(measured: &[(String, u64, String)]) -> Result<String, ChecksumError> {
+    let lines: Vec<ManifestLine<'_>> = measured
+        .iter()
+        .map(|(path, size, sha256)| ManifestLine {
+            path,
+            size: *size,
+            sha256,
+        })
+        .collect();
+    checksum::run_digest(&lines)
+}
+
+/// The outcome for one copy.
+enum Verdict {
+    /// Matched; recorded `transferred`.
+    Good(String),
+    /// Did not match; recorded `error`.
+    Bad(String),
+    /// Left alone.
+    Skipped(String),
+}
+
+async fn verify_one(ctx: &Context, run: &RunDoc, c: &CopyEntry) -> Result<Verdict, String> {
+    if c.protocol.as_deref() == Some("tape") {
+        return Ok(Verdict::Skipped(
+            "a tape copy: verified by the tape task".into(),
+        ));
+    }
+    let Some(digest) = run.digest.clone() else {
+        return Ok(Verdict::Skipped("no manifest to verify against".into()));
+    };
+    let lease_owner = match may_take(ctx, c, DateTime::now()) {
+        Ok(owner) => owner,
+        Err(why) => return Ok(Verdict::Skipped(why)),
+    };
+    let dir = copy_dir(&ctx.site, c)?;
+    if ctx.dry_run {
+        return Ok(Verdict::Skipped(format!(
+            "dry run: would re-hash {} files in {}",
+            run.files.len(),
+            dir.display()
+        )));
+    }
+    let files = run.files.clone();
+    let site = ctx.site.name.clone();
+    let hash_dir = dir.clone();
+    let rehash = tokio::task::spawn_blocking(move || rehash(&site, &hash_dir, &files))
+        .await
+        .map_err(|e| format!("re-hash task failed: {e}"))?;
+    let copy = CopyRef::new(run.key(), &ctx.site.name, &c.data_type);
+    let owner = lease_owner.as_deref();
+    if rehash.bad.is_empty() && rehash.digest.as_deref() == Some(digest.as_str()) {
+        let mut change = Transition::new(
+            CopyStatus::Verifying,
+            CopyStatus::Transferred,
+            owner,
+            &ctx.owner,
+        );
+        change.checksum = Some(digest.clone());
+        change.reason = Some(format!(
+            "re-hashed {} files at {}: run digest matches",
+            run.files.len(),
+            ctx.site.name
+        ));
+        return match record(ctx, &copy, &change).await? {
+            Cas::Done => Ok(Verdict::Good(format!(
+                "{} files re-hashed in {}, digest {digest}",
+                run.files.len(),
+                dir.display()
+            ))),
+            Cas::Lost => Ok(Verdict::Skipped(
+                "changed by another agent while it was hashed".into(),
+            )),
+        };
+    }
+    let restorable = verified_elsewhere(run, c, &digest).next().is_some();
+    let bad: Vec<String> = rehash
+        .bad
+        .iter()
+        .map(|b| format!("{} ({})", b.path, b.why))
+        .collect();
+    let failure = Failure::new(
+        FailureClass::Checksum,
+        format!(
+            "verify at {}: {}: run digest measured {}, manifest {digest}; bad files: {}; {}",
+            ctx.site.name,
+            dir.display(),
+            rehash.digest.as_deref().unwrap_or("(no file readable)"),
+            if bad.is_empty() {
+                "none (the digest differs)".to_string()
+            } else {
+                bad.join(", ")
+            },
+            if restorable {
+                "bad files removed for the re-copy"
+            } else {
+                "bad files kept: no other verified copy of the run exists"
+            }
+        ),
+    );
+    let mut change = Transition::new(CopyStatus::Verifying, CopyStatus::Error, owner, &ctx.owner);
+    change.error = Some(failure.to_string());
+    change.reason = Some(failure.to_string());
+    if record(ctx, &copy, &change).await? == Cas::Lost {
+        return Ok(Verdict::Skipped(
+            "changed by another agent while it was hashed".into(),
+        ));
+    }
+    if restorable {
+        let mut problems = Vec::new();
+        for b in &rehash.bad {
+            if let Err(e) = remove_file_in(&dir, &b.path) {
+                problems.push(e);
+            }
+        }
+        if !problems.is_empty() {
+            return Ok(Verdict::Bad(format!(
+                "{failure}; but removing failed: {}",
+                problems.join("; ")
+            )));
+        }
+    }
+    Ok(Verdict::Bad(failure.to_string()))
+}
+
+async fn record(ctx: &Context, copy: &CopyRef, change: &Transition) -> Result<Cas, String> {
+    ctx.catalog
+        .transition(copy, change)
+        .await
+        .map_err(|e| format!("{copy}: {e}"))
+}
+
+/// The lease owner to name in the final update (`None`: the copy has no lease), or why the
+/// copy must be left alone.
+fn may_take(ctx: &Context, c: &CopyEntry, now: DateTime) -> Result<Option<String>, String> {
+    let Some(lease) = &c.lease else {
+        return Ok(None);
+    };
+    let taken = lease.expires < now
+        || lease.owner == ctx.owner
+        || is_dead_local_process(&lease.owner, &ctx.owner);
+    if taken {
+        Ok(Some(lease.owner.clone()))
+    } else {
+        Err(format!(
+            "held by {} until {} (a live agent is working on it)",
+            lease.owner,
+            lease.expires.try_to_rfc3339_string().unwrap_or_default()
+        ))
+    }
+}
+
+/// The host and pid of an owner id `site@host:pid`.
+fn host_pid(owner: &str) -> Option<(&str, u32)> {
+    let (_, rest) = owner.split_once('@')?;
+    let (host, pid) = rest.rsplit_once(':')?;
+    Some((host, pid.parse().ok()?))
+}
+
+/// Whether `owner` was a process on this agent's host (`ours`'s host) that has exited.
+fn is_dead_local_process(owner: &str, ours: &str) -> bool {
+    match (host_pid(owner), host_pid(ours)) {
+        (Some((host, pid)), Some((our_host, _))) if host == our_host => {
+            !Path::new("/proc").join(pid.to_string()).exists()
+        }
+        _ => false,
+    }
+}
+
+/// The other copies of `c`'s type that are `transferred` with the run's digest.
+pub(super) fn verified_elsewhere<'r>(
+    run: &'r RunDoc,
+    c: &CopyEntry,
+    digest: &str,
+) -> impl Iterator<Item = &'r CopyEntry> + 'r {
+    let (host, data_type, digest) = (c.host.clone(), c.data_type.clone(), digest.to_string());
+    run.data.iter().filter(move |o| {
+        o.data_type == data_type
+            && o.host != host
+            && o.status == CopyStatus::Transferred
+            && o.checksum.as_deref() == Some(digest.as_str())
+    })
+}
+
+/// A manifest file that does not match.
+struct BadFile {
+    path: String,
+    why: String,
+}
+
+/// What re-hashing a copy found.
+struct Rehash {
+    /// The run digest over the files that could be read (`None`: none could).
+    digest: Option<String>,
+    bad: Vec<BadFile>,
+}
+
+/// Hashes every manifest file below `dir` and compares it with the manifest. Blocking.
+fn rehash(site: &str, dir: &Path, files: &[FileEntry]) -> Rehash {
+    let mut measured: Vec<(String, u64, String)> = Vec::with_capacity(files.len());
+    let mut bad = Vec::new();
+    for f in files {
+        let mut flag = |why: String| {
+            bad.push(BadFile {
+                path: f.path.clone(),
+                why,
+            })
+        };
+        let path = match file_in(site, dir, &f.path) {
+            Ok(p) => p,
+            Err(why) => {
+                flag(why);
+                continue;
+            }
+        };
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => {
+                flag("not a regular file".into());
+                continue;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                flag("missing".into());
+                continue;
+            }
+            Err(e) => {
+                flag(format!("cannot stat: {e}"));
+                continue;
+            }
+        }
+        match checksum::hash_file(&path) {
+            Ok(d) => {
+                let sha = d.sha256_hex();
+                let size_ok = i64::try_from(d.size).ok() == Some(f.size);
+                if !size_ok || sha != f.sha256 {
+                    flag(format!(
+                        "{} bytes sha256 {sha}, manifest {} bytes sha256 {}",
+                        d.size, f.size, f.sha256
+                    ));
+                }
+                measured.push((f.path.clone(), d.size, sha));
+            }
+            Err(e) => flag(format!("cannot hash: {e}")),
+        }
+    }
+    Rehash {
+        digest: digest_of(&measured).ok(),
+        bad,
+    }
+}
+
+/// The directory of a copy at `site`: its `location`, which must exist, be a real directory
+/// (not a link) and lie strictly inside the site's data directory for its type.
+pub(super) fn copy_dir(site: &Site, c: &CopyEntry) -> Result<PathBuf, String> {
+    let Some(location) = c.location.as_deref() else {
+        return Err("the copy has no location".into());
+    };
+    let Some(root) = site.data_dir(&c.data_type) else {
+        return Err(format!(
+            "{} has no {} data directory for {location}",
+            site.name, c.data_type
+        ));
+    };
+    let dir = PathBuf::from(location);
+    let meta = std::fs::symlink_metadata(&dir).map_err(|e| format!("{location}: {e}"))?;
+    if !meta.is_dir() {
+        return Err(format!("{location}: not a directory (or a symbolic link)"));
+    }
+    let canon = |p: &Path| {
+        p.canonicalize()
+            .map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let (real_dir, real_root) = (canon(&dir)?, canon(root)?);
+    if real_dir == real_root || !real_dir.starts_with(&real_root) {
+        return Err(format!(
+            "{location} is not inside {}'s {} data directory {}; refused",
+            site.name,
+            c.data_type,
+            root.display()
+        ));
+    }
+    Ok(dir)
+}
+
+/// The path of manifest file `rel` below `dir`, refusing a path that leaves `dir` by its
+/// syntax or passes through a symbolic link below `dir`. The file itself may be missing.
+pub(super) fn file_in(site: &str, dir: &Path, rel: &str) -> Result<PathBuf, String> {
+    check_relative(site, rel).map_err(|e| e.to_string())?;
+    let mut path = dir.to_path_buf();
+    let parts: Vec<&str> = rel.split('/').collect();
+    for (i, part) in parts.iter().enumerate() {
+        path.push(part);
+        let last = i + 1 == parts.len();
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if !last && m.file_type().is_symlink() => {
+                return Err(format!(
+                    "{}: a symbolic link inside the run directory; refused",
+                    path.display()
+                ))
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    Ok(dir.join(rel))
+}
+
+/// Removes manifest file `rel` below `dir` (a link is removed itself, never followed); a
+/// file already gone is fine.
+pub(super) fn remove_file_in(dir: &Path, rel: &str) -> Result<(), String> {
+    let path = file_in("local", dir, rel)?;
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.is_dir() => Err(format!("{}: a directory, not removed", path.display())),
+        Ok(_) => std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_ids_parse_and_only_dead_local_pids_count() {
+        assert_eq!(host_pid("daq@box.lab:42"), Some(("box.lab", 42)));
+        assert_eq!(host_pid("nonsense"), None);
+        let me = format!("daq@here:{}", std::process::id());
+        // This very process is alive.
+        assert!(!is_dead_local_process(&me, &me));
+        // A pid that cannot exist on Linux (above pid_max's hard limit).
+        assert!(is_dead_local_process("mirror@here:4194305", &me));
+        // Another host: we cannot tell, so it is not dead.
+        assert!(!is_dead_local_process("mirror@there:4194305", &me));
+    }
+
+    #[test]
+    fn file_in_refuses_links_and_escapes() {
+        let d = tempfile::tempdir().unwrap();
+        let run = d.path().join("run");
+        std::fs::create_dir_all(run.join("sub")).unwrap();
+        std::os::unix::fs::symlink(d.path(), run.join("link")).unwrap();
+        assert!(file_in("s", &run, "sub/a").is_ok());
+        assert!(file_in("s", &run, "missing/a").is_ok());
+        assert!(file_in("s", &run, "link/a")
+            .unwrap_err()
+            .contains("symbolic link"));
+        assert!(file_in("s", &run, "../a").is_err());
+        assert!(file_in("s", &run, "/etc/passwd").is_err());
+    }
+}

@@ -1,0 +1,880 @@
+//! The verify, retry, purge and heartbeat tasks on real files, the `local` method and the
+//! embedded catalogue.
+//!
+//! Most tests drive the tasks in-process (`ferry::tasks::*::run`) with a [`Context`] built
+//! from a real site map, so a test can set what the validator forbids (`min_copies: 0`) and
+//! run two agents of one site at once; the purge dry run goes through the `ferry` binary as
+//! an operator runs it. Runs are registered and copied by the real register and push tasks.
+//!
+//! State in the past (a copy that failed an hour ago, a verification 40 days old, a run
+//! from last week, five attempts used) is written **straight into the embedded SQLite
+//! file** ([`World::edit_run`]: the BSON document in `runs.doc` decoded, changed, written
+//! back), because the `Catalog` API only ever writes "now". Only fields the `copies` index
+//! table does not mirror are edited that way (times, checksums, attempts); every status
+//! change goes through the `Catalog` API.
+
+// Helpers outside #[test] functions may unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
+
+use ferry::config::SshEnvironment;
+use ferry::tasks::copy::LogProgress;
+use ferry::tasks::sessions::SessionPool;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bson::DateTime;
+use ferry::catalog::embedded::EmbeddedCatalog;
+use ferry::catalog::{
+    Cas, Catalog, Claim, ClaimRequest, CopyRef, CopyStatus, OriginCopy, RunDoc, RunKey, Transition,
+};
+use ferry::config::{LoadOptions, PurgePolicy};
+use ferry::daemon::CancellationToken;
+use ferry::tasks::{self, retry, Context, RunScope, Task, TaskReport};
+use ferry::transport::limits::{Gates, Limits};
+
+/// A pid no Linux process can have (above the kernel's hard `pid_max`).
+const DEAD_PID: u32 = 4_194_305;
+
+struct World {
+    dir: tempfile::TempDir,
+    catalog: Arc<dyn Catalog>,
+}
+
+impl World {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["daq/raw", "mirror/raw", "state"] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        let map = serde_json::json!({
+            "version": 1,
+            "catalog": { "uri": format!("sqlite:{}", dir.path().join("catalog.sqlite").display()) },
+            "sites": [
+                { "name": "daq", "method": "local", "origin": true,
+                  "data_dirs": { "raw": dir.path().join("daq/raw") },
+                  "layout": "Run{number:06}", "completion": { "marker": "RUN_COMPLETE" },
+                  "push_to": ["mirror"],
+                  "purge": { "enabled": true, "min_copies": 1, "retention": "1s",
+                             "high_water_mark": 100 } },
+                { "name": "mirror", "method": "local",
+                  "data_dirs": { "raw": dir.path().join("mirror/raw") },
+                  "layout": "Run{number:06}" }
+            ]
+        });
+        std::fs::write(dir.path().join("map.json"), map.to_string()).unwrap();
+        let catalog = EmbeddedCatalog::open(&dir.path().join("catalog.sqlite"))
+            .await
+            .unwrap();
+        World {
+            dir,
+            catalog: Arc::new(catalog),
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// The agent of `site` (owner id with this host and this live process's pid).
+    fn ctx(&self, site: &str) -> Context {
+        self.ctx_as(site, std::process::id())
+    }
+
+    fn ctx_as(&self, site: &str, pid: u32) -> Context {
+        let loaded = ferry::config::load(
+            &self.path("map.json"),
+            &LoadOptions {
+                host: Some(site.into()),
+                ssh_config: None,
+            },
+        )
+        .unwrap();
+        let site_model = loaded.map.site(site).unwrap().clone();
+        Context {
+            map: Arc::new(loaded.map),
+            site: site_model,
+            catalog: self.catalog.clone(),
+            owner: owner(site, pid),
+            scope: RunScope::All,
+            dry_run: false,
+            gates: Gates::new(Limits::default()),
+            sessions: Arc::new(SessionPool::new(
+                SshEnvironment::from_text("", &self.path("home"), "ferry").unwrap(),
+            )),
+            progress: Arc::new(LogProgress),
+        }
+    }
+
+    /// A complete run at the DAQ site: files `a.evio` and `sub/b.evio`.
+    fn run_files(&self, number: u32) -> PathBuf {
+        let run = self.path(&format!("daq/raw/Run{number:06}"));
+        std::fs::create_dir_all(run.join("sub")).unwrap();
+        std::fs::write(run.join("a.evio"), vec![number as u8; 5000]).unwrap();
+        std::fs::write(run.join("sub/b.evio"), b"second file").unwrap();
+        std::fs::write(run.join("RUN_COMPLETE"), b"").unwrap();
+        run
+    }
+
+    /// Registers run `number` at the DAQ and pushes it to the mirror.
+    async fn registered_and_pushed(&self, number: u32) -> RunDoc {
+        self.run_files(number);
+        let daq = self.ctx("daq");
+        let t = CancellationToken::new();
+        let r = tasks::register::run(&daq, &t).await;
+        assert!(r.failed.is_empty(), "{r:?}");
+        let p = tasks::push::run(&daq, &t).await;
+        assert!(p.failed.is_empty(), "{p:?}");
+        self.get(i64::from(number)).await
+    }
+
+    async fn get(&self, number: i64) -> RunDoc {
+        self.catalog
+            .get_run(&RunKey::new("tpc", number))
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    /// Changes run `number`'s stored document directly in the SQLite file.
+    fn edit_run(&self, number: i64, change: impl FnOnce(&mut RunDoc)) {
+        let db = rusqlite::Connection::open(self.path("catalog.sqlite")).unwrap();
+        db.busy_timeout(Duration::from_secs(5)).unwrap();
+        let (id, blob): (i64, Vec<u8>) = db
+            .query_row(
+                "SELECT id, doc FROM runs WHERE number = ?1",
+                [number],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .unwrap();
+        let mut run =
+            RunDoc::from_document(bson::Document::from_reader(blob.as_slice()).unwrap()).unwrap();
+        change(&mut run);
+        let mut out = Vec::new();
+        run.to_document().unwrap().to_writer(&mut out).unwrap();
+        db.execute(
+            "UPDATE runs SET doc = ?1 WHERE id = ?2",
+            rusqlite::params![out, id],
+        )
+        .unwrap();
+    }
+
+    fn ferry(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .env_remove("FERRY_CATALOG")
+            .env("FERRY_STATE_DIR", self.path("state"))
+            .arg("--config")
+            .arg(self.path("map.json"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+fn owner(site: &str, pid: u32) -> String {
+    format!(
+        "{site}@{}:{pid}",
+        gethostname::gethostname().to_string_lossy()
+    )
+}
+
+fn hours_ago(h: i64) -> DateTime {
+    DateTime::from_millis(DateTime::now().timestamp_millis() - h * 3_600_000)
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn copy_at<'r>(run: &'r RunDoc, host: &str) -> &'r ferry::catalog::CopyEntry {
+    run.copy(host, "raw")
+        .unwrap_or_else(|| panic!("no copy at {host}: {run:#?}"))
+}
+
+fn mirror_copy(number: i64) -> CopyRef {
+    CopyRef::new(RunKey::new("tpc", number), "mirror", "raw")
+}
+
+/// Sends the mirror's transferred copy back to `verifying` as the audit task does, under a
+/// lease of `lease_owner`.
+async fn to_verifying(w: &World, number: i64, lease_owner: &str) {
+    let mut t = Transition::new(
+        CopyStatus::Transferred,
+        CopyStatus::Verifying,
+        Some(lease_owner),
+        lease_owner,
+    );
+    t.reason = Some("audit re-hash".into());
+    assert_eq!(
+        w.catalog
+            .transition(&mirror_copy(number), &t)
+            .await
+            .unwrap(),
+        Cas::Done
+    );
+}
+
+fn joined(r: &TaskReport) -> String {
+    format!("{r:#?}")
+}
+
+fn flip_byte(file: &Path, at: usize) {
+    let mut bytes = std::fs::read(file).unwrap();
+    bytes[at] ^= 0x01;
+    std::fs::write(file, bytes).unwrap();
+}
+
+// ---------------------------------------------------------------- verify
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_marks_a_good_copy_transferred_and_leaves_a_live_lease_alone() {
+    let w = World::new().await;
+    let run = w.registered_and_pushed(1).await;
+    let digest = run.digest.clone().unwrap();
+    let t = CancellationToken::new();
+
+    // Held by a live process (this one, as another site's agent): not taken.
+    to_verifying(&w, 1, &owner("daq", std::process::id())).await;
+    let r = tasks::verify::run(&w.ctx("mirror"), &t).await;
+    assert!(r.done.is_empty(), "{}", joined(&r));
+    assert!(r.skipped[0].contains("held by daq@"), "{}", joined(&r));
+    assert_eq!(
+        copy_at(&w.get(1).await, "mirror").status,
+        CopyStatus::Verifying
+    );
+
+    // Its process gone (same host, dead pid): taken over and re-hashed.
+    let mut back = Transition::new(CopyStatus::Verifying, CopyStatus::Transferred, None, "test");
+    back.checksum = Some(digest.clone());
+    assert_eq!(
+        w.catalog.transition(&mirror_copy(1), &back).await.unwrap(),
+        Cas::Done
+    );
+    to_verifying(&w, 1, &owner("audit", DEAD_PID)).await;
+    let before = copy_at(&w.get(1).await, "mirror").verified_time.unwrap();
+    let r = tasks::verify::run(&w.ctx("mirror"), &t).await;
+    assert_eq!(r.done.len(), 1, "{}", joined(&r));
+    let after = w.get(1).await;
+    let c = copy_at(&after, "mirror");
+    assert_eq!(c.status, CopyStatus::Transferred);
+    assert_eq!(c.checksum.as_deref(), Some(digest.as_str()));
+    assert!(c.verified_time.unwrap() >= before);
+    assert!(c.lease.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_flipped_byte_is_error_with_both_digests_and_the_bad_file_removed() {
+    let w = World::new().await;
+    let run = w.registered_and_pushed(2).await;
+    let digest = run.digest.clone().unwrap();
+    let bad = w.path("mirror/raw/Run000002/sub/b.evio");
+    let good = w.path("mirror/raw/Run000002/a.evio");
+    flip_byte(&bad, 3);
+    to_verifying(&w, 2, &owner("audit", DEAD_PID)).await;
+
+    let r = tasks::verify::run(&w.ctx("mirror"), &w_token()).await;
+    assert_eq!(r.failed.len(), 1, "{}", joined(&r));
+    let after = w.get(2).await;
+    let c = copy_at(&after, "mirror");
+    assert_eq!(c.status, CopyStatus::Error);
+    let err = c.last_error.clone().unwrap();
+    assert!(err.starts_with("[checksum] "), "{err}");
+    assert!(err.contains(&format!("manifest {digest}")), "{err}");
+    let measured = err
+        .split("run digest measured ")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap();
+    assert_eq!(measured.len(), 64, "{err}");
+    assert_ne!(measured, digest);
+    assert!(err.contains("sub/b.evio"), "{err}");
+    assert!(!bad.exists(), "the bad file is still there");
+    assert!(good.exists(), "a good file was removed");
+    // The origin is untouched.
+    assert_eq!(copy_at(&after, "daq").status, CopyStatus::Transferred);
+    assert!(w.path("daq/raw/Run000002/sub/b.evio").exists());
+}
+
+fn w_token() -> CancellationToken {
+    CancellationToken::new()
+}
+
+// ---------------------------------------------------------------- retry
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_reclaims_a_stalled_copy_exactly_once_and_finishes_it() {
+    let w = World::new().await;
+    w.run_files(3);
+    let daq = w.ctx("daq");
+    let r = tasks::register::run(&daq, &w_token()).await;
+    assert!(r.failed.is_empty(), "{r:?}");
+    // A push that claimed the mirror copy and died: its lease is already over.
+    let claim = ClaimRequest {
+        copy: mirror_copy(3),
+        location: w.path("mirror/raw/Run000003").display().to_string(),
+        protocol: "local".into(),
+        owner: owner("daq", DEAD_PID),
+        lease_for: Duration::ZERO,
+    };
+    assert!(matches!(
+        w.catalog.claim_copy(&claim).await.unwrap(),
+        Claim::Won(_)
+    ));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    // Two agents for the DAQ site at once (as after a restart race): one reclaims.
+    let (a, b) = (w.ctx_as("daq", 1), w.ctx_as("daq", 2));
+    let t = w_token();
+    let (ra, rb) = tokio::join!(retry::run(&a, &t), retry::run(&b, &t));
+    let done: Vec<&String> = ra.done.iter().chain(&rb.done).collect();
+    assert_eq!(done.len(), 1, "{ra:#?} {rb:#?}");
+    assert!(done[0].contains("reclaimed from daq@"), "{done:?}");
+    assert!(
+        ra.failed.is_empty() && rb.failed.is_empty(),
+        "{ra:#?} {rb:#?}"
+    );
+
+    let run = w.get(3).await;
+    let c = copy_at(&run, "mirror");
+    assert_eq!(c.status, CopyStatus::Transferred, "{c:#?}");
+    assert_eq!(c.attempts, 2);
+    assert_eq!(c.checksum, run.digest);
+    let reclaims = run
+        .events
+        .iter()
+        .filter(|e| e.action == "reclaimed")
+        .count();
+    assert_eq!(reclaims, 1);
+    assert!(w.path("mirror/raw/Run000003/sub/b.evio").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_waits_for_the_backoff_then_copies_again_to_transferred() {
+    let w = World::new().await;
+    let src = w.run_files(4);
+    let daq = w.ctx("daq");
+    let t = w_token();
+    assert!(tasks::register::run(&daq, &t).await.failed.is_empty());
+    // Bit rot at the origin after registration: the push fails with a checksum error.
+    flip_byte(&src.join("a.evio"), 10);
+    let p = tasks::push::run(&daq, &t).await;
+    assert_eq!(p.failed.len(), 1, "{p:?}");
+    let c = copy_at(&w.get(4).await, "mirror").clone();
+    assert_eq!(c.status, CopyStatus::Error);
+    assert!(
+        c.last_error
+            .as_deref()
+            .unwrap()
+            .starts_with("[checksum] from daq: "),
+        "{c:?}"
+    );
+    // The source is repaired (restored from elsewhere).
+    flip_byte(&src.join("a.evio"), 10);
+
+    // Within the backoff: left alone, with when it will be tried.
+    let r = retry::run(&daq, &t).await;
+    assert!(r.done.is_empty(), "{}", joined(&r));
+    assert!(r.skipped[0].contains("backoff"), "{}", joined(&r));
+
+    // The failure an hour ago: retried now, and the copy completes.
+    w.edit_run(4, |run| {
+        run.copy_mut("mirror", "raw").unwrap().updated_time = Some(hours_ago(1));
+    });
+    let r = retry::run(&daq, &t).await;
+    assert_eq!(r.done.len(), 1, "{}", joined(&r));
+    assert!(r.done[0].contains("attempt 2"), "{}", joined(&r));
+    let run = w.get(4).await;
+    let c = copy_at(&run, "mirror");
+    assert_eq!(c.status, CopyStatus::Transferred);
+    assert_eq!(c.attempts, 2);
+    assert_eq!(c.checksum, run.digest);
+}
+
+/// An `error` copy written through the Catalog API: claimed, then failed with `why`.
+async fn failed_copy(w: &World, number: i64, why: &str) {
+    let claim = ClaimRequest {
+        copy: mirror_copy(number),
+        location: w
+            .path(&format!("mirror/raw/Run{number:06}"))
+            .display()
+            .to_string(),
+        protocol: "local".into(),
+        owner: "test".into(),
+        lease_for: Duration::from_secs(60),
+    };
+    assert!(matches!(
+        w.catalog.claim_copy(&claim).await.unwrap(),
+        Claim::Won(_)
+    ));
+    let mut fail = Transition::new(
+        CopyStatus::Transferring,
+        CopyStatus::Error,
+        Some("test"),
+        "test",
+    );
+    fail.error = Some(why.into());
+    fail.reason = Some(why.into());
+    assert_eq!(
+        w.catalog
+            .transition(&mirror_copy(number), &fail)
+            .await
+            .unwrap(),
+        Cas::Done
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_never_hammers_a_permission_error_and_gives_up_loudly_at_the_limit() {
+    let w = World::new().await;
+    w.run_files(5);
+    w.run_files(6);
+    let daq = w.ctx("daq");
+    let t = w_token();
+    assert!(tasks::register::run(&daq, &t).await.failed.is_empty());
+    failed_copy(
+        &w,
+        5,
+        "[fatal] from daq: local: /m/Run000005/a.evio: permission denied (while create)",
+    )
+    .await;
+    failed_copy(
+        &w,
+        6,
+        "[retryable] from daq: mirror: connection lost while writing a.evio",
+    )
+    .await;
+    w.edit_run(5, |run| {
+        run.copy_mut("mirror", "raw").unwrap().updated_time = Some(hours_ago(48));
+    });
+    w.edit_run(6, |run| {
+        let c = run.copy_mut("mirror", "raw").unwrap();
+        c.updated_time = Some(hours_ago(48));
+        c.attempts = retry::MAX_ATTEMPTS;
+    });
+    for _cycle in 0..2 {
+        let r = retry::run(&daq, &t).await;
+        assert!(r.done.is_empty(), "{}", joined(&r));
+        assert_eq!(r.failed.len(), 2, "reported every cycle: {}", joined(&r));
+        assert!(r.failed[0].contains("run 5") && r.failed[0].contains("not retried"));
+        assert!(
+            r.failed[0].contains("--task retry --run 5"),
+            "{}",
+            joined(&r)
+        );
+        assert!(r.failed[0].contains("permission denied"), "{}", joined(&r));
+        assert!(r.failed[1].contains("run 6") && r.failed[1].contains("gave up after 5"));
+    }
+    for (n, attempts) in [(5, 1), (6, retry::MAX_ATTEMPTS)] {
+        let c = copy_at(&w.get(n).await, "mirror").clone();
+        assert_eq!(
+            (c.status, c.attempts),
+            (CopyStatus::Error, attempts),
+            "{c:?}"
+        );
+    }
+    assert!(!w.path("mirror/raw/Run000005").exists());
+
+    // The operator fixed the permissions and asks for the run: retried at once.
+    let mut asked = w.ctx("daq");
+    asked.scope = RunScope::Number(5);
+    let r = retry::run(&asked, &t).await;
+    assert_eq!(r.done.len(), 1, "{}", joined(&r));
+    let c = copy_at(&w.get(5).await, "mirror").clone();
+    assert_eq!(
+        (c.status, c.attempts),
+        (CopyStatus::Transferred, 2),
+        "{c:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_checksum_mismatches_send_the_source_to_verifying() {
+    let w = World::new().await;
+    let src = w.run_files(7);
+    let daq = w.ctx("daq");
+    let t = w_token();
+    assert!(tasks::register::run(&daq, &t).await.failed.is_empty());
+    flip_byte(&src.join("a.evio"), 1); // the source rots and stays rotten
+    assert_eq!(tasks::push::run(&daq, &t).await.failed.len(), 1);
+    for _ in 0..2 {
+        w.edit_run(7, |run| {
+            run.copy_mut("mirror", "raw").unwrap().updated_time = Some(hours_ago(24));
+        });
+        let r = retry::run(&daq, &t).await;
+        if r.failed.is_empty() {
+            // The second pass: two mismatches from the origin make it suspect.
+            assert!(r.skipped[0].contains("source suspected"), "{}", joined(&r));
+        } else {
+            assert!(r.failed[0].contains("checksum"), "{}", joined(&r));
+        }
+    }
+    let run = w.get(7).await;
+    assert_eq!(copy_at(&run, "daq").status, CopyStatus::Verifying);
+    // The origin's own verify finds the rot, and keeps the only copy's files.
+    let r = tasks::verify::run(&daq, &t).await;
+    assert_eq!(r.failed.len(), 1, "{}", joined(&r));
+    assert!(r.failed[0].contains("bad files kept"), "{}", joined(&r));
+    assert!(src.join("a.evio").exists());
+    assert_eq!(copy_at(&w.get(7).await, "daq").status, CopyStatus::Error);
+}
+
+// ---------------------------------------------------------------- purge
+
+fn allowed_policy() -> PurgePolicy {
+    PurgePolicy {
+        enabled: true,
+        min_copies: 1,
+        min_tape_copies: 0,
+        max_verify_age: Duration::from_secs(30 * 86_400),
+        retention: Duration::from_secs(7 * 86_400),
+        high_water_mark: 100,
+    }
+}
+
+/// The DAQ agent with `policy`, asked for run `number` unless `asked` is false.
+fn purger(w: &World, policy: PurgePolicy, number: i64, asked: bool) -> Context {
+    let mut ctx = w.ctx("daq");
+    ctx.site.purge = policy;
+    if asked {
+        ctx.scope = RunScope::Number(number);
+    }
+    ctx
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_each_safety_condition_on_its_own_keeps_the_copy() {
+    let w = World::new().await;
+    w.registered_and_pushed(8).await;
+    // A week and a day old.
+    w.edit_run(8, |run| run.end = Some(hours_ago(8 * 24)));
+    let t = w_token();
+    let files = w.path("daq/raw/Run000008/a.evio");
+
+    let mut too_many = allowed_policy();
+    too_many.min_copies = 2;
+    let mut tape = allowed_policy();
+    tape.min_tape_copies = 1;
+    let mut young = allowed_policy();
+    young.retention = Duration::from_secs(30 * 86_400);
+    let cases: Vec<(&str, PurgePolicy, bool)> = vec![
+        ("policy needs 2", too_many, true),
+        ("0 of them on tape, policy needs 1", tape, true),
+        ("under the retention", young, true),
+        (
+            "not above the high-water mark 100%",
+            allowed_policy(),
+            false,
+        ),
+    ];
+    for (expect, policy, asked) in cases {
+        let r = tasks::purge::run(&purger(&w, policy, 8, asked), &t).await;
+        assert!(r.done.is_empty(), "{expect}: {}", joined(&r));
+        assert!(
+            r.skipped
+                .iter()
+                .any(|l| l.contains("kept") && l.contains(expect)),
+            "{expect}: {}",
+            joined(&r)
+        );
+    }
+
+    // The mirror's verification is 40 days old.
+    let verified = copy_at(&w.get(8).await, "mirror").verified_time;
+    w.edit_run(8, |run| {
+        run.copy_mut("mirror", "raw").unwrap().verified_time = Some(hours_ago(40 * 24));
+    });
+    let r = tasks::purge::run(&purger(&w, allowed_policy(), 8, true), &t).await;
+    assert!(
+        r.skipped
+            .iter()
+            .any(|l| l.contains("0 verified copies elsewhere within 30days")),
+        "{}",
+        joined(&r)
+    );
+    // The mirror's copy disagrees with the run digest.
+    w.edit_run(8, |run| {
+        let c = run.copy_mut("mirror", "raw").unwrap();
+        c.verified_time = verified;
+        c.checksum = Some("0".repeat(64));
+    });
+    let r = tasks::purge::run(&purger(&w, allowed_policy(), 8, true), &t).await;
+    assert!(
+        r.skipped
+            .iter()
+            .any(|l| l.contains("copies disagree: mirror")),
+        "{}",
+        joined(&r)
+    );
+    assert!(files.exists());
+    assert_eq!(
+        copy_at(&w.get(8).await, "daq").status,
+        CopyStatus::Transferred
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_never_removes_the_last_verified_copy_even_with_min_copies_zero() {
+    let w = World::new().await;
+    let run = w.registered_and_pushed(9).await;
+    w.edit_run(9, |run| run.end = Some(hours_ago(30 * 24)));
+    // The only other transferred copy is of another data type: raw has no second copy.
+    let processed = OriginCopy {
+        copy: CopyRef::new(RunKey::new("tpc", 9), "mirror", "processed"),
+        location: w.path("mirror/processed").display().to_string(),
+        protocol: "local".into(),
+        manifest: ferry::catalog::Manifest {
+            files: run.files.clone(),
+            size: run.size.unwrap(),
+            digest: run.digest.clone().unwrap(),
+        },
+        who: "test".into(),
+    };
+    assert_eq!(
+        w.catalog.add_origin_copy(&processed).await.unwrap(),
+        Cas::Done
+    );
+    let mut m = Transition::new(CopyStatus::Transferred, CopyStatus::Error, None, "test");
+    m.error = Some("[fatal] test: the mirror's raw copy is gone".into());
+    assert_eq!(
+        w.catalog.transition(&mirror_copy(9), &m).await.unwrap(),
+        Cas::Done
+    );
+
+    let mut reckless = allowed_policy();
+    reckless.min_copies = 0;
+    reckless.retention = Duration::ZERO;
+    let r = tasks::purge::run(&purger(&w, reckless, 9, true), &w_token()).await;
+    assert!(r.done.is_empty(), "{}", joined(&r));
+    assert!(
+        r.skipped.iter().any(|l| l.contains("last verified copy")),
+        "{}",
+        joined(&r)
+    );
+    assert!(w.path("daq/raw/Run000009/a.evio").exists());
+    assert_eq!(
+        copy_at(&w.get(9).await, "daq").status,
+        CopyStatus::Transferred
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_dry_run_lists_every_deletion_and_changes_nothing() {
+    let w = World::new().await;
+    w.run_files(10);
+    let out = w.ferry(&[
+        "--host", "daq", "--once", "--task", "register", "--task", "push",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    tokio::time::sleep(Duration::from_millis(1100)).await; // the map's retention is 1 s
+    let before = w.get(10).await;
+
+    let out = w.ferry(&[
+        "--host",
+        "daq",
+        "--once",
+        "--task",
+        "purge",
+        "--run",
+        "10",
+        "--dry-run",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("would remove this copy"), "{}", text(&out));
+    assert!(
+        stdout.contains("asked for by the operator"),
+        "{}",
+        text(&out)
+    );
+    for f in ["a.evio", "sub/b.evio", "RUN_COMPLETE"] {
+        let p = w.path(&format!("daq/raw/Run000010/{f}"));
+        assert!(
+            stdout.contains(&format!("would delete {}", p.display())),
+            "{f}: {}",
+            text(&out)
+        );
+        assert!(p.exists(), "{f} was deleted by a dry run");
+    }
+    assert_eq!(
+        w.get(10).await,
+        before,
+        "the catalogue changed in a dry run"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_removes_files_and_entry_with_an_audit_event_when_every_rule_holds() {
+    let w = World::new().await;
+    w.registered_and_pushed(11).await;
+    w.edit_run(11, |run| run.end = Some(hours_ago(8 * 24)));
+    // A stray file the manifest does not know keeps the run directory.
+    let stray = w.path("daq/raw/Run000011/notes.txt");
+    std::fs::write(&stray, b"operator notes").unwrap();
+
+    let r = tasks::purge::run(&purger(&w, allowed_policy(), 11, true), &w_token()).await;
+    assert_eq!(r.done.len(), 1, "{}", joined(&r));
+    assert!(
+        r.done[0].contains("1 verified copies elsewhere (mirror"),
+        "{}",
+        joined(&r)
+    );
+    for f in ["a.evio", "sub/b.evio", "RUN_COMPLETE", "sub"] {
+        assert!(!w.path(&format!("daq/raw/Run000011/{f}")).exists(), "{f}");
+    }
+    assert!(stray.exists(), "a file outside the manifest was deleted");
+    let run = w.get(11).await;
+    assert!(run.copy("daq", "raw").is_none(), "{run:#?}");
+    assert_eq!(copy_at(&run, "mirror").status, CopyStatus::Transferred);
+    assert!(w.path("mirror/raw/Run000011/a.evio").exists());
+    let removed: Vec<_> = run
+        .events
+        .iter()
+        .filter(|e| e.host.as_deref() == Some("daq"))
+        .map(|e| e.action.as_str())
+        .collect();
+    assert!(removed.ends_with(&["removing", "removed"]), "{removed:?}");
+
+    // With the stray file gone, a later purge of a run leaves no directory behind.
+    w.registered_and_pushed(12).await;
+    w.edit_run(12, |run| run.end = Some(hours_ago(8 * 24)));
+    let r = tasks::purge::run(&purger(&w, allowed_policy(), 12, true), &w_token()).await;
+    assert_eq!(r.done.len(), 1, "{}", joined(&r));
+    assert!(!w.path("daq/raw/Run000012").exists());
+}
+
+// ---------------------------------------------------------------- heartbeat
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_document_carries_identity_cycle_counts_and_free_disk() {
+    let w = World::new().await;
+    w.run_files(13);
+    let daq = w.ctx("daq");
+    let report = tasks::run_cycle(&daq, &[Task::Register, Task::Heartbeat], &w_token()).await;
+    assert_eq!(report.tasks.len(), 2, "{report:?}");
+    let beat = w.catalog.read_heartbeat("daq").await.unwrap().unwrap();
+    assert_eq!(beat.site, "daq");
+    assert_eq!(beat.owner, daq.owner);
+    assert_eq!(beat.pid, std::process::id());
+    assert_eq!(beat.version, env!("CARGO_PKG_VERSION"));
+    assert!(!beat.hostname.is_empty());
+    assert!(beat.cycle_seconds >= 0.0);
+    let s = &beat.stats;
+    let start = s.get_datetime("cycle_start").unwrap();
+    let end = s.get_datetime("cycle_end").unwrap();
+    assert!(start <= end);
+    assert_eq!(s.get_i64("done").unwrap(), 1);
+    let register = s
+        .get_document("tasks")
+        .unwrap()
+        .get_document("register")
+        .unwrap();
+    assert_eq!(register.get_i64("done").unwrap(), 1);
+    let raw = s
+        .get_document("disks")
+        .unwrap()
+        .get_document("raw")
+        .unwrap();
+    assert_eq!(
+        raw.get_str("path").unwrap(),
+        w.path("daq/raw").display().to_string()
+    );
+    assert!(raw.get_i64("free_bytes").unwrap() > 0);
+    assert!(raw.get_i64("total_bytes").unwrap() >= raw.get_i64("free_bytes").unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_finishes_a_removal_cut_short_but_never_the_last_copy() {
+    let w = World::new().await;
+    w.registered_and_pushed(14).await;
+    w.registered_and_pushed(15).await;
+    let t = w_token();
+    // An agent died after `removing` and one deleted file (run 14).
+    let daq14 = CopyRef::new(RunKey::new("tpc", 14), "daq", "raw");
+    assert_eq!(
+        w.catalog
+            .mark_removing(&daq14, CopyStatus::Transferred, "test", "purge")
+            .await
+            .unwrap(),
+        Cas::Done
+    );
+    std::fs::remove_file(w.path("daq/raw/Run000014/a.evio")).unwrap();
+    // Run 15: the origin is `removing` but the mirror's copy has failed meanwhile.
+    let daq15 = CopyRef::new(RunKey::new("tpc", 15), "daq", "raw");
+    assert_eq!(
+        w.catalog
+            .mark_removing(&daq15, CopyStatus::Transferred, "test", "purge")
+            .await
+            .unwrap(),
+        Cas::Done
+    );
+    let mut m = Transition::new(CopyStatus::Transferred, CopyStatus::Error, None, "test");
+    m.error = Some("[checksum] test: the mirror's copy rotted".into());
+    assert_eq!(
+        w.catalog.transition(&mirror_copy(15), &m).await.unwrap(),
+        Cas::Done
+    );
+
+    // Purging is even switched off: finishing (or refusing) cut-short removals still runs.
+    let mut ctx = w.ctx("daq");
+    ctx.site.purge.enabled = false;
+    let r = tasks::purge::run(&ctx, &t).await;
+    assert_eq!(r.done.len(), 1, "{}", joined(&r));
+    assert!(r.done[0].contains("run 14") && r.done[0].contains("removal finished"));
+    assert!(!w.path("daq/raw/Run000014").exists());
+    assert!(w.get(14).await.copy("daq", "raw").is_none());
+
+    assert_eq!(r.failed.len(), 1, "{}", joined(&r));
+    assert!(r.failed[0].contains("run 15") && r.failed[0].contains("last verified copy"));
+    assert!(w.path("daq/raw/Run000015/a.evio").exists());
+    assert_eq!(
+        copy_at(&w.get(15).await, "daq").status,
+        CopyStatus::Removing
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_and_retry_dry_runs_change_nothing() {
+    let w = World::new().await;
+    w.registered_and_pushed(16).await;
+    to_verifying(&w, 16, &owner("audit", DEAD_PID)).await;
+    w.run_files(17);
+    let daq = w.ctx("daq");
+    assert!(tasks::register::run(&daq, &w_token())
+        .await
+        .failed
+        .is_empty());
+    failed_copy(&w, 17, "[retryable] from daq: mirror: timed out").await;
+    w.edit_run(17, |run| {
+        run.copy_mut("mirror", "raw").unwrap().updated_time = Some(hours_ago(24));
+    });
+    let (before16, before17) = (w.get(16).await, w.get(17).await);
+
+    let mut mirror = w.ctx("mirror");
+    mirror.dry_run = true;
+    let r = tasks::verify::run(&mirror, &w_token()).await;
+    assert!(
+        r.skipped[0].contains("dry run: would re-hash 2 files"),
+        "{}",
+        joined(&r)
+    );
+    let mut daq = w.ctx("daq");
+    daq.dry_run = true;
+    let r = retry::run(&daq, &w_token()).await;
+    assert!(
+        r.skipped[0].contains("dry run: would retry"),
+        "{}",
+        joined(&r)
+    );
+
+    assert_eq!(w.get(16).await, before16);
+    assert_eq!(w.get(17).await, before17);
+    assert!(!w.path("mirror/raw/Run000017").exists());
+}
