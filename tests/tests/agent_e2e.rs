@@ -536,3 +536,28 @@ fn a_connection_cut_mid_copy_is_resumed_on_a_new_session_under_the_same_claim() 
     assert_eq!(run_digest(&world.root("mirror").join("Run000001")), want);
     assert!(leftovers(&world.root("mirror")).is_empty());
 }
+
+#[test]
+fn one_run_asked_for_by_hand_is_copied_even_beyond_the_first_batch_of_wanted_runs() {
+    let world = World::new("agent_e2e_one", &["origin", "mirror"], |name| match name {
+        "origin" => serde_json::json!({ "origin": true, "push_to": ["mirror"] }),
+        _ => serde_json::json!({}),
+    });
+    // More runs waiting than the 100 a copy task asks the catalogue for at once.
+    for number in 1..=105 {
+        world.run("origin", number, &[("a.evio", 10)]);
+    }
+    world.once("origin", &["--task", "register"]);
+    let out = world.once("origin", &["--task", "push", "--run", "105"]);
+    assert_eq!(
+        done_runs(&out.stdout),
+        BTreeSet::from([105]),
+        "{}",
+        text(&out)
+    );
+    let mirror: Vec<String> = std::fs::read_dir(world.root("mirror"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(mirror, ["Run000105"]);
+}

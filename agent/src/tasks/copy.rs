@@ -26,12 +26,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use catalog_schema::{CopyStatus, RunDoc};
+use catalog_schema::{want_tag, CopyStatus, RunDoc};
 use tokio_util::sync::CancellationToken;
 
 use super::retry::{Failure, FailureClass};
-use super::{Context, TaskReport};
-use crate::catalog::{Cas, CatalogError, Claim, ClaimRequest, CopyRef, Transition};
+use super::{Context, RunScope, TaskReport};
+use crate::catalog::{Cas, CatalogError, Claim, ClaimRequest, CopyRef, RunSelector, Transition};
 use crate::checksum::{self, ChecksumError, ManifestLine};
 use crate::config::{LayoutError, Site, TransferMethod};
 use crate::transport::run::{copy_run, FileJob, Progress, RunCopy};
@@ -449,11 +449,24 @@ pub(super) async fn for_each_wanted(
         sources,
         label,
     } = wanted;
-    let runs = match ctx
-        .catalog
-        .runs_needing_copy(dest, data_type, sources, BATCH)
-        .await
-    {
+    // One run asked for by hand is looked up by itself: it may lie beyond the first batch.
+    let selector = match &ctx.scope {
+        RunScope::All => None,
+        RunScope::Number(n) => Some(RunSelector::Number(*n)),
+        RunScope::Name(name) => Some(RunSelector::Name(name.clone())),
+    };
+    let found = match &selector {
+        None => {
+            ctx.catalog
+                .runs_needing_copy(dest, data_type, sources, BATCH)
+                .await
+        }
+        Some(sel) => ctx.catalog.find_runs(sel).await.map(|runs| {
+            let tag = want_tag(dest, data_type);
+            runs.into_iter().filter(|r| r.want.contains(&tag)).collect()
+        }),
+    };
+    let runs = match found {
         Ok(runs) => runs,
         Err(e) => {
             report
