@@ -17,6 +17,7 @@
 //! still runs. A lost race in the catalogue is an ordinary outcome, not a failure.
 
 pub mod heartbeat;
+pub mod owner;
 pub mod purge;
 pub mod push;
 pub mod register;
@@ -95,7 +96,7 @@ pub struct Context {
     pub site: Site,
     /// The run catalogue.
     pub catalog: Arc<dyn Catalog>,
-    /// This agent's identity in leases and the audit trail: `site@host:pid`.
+    /// This agent's identity in leases and the audit trail ([`owner::owner_id`]).
     pub owner: String,
     /// `--run` / `--name`.
     pub scope: RunScope,

@@ -15,7 +15,8 @@
 //! (`[retryable]`, `[checksum]`, `[fatal]`: see [`super::retry::FailureClass`]), and names
 //! the source (`from SITE: …`); the retry task takes it from there and re-enters step 3
 //! through `transfer_claimed`. A crash leaves the copy `transferring` under a lease that
-//! expires, so another agent can reclaim it. Nothing is recorded as `transferred` that was
+//! expires, so another agent can reclaim it; the next agent of this site on this host takes
+//! it back at once (its holder's process is provably gone, see [`super::owner`]). Nothing is recorded as `transferred` that was
 //! not read back.
 
 use std::path::PathBuf;
@@ -32,8 +33,11 @@ use crate::config::{Site, TransferMethod};
 use crate::transport::run::{copy_run, FileJob, RunCopy};
 use crate::transport::{CopyOptions, Verify};
 
-/// How long a claim lasts without renewal; renewed every third of it while copying.
-pub const LEASE: Duration = Duration::from_secs(600);
+/// How long a claim lasts without renewal (the site map's `limits.lease`, 10 min by
+/// default); renewed every third of it while copying.
+pub fn lease(ctx: &Context) -> Duration {
+    ctx.site.limits.lease
+}
 /// Runs asked of the catalogue per destination and cycle.
 const BATCH: u32 = 100;
 
@@ -134,7 +138,7 @@ async fn push_run(
         location: dst_dir.display().to_string(),
         protocol: "local".into(),
         owner: ctx.owner.clone(),
-        lease_for: LEASE,
+        lease_for: lease(ctx),
     };
     match ctx
         .catalog
@@ -206,7 +210,7 @@ pub(super) async fn transfer_claimed(
         &ctx.owner,
     );
     to_verifying.checksum = Some(measured.clone());
-    to_verifying.lease_for = LEASE;
+    to_verifying.lease_for = lease(ctx);
     cas(ctx, copy, &to_verifying).await?;
     let mut to_done = Transition::new(
         CopyStatus::Verifying,
@@ -248,13 +252,13 @@ async fn copy_and_measure(
     };
     let copying = copy_run(&method, &files, &opts, &ctx.gates, |_| {});
     let mut copying = std::pin::pin!(copying);
-    let mut renew = tokio::time::interval(LEASE / 3);
+    let mut renew = tokio::time::interval(lease(ctx) / 3);
     renew.tick().await;
     let results = loop {
         tokio::select! {
             results = &mut copying => break results,
             _ = renew.tick() => {
-                match ctx.catalog.renew_lease(copy, &ctx.owner, LEASE).await {
+                match ctx.catalog.renew_lease(copy, &ctx.owner, lease(ctx)).await {
                     Ok(Cas::Done) => {}
                     Ok(Cas::Lost) => {
                         let why = "lost the lease while copying".to_string();

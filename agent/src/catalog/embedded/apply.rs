@@ -9,7 +9,7 @@ use bson::DateTime;
 use catalog_schema::{want_tag, CopyStatus, Event, Lease, RunDoc};
 
 use crate::catalog::{
-    after, reclaim_event, ClaimRequest, CopyRef, Manifest, OriginCopy, Transition,
+    abandoned_event, after, reclaim_event, ClaimRequest, CopyRef, Manifest, OriginCopy, Transition,
 };
 
 /// Sets the manifest if the run has none; `false` if it has a different one.
@@ -166,6 +166,30 @@ pub(super) fn reclaim(
     c.attempts += 1;
     c.updated_time = Some(now);
     run.push_event(reclaim_event(copy, stale, new_owner));
+    Some(lease)
+}
+
+/// Takes over a `transferring` copy leased by `dead`, whatever the lease's expiry.
+pub(super) fn reclaim_abandoned(
+    run: &mut RunDoc,
+    copy: &CopyRef,
+    dead: &str,
+    new_owner: &str,
+    expires: DateTime,
+    now: DateTime,
+) -> Option<Lease> {
+    let c = run.copy_mut(&copy.host, &copy.data_type)?;
+    if c.status != CopyStatus::Transferring || !c.leased_by(dead) {
+        return None;
+    }
+    let lease = Lease {
+        owner: new_owner.to_string(),
+        expires,
+    };
+    c.lease = Some(lease.clone());
+    c.attempts += 1;
+    c.updated_time = Some(now);
+    run.push_event(abandoned_event(copy, dead, new_owner));
     Some(lease)
 }
 
