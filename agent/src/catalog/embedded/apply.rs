@@ -6,7 +6,7 @@
 //! filters and updates of the MongoDB back end one for one.
 
 use bson::DateTime;
-use catalog_schema::{want_tag, CopyStatus, Event, Lease, RunDoc};
+use catalog_schema::{want_tag, CopyEntry, CopyStatus, Event, Lease, RunDoc};
 
 use crate::catalog::{
     abandoned_event, after, reclaim_event, ClaimRequest, CopyRef, Manifest, OriginCopy, Transition,
@@ -158,6 +158,13 @@ pub(super) fn reclaim(
     if !c.leased_by(stale) || !c.is_stalled(now) {
         return None;
     }
+    let lease = hand_over(c, new_owner, expires, now);
+    run.push_event(reclaim_event(copy, stale, new_owner));
+    Some(lease)
+}
+
+/// Gives copy `c` to `new_owner` until `expires`, counting an attempt.
+fn hand_over(c: &mut CopyEntry, new_owner: &str, expires: DateTime, now: DateTime) -> Lease {
     let lease = Lease {
         owner: new_owner.to_string(),
         expires,
@@ -165,8 +172,7 @@ pub(super) fn reclaim(
     c.lease = Some(lease.clone());
     c.attempts += 1;
     c.updated_time = Some(now);
-    run.push_event(reclaim_event(copy, stale, new_owner));
-    Some(lease)
+    lease
 }
 
 /// Takes over a `transferring` copy leased by `dead`, whatever the lease's expiry.
@@ -182,13 +188,7 @@ pub(super) fn reclaim_abandoned(
     if c.status != CopyStatus::Transferring || !c.leased_by(dead) {
         return None;
     }
-    let lease = Lease {
-        owner: new_owner.to_string(),
-        expires,
-    };
-    c.lease = Some(lease.clone());
-    c.attempts += 1;
-    c.updated_time = Some(now);
+    let lease = hand_over(c, new_owner, expires, now);
     run.push_event(abandoned_event(copy, dead, new_owner));
     Some(lease)
 }
