@@ -26,7 +26,7 @@ FERRY_CRASH_TRIALS="$per_phase" cargo test -q -p ferry --test agent_crash -- --n
   >"$log" 2>&1 || status=$?
 elapsed=$(( $(date +%s) - started ))
 
-summaries="$(grep '^crash-summary' "$log" || true)"
+summaries="$(grep -o 'crash-summary.*' "$log" || true)"
 if [ -z "$summaries" ]; then
   echo "no crash-summary lines: the test did not run; its output:" >&2
   cat "$log" >&2
@@ -44,6 +44,6 @@ echo "$summaries" | awk -v secs="$elapsed" '
   }'
 if [ "$status" -ne 0 ]; then
   echo "FAILED: violations or errors follow" >&2
-  grep -v '^crash-summary' "$log" | tail -n 80 >&2
+  grep -v 'crash-summary' "$log" | tail -n 80 >&2
 fi
 exit "$status"
