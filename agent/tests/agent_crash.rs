@@ -34,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use ferry::catalog::embedded::EmbeddedCatalog;
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use serde_json::Value;
@@ -333,17 +334,23 @@ impl World {
         );
     }
 
-    /// Sends the mirror copies back to `verifying` (no lease), as the audit task does.
-    fn to_verifying(&self) {
+    /// The embedded catalogue opened in-process, with a runtime to drive it.
+    fn catalog(&self) -> (tokio::runtime::Runtime, EmbeddedCatalog) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
+        let cat = rt
+            .block_on(EmbeddedCatalog::open(&self.path("catalog.sqlite")))
+            .unwrap();
+        (rt, cat)
+    }
+
+    /// Sends the mirror copies back to `verifying` (no lease), as the audit task does.
+    fn to_verifying(&self) {
+        let (rt, cat) = self.catalog();
         rt.block_on(async {
             use ferry::catalog::{Cas, Catalog, CopyRef, CopyStatus, RunKey, Transition};
-            let cat = ferry::catalog::embedded::EmbeddedCatalog::open(&self.path("catalog.sqlite"))
-                .await
-                .unwrap();
             for run in self.runs() {
                 let key = RunKey::new(
                     run["detector"].as_str().unwrap(),
@@ -480,6 +487,46 @@ fn trials(phase: Phase) {
         started.elapsed().as_secs_f64()
     );
     assert!(violations.is_empty(), "seed {seed}: {violations:#?}");
+}
+
+/// Regression: a killed push's copy stayed `transferring` until its 10 min lease expired.
+#[test]
+fn restarted_agent_takes_back_a_killed_push_without_waiting_for_the_lease() {
+    let w = World::new(&mut StdRng::seed_from_u64(7));
+    let out = w.cycle("daq", &["--task", "register"]);
+    assert!(out.status.success(), "{}", text(&out));
+    // The mirror copy claimed by a daq agent of this host that is gone, lease 10 min.
+    let host = gethostname::gethostname().to_string_lossy().to_string();
+    let dead = format!("daq@{host}:4194305/1/0000dead");
+    let (rt, cat) = w.catalog();
+    rt.block_on(async {
+        use ferry::catalog::{Catalog, Claim, ClaimRequest, CopyRef, RunKey};
+        let detector = w.runs()[0]["detector"].as_str().unwrap().to_string();
+        let claim = ClaimRequest {
+            copy: CopyRef::new(RunKey::new(&detector, 1), "mirror", "raw"),
+            location: w.path("mirror/raw/Run000001").display().to_string(),
+            protocol: "local".into(),
+            owner: dead.clone(),
+            lease_for: Duration::from_secs(600),
+        };
+        assert!(matches!(
+            cat.claim_copy(&claim).await.unwrap(),
+            Claim::Won(_)
+        ));
+    });
+    let out = w.cycle("daq", &["--task", "retry", "--task", "push"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(w.dead_holder_reclaims(), 1, "{}", text(&out));
+    let runs = w.runs();
+    for r in &runs {
+        let mirror = r["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["host"] == "mirror");
+        assert_eq!(mirror.unwrap()["status"], "transferred", "{r:#}");
+    }
+    assert!(w.check_always().is_empty(), "{:?}", w.check_always());
 }
 
 #[test]
