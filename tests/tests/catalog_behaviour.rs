@@ -350,6 +350,61 @@ async fn expired_lease_is_reclaimed_once(f: &Fixture) {
     assert_eq!(run.events.last().unwrap().action, "reclaimed");
 }
 
+async fn abandoned_copy_is_taken_over_before_expiry_once(f: &Fixture) {
+    let c = &*f.catalog;
+    seed_run(c, 1, "daq").await;
+    let _ = c
+        .claim_copy(&claim(1, "lngs", "dead", LEASE))
+        .await
+        .unwrap();
+    let dest = copy(1, "lngs");
+    // The lease is live (10 min): the expiry path refuses, the abandoned path does not.
+    assert_eq!(
+        c.reclaim_stalled(&dest, "dead", "b", LEASE).await.unwrap(),
+        Claim::Lost
+    );
+    assert_eq!(
+        c.reclaim_abandoned(&dest, "someone-else", "b", LEASE)
+            .await
+            .unwrap(),
+        Claim::Lost
+    );
+    assert!(matches!(
+        c.reclaim_abandoned(&dest, "dead", "b", LEASE)
+            .await
+            .unwrap(),
+        Claim::Won(_)
+    ));
+    // Exactly one wins: the holder is b now.
+    assert_eq!(
+        c.reclaim_abandoned(&dest, "dead", "c", LEASE)
+            .await
+            .unwrap(),
+        Claim::Lost
+    );
+    let run = c.get_run(&key(1)).await.unwrap().unwrap();
+    let cp = run.copy("lngs", "raw").unwrap();
+    assert!(cp.leased_by("b"));
+    assert_eq!(cp.attempts, 2);
+    assert_eq!(cp.status, CopyStatus::Transferring);
+    let ev = run.events.last().unwrap();
+    assert_eq!(ev.action, "reclaimed");
+    assert!(ev.reason.as_deref().unwrap_or("").contains("dead"));
+    // Only `transferring` copies: a copy moved on is never taken.
+    let mut done = Transition::new(
+        CopyStatus::Transferring,
+        CopyStatus::Verifying,
+        Some("b"),
+        "b",
+    );
+    done.checksum = Some("x".into());
+    assert_eq!(c.transition(&dest, &done).await.unwrap(), Cas::Done);
+    assert_eq!(
+        c.reclaim_abandoned(&dest, "b", "c", LEASE).await.unwrap(),
+        Claim::Lost
+    );
+}
+
 async fn removal_goes_through_removing_with_audit(f: &Fixture) {
     let c = &*f.catalog;
     seed_run(c, 1, "daq").await;
@@ -941,6 +996,7 @@ suite!(
     transitions_compare_status_and_owner,
     record_checksum_needs_expected_state,
     expired_lease_is_reclaimed_once,
+    abandoned_copy_is_taken_over_before_expiry_once,
     removal_goes_through_removing_with_audit,
     work_queries_find_the_right_runs,
     collaborator_filters,

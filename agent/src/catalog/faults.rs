@@ -162,6 +162,19 @@ impl<C: Catalog> Catalog for Faulty<C> {
         self.call("reclaim", f).await
     }
 
+    async fn reclaim_abandoned(
+        &self,
+        copy: &CopyRef,
+        dead_owner: &str,
+        new_owner: &str,
+        lease_for: Duration,
+    ) -> Result<Claim, CatalogError> {
+        let f = self
+            .inner
+            .reclaim_abandoned(copy, dead_owner, new_owner, lease_for);
+        self.call("reclaim abandoned", f).await
+    }
+
     async fn mark_removing(
         &self,
         copy: &CopyRef,

@@ -299,6 +299,18 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
         lease_for: Duration,
     ) -> Result<Claim, CatalogError>;
 
+    /// Takes over an abandoned copy: `transferring`, leased by `dead_owner`, **whatever the
+    /// lease's expiry**. Only for a caller that has proved the holder's process is gone
+    /// (same host; see `tasks::owner`), so a crashed agent's copy need not wait out its
+    /// lease. Exactly one reclaimer wins; `attempts` goes up by one.
+    async fn reclaim_abandoned(
+        &self,
+        copy: &CopyRef,
+        dead_owner: &str,
+        new_owner: &str,
+        lease_for: Duration,
+    ) -> Result<Claim, CatalogError>;
+
     /// Moves a copy to `removing` (from `transferred` or `error`), with an audit event.
     async fn mark_removing(
         &self,
@@ -515,6 +527,17 @@ pub(crate) fn reclaim_event(copy: &CopyRef, stale_owner: &str, new_owner: &str) 
         &copy.host,
         &copy.data_type,
         Some(format!("lease of {stale_owner} expired")),
+    )
+}
+
+/// The event of a takeover of an abandoned copy (its holder's process is gone).
+pub(crate) fn abandoned_event(copy: &CopyRef, dead_owner: &str, new_owner: &str) -> Event {
+    Event::copy(
+        new_owner,
+        "reclaimed",
+        &copy.host,
+        &copy.data_type,
+        Some(format!("holder {dead_owner} is gone (its process exited)")),
     )
 }
 

@@ -269,6 +269,22 @@ impl<C: Catalog> Catalog for Retrying<C> {
         self.settle_claim(r, copy, new_owner).await
     }
 
+    async fn reclaim_abandoned(
+        &self,
+        copy: &CopyRef,
+        dead_owner: &str,
+        new_owner: &str,
+        lease_for: Duration,
+    ) -> Result<Claim, CatalogError> {
+        let r = self
+            .run("reclaim abandoned", || {
+                self.inner
+                    .reclaim_abandoned(copy, dead_owner, new_owner, lease_for)
+            })
+            .await;
+        self.settle_claim(r, copy, new_owner).await
+    }
+
     async fn mark_removing(
         &self,
         copy: &CopyRef,

@@ -116,7 +116,7 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
             map: Arc::new(loaded.map.clone()),
             site: site_model,
             catalog: Arc::from(opened),
-            owner: owner_id(&site),
+            owner: tasks::owner::owner_id(&site),
             scope,
             dry_run: cli.dry_run,
             gates: Gates::new(transport_limits(&site_model_limits)),
@@ -174,12 +174,6 @@ fn transport_limits(l: &config::Limits) -> Limits {
         global: n(l.global_transfers),
         bandwidth_per_link: l.bandwidth_per_link,
     }
-}
-
-/// This agent's identity in leases and the audit trail: `site@host:pid`.
-fn owner_id(site: &str) -> String {
-    let host = gethostname::gethostname();
-    format!("{site}@{}:{}", host.to_string_lossy(), std::process::id())
 }
 
 /// One line per task and per run touched, on stdout: what a person at the terminal asked for.

@@ -283,6 +283,10 @@ pub struct Limits {
     pub global_transfers: u32,
     /// Bytes per second per link; `None` = unlimited (the default).
     pub bandwidth_per_link: Option<u64>,
+    /// How long a copy's lease lasts without renewal [default 10 min]; renewed every third
+    /// of it while copying. A dead agent's copy is reclaimed after it (by another host), or
+    /// at once by the next agent on its own host.
+    pub lease: Duration,
 }
 
 impl Default for Limits {
@@ -292,6 +296,7 @@ impl Default for Limits {
             transfers_per_link: 2,
             global_transfers: 4,
             bandwidth_per_link: None,
+            lease: Duration::from_secs(600),
         }
     }
 }

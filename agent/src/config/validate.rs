@@ -95,7 +95,10 @@ const LIMIT_KEYS: &[&str] = &[
     "transfers_per_link",
     "global_transfers",
     "bandwidth_per_link",
+    "lease",
 ];
+/// The shortest `limits.lease` accepted.
+const MIN_LEASE: std::time::Duration = std::time::Duration::from_secs(1);
 const TAPE_COMMON_KEYS: &[&str] = &["name", "kind"];
 const TAPE_DIRECTORY_KEYS: &[&str] = &["path"];
 const TAPE_COMMAND_KEYS: &[&str] = &[
@@ -635,11 +638,26 @@ fn read_limits(cx: &mut Ctx, node: &Node, path: &str) -> Option<Limits> {
         None => Some(None),
         Some((n, p)) => cx.bandwidth(n, &p).map(Some),
     };
+    let lease = match o.get("lease") {
+        None => Some(d.lease),
+        Some((n, p)) => match cx.duration(n, &p) {
+            Some(l) if l < MIN_LEASE => {
+                cx.error(
+                    n.pos,
+                    &p,
+                    format!("a lease under {MIN_LEASE:?} cannot be renewed in time"),
+                );
+                None
+            }
+            other => other,
+        },
+    };
     Some(Limits {
         files_in_flight: files_in_flight?,
         transfers_per_link: transfers_per_link?,
         global_transfers: global_transfers?,
         bandwidth_per_link: bandwidth_per_link?,
+        lease: lease?,
     })
 }
 

@@ -37,8 +37,11 @@ use crate::config::{LayoutError, Site, TransferMethod};
 use crate::transport::run::{copy_run, FileJob, Progress, RunCopy};
 use crate::transport::{CopyOptions, CopyReport, SshSession, TransportError, Verify};
 
-/// How long a claim lasts without renewal; renewed every third of it while copying.
-pub const LEASE: Duration = Duration::from_secs(600);
+/// How long a claim lasts without renewal (the site map's `limits.lease`, 10 min by
+/// default); renewed every third of it while copying.
+pub fn lease(ctx: &Context) -> Duration {
+    ctx.site.limits.lease
+}
 /// Runs asked of the catalogue per destination, data type and cycle.
 const BATCH: u32 = 100;
 /// New sessions a run copy may open when its connection fails under it.
@@ -514,7 +517,7 @@ async fn execute(
         location: plan.location.clone(),
         protocol: plan.protocol.into(),
         owner: ctx.owner.clone(),
-        lease_for: LEASE,
+        lease_for: lease(ctx),
     };
     let claimed = ctx
         .catalog
@@ -583,7 +586,7 @@ async fn copy_and_record(
         &ctx.owner,
     );
     to_verifying.checksum = Some(measured.clone());
-    to_verifying.lease_for = LEASE;
+    to_verifying.lease_for = lease(ctx);
     cas(ctx, copy, &to_verifying).await?;
     let mut to_done = Transition::new(
         CopyStatus::Verifying,
@@ -697,13 +700,13 @@ async fn copy_files(
         progress.file(label, &event);
     });
     let mut copying = std::pin::pin!(copying);
-    let mut renew = tokio::time::interval(LEASE / 3);
+    let mut renew = tokio::time::interval(lease(ctx) / 3);
     renew.tick().await;
     loop {
         tokio::select! {
             results = &mut copying => return Ok(results),
             _ = renew.tick() => {
-                match ctx.catalog.renew_lease(copy, &ctx.owner, LEASE).await {
+                match ctx.catalog.renew_lease(copy, &ctx.owner, lease(ctx)).await {
                     Ok(Cas::Done) => {}
                     Ok(Cas::Lost) => return Err(CopyError::Lost {
                         copy: copy.to_string(),

@@ -24,6 +24,7 @@
 pub mod audit;
 pub mod copy;
 pub mod heartbeat;
+pub mod owner;
 pub mod pull;
 pub mod purge;
 pub mod push;
@@ -104,7 +105,7 @@ pub struct Context {
     pub site: Site,
     /// The run catalogue.
     pub catalog: Arc<dyn Catalog>,
-    /// This agent's identity in leases and the audit trail: `site@host:pid`.
+    /// This agent's identity in leases and the audit trail ([`owner::owner_id`]).
     pub owner: String,
     /// `--run` / `--name`.
     pub scope: RunScope,

@@ -15,7 +15,7 @@ use super::copy::{self, CopyError, Direction, Outcome, Route, Wanted};
 use super::{Context, TaskReport};
 use crate::config::Site;
 
-pub use super::copy::LEASE;
+pub use super::copy::lease;
 
 /// Runs the task.
 pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {

@@ -7,7 +7,11 @@
 //!
 //! 1. **stalled** copies (`transferring`, lease expired; [`Catalog::stalled_copies`]) are
 //!    reclaimed with [`Catalog::reclaim_stalled`] (one conditional update: exactly one
-//!    reclaimer wins, `attempts` goes up) and copied again at once;
+//!    reclaimer wins, `attempts` goes up) and copied again at once; **abandoned** copies
+//!    (`transferring`, lease not expired, held by an agent of this site on this host whose
+//!    process is provably gone: [`owner::is_dead_predecessor`]) are taken back at once with
+//!    [`Catalog::reclaim_abandoned`], so a restart after `kill -9` does not wait out the
+//!    lease (`limits.lease`, 10 min by default);
 //! 2. **failed** copies (`error`) are classified from `last_error` ([`FailureClass`], as
 //!    FTS3 does) and
 //!    - `[retryable]` (connection cut, timeout, catalogue, a lost lease) and `[checksum]`
@@ -41,6 +45,7 @@
 //!
 //! [`Catalog::stalled_copies`]: crate::catalog::Catalog::stalled_copies
 //! [`Catalog::reclaim_stalled`]: crate::catalog::Catalog::reclaim_stalled
+//! [`Catalog::reclaim_abandoned`]: crate::catalog::Catalog::reclaim_abandoned
 
 use std::fmt;
 use std::path::PathBuf;
@@ -50,7 +55,9 @@ use bson::DateTime;
 use catalog_schema::{CopyEntry, CopyStatus, RunDoc};
 use tokio_util::sync::CancellationToken;
 
-use super::copy::{self, Direction, Outcome, LEASE};
+use super::copy::{self, Direction, Outcome};
+use super::owner;
+use super::push::lease;
 use super::verify::copies_in;
 use super::{Context, RunScope, TaskReport};
 use crate::catalog::{Cas, Claim, CopyRef, Transition};
@@ -193,6 +200,7 @@ pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
             break;
         }
         reclaim_stalled(ctx, &route, token, &mut report).await;
+        reclaim_abandoned(ctx, &route, token, &mut report).await;
         retry_failed(ctx, &route, token, &mut report).await;
     }
     report
@@ -270,8 +278,57 @@ async fn reclaim_stalled(
             if token.is_cancelled() {
                 return;
             }
-            let outcome = reclaim_one(ctx, route, run, c).await;
+            let outcome = reclaim_one(ctx, route, run, c, Reclaim::Expired).await;
             note(ctx, report, run, c, outcome);
+        }
+    }
+}
+
+/// Copies at the route's destination still `transferring` under a live lease whose holder
+/// was this site's agent on this host and is gone (killed, crashed): taken back at once.
+async fn reclaim_abandoned(
+    ctx: &Context,
+    route: &Route<'_>,
+    token: &CancellationToken,
+    report: &mut TaskReport,
+) {
+    let copies = match copies_in(ctx, &route.dest.name, CopyStatus::Transferring).await {
+        Ok(copies) => copies,
+        Err(e) => {
+            report.failed.push(e);
+            return;
+        }
+    };
+    let now = DateTime::now();
+    for (run, c) in &copies {
+        if token.is_cancelled() {
+            return;
+        }
+        let abandoned = !c.is_stalled(now)
+            && c.lease
+                .as_ref()
+                .is_some_and(|l| owner::is_dead_predecessor(&l.owner, &ctx.owner));
+        if abandoned {
+            let outcome = reclaim_one(ctx, route, run, c, Reclaim::Abandoned).await;
+            note(ctx, report, run, c, outcome);
+        }
+    }
+}
+
+/// Why a `transferring` copy may be taken from its holder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reclaim {
+    /// Its lease expired.
+    Expired,
+    /// Its holder, this site's agent on this host, is gone (lease not expired).
+    Abandoned,
+}
+
+impl Reclaim {
+    fn cause(self) -> &'static str {
+        match self {
+            Self::Expired => "lease expired",
+            Self::Abandoned => "its process is gone",
         }
     }
 }
@@ -287,13 +344,15 @@ async fn reclaim_one(
     route: &Route<'_>,
     run: &RunDoc,
     c: &CopyEntry,
+    how: Reclaim,
 ) -> Result<Step, String> {
     let Some(stale) = c.lease.as_ref().map(|l| l.owner.clone()) else {
         return Ok(Step::Skipped("no lease to reclaim".into()));
     };
+    let cause = how.cause();
     let Some(src) = verified_source(route, run, &c.data_type) else {
         return Ok(Step::Skipped(format!(
-            "stalled (lease of {stale} expired) but no verified source to copy from"
+            "stalled ({cause}, held by {stale}) but no verified source to copy from"
         )));
     };
     if let Some(why) = unsupported(&src.site, route, ctx) {
@@ -301,17 +360,24 @@ async fn reclaim_one(
     }
     if ctx.dry_run {
         return Ok(Step::Skipped(format!(
-            "dry run: would reclaim from {stale} (lease expired) and copy again from {}",
+            "dry run: would reclaim from {stale} ({cause}) and copy again from {}",
             src.site
         )));
     }
     let copy = CopyRef::new(run.key(), &route.dest.name, &c.data_type);
-    match ctx
-        .catalog
-        .reclaim_stalled(&copy, &stale, &ctx.owner, LEASE)
-        .await
-        .map_err(|e| e.to_string())?
-    {
+    let taken = match how {
+        Reclaim::Expired => {
+            ctx.catalog
+                .reclaim_stalled(&copy, &stale, &ctx.owner, lease(ctx))
+                .await
+        }
+        Reclaim::Abandoned => {
+            ctx.catalog
+                .reclaim_abandoned(&copy, &stale, &ctx.owner, lease(ctx))
+                .await
+        }
+    };
+    match taken.map_err(|e| e.to_string())? {
         Claim::Won(_) => {}
         Claim::Lost => return Ok(Step::Skipped("reclaimed by another agent".into())),
     }
@@ -320,7 +386,7 @@ async fn reclaim_one(
         let why = Failure::new(
             FailureClass::Retryable,
             format!(
-                "stalled again (lease of {stale} expired) after {} attempts",
+                "stalled again (held by {stale}, {cause}) after {} attempts",
                 c.attempts
             ),
         );
@@ -329,7 +395,7 @@ async fn reclaim_one(
     }
     copy_again(ctx, route, run, &copy, &src).await?;
     Ok(Step::Done(format!(
-        "reclaimed from {stale} (lease expired), copied from {} (attempt {attempts})",
+        "reclaimed from {stale} ({cause}), copied from {} (attempt {attempts})",
         src.site
     )))
 }
@@ -471,7 +537,7 @@ async fn retry_one(
         Some(&ctx.owner),
         &ctx.owner,
     );
-    take.lease_for = LEASE;
+    take.lease_for = lease(ctx);
     take.reason = Some(format!(
         "retry {} of {MAX_ATTEMPTS} from {} after {}",
         c.attempts.saturating_add(1),

@@ -7,7 +7,7 @@
 //!
 //! 1. **take over** only a copy no live process is working on: no lease, an expired
 //!    lease, this agent's own lease, or the lease of a process of this host that is gone
-//!    (owner ids are `site@host:pid`; `/proc/PID` tells). A lease held by a live process or
+//!    ([`owner::is_dead_local_process`]: its pid is not alive or started at another time). A lease held by a live process or
 //!    by another host, not expired, is left alone: a push holds its copy in `verifying`
 //!    between its read-back and its record. The final update names the lease owner seen, so
 //!    if anyone changed the copy meanwhile it is lost, not overwritten;
@@ -29,6 +29,7 @@ use bson::DateTime;
 use catalog_schema::{CopyEntry, CopyStatus, FileEntry, RunDoc};
 use tokio_util::sync::CancellationToken;
 
+use super::owner;
 use super::retry::{Failure, FailureClass};
 use super::{Context, TaskReport};
 use crate::catalog::{Cas, CopyRef, Transition};
@@ -258,7 +259,7 @@ fn may_take(ctx: &Context, c: &CopyEntry, now: DateTime) -> Result<Option<String
     };
     let taken = lease.expires < now
         || lease.owner == ctx.owner
-        || is_dead_local_process(&lease.owner, &ctx.owner);
+        || owner::is_dead_local_process(&lease.owner, &ctx.owner);
     if taken {
         Ok(Some(lease.owner.clone()))
     } else {
@@ -267,23 +268,6 @@ fn may_take(ctx: &Context, c: &CopyEntry, now: DateTime) -> Result<Option<String
             lease.owner,
             lease.expires.try_to_rfc3339_string().unwrap_or_default()
         ))
-    }
-}
-
-/// The host and pid of an owner id `site@host:pid`.
-fn host_pid(owner: &str) -> Option<(&str, u32)> {
-    let (_, rest) = owner.split_once('@')?;
-    let (host, pid) = rest.rsplit_once(':')?;
-    Some((host, pid.parse().ok()?))
-}
-
-/// Whether `owner` was a process on this agent's host (`ours`'s host) that has exited.
-fn is_dead_local_process(owner: &str, ours: &str) -> bool {
-    match (host_pid(owner), host_pid(ours)) {
-        (Some((host, pid)), Some((our_host, _))) if host == our_host => {
-            !Path::new("/proc").join(pid.to_string()).exists()
-        }
-        _ => false,
     }
 }
 
@@ -440,19 +424,6 @@ pub(super) fn remove_file_in(dir: &Path, rel: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn owner_ids_parse_and_only_dead_local_pids_count() {
-        assert_eq!(host_pid("daq@box.lab:42"), Some(("box.lab", 42)));
-        assert_eq!(host_pid("nonsense"), None);
-        let me = format!("daq@here:{}", std::process::id());
-        // This very process is alive.
-        assert!(!is_dead_local_process(&me, &me));
-        // A pid that cannot exist on Linux (above pid_max's hard limit).
-        assert!(is_dead_local_process("mirror@here:4194305", &me));
-        // Another host: we cannot tell, so it is not dead.
-        assert!(!is_dead_local_process("mirror@there:4194305", &me));
-    }
 
     #[test]
     fn file_in_refuses_links_and_escapes() {

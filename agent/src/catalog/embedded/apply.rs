@@ -6,10 +6,10 @@
 //! filters and updates of the MongoDB back end one for one.
 
 use bson::DateTime;
-use catalog_schema::{want_tag, CopyStatus, Event, Lease, RunDoc};
+use catalog_schema::{want_tag, CopyEntry, CopyStatus, Event, Lease, RunDoc};
 
 use crate::catalog::{
-    after, reclaim_event, ClaimRequest, CopyRef, Manifest, OriginCopy, Transition,
+    abandoned_event, after, reclaim_event, ClaimRequest, CopyRef, Manifest, OriginCopy, Transition,
 };
 
 /// Sets the manifest if the run has none; `false` if it has a different one.
@@ -158,6 +158,13 @@ pub(super) fn reclaim(
     if !c.leased_by(stale) || !c.is_stalled(now) {
         return None;
     }
+    let lease = hand_over(c, new_owner, expires, now);
+    run.push_event(reclaim_event(copy, stale, new_owner));
+    Some(lease)
+}
+
+/// Gives copy `c` to `new_owner` until `expires`, counting an attempt.
+fn hand_over(c: &mut CopyEntry, new_owner: &str, expires: DateTime, now: DateTime) -> Lease {
     let lease = Lease {
         owner: new_owner.to_string(),
         expires,
@@ -165,7 +172,24 @@ pub(super) fn reclaim(
     c.lease = Some(lease.clone());
     c.attempts += 1;
     c.updated_time = Some(now);
-    run.push_event(reclaim_event(copy, stale, new_owner));
+    lease
+}
+
+/// Takes over a `transferring` copy leased by `dead`, whatever the lease's expiry.
+pub(super) fn reclaim_abandoned(
+    run: &mut RunDoc,
+    copy: &CopyRef,
+    dead: &str,
+    new_owner: &str,
+    expires: DateTime,
+    now: DateTime,
+) -> Option<Lease> {
+    let c = run.copy_mut(&copy.host, &copy.data_type)?;
+    if c.status != CopyStatus::Transferring || !c.leased_by(dead) {
+        return None;
+    }
+    let lease = hand_over(c, new_owner, expires, now);
+    run.push_event(abandoned_event(copy, dead, new_owner));
     Some(lease)
 }
 

@@ -701,6 +701,29 @@ impl Catalog for EmbeddedCatalog {
         .map(claim)
     }
 
+    async fn reclaim_abandoned(
+        &self,
+        copy: &CopyRef,
+        dead_owner: &str,
+        new_owner: &str,
+        lease_for: Duration,
+    ) -> Result<Claim, CatalogError> {
+        let (c, d, n) = (copy.clone(), dead_owner.to_string(), new_owner.to_string());
+        let now = DateTime::now();
+        self.mutate("reclaim abandoned", &copy.run, move |run| {
+            Ok(apply::reclaim_abandoned(
+                run,
+                &c,
+                &d,
+                &n,
+                after(now, lease_for),
+                now,
+            ))
+        })
+        .await
+        .map(claim)
+    }
+
     async fn mark_removing(
         &self,
         copy: &CopyRef,

@@ -14,9 +14,9 @@ use mongodb::{Client, Collection, Database, IndexModel};
 use super::config::MongoConfig;
 use super::errors::{classify, is_duplicate_key};
 use crate::catalog::{
-    after, check_registration, missing_wants, new_run_doc, reclaim_event, removing_transition, Cas,
-    Catalog, CatalogError, Claim, ClaimRequest, CopyRef, LeaseHeld, NewRun, OriginCopy,
-    RegisterCheck, Registered, RunFilter, RunSelector, Transition,
+    abandoned_event, after, check_registration, missing_wants, new_run_doc, reclaim_event,
+    removing_transition, Cas, Catalog, CatalogError, Claim, ClaimRequest, CopyRef, LeaseHeld,
+    NewRun, OriginCopy, RegisterCheck, Registered, RunFilter, RunSelector, Transition,
 };
 
 /// The per-copy index field Ferry keeps next to `status`: `"<host>/<status>"` (see
@@ -224,6 +224,40 @@ impl MongoCatalog {
             }
         }
         Ok(())
+    }
+
+    /// Gives the copy matching `elem` (a reclaim's filter) to `new_owner` for `lease_for`,
+    /// counting an attempt, with `event`: one conditional update.
+    #[allow(clippy::too_many_arguments)]
+    async fn take_lease(
+        &self,
+        copy: &CopyRef,
+        elem: Document,
+        new_owner: &str,
+        lease_for: Duration,
+        now: DateTime,
+        event: &Event,
+        op: &str,
+    ) -> Result<Claim, CatalogError> {
+        let expires = after(now, lease_for);
+        let mut update = doc! {
+            "$set": {
+                "data.$.lease": { "owner": new_owner, "expires": expires },
+                "data.$.updated_time": now,
+            },
+            "$inc": { "data.$.attempts": 1 },
+        };
+        self.push_event(&mut update, event)?;
+        let filter = Self::copy_filter(copy, elem);
+        Ok(
+            match self.update(&format!("{op} {copy}"), filter, update).await? {
+                Cas::Done => Claim::Won(LeaseHeld {
+                    owner: new_owner.to_string(),
+                    expires,
+                }),
+                Cas::Lost => Claim::Lost,
+            },
+        )
     }
 
     /// One conditional update; `Done` iff exactly one document changed.
@@ -757,37 +791,36 @@ impl Catalog for MongoCatalog {
         lease_for: Duration,
     ) -> Result<Claim, CatalogError> {
         let now = DateTime::now();
-        let expires = after(now, lease_for);
         let elem = doc! {
             "status": "transferring",
             "lease.owner": stale_owner,
             "lease.expires": { "$lt": now },
         };
-        let mut update = doc! {
-            "$set": {
-                "data.$.lease": { "owner": new_owner, "expires": expires },
-                "data.$.updated_time": now,
-            },
-            "$inc": { "data.$.attempts": 1 },
-        };
         let ev = reclaim_event(copy, stale_owner, new_owner);
-        self.push_event(&mut update, &ev)?;
-        Ok(
-            match self
-                .update(
-                    &format!("reclaim {copy}"),
-                    Self::copy_filter(copy, elem),
-                    update,
-                )
-                .await?
-            {
-                Cas::Done => Claim::Won(LeaseHeld {
-                    owner: new_owner.to_string(),
-                    expires,
-                }),
-                Cas::Lost => Claim::Lost,
-            },
+        self.take_lease(copy, elem, new_owner, lease_for, now, &ev, "reclaim")
+            .await
+    }
+
+    async fn reclaim_abandoned(
+        &self,
+        copy: &CopyRef,
+        dead_owner: &str,
+        new_owner: &str,
+        lease_for: Duration,
+    ) -> Result<Claim, CatalogError> {
+        let now = DateTime::now();
+        let elem = doc! { "status": "transferring", "lease.owner": dead_owner };
+        let ev = abandoned_event(copy, dead_owner, new_owner);
+        self.take_lease(
+            copy,
+            elem,
+            new_owner,
+            lease_for,
+            now,
+            &ev,
+            "reclaim abandoned",
         )
+        .await
     }
 
     async fn mark_removing(

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Crash trials at scale (issue 5, "Crashes"): runs the kill -9 trials of
+# agent/tests/agent_crash.rs with N trials in all (default 100, split over the copy,
+# verify and purge phases), with a fresh random seed per phase, and prints a summary.
+#
+#   deploy/crash-trials.sh [N]          # from the workspace root
+#
+# Each phase prints one `crash-summary` line (seed, trials, kills, kills that landed
+# mid-work, recoveries, restarts, dead-holder reclaims, violations); a failing phase prints
+# every violation with its seed (replay: FERRY_CRASH_SEED=S FERRY_CRASH_TRIALS=T cargo test
+# -p ferry --test agent_crash). Exit status: 0 when every trial kept every invariant.
+set -euo pipefail
+
+total="${1:-100}"
+case "$total" in
+  '' | *[!0-9]*) echo "usage: $0 [N]  (N trials in all, a positive integer)" >&2; exit 2 ;;
+esac
+per_phase=$(( (total + 2) / 3 ))
+cd "$(dirname "$0")/.."
+
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+started=$(date +%s)
+status=0
+FERRY_CRASH_TRIALS="$per_phase" cargo test -q -p ferry --test agent_crash -- --nocapture \
+  >"$log" 2>&1 || status=$?
+elapsed=$(( $(date +%s) - started ))
+
+summaries="$(grep -o 'crash-summary.*' "$log" || true)"
+if [ -z "$summaries" ]; then
+  echo "no crash-summary lines: the test did not run; its output:" >&2
+  cat "$log" >&2
+  exit 1
+fi
+echo "$summaries"
+echo "$summaries" | awk -v secs="$elapsed" '
+  {
+    for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] += kv[2] }
+  }
+  END {
+    printf "TOTAL trials=%d kills=%d kills_mid_work=%d recovered=%d restarts=%d dead_holder_reclaims=%d violations=%d wall_secs=%d\n",
+      v["trials"], v["kills"], v["kills_mid_work"], v["recovered"], v["restarts"],
+      v["dead_holder_reclaims"], v["violations"], secs
+  }'
+if [ "$status" -ne 0 ]; then
+  echo "FAILED: violations or errors follow" >&2
+  grep -v 'crash-summary' "$log" | tail -n 80 >&2
+fi
+exit "$status"
