@@ -475,3 +475,34 @@ async fn paths_cannot_leave_the_served_root() {
     })
     .await;
 }
+
+/// Regression: a server that refuses `exec` (SSH_MSG_CHANNEL_FAILURE, channel left open, as
+/// RFC 4254 allows) made `SshSession::exec` wait forever for an exit status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_exec_fails_instead_of_hanging() {
+    let server = FaultServer::start().await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("f");
+    random_file(&src, 1000);
+    let session = connect(&server).await;
+    let err = tokio::time::timeout(
+        Duration::from_secs(10),
+        session.exec(&["sha256sum".into(), "--".into(), "/f".into()]),
+    )
+    .await
+    .expect("exec must not hang on a refused command")
+    .unwrap_err();
+    assert!(matches!(err, TransportError::Exec { .. }), "{err}");
+    assert!(err.to_string().contains("127.0.0.1"), "{err}");
+
+    // The same through a copy verified by a remote command: a clear failure, nothing installed.
+    let opts = CopyOptions {
+        verify: ferry::transport::Verify::sha256sum(),
+        ..CopyOptions::default()
+    };
+    let err = bounded("push", session.push(&src, "/f", &opts))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TransportError::Exec { .. }), "{err}");
+    assert!(!exists(&server.local_path("/f")));
+}
