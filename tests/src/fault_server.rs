@@ -72,7 +72,7 @@ pub enum FaultAction {
     NoSpace,
     /// Flip one bit of file data: of the bytes a write puts on disk (the write still answers
     /// OK), or of the bytes a read returns. With [`Trigger::AfterBytes`]`(n)` it is the
-    /// lowest bit of data byte `n`.
+    /// lowest bit of data byte `n`; with [`Trigger::OnRequest`], of that request's first byte.
     FlipBit,
 }
 
