@@ -536,7 +536,7 @@ impl russh::server::Handler for Connection {
     }
 }
 
-/// An open handle: a file (with its real path, for messages) or a directory listing.
+/// An open handle: a file, or a directory listing not yet read.
 enum Open {
     File(Arc<std::fs::File>),
     Dir(Option<Vec<File>>),
