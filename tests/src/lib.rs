@@ -22,6 +22,7 @@
 //! ```
 
 pub mod binaries;
+pub mod fault_server;
 pub mod keys;
 pub mod mongo;
 pub mod ports;
@@ -33,6 +34,7 @@ pub mod wire;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 pub use binaries::ServerKind;
+pub use fault_server::{Fault, FaultAction, FaultServer, Op, Trigger};
 pub use keys::{KeyPair, KeyType};
 pub use mongo::MongoServer;
 pub use sshd::{Sshd, SshdOptions};

@@ -99,6 +99,15 @@ impl SshSession {
                     }
                 }
                 ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+                // The server refused the exec request; it need not close the channel.
+                ChannelMsg::Failure if status.is_none() => {
+                    return Err(TransportError::Exec {
+                        host: host.to_owned(),
+                        argv: argv.to_vec(),
+                        status: None,
+                        stderr_tail: "the server refused to run the command".into(),
+                    });
+                }
                 ChannelMsg::ExitSignal { signal_name, .. } => {
                     stderr.extend_from_slice(
                         format!("\nkilled by signal {signal_name:?}").as_bytes(),

@@ -1,0 +1,508 @@
+//! Faults at the SFTP level, through the real transport, against the in-process
+//! [`ferry_tests::FaultServer`]: a connection cut mid-file, a request never answered, error
+//! statuses, a bit flipped on disk or in a read. `transport_faults.rs` breaks the TCP stream
+//! in front of OpenSSH; these break what the server answers.
+//!
+//! Every test runs under [`bounded`] (a tokio timeout): a transport that hangs fails the test.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry::transport::limits::Gates;
+use ferry::transport::run::{copy_run, FileJob, RunCopy};
+use ferry::transport::{CopyOptions, Limits, SshSession, SshTarget, TransportError};
+use ferry_tests::{Fault, FaultAction, FaultServer, Op};
+mod transport_common;
+
+use transport_common::{digest, random_file};
+
+/// Limit on each test.
+const TEST_LIMIT: Duration = Duration::from_secs(30);
+
+async fn bounded<T>(what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(TEST_LIMIT, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {TEST_LIMIT:?}"))
+}
+
+fn target(server: &FaultServer) -> SshTarget {
+    let mut t = SshTarget::new(server.host(), server.port(), server.user());
+    t.identity_files = vec![server.user_key_path().to_path_buf()];
+    t.known_hosts_files = vec![server.known_hosts_path().to_path_buf()];
+    t.use_agent = false;
+    t.connect_timeout = Duration::from_secs(5);
+    t.request_timeout = Duration::from_secs(2);
+    t.channels = 2;
+    t
+}
+
+async fn connect(server: &FaultServer) -> SshSession {
+    SshSession::connect(&target(server))
+        .await
+        .expect("connecting to the fault server")
+}
+
+fn exists(p: &Path) -> bool {
+    p.symlink_metadata().is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_pushed_and_pulled_back_through_the_fault_server_is_intact() {
+    let server = FaultServer::start().await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    let sizes = [
+        ("empty.evio", 0usize),
+        ("one byte", 1),
+        ("raw/ünïcode 000.evio", (1 << 20) + 1),
+        ("raw/deep/001.evio", 3 << 20),
+    ];
+    for (name, size) in sizes {
+        random_file(&src.join(name), size);
+    }
+    let jobs: Vec<FileJob> = sizes
+        .iter()
+        .map(|(name, size)| FileJob {
+            path: (*name).into(),
+            size: *size as u64,
+            sha256: Some(digest(&src.join(name)).sha256_hex()),
+        })
+        .collect();
+    let session = Arc::new(connect(&server).await);
+    let gates = Gates::new(Limits::default());
+    let opts = CopyOptions::default();
+    bounded("push and pull", async {
+        let push = RunCopy::Push {
+            session: session.clone(),
+            local_root: src.clone(),
+            remote_root: "/runs/Run004711".into(),
+        };
+        for r in copy_run(&push, &jobs, &opts, &gates, |_| {}).await {
+            assert!(r.unwrap().verified);
+        }
+        let back = work.path().join("back");
+        let pull = RunCopy::Pull {
+            session: session.clone(),
+            remote_root: "/runs/Run004711".into(),
+            local_root: back.clone(),
+        };
+        for r in copy_run(&pull, &jobs, &opts, &gates, |_| {}).await {
+            r.unwrap();
+        }
+        for (name, _) in sizes {
+            let on_server = server.local_path(&format!("/runs/Run004711/{name}"));
+            assert_eq!(digest(&on_server), digest(&src.join(name)), "{name}");
+            assert_eq!(digest(&back.join(name)), digest(&src.join(name)), "{name}");
+            assert!(!exists(&on_server.with_extension("evio.part")));
+        }
+    })
+    .await;
+    assert_eq!(server.fired(), 0);
+}
+
+/// Options whose writes reach the server in file order (one in flight), so that a fault
+/// after N bytes leaves exactly the first bytes of the file behind it.
+fn in_order() -> CopyOptions {
+    CopyOptions {
+        requests_in_flight: 1,
+        ..CopyOptions::default()
+    }
+}
+
+/// Push `size` random bytes to `/dst/big.evio` and cut the connection when the server has
+/// received 3 MiB; returns the source and the length of the `.part` left behind.
+async fn push_cut_at_3_mib(
+    server: &FaultServer,
+    work: &Path,
+    size: u64,
+    opts: &CopyOptions,
+) -> (std::path::PathBuf, u64) {
+    let src = work.join("big.evio");
+    random_file(&src, size as usize);
+    server.set_fault(Fault::after_bytes(FaultAction::Cut, Op::Write, 3 << 20));
+    let session = connect(server).await;
+    let err = bounded("the cut push", session.push(&src, "/dst/big.evio", opts))
+        .await
+        .expect_err("a cut push must fail");
+    assert_eq!(server.fired(), 1, "the cut fired");
+    assert!(
+        err.is_retryable(),
+        "a cut connection must be retryable: {err}"
+    );
+    assert!(
+        matches!(
+            err,
+            TransportError::ConnectionLost { .. } | TransportError::Ssh { .. }
+        ),
+        "{err}"
+    );
+    assert!(!exists(&server.local_path("/dst/big.evio")));
+    let kept = std::fs::metadata(server.local_path("/dst/big.evio.part"))
+        .expect("the cut leaves a .part")
+        .len();
+    assert!(kept > 0 && kept < size, "kept {kept}");
+    (src, kept)
+}
+
+/// The push after the cut, on a new connection, checked end to end.
+async fn push_again(server: &FaultServer, src: &Path) -> ferry::transport::CopyReport {
+    let session = connect(server).await;
+    let report = bounded(
+        "the resumed push",
+        session.push(src, "/dst/big.evio", &CopyOptions::default()),
+    )
+    .await
+    .expect("the push after the cut must succeed");
+    assert_eq!(report.digest, digest(src));
+    assert_eq!(digest(&server.local_path("/dst/big.evio")), digest(src));
+    assert!(!exists(&server.local_path("/dst/big.evio.part")));
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_cut_mid_file_is_retryable_and_resumes_from_the_part() {
+    let server = FaultServer::start().await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let size = 8u64 << 20;
+    let (src, kept) = push_cut_at_3_mib(&server, work.path(), size, &in_order()).await;
+    assert!(
+        kept <= 3 << 20,
+        "in-order writes stop at the cut: kept {kept}"
+    );
+
+    let report = push_again(&server, &src).await;
+    assert_eq!(report.resumed_from, kept, "{report:?}");
+    assert_eq!(report.bytes + report.resumed_from, size);
+}
+
+/// With 64 writes in flight they may reach the server out of order, so the `.part` a cut
+/// leaves can have holes: then its length overstates what was written, and the resumed copy
+/// must fail read-back and start again from zero. Either way the result is the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_push_cut_mid_file_ends_with_the_source_bytes() {
+    let server = FaultServer::start().await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let size = 8u64 << 20;
+    let (src, kept) = push_cut_at_3_mib(&server, work.path(), size, &CopyOptions::default()).await;
+    let part = std::fs::read(server.local_path("/dst/big.evio.part")).unwrap();
+    let prefix_intact = part[..] == std::fs::read(&src).unwrap()[..kept as usize];
+
+    let report = push_again(&server, &src).await;
+    let expect_resumed = if prefix_intact { kept } else { 0 };
+    assert_eq!(report.resumed_from, expect_resumed, "{report:?}");
+}
+
+/// Found with the fault server: each pipelined write is sent from its own tokio task, so
+/// writes reach the server out of file order. A cut then leaves a `.part` with holes (resume
+/// is wasted: see the test above), and `diagnose_full` takes the `.part` length as the bytes
+/// written, so a full disk can be reported as a retryable generic failure (it needs
+/// `size - .part length > available`, and holes make the length reach `size`). The fix
+/// belongs in `transport/sftp.rs` (`write_pipeline`: send in order, then await), which is
+/// being rewritten on the `perf` branch; un-ignore this test with that fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "transport bug: pipelined writes reach the server out of file order (fix in sftp.rs, perf branch)"]
+async fn pipelined_writes_reach_the_server_in_file_order() {
+    let server = FaultServer::start().await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("f");
+    random_file(&src, 16 << 20);
+    let session = connect(&server).await;
+    bounded("push", session.push(&src, "/f", &CopyOptions::default()))
+        .await
+        .unwrap();
+    assert_eq!(server.out_of_order_writes(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_write_times_out_as_retryable_while_the_connection_stays_up() {
+    let server = FaultServer::start().await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("f");
+    random_file(&src, 4 << 20);
+    // SSH keep-alives are answered throughout: only the SFTP request timeout can catch this.
+    let mut t = target(&server);
+    t.keepalive_interval = Some(Duration::from_millis(500));
+    let session = SshSession::connect(&t).await.unwrap();
+    server.set_fault(Fault::on_request(FaultAction::Stall, Op::Write, 3));
+    let started = Instant::now();
+    let err = bounded(
+        "the stalled push",
+        session.push(&src, "/f", &CopyOptions::default()),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(server.fired(), 1);
+    assert!(err.is_retryable(), "{err}");
+    assert!(matches!(err, TransportError::Timeout { .. }), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "request timeout is 2 s, took {:?}",
+        started.elapsed()
+    );
+    assert!(!exists(&server.local_path("/f")));
+}
+
+/// A push of `size` random bytes to `remote` that runs into `fault`.
+struct FaultedPush {
+    server: FaultServer,
+    /// Holds the source file: bind it for as long as `src` is used.
+    work: tempfile::TempDir,
+    src: std::path::PathBuf,
+    session: SshSession,
+    err: TransportError,
+}
+
+async fn push_into(fault: Fault, size: usize, remote: &str, opts: &CopyOptions) -> FaultedPush {
+    let server = FaultServer::start()
+        .await
+        .expect("starting the fault server");
+    let work = tempfile::tempdir().expect("test setup");
+    let src = work.path().join("f");
+    random_file(&src, size);
+    let session = connect(&server).await;
+    server.set_fault(fault);
+    let err = bounded("push", session.push(&src, remote, opts))
+        .await
+        .expect_err("the fault must fail the push");
+    assert_eq!(server.fired(), 1, "the fault fired");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("127.0.0.1") && msg.contains(remote),
+        "the error must name host and path: {msg}"
+    );
+    assert!(!exists(&server.local_path(remote)), "nothing installed");
+    FaultedPush {
+        server,
+        work,
+        src,
+        session,
+        err,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permission_denied_is_final_and_names_host_and_path() {
+    let denied = Fault::on_request(FaultAction::permission_denied(), Op::Open, 1);
+    let FaultedPush { err, .. } =
+        push_into(denied, 1000, "/locked/f", &CopyOptions::default()).await;
+    assert!(
+        matches!(err, TransportError::PermissionDenied { .. }),
+        "{err}"
+    );
+    assert!(!err.is_retryable(), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_final_frees_the_part_and_installs_nothing() {
+    let full = Fault::after_bytes(FaultAction::NoSpace, Op::Write, 1 << 20);
+    // In order: see `pipelined_writes_reach_the_server_in_file_order` for why.
+    let FaultedPush { server, err, .. } = push_into(full, 4 << 20, "/full/f", &in_order()).await;
+    assert!(matches!(err, TransportError::NoSpace { .. }), "{err}");
+    assert!(!err.is_retryable(), "{err}");
+    assert!(
+        !exists(&server.local_path("/full/f.part")),
+        "space given back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generic_write_failure_is_retryable_and_carries_the_server_message() {
+    let eio = Fault::on_request(FaultAction::failure("Input/output error"), Op::Write, 2);
+    let FaultedPush {
+        err,
+        session,
+        src,
+        work: _work,
+        server: _server,
+    } = push_into(eio, 2 << 20, "/eio/f", &CopyOptions::default()).await;
+    assert!(matches!(err, TransportError::Sftp { .. }), "{err}");
+    assert!(err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("Input/output error"), "{err}");
+
+    // The fault fired once: the same copy goes through now.
+    let report = bounded(
+        "retry",
+        session.push(&src, "/eio/f", &CopyOptions::default()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.digest, digest(&src));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bit_flipped_on_disk_is_caught_by_read_back_and_the_part_removed() {
+    let flip = Fault::after_bytes(FaultAction::FlipBit, Op::Write, (1 << 20) + 17);
+    let FaultedPush {
+        server,
+        src,
+        session,
+        err,
+        work: _work,
+    } = push_into(flip, 3 << 20, "/flip/f", &CopyOptions::default()).await;
+    let TransportError::ChecksumMismatch {
+        expected, actual, ..
+    } = &err
+    else {
+        panic!("expected a checksum mismatch: {err}");
+    };
+    let sent = digest(&src);
+    assert!(expected.contains(&sent.sha256_hex()), "{err}");
+    assert!(!actual.contains(&sent.sha256_hex()), "{err}");
+    assert!(err.is_retryable(), "{err}");
+    assert!(
+        !exists(&server.local_path("/flip/f.part")),
+        "bad file removed"
+    );
+
+    let report = bounded(
+        "retry",
+        session.push(&src, "/flip/f", &CopyOptions::default()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.resumed_from, 0);
+    assert_eq!(digest(&server.local_path("/flip/f")), sent);
+}
+
+/// A pull of a 3 MiB manifest file whose bit 0 of byte 2 MiB is flipped in the server's
+/// read reply. Returns the error, the manifest digest, the local destination and the
+/// session, with `opts` that pin the manifest's SHA-256.
+struct FlippedPull {
+    err: TransportError,
+    manifest: ferry::checksum::FileDigest,
+    local: std::path::PathBuf,
+    opts: CopyOptions,
+    session: SshSession,
+}
+
+async fn pull_with_a_flipped_bit(server: &FaultServer, work: &Path) -> FlippedPull {
+    let remote = server.local_path("/runs/r.evio");
+    random_file(&remote, 3 << 20);
+    let manifest = digest(&remote);
+    let local = work.join("r.evio");
+    let opts = CopyOptions {
+        expected_sha256: Some(manifest.sha256_hex()),
+        ..CopyOptions::default()
+    };
+    let session = connect(server).await;
+    server.set_fault(Fault::after_bytes(FaultAction::FlipBit, Op::Read, 2 << 20));
+    let err = bounded("pull", session.pull("/runs/r.evio", &local, &opts))
+        .await
+        .expect_err("a pull with a flipped bit must fail");
+    assert_eq!(server.fired(), 1, "the bit was flipped");
+    FlippedPull {
+        err,
+        manifest,
+        local,
+        opts,
+        session,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bit_flipped_in_a_pull_is_caught_against_the_manifest() {
+    let server = FaultServer::start().await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let FlippedPull {
+        err,
+        manifest,
+        local,
+        ..
+    } = pull_with_a_flipped_bit(&server, work.path()).await;
+    assert!(
+        matches!(err, TransportError::ChecksumMismatch { .. }),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains(&manifest.sha256_hex()), "{msg}");
+    assert!(
+        msg.contains("127.0.0.1") && msg.contains("/runs/r.evio"),
+        "{msg}"
+    );
+    assert!(!exists(&local), "nothing installed");
+}
+
+/// Found with the fault server: a pull whose stream digest differs from the manifest keeps
+/// its `.part`; the next pull resumes that whole bad `.part` (nothing left to send), fails
+/// the manifest check again, and never starts from zero — the copy can never succeed.
+/// The fix belongs in `transport/sftp.rs` (`pull_once`), which is being rewritten on the
+/// `perf` branch; un-ignore this test with that fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "transport bug: a pull rejected by the manifest keeps its bad .part and resumes it forever (fix in sftp.rs, perf branch)"]
+async fn a_pull_rejected_by_the_manifest_is_not_resumed_from_its_bad_part() {
+    let server = FaultServer::start().await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let flipped = pull_with_a_flipped_bit(&server, work.path()).await;
+    let report = bounded(
+        "second pull",
+        flipped
+            .session
+            .pull("/runs/r.evio", &flipped.local, &flipped.opts),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.digest, flipped.manifest);
+    assert_eq!(digest(&flipped.local), flipped.manifest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_cannot_leave_the_served_root() {
+    let server = FaultServer::start().await.unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret"), b"x").unwrap();
+    std::os::unix::fs::symlink(outside.path(), server.local_path("/escape")).unwrap();
+    let session = connect(&server).await;
+    bounded("path checks", async {
+        assert_eq!(session.realpath("/a/../").await.unwrap(), "/");
+        let err = session.realpath("/../etc").await.unwrap_err();
+        assert!(
+            matches!(err, TransportError::PermissionDenied { .. }),
+            "{err}"
+        );
+        let err = session.remote_size("/escape/secret").await.unwrap_err();
+        assert!(
+            matches!(err, TransportError::PermissionDenied { .. }),
+            "{err}"
+        );
+        let local = outside.path().join("copy");
+        let err = session
+            .pull("/escape/secret", &local, &CopyOptions::default())
+            .await
+            .unwrap_err();
+        assert!(!err.is_retryable(), "{err}");
+    })
+    .await;
+}
+
+/// Regression: a server that refuses `exec` (SSH_MSG_CHANNEL_FAILURE, channel left open, as
+/// RFC 4254 allows) made `SshSession::exec` wait forever for an exit status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_exec_fails_instead_of_hanging() {
+    let server = FaultServer::start().await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("f");
+    random_file(&src, 1000);
+    let session = connect(&server).await;
+    let err = tokio::time::timeout(
+        Duration::from_secs(10),
+        session.exec(&["sha256sum".into(), "--".into(), "/f".into()]),
+    )
+    .await
+    .expect("exec must not hang on a refused command")
+    .unwrap_err();
+    assert!(matches!(err, TransportError::Exec { .. }), "{err}");
+    assert!(err.to_string().contains("127.0.0.1"), "{err}");
+
+    // The same through a copy verified by a remote command: a clear failure, nothing installed.
+    let opts = CopyOptions {
+        verify: ferry::transport::Verify::sha256sum(),
+        ..CopyOptions::default()
+    };
+    let err = bounded("push", session.push(&src, "/f", &opts))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TransportError::Exec { .. }), "{err}");
+    assert!(!exists(&server.local_path("/f")));
+}
