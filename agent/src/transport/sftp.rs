@@ -33,7 +33,7 @@ use russh_sftp::protocol::{FileAttributes, OpenFlags, Status, StatusCode};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::checksum::{read_full, FileDigest, StreamHasher};
+use crate::checksum::{FileDigest, StreamHasher};
 use crate::transport::limits::throttle;
 use crate::transport::local::{part_path, sync_parent};
 use crate::transport::sftp_wire::{Reply, Waiting, WireError, FX_EOF, FX_OK};
@@ -769,6 +769,7 @@ fn local_chunks(
     first: u64,
     chunk: usize,
 ) -> ChunkStream<'static> {
+    use std::io::Read;
     let (tx, rx) = mpsc::channel::<Result<Bytes, TransportError>>(8);
     std::thread::spawn(move || {
         let mut pos = 0u64;
@@ -778,11 +779,11 @@ fn local_chunks(
             } else {
                 chunk
             };
-            let mut buf = vec![0u8; want];
-            match read_full(&mut file, &mut buf) {
+            // Read into spare capacity: no zero-filling of a buffer about to be overwritten.
+            let mut buf = Vec::with_capacity(want);
+            match file.by_ref().take(want as u64).read_to_end(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
-                    buf.truncate(n);
                     pos += n as u64;
                     if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
                         break;

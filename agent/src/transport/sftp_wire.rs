@@ -518,12 +518,18 @@ impl SftpMux {
         })
     }
 
+    /// Queue a packet for the writer. A channel that takes nothing (no window from the
+    /// server) fills the queue: waiting for room is bounded by the request timeout too.
     async fn send(&self, msg: Outgoing) -> Result<(), WireError> {
-        self.out.send(msg).await.map_err(|_| {
-            self.pending.ended().unwrap_or_else(|| WireError::Closed {
+        match tokio::time::timeout(self.timeout, self.out.send(msg)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(self.pending.ended().unwrap_or_else(|| WireError::Closed {
                 reason: "writer stopped".into(),
-            })
-        })
+            })),
+            Err(_) => Err(WireError::Timeout {
+                after: self.timeout,
+            }),
+        }
     }
 
     /// Send `SSH_FXP_WRITE` of `data` at `offset`; await the returned [`Waiting`] for the
@@ -812,6 +818,22 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(r.reply().await, Err(WireError::BadLength { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_takes_nothing_times_out_the_sender_instead_of_blocking_it() {
+        let (client_side, _server) = tokio::io::duplex(1 << 14);
+        let (rd, wr) = tokio::io::split(client_side);
+        let (mux, _sftp) = SftpMux::start(rd, wr, 1000, Duration::from_millis(100));
+        let mut kept = Vec::new();
+        let err = loop {
+            match mux.write(b"H", 0, Bytes::from(vec![0; 4096])).await {
+                Ok(w) => kept.push(w),
+                Err(e) => break e,
+            }
+            assert!(kept.len() < 1000, "the writer queue never filled");
+        };
+        assert!(matches!(err, WireError::Timeout { .. }), "{err}");
     }
 
     #[tokio::test]
