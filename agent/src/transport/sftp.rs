@@ -288,11 +288,6 @@ impl SshSession {
             });
         }
         let size = meta.len();
-        if let Some((parent, _)) = remote.rsplit_once('/') {
-            if !parent.is_empty() {
-                mkdir_p(ch, host, parent).await?;
-            }
-        }
         let part = part_name(remote);
         let resumed_from = if allow_resume {
             match raw.lstat(part.as_str()).await {
@@ -311,11 +306,20 @@ impl SshSession {
             let _ = raw.remove(part.as_str()).await;
             OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE
         };
-        let handle = raw
-            .open(part.as_str(), flags, FileAttributes::default())
-            .await
-            .map_err(|e| sftp_err(host, &part, "open", e))?
-            .handle;
+        let open = || raw.open(part.as_str(), flags, FileAttributes::default());
+        let handle = match open().await {
+            Ok(h) => h,
+            // No parent directory: create it and try again. Checking for it first would cost
+            // every file a round trip.
+            Err(SftpError::Status(s)) if s.status_code == StatusCode::NoSuchFile => {
+                if let Some((parent, _)) = remote.rsplit_once('/').filter(|(p, _)| !p.is_empty()) {
+                    mkdir_p(ch, host, parent).await?;
+                }
+                open().await.map_err(|e| sftp_err(host, &part, "open", e))?
+            }
+            Err(e) => return Err(sftp_err(host, &part, "open", e)),
+        }
+        .handle;
 
         let mut hasher = StreamHasher::new()?;
         let chunk = ch.write_len as usize;
@@ -366,7 +370,8 @@ impl SshSession {
         }
         let digest = hasher.finish().await?;
         check_expected(host, remote, &digest, opts.expected_sha256.as_deref())?;
-        let finish = async {
+        // Mode and mtime, then fsync: both sent at once (one round trip), in that order.
+        let setstat = async {
             if opts.preserve {
                 let attrs = FileAttributes {
                     permissions: Some(meta.mode() & 0o7777),
@@ -378,14 +383,18 @@ impl SshSession {
                     .await
                     .map_err(|e| sftp_err(host, &part, "setstat", e))?;
             }
+            Ok::<_, TransportError>(())
+        };
+        let fsync = async {
             if opts.fsync && ch.fsync {
                 raw.fsync(handle.as_str())
                     .await
                     .map_err(|e| sftp_err(host, &part, "fsync", e))?;
             }
             Ok::<_, TransportError>(())
-        }
-        .await;
+        };
+        let (set, synced) = futures::join!(setstat, fsync);
+        let finish = set.and(synced);
         let closed = raw.close(handle.as_str()).await;
         finish?;
         closed.map_err(|e| sftp_err(host, &part, "close", e))?;
