@@ -6,7 +6,9 @@
 #   bench/transport.sh                     # BIG_MB=2048 LONG_MB=512 SMALL_FILES=1000
 #
 # Cases: one big file push and pull, SMALL_FILES x 1 MiB push, on loopback and through
-# delay-proxy (10 ms each way = 20 ms RTT; the long-link file is LONG_MB). Ferry's figures
+# delay-proxy (10 ms each way = 20 ms RTT; the long-link file is LONG_MB); on the long link
+# also 4 files of LONG_MB/4 uploaded at once (Ferry: 4 in flight over its 4 channels;
+# `sftp -b` puts them one after the other, which is what it can do). Ferry's figures
 # always include SHA-256 + MD5 (the transport cannot copy without them) and its verification
 # is deferred (the others do not verify either). rclone 1.60 has no --sftp-ciphers; Go's SSH
 # client offers aes128-gcm@openssh.com first, so it negotiates the same cipher. Page cache is warm for every tool (dropping
@@ -23,6 +25,7 @@ SMALL_FILES=${SMALL_FILES:-1000}
 PORT=${PORT:-2399}
 PROXY_PORT=${PROXY_PORT:-2400}
 CIPHER=aes128-gcm@openssh.com
+LINKS=${LINKS:-loopback rtt20}   # e.g. LINKS=rtt20 to run only the long-link cases
 
 mkdir -p "$WORK"
 cd "$WORK"
@@ -61,6 +64,11 @@ sleep 1
   head -c $((BIG_MB << 20)) /dev/urandom > big.bin
 [ "$(stat -c %s long.bin 2>/dev/null || echo 0)" = $((LONG_MB << 20)) ] ||
   head -c $((LONG_MB << 20)) /dev/urandom > long.bin
+FOUR_MB=$((LONG_MB / 4))
+if [ "$(stat -c %s four/f4 2>/dev/null || echo 0)" != $((FOUR_MB << 20)) ]; then
+  rm -rf four && mkdir four
+  for i in 1 2 3 4; do head -c $((FOUR_MB << 20)) /dev/urandom > "four/f$i"; done
+fi
 if [ "$(ls small 2>/dev/null | wc -l)" != "$SMALL_FILES" ]; then
   rm -rf small && mkdir small
   for i in $(seq -w 1 "$SMALL_FILES"); do head -c $((1 << 20)) /dev/urandom > "small/f$i"; done
@@ -87,7 +95,7 @@ measure() {
 FERRY=("$BIN/ferry-bench")
 FOPT=(--key "$WORK/userkey" --known-hosts "$WORK/known_hosts" --cipher "$CIPHER")
 
-for link in loopback rtt20; do
+for link in $LINKS; do
   if [ $link = loopback ]; then P=$PORT; F=big.bin; MB=$BIG_MB; else P=$PROXY_PORT; F=long.bin; MB=$LONG_MB; fi
   BYTES=$((MB << 20))
   echo "put $WORK/$F $WORK/dst/$F" > state/put.batch
@@ -100,6 +108,14 @@ for link in loopback rtt20; do
   measure "$link pull ${MB} MiB" "sftp -b" $BYTES -- sftp -q "${SSHOPT[@]}" -P $P -b state/get.batch 127.0.0.1
   measure "$link pull ${MB} MiB" scp $BYTES -- scp -q "${SSHOPT[@]}" -P $P "127.0.0.1:$WORK/$F" "$WORK/pulled/$F"
   measure "$link pull ${MB} MiB" rclone $BYTES -- rclone copyto "$(RCLONE_REMOTE $P)$WORK/$F" "$WORK/pulled/$F"
+
+  if [ $link = rtt20 ]; then
+    FOUR_BYTES=$((4 * FOUR_MB << 20))
+    echo "put -r $WORK/four $WORK/dst/four" > state/putfour.batch
+    measure "$link push 4 x ${FOUR_MB} MiB at once" ferry $FOUR_BYTES -- "${FERRY[@]}" push-dir "${FOPT[@]}" --files 4 --port $P --local "$WORK/four" --remote "$WORK/dst/four"
+    measure "$link push 4 x ${FOUR_MB} MiB at once" "sftp -b" $FOUR_BYTES -- sftp -q "${SSHOPT[@]}" -P $P -b state/putfour.batch 127.0.0.1
+    measure "$link push 4 x ${FOUR_MB} MiB at once" "rclone --transfers 4" $FOUR_BYTES -- rclone copy --transfers 4 "$WORK/four" "$(RCLONE_REMOTE $P)$WORK/dst/four"
+  fi
 
   SMALL_BYTES=$((SMALL_FILES << 20))
   echo "put -r $WORK/small $WORK/dst/small" > state/putdir.batch

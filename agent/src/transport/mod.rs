@@ -18,6 +18,7 @@
 //! |------------|--------------------------------------------------------------------------|
 //! | [`ssh`]    | [`SshTarget`], host-key policy, [`SshSession`]: one connection, N channels |
 //! | [`sftp`]   | push/pull over SFTP with pipelined requests, `.part`, resume, rename      |
+//! | [`sftp_wire`] | SFTP data packets framed by hand; the channel shared with russh-sftp |
 //! | [`local`]  | the same contract on a shared file system                                |
 //! | [`exec`]   | remote commands as argv (quoted for the remote shell), exit status       |
 //! | [`verify`] | the verification methods (read-back, remote command, deferred)           |
@@ -32,6 +33,7 @@ pub mod limits;
 pub mod local;
 pub mod run;
 pub mod sftp;
+pub mod sftp_wire;
 pub mod ssh;
 pub mod verify;
 

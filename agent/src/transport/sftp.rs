@@ -29,18 +29,24 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use russh_sftp::client::error::Error as SftpError;
-use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
+use russh_sftp::protocol::{FileAttributes, OpenFlags, Status, StatusCode};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::checksum::{read_full, FileDigest, StreamHasher};
+use crate::checksum::{FileDigest, StreamHasher};
 use crate::transport::limits::throttle;
 use crate::transport::local::{part_path, sync_parent};
+use crate::transport::sftp_wire::{Reply, Waiting, WireError, FX_EOF, FX_OK};
 use crate::transport::ssh::SftpChannel;
 use crate::transport::{
     check_expected, part_name, verify, with_restart, Attempt, CopyOptions, CopyReport, SshSession,
     TransportError, Verify,
 };
+
+/// Payload of the writes one push keeps in flight. A stock sshd grants 2 MiB of window per
+/// channel, so more than a few MiB only waits in queues: 8 MiB still allows 400 MB/s at 20 ms
+/// RTT, and keeps 4 pushes at once under the 64 MiB RSS target (16 MiB did not: 82 MiB).
+const WRITE_BUDGET: usize = 8 << 20;
 
 type ChunkStream<'a> = Pin<Box<dyn Stream<Item = Result<Bytes, TransportError>> + Send + 'a>>;
 
@@ -85,12 +91,58 @@ fn sftp_err(host: &str, path: &str, op: &'static str, e: SftpError) -> Transport
     }
 }
 
-fn join_err(host: &str, path: &str, e: tokio::task::JoinError) -> TransportError {
-    TransportError::ConnectionLost {
-        host: host.to_owned(),
-        path: path.to_owned(),
-        what: format!("request task ended: {e}"),
+/// Map an error of the data path ([`crate::transport::sftp_wire`]) to a transport error.
+fn wire_err(host: &str, path: &str, op: &'static str, e: WireError) -> TransportError {
+    let (host, path) = (host.to_owned(), path.to_owned());
+    match e {
+        WireError::Timeout { after } => TransportError::Timeout {
+            host,
+            what: format!("waiting for SFTP {op} of {path}"),
+            after,
+        },
+        WireError::Closed { .. } => TransportError::ConnectionLost {
+            host,
+            path,
+            what: op.into(),
+        },
+        // A malformed reply: the channel is unusable, a new connection may do better.
+        other => TransportError::Ssh {
+            host,
+            what: format!("SFTP {op} of {path}"),
+            message: other.to_string(),
+        },
     }
+}
+
+/// A failure status in reply to a data request, classified like russh-sftp's.
+fn status_err(
+    host: &str,
+    path: &str,
+    op: &'static str,
+    code: u32,
+    message: String,
+) -> TransportError {
+    let (status_code, error_message) = match code {
+        1 => (StatusCode::Eof, message),
+        2 => (StatusCode::NoSuchFile, message),
+        3 => (StatusCode::PermissionDenied, message),
+        5 => (StatusCode::BadMessage, message),
+        6 => (StatusCode::NoConnection, message),
+        7 => (StatusCode::ConnectionLost, message),
+        8 => (StatusCode::OpUnsupported, message),
+        4 => (StatusCode::Failure, message),
+        other => (
+            StatusCode::Failure,
+            format!("{message} (status code {other})"),
+        ),
+    };
+    let status = Status {
+        id: 0,
+        status_code,
+        error_message,
+        language_tag: String::new(),
+    };
+    sftp_err(host, path, op, SftpError::Status(status))
 }
 
 impl SshSession {
@@ -202,7 +254,7 @@ impl SshSession {
             Ok::<_, TransportError>(())
         }
         .await;
-        reads.abort();
+        drop(reads);
         let _ = ch.raw.close(handle).await;
         result?;
         Ok(hasher.finish().await?)
@@ -241,11 +293,6 @@ impl SshSession {
             });
         }
         let size = meta.len();
-        if let Some((parent, _)) = remote.rsplit_once('/') {
-            if !parent.is_empty() {
-                mkdir_p(ch, host, parent).await?;
-            }
-        }
         let part = part_name(remote);
         let resumed_from = if allow_resume {
             match raw.lstat(part.as_str()).await {
@@ -264,11 +311,20 @@ impl SshSession {
             let _ = raw.remove(part.as_str()).await;
             OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE
         };
-        let handle = raw
-            .open(part.as_str(), flags, FileAttributes::default())
-            .await
-            .map_err(|e| sftp_err(host, &part, "open", e))?
-            .handle;
+        let open = || raw.open(part.as_str(), flags, FileAttributes::default());
+        let handle = match open().await {
+            Ok(h) => h,
+            // No parent directory: create it and try again. Checking for it first would cost
+            // every file a round trip.
+            Err(SftpError::Status(s)) if s.status_code == StatusCode::NoSuchFile => {
+                if let Some((parent, _)) = remote.rsplit_once('/').filter(|(p, _)| !p.is_empty()) {
+                    mkdir_p(ch, host, parent).await?;
+                }
+                open().await.map_err(|e| sftp_err(host, &part, "open", e))?
+            }
+            Err(e) => return Err(sftp_err(host, &part, "open", e)),
+        }
+        .handle;
 
         let mut hasher = StreamHasher::new()?;
         let chunk = ch.write_len as usize;
@@ -286,10 +342,10 @@ impl SshSession {
             }
         }
         let chunks = throttle(chunks, opts.bandwidth.clone());
-        // Writes in flight: bounded by count and by ~16 MiB of payload.
+        // Writes in flight: bounded by count and by WRITE_BUDGET of payload.
         let depth = opts
             .requests_in_flight
-            .clamp(1, ((16usize << 20) / chunk.max(1)).max(1));
+            .clamp(1, (WRITE_BUDGET / chunk.max(1)).max(1));
         let sent = write_pipeline(
             ch,
             host,
@@ -319,7 +375,8 @@ impl SshSession {
         }
         let digest = hasher.finish().await?;
         check_expected(host, remote, &digest, opts.expected_sha256.as_deref())?;
-        let finish = async {
+        // Mode and mtime, then fsync: both sent at once (one round trip), in that order.
+        let setstat = async {
             if opts.preserve {
                 let attrs = FileAttributes {
                     permissions: Some(meta.mode() & 0o7777),
@@ -331,14 +388,18 @@ impl SshSession {
                     .await
                     .map_err(|e| sftp_err(host, &part, "setstat", e))?;
             }
+            Ok::<_, TransportError>(())
+        };
+        let fsync = async {
             if opts.fsync && ch.fsync {
                 raw.fsync(handle.as_str())
                     .await
                     .map_err(|e| sftp_err(host, &part, "fsync", e))?;
             }
             Ok::<_, TransportError>(())
-        }
-        .await;
+        };
+        let (set, synced) = futures::join!(setstat, fsync);
+        let finish = set.and(synced);
         let closed = raw.close(handle.as_str()).await;
         finish?;
         closed.map_err(|e| sftp_err(host, &part, "close", e))?;
@@ -674,40 +735,44 @@ async fn write_pipeline(
     hasher: &mut StreamHasher,
 ) -> Result<u64, TransportError> {
     let mut chunks = std::pin::pin!(chunks);
-    let mut inflight: VecDeque<JoinHandle<Result<(), SftpError>>> = VecDeque::new();
-    let start = offset;
-    let result = async {
-        while let Some(chunk) = chunks.next().await {
-            let chunk = chunk?;
-            while inflight.len() >= depth {
-                if let Some(oldest) = inflight.pop_front() {
-                    oldest
-                        .await
-                        .map_err(|e| join_err(host, part, e))?
-                        .map_err(|e| sftp_err(host, part, "write", e))?;
-                }
+    // Dropping a `Waiting` (on an error) forgets its request.
+    let mut inflight: VecDeque<Waiting> = VecDeque::with_capacity(depth);
+    let written = |w: Waiting| async move {
+        match w.reply().await {
+            Ok(Reply::Status { code: FX_OK, .. }) => Ok(()),
+            Ok(Reply::Status { code, message, .. }) => {
+                Err(status_err(host, part, "write", code, message))
             }
-            let raw = ch.raw.clone();
-            let (h, data, at) = (handle.to_owned(), chunk.to_vec(), offset);
-            inflight.push_back(tokio::spawn(async move {
-                raw.write(h, at, data).await.map(|_| ())
-            }));
-            offset += chunk.len() as u64;
-            hasher.update(chunk).await?;
+            Ok(Reply::Data { id, .. }) => Err(wire_err(
+                host,
+                part,
+                "write",
+                WireError::UnexpectedReply { kind: 103, id },
+            )),
+            Err(e) => Err(wire_err(host, part, "write", e)),
         }
-        while let Some(oldest) = inflight.pop_front() {
-            oldest
-                .await
-                .map_err(|e| join_err(host, part, e))?
-                .map_err(|e| sftp_err(host, part, "write", e))?;
+    };
+    let start = offset;
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk?;
+        if inflight.len() >= depth {
+            if let Some(oldest) = inflight.pop_front() {
+                written(oldest).await?;
+            }
         }
-        Ok(offset - start)
+        let sent = ch
+            .mux
+            .write(handle.as_bytes(), offset, chunk.clone())
+            .await
+            .map_err(|e| wire_err(host, part, "write", e))?;
+        inflight.push_back(sent);
+        offset += chunk.len() as u64;
+        hasher.update(chunk).await?;
     }
-    .await;
-    for task in inflight {
-        task.abort();
+    while let Some(oldest) = inflight.pop_front() {
+        written(oldest).await?;
     }
-    result
+    Ok(offset - start)
 }
 
 /// Read a local file on a reader thread: `first` bytes in pieces ending exactly at `first`,
@@ -718,6 +783,7 @@ fn local_chunks(
     first: u64,
     chunk: usize,
 ) -> ChunkStream<'static> {
+    use std::io::Read;
     let (tx, rx) = mpsc::channel::<Result<Bytes, TransportError>>(8);
     std::thread::spawn(move || {
         let mut pos = 0u64;
@@ -727,11 +793,11 @@ fn local_chunks(
             } else {
                 chunk
             };
-            let mut buf = vec![0u8; want];
-            match read_full(&mut file, &mut buf) {
+            // Read into spare capacity: no zero-filling of a buffer about to be overwritten.
+            let mut buf = Vec::with_capacity(want);
+            match file.by_ref().take(want as u64).read_to_end(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
-                    buf.truncate(n);
                     pos += n as u64;
                     if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
                         break;
@@ -814,10 +880,8 @@ fn spawn_writer(
     Ok((task, tx))
 }
 
-/// One read request in flight: its task yields the data.
-type ReadTask = JoinHandle<Result<Vec<u8>, SftpError>>;
-
-/// Pipelined reads of `[offset, size)` of an open remote file, yielded in order.
+/// Pipelined reads of `[offset, size)` of an open remote file, yielded in order. Dropping it
+/// forgets the reads in flight.
 struct ReadPipeline<'a> {
     ch: &'a SftpChannel,
     host: &'a str,
@@ -827,7 +891,7 @@ struct ReadPipeline<'a> {
     next: u64,
     size: u64,
     depth: usize,
-    inflight: VecDeque<(u64, u32, ReadTask)>,
+    inflight: VecDeque<(u64, u32, Waiting)>,
 }
 
 impl<'a> ReadPipeline<'a> {
@@ -852,46 +916,68 @@ impl<'a> ReadPipeline<'a> {
         }
     }
 
-    fn request(&self, offset: u64, len: u32) -> ReadTask {
-        let raw = self.ch.raw.clone();
-        let h = self.handle.clone();
-        tokio::spawn(async move { raw.read(h, offset, len).await.map(|d| d.data) })
+    async fn request(&self, offset: u64, len: u32) -> Result<Waiting, TransportError> {
+        self.ch
+            .mux
+            .read(self.handle.as_bytes(), offset, len)
+            .await
+            .map_err(|e| wire_err(self.host, self.path, "read", e))
     }
 
-    fn fill(&mut self) {
+    async fn fill(&mut self) -> Result<(), TransportError> {
         while self.inflight.len() < self.depth && self.next < self.size {
             let len = (self.size - self.next).min(self.ch.read_len as u64) as u32;
-            let task = self.request(self.next, len);
-            self.inflight.push_back((self.next, len, task));
+            let waiting = self.request(self.next, len).await?;
+            self.inflight.push_back((self.next, len, waiting));
             self.next += len as u64;
         }
+        Ok(())
     }
 
     /// The next chunk in file order; `None` at the end.
     async fn next(&mut self) -> Option<Result<Bytes, TransportError>> {
-        self.fill();
-        let (offset, len, task) = self.inflight.pop_front()?;
-        let data = match task.await {
-            Ok(Ok(data)) => data,
-            Ok(Err(SftpError::Status(s))) if s.status_code == StatusCode::Eof => {
-                return Some(Err(changed_remote(self.host, self.path, self.size, offset)));
+        if let Err(e) = self.fill().await {
+            return Some(Err(e));
+        }
+        let (offset, len, waiting) = self.inflight.pop_front()?;
+        let (host, path) = (self.host, self.path);
+        let (id, data) = match waiting.reply().await {
+            Ok(Reply::Data { id, data }) => (id, data),
+            Ok(Reply::Status { code: FX_EOF, .. }) => {
+                return Some(Err(changed_remote(host, path, self.size, offset)));
             }
-            Ok(Err(e)) => return Some(Err(sftp_err(self.host, self.path, "read", e))),
-            Err(e) => return Some(Err(join_err(self.host, self.path, e))),
+            Ok(Reply::Status {
+                id, code: FX_OK, ..
+            }) => {
+                let e = WireError::UnexpectedReply { kind: 101, id };
+                return Some(Err(wire_err(host, path, "read", e)));
+            }
+            Ok(Reply::Status { code, message, .. }) => {
+                return Some(Err(status_err(host, path, "read", code, message)));
+            }
+            Err(e) => return Some(Err(wire_err(host, path, "read", e))),
         };
         if data.is_empty() {
-            return Some(Err(changed_remote(self.host, self.path, self.size, offset)));
+            return Some(Err(changed_remote(host, path, self.size, offset)));
         }
-        let got = data.len().min(len as usize) as u32;
+        if data.len() > len as usize {
+            let e = WireError::TooMuchData {
+                id,
+                got: data.len(),
+                asked: len,
+            };
+            return Some(Err(wire_err(host, path, "read", e)));
+        }
+        let got = data.len() as u32;
         if got < len {
             // Short read: ask for the rest before anything queued behind it.
-            let task = self.request(offset + got as u64, len - got);
-            self.inflight
-                .push_front((offset + got as u64, len - got, task));
+            let rest = offset + got as u64;
+            match self.request(rest, len - got).await {
+                Ok(waiting) => self.inflight.push_front((rest, len - got, waiting)),
+                Err(e) => return Some(Err(e)),
+            }
         }
-        let mut data = data;
-        data.truncate(got as usize);
-        Some(Ok(Bytes::from(data)))
+        Some(Ok(data))
     }
 
     fn into_stream(self) -> impl Stream<Item = Result<Bytes, TransportError>> + 'a {
@@ -899,17 +985,5 @@ impl<'a> ReadPipeline<'a> {
             self,
             |mut p| async move { p.next().await.map(|item| (item, p)) },
         )
-    }
-
-    fn abort(&mut self) {
-        for (_, _, task) in self.inflight.drain(..) {
-            task.abort();
-        }
-    }
-}
-
-impl Drop for ReadPipeline<'_> {
-    fn drop(&mut self) {
-        self.abort();
     }
 }

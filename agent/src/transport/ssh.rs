@@ -24,6 +24,7 @@ use russh::keys::{known_hosts, HashAlg, PrivateKeyWithHashAlg, PublicKey, Public
 use russh_sftp::client::rawsession::Limits as SftpLimits;
 use russh_sftp::client::RawSftpSession;
 
+use crate::transport::sftp_wire::{SftpMux, MAX_FRAME};
 use crate::transport::TransportError;
 
 /// What to do with a host whose key is not in known_hosts.
@@ -93,9 +94,11 @@ impl SshTarget {
     }
 }
 
-/// One SFTP channel and what its server offers.
+/// One SFTP channel and what its server offers: russh-sftp for the control requests, the
+/// multiplexer for the data (see [`crate::transport::sftp_wire`]).
 pub(crate) struct SftpChannel {
     pub(crate) raw: Arc<RawSftpSession>,
+    pub(crate) mux: SftpMux,
     /// Largest read request (server limit or 32 KiB).
     pub(crate) read_len: u32,
     /// Largest write request (server limit or 32 KiB).
@@ -455,12 +458,17 @@ async fn open_sftp(
         .request_subsystem(true, "sftp")
         .await
         .map_err(|e| ssh_error(host, "starting the sftp subsystem", e))?;
+    // The server's largest packet (OpenSSH: 32 KiB), so that a write's header shares the
+    // first packet of its payload.
+    let packet_size = channel.writable_packet_size().await;
+    let (reader, writer) = tokio::io::split(channel.into_stream());
+    let (mux, stream) = SftpMux::start(reader, writer, packet_size, target.request_timeout);
     let config = russh_sftp::client::Config {
-        max_packet_len: 512 * 1024,
+        max_packet_len: MAX_FRAME as u32,
         request_timeout_secs: target.request_timeout.as_secs().max(1),
         ..Default::default()
     };
-    let mut raw = RawSftpSession::new_with_config(channel.into_stream(), config);
+    let mut raw = RawSftpSession::new_with_config(stream, config);
     let version = raw.init().await.map_err(|e| TransportError::Sftp {
         host: host.clone(),
         path: String::new(),
@@ -480,6 +488,7 @@ async fn open_sftp(
     }
     Ok(SftpChannel {
         raw: Arc::new(raw),
+        mux,
         read_len,
         write_len,
         posix_rename: has("posix-rename@openssh.com"),
