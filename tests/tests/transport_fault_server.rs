@@ -198,11 +198,9 @@ async fn a_pipelined_push_cut_mid_file_ends_with_the_source_bytes() {
 /// writes reach the server out of file order. A cut then leaves a `.part` with holes (resume
 /// is wasted: see the test above), and `diagnose_full` takes the `.part` length as the bytes
 /// written, so a full disk can be reported as a retryable generic failure (it needs
-/// `size - .part length > available`, and holes make the length reach `size`). The fix
-/// belongs in `transport/sftp.rs` (`write_pipeline`: send in order, then await), which is
-/// being rewritten on the `perf` branch; un-ignore this test with that fix.
+/// `size - .part length > available`, and holes make the length reach `size`). Fixed by the
+/// multiplexed data path (`transport/sftp_wire.rs`), which sends writes in file order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "transport bug: pipelined writes reach the server out of file order (fix in sftp.rs, perf branch)"]
 async fn pipelined_writes_reach_the_server_in_file_order() {
     let server = FaultServer::start().await.unwrap();
     let work = tempfile::tempdir().unwrap();
@@ -427,10 +425,9 @@ async fn a_bit_flipped_in_a_pull_is_caught_against_the_manifest() {
 /// Found with the fault server: a pull whose stream digest differs from the manifest keeps
 /// its `.part`; the next pull resumes that whole bad `.part` (nothing left to send), fails
 /// the manifest check again, and never starts from zero — the copy can never succeed.
-/// The fix belongs in `transport/sftp.rs` (`pull_once`), which is being rewritten on the
-/// `perf` branch; un-ignore this test with that fix.
+/// Fixed in `transport/sftp.rs` (`pull_once`): a `.part` rejected by the manifest is removed,
+/// and a resumed one is copied again from zero.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "transport bug: a pull rejected by the manifest keeps its bad .part and resumes it forever (fix in sftp.rs, perf branch)"]
 async fn a_pull_rejected_by_the_manifest_is_not_resumed_from_its_bad_part() {
     let server = FaultServer::start().await.unwrap();
     let work = tempfile::tempdir().unwrap();

@@ -553,7 +553,16 @@ impl SshSession {
             return Err(changed_remote(host, remote, size, resumed_from + sent));
         }
         let digest = hasher.finish().await?;
-        check_expected(host, remote, &digest, opts.expected_sha256.as_deref())?;
+        if let Err(err) = check_expected(host, remote, &digest, opts.expected_sha256.as_deref()) {
+            // A `.part` that does not hash to the manifest is never resumed again: gone, and
+            // a resumed one is copied again from zero.
+            drop(file);
+            let _ = tokio::fs::remove_file(&part).await;
+            if resumed_from > 0 {
+                return Ok(Attempt::BadPrefix(err));
+            }
+            return Err(err);
+        }
         let (preserve, fsync) = (opts.preserve, opts.fsync);
         let part2 = part.clone();
         tokio::task::spawn_blocking(move || -> Result<(), TransportError> {
