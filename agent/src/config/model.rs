@@ -353,7 +353,8 @@ pub enum TapeKind {
         /// Reads one tape file to stdout from the current position [default
         /// `["dd", "if={device}", "bs=256k"]`].
         read: Vec<String>,
-        /// The label store: a JSON file recording every tape and what it holds.
+        /// The label store: a JSON file recording every tape and what it holds [default
+        /// `/var/lib/ferry/tape-<name>-labels.json`].
         labels: PathBuf,
     },
 }

@@ -701,7 +701,10 @@ fn read_tape(cx: &mut Ctx, node: &Node, path: &str) -> Option<(TapeBackendConfig
             (TapeKind::Directory { path: root? }, None)
         }
         "command" => read_command_tape(cx, &o)?,
-        "tar" => (read_tar_tape(cx, &o)?, None),
+        "tar" => {
+            let backend = name.as_ref().map(|(n, _)| n.as_str()).unwrap_or("tar");
+            (read_tar_tape(cx, &o, backend)?, None)
+        }
         other => {
             cx.error_hint(
                 kind_node.pos,
@@ -904,6 +907,11 @@ fn check_template(
     ok
 }
 
+/// Where a `tar` backend keeps its label store unless the site map says otherwise.
+fn default_label_store(backend: &str) -> PathBuf {
+    PathBuf::from(format!("/var/lib/ferry/tape-{backend}-labels.json"))
+}
+
 /// A tar `read`/`write` argv: only `{device}` may be used.
 fn read_device_argv(cx: &mut Ctx, o: &Obj<'_>, key: &str, default: &[&str]) -> Option<Vec<String>> {
     match o.get(key) {
@@ -917,7 +925,7 @@ fn read_device_argv(cx: &mut Ctx, o: &Obj<'_>, key: &str, default: &[&str]) -> O
 
 /// `kind: "tar"`: devices, copies (at most one per device: copies are written in
 /// parallel, one drive each), batch size, the `mt` program.
-fn read_tar_tape(cx: &mut Ctx, o: &Obj<'_>) -> Option<TapeKind> {
+fn read_tar_tape(cx: &mut Ctx, o: &Obj<'_>, name: &str) -> Option<TapeKind> {
     let devices = o.required(cx, "devices").and_then(|(n, p)| {
         let list = cx.string_list(n, &p)?;
         if list.is_empty() {
@@ -949,9 +957,10 @@ fn read_tar_tape(cx: &mut Ctx, o: &Obj<'_>) -> Option<TapeKind> {
         .unwrap_or_else(|| Some(vec!["mt".into()]));
     let write = read_device_argv(cx, o, "write", &["dd", "of={device}", "bs=256k"]);
     let read = read_device_argv(cx, o, "read", &["dd", "if={device}", "bs=256k"]);
-    let labels = o
-        .required(cx, "labels")
-        .and_then(|(n, p)| cx.abs_path(n, &p, "label store"));
+    let labels = match o.get("labels") {
+        Some((n, p)) => cx.abs_path(n, &p, "label store"),
+        None => Some(default_label_store(name)),
+    };
     let devices = devices?;
     let drives = u32::try_from(devices.len()).unwrap_or(u32::MAX);
     let copies = match copies {

@@ -358,6 +358,9 @@ impl CommandBackend {
                 .await
                 .map_err(|e| TapeError::io(&self.cfg.name, "creating directory", parent, e))?;
         }
+        self.runner
+            .make_parent(&self.cfg.name, &remote_dest)
+            .await?;
         let vars = Vars {
             file: place.staged.as_deref(),
             tape_path: place.tape_path.as_deref(),

@@ -170,6 +170,24 @@ impl Runner {
         }
     }
 
+    /// Create the directory `remote` will be written into, where the commands run.
+    pub async fn make_parent(&self, backend: &str, remote: &str) -> Result<(), TapeError> {
+        let Some((dir, _)) = remote.rsplit_once('/').filter(|(d, _)| !d.is_empty()) else {
+            return Ok(());
+        };
+        match self {
+            Runner::Local => tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|e| TapeError::io(backend, "creating directory", dir, e)),
+            Runner::Gateway { .. } => self
+                .session(backend)
+                .await?
+                .mkdir_p(dir)
+                .await
+                .map_err(|e| transport(backend, format!("creating {dir}"), e)),
+        }
+    }
+
     /// Bring `remote` (on the gateway) to `local`; without a gateway the file is already
     /// local and only hashed. Returns the digest of the bytes now at `local`.
     pub async fn fetch(
