@@ -6,14 +6,17 @@
 //! |------------|---------------|---------------------------------------------------|
 //! | register   | `register.rs` | directory discovery at origin sites               |
 //! | push       | `push.rs`     | `local` method: claim, copy, read back, record    |
-//! | verify, retry, pull, tape, purge, audit, heartbeat | — | not built yet         |
+//! | tape       | `tape.rs`     | claim, put, verify on tape, record                |
+//! | verify, retry, pull, purge, audit, heartbeat | — | not built yet               |
 //!
 //! A task never fails the cycle: each run it touches either succeeds, is skipped with a
 //! reason, or is listed in the report's failures with the run and the cause; the next task
 //! still runs. A lost race in the catalogue is an ordinary outcome, not a failure.
 
 pub mod push;
+pub mod record;
 pub mod register;
+pub mod tape;
 
 use std::fmt;
 use std::sync::Arc;
@@ -144,7 +147,7 @@ pub const CYCLE_ORDER: [Task; 9] = [
 
 /// Whether this version implements `task`.
 pub fn is_built(task: Task) -> bool {
-    matches!(task, Task::Register | Task::Push)
+    matches!(task, Task::Register | Task::Push | Task::Tape)
 }
 
 /// Runs `tasks` (all of them when empty) in cycle order. Stops starting tasks once
@@ -161,6 +164,7 @@ pub async fn run_cycle(ctx: &Context, tasks: &[Task], token: &CancellationToken)
         let outcome = match task {
             Task::Register => register::run(ctx, token).await,
             Task::Push => push::run(ctx, token).await,
+            Task::Tape => tape::run(ctx, token).await,
             other => {
                 report.not_built.push(other);
                 continue;
