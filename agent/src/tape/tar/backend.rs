@@ -555,7 +555,7 @@ pub(super) fn stored_from(store: &LabelStore, key: &str) -> Option<StoredFile> {
 }
 
 impl TarBackend {
-    fn clone_cfg(&self) -> TarBackend {
+    pub(super) fn clone_cfg(&self) -> TarBackend {
         TarBackend {
             cfg: self.cfg.clone(),
             busy: Mutex::new(()),
@@ -605,8 +605,9 @@ impl TapeBackend for TarBackend {
     }
 
     async fn stat(&self, run: &RunRef, path: &str) -> Result<Option<StoredFile>, TapeError> {
-        let store = self.load()?;
-        Ok(stored_from(&store, &key_of(&run.name, path)))
+        let me = self.clone_cfg();
+        let key = key_of(&run.name, path);
+        blocking(&self.cfg.name, move || Ok(stored_from(&me.load()?, &key))).await
     }
 
     async fn put(&self, batch: &Batch) -> Result<Receipt, TapeError> {
@@ -637,7 +638,8 @@ impl TapeBackend for TarBackend {
     }
 
     async fn catalogue(&self) -> Result<Vec<StoredFile>, TapeError> {
-        let store = self.load()?;
+        let me = self.clone_cfg();
+        let store = blocking(&self.cfg.name, move || me.load()).await?;
         let mut keys: Vec<&str> = store
             .tapes
             .values()

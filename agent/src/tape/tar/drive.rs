@@ -240,13 +240,11 @@ impl Drive {
             status: status.as_ref().ok().and_then(|s| s.code()),
             stderr_tail: tail(&stderr),
         };
+        let reader_failed = run.status.is_some_and(|code| code != 0);
         match result {
             Ok(v) => Ok(v),
             // The reader failing explains a short or broken read better than tar does.
-            Err(e) if !status.as_ref().is_ok_and(|s| s.success()) && run.status.is_some() => {
-                let _ = e;
-                Err(self.drive_err("reading a tape file", run))
-            }
+            Err(_) if reader_failed => Err(self.drive_err("reading a tape file", run)),
             Err(e) => Err(e),
         }
     }

@@ -30,7 +30,8 @@ impl TarBackend {
         receipt: &Receipt,
         level: VerifyLevel,
     ) -> Result<VerifyReport, TapeError> {
-        let store = self.load()?;
+        let me = self.clone_cfg();
+        let store = crate::tape::blocking(&self.cfg.name, move || me.load()).await?;
         let level = match level {
             VerifyLevel::Sample { fraction, seed } => VerifyLevel::Sample {
                 fraction,
