@@ -14,6 +14,7 @@
 //! | [`checksum`]| streaming SHA-256 + MD5 hashers, the run digest                  | nothing         |
 //! | [`catalog`] | the `Catalog` trait and its back ends (`mongo`, `embedded`)      | `catalog-schema`|
 //! | [`transport`]| SSH sessions, SFTP copies, local copies, remote commands        | `checksum`      |
+//! | [`tape`]    | the `TapeBackend` trait; `directory`, `command`, `tar` backends   | `transport`, `checksum` |
 //! | [`daemon`]  | the cycle loop, shutdown, the single-instance site lock       | nothing         |
 //! | [`cli`]     | the command line: argument parsing, logging, exit codes          | everything      |
 //!
@@ -25,5 +26,6 @@ pub mod checksum;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod tape;
 pub mod tasks;
 pub mod transport;

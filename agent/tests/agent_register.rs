@@ -205,20 +205,6 @@ fn run_filter_registers_only_that_run() {
 }
 
 #[test]
-fn tasks_not_built_are_refused_and_nothing_is_done() {
-    let sb = Sandbox::new();
-    sb.run(1, &[10], true);
-    let out = sb.once(&["--task", "tape"]);
-    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("not built"),
-        "{}",
-        text(&out)
-    );
-    assert!(!sb.path("catalog.sqlite").exists() || sb.runs_json().as_array().unwrap().is_empty());
-}
-
-#[test]
 fn second_agent_for_a_site_exits_naming_the_holder_and_sigterm_stops_the_daemon() {
     let sb = Sandbox::new();
     let mut daemon = sb

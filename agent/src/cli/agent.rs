@@ -79,17 +79,6 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
     };
     let site_model_limits = site_model.limits.clone();
     let asked: Vec<Task> = cli.tasks.clone();
-    let missing: Vec<Task> = asked
-        .iter()
-        .copied()
-        .filter(|t| !tasks::is_built(*t))
-        .collect();
-    if !missing.is_empty() {
-        return Err(coded(
-            Exit::Unsupported,
-            format!("these tasks are not built in this version yet: {missing:?}; nothing was done"),
-        ));
-    }
     let ssh = SshEnvironment::load(None).map_err(|e| coded(Exit::Usage, e.to_string()))?;
     let (progress, bars) = super::progress::for_agent(cli.once);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -159,7 +148,6 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
         // A daemon asked to stop, stopping cleanly, did what it was asked.
         _ if stopped == Stopped::Shutdown && !cli.once => Exit::Ok,
         Some(r) if r.tasks.iter().any(|(_, t)| !t.failed.is_empty()) => Exit::Failed,
-        Some(r) if !r.not_built.is_empty() => Exit::Unsupported,
         Some(_) => Exit::Ok,
         None => Exit::Failed,
     })
@@ -194,11 +182,5 @@ fn print_report(report: &CycleReport) {
         for line in &r.failed {
             println!("  FAILED   {line}");
         }
-    }
-    if !report.not_built.is_empty() {
-        println!(
-            "not built in this version yet (nothing done for them): {:?}",
-            report.not_built
-        );
     }
 }

@@ -16,8 +16,6 @@ pub enum Exit {
     Catalog = 3,
     /// Another agent already holds this site's lock.
     Locked = 4,
-    /// Asked for something this version does not do yet.
-    Unsupported = 5,
 }
 
 impl From<Exit> for ExitCode {
@@ -33,8 +31,7 @@ Exit codes:
   1  some work failed; the log names the run, site and file
   2  bad input (command line, site map, run name, catalogue URI); nothing was changed
   3  the catalogue could not be reached, or refused the credentials
-  4  another ferry agent holds this site's lock
-  5  asked for something this version does not do yet";
+  4  another ferry agent holds this site's lock";
 
 /// An error that carries its exit code through `anyhow` to the edge.
 #[derive(Debug, thiserror::Error)]

@@ -332,6 +332,15 @@ pub enum TapeKind {
         stat: Option<Vec<String>>,
         /// Exit codes that mean success [default `[0]`].
         ok_exit_codes: Vec<i32>,
+        /// Template of a file's name on the tape side (`{tape_path}`, `{tape_dir}`).
+        tape_path: Option<String>,
+        /// Directory (on the gateway, or local) where files are staged before `put`;
+        /// `{file}` is then `<stage>/<run>/<path>`.
+        stage: Option<String>,
+        /// How the tools' output is read [default `stub`].
+        output: CommandOutput,
+        /// Longest any one command may run [default 1 hour].
+        timeout: Duration,
     },
     /// tar onto tape drives, papertape style.
     Tar {
@@ -343,6 +352,15 @@ pub enum TapeKind {
         batch_size: u64,
         /// argv prefix for `mt` [default `["mt"]`].
         mt: Vec<String>,
+        /// Writes one tape file from stdin at the current position [default
+        /// `["dd", "of={device}", "bs=256k"]`].
+        write: Vec<String>,
+        /// Reads one tape file to stdout from the current position [default
+        /// `["dd", "if={device}", "bs=256k"]`].
+        read: Vec<String>,
+        /// The label store: a JSON file recording every tape and what it holds [default
+        /// `/var/lib/ferry/tape-<name>-labels.json`].
+        labels: PathBuf,
     },
 }
 
@@ -355,6 +373,168 @@ impl TapeKind {
             Self::Tar { .. } => "tar",
         }
     }
+}
+
+/// How a `command` tape backend reads its tools' output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandOutput {
+    /// `key=value` lines (JLab `/mss` stub files: `size`, `md5`, `crc32`; also `sha256`).
+    Stub,
+    /// IBM TSM `dsmc`: `query archive` listings and the end-of-run summary.
+    Dsmc,
+    /// HPSS `hsi hashlist` lines.
+    Hsi,
+}
+
+impl CommandOutput {
+    /// Parses the site-map spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "stub" => Some(Self::Stub),
+            "dsmc" => Some(Self::Dsmc),
+            "hsi" => Some(Self::Hsi),
+            _ => None,
+        }
+    }
+
+    /// The site-map spelling.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Stub => "stub",
+            Self::Dsmc => "dsmc",
+            Self::Hsi => "hsi",
+        }
+    }
+}
+
+/// Placeholders of a `command` tape backend's templates: the file (`file`, `file_name`,
+/// `path`, `key`, `size`, `md5`, `sha256`), the run (`run`, `number`, `number:0N`,
+/// `period`, `detector`), the tape side (`tape_path`, `tape_dir`), and for `retrieve` the
+/// local destination (`dest`).
+pub const TAPE_PLACEHOLDERS: &[&str] = &[
+    "file",
+    "file_name",
+    "path",
+    "key",
+    "size",
+    "md5",
+    "sha256",
+    "run",
+    "number",
+    "period",
+    "detector",
+    "tape_path",
+    "tape_dir",
+    "dest",
+];
+
+/// One piece of a tape template token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplatePiece {
+    /// Literal text.
+    Text(String),
+    /// A placeholder, with the zero-padding width of `{number:0N}`.
+    Field(&'static str, Option<usize>),
+}
+
+/// A template split at its placeholders: literal text (with `{{`/`}}` unescaped) and the
+/// text inside each `{…}`.
+enum Braced {
+    Text(String),
+    Field(String),
+}
+
+/// Split a template at its placeholders; the error says which brace is wrong.
+fn split_braces(text: &str) -> Result<Vec<Braced>, &'static str> {
+    let mut out = Vec::new();
+    let mut lit = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '{' if chars.peek() == Some(&'{') => {
+                chars.next();
+                lit.push('{');
+            }
+            '}' if chars.peek() == Some(&'}') => {
+                chars.next();
+                lit.push('}');
+            }
+            '}' => return Err("unmatched `}` (write `}}` for a literal brace)"),
+            '{' => {
+                let mut inner = String::new();
+                loop {
+                    match chars.next() {
+                        Some('}') => break,
+                        Some('{') | None => {
+                            return Err("unclosed `{` (write `{{` for a literal brace)")
+                        }
+                        Some(ch) => inner.push(ch),
+                    }
+                }
+                if !lit.is_empty() {
+                    out.push(Braced::Text(std::mem::take(&mut lit)));
+                }
+                out.push(Braced::Field(inner));
+            }
+            c => lit.push(c),
+        }
+    }
+    if !lit.is_empty() {
+        out.push(Braced::Text(lit));
+    }
+    Ok(out)
+}
+
+/// Parses one token of a tape template (`{name}` placeholders from `allowed`, `{{`/`}}`
+/// literal braces, `{number:0N}`). The error names the token and the known placeholders.
+pub fn parse_tape_template(
+    token: &str,
+    allowed: &[&'static str],
+) -> Result<Vec<TemplatePiece>, String> {
+    let mut pieces = Vec::new();
+    for part in split_braces(token).map_err(|e| format!("{token:?}: {e}"))? {
+        let inner = match part {
+            Braced::Text(t) => {
+                pieces.push(TemplatePiece::Text(t));
+                continue;
+            }
+            Braced::Field(inner) => inner,
+        };
+        let (field, spec) = match inner.split_once(':') {
+            Some((f, s)) => (f, Some(s)),
+            None => (inner.as_str(), None),
+        };
+        let Some(known) = allowed.iter().find(|a| **a == field) else {
+            let hint = super::diag::did_you_mean(field, allowed.iter().copied())
+                .map(|h| format!(" ({h})"))
+                .unwrap_or_default();
+            let list: Vec<String> = allowed.iter().map(|a| format!("{{{a}}}")).collect();
+            return Err(format!(
+                "{token:?}: unknown placeholder {{{field}}}{hint}; known here: {}",
+                list.join(", ")
+            ));
+        };
+        let width = match spec {
+            None => None,
+            Some(spec) if field == "number" => Some(number_width(spec).ok_or_else(|| {
+                format!("{token:?}: bad width `{spec}`; expected {{number:0N}}, N from 1 to 20")
+            })?),
+            Some(spec) => {
+                return Err(format!(
+                    "{token:?}: only {{number}} takes a width; found `:{spec}`"
+                ))
+            }
+        };
+        pieces.push(TemplatePiece::Field(known, width));
+    }
+    Ok(pieces)
+}
+
+/// The N of a `{number:0N}` width, 1 to 20.
+fn number_width(spec: &str) -> Option<usize> {
+    spec.strip_prefix('0')
+        .and_then(|d| d.parse::<usize>().ok())
+        .filter(|w| (1..=20).contains(w))
 }
 
 /// A problem turning a run into a directory name.
@@ -474,89 +654,54 @@ impl LayoutTemplate {
             return Err(bad("empty, `.` or `..` path segment".into()));
         }
         let mut pieces = Vec::new();
-        let mut lit = String::new();
-        let mut chars = text.chars().peekable();
         let mut has_field = false;
-        while let Some(c) = chars.next() {
-            match c {
-                '{' if chars.peek() == Some(&'{') => {
-                    chars.next();
-                    lit.push('{');
+        for part in split_braces(text).map_err(|e| bad(e.into()))? {
+            let inner = match part {
+                Braced::Text(t) => {
+                    pieces.push(Piece::Text(t));
+                    continue;
                 }
-                '}' if chars.peek() == Some(&'}') => {
-                    chars.next();
-                    lit.push('}');
-                }
-                '}' => return Err(bad("unmatched `}` (write `}}` for a literal brace)".into())),
-                '{' => {
-                    let mut inner = String::new();
-                    loop {
-                        match chars.next() {
-                            Some('}') => break,
-                            Some('{') | None => {
-                                return Err(bad(
-                                    "unclosed `{` (write `{{` for a literal brace)".into()
-                                ))
-                            }
-                            Some(ch) => inner.push(ch),
-                        }
-                    }
-                    let (field, spec) = match inner.split_once(':') {
-                        Some((f, s)) => (f, Some(s)),
-                        None => (inner.as_str(), None),
-                    };
-                    let field = match field {
-                        "number" => LayoutField::Number,
-                        "name" => LayoutField::Name,
-                        "period" => LayoutField::Period,
-                        "detector" => LayoutField::Detector,
-                        other => {
-                            let hint = super::diag::did_you_mean(
-                                other,
-                                ["number", "name", "period", "detector"],
-                            )
+                Braced::Field(inner) => inner,
+            };
+            let (field, spec) = match inner.split_once(':') {
+                Some((f, s)) => (f, Some(s)),
+                None => (inner.as_str(), None),
+            };
+            let field = match field {
+                "number" => LayoutField::Number,
+                "name" => LayoutField::Name,
+                "period" => LayoutField::Period,
+                "detector" => LayoutField::Detector,
+                other => {
+                    let hint =
+                        super::diag::did_you_mean(other, ["number", "name", "period", "detector"])
                             .map(|h| format!(" ({h})"))
                             .unwrap_or_default();
-                            return Err(bad(format!(
-                                "unknown placeholder {{{other}}}{hint}; known: {{number}}, \
-                                 {{number:0N}}, {{name}}, {{period}}, {{detector}}"
-                            )));
-                        }
-                    };
-                    let width = match spec {
-                        None => None,
-                        Some(spec) if field == LayoutField::Number => {
-                            let w = spec
-                                .strip_prefix('0')
-                                .and_then(|d| d.parse::<usize>().ok())
-                                .filter(|w| (1..=20).contains(w));
-                            match w {
-                                Some(w) => Some(w),
-                                None => {
-                                    return Err(bad(format!(
-                                        "bad width `{spec}` in {{number:{spec}}}; \
-                                         expected 0N with N from 1 to 20, such as {{number:06}}"
-                                    )))
-                                }
-                            }
-                        }
-                        Some(spec) => {
-                            return Err(bad(format!(
-                                "only {{number}} takes a width; found `:{spec}`"
-                            )))
-                        }
-                    };
-                    if !lit.is_empty() {
-                        pieces.push(Piece::Text(std::mem::take(&mut lit)));
-                    }
-                    pieces.push(Piece::Field(field, width));
-                    has_field = true;
+                    return Err(bad(format!(
+                        "unknown placeholder {{{other}}}{hint}; known: {{number}}, \
+                         {{number:0N}}, {{name}}, {{period}}, {{detector}}"
+                    )));
                 }
-                c => lit.push(c),
-            }
-        }
-        if !lit.is_empty() {
-            pieces.push(Piece::Text(lit));
+            };
+            let width = match spec {
+                None => None,
+                Some(spec) if field == LayoutField::Number => match number_width(spec) {
+                    Some(w) => Some(w),
+                    None => {
+                        return Err(bad(format!(
+                            "bad width `{spec}` in {{number:{spec}}}; \
+                             expected 0N with N from 1 to 20, such as {{number:06}}"
+                        )))
+                    }
+                },
+                Some(spec) => {
+                    return Err(bad(format!(
+                        "only {{number}} takes a width; found `:{spec}`"
+                    )))
+                }
+            };
+            pieces.push(Piece::Field(field, width));
+            has_field = true;
         }
         let identifies_run = pieces
             .iter()

@@ -14,8 +14,9 @@ use std::path::PathBuf;
 
 use super::diag::{did_you_mean, LineCol, Severity};
 use super::model::{
-    CatalogSettings, CompletionRule, HostKeyPolicy, LayoutTemplate, Limits, PasswordSource,
-    PurgePolicy, Site, TapeBackendConfig, TapeKind, TransferMethod,
+    parse_tape_template, CatalogSettings, CommandOutput, CompletionRule, HostKeyPolicy,
+    LayoutTemplate, Limits, PasswordSource, PurgePolicy, Site, TapeBackendConfig, TapeKind,
+    TransferMethod, TAPE_PLACEHOLDERS,
 };
 use super::raw::{Node, Value};
 use super::read::{check_hostname, check_name, join, object, Ctx, Obj, Span, Unknown};
@@ -108,8 +109,20 @@ const TAPE_COMMAND_KEYS: &[&str] = &[
     "retrieve",
     "stat",
     "ok_exit_codes",
+    "tape_path",
+    "stage",
+    "output",
+    "timeout",
 ];
-const TAPE_TAR_KEYS: &[&str] = &["devices", "copies", "batch_size", "mt"];
+const TAPE_TAR_KEYS: &[&str] = &[
+    "devices",
+    "copies",
+    "batch_size",
+    "mt",
+    "write",
+    "read",
+    "labels",
+];
 const TAPE_KINDS: &[&str] = &["directory", "command", "tar"];
 
 /// Reads Ferry's own format (a JSON object with `"version": 1`).
@@ -706,7 +719,10 @@ fn read_tape(cx: &mut Ctx, node: &Node, path: &str) -> Option<(TapeBackendConfig
             (TapeKind::Directory { path: root? }, None)
         }
         "command" => read_command_tape(cx, &o)?,
-        "tar" => (read_tar_tape(cx, &o)?, None),
+        "tar" => {
+            let backend = name.as_ref().map(|(n, _)| n.as_str()).unwrap_or("tar");
+            (read_tar_tape(cx, &o, backend)?, None)
+        }
         other => {
             cx.error_hint(
                 kind_node.pos,
@@ -762,6 +778,72 @@ fn read_command_tape(cx: &mut Ctx, o: &Obj<'_>) -> Option<(TapeKind, Option<Span
             }
         },
     };
+    let tape_path = o.get("tape_path").map(|(n, p)| {
+        let t = cx.nonempty(n, &p)?;
+        check_template(
+            cx,
+            n,
+            &p,
+            std::slice::from_ref(&t),
+            &tape_path_placeholders(),
+        )
+        .then_some(t)
+    });
+    let stage = o.get("stage").map(|(n, p)| {
+        let s = cx.nonempty(n, &p)?;
+        if s.starts_with('/') {
+            Some(s)
+        } else {
+            cx.error(
+                n.pos,
+                &p,
+                format!("stage directory {s:?} must be an absolute path"),
+            );
+            None
+        }
+    });
+    let output = match o.get("output") {
+        None => Some(CommandOutput::Stub),
+        Some((n, p)) => cx
+            .string(n, &p)
+            .and_then(|s| match CommandOutput::parse(&s) {
+                Some(out) => Some(out),
+                None => {
+                    cx.error_hint(
+                        n.pos,
+                        &p,
+                        format!("unknown output format {s:?}; known: stub, dsmc, hsi"),
+                        did_you_mean(&s, ["stub", "dsmc", "hsi"]),
+                    );
+                    None
+                }
+            }),
+    };
+    let timeout = o
+        .get("timeout")
+        .map(|(n, p)| cx.duration(n, &p))
+        .unwrap_or(Some(std::time::Duration::from_secs(3600)));
+    // Every template's placeholders are checked here, so a typo is a site-map error with its
+    // JSON path rather than a failure on the first backup.
+    let mut templates_ok = true;
+    for (key, allowed) in [
+        ("put", put_placeholders()),
+        ("stat", probe_placeholders()),
+        ("verify", probe_placeholders()),
+        ("retrieve", retrieve_placeholders()),
+    ] {
+        if let (Some((n, p)), Some(argv)) = (
+            o.get(key),
+            match key {
+                "put" => put.as_ref(),
+                "stat" => stat.as_ref().and_then(|v| v.as_ref()),
+                "verify" => verify.as_ref().and_then(|v| v.as_ref()),
+                _ => retrieve.as_ref().and_then(|v| v.as_ref()),
+            },
+        ) {
+            templates_ok &= check_template(cx, n, &p, argv, &allowed);
+        }
+    }
     let kind = TapeKind::Command {
         gateway,
         put: put?,
@@ -769,13 +851,99 @@ fn read_command_tape(cx: &mut Ctx, o: &Obj<'_>) -> Option<(TapeKind, Option<Span
         retrieve: optional(retrieve)?,
         stat: optional(stat)?,
         ok_exit_codes: ok_exit_codes?,
+        tape_path: optional(tape_path)?,
+        stage: optional(stage)?,
+        output: output?,
+        timeout: timeout?,
     };
+    if !templates_ok {
+        return None;
+    }
     Some((kind, gateway_span))
+}
+
+/// Placeholders `put` may use: all but `{dest}` (the retrieve destination).
+fn put_placeholders() -> Vec<&'static str> {
+    TAPE_PLACEHOLDERS
+        .iter()
+        .copied()
+        .filter(|p| *p != "dest")
+        .collect()
+}
+
+/// Placeholders of `stat` and `verify`: what is known of a stored file without its bytes.
+fn probe_placeholders() -> Vec<&'static str> {
+    TAPE_PLACEHOLDERS
+        .iter()
+        .copied()
+        .filter(|p| !matches!(*p, "dest" | "size" | "md5" | "sha256"))
+        .collect()
+}
+
+/// Placeholders of `retrieve`: those of `stat`, and `{dest}`.
+fn retrieve_placeholders() -> Vec<&'static str> {
+    TAPE_PLACEHOLDERS
+        .iter()
+        .copied()
+        .filter(|p| !matches!(*p, "size" | "md5" | "sha256"))
+        .collect()
+}
+
+/// Placeholders of `tape_path`: the file's and the run's identity.
+fn tape_path_placeholders() -> Vec<&'static str> {
+    TAPE_PLACEHOLDERS
+        .iter()
+        .copied()
+        .filter(|p| {
+            !matches!(
+                *p,
+                "dest" | "size" | "md5" | "sha256" | "tape_path" | "tape_dir"
+            )
+        })
+        .collect()
+}
+
+/// Check each token of a template; report every bad one at `path[i]`. True when all parse.
+fn check_template(
+    cx: &mut Ctx,
+    node: &Node,
+    path: &str,
+    argv: &[String],
+    allowed: &[&'static str],
+) -> bool {
+    let mut ok = true;
+    for (i, token) in argv.iter().enumerate() {
+        if let Err(reason) = parse_tape_template(token, allowed) {
+            let at = match node.value {
+                Value::Array(_) => format!("{path}[{i}]"),
+                _ => path.to_owned(),
+            };
+            cx.error(node.pos, &at, reason);
+            ok = false;
+        }
+    }
+    ok
+}
+
+/// Where a `tar` backend keeps its label store unless the site map says otherwise.
+fn default_label_store(backend: &str) -> PathBuf {
+    PathBuf::from(format!("/var/lib/ferry/tape-{backend}-labels.json"))
+}
+
+/// A tar `read`/`write` argv: only `{device}` may be used.
+fn read_device_argv(cx: &mut Ctx, o: &Obj<'_>, key: &str, default: &[&str]) -> Option<Vec<String>> {
+    match o.get(key) {
+        None => Some(default.iter().map(|s| s.to_string()).collect()),
+        Some((n, p)) => {
+            let argv = cx.argv(n, &p)?;
+            check_template(cx, n, &p, &argv, &["device"]).then_some(argv)
+        }
+    }
 }
 
 /// `kind: "tar"`: devices, copies (at most one per device: copies are written in
 /// parallel, one drive each), batch size, the `mt` program.
-fn read_tar_tape(cx: &mut Ctx, o: &Obj<'_>) -> Option<TapeKind> {
+fn read_tar_tape(cx: &mut Ctx, o: &Obj<'_>, name: &str) -> Option<TapeKind> {
     let devices = o.required(cx, "devices").and_then(|(n, p)| {
         let list = cx.string_list(n, &p)?;
         if list.is_empty() {
@@ -805,6 +973,12 @@ fn read_tar_tape(cx: &mut Ctx, o: &Obj<'_>) -> Option<TapeKind> {
         .get("mt")
         .map(|(n, p)| cx.argv(n, &p))
         .unwrap_or_else(|| Some(vec!["mt".into()]));
+    let write = read_device_argv(cx, o, "write", &["dd", "of={device}", "bs=256k"]);
+    let read = read_device_argv(cx, o, "read", &["dd", "if={device}", "bs=256k"]);
+    let labels = match o.get("labels") {
+        Some((n, p)) => cx.abs_path(n, &p, "label store"),
+        None => Some(default_label_store(name)),
+    };
     let devices = devices?;
     let drives = u32::try_from(devices.len()).unwrap_or(u32::MAX);
     let copies = match copies {
@@ -827,6 +1001,9 @@ fn read_tar_tape(cx: &mut Ctx, o: &Obj<'_>) -> Option<TapeKind> {
         copies,
         batch_size: batch_size?,
         mt: mt?,
+        write: write?,
+        read: read?,
+        labels: labels?,
     })
 }
 

@@ -9,13 +9,13 @@
 //! | retry      | `retry.rs`    | reclaim stalled copies; classified retries with backoff |
 //! | push       | `push.rs`     | to `push_to` sites over SFTP or locally           |
 //! | pull       | `pull.rs`     | from `pull_from` sites over SFTP or locally       |
+//! | tape       | `tape.rs`     | claim, put, verify on tape, record                |
 //! | purge      | `purge.rs`    | DESIGN §6 rules, last-copy guard, dry run         |
 //! | audit      | `audit.rs`    | slow schedule: bit rot, lost and dark data, alarm thresholds |
 //! | heartbeat  | `heartbeat.rs`| one document per agent: cycle, counts, free disk  |
-//! | tape       | —             | not built yet                                     |
 //!
 //! Push, pull and retry share `copy.rs` (claim → copy → read back → record) and the agent's
-//! SSH sessions, one per peer site (`sessions.rs`).
+//! SSH sessions, one per peer site (`sessions.rs`); the tape task shares `record.rs`.
 //!
 //! A task never fails the cycle: each run it touches either succeeds, is skipped with a
 //! reason, or is listed in the report's failures with the run and the cause; the next task
@@ -28,9 +28,11 @@ pub mod owner;
 pub mod pull;
 pub mod purge;
 pub mod push;
+pub mod record;
 pub mod register;
 pub mod retry;
 pub mod sessions;
+pub mod tape;
 pub mod verify;
 
 use std::fmt;
@@ -149,11 +151,9 @@ pub struct TaskReport {
 pub struct CycleReport {
     /// In the order the tasks ran.
     pub tasks: Vec<(Task, TaskReport)>,
-    /// Tasks asked for that this version does not have.
-    pub not_built: Vec<Task>,
 }
 
-/// Tasks in cycle order; those this version has are run, the others are reported.
+/// Tasks in cycle order (DESIGN §5).
 pub const CYCLE_ORDER: [Task; 9] = [
     Task::Register,
     Task::Verify,
@@ -168,21 +168,6 @@ pub const CYCLE_ORDER: [Task; 9] = [
 
 /// Runs looked at per cycle for copies written by other tools.
 const ADOPT_BATCH: u32 = 1000;
-
-/// Whether this version implements `task`.
-pub fn is_built(task: Task) -> bool {
-    matches!(
-        task,
-        Task::Register
-            | Task::Verify
-            | Task::Retry
-            | Task::Push
-            | Task::Pull
-            | Task::Purge
-            | Task::Audit
-            | Task::Heartbeat
-    )
-}
 
 /// Runs `tasks` (all of them when empty) in cycle order. Stops starting tasks once
 /// `token` is cancelled.
@@ -209,15 +194,12 @@ pub async fn run_cycle(ctx: &Context, tasks: &[Task], token: &CancellationToken)
             Task::Retry => retry::run(ctx, token).await,
             Task::Push => push::run(ctx, token).await,
             Task::Pull => pull::run(ctx, token).await,
+            Task::Tape => tape::run(ctx, token).await,
             Task::Purge => purge::run(ctx, token).await,
             // Asked for by name: now. In the whole cycle: on its slow schedule.
             Task::Audit if tasks.contains(&Task::Audit) => audit::run(ctx, token).await,
             Task::Audit => audit::run_scheduled(ctx, token).await,
             Task::Heartbeat => heartbeat::run(ctx, token, &report, started).await,
-            other => {
-                report.not_built.push(other);
-                continue;
-            }
         };
         tracing::info!(
             task = ?task,

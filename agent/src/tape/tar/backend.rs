@@ -1,0 +1,682 @@
+//! [`TarBackend`]: write sessions on N drives in parallel, the label store as the index.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use md5::{Digest, Md5};
+use sha2::Sha256;
+use tokio::sync::Mutex;
+
+use super::drive::Drive;
+use super::labels::{LabelStore, Member, TapeFileEntry, TapeFileKind, TapeRecord};
+use super::{TarConfig, CATALOGUE_MEMBER};
+use crate::tape::io::copy_hashing;
+use crate::tape::{
+    blocking, check_batch, check_existing, check_read_back, key_of, Batch, Capabilities, Health,
+    Receipt, RunRef, StoredFile, TapeBackend, TapeError, TapeFile, VerifyKind, VerifyLevel,
+    VerifyReport,
+};
+
+/// tar archives on tape drives, papertape style.
+#[derive(Debug)]
+pub struct TarBackend {
+    pub(super) cfg: TarConfig,
+    /// One put, verify or retrieve at a time: drives are serial devices.
+    pub(super) busy: Mutex<()>,
+}
+
+/// A reader that hashes what passes through (SHA-256 and MD5), for files going to tape.
+struct HashingReader<R> {
+    inner: R,
+    sha256: Sha256,
+    md5: Md5,
+    size: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.sha256.update(&buf[..n]);
+        self.md5.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+}
+
+/// Split files into archives of at most `limit` bytes (each archive at least one file).
+pub(super) fn split_archives(files: &[TapeFile], limit: u64) -> Vec<Vec<&TapeFile>> {
+    let mut out: Vec<Vec<&TapeFile>> = Vec::new();
+    let mut size = 0;
+    for f in files {
+        match out.last_mut() {
+            Some(cur) if size + f.size <= limit => {
+                cur.push(f);
+                size += f.size;
+            }
+            _ => {
+                out.push(vec![f]);
+                size = f.size;
+            }
+        }
+    }
+    out
+}
+
+impl TarBackend {
+    /// A backend over the configured drives.
+    pub fn new(cfg: TarConfig) -> Result<Self, TapeError> {
+        cfg.check()?;
+        Ok(Self {
+            cfg,
+            busy: Mutex::new(()),
+        })
+    }
+
+    pub(super) fn load(&self) -> Result<LabelStore, TapeError> {
+        LabelStore::load(&self.cfg.name, &self.cfg.labels)
+    }
+
+    pub(super) fn drive_for(&self, store: &LabelStore, label: &str) -> Result<Drive, TapeError> {
+        let device = store.device_of(label).ok_or_else(|| TapeError::Drive {
+            backend: self.cfg.name.clone(),
+            device: PathBuf::new(),
+            what: format!("tape {label} is not loaded in any drive of this backend"),
+            command: Box::new(crate::tape::CommandRun {
+                argv: Vec::new(),
+                status: None,
+                stderr_tail: String::new(),
+            }),
+        })?;
+        Ok(Drive::new(&self.cfg, PathBuf::from(device)))
+    }
+
+    /// Label for a tape seen for the first time in `device`.
+    fn new_label(&self, copy: usize) -> String {
+        format!(
+            "{}-{}-{:06x}",
+            self.cfg.name,
+            copy,
+            rand::random::<u32>() & 0x00ff_ffff
+        )
+    }
+
+    fn blocking_put(&self, batch: &Batch) -> Result<Receipt, TapeError> {
+        let name = &self.cfg.name;
+        check_batch(name, batch)?;
+        let mut store = self.load()?;
+        let mut missing = Vec::new();
+        let mut existing: Vec<Option<StoredFile>> = Vec::new();
+        for f in &batch.files {
+            let key = batch.key(f);
+            let stored = stored_from(&store, &key);
+            if check_existing(name, &key, f, stored.as_ref())? {
+                existing.push(stored);
+            } else {
+                existing.push(None);
+                missing.push(f.clone());
+            }
+        }
+        let copies = self.cfg.copies as usize;
+        let devices: Vec<PathBuf> = self.cfg.devices[..copies].to_vec();
+        if !missing.is_empty() {
+            // Tapes seen for the first time get a label now, before anything is written,
+            // so a failed session leaves a known tape whose partial data the next put
+            // overwrites.
+            let mut labels = Vec::new();
+            let mut fresh = Vec::new();
+            for (i, dev) in devices.iter().enumerate() {
+                let label = match store.label_in(dev) {
+                    Some(l) => l.to_owned(),
+                    None => {
+                        let l = self.new_label(i);
+                        fresh.push((i, l.clone()));
+                        l
+                    }
+                };
+                labels.push(label);
+            }
+            for (i, label) in &fresh {
+                Drive::new(&self.cfg, devices[*i].clone()).status()?;
+                self.ensure_blank(&devices[*i], label)?;
+                store
+                    .devices
+                    .insert(devices[*i].display().to_string(), label.clone());
+                store.tapes.insert(
+                    label.clone(),
+                    TapeRecord {
+                        label: label.clone(),
+                        files: Vec::new(),
+                    },
+                );
+            }
+            if !fresh.is_empty() {
+                store.save(name, &self.cfg.labels)?;
+            }
+            let archives: Vec<Vec<TapeFile>> = split_archives(&missing, self.cfg.batch_size)
+                .into_iter()
+                .map(|a| a.into_iter().cloned().collect())
+                .collect();
+            // One thread per drive, all copies at once.
+            let results: Vec<Result<Vec<TapeFileEntry>, TapeError>> = std::thread::scope(|s| {
+                let handles: Vec<_> = devices
+                    .iter()
+                    .zip(&labels)
+                    .map(|(dev, label)| {
+                        let record = store.tapes.get(label).cloned().unwrap_or_default();
+                        let drive = Drive::new(&self.cfg, dev.clone());
+                        let archives = &archives;
+                        let run = &batch.run;
+                        s.spawn(move || self.session(&drive, record, run, archives))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(TapeError::Internal {
+                                backend: name.clone(),
+                                reason: "drive thread panicked".into(),
+                            })
+                        })
+                    })
+                    .collect()
+            });
+            let mut new_entries = Vec::new();
+            for r in results {
+                new_entries.push(r?);
+            }
+            for (label, entries) in labels.iter().zip(new_entries) {
+                if let Some(t) = store.tapes.get_mut(label) {
+                    t.files.extend(entries);
+                }
+            }
+            store.save(name, &self.cfg.labels)?;
+        }
+        let mut files = Vec::with_capacity(batch.files.len());
+        for (f, e) in batch.files.iter().zip(existing) {
+            let stored = match e {
+                Some(s) => s,
+                None => stored_from(&store, &batch.key(f)).ok_or_else(|| TapeError::Internal {
+                    backend: name.clone(),
+                    reason: format!(
+                        "{} missing from the label store after writing",
+                        batch.key(f)
+                    ),
+                })?,
+            };
+            files.push(StoredFile {
+                source_sha256: Some(f.sha256.clone()),
+                ..stored
+            });
+        }
+        let mut volumes: Vec<String> = Vec::new();
+        for f in &batch.files {
+            for (label, _, _) in store.find(&batch.key(f)) {
+                if !volumes.iter().any(|v| v == label) {
+                    volumes.push(label.to_owned());
+                }
+            }
+        }
+        let reference = files
+            .first()
+            .map(|f| f.location.split('/').next().unwrap_or("").to_owned())
+            .unwrap_or_default();
+        Ok(Receipt {
+            backend: name.clone(),
+            run: batch.run.clone(),
+            reference: format!(
+                "{reference} ({} copies: {})",
+                volumes.len(),
+                volumes.join(", ")
+            ),
+            volumes,
+            files,
+            written: missing.len(),
+        })
+    }
+
+    /// A tape Ferry has no label for must be empty: file 0 reads back no bytes.
+    fn ensure_blank(&self, device: &Path, label: &str) -> Result<(), TapeError> {
+        let drive = Drive::new(&self.cfg, device.to_path_buf());
+        drive.position(0)?;
+        let n = drive.read_file(|r| {
+            let mut buf = [0u8; 512];
+            r.read(&mut buf)
+                .map_err(|e| TapeError::io(&self.cfg.name, "reading tape file 0", device, e))
+        })?;
+        if n > 0 {
+            return Err(TapeError::Labels {
+                backend: self.cfg.name.clone(),
+                path: self.cfg.labels.clone(),
+                reason: format!(
+                    "the tape in {} holds data but is not in the label store; refusing to \
+                     overwrite it (would have labelled it {label})",
+                    device.display()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// One drive's write session: archives (and catalogue) at the end of `record`.
+    fn session(
+        &self,
+        drive: &Drive,
+        record: TapeRecord,
+        run: &RunRef,
+        archives: &[Vec<TapeFile>],
+    ) -> Result<Vec<TapeFileEntry>, TapeError> {
+        drive.status()?;
+        let start = record.files.len() as u64;
+        let fresh = start == 0;
+        // Plan the entries (with the manifest's checksums; the write checks they hold).
+        let first_archive = if fresh { 1 } else { start };
+        let planned: Vec<TapeFileEntry> = archives
+            .iter()
+            .enumerate()
+            .map(|(i, files)| TapeFileEntry {
+                file_no: first_archive + i as u64,
+                kind: TapeFileKind::Archive,
+                run: Some(run.name.clone()),
+                members: files
+                    .iter()
+                    .map(|f| Member {
+                        key: key_of(&run.name, &f.path),
+                        size: f.size,
+                        sha256: f.sha256.clone(),
+                        md5: f.md5.clone(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let mut after = record.clone();
+        if fresh {
+            after.files.push(TapeFileEntry {
+                file_no: 0,
+                kind: TapeFileKind::Catalogue,
+                run: None,
+                members: Vec::new(),
+            });
+        }
+        after.files.extend(planned.iter().cloned());
+        let trailing = TapeFileEntry {
+            file_no: first_archive + archives.len() as u64,
+            kind: TapeFileKind::Catalogue,
+            run: None,
+            members: Vec::new(),
+        };
+        if !fresh {
+            after.files.push(trailing.clone());
+        }
+        drive.position(start)?;
+        if fresh {
+            self.write_catalogue(drive, &after, run)?;
+        }
+        for (files, entry) in archives.iter().zip(&planned) {
+            self.write_archive(drive, &record.label, run, files, entry)?;
+        }
+        if !fresh {
+            self.write_catalogue(drive, &after, run)?;
+        }
+        let mut out = Vec::new();
+        if fresh {
+            out.push(after.files[0].clone());
+        }
+        out.extend(planned);
+        if !fresh {
+            out.push(trailing);
+        }
+        Ok(out)
+    }
+
+    fn full_err(
+        &self,
+        drive: &Drive,
+        label: &str,
+        run: &RunRef,
+    ) -> impl FnOnce(crate::tape::CommandRun) -> TapeError {
+        let (backend, device, label, run) = (
+            self.cfg.name.clone(),
+            drive.device.clone(),
+            label.to_owned(),
+            run.name.clone(),
+        );
+        move |command| TapeError::TapeFull {
+            backend,
+            run,
+            volume: label,
+            device,
+            command: Box::new(command),
+        }
+    }
+
+    fn write_catalogue(
+        &self,
+        drive: &Drive,
+        record: &TapeRecord,
+        run: &RunRef,
+    ) -> Result<(), TapeError> {
+        let json = serde_json::to_vec_pretty(record).map_err(|e| TapeError::Internal {
+            backend: self.cfg.name.clone(),
+            reason: format!("encoding catalogue: {e}"),
+        })?;
+        let device = drive.device.clone();
+        drive.write_file(
+            |w| {
+                let mut b = ::tar::Builder::new(w);
+                let mut h = ::tar::Header::new_ustar();
+                h.set_size(json.len() as u64);
+                h.set_mode(0o644);
+                h.set_mtime(unix_now());
+                b.append_data(&mut h, CATALOGUE_MEMBER, json.as_slice())
+                    .and_then(|()| b.finish())
+                    .map_err(|e| TapeError::io(&self.cfg.name, "writing catalogue to", &device, e))
+            },
+            self.full_err(drive, &record.label, run),
+        )
+    }
+
+    fn write_archive(
+        &self,
+        drive: &Drive,
+        label: &str,
+        run: &RunRef,
+        files: &[TapeFile],
+        entry: &TapeFileEntry,
+    ) -> Result<(), TapeError> {
+        let name = &self.cfg.name;
+        let device = drive.device.clone();
+        drive.write_file(
+            |w| {
+                let mut b = ::tar::Builder::new(w);
+                for (f, m) in files.iter().zip(&entry.members) {
+                    let src = File::open(&f.local)
+                        .map_err(|e| TapeError::io(name, "opening source", &f.local, e))?;
+                    let mut h = ::tar::Header::new_gnu();
+                    h.set_size(f.size);
+                    h.set_mode(0o644);
+                    h.set_mtime(unix_now());
+                    let mut reader = HashingReader {
+                        inner: src.take(f.size),
+                        sha256: Sha256::new(),
+                        md5: Md5::new(),
+                        size: 0,
+                    };
+                    b.append_data(&mut h, &m.key, &mut reader)
+                        .map_err(|e| TapeError::io(name, "writing to tape", &device, e))?;
+                    let sha = hex::encode(reader.sha256.finalize());
+                    let md5 = hex::encode(reader.md5.finalize());
+                    if reader.size != f.size || sha != f.sha256 || md5 != f.md5 {
+                        return Err(TapeError::Mismatch {
+                            backend: name.clone(),
+                            key: m.key.clone(),
+                            what: "source file while writing to tape",
+                            expected: format!("{} bytes sha256 {}", f.size, f.sha256),
+                            found: format!("{} bytes sha256 {sha}", reader.size),
+                        });
+                    }
+                }
+                b.finish()
+                    .map_err(|e| TapeError::io(name, "writing to tape", &device, e))
+            },
+            self.full_err(drive, label, run),
+        )
+    }
+
+    fn blocking_retrieve(
+        &self,
+        receipt: &Receipt,
+        to_dir: &Path,
+    ) -> Result<Vec<PathBuf>, TapeError> {
+        let store = self.load()?;
+        let mut last_err = None;
+        // The first copy whose drive reads; another copy if it does not.
+        for label in &receipt.volumes {
+            match self.retrieve_from(&store, label, receipt, to_dir) {
+                Ok(v) => return Ok(v),
+                Err(e @ TapeError::Mismatch { .. }) => return Err(e),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| TapeError::NotFound {
+            backend: self.cfg.name.clone(),
+            key: receipt.run.name.clone(),
+        }))
+    }
+
+    fn retrieve_from(
+        &self,
+        store: &LabelStore,
+        label: &str,
+        receipt: &Receipt,
+        to_dir: &Path,
+    ) -> Result<Vec<PathBuf>, TapeError> {
+        let name = &self.cfg.name;
+        let drive = self.drive_for(store, label)?;
+        let tape = store.tapes.get(label).ok_or_else(|| TapeError::NotFound {
+            backend: name.clone(),
+            key: label.to_owned(),
+        })?;
+        let prefix = format!("{}/", receipt.run.name);
+        let mut out = Vec::new();
+        for entry in &tape.files {
+            let wanted: Vec<&StoredFile> = receipt
+                .files
+                .iter()
+                .filter(|s| entry.members.iter().any(|m| m.key == s.key))
+                .collect();
+            if wanted.is_empty() {
+                continue;
+            }
+            drive.position(entry.file_no)?;
+            let got = drive.read_file(|r| {
+                let mut archive = ::tar::Archive::new(r);
+                let mut got = Vec::new();
+                let entries = archive
+                    .entries()
+                    .map_err(|e| TapeError::io(name, "reading tar from", &drive.device, e))?;
+                for e in entries {
+                    let mut e =
+                        e.map_err(|e| TapeError::io(name, "reading tar from", &drive.device, e))?;
+                    let key = e
+                        .path()
+                        .map_err(|e| TapeError::io(name, "reading tar from", &drive.device, e))?
+                        .to_string_lossy()
+                        .into_owned();
+                    let Some(s) = wanted.iter().find(|s| s.key == key) else {
+                        continue;
+                    };
+                    let rel = key.strip_prefix(&prefix).unwrap_or(&key);
+                    let dest = to_dir.join(rel);
+                    if let Some(p) = dest.parent() {
+                        std::fs::create_dir_all(p)
+                            .map_err(|e| TapeError::io(name, "creating directory", p, e))?;
+                    }
+                    let mut f = File::create(&dest)
+                        .map_err(|e| TapeError::io(name, "creating", &dest, e))?;
+                    let digest = copy_hashing(&mut e, Some(&mut f as &mut dyn Write))
+                        .map_err(|e| TapeError::io(name, "retrieving to", &dest, e))?;
+                    f.sync_all()
+                        .map_err(|e| TapeError::io(name, "fsync", &dest, e))?;
+                    check_read_back(name, s, &digest)?;
+                    got.push(dest);
+                    if got.len() == wanted.len() {
+                        break;
+                    }
+                }
+                Ok(got)
+            })?;
+            if got.len() != wanted.len() {
+                return Err(TapeError::Mismatch {
+                    backend: name.clone(),
+                    key: format!("{label}:{}", entry.file_no),
+                    what: "members in tape file",
+                    expected: wanted.len().to_string(),
+                    found: got.len().to_string(),
+                });
+            }
+            out.extend(got);
+        }
+        if out.len() != receipt.files.len() {
+            return Err(TapeError::NotFound {
+                backend: name.clone(),
+                key: format!(
+                    "{} of {} files of run {} on {label}",
+                    receipt.files.len() - out.len(),
+                    receipt.files.len(),
+                    receipt.run.name
+                ),
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The first copy of `key` in the store, as a stored file.
+pub(super) fn stored_from(store: &LabelStore, key: &str) -> Option<StoredFile> {
+    store.find(key).first().map(|(label, entry, m)| StoredFile {
+        key: key.to_owned(),
+        size: Some(m.size),
+        sha256: Some(m.sha256.clone()),
+        md5: Some(m.md5.clone()),
+        crc32: None,
+        location: format!("{label}:{}/{}", entry.file_no, m.key),
+        source_sha256: None,
+    })
+}
+
+impl TarBackend {
+    pub(super) fn clone_cfg(&self) -> TarBackend {
+        TarBackend {
+            cfg: self.cfg.clone(),
+            busy: Mutex::new(()),
+        }
+    }
+}
+
+#[async_trait]
+impl TapeBackend for TarBackend {
+    fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            verify: vec![VerifyKind::Metadata, VerifyKind::Sample, VerifyKind::Full],
+            retrieve: true,
+            batch_bytes: Some(self.cfg.batch_size),
+            copies: self.cfg.copies,
+            records_sha256: true,
+            catalogue: true,
+        }
+    }
+
+    async fn health(&self) -> Result<Health, TapeError> {
+        let _busy = self.busy.lock().await;
+        let me = self.clone_cfg();
+        blocking(&self.cfg.name, move || {
+            let store = me.load()?;
+            let mut problems = Vec::new();
+            for dev in me.cfg.devices.iter().take(me.cfg.copies as usize) {
+                let label = store.label_in(dev).unwrap_or("(blank)");
+                if let Err(e) = Drive::new(&me.cfg, dev.clone()).status() {
+                    problems.push(format!("{} [{label}]: {e}", dev.display()));
+                }
+            }
+            Ok(Health {
+                ok: problems.is_empty(),
+                detail: if problems.is_empty() {
+                    format!("{} drive(s) answer", me.cfg.copies)
+                } else {
+                    problems.join("; ")
+                },
+            })
+        })
+        .await
+    }
+
+    async fn stat(&self, run: &RunRef, path: &str) -> Result<Option<StoredFile>, TapeError> {
+        let me = self.clone_cfg();
+        let key = key_of(&run.name, path);
+        blocking(&self.cfg.name, move || Ok(stored_from(&me.load()?, &key))).await
+    }
+
+    async fn put(&self, batch: &Batch) -> Result<Receipt, TapeError> {
+        let _busy = self.busy.lock().await;
+        let me = self.clone_cfg();
+        let batch = batch.clone();
+        blocking(&self.cfg.name, move || me.blocking_put(&batch)).await
+    }
+
+    async fn verify(
+        &self,
+        receipt: &Receipt,
+        level: VerifyLevel,
+    ) -> Result<VerifyReport, TapeError> {
+        let _busy = self.busy.lock().await;
+        self.verify_copies(receipt, level).await
+    }
+
+    async fn retrieve(&self, receipt: &Receipt, to_dir: &Path) -> Result<Vec<PathBuf>, TapeError> {
+        let _busy = self.busy.lock().await;
+        let me = self.clone_cfg();
+        let receipt = receipt.clone();
+        let to_dir = to_dir.to_path_buf();
+        blocking(&self.cfg.name, move || {
+            me.blocking_retrieve(&receipt, &to_dir)
+        })
+        .await
+    }
+
+    async fn catalogue(&self) -> Result<Vec<StoredFile>, TapeError> {
+        let me = self.clone_cfg();
+        let store = blocking(&self.cfg.name, move || me.load()).await?;
+        let mut keys: Vec<&str> = store
+            .tapes
+            .values()
+            .flat_map(|t| t.files.iter())
+            .flat_map(|f| f.members.iter().map(|m| m.key.as_str()))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        Ok(keys
+            .into_iter()
+            .filter_map(|k| stored_from(&store, k))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(path: &str, size: u64) -> TapeFile {
+        TapeFile {
+            path: path.into(),
+            local: PathBuf::new(),
+            size,
+            sha256: String::new(),
+            md5: String::new(),
+        }
+    }
+
+    #[test]
+    fn archives_respect_the_batch_size() {
+        let files = [f("a", 40), f("b", 40), f("c", 40), f("d", 200)];
+        let parts = split_archives(&files, 100);
+        let names: Vec<Vec<&str>> = parts
+            .iter()
+            .map(|p| p.iter().map(|f| f.path.as_str()).collect())
+            .collect();
+        assert_eq!(names, vec![vec!["a", "b"], vec!["c"], vec!["d"]]);
+    }
+}

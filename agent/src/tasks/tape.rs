@@ -1,0 +1,276 @@
+//! *tape*: back up the runs this site holds to each of its tape backends (the site map's
+//! `tape` list), and record each tape copy in the catalogue only after verifying it.
+//!
+//! One run, one backend, one data type at a time:
+//! 1. the catalogue lists runs with a `transferred` copy here (served by the
+//!    `(data.host, data.status)` index); runs that already have a copy of that type at the
+//!    backend (any status) are left alone;
+//! 2. the tape copy (`host` = backend name, `protocol: "tape"`) is **claimed** — exactly one
+//!    agent wins — with `location` `<backend>:<run name>/`, the key prefix under which the
+//!    backend finds the run's files;
+//! 3. the run's files go to the backend in one batch (`put`, idempotent: a crash after a
+//!    partial put only rewrites what is missing), then the receipt is **verified** at the
+//!    strongest cheap level the backend offers (a seeded sample, else the tape system's own
+//!    metadata); the lease is renewed meanwhile;
+//! 4. the run digest is recomputed from what the tape side reports and must equal the
+//!    manifest's; then `transferring → verifying → transferred`, the receipt's reference,
+//!    volumes and verification (with its seed) going into the audit reason.
+//!
+//! Any failure moves the copy to `error` with the backend's message.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use catalog_schema::{CopyStatus, RunDoc};
+use tokio_util::sync::CancellationToken;
+
+use super::{record, Context, TaskReport};
+use crate::catalog::{Claim, ClaimRequest, CopyRef};
+use crate::checksum::{self, ManifestLine};
+use crate::config::{HostKeyPolicy, SshEnvironment, TapeBackendConfig, TapeKind};
+use crate::tape::{
+    build, Batch, BuildContext, Receipt, RunRef, TapeBackend, TapeFile, VerifyKind, VerifyLevel,
+};
+use crate::transport::SshTarget;
+
+/// How long a claim lasts without renewal; renewed every third of it.
+pub const LEASE: Duration = Duration::from_secs(1800);
+/// Runs asked of the catalogue per cycle.
+const BATCH: u32 = 100;
+/// Share of files read back when the backend offers sampled verification.
+const SAMPLE_FRACTION: f64 = 0.1;
+
+/// Runs the task.
+pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
+    let mut report = TaskReport::default();
+    if ctx.site.tape.is_empty() {
+        return report;
+    }
+    let runs = match ctx
+        .catalog
+        .copies_in_status(&ctx.site.name, CopyStatus::Transferred, BATCH)
+        .await
+    {
+        Ok(runs) => runs,
+        Err(e) => {
+            report.failed.push(format!("tape: catalogue: {e}"));
+            return report;
+        }
+    };
+    for cfg in &ctx.site.tape {
+        let backend = match open(ctx, cfg) {
+            Ok(b) => b,
+            Err(e) => {
+                report
+                    .failed
+                    .push(format!("tape backend {}: {e}", cfg.name));
+                continue;
+            }
+        };
+        for run in &runs {
+            if token.is_cancelled() {
+                return report;
+            }
+            if !ctx.scope.admits(run.number, run.name.as_deref()) {
+                continue;
+            }
+            for data_type in ctx.site.data_dirs.keys() {
+                let label = format!("run {} {data_type} to tape {}", run.number, cfg.name);
+                match back_up(ctx, backend.as_ref(), data_type, run).await {
+                    Ok(Some(skip)) => report.skipped.push(format!("{label}: {skip}")),
+                    Ok(None) => report.done.push(label),
+                    Err(e) => {
+                        tracing::error!(site = %ctx.site.name, run = run.number, tape = %cfg.name, "{e}");
+                        report.failed.push(format!("{label}: {e}"));
+                    }
+                }
+            }
+        }
+    }
+    report
+}
+
+/// The backend, with its gateway resolved as `ssh` would (site map, then `~/.ssh/config`).
+fn open(ctx: &Context, cfg: &TapeBackendConfig) -> Result<Box<dyn TapeBackend>, String> {
+    let gateway = match &cfg.kind {
+        TapeKind::Command {
+            gateway: Some(name),
+            ..
+        } => {
+            let site = ctx
+                .map
+                .site(name)
+                .ok_or_else(|| format!("gateway site {name:?} is not in the site map"))?;
+            let env = SshEnvironment::load(None).map_err(|e| e.to_string())?;
+            let s = env.resolve(site);
+            let mut t = SshTarget::new(s.hostname, s.port, s.user);
+            t.identity_files = s.identity_files;
+            t.known_hosts_files = s.known_hosts;
+            t.host_key_policy = match s.host_key_policy {
+                HostKeyPolicy::Strict => crate::transport::HostKeyPolicy::Strict,
+                HostKeyPolicy::AcceptNew | HostKeyPolicy::No => {
+                    crate::transport::HostKeyPolicy::AcceptNew
+                }
+            };
+            Some(t)
+        }
+        _ => None,
+    };
+    build(cfg, &BuildContext { gateway }).map_err(|e| e.to_string())
+}
+
+/// The level a backup is verified at before it is recorded.
+fn level_for(backend: &dyn TapeBackend) -> VerifyLevel {
+    if backend.capabilities().verify.contains(&VerifyKind::Sample) {
+        VerifyLevel::Sample {
+            fraction: SAMPLE_FRACTION,
+            seed: None,
+        }
+    } else {
+        VerifyLevel::Metadata
+    }
+}
+
+/// `Ok(None)`: backed up and recorded; `Ok(Some(why))`: left alone; `Err`: failed.
+async fn back_up(
+    ctx: &Context,
+    backend: &dyn TapeBackend,
+    data_type: &str,
+    run: &RunDoc,
+) -> Result<Option<String>, String> {
+    let Some(digest) = run.digest.clone() else {
+        return Ok(Some("no manifest yet".into()));
+    };
+    if run.copy(backend.name(), data_type).is_some() {
+        return Ok(Some("already has a tape copy".into()));
+    }
+    let source = run
+        .copy(&ctx.site.name, data_type)
+        .filter(|c| c.status == CopyStatus::Transferred && c.checksum.as_deref() == Some(&digest));
+    let Some(src_dir) = source.and_then(|c| c.location.clone()).map(PathBuf::from) else {
+        return Ok(Some("no verified copy here".into()));
+    };
+    let name = run.name.clone().unwrap_or_else(|| run.number.to_string());
+    let mut files = Vec::with_capacity(run.files.len());
+    for f in &run.files {
+        let Some(md5) = f.md5.clone() else {
+            return Ok(Some(format!("manifest has no md5 for {}", f.path)));
+        };
+        files.push(TapeFile {
+            path: f.path.clone(),
+            local: src_dir.join(&f.path),
+            size: u64::try_from(f.size).unwrap_or(0),
+            sha256: f.sha256.clone(),
+            md5,
+        });
+    }
+    let batch = Batch {
+        run: RunRef {
+            number: run.number,
+            name: name.clone(),
+            period: run.extra.get_str("period").ok().map(str::to_owned),
+            detector: run.detector.clone(),
+        },
+        files,
+    };
+    if ctx.dry_run {
+        return Ok(Some(format!(
+            "dry run: would write {} files ({} bytes) from {} to tape {}",
+            batch.files.len(),
+            batch.size(),
+            src_dir.display(),
+            backend.name()
+        )));
+    }
+    let copy = CopyRef::new(run.key(), backend.name(), data_type);
+    let claim = ClaimRequest {
+        copy: copy.clone(),
+        location: format!("{}:{name}/", backend.name()),
+        protocol: "tape".into(),
+        owner: ctx.owner.clone(),
+        lease_for: LEASE,
+    };
+    match ctx
+        .catalog
+        .claim_copy(&claim)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        Claim::Won(_) => {}
+        Claim::Lost => return Ok(Some("claimed by another agent".into())),
+    }
+    let level = level_for(backend);
+    let work = async {
+        let receipt = backend.put(&batch).await.map_err(|e| e.to_string())?;
+        let report = backend
+            .verify(&receipt, level)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((receipt, report))
+    };
+    let (receipt, verified) = match record::with_lease(ctx, &copy, LEASE, work).await {
+        Ok(done) => done,
+        Err(why) => {
+            record::fail(ctx, &copy, &why).await;
+            return Err(why);
+        }
+    };
+    let measured = match tape_digest(&batch, &receipt) {
+        Ok(m) if m == digest => m,
+        Ok(m) => {
+            let why = format!("run digest from the tape side {m} != manifest {digest}");
+            record::fail(ctx, &copy, &why).await;
+            return Err(why);
+        }
+        Err(why) => {
+            record::fail(ctx, &copy, &why).await;
+            return Err(why);
+        }
+    };
+    let reason = format!(
+        "on tape {}: reference {}, volumes [{}], {} of {} files written; verified {:?} ({} files checked, {} bytes read)",
+        backend.name(),
+        receipt.reference,
+        receipt.volumes.join(", "),
+        receipt.written,
+        receipt.files.len(),
+        verified.level,
+        verified.checked.len(),
+        verified.bytes_read
+    );
+    record::finish(ctx, &copy, measured, LEASE, reason).await?;
+    Ok(None)
+}
+
+/// The run digest as the tape side reports the files: its SHA-256 where it records one,
+/// else the manifest's SHA-256 when the tape side's MD5 matches the manifest's.
+fn tape_digest(batch: &Batch, receipt: &Receipt) -> Result<String, String> {
+    let mut lines = Vec::with_capacity(batch.files.len());
+    for f in &batch.files {
+        let key = batch.key(f);
+        let s = receipt
+            .files
+            .iter()
+            .find(|s| s.key == key)
+            .ok_or_else(|| format!("{key} missing from the receipt"))?;
+        let sha = match (&s.sha256, &s.md5) {
+            (Some(sha), _) => sha.clone(),
+            (None, Some(md5)) if md5.eq_ignore_ascii_case(&f.md5) => f.sha256.clone(),
+            _ => {
+                return Err(format!(
+                    "{key}: the tape side reports no checksum to compare"
+                ))
+            }
+        };
+        lines.push((f.path.clone(), s.size.unwrap_or(f.size), sha));
+    }
+    let lines: Vec<ManifestLine<'_>> = lines
+        .iter()
+        .map(|(path, size, sha256)| ManifestLine {
+            path,
+            size: *size,
+            sha256,
+        })
+        .collect();
+    checksum::run_digest(&lines).map_err(|e| e.to_string())
+}

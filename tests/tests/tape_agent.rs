@@ -1,0 +1,144 @@
+//! The agent's `tape` task as operators run it: `ferry --once --task register`, then
+//! `ferry --once --task tape` at a DAQ site with a `directory` backend, a two-drive `tar`
+//! backend (shims) and a JLab `command` backend whose `jput` fails. The catalogue is the
+//! embedded one, read back with `ferry runs list --json`.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::{json, Value};
+
+mod tape_common;
+use tape_common::{tar_entry, Lab};
+
+const FERRY: &str = env!("CARGO_BIN_EXE_ferry_under_test");
+
+fn ferry(lab: &Lab, args: &[&str]) -> Output {
+    Command::new(FERRY)
+        .env_remove("FERRY_CATALOG")
+        .env("FERRY_STATE_DIR", lab.path().join("state"))
+        .arg("--config")
+        .arg(lab.path().join("map.json"))
+        .args(["--host", "daq"])
+        .args(args)
+        .output()
+        .expect("run ferry")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn runs(lab: &Lab) -> Value {
+    let out = Command::new(FERRY)
+        .args(["runs", "list", "--json", "--catalog"])
+        .arg(format!(
+            "sqlite:{}",
+            lab.path().join("catalog.sqlite").display()
+        ))
+        .output()
+        .expect("runs list");
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+fn copy<'a>(run: &'a Value, host: &str) -> Option<&'a Value> {
+    run["data"].as_array()?.iter().find(|c| c["host"] == host)
+}
+
+fn write_run(dir: &Path) {
+    for (i, size) in [300_000usize, 10, 0].iter().enumerate() {
+        let f = dir.join(format!("sub dir/{i:03}.evio"));
+        std::fs::create_dir_all(f.parent().expect("parent")).expect("test setup");
+        let bytes: Vec<u8> = (0..*size).map(|j| (j * 31 + i * 7) as u8).collect();
+        std::fs::write(f, bytes).expect("test setup");
+    }
+    std::fs::write(dir.join("RUN_COMPLETE"), b"").expect("test setup");
+}
+
+#[test]
+fn tape_task_backs_up_verifies_and_records_and_a_failing_backend_records_an_error() {
+    let lab = Lab::new();
+    for d in ["state", "tape"] {
+        std::fs::create_dir_all(lab.path().join(d)).expect("test setup");
+    }
+    let raw = lab.path().join("daq/raw");
+    write_run(&raw.join("Run000007"));
+    std::fs::write(
+        lab.store().join("jput-fail"),
+        "jput: tape library offline\n",
+    )
+    .expect("setup");
+    let mss = lab.path().join("mss").display().to_string();
+    let map = json!({
+        "version": 1,
+        "catalog": { "uri": format!("sqlite:{}", lab.path().join("catalog.sqlite").display()) },
+        "sites": [{
+            "name": "daq", "method": "local", "origin": true,
+            "data_dirs": { "raw": raw },
+            "layout": "Run{number:06}", "completion": { "marker": "RUN_COMPLETE" },
+            "tape": [
+                { "name": "dir-tape", "kind": "directory", "path": lab.path().join("tape") },
+                tar_entry(&lab, 2),
+                { "name": "jlab-mss", "kind": "command",
+                  "tape_path": format!("{mss}/Run{{number:06}}/{{path}}"),
+                  "put": [lab.bin("jput"), "{file}", "{tape_dir}/"],
+                  "stat": ["cat", "{tape_path}"] }
+            ]
+        }]
+    });
+    std::fs::write(lab.path().join("map.json"), map.to_string()).expect("test setup");
+
+    let out = ferry(&lab, &["--once", "--task", "register"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = ferry(&lab, &["--once", "--task", "tape"]);
+    assert!(
+        !out.status.success(),
+        "the jput failure is reported: {}",
+        text(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("tape library offline"),
+        "{}",
+        text(&out)
+    );
+
+    let all = runs(&lab);
+    let run = &all[0];
+    let digest = run["digest"].as_str().expect("digest");
+    for host in ["dir-tape", "lto"] {
+        let c = copy(run, host).unwrap_or_else(|| panic!("no {host} copy: {run:#}"));
+        assert_eq!(c["protocol"], "tape", "{c:#}");
+        assert_eq!(c["status"], "transferred", "{c:#}");
+        assert_eq!(c["checksum"], digest, "{c:#}");
+        assert_eq!(c["location"], format!("{host}:Run000007/"), "{c:#}");
+    }
+    let failed = copy(run, "jlab-mss").expect("jlab copy");
+    assert_eq!(failed["status"], "error", "{failed:#}");
+    assert!(
+        failed["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("tape library offline"),
+        "{failed:#}"
+    );
+    // The files really are on both tapes of the tar backend and in the directory tree.
+    assert!(lab.path().join("tape/Run000007/sub dir/000.evio").exists());
+    assert!(lab.path().join("dev/nst1/file.1").exists());
+
+    // A second cycle leaves recorded copies alone.
+    std::fs::remove_file(lab.store().join("jput-fail")).expect("setup");
+    let out = ferry(&lab, &["--once", "--task", "tape"]);
+    let again = runs(&lab);
+    assert_eq!(
+        copy(&again[0], "dir-tape").expect("copy")["updated_time"],
+        copy(run, "dir-tape").expect("copy")["updated_time"],
+        "{}",
+        text(&out)
+    );
+}
