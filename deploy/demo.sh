@@ -33,7 +33,14 @@ echo "==> checking the site map: $map"
 "$ferry" config validate --config "$map"
 
 echo "==> one agent cycle at the DAQ site: register complete runs, push them to the mirror"
-"$ferry" --config "$map" --host daq --once --task register --task push
+echo "    (every task runs in cycle order; those with nothing to do say so)"
+"$ferry" --config "$map" --host daq --once
+
+echo "==> one agent cycle at the mirror: back its copies up to the directory tape backend"
+"$ferry" --config "$map" --host mirror --once
+
+echo "==> what a purge at the DAQ site would remove, and why (dry run: nothing changes)"
+"$ferry" --config "$map" --host daq --once --task purge --dry-run
 
 echo "==> the catalogue, as collaborators query it"
 "$ferry" runs list --catalog "$catalog"
@@ -42,7 +49,8 @@ echo
 
 echo
 echo "Done: runs 1 and 2 are registered with their manifests and run digests (SHA-256 + MD5"
-echo "of every file) and copied to the mirror, where every file was read back and matched"
-echo "before the copy was recorded as transferred. Run 3 has no completion marker yet, so it"
-echo "was left alone. Verification by the receiving site, retries, SFTP pushes, tape and"
-echo "purge are the agent's next tasks: see docs/architecture.md for what this version builds."
+echo "of every file), copied to the mirror, where every file was read back and matched before"
+echo "the copy was recorded as transferred, and backed up by the mirror to the directory tape"
+echo "backend under $demo/tape (verified before it was recorded). Run 3 has no completion"
+echo "marker yet, so it was left alone. The purge dry run lists what the DAQ site may delete"
+echo "under its policy (one other verified copy, one on tape, older than the retention)."
