@@ -98,9 +98,26 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
             coded(code, e.to_string())
         })?;
         tracing::info!(%site, %catalog, once = cli.once, lock = %lock.path().display(), "ferry agent starting");
-        let opened = crate::catalog::open(&catalog)
-            .await
-            .map_err(|e| coded(Exit::Catalog, format!("catalogue {catalog}: {e}")))?;
+        let mut shutdown = std::pin::pin!(shutdown);
+        // By hand (`--once`) an unreachable catalogue is an answer (exit 3); the daemon
+        // instead waits for it, alive and saying why, until it answers or is stopped.
+        let mut wait = Duration::from_secs(2);
+        let opened = loop {
+            match crate::catalog::open(&catalog).await {
+                Ok(opened) => break opened,
+                Err(e) if !cli.once && e.is_retryable() => {
+                    tracing::warn!(%catalog, "catalogue unreachable, retrying in {wait:?}: {e}");
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = &mut shutdown => return Ok((Stopped::Shutdown, None)),
+                    }
+                    wait = (wait * 2).min(CATALOG_PATIENCE);
+                }
+                Err(e) => {
+                    return Err(coded(Exit::Catalog, format!("catalogue {catalog}: {e}")))
+                }
+            }
+        };
         let ctx = Context {
             map: Arc::new(loaded.map.clone()),
             site: site_model,
@@ -133,7 +150,7 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
                     report
                 }
             },
-            shutdown,
+            &mut shutdown,
         )
         .await;
         drop(lock);
@@ -152,6 +169,9 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
         None => Exit::Failed,
     })
 }
+
+/// The longest wait between two attempts of a daemon to reach its catalogue.
+const CATALOG_PATIENCE: Duration = Duration::from_secs(60);
 
 /// The site map's limits as the transport's gates take them.
 fn transport_limits(l: &config::Limits) -> Limits {

@@ -30,7 +30,8 @@ Exit codes:
   0  everything asked was done (config validate: the site map is valid)
   1  some work failed; the log names the run, site and file
   2  bad input (command line, site map, run name, catalogue URI); nothing was changed
-  3  the catalogue could not be reached, or refused the credentials
+  3  the catalogue could not be reached, or refused the credentials (a daemon
+     waits for an unreachable one, retrying and logging why)
   4  another ferry agent holds this site's lock";
 
 /// An error that carries its exit code through `anyhow` to the edge.
