@@ -27,7 +27,7 @@ async fn mongo_daemon_queries_use_indexes() {
         seed_run(&cat, n, if n % 2 == 0 { "daq" } else { "lngs" }).await;
     }
     let plans = cat.explain_daemon_queries().await.unwrap();
-    assert_eq!(plans.len(), 5);
+    assert_eq!(plans.len(), 7);
     for (name, plan) in plans {
         let winning = plan
             .get_document("queryPlanner")

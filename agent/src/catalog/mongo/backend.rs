@@ -168,6 +168,8 @@ impl MongoCatalog {
             ("purge_candidates", purge_query("a")),
             ("stalled_copies", stalled_query(None, now)),
             ("stalled_copies_at", stalled_query(Some("a"), now)),
+            ("adopt_foreign_copies_recent", adopt_recent_query(now)),
+            ("adopt_foreign_copies_sweep", adopt_sweep_query()),
         ];
         let mut out = Vec::new();
         for (name, q) in queries {
@@ -527,6 +529,24 @@ fn stalled_query(host: Option<&str>, now: DateTime) -> Query {
             filter: doc! { "data": { "$elemMatch": elem } },
             hint: Some(STATUS_EXPIRES),
         },
+    }
+}
+
+/// Documents inserted since `since` (less the clock margin). Only the `_id` range, so that
+/// every server takes the `_id` index; the few recent documents are checked by the caller.
+fn adopt_recent_query(since: DateTime) -> Query {
+    let from = since.timestamp_millis() / 1000 - secs(CLOCK_MARGIN);
+    Query {
+        filter: doc! { "_id": { "$gte": oid_at(from) } },
+        hint: None,
+    }
+}
+
+/// Runs with a copy that lacks the index field (an entry without it is indexed as null).
+fn adopt_sweep_query() -> Query {
+    Query {
+        filter: doc! { "data": { "$elemMatch": { HOST_STATUS_FIELD: { "$exists": false } } } },
+        hint: None,
     }
 }
 
@@ -893,13 +913,8 @@ impl Catalog for MongoCatalog {
             (a.next_full.is_none_or(|t| t <= Instant::now()), a.since)
         };
         let filter = match (full, since) {
-            // Only the `_id` range, so that every server takes the `_id` index; the few
-            // recent documents are checked here.
-            (false, Some(since)) => {
-                let from = since.timestamp_millis() / 1000 - secs(CLOCK_MARGIN);
-                doc! { "_id": { "$gte": oid_at(from) } }
-            }
-            _ => doc! { "data": { "$elemMatch": { HOST_STATUS_FIELD: { "$exists": false } } } },
+            (false, Some(since)) => adopt_recent_query(since).filter,
+            _ => adopt_sweep_query().filter,
         };
         let docs: Vec<Document> = self
             .runs
