@@ -1,8 +1,9 @@
-//! Recording a copy's progress in the catalogue, shared by the copy tasks: renew the lease
-//! while working, record a failure as `error`, and finish with `transferring → verifying →
-//! transferred`, each step a conditional update.
+//! Recording a tape copy's progress in the catalogue: renew the lease while working, and
+//! finish with `transferring → verifying → transferred`, each step a conditional update. A
+//! failure is recorded by [`super::copy::fail`], with its class, as for every copy.
 //!
-//! (`push.rs` still has its own copies of these steps; it can switch to this module.)
+//! (`copy.rs` still renews and finishes with its own typed errors; it can switch to this
+//! module once these steps return `CopyError`.)
 
 use std::future::Future;
 use std::time::Duration;
@@ -75,19 +76,4 @@ pub async fn finish(
     to_done.checksum = Some(measured);
     to_done.reason = Some(reason);
     cas(ctx, copy, &to_done).await
-}
-
-/// Records a failed copy as `error` (best effort: if this fails too, the lease expires and
-/// the copy can be reclaimed).
-pub async fn fail(ctx: &Context, copy: &CopyRef, why: &str) {
-    let mut change = Transition::new(
-        CopyStatus::Transferring,
-        CopyStatus::Error,
-        Some(&ctx.owner),
-        &ctx.owner,
-    );
-    change.error = Some(why.to_string());
-    if let Err(e) = ctx.catalog.transition(copy, &change).await {
-        tracing::warn!(%copy, "cannot record the failure ({why}): {e}");
-    }
 }

@@ -24,7 +24,8 @@ use std::time::Duration;
 use catalog_schema::{CopyStatus, RunDoc};
 use tokio_util::sync::CancellationToken;
 
-use super::{record, Context, TaskReport};
+use super::retry::{Failure, FailureClass};
+use super::{copy, record, Context, TaskReport};
 use crate::catalog::{Claim, ClaimRequest, CopyRef};
 use crate::checksum::{self, ManifestLine};
 use crate::config::{HostKeyPolicy, SshEnvironment, TapeBackendConfig, TapeKind};
@@ -211,7 +212,8 @@ async fn back_up(
     let (receipt, verified) = match record::with_lease(ctx, &copy, LEASE, work).await {
         Ok(done) => done,
         Err(why) => {
-            record::fail(ctx, &copy, &why).await;
+            let class = FailureClass::classify(&why);
+            copy::fail(ctx, &copy, &Failure::new(class, why.clone())).await;
             return Err(why);
         }
     };
@@ -219,11 +221,16 @@ async fn back_up(
         Ok(m) if m == digest => m,
         Ok(m) => {
             let why = format!("run digest from the tape side {m} != manifest {digest}");
-            record::fail(ctx, &copy, &why).await;
+            copy::fail(
+                ctx,
+                &copy,
+                &Failure::new(FailureClass::Checksum, why.clone()),
+            )
+            .await;
             return Err(why);
         }
         Err(why) => {
-            record::fail(ctx, &copy, &why).await;
+            copy::fail(ctx, &copy, &Failure::new(FailureClass::Fatal, why.clone())).await;
             return Err(why);
         }
     };
