@@ -300,6 +300,19 @@ pub struct ManifestLine<'a> {
     pub sha256: &'a str,
 }
 
+/// [`run_digest`] of owned `(path, size, sha256 hex)` lines, as measured per file.
+pub fn run_digest_of(lines: &[(String, u64, String)]) -> Result<String, ChecksumError> {
+    let lines: Vec<ManifestLine<'_>> = lines
+        .iter()
+        .map(|(path, size, sha256)| ManifestLine {
+            path,
+            size: *size,
+            sha256,
+        })
+        .collect();
+    run_digest(&lines)
+}
+
 /// The run digest: SHA-256 over lines `path \0 size \0 sha256 \n`, sorted by path (bytewise),
 /// as lowercase hex. Covers names and layout, not only contents.
 ///

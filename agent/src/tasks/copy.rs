@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use super::retry::{Failure, FailureClass};
 use super::{Context, RunScope, TaskReport};
 use crate::catalog::{Cas, CatalogError, Claim, ClaimRequest, CopyRef, RunSelector, Transition};
-use crate::checksum::{self, ChecksumError, ManifestLine};
+use crate::checksum::{self, ChecksumError};
 use crate::config::{LayoutError, Site, TransferMethod};
 use crate::transport::run::{copy_run, FileJob, Progress, RunCopy};
 use crate::transport::{CopyOptions, CopyReport, SshSession, TransportError, Verify};
@@ -667,15 +667,7 @@ async fn copy_and_measure(ctx: &Context, plan: &Plan, run: &RunDoc) -> Result<St
         .iter()
         .map(|(p, d)| (p.clone(), d.size, d.sha256_hex()))
         .collect();
-    let lines: Vec<ManifestLine<'_>> = hex
-        .iter()
-        .map(|(path, size, sha256)| ManifestLine {
-            path,
-            size: *size,
-            sha256,
-        })
-        .collect();
-    checksum::run_digest(&lines).map_err(|source| CopyError::Manifest {
+    checksum::run_digest_of(&hex).map_err(|source| CopyError::Manifest {
         copy: copy.to_string(),
         source,
     })

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::retry::{Failure, FailureClass};
 use super::{copy, record, Context, TaskReport};
 use crate::catalog::{Claim, ClaimRequest, CopyRef};
-use crate::checksum::{self, ManifestLine};
+use crate::checksum;
 use crate::config::{HostKeyPolicy, SshEnvironment, TapeBackendConfig, TapeKind};
 use crate::tape::{
     build, Batch, BuildContext, Receipt, RunRef, TapeBackend, TapeFile, VerifyKind, VerifyLevel,
@@ -271,13 +271,5 @@ fn tape_digest(batch: &Batch, receipt: &Receipt) -> Result<String, String> {
         };
         lines.push((f.path.clone(), s.size.unwrap_or(f.size), sha));
     }
-    let lines: Vec<ManifestLine<'_>> = lines
-        .iter()
-        .map(|(path, size, sha256)| ManifestLine {
-            path,
-            size: *size,
-            sha256,
-        })
-        .collect();
-    checksum::run_digest(&lines).map_err(|e| e.to_string())
+    checksum::run_digest_of(&lines).map_err(|e| e.to_string())
 }

@@ -33,7 +33,7 @@ use super::owner;
 use super::retry::{Failure, FailureClass};
 use super::{Context, TaskReport};
 use crate::catalog::{Cas, CopyRef, Transition};
-use crate::checksum::{self, ChecksumError, ManifestLine};
+use crate::checksum;
 use crate::config::Site;
 use crate::transport::run::check_relative;
 
@@ -94,19 +94,6 @@ pub(super) async fn copies_in(
         }
     }
     Ok(out)
-}
-
-/// The run digest over measured `(path, size, sha256 hex)` lines.
-pub(super) fn digest_of(measured: &[(String, u64, String)]) -> Result<String, ChecksumError> {
-    let lines: Vec<ManifestLine<'_>> = measured
-        .iter()
-        .map(|(path, size, sha256)| ManifestLine {
-            path,
-            size: *size,
-            sha256,
-        })
-        .collect();
-    checksum::run_digest(&lines)
 }
 
 /// The outcome for one copy.
@@ -348,7 +335,7 @@ pub(super) fn rehash(site: &str, dir: &Path, files: &[FileEntry]) -> Rehash {
         }
     }
     Rehash {
-        digest: digest_of(&measured).ok(),
+        digest: checksum::run_digest_of(&measured).ok(),
         bad,
     }
 }
