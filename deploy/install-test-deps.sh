@@ -71,6 +71,10 @@ fi
 
 ensure_apt sshd openssh-server test -x /usr/sbin/sshd
 ensure_apt ssh openssh-client have ssh ssh-keygen ssh-keyscan
+# Tools the tests run as processes: `ss` finds a test sshd's connections to cut them; `kill`
+# (not the shell builtin) sends SIGTERM/SIGKILL to agents under test.
+ensure_apt ss iproute2 have ss
+ensure_apt kill procps test -x /usr/bin/kill
 
 if [ -d /run/sshd ]; then
     report /run/sshd "already there"
