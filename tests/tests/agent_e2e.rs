@@ -561,3 +561,88 @@ fn one_run_asked_for_by_hand_is_copied_even_beyond_the_first_batch_of_wanted_run
         .collect();
     assert_eq!(mirror, ["Run000105"]);
 }
+
+#[test]
+fn a_push_to_a_site_verifying_with_its_own_agent_stays_verifying_until_that_agent_hashes_it() {
+    let world = World::new(
+        "agent_e2e_vagent",
+        &["origin", "mirror"],
+        |name| match name {
+            "origin" => serde_json::json!({ "origin": true, "push_to": ["mirror"] }),
+            _ => serde_json::json!({ "verify": "agent" }),
+        },
+    );
+    world.run("origin", 1, &[("a.evio", 300_000), ("b.evio", 1)]);
+    world.run("origin", 2, &[("c.evio", 200_000)]);
+    let out = world.once("origin", &["--task", "register", "--task", "push"]);
+    // Regression: every SSH session used to log "ERROR Maximum packet size (65536) should
+    // not larger than a TCP packet" (russh's limit is 65535); a clean cycle logs no error.
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!log.contains(" ERROR "), "{log}");
+    // Sent, not yet proven: `verifying` with the sent digest, no lease, files in place.
+    for run in world.runs() {
+        let at = copy_at(&run, "mirror");
+        assert_eq!(at.len(), 1, "{run:#?}");
+        assert_eq!(at[0].get_str("status").unwrap(), "verifying", "{run:#?}");
+        assert_eq!(
+            at[0].get_str("checksum").unwrap(),
+            run.get_str("digest").unwrap()
+        );
+        assert!(
+            at[0].get_document("lease").is_err(),
+            "the lease must be released for the destination's agent: {run:#?}"
+        );
+    }
+    // A byte flipped at the mirror before its agent looks: that copy must not pass.
+    let bad = world.root("mirror").join("Run000002/c.evio");
+    let mut bytes = std::fs::read(&bad).unwrap();
+    bytes[99] ^= 0x01;
+    std::fs::write(&bad, bytes).unwrap();
+    let out = world
+        .command("mirror", &["--task", "verify"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let runs = world.runs();
+    let status = |n: usize| copy_at(&runs[n], "mirror")[0].get_str("status").unwrap();
+    assert_eq!(status(0), "transferred", "{:#?}", runs[0]);
+    assert_eq!(status(1), "error", "{:#?}", runs[1]);
+    assert_eq!(
+        run_digest(&world.root("mirror").join("Run000001")),
+        run_digest(&world.root("origin").join("Run000001"))
+    );
+}
+
+#[test]
+fn a_push_to_a_site_verifying_by_command_is_transferred_only_when_the_command_agrees() {
+    let world = World::new(
+        "agent_e2e_vcmd",
+        &["origin", "good", "bad"],
+        |name| match name {
+            "origin" => serde_json::json!({ "origin": true, "push_to": ["good", "bad"] }),
+            "good" => serde_json::json!({ "verify": { "command": ["sha256sum", "--"] } }),
+            // Prints an MD5, not a SHA-256: never accepted as proof.
+            _ => serde_json::json!({ "verify": { "command": ["md5sum", "--"] } }),
+        },
+    );
+    world.run("origin", 1, &[("a b.evio", 123_456), ("empty", 0)]);
+    let out = world
+        .command("origin", &["--task", "register", "--task", "push"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let run = world.runs().pop().unwrap();
+    let good = copy_at(&run, "good");
+    assert_eq!(
+        good[0].get_str("status").unwrap(),
+        "transferred",
+        "{run:#?}"
+    );
+    assert_eq!(
+        run_digest(&world.root("good").join("Run000001")),
+        run_digest(&world.root("origin").join("Run000001"))
+    );
+    let bad = copy_at(&run, "bad");
+    assert_eq!(bad[0].get_str("status").unwrap(), "error", "{run:#?}");
+    assert!(!world.root("bad").join("Run000001/a b.evio").exists());
+}

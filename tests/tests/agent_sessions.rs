@@ -25,6 +25,7 @@ fn site_for(sshd: &Sshd) -> Site {
         host_key_policy: Some(HostKeyPolicy::Strict),
         known_hosts: Some(sshd.known_hosts_path().to_path_buf()),
         method: TransferMethod::Sftp,
+        verify: Default::default(),
         origin: false,
         data_dirs: [("raw".to_string(), sshd.root().to_path_buf())].into(),
         layout: LayoutTemplate::default(),

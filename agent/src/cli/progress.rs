@@ -2,10 +2,12 @@
 //!
 //! [`for_agent`] picks the [`CopyProgress`] the copy tasks report to. When the agent runs
 //! one cycle (`--once`) with stderr on a terminal, that is [`Bars`]: one bar for all bytes of
-//! the runs being copied (rate and ETA) and one line per file in flight (size, elapsed),
-//! fed from [`transport::run::Progress`](crate::transport::run::Progress) events; a finished
-//! or failed file leaves one line above the bars. Otherwise — a daemon, a pipe, a log file —
-//! it is the tasks' [`LogProgress`]: one log line per file.
+//! the runs being copied (rate and ETA) and one bar per file in flight (bytes, rate, ETA),
+//! fed from [`transport::run::Progress`](crate::transport::run::Progress) events — the
+//! transport reports each file's bytes every quarter second while it copies, and the total
+//! moves with them; a finished or failed file leaves one line above the bars. Otherwise — a
+//! daemon, a pipe, a log file — it is the tasks' [`LogProgress`]: one log line per file, and
+//! one a minute for a file still in flight.
 //!
 //! Log lines and bars share stderr: the logger writes through [`Stderr`], which hides the
 //! bars while a line is printed and redraws them after, so neither garbles the other.
@@ -34,7 +36,7 @@ pub fn for_agent(once: bool) -> (Arc<dyn CopyProgress>, Option<Arc<Bars>>) {
         let _ = ON_SCREEN.set(bars.multi.clone());
         (bars.clone(), Some(bars))
     } else {
-        (Arc::new(LogProgress), None)
+        (Arc::new(LogProgress::new()), None)
     }
 }
 
@@ -65,7 +67,8 @@ fn style(template: &str) -> ProgressStyle {
 
 const TOTAL_STYLE: &str =
     "{prefix:>8} [{wide_bar}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}";
-const FILE_STYLE: &str = "{spinner} {msg} ({total_bytes}, {elapsed})";
+const FILE_STYLE: &str =
+    "  {msg:30!} [{bar:25}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}";
 
 impl Bars {
     /// Bars drawn to `target` (stderr, or hidden in tests).
@@ -130,17 +133,32 @@ impl CopyProgress for Bars {
         match event {
             Progress::Started { path, size } => {
                 let bar = self.multi.add(ProgressBar::new(*size));
-                bar.set_style(style(FILE_STYLE));
+                bar.set_style(style(FILE_STYLE).progress_chars("=> "));
                 bar.set_message(path.to_string());
                 bar.enable_steady_tick(Duration::from_millis(200));
                 lock(&self.files).insert(key(path), bar);
             }
+            Progress::Bytes { path, done, .. } => {
+                // The total moves with the files in flight: by what this file gained.
+                let gained = lock(&self.files).get(&key(path)).map(|bar| {
+                    let before = bar.position();
+                    bar.set_position(*done);
+                    done.saturating_sub(before)
+                });
+                if let Some(gained) = gained.filter(|g| *g > 0) {
+                    self.total(0).inc(gained);
+                }
+            }
             Progress::Finished { path, report } => {
-                if let Some(bar) = lock(&self.files).remove(&key(path)) {
+                // What the total already counted of this file while it was in flight.
+                let counted = lock(&self.files).remove(&key(path)).map_or(0, |bar| {
+                    let counted = bar.position();
                     bar.finish_and_clear();
                     self.multi.remove(&bar);
-                }
-                self.total(0).inc(report.digest.size);
+                    counted
+                });
+                self.total(0)
+                    .inc(report.digest.size.saturating_sub(counted));
                 let secs = report.elapsed.as_secs_f64().max(1e-3);
                 self.println(format!(
                     "  ok    {path} ({}, {}/s)",
@@ -149,14 +167,16 @@ impl CopyProgress for Bars {
                 ));
             }
             Progress::Failed { path, error } => {
-                let size = lock(&self.files).remove(&key(path)).map(|bar| {
+                let (size, counted) = lock(&self.files).remove(&key(path)).map_or((0, 0), |bar| {
+                    let seen = (bar.length().unwrap_or(0), bar.position());
                     bar.finish_and_clear();
                     self.multi.remove(&bar);
-                    bar.length().unwrap_or(0)
+                    seen
                 });
                 let total = self.total(0);
+                total.set_position(total.position().saturating_sub(counted));
                 let left = total.length().unwrap_or(0);
-                total.set_length(left.saturating_sub(size.unwrap_or(0)));
+                total.set_length(left.saturating_sub(size));
                 self.println(format!("  FAIL  {path}: {error}"));
             }
         }
@@ -229,13 +249,25 @@ mod tests {
     }
 
     #[test]
-    fn total_counts_bytes_of_finished_files_and_drops_failed_ones() {
+    fn total_counts_bytes_in_flight_and_finished_and_drops_failed_ones() {
         let bars = Bars::new(ProgressDrawTarget::hidden());
         bars.run_started("run 1", 3, 1_000);
         for (path, size) in [("a", 600), ("b", 300), ("c", 100)] {
             bars.file("run 1", &Progress::Started { path, size });
         }
         assert_eq!(bars.in_flight(), 3);
+        // In flight: the file bars and the total move before any file is finished.
+        for (path, done) in [("a", 200), ("b", 150), ("a", 450)] {
+            bars.file(
+                "run 1",
+                &Progress::Bytes {
+                    path,
+                    done,
+                    size: 0,
+                },
+            );
+        }
+        assert_eq!(bars.position(), (600, 1_000));
         bars.file(
             "run 1",
             &Progress::Finished {
@@ -243,6 +275,7 @@ mod tests {
                 report: &report(600),
             },
         );
+        assert_eq!(bars.position(), (750, 1_000));
         let error = TransportError::ConnectionLost {
             host: "mirror".into(),
             path: "b".into(),

@@ -191,6 +191,7 @@ impl CaxReader {
             host_key_policy: None,
             known_hosts: None,
             method,
+            verify: Default::default(),
             origin: false,
             data_dirs,
             layout: LayoutTemplate::default(),

@@ -32,10 +32,10 @@ use std::path::{Path, PathBuf};
 
 pub use diag::{did_you_mean, Diagnostic, LineCol, Location, Severity};
 pub use model::{
-    parse_tape_template, CatalogSettings, CommandOutput, CompletionRule, HostKeyPolicy,
-    LayoutError, LayoutField, LayoutTemplate, Limits, Link, PasswordSource, PurgePolicy,
-    RunPathFields, Site, SiteMap, TapeBackendConfig, TapeKind, TemplatePiece, TransferMethod,
-    TAPE_PLACEHOLDERS,
+    parse_tape_template, CatalogSettings, CommandOutput, CompletionRule, DestinationVerify,
+    HostKeyPolicy, LayoutError, LayoutField, LayoutTemplate, Limits, Link, PasswordSource,
+    PurgePolicy, RunPathFields, Site, SiteMap, TapeBackendConfig, TapeKind, TemplatePiece,
+    TransferMethod, TAPE_PLACEHOLDERS,
 };
 pub use ssh::{SettingSource, SshConfigError, SshEnvironment, SshSettings};
 pub use validate::FORMAT_VERSION;

@@ -124,6 +124,8 @@ pub struct Site {
     pub known_hosts: Option<PathBuf>,
     /// How other sites reach this site's files.
     pub method: TransferMethod,
+    /// How a copy pushed to this site is checked at this site before it counts.
+    pub verify: DestinationVerify,
     /// Whether runs are born here (a DAQ site): the register task runs here.
     pub origin: bool,
     /// Absolute data directory per data type (`raw`, `processed`, …).
@@ -166,6 +168,32 @@ impl Site {
             "gateway"
         } else {
             "mirror"
+        }
+    }
+}
+
+/// How a copy pushed to a site is checked at that site (the site map's `verify`). A pull
+/// or a local copy always re-reads the destination on the agent's own disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum DestinationVerify {
+    /// `"read-back"`: the pushing agent reads every file back over SFTP and hashes it
+    /// (twice the traffic; needs nothing at the destination).
+    #[default]
+    ReadBack,
+    /// `{"command": ["sha256sum", "--"]}`: the pushing agent runs this command with the
+    /// file's path over SSH at the destination; its first word must be the SHA-256.
+    Command(Vec<String>),
+    /// `"agent"`: the destination's own Ferry agent re-hashes the copy in its `verify` task;
+    /// until then the copy stays `verifying` (never `transferred`).
+    Agent,
+}
+
+impl fmt::Display for DestinationVerify {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ReadBack => f.write_str("read-back"),
+            Self::Command(argv) => write!(f, "command {argv:?}"),
+            Self::Agent => f.write_str("agent"),
         }
     }
 }

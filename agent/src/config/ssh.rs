@@ -252,6 +252,7 @@ mod tests {
             host_key_policy: None,
             known_hosts: None,
             method: TransferMethod::Sftp,
+            verify: Default::default(),
             origin: false,
             data_dirs: Default::default(),
             layout: LayoutTemplate::default(),

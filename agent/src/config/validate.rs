@@ -14,9 +14,9 @@ use std::path::PathBuf;
 
 use super::diag::{did_you_mean, LineCol, Severity};
 use super::model::{
-    parse_tape_template, CatalogSettings, CommandOutput, CompletionRule, HostKeyPolicy,
-    LayoutTemplate, Limits, PasswordSource, PurgePolicy, Site, TapeBackendConfig, TapeKind,
-    TransferMethod, TAPE_PLACEHOLDERS,
+    parse_tape_template, CatalogSettings, CommandOutput, CompletionRule, DestinationVerify,
+    HostKeyPolicy, LayoutTemplate, Limits, PasswordSource, PurgePolicy, Site, TapeBackendConfig,
+    TapeKind, TransferMethod, TAPE_PLACEHOLDERS,
 };
 use super::raw::{Node, Value};
 use super::read::{check_hostname, check_name, join, object, Ctx, Obj, Span, Unknown};
@@ -72,6 +72,7 @@ const SITE_KEYS: &[&str] = &[
     "strict_host_key_checking",
     "known_hosts",
     "method",
+    "verify",
     "origin",
     "data_dirs",
     "layout",
@@ -357,6 +358,10 @@ fn read_site(cx: &mut Ctx, node: &Node, path: &str) -> Option<(Site, SiteSpans)>
         None => Some(TransferMethod::Sftp),
         Some((n, p)) => read_method(cx, n, &p),
     };
+    let verify = match o.get("verify") {
+        None => Some(DestinationVerify::ReadBack),
+        Some((n, p)) => read_verify(cx, n, &p),
+    };
     let origin = o
         .get("origin")
         .and_then(|(n, p)| cx.boolean(n, &p))
@@ -422,6 +427,7 @@ fn read_site(cx: &mut Ctx, node: &Node, path: &str) -> Option<(Site, SiteSpans)>
         host_key_policy,
         known_hosts,
         method: method.unwrap_or(TransferMethod::Sftp),
+        verify: verify.unwrap_or_default(),
         origin,
         data_dirs,
         layout: layout.unwrap_or_default(),
@@ -486,6 +492,43 @@ fn read_method(cx: &mut Ctx, n: &Node, p: &str) -> Option<TransferMethod> {
                 ),
                 did_you_mean(other, ["sftp", "local"]),
             );
+            None
+        }
+    }
+}
+
+/// `verify`: `"read-back"`, `"agent"` or `{"command": [argv…]}`.
+fn read_verify(cx: &mut Ctx, n: &Node, p: &str) -> Option<DestinationVerify> {
+    const WORDS: [&str; 2] = ["read-back", "agent"];
+    match &n.value {
+        Value::String(w) => match w.as_str() {
+            "read-back" => Some(DestinationVerify::ReadBack),
+            "agent" => Some(DestinationVerify::Agent),
+            other => {
+                cx.error_hint(
+                    n.pos,
+                    p,
+                    format!(
+                        "unknown verification {other:?}; expected \"read-back\", \"agent\" \
+                         or {{\"command\": [\"sha256sum\", \"--\"]}}"
+                    ),
+                    did_you_mean(other, WORDS),
+                );
+                None
+            }
+        },
+        Value::Object(_) => {
+            let o = object(cx, n, p, &["command"], Unknown::Error, Severity::Error)?;
+            match o.get("command") {
+                Some((c, cp)) => cx.argv(c, &cp).map(DestinationVerify::Command),
+                None => {
+                    cx.error(n.pos, p, "a verification object needs \"command\": [argv…]");
+                    None
+                }
+            }
+        }
+        _ => {
+            cx.type_error(n, p, "\"read-back\", \"agent\" or {\"command\": [argv…]}");
             None
         }
     }

@@ -33,7 +33,7 @@ use super::retry::{Failure, FailureClass};
 use super::{Context, RunScope, TaskReport};
 use crate::catalog::{Cas, CatalogError, Claim, ClaimRequest, CopyRef, RunSelector, Transition};
 use crate::checksum::{self, ChecksumError};
-use crate::config::{LayoutError, Site, TransferMethod};
+use crate::config::{DestinationVerify, LayoutError, Site, TransferMethod};
 use crate::transport::run::{copy_run, FileJob, Progress, RunCopy};
 use crate::transport::{CopyOptions, CopyReport, SshSession, TransportError, Verify};
 
@@ -57,9 +57,32 @@ pub trait CopyProgress: Send + Sync {
     fn run_finished(&self, label: &str, ok: bool);
 }
 
-/// Plain log lines: one when a run starts, one per file finished or failed.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct LogProgress;
+/// Plain log lines: one when a run starts, one per file finished or failed, and for a
+/// file still in flight one every [`LOG_PROGRESS_EVERY`] saying how far it has got.
+#[derive(Debug, Default)]
+pub struct LogProgress {
+    /// When each file in flight last had a progress line (or started).
+    last: std::sync::Mutex<std::collections::HashMap<(String, String), std::time::Instant>>,
+}
+
+/// How often a long file copy gets a progress log line.
+pub const LOG_PROGRESS_EVERY: Duration = Duration::from_secs(60);
+
+impl LogProgress {
+    /// A logger with no files in flight.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn last(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, String), std::time::Instant>>
+    {
+        self.last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
 
 impl CopyProgress for LogProgress {
     fn run_started(&self, label: &str, files: usize, bytes: u64) {
@@ -67,9 +90,32 @@ impl CopyProgress for LogProgress {
     }
 
     fn file(&self, label: &str, event: &Progress<'_>) {
+        let key = |path: &str| (label.to_owned(), path.to_owned());
         match event {
-            Progress::Started { .. } => {}
+            Progress::Started { path, .. } => {
+                self.last().insert(key(path), std::time::Instant::now());
+            }
+            Progress::Bytes { path, done, size } => {
+                let mut last = self.last();
+                let Some(at) = last.get_mut(&key(path)) else {
+                    return;
+                };
+                if at.elapsed() >= LOG_PROGRESS_EVERY {
+                    *at = std::time::Instant::now();
+                    drop(last);
+                    tracing::info!(
+                        copy = label,
+                        file = path,
+                        done,
+                        size,
+                        "file in flight: {} of {}",
+                        bytesize::ByteSize(*done),
+                        bytesize::ByteSize(*size)
+                    );
+                }
+            }
             Progress::Finished { path, report } => {
+                self.last().remove(&key(path));
                 let secs = report.elapsed.as_secs_f64();
                 let rate = if secs > 0.0 {
                     report.bytes as f64 / secs
@@ -87,6 +133,7 @@ impl CopyProgress for LogProgress {
                 );
             }
             Progress::Failed { path, error } => {
+                self.last().remove(&key(path));
                 tracing::warn!(copy = label, file = path, %error, "file failed");
             }
         }
@@ -587,6 +634,20 @@ async fn copy_and_record(
     );
     to_verifying.checksum = Some(measured.clone());
     to_verifying.lease_for = lease(ctx);
+    if destination_check(ctx, plan) == Verify::Deferred {
+        // The destination's agent re-hashes its files (its `verify` task) and only it moves
+        // the copy to `transferred`; the digest recorded here is what was sent.
+        to_verifying.reason = Some(format!(
+            "sent; {} verifies it with its own agent (site map: verify = \"agent\")",
+            copy.host
+        ));
+        cas(ctx, copy, &to_verifying).await?;
+        if let Err(e) = ctx.catalog.release_lease(copy, &ctx.owner).await {
+            // The lease then runs out by itself; the destination's verify waits for that.
+            tracing::warn!(%copy, "cannot release the lease: {e}");
+        }
+        return Ok(());
+    }
     cas(ctx, copy, &to_verifying).await?;
     let mut to_done = Transition::new(
         CopyStatus::Verifying,
@@ -595,7 +656,13 @@ async fn copy_and_record(
         &ctx.owner,
     );
     to_done.checksum = Some(measured);
-    to_done.reason = Some("every file read back at the destination matched the manifest".into());
+    to_done.reason = Some(match destination_check(ctx, plan) {
+        Verify::RemoteCommand { argv } => format!(
+            "every file hashed at the destination ({}) matched the manifest",
+            argv.join(" ")
+        ),
+        _ => "every file read back at the destination matched the manifest".into(),
+    });
     cas(ctx, copy, &to_done).await
 }
 
@@ -641,12 +708,16 @@ async fn copy_and_measure(ctx: &Context, plan: &Plan, run: &RunDoc) -> Result<St
         pending = cut;
     }
     let results = results.into_iter().flatten();
+    // Left to the destination's agent: the sent digests are what it will be checked against.
+    let deferred = destination_check(ctx, plan) == Verify::Deferred;
     let mut failed = Vec::new();
     let mut unverified = Vec::new();
     let mut measured = Vec::with_capacity(files.len());
     for (job, result) in files.iter().zip(results) {
         match result {
-            Ok(report) if report.verified => measured.push((job.path.clone(), report.digest)),
+            Ok(report) if report.verified || deferred => {
+                measured.push((job.path.clone(), report.digest));
+            }
             Ok(_) => unverified.push(job.path.clone()),
             Err(e) => failed.push((job.path.clone(), e)),
         }
@@ -673,6 +744,20 @@ async fn copy_and_measure(ctx: &Context, plan: &Plan, run: &RunDoc) -> Result<St
     })
 }
 
+/// How the destination's bytes are checked: a pull or a local copy re-reads them on this
+/// host's disk; a push follows the destination site's `verify` setting (read back over
+/// SFTP, a hashing command run there, or left to the destination's own agent).
+fn destination_check(ctx: &Context, plan: &Plan) -> Verify {
+    let pushed = matches!(plan.method, RunCopy::Push { .. });
+    match ctx.map.site(&plan.copy.host).map(|s| &s.verify) {
+        Some(DestinationVerify::Command(argv)) if pushed => {
+            Verify::RemoteCommand { argv: argv.clone() }
+        }
+        Some(DestinationVerify::Agent) if pushed => Verify::Deferred,
+        _ => Verify::ReadBack,
+    }
+}
+
 /// Copies `jobs` with `method` while renewing the lease; each file's result, in order.
 async fn copy_files(
     ctx: &Context,
@@ -681,9 +766,8 @@ async fn copy_files(
     jobs: &[FileJob],
 ) -> Result<Vec<Result<CopyReport, TransportError>>, CopyError> {
     let copy = &plan.copy;
-    // Read back at the destination: over SFTP for a push, from the local disk for a pull.
     let opts = CopyOptions {
-        verify: Verify::ReadBack,
+        verify: destination_check(ctx, plan),
         ..CopyOptions::default()
     };
     let progress = Arc::clone(&ctx.progress);

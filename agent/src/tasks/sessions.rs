@@ -135,6 +135,7 @@ mod tests {
             host_key_policy: Some(SiteHostKeyPolicy::No),
             known_hosts: Some(PathBuf::from("/etc/ferry/known_hosts")),
             method: TransferMethod::Sftp,
+            verify: Default::default(),
             origin: false,
             data_dirs: Default::default(),
             layout: LayoutTemplate::default(),

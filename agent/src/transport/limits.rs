@@ -7,9 +7,12 @@
 //! - [`RateLimiter`]: a token bucket shared by the copies of one link. It is applied as a
 //!   wrapper around the byte stream ([`throttle`] for async chunk streams, [`ThrottledRead`]
 //!   for blocking readers), never inside a copy loop.
+//! - [`ByteMeter`]: how far one file's copy has got, counted by the same wrappers
+//!   ([`metered`], [`ThrottledRead::metered`]) for progress bars.
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -209,16 +212,69 @@ where
     })
 }
 
-/// A reader paced by a limiter (no-op without one).
+/// How far one file's copy has got, in bytes: written by the copy loop (one relaxed atomic
+/// add per chunk), read by whoever shows progress. Cloning shares the count.
+#[derive(Debug, Clone, Default)]
+pub struct ByteMeter(Arc<AtomicU64>);
+
+impl ByteMeter {
+    /// A meter at zero.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes done so far.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Starts (or restarts) an attempt at `at` bytes: a kept prefix counts as done.
+    pub fn restart(&self, at: u64) {
+        self.0.store(at, Ordering::Relaxed);
+    }
+
+    /// `n` more bytes done.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Counts the bytes of a chunk stream on `meter` as they pass (no-op without one).
+pub fn metered<S, E>(
+    stream: S,
+    meter: Option<ByteMeter>,
+) -> impl Stream<Item = Result<bytes::Bytes, E>>
+where
+    S: Stream<Item = Result<bytes::Bytes, E>>,
+{
+    stream.inspect(move |item| {
+        if let (Some(m), Ok(chunk)) = (&meter, item) {
+            m.add(chunk.len() as u64);
+        }
+    })
+}
+
+/// A reader paced by a limiter (no-op without one), counting what it reads on a meter.
 pub struct ThrottledRead<R> {
     inner: R,
     limiter: Option<Arc<RateLimiter>>,
+    meter: Option<ByteMeter>,
 }
 
 impl<R: Read> ThrottledRead<R> {
     /// Wrap `inner`.
     pub fn new(inner: R, limiter: Option<Arc<RateLimiter>>) -> Self {
-        ThrottledRead { inner, limiter }
+        ThrottledRead {
+            inner,
+            limiter,
+            meter: None,
+        }
+    }
+
+    /// Also count the bytes read on `meter`.
+    pub fn metered(mut self, meter: Option<ByteMeter>) -> Self {
+        self.meter = meter;
+        self
     }
 }
 
@@ -227,6 +283,9 @@ impl<R: Read> Read for ThrottledRead<R> {
         let n = self.inner.read(buf)?;
         if let Some(l) = &self.limiter {
             l.blocking_acquire(n);
+        }
+        if let Some(m) = &self.meter {
+            m.add(n as u64);
         }
         Ok(n)
     }

@@ -124,7 +124,11 @@ fn copy_once(
         hasher.blocking_update(Bytes::from(buf))?;
         remaining -= want as u64;
     }
-    let mut reader = ThrottledRead::new(&mut source, opts.bandwidth.clone());
+    if let Some(m) = &opts.meter {
+        m.restart(resumed_from);
+    }
+    let mut reader =
+        ThrottledRead::new(&mut source, opts.bandwidth.clone()).metered(opts.meter.clone());
     let mut sent = 0u64;
     loop {
         let mut buf = vec![0u8; READ_CHUNK];

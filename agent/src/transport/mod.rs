@@ -44,7 +44,7 @@ use std::time::Duration;
 use crate::checksum::{ChecksumError, FileDigest};
 
 pub use exec::ExecOutput;
-pub use limits::{Limits, RateLimiter};
+pub use limits::{ByteMeter, Limits, RateLimiter};
 pub use ssh::{HostKeyPolicy, SshSession, SshTarget};
 pub use verify::Verify;
 
@@ -69,6 +69,9 @@ pub struct CopyOptions {
     pub requests_in_flight: usize,
     /// Bandwidth limiter shared by every copy on the same link.
     pub bandwidth: Option<Arc<RateLimiter>>,
+    /// Bytes of this file done so far (a kept `.part` prefix counts), updated as the data
+    /// passes, for progress displays. [`run::copy_run`] sets one per file.
+    pub meter: Option<ByteMeter>,
 }
 
 impl Default for CopyOptions {
@@ -81,6 +84,7 @@ impl Default for CopyOptions {
             expected_sha256: None,
             requests_in_flight: 64,
             bandwidth: None,
+            meter: None,
         }
     }
 }

@@ -11,11 +11,11 @@
 //! refused with [`TransportError::UnsafePath`] and never opened.
 
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::stream::{FuturesUnordered, StreamExt};
 
-use crate::transport::limits::Gates;
+use crate::transport::limits::{ByteMeter, Gates};
 use crate::transport::{local, CopyOptions, CopyReport, SshSession, TransportError, LOCAL};
 
 /// One file of a run to copy.
@@ -56,6 +56,9 @@ pub enum RunCopy {
 pub enum Progress<'a> {
     /// The file got its slot and is being copied.
     Started { path: &'a str, size: u64 },
+    /// How far a file in flight has got: `done` of `size` bytes (a kept `.part` prefix
+    /// counts as done). Sent every [`BYTES_EVERY`] while the file is in flight.
+    Bytes { path: &'a str, done: u64, size: u64 },
     /// The file is copied (and verified, unless deferred).
     Finished {
         path: &'a str,
@@ -67,6 +70,9 @@ pub enum Progress<'a> {
         error: &'a TransportError,
     },
 }
+
+/// How often [`copy_run`] reports [`Progress::Bytes`] for the files in flight.
+pub const BYTES_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Check that a manifest path is relative and stays inside the run directory by its syntax.
 pub fn check_relative(host: &str, path: &str) -> Result<(), TransportError> {
@@ -179,6 +185,10 @@ impl RunCopy {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Copy the files of a run; returns each file's result in the order of `files`.
 pub async fn copy_run(
     method: &RunCopy,
@@ -195,6 +205,9 @@ pub async fn copy_run(
     }
     let opts = &opts;
     let progress = &progress;
+    // Files in flight and their meters, for the byte-level progress events.
+    let in_flight: Mutex<Vec<(usize, ByteMeter)>> = Mutex::new(Vec::new());
+    let in_flight = &in_flight;
     let mut tasks: FuturesUnordered<_> = files
         .iter()
         .enumerate()
@@ -211,7 +224,11 @@ pub async fn copy_run(
                 if job.sha256.is_some() {
                     file_opts.expected_sha256 = job.sha256.clone();
                 }
+                let meter = ByteMeter::new();
+                file_opts.meter = Some(meter.clone());
+                lock(in_flight).push((i, meter));
                 let result = method.copy_one(job, &file_opts).await;
+                lock(in_flight).retain(|(j, _)| *j != i);
                 match &result {
                     Ok(report) => progress(Progress::Finished {
                         path: &job.path,
@@ -228,8 +245,24 @@ pub async fn copy_run(
         .collect();
     let mut results: Vec<Option<Result<CopyReport, TransportError>>> =
         (0..files.len()).map(|_| None).collect();
-    while let Some((i, result)) = tasks.next().await {
-        results[i] = Some(result);
+    let mut tick = tokio::time::interval(BYTES_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            next = tasks.next() => match next {
+                Some((i, result)) => results[i] = Some(result),
+                None => break,
+            },
+            _ = tick.tick() => {
+                let snapshot: Vec<(usize, u64)> =
+                    lock(in_flight).iter().map(|(i, m)| (*i, m.get())).collect();
+                for (i, done) in snapshot {
+                    if let Some(job) = files.get(i) {
+                        progress(Progress::Bytes { path: &job.path, done, size: job.size });
+                    }
+                }
+            }
+        }
     }
     results.into_iter().flatten().collect()
 }
@@ -238,7 +271,6 @@ pub async fn copy_run(
 mod tests {
     use super::*;
     use crate::transport::limits::Limits;
-    use std::sync::Mutex;
 
     #[test]
     fn relative_path_rules() {
@@ -280,7 +312,11 @@ mod tests {
             &files,
             &CopyOptions::default(),
             &Gates::new(Limits::default()),
-            |p| events.lock().unwrap().push(format!("{p:?}")),
+            |p| {
+                if !matches!(p, Progress::Bytes { .. }) {
+                    events.lock().unwrap().push(format!("{p:?}"));
+                }
+            },
         )
         .await;
         assert_eq!(results.len(), 2);
@@ -292,5 +328,43 @@ mod tests {
             b"alpha"
         );
         assert_eq!(events.lock().unwrap().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn files_in_flight_report_bytes_as_they_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("run");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("big"), vec![7u8; 4 << 20]).unwrap();
+        let method = RunCopy::Local {
+            src_root: src,
+            dst_root: dir.path().join("copy"),
+        };
+        let files = vec![FileJob {
+            path: "big".into(),
+            size: 4 << 20,
+            sha256: None,
+        }];
+        // 4 MiB read 1 MiB at a time at 4 MB/s: about a second, so several progress ticks.
+        let gates = Gates::new(Limits {
+            bandwidth_per_link: Some(4_000_000),
+            ..Limits::default()
+        });
+        let seen = Mutex::new(Vec::new());
+        let results = copy_run(&method, &files, &CopyOptions::default(), &gates, |p| {
+            if let Progress::Bytes { path, done, size } = p {
+                assert_eq!((path, size), ("big", 4 << 20));
+                seen.lock().unwrap().push(done);
+            }
+        })
+        .await;
+        assert!(results[0].is_ok());
+        let seen = seen.into_inner().unwrap();
+        assert!(seen.len() >= 3, "{seen:?}");
+        assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+        assert!(
+            seen.iter().any(|&d| d > 0 && d < 4 << 20),
+            "a file part way through: {seen:?}"
+        );
     }
 }

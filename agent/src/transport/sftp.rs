@@ -34,7 +34,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::checksum::{FileDigest, StreamHasher};
-use crate::transport::limits::throttle;
+use crate::transport::limits::{metered, throttle};
 use crate::transport::local::{part_path, sync_parent};
 use crate::transport::sftp_wire::{Reply, Waiting, WireError, FX_EOF, FX_OK};
 use crate::transport::ssh::SftpChannel;
@@ -327,6 +327,9 @@ impl SshSession {
         .handle;
 
         let mut hasher = StreamHasher::new()?;
+        if let Some(m) = &opts.meter {
+            m.restart(resumed_from);
+        }
         let chunk = ch.write_len as usize;
         let mut chunks = local_chunks(source, local.to_path_buf(), resumed_from, chunk);
         // The kept prefix: hashed, not sent.
@@ -341,7 +344,7 @@ impl SshSession {
                 None => return Err(changed(local, size, hashed)),
             }
         }
-        let chunks = throttle(chunks, opts.bandwidth.clone());
+        let chunks = metered(throttle(chunks, opts.bandwidth.clone()), opts.meter.clone());
         // Writes in flight: bounded by count and by WRITE_BUDGET of payload.
         let depth = opts
             .requests_in_flight
@@ -512,8 +515,14 @@ impl SshSession {
             while let Some(c) = prefix.next().await {
                 hasher.update(c?).await?;
             }
+            if let Some(m) = &opts.meter {
+                m.restart(resumed_from);
+            }
             let reads = ReadPipeline::new(ch, host, remote, &handle, resumed_from, size, opts);
-            let mut stream = std::pin::pin!(throttle(reads.into_stream(), opts.bandwidth.clone()));
+            let mut stream = std::pin::pin!(metered(
+                throttle(reads.into_stream(), opts.bandwidth.clone()),
+                opts.meter.clone()
+            ));
             let mut got = 0u64;
             while let Some(c) = stream.next().await {
                 let c = c?;

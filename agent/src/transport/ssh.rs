@@ -149,7 +149,8 @@ impl SshSession {
     async fn connect_inner(target: Arc<SshTarget>) -> Result<SshSession, TransportError> {
         let config = client::Config {
             window_size: target.window_size,
-            maximum_packet_size: 64 * 1024,
+            // The largest russh accepts without logging an error on every connection.
+            maximum_packet_size: 65_535,
             inactivity_timeout: target.idle_timeout,
             keepalive_interval: target.keepalive_interval,
             keepalive_max: 3,

@@ -89,7 +89,7 @@ impl World {
             sessions: Arc::new(SessionPool::new(
                 SshEnvironment::from_text("", self.dir.path(), "ferry").unwrap(),
             )),
-            progress: Arc::new(LogProgress),
+            progress: Arc::new(LogProgress::new()),
             audit: Default::default(),
         }
     }
