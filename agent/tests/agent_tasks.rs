@@ -688,3 +688,51 @@ async fn verify_and_retry_dry_runs_change_nothing() {
     assert_eq!(w.get(17).await, before17);
     assert!(!w.path("mirror/raw/Run000017").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_name_that_is_not_a_plain_name_is_refused_before_anything_changes() {
+    let w = World::new().await;
+    w.run_files(3);
+    for bad in ["../x", "a/b", "", ".."] {
+        let out = w.ferry(&["--host", "daq", "--once", "--name", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--name"), "{bad:?}: {err}");
+        assert!(err.contains("a run name must not"), "{bad:?}: {err}");
+    }
+    let out = w.ferry(&["--host", "daq", "--once", "--run", "-4"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    // Nothing was registered, no heartbeat was written.
+    assert!(w
+        .catalog
+        .get_run(&RunKey::new("tpc", 3))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(w.catalog.read_heartbeat("daq").await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_asked_for_by_hand_that_exists_nowhere_is_a_failure_not_silence() {
+    let w = World::new().await;
+    w.run_files(5);
+    // Run 5 exists at the origin: registered and copied, exit 0.
+    let out = w.ferry(&["--host", "daq", "--once", "--run", "5"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // Run 6 exists nowhere: the cycle runs, and says so with exit 1.
+    let out = w.ferry(&["--host", "daq", "--once", "--run", "6"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("run 6: not in the catalogue"),
+        "{}",
+        text(&out)
+    );
+    let out = w.ferry(&["--host", "mirror", "--once", "--name", "no-such-run"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("run \"no-such-run\": not in the catalogue"),
+        "{}",
+        text(&out)
+    );
+}

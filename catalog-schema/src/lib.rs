@@ -28,7 +28,7 @@ pub use copy::{CopyEntry, Lease};
 pub use event::{Event, MAX_EVENTS};
 pub use heartbeat::Heartbeat;
 pub use index::{IndexSpec, HEARTBEAT_INDEXES, RUN_INDEXES};
-pub use run::{want_tag, FileEntry, RunDoc, RunKey, DEFAULT_DETECTOR};
+pub use run::{check_run_name, want_tag, FileEntry, RunDoc, RunKey, DEFAULT_DETECTOR};
 pub use status::{can_transition, CopyStatus};
 
 /// The JSON Schema of a run document (`run.schema.json`).

@@ -55,6 +55,28 @@ impl fmt::Display for RunKey {
     }
 }
 
+/// Why `name` cannot be a run name, if it cannot. A run name becomes a directory name (a
+/// `{name}` layout) and the first part of tape keys (`<run name>/<path>`), so it must be one
+/// plain path component: not empty, not `.` or `..`, no `/`, no control characters, no
+/// leading or trailing white space, at most 255 bytes.
+pub fn check_run_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        Err("a run name must not be empty")
+    } else if name == "." || name == ".." {
+        Err("a run name must not be \".\" or \"..\"")
+    } else if name.contains('/') {
+        Err("a run name must not contain '/'")
+    } else if name.chars().any(char::is_control) {
+        Err("a run name must not contain control characters")
+    } else if name.trim() != name {
+        Err("a run name must not start or end with white space")
+    } else if name.len() > 255 {
+        Err("a run name must be at most 255 bytes")
+    } else {
+        Ok(())
+    }
+}
+
 /// The `want` entry naming a copy of `data_type` at `site`: `"<site>/<type>"`.
 pub fn want_tag(site: &str, data_type: &str) -> String {
     format!("{site}/{data_type}")
@@ -165,6 +187,28 @@ mod tests {
     use super::*;
     use crate::CopyStatus;
     use bson::doc;
+
+    #[test]
+    fn run_names_are_one_plain_path_component() {
+        for ok in ["170330_1234", "Run004711", "a.b-c", "ünï cødé run"] {
+            assert_eq!(check_run_name(ok), Ok(()), "{ok}");
+        }
+        let long = "x".repeat(256);
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "a/b",
+            "a\0b",
+            "tab\there",
+            " lead",
+            "trail ",
+            &long,
+        ] {
+            assert!(check_run_name(bad).is_err(), "{bad:?}");
+        }
+    }
 
     /// A document as XENON1T's DAQ wrote it: no detector, no manifest, a copy with
     /// `checksum: null`, a run number written by mongosh as a double, and fields Ferry does

@@ -164,7 +164,9 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
     Ok(match report {
         // A daemon asked to stop, stopping cleanly, did what it was asked.
         _ if stopped == Stopped::Shutdown && !cli.once => Exit::Ok,
-        Some(r) if r.tasks.iter().any(|(_, t)| !t.failed.is_empty()) => Exit::Failed,
+        Some(r) if !r.failed.is_empty() || r.tasks.iter().any(|(_, t)| !t.failed.is_empty()) => {
+            Exit::Failed
+        }
         Some(_) => Exit::Ok,
         None => Exit::Failed,
     })
@@ -202,5 +204,8 @@ fn print_report(report: &CycleReport) {
         for line in &r.failed {
             println!("  FAILED   {line}");
         }
+    }
+    for line in &report.failed {
+        println!("FAILED   {line}");
     }
 }

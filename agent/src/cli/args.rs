@@ -35,11 +35,12 @@ pub struct Cli {
     pub once: bool,
 
     /// Work on this run number only.
-    #[arg(long, value_name = "N", conflicts_with = "name")]
+    #[arg(long, value_name = "N", conflicts_with = "name",
+          value_parser = clap::value_parser!(i64).range(0..))]
     pub run: Option<i64>,
 
     /// Work on the run with this name only.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = run_name)]
     pub name: Option<String>,
 
     /// Run only these tasks (repeatable), in the cycle's order. cax task names are accepted.
@@ -122,10 +123,18 @@ pub struct RunsListArgs {
     pub json: bool,
 }
 
+/// A run name from the command line, refused (exit 2, nothing done) when it cannot be one.
+fn run_name(s: &str) -> Result<String, String> {
+    catalog_schema::check_run_name(s)
+        .map(|()| s.to_owned())
+        .map_err(str::to_owned)
+}
+
 /// `ferry runs show`
 #[derive(Debug, Args)]
 pub struct RunsShowArgs {
     /// A run number or a run name.
+    #[arg(value_parser = run_name)]
     pub run: String,
     /// Print the run document as JSON.
     #[arg(long)]

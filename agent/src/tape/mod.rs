@@ -380,8 +380,8 @@ pub(crate) fn check_batch(backend: &str, batch: &Batch) -> Result<(), TapeError>
     if batch.files.is_empty() {
         return Err(bad("", "empty batch"));
     }
-    if batch.run.name.is_empty() || batch.run.name.contains(['/', '\0']) || batch.run.name == ".." {
-        return Err(bad(&batch.run.name, "run name cannot be used in a key"));
+    if let Err(why) = catalog_schema::check_run_name(&batch.run.name) {
+        return Err(bad(&batch.run.name, why));
     }
     let mut seen = std::collections::HashSet::new();
     for f in &batch.files {

@@ -40,7 +40,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, RunSelector};
 use crate::config::{Site, SiteMap};
 use crate::transport::limits::Gates;
 
@@ -151,6 +151,9 @@ pub struct TaskReport {
 pub struct CycleReport {
     /// In the order the tasks ran.
     pub tasks: Vec<(Task, TaskReport)>,
+    /// What the cycle as a whole could not do: `--run N` / `--name X` naming a run that is
+    /// not in the catalogue (nor registered by this cycle).
+    pub failed: Vec<String>,
 }
 
 /// Tasks in cycle order (DESIGN §5).
@@ -210,5 +213,34 @@ pub async fn run_cycle(ctx: &Context, tasks: &[Task], token: &CancellationToken)
         );
         report.tasks.push((task, outcome));
     }
+    if let Some(missing) = missing_run(ctx).await {
+        report.failed.push(missing);
+    }
     report
+}
+
+/// With `--run N` / `--name X`: a line saying the run is not in the catalogue, if it is not
+/// (asked for by hand, doing nothing must not look like success).
+async fn missing_run(ctx: &Context) -> Option<String> {
+    let sel = match &ctx.scope {
+        RunScope::All => return None,
+        RunScope::Number(n) => RunSelector::Number(*n),
+        RunScope::Name(name) => RunSelector::Name(name.clone()),
+    };
+    match ctx.catalog.find_runs(&sel).await {
+        Ok(runs) if runs.is_empty() => Some(match sel {
+            RunSelector::Number(n) => format!(
+                "run {n}: not in the catalogue {} (nor found complete at {} to register)",
+                ctx.catalog.describe(),
+                ctx.site.name
+            ),
+            RunSelector::Name(name) => format!(
+                "run {name:?}: not in the catalogue {} (nor found complete at {} to register)",
+                ctx.catalog.describe(),
+                ctx.site.name
+            ),
+        }),
+        Ok(_) => None,
+        Err(e) => Some(format!("looking up the run asked for: {e}")),
+    }
 }
