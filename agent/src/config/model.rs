@@ -839,7 +839,12 @@ impl LayoutTemplate {
                     out.push_str(&format!("{number:0w$}", w = *w));
                 }
                 Piece::Field(LayoutField::Name, _) => {
-                    safe("name", name)?;
+                    // The catalogue's rule for run names (a stricter form of `safe`).
+                    catalog_schema::check_run_name(name).map_err(|_| LayoutError::UnsafeValue {
+                        number,
+                        field: "name",
+                        value: name.to_string(),
+                    })?;
                     out.push_str(name);
                 }
                 Piece::Field(LayoutField::Detector, _) => {
