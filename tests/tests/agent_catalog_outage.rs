@@ -144,3 +144,116 @@ fn sigterm_while_waiting_for_the_catalogue_stops_the_daemon_cleanly() {
     );
     assert!(err.contains("SIGTERM"), "{err}");
 }
+
+/// The mirror copy of run 1 as `ferry runs list --json` reports it: its status, if any.
+fn mirror_status(dir: &Path, uri: &str) -> Option<String> {
+    let out = Command::new(FERRY)
+        .env("HOME", dir)
+        .args(["runs", "list", "--json", "--catalog", uri])
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return None;
+    }
+    let runs: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    runs.as_array()?.iter().find_map(|run| {
+        run["data"].as_array()?.iter().find_map(|c| {
+            (c["host"] == "mirror").then(|| c["status"].as_str().unwrap_or("").to_string())
+        })
+    })
+}
+
+#[test]
+fn a_catalogue_lost_in_the_middle_of_a_copy_costs_time_not_the_copy_nor_a_false_record() {
+    // Back while the bytes still flow (the lease cannot be renewed meanwhile).
+    catalogue_lost_mid_copy(Duration::from_secs(2));
+}
+
+#[test]
+fn a_copy_whose_end_could_not_be_recorded_is_taken_back_by_its_own_agent_at_once() {
+    // Away until after the copy gave up: not even its failure could be recorded, so the copy
+    // stays `transferring` under the daemon's own lease (10 min); the daemon's next cycle
+    // takes it back at once.
+    let log = catalogue_lost_mid_copy(Duration::from_secs(14));
+    assert!(log.contains("cannot record the failure"), "{log}");
+    assert!(
+        log.contains("left by an earlier cycle of this agent"),
+        "{log}"
+    );
+}
+
+/// A daemon copies a 6 MiB run at 2 MB/s; the MongoDB-wire server is stopped once the copy
+/// is `transferring` and restarted after `outage`. The copy must end `transferred` with the
+/// right bytes, the daemon alive throughout. Returns the daemon's log.
+fn catalogue_lost_mid_copy(outage: Duration) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    // 6 MiB at 2 MB/s: the copy takes about 3 s, time to lose the catalogue under it.
+    let run = dir.join("daq/raw/Run000001");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::create_dir_all(dir.join("mirror/raw")).unwrap();
+    let bytes: Vec<u8> = (0..6u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(run.join("big.evio"), &bytes).unwrap();
+    std::fs::write(run.join("RUN_COMPLETE"), b"").unwrap();
+    let map = serde_json::json!({
+        "version": 1,
+        "sites": [
+            { "name": "daq", "method": "local", "origin": true,
+              "data_dirs": { "raw": dir.join("daq/raw") },
+              "layout": "Run{number:06}", "completion": { "marker": "RUN_COMPLETE" },
+              "push_to": ["mirror"],
+              "limits": { "bandwidth_per_link": "2MB/s" } },
+            { "name": "mirror", "method": "local",
+              "data_dirs": { "raw": dir.join("mirror/raw") }, "layout": "Run{number:06}" }
+        ]
+    });
+    std::fs::write(dir.join("map.json"), map.to_string()).unwrap();
+    let mut server = MongoServer::start().unwrap();
+    let db = unique_db_name("outage_mid");
+    let uri = server.uri().replace("/?", &format!("/{db}?")) + "&serverSelectionTimeoutMS=300";
+    let log = dir.join("ferry.log");
+    let mut daemon = ferry(dir, &uri, &["--interval", "1s", "--log-file"])
+        .arg(&log)
+        .stdout(std::fs::File::create(dir.join("report.txt")).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while mirror_status(dir, &uri).as_deref() != Some("transferring") {
+        assert!(t0.elapsed() < Duration::from_secs(30), "no copy started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The catalogue goes away while the bytes flow, and stays away past the copy's end.
+    server.stop();
+    std::thread::sleep(outage);
+    assert!(
+        daemon.try_wait().unwrap().is_none(),
+        "the daemon died during the outage"
+    );
+    server.restart().unwrap();
+    let t0 = Instant::now();
+    loop {
+        let status = mirror_status(dir, &uri);
+        // Never a false record: `transferred` only with the right bytes (checked below).
+        if status.as_deref() == Some("transferred") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the copy was not recorded after the catalogue came back (status {status:?}): {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let copied = std::fs::read(dir.join("mirror/raw/Run000001/big.evio")).unwrap();
+    assert!(
+        copied == bytes,
+        "the mirror's bytes differ from the origin's"
+    );
+    sigterm(&daemon);
+    let status = daemon.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let log = std::fs::read_to_string(&log).unwrap();
+    // The cycles' reports (stdout) follow the log.
+    log + &std::fs::read_to_string(dir.join("report.txt")).unwrap()
+}

@@ -135,7 +135,7 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
             },
         };
         let opts = LoopOptions {
-            interval: Duration::from_secs(60),
+            interval: cli.interval,
             once: cli.once,
             grace: Duration::from_secs(300),
         };

@@ -47,6 +47,10 @@ pub struct Cli {
     #[arg(long = "task", value_enum, value_name = "TASK")]
     pub tasks: Vec<Task>,
 
+    /// How long a daemon waits from the start of one cycle to the start of the next.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub interval: std::time::Duration,
+
     /// The audit task's slow schedule: at most one complete audit per this long (e.g.
     /// `24h`, `7d`); `--task audit` audits at once.
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]

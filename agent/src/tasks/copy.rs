@@ -259,7 +259,7 @@ impl CopyError {
     /// How the retry task should treat the failed copy (FTS3's classes).
     pub fn class(&self) -> FailureClass {
         match self {
-            CopyError::Catalog { source, .. } if source.is_retryable() => FailureClass::Retryable,
+            CopyError::Catalog { source, .. } if source.is_retryable() => FailureClass::Catalog,
             CopyError::Session { source, .. } if source.is_retryable() => FailureClass::Retryable,
             CopyError::Files { failed, .. } => failed
                 .iter()

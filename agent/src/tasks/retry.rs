@@ -11,7 +11,9 @@
 //!    (`transferring`, lease not expired, held by an agent of this site on this host whose
 //!    process is provably gone: [`owner::is_dead_predecessor`]) are taken back at once with
 //!    [`Catalog::reclaim_abandoned`], so a restart after `kill -9` does not wait out the
-//!    lease (`limits.lease`, 10 min by default);
+//!    lease (`limits.lease`, 10 min by default); so are **orphaned** copies, held by this
+//!    very agent, which an earlier cycle could not finish recording (the catalogue was
+//!    unreachable): nothing of the agent's own is in flight while retry runs;
 //! 2. **failed** copies (`error`) are classified from `last_error` ([`FailureClass`], as
 //!    FTS3 does) and
 //!    - `[retryable]` (connection cut, timeout, catalogue, a lost lease) and `[checksum]`
@@ -78,7 +80,11 @@ const BATCH: u32 = 100;
 /// How a failed copy may be retried (FTS3's classification).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum FailureClass {
-    /// Transient: a cut connection, a timeout, the catalogue, a lost lease. Retry later.
+    /// The copy itself went fine or was cut only because the catalogue did not answer
+    /// (its end could not be recorded). Nothing is wrong with the link or the bytes: retried
+    /// at the first cycle the catalogue answers again, without backoff (attempts still count).
+    Catalog,
+    /// Transient: a cut connection, a timeout, a lost lease. Retry later.
     Retryable,
     /// The bytes did not match the manifest. Copy again from a verified source; suspect the
     /// source after repeats.
@@ -91,6 +97,7 @@ impl FailureClass {
     /// The stable prefix stored at the start of `last_error`.
     pub fn tag(self) -> &'static str {
         match self {
+            Self::Catalog => "[catalogue]",
             Self::Retryable => "[retryable]",
             Self::Checksum => "[checksum]",
             Self::Fatal => "[fatal]",
@@ -110,7 +117,7 @@ impl FailureClass {
     /// [`FailureClass::Retryable`] (the attempt limit still bounds it).
     pub fn classify(last_error: &str) -> Self {
         let text = last_error.trim_start();
-        for class in [Self::Retryable, Self::Checksum, Self::Fatal] {
+        for class in [Self::Catalog, Self::Retryable, Self::Checksum, Self::Fatal] {
             if text.starts_with(class.tag()) {
                 return class;
             }
@@ -163,6 +170,15 @@ pub fn backoff(attempts: i64) -> Duration {
     BACKOFF_BASE
         .saturating_mul(2u32.saturating_pow(exp))
         .min(BACKOFF_CAP)
+}
+
+/// How long after its last failure a copy of `class` is retried: [`backoff`], except for
+/// `[catalogue]` failures, retried as soon as the catalogue answers (the cause is gone then).
+pub fn wait_before_retry(class: FailureClass, attempts: i64) -> Duration {
+    match class {
+        FailureClass::Catalog => Duration::ZERO,
+        _ => backoff(attempts),
+    }
 }
 
 /// A destination this agent copies to, and the sites it copies from (link order).
@@ -304,14 +320,23 @@ async fn reclaim_abandoned(
         if token.is_cancelled() {
             return;
         }
-        let abandoned = !c.is_stalled(now)
-            && c.lease
-                .as_ref()
-                .is_some_and(|l| owner::is_dead_predecessor(&l.owner, &ctx.owner));
-        if abandoned {
-            let outcome = reclaim_one(ctx, route, run, c, Reclaim::Abandoned).await;
-            note(ctx, report, run, c, outcome);
-        }
+        let Some(holder) = c.lease.as_ref().map(|l| l.owner.as_str()) else {
+            continue;
+        };
+        let how = if c.is_stalled(now) {
+            continue; // `reclaim_stalled` takes it
+        } else if holder == ctx.owner {
+            // Ours, yet nothing of ours is in flight while retry runs (a cycle's tasks run
+            // one after the other): an earlier cycle could not record its end (the
+            // catalogue was unreachable), so the copy would otherwise wait out its lease.
+            Reclaim::Orphaned
+        } else if owner::is_dead_predecessor(holder, &ctx.owner) {
+            Reclaim::Abandoned
+        } else {
+            continue;
+        };
+        let outcome = reclaim_one(ctx, route, run, c, how).await;
+        note(ctx, report, run, c, outcome);
     }
 }
 
@@ -322,6 +347,8 @@ enum Reclaim {
     Expired,
     /// Its holder, this site's agent on this host, is gone (lease not expired).
     Abandoned,
+    /// Its holder is this agent, which left it in an earlier cycle (lease not expired).
+    Orphaned,
 }
 
 impl Reclaim {
@@ -329,6 +356,7 @@ impl Reclaim {
         match self {
             Self::Expired => "lease expired",
             Self::Abandoned => "its process is gone",
+            Self::Orphaned => "left by an earlier cycle of this agent",
         }
     }
 }
@@ -371,7 +399,7 @@ async fn reclaim_one(
                 .reclaim_stalled(&copy, &stale, &ctx.owner, lease(ctx))
                 .await
         }
-        Reclaim::Abandoned => {
+        Reclaim::Abandoned | Reclaim::Orphaned => {
             ctx.catalog
                 .reclaim_abandoned(&copy, &stale, &ctx.owner, lease(ctx))
                 .await
@@ -497,7 +525,7 @@ async fn retry_one(
     if class == FailureClass::Fatal && !asked {
         return Err(format!("not retried (needs an operator: {hint}): {last}"));
     }
-    let wait = backoff(c.attempts);
+    let wait = wait_before_retry(class, c.attempts);
     let since = c.updated_time.unwrap_or(DateTime::from_millis(0));
     let due = crate::catalog::after(since, wait);
     if DateTime::now() < due && !asked {
@@ -626,6 +654,7 @@ mod tests {
     #[test]
     fn prefixes_round_trip_and_win_over_words() {
         for class in [
+            FailureClass::Catalog,
             FailureClass::Retryable,
             FailureClass::Checksum,
             FailureClass::Fatal,
@@ -668,9 +697,32 @@ mod tests {
     }
 
     #[test]
+    fn a_copy_failed_only_by_the_catalogue_is_retried_without_backoff() {
+        assert_eq!(wait_before_retry(FailureClass::Catalog, 3), Duration::ZERO);
+        assert_eq!(wait_before_retry(FailureClass::Retryable, 0), backoff(0));
+        assert_eq!(wait_before_retry(FailureClass::Checksum, 2), backoff(2));
+        let recorded = Failure::new(
+            copy::CopyError::Catalog {
+                copy: "tpc/1 raw@mirror".into(),
+                source: crate::catalog::CatalogError::Unreachable {
+                    catalog: "mongodb://x".into(),
+                    op: "status".into(),
+                    detail: "no server".into(),
+                },
+            }
+            .class(),
+            "from daq: …".into(),
+        )
+        .to_string();
+        assert!(recorded.starts_with("[catalogue]"), "{recorded}");
+        assert_eq!(FailureClass::classify(&recorded), FailureClass::Catalog);
+    }
+
+    #[test]
     fn the_worst_class_wins() {
         use FailureClass::*;
         assert_eq!(Some(Retryable).max(Some(Checksum)), Some(Checksum));
+        assert_eq!(Some(Catalog).max(Some(Retryable)), Some(Retryable));
         assert_eq!(Some(Fatal).max(Some(Checksum)), Some(Fatal));
     }
 }
