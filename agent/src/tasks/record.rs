@@ -49,13 +49,16 @@ pub async fn cas(ctx: &Context, copy: &CopyRef, change: &Transition) -> Result<(
     }
 }
 
-/// `transferring → verifying → transferred` with the digest measured at the copy.
+/// `transferring → verifying → transferred` with the digest measured at the copy; `tape`
+/// (a tape copy's `{ backend, reference, volumes, verified }`) is set by the last step, in
+/// the same conditional update.
 pub async fn finish(
     ctx: &Context,
     copy: &CopyRef,
     measured: String,
     lease: Duration,
     reason: String,
+    tape: Option<bson::Document>,
 ) -> Result<(), String> {
     let owner = Some(ctx.owner.as_str());
     let mut to_verifying = Transition::new(
@@ -75,5 +78,6 @@ pub async fn finish(
     );
     to_done.checksum = Some(measured);
     to_done.reason = Some(reason);
+    to_done.tape = tape;
     cas(ctx, copy, &to_done).await
 }
