@@ -76,6 +76,27 @@ pub enum Command {
         #[command(subcommand)]
         command: RunsCommand,
     },
+    /// Restore a run from tape into this site's data directory, verify it against the
+    /// manifest, and record the copy (runs as the site given by --host).
+    Recall(RecallArgs),
+}
+
+/// `ferry recall`
+#[derive(Debug, Args)]
+pub struct RecallArgs {
+    /// The run number.
+    #[arg(long, value_name = "N", conflicts_with = "name")]
+    pub run: Option<i64>,
+    /// The run name.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// The site to restore to; must be this site (the data is written to local disk).
+    #[arg(long, value_name = "SITE")]
+    pub to: Option<String>,
+    /// The tape backend to read from [default: every backend of this site holding the
+    /// run, in the site map's order].
+    #[arg(long, value_name = "BACKEND")]
+    pub from: Option<String>,
 }
 
 /// `ferry config …`
@@ -156,6 +177,31 @@ mod tests {
         let cli = Cli::try_parse_from(["ferry", "--once", "--task", "CopyPush", "--task", "purge"])
             .unwrap();
         assert_eq!(cli.tasks, vec![Task::Push, Task::Purge]);
+    }
+
+    #[test]
+    fn recall_takes_its_own_run_and_sites() {
+        let cli = Cli::try_parse_from([
+            "ferry",
+            "--host",
+            "daq",
+            "recall",
+            "--run",
+            "7",
+            "--from",
+            "lto",
+            "--dry-run",
+        ])
+        .unwrap();
+        assert!(cli.dry_run);
+        let Some(Command::Recall(r)) = &cli.command else {
+            panic!("not recall")
+        };
+        assert_eq!(
+            (r.run, r.from.as_deref(), r.to.as_deref()),
+            (Some(7), Some("lto"), None)
+        );
+        assert!(Cli::try_parse_from(["ferry", "recall", "--run", "1", "--name", "x"]).is_err());
     }
 
     #[test]
