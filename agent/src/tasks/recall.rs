@@ -289,9 +289,10 @@ impl RecallError {
     fn class(&self) -> FailureClass {
         match self {
             Self::FileMismatch { .. } | Self::DigestMismatch { .. } => FailureClass::Checksum,
-            Self::Tape { source, .. } if matches!(source, TapeError::Mismatch { .. }) => {
-                FailureClass::Checksum
-            }
+            Self::Tape {
+                source: TapeError::Mismatch { .. },
+                ..
+            } => FailureClass::Checksum,
             Self::Tape { source, .. } if source.is_retryable() => FailureClass::Retryable,
             Self::Catalog { source, .. } if source.is_retryable() => FailureClass::Retryable,
             Self::Record(_) => FailureClass::Retryable,
@@ -701,7 +702,12 @@ async fn restore(
     let measured = record::with_lease(ctx, copy, copy::lease(ctx), work)
         .await
         .map_err(RecallError::Record)??;
-    move_into_place(copy, scratch.path(), dir, run)?;
+    move_into_place(scratch.path(), dir, run).map_err(|(what, path, source)| RecallError::Io {
+        copy: copy.clone(),
+        what,
+        path,
+        source,
+    })?;
     drop(scratch);
     Ok(measured)
 }
@@ -776,39 +782,31 @@ async fn fetch_and_measure(
     Ok(measured)
 }
 
+/// What failed while moving files into place: the operation, the path, the error.
+type MoveFailure = (&'static str, PathBuf, std::io::Error);
+
 /// Moves every manifest file from `scratch` into `dir` (same file system: renames), then
 /// fsyncs the directories. A failure puts back nothing but removes what was moved.
-fn move_into_place(
-    copy: &CopyRef,
-    scratch: &Path,
-    dir: &Path,
-    run: &RunDoc,
-) -> Result<(), RecallError> {
+fn move_into_place(scratch: &Path, dir: &Path, run: &RunDoc) -> Result<(), MoveFailure> {
     let mut moved: Vec<PathBuf> = Vec::with_capacity(run.files.len());
-    let result = (|| -> Result<(), RecallError> {
+    let result = (|| -> Result<(), MoveFailure> {
         let mut dirs: Vec<PathBuf> = vec![dir.to_path_buf()];
         for f in &run.files {
             let from = scratch.join(&f.path);
             let to = dir.join(&f.path);
             let parent = to.parent().unwrap_or(dir).to_path_buf();
-            std::fs::create_dir_all(&parent).map_err(|source| RecallError::Io {
-                copy: copy.clone(),
-                what: "creating",
-                path: parent.clone(),
-                source,
-            })?;
+            std::fs::create_dir_all(&parent).map_err(|e| ("creating", parent.clone(), e))?;
             if to.symlink_metadata().is_ok() {
-                return Err(RecallError::DirNotEmpty {
-                    copy: copy.clone(),
-                    dir: dir.to_path_buf(),
-                });
+                return Err((
+                    "moving into place",
+                    to,
+                    std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        "a file appeared there during the recall",
+                    ),
+                ));
             }
-            std::fs::rename(&from, &to).map_err(|source| RecallError::Io {
-                copy: copy.clone(),
-                what: "moving into place",
-                path: to.clone(),
-                source,
-            })?;
+            std::fs::rename(&from, &to).map_err(|e| ("moving into place", to.clone(), e))?;
             moved.push(to);
             if !dirs.contains(&parent) {
                 dirs.push(parent);
@@ -817,12 +815,7 @@ fn move_into_place(
         for d in &dirs {
             std::fs::File::open(d)
                 .and_then(|h| h.sync_all())
-                .map_err(|source| RecallError::Io {
-                    copy: copy.clone(),
-                    what: "fsync",
-                    path: d.clone(),
-                    source,
-                })?;
+                .map_err(|e| ("fsync", d.clone(), e))?;
         }
         Ok(())
     })();
