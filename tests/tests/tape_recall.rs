@@ -9,7 +9,8 @@
 //! site, a run without a tape copy, an unknown run. A byte flipped in the directory
 //! backend's store makes the recall fail: the copy is `error` with a `[checksum]` cause,
 //! and no file is left in the data directory; run again once the tape is good, the recall
-//! takes its failed copy over and restores the run.
+//! takes its failed copy over and restores the run; so it does for a copy whose files were
+//! lost, once the audit task has recorded the loss.
 
 #![allow(clippy::unwrap_used)]
 
@@ -395,6 +396,31 @@ fn corrupted_tape_fails(s: &Setup) {
     assert_eq!(c["status"], "transferred", "{c:#}");
     assert_eq!(c["checksum"], run["digest"], "{c:#}");
     assert_eq!(c["attempts"].as_i64(), Some(3), "{c:#}");
+
+    // Files lost behind the catalogue's back: refused while the copy says `transferred`;
+    // once the audit has recorded the loss, the recall takes the copy over.
+    std::fs::remove_dir_all(s.raw().join("Run000007")).unwrap();
+    let out = s.ferry(&["recall", "--run", "7"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("task audit"),
+        "{}",
+        text(&out)
+    );
+    let out = s.ferry(&["--once", "--task", "audit"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the audit reports the loss: {}",
+        text(&out)
+    );
+    let c = copy(&s.run_doc(7), "daq").unwrap().clone();
+    assert_eq!(c["status"], "error", "{c:#}");
+    assert!(c["last_error"].as_str().unwrap().contains("lost"), "{c:#}");
+    let out = s.ferry(&["recall", "--run", "7"]);
+    assert!(out.status.success(), "{}", text(&out));
+    s.assert_restored();
+    assert_eq!(copy(&s.run_doc(7), "daq").unwrap()["status"], "transferred");
 }
 
 /// Removes every copy's `tape` field of run `n`, straight in MongoDB (as an older Ferry

@@ -432,7 +432,7 @@ async fn recall_type(
                 copy,
                 status: c.status,
                 hint: match c.status {
-                    CopyStatus::Transferred => "",
+                    CopyStatus::Transferred => "; if its files are lost, the audit task records that (`ferry --once --task audit`) and recall then takes the failed copy over",
                     CopyStatus::Error => ": this failed copy is recorded at another location; an operator removes it first",
                     _ => ": another agent works on it",
                 },
