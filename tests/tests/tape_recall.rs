@@ -38,6 +38,8 @@ enum Cat {
 enum Kind {
     Directory,
     Tar,
+    /// `directory` first, then `tar`.
+    Both,
 }
 
 struct Setup {
@@ -71,6 +73,14 @@ impl Setup {
                 json!({ "name": "dir-tape", "kind": "directory", "path": lab.path().join("tape") }),
             ),
             Kind::Tar => ("lto", tar_entry(&lab, 2)),
+            Kind::Both => ("dir-tape", Value::Null),
+        };
+        let entries = match kind {
+            Kind::Both => json!([
+                { "name": "dir-tape", "kind": "directory", "path": lab.path().join("tape") },
+                tar_entry(&lab, 2)
+            ]),
+            _ => json!([entry]),
         };
         let raw = lab.path().join("daq/raw");
         let files = write_run(&raw.join("Run000007"), 7);
@@ -81,7 +91,7 @@ impl Setup {
                 "name": "daq", "method": "local", "origin": true,
                 "data_dirs": { "raw": raw },
                 "layout": "Run{number:06}", "completion": { "marker": "RUN_COMPLETE" },
-                "tape": [entry]
+                "tape": entries
             }, {
                 "name": "mirror", "method": "local",
                 "data_dirs": { "raw": lab.path().join("mirror/raw") },
@@ -239,7 +249,7 @@ fn scenario(cat: Cat, kind: Kind, test: &str) {
     );
     let volumes = t["tape"]["volumes"].as_array().unwrap();
     match kind {
-        Kind::Directory => assert!(volumes.is_empty(), "{t:#}"),
+        Kind::Directory | Kind::Both => assert!(volumes.is_empty(), "{t:#}"),
         Kind::Tar => assert_eq!(volumes.len(), 2, "one per drive: {t:#}"),
     }
     let out = s.ferry(&["runs", "show", "7"]);
@@ -449,6 +459,53 @@ fn unset_tape_field(uri: &str, n: i64) {
             .unwrap();
         assert_eq!(r.modified_count, 1);
     });
+}
+
+/// Two tape copies; the first (directory) is corrupt: the recall falls back to the second
+/// (tar) under the same claim. Named with `--from`, the corrupt one alone fails.
+#[test]
+fn recall_falls_back_to_the_next_tape_copy() {
+    let s = Setup::new(Cat::Embedded, Kind::Both, "recall_fallback");
+    for args in [
+        &["--once", "--task", "register"][..],
+        &["--once", "--task", "tape"],
+    ] {
+        let out = s.ferry(args);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let run = s.run_doc(7);
+    for host in ["dir-tape", "lto"] {
+        assert_eq!(
+            copy(&run, host).unwrap()["status"],
+            "transferred",
+            "{run:#}"
+        );
+    }
+    s.drop_site_copy(CopyStatus::Transferred);
+    let stored = s.lab.path().join("tape/Run000007/sub dir/000.evio");
+    let mut bytes = std::fs::read(&stored).unwrap();
+    bytes[99] ^= 0x80;
+    std::fs::write(&stored, &bytes).unwrap();
+
+    let out = s.ferry(&["recall", "--run", "7", "--from", "dir-tape"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(copy(&s.run_doc(7), "daq").unwrap()["status"], "error");
+    assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
+
+    let out = s.ferry(&["recall", "--run", "7"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("restored from tape lto"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("sha256"),
+        "the directory copy's failure is logged: {}",
+        text(&out)
+    );
+    s.assert_restored();
+    assert_eq!(copy(&s.run_doc(7), "daq").unwrap()["status"], "transferred");
 }
 
 #[test]

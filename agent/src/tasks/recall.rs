@@ -261,6 +261,8 @@ pub enum RecallError {
         copy: CopyRef,
         /// Each backend's failure.
         failures: Vec<String>,
+        /// The gravest class among them.
+        class: FailureClass,
     },
 }
 
@@ -296,7 +298,7 @@ impl RecallError {
             Self::Tape { source, .. } if source.is_retryable() => FailureClass::Retryable,
             Self::Catalog { source, .. } if source.is_retryable() => FailureClass::Retryable,
             Self::Record(_) => FailureClass::Retryable,
-            Self::AllFailed { .. } => FailureClass::Checksum,
+            Self::AllFailed { class, .. } => *class,
             _ => FailureClass::Fatal,
         }
     }
@@ -465,13 +467,7 @@ async fn recall_type(
         }
     }
     if ready.is_empty() {
-        return Err(match refused.len() {
-            1 => refused.remove(0),
-            _ => RecallError::AllFailed {
-                copy,
-                failures: refused.iter().map(ToString::to_string).collect(),
-            },
-        });
+        return Err(one_or_all(&copy, refused));
     }
     if ctx.dry_run {
         return Ok(Recalled {
@@ -511,13 +507,7 @@ async fn recall_type(
             }
         }
     }
-    let err = match failures.len() {
-        1 => failures.remove(0),
-        _ => RecallError::AllFailed {
-            copy: copy.clone(),
-            failures: failures.iter().map(ToString::to_string).collect(),
-        },
-    };
+    let err = one_or_all(&copy, failures);
     copy::fail(ctx, &copy, &Failure::new(err.class(), err.to_string())).await;
     Err(err)
 }
@@ -567,6 +557,22 @@ async fn take(
         Ok(())
     } else {
         Err(RecallError::ClaimLost(copy.clone()))
+    }
+}
+
+/// The one failure, or all of them with the gravest class.
+fn one_or_all(copy: &CopyRef, mut failures: Vec<RecallError>) -> RecallError {
+    if failures.len() == 1 {
+        return failures.remove(0);
+    }
+    RecallError::AllFailed {
+        copy: copy.clone(),
+        class: failures
+            .iter()
+            .map(RecallError::class)
+            .max()
+            .unwrap_or(FailureClass::Retryable),
+        failures: failures.iter().map(ToString::to_string).collect(),
     }
 }
 

@@ -1,6 +1,7 @@
-//! Recording a tape copy's progress in the catalogue: renew the lease while working, and
-//! finish with `transferring → verifying → transferred`, each step a conditional update. A
-//! failure is recorded by [`super::copy::fail`], with its class, as for every copy.
+//! Recording a tape copy's (and a recalled copy's) progress in the catalogue: renew the
+//! lease while working, and finish with `transferring → verifying → transferred`, each step
+//! a conditional update. A failure is recorded by [`super::copy::fail`], with its class, as
+//! for every copy.
 //!
 //! (`copy.rs` still renews and finishes with its own typed errors; it can switch to this
 //! module once these steps return `CopyError`.)
