@@ -85,10 +85,11 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct RecallArgs {
     /// The run number.
-    #[arg(long, value_name = "N", conflicts_with = "name")]
+    #[arg(long, value_name = "N", conflicts_with = "name",
+          value_parser = clap::value_parser!(i64).range(0..))]
     pub run: Option<i64>,
     /// The run name.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = run_name)]
     pub name: Option<String>,
     /// The site to restore to; must be this site (the data is written to local disk).
     #[arg(long, value_name = "SITE")]
@@ -202,6 +203,8 @@ mod tests {
             (Some(7), Some("lto"), None)
         );
         assert!(Cli::try_parse_from(["ferry", "recall", "--run", "1", "--name", "x"]).is_err());
+        assert!(Cli::try_parse_from(["ferry", "recall", "--name", "../x"]).is_err());
+        assert!(Cli::try_parse_from(["ferry", "recall", "--run", "-4"]).is_err());
     }
 
     #[test]
