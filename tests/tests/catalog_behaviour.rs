@@ -282,6 +282,81 @@ async fn transitions_compare_status_and_owner(f: &Fixture) {
     assert_eq!(cp.last_error.as_deref(), Some("bit rot in raw/000.evio"));
 }
 
+async fn tape_details_are_set_with_the_final_transition(f: &Fixture) {
+    let c = &*f.catalog;
+    seed_run(c, 1, "daq").await;
+    let mut req = claim(1, "lto", "a", LEASE);
+    req.location = "lto:run1/".into();
+    req.protocol = "tape".into();
+    let _ = c.claim_copy(&req).await.unwrap();
+    let tape_copy = copy(1, "lto");
+    let details = doc! {
+        "backend": "lto",
+        "reference": "lto:0/run1 (2 copies: L00001, L00002)",
+        "volumes": ["L00001", "L00002"],
+        "verified": { "level": "sample", "seed": 42_i64, "files": 3_i64, "bytes": 300_010_i64 },
+    };
+
+    // With the wrong owner nothing is written, the tape details neither.
+    let mut to_verify = Transition::new(
+        CopyStatus::Transferring,
+        CopyStatus::Verifying,
+        Some("b"),
+        "b",
+    );
+    to_verify.tape = Some(details.clone());
+    assert_eq!(
+        c.transition(&tape_copy, &to_verify).await.unwrap(),
+        Cas::Lost
+    );
+    let run = c.get_run(&key(1)).await.unwrap().unwrap();
+    assert_eq!(run.copy("lto", "raw").unwrap().tape, None);
+
+    let to_verify = Transition::new(
+        CopyStatus::Transferring,
+        CopyStatus::Verifying,
+        Some("a"),
+        "a",
+    );
+    assert_eq!(
+        c.transition(&tape_copy, &to_verify).await.unwrap(),
+        Cas::Done
+    );
+    let run = c.get_run(&key(1)).await.unwrap().unwrap();
+    assert_eq!(
+        run.copy("lto", "raw").unwrap().tape,
+        None,
+        "a transition without tape details sets none"
+    );
+    let mut done = Transition::new(
+        CopyStatus::Verifying,
+        CopyStatus::Transferred,
+        Some("a"),
+        "a",
+    );
+    done.checksum = Some(manifest("1").digest);
+    done.tape = Some(details.clone());
+    assert_eq!(c.transition(&tape_copy, &done).await.unwrap(), Cas::Done);
+    let run = c.get_run(&key(1)).await.unwrap().unwrap();
+    let cp = run.copy("lto", "raw").unwrap();
+    assert_eq!(cp.status, CopyStatus::Transferred);
+    assert_eq!(cp.tape.as_ref(), Some(&details));
+    assert_eq!(cp.location.as_deref(), Some("lto:run1/"));
+    assert_eq!(cp.protocol.as_deref(), Some("tape"));
+
+    // Later transitions without tape details leave them alone.
+    let mut failed = Transition::new(CopyStatus::Transferred, CopyStatus::Error, None, "audit");
+    failed.error = Some("tape lost".into());
+    assert_eq!(c.transition(&tape_copy, &failed).await.unwrap(), Cas::Done);
+    let run = c.get_run(&key(1)).await.unwrap().unwrap();
+    assert_eq!(
+        run.copy("lto", "raw").unwrap().tape.as_ref(),
+        Some(&details)
+    );
+    // The origin copy is untouched.
+    assert_eq!(run.copy("daq", "raw").unwrap().tape, None);
+}
+
 async fn record_checksum_needs_expected_state(f: &Fixture) {
     let c = &*f.catalog;
     seed_run(c, 1, "daq").await;
@@ -994,6 +1069,7 @@ suite!(
     claim_fails_when_any_copy_exists,
     lease_renew_and_release_need_the_owner,
     transitions_compare_status_and_owner,
+    tape_details_are_set_with_the_final_transition,
     record_checksum_needs_expected_state,
     expired_lease_is_reclaimed_once,
     abandoned_copy_is_taken_over_before_expiry_once,

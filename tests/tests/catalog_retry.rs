@@ -121,7 +121,12 @@ async fn lost_replies_are_settled_by_reading_the_copy_back<C: Catalog>(backend: 
         "a",
     );
     done.checksum = Some("abc".into());
+    // The tape details travel through both wrappers and settle a lost reply too.
+    done.tape = Some(bson::doc! { "backend": "lto", "volumes": ["L00001"] });
+    cat.inner().inject("transition", Fault::LoseReply);
     assert_eq!(cat.transition(&lngs, &done).await.unwrap(), Cas::Done);
+    let run = cat.get_run(&key(1)).await.unwrap().unwrap();
+    assert_eq!(run.copy("lngs", "raw").unwrap().tape, done.tape);
     cat.inner().inject("mark removing", Fault::LoseReply);
     assert_eq!(
         cat.mark_removing(&lngs, CopyStatus::Transferred, "a", "test")

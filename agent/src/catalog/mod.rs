@@ -184,6 +184,9 @@ pub struct Transition {
     pub checksum: Option<String>,
     /// Failure text (sets `last_error`; required context for `error`).
     pub error: Option<String>,
+    /// Tape details to record on the copy (sets `tape`, replacing what was there): the tape
+    /// task's `{ backend, reference, volumes, verified }` on `verifying → transferred`.
+    pub tape: Option<bson::Document>,
     /// Who does it and why, for the audit trail.
     pub who: String,
     /// Why, for the audit trail.
@@ -200,6 +203,7 @@ impl Transition {
             lease_for: Duration::from_secs(600),
             checksum: None,
             error: None,
+            tape: None,
             who: who.to_string(),
             reason: None,
         }

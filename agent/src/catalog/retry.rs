@@ -6,7 +6,7 @@
 //! That is resolved here for every conditional write on a copy: when a retry reports
 //! [`Claim::Lost`] / [`Cas::Lost`] after an ambiguous failure, the wrapper reads the copy
 //! back and reports success if the copy is in exactly the state the write produces (the
-//! lease is ours; the status, checksum and error text are the ones written; a removed
+//! lease is ours; the status, checksum, error text and tape details are the ones written; a removed
 //! entry is gone). A copy is only ever changed by the agent that holds it or, for its
 //! `removing`/removal, by its own site's single agent, so that state is our write's.
 //! `tests`: [`super::faults::Faulty`] loses replies on purpose.
@@ -166,6 +166,7 @@ fn shows_transition(entry: Option<&CopyEntry>, t: &Transition) -> bool {
         && lease_ok
         && (t.checksum.is_none() || e.checksum == t.checksum)
         && (t.error.is_none() || e.last_error == t.error)
+        && (t.tape.is_none() || e.tape == t.tape)
 }
 
 #[async_trait]

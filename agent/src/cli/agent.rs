@@ -42,7 +42,7 @@ pub(super) fn site_identity(flag: Option<&str>) -> Result<String> {
 
 /// Loads the site map with the host-local checks for `site`. Every problem is printed; a
 /// bad site map is a usage error and nothing runs.
-fn load_site_map(cli: &Cli, site: &str) -> Result<config::Loaded> {
+pub(super) fn load_site_map(cli: &Cli, site: &str) -> Result<config::Loaded> {
     let Some(path) = &cli.config else {
         return Err(coded(
             Exit::Usage,
@@ -176,7 +176,7 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
 const CATALOG_PATIENCE: Duration = Duration::from_secs(60);
 
 /// The site map's limits as the transport's gates take them.
-fn transport_limits(l: &config::Limits) -> Limits {
+pub(super) fn transport_limits(l: &config::Limits) -> Limits {
     let n = |v: u32| usize::try_from(v.max(1)).unwrap_or(1);
     Limits {
         files_per_run: n(l.files_in_flight),

@@ -80,6 +80,28 @@ pub enum Command {
         #[command(subcommand)]
         command: RunsCommand,
     },
+    /// Restore a run from tape into this site's data directory, verify it against the
+    /// manifest, and record the copy (runs as the site given by --host).
+    Recall(RecallArgs),
+}
+
+/// `ferry recall`
+#[derive(Debug, Args)]
+pub struct RecallArgs {
+    /// The run number.
+    #[arg(long, value_name = "N", conflicts_with = "name",
+          value_parser = clap::value_parser!(i64).range(0..))]
+    pub run: Option<i64>,
+    /// The run name.
+    #[arg(long, value_name = "NAME", value_parser = run_name)]
+    pub name: Option<String>,
+    /// The site to restore to; must be this site (the data is written to local disk).
+    #[arg(long, value_name = "SITE")]
+    pub to: Option<String>,
+    /// The tape backend to read from [default: every backend of this site holding the
+    /// run, in the site map's order].
+    #[arg(long, value_name = "BACKEND")]
+    pub from: Option<String>,
 }
 
 /// `ferry config …`
@@ -160,6 +182,33 @@ mod tests {
         let cli = Cli::try_parse_from(["ferry", "--once", "--task", "CopyPush", "--task", "purge"])
             .unwrap();
         assert_eq!(cli.tasks, vec![Task::Push, Task::Purge]);
+    }
+
+    #[test]
+    fn recall_takes_its_own_run_and_sites() {
+        let cli = Cli::try_parse_from([
+            "ferry",
+            "--host",
+            "daq",
+            "recall",
+            "--run",
+            "7",
+            "--from",
+            "lto",
+            "--dry-run",
+        ])
+        .unwrap();
+        assert!(cli.dry_run);
+        let Some(Command::Recall(r)) = &cli.command else {
+            panic!("not recall")
+        };
+        assert_eq!(
+            (r.run, r.from.as_deref(), r.to.as_deref()),
+            (Some(7), Some("lto"), None)
+        );
+        assert!(Cli::try_parse_from(["ferry", "recall", "--run", "1", "--name", "x"]).is_err());
+        assert!(Cli::try_parse_from(["ferry", "recall", "--name", "../x"]).is_err());
+        assert!(Cli::try_parse_from(["ferry", "recall", "--run", "-4"]).is_err());
     }
 
     #[test]

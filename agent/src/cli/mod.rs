@@ -4,13 +4,14 @@
 //! - [`exit`]: the documented exit codes and how errors map onto them.
 //! - [`logging`]: tracing set-up (text or JSON, stderr or an appended file).
 //! - [`progress`]: progress bars for `--once` on a terminal, log lines otherwise.
-//! - `agent`, `validate`, `runs`: one file per command.
+//! - `agent`, `validate`, `runs`, `recall`: one file per command.
 
 mod agent;
 pub mod args;
 pub mod exit;
 pub mod logging;
 pub mod progress;
+mod recall;
 mod runs;
 mod validate;
 
@@ -37,6 +38,7 @@ pub fn main() -> ExitCode {
             command: args::ConfigCommand::Validate(v),
         }) => validate::run(&cli, v),
         Some(args::Command::Runs { command }) => runs::run(&cli, command),
+        Some(args::Command::Recall(r)) => recall::run(&cli, r),
         None => agent::run(&cli),
     };
     match outcome {

@@ -165,6 +165,11 @@ fn describe(r: &RunDoc) -> String {
         ]);
     }
     out.push_str(&table(&rows));
+    for c in &r.data {
+        if let Some(t) = &c.tape {
+            let _ = writeln!(out, "tape {}: {}", c.host, tape_summary(t));
+        }
+    }
     if !r.events.is_empty() {
         out.push('\n');
         let mut rows = vec![row(&["WHEN", "WHO", "WHAT", "WHERE", "WHY"])];
@@ -182,6 +187,36 @@ fn describe(r: &RunDoc) -> String {
     }
     out.push('\n');
     out
+}
+
+/// A tape copy's `tape` field in one line: reference, volumes, how it was verified.
+fn tape_summary(t: &bson::Document) -> String {
+    let text = |d: &bson::Document, k: &str| match d.get(k) {
+        Some(bson::Bson::String(s)) => s.clone(),
+        Some(bson::Bson::Null) | None => "-".into(),
+        Some(other) => other.to_string(),
+    };
+    let volumes = t
+        .get_array("volumes")
+        .map(|v| {
+            v.iter()
+                .map(|b| b.as_str().map_or_else(|| b.to_string(), str::to_owned))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    let mut line = format!("reference {}; volumes [{volumes}]", text(t, "reference"));
+    if let Ok(v) = t.get_document("verified") {
+        let _ = write!(
+            line,
+            "; verified {} (seed {}): {} files, {} bytes read",
+            text(v, "level"),
+            text(v, "seed"),
+            text(v, "files"),
+            text(v, "bytes")
+        );
+    }
+    line
 }
 
 fn copies_summary(r: &RunDoc) -> String {
@@ -257,6 +292,18 @@ mod tests {
     fn table_aligns_columns() {
         let t = table(&[row(&["A", "BB"]), row(&["CCC", "D"])]);
         assert_eq!(t, "A    BB\nCCC  D\n");
+    }
+
+    #[test]
+    fn tape_field_in_one_line() {
+        let t = bson::doc! {
+            "backend": "lto", "reference": "L1:1", "volumes": ["L1", "L2"],
+            "verified": { "level": "sample", "seed": "7", "files": 2_i64, "bytes": 10_i64 },
+        };
+        assert_eq!(
+            tape_summary(&t),
+            "reference L1:1; volumes [L1, L2]; verified sample (seed 7): 2 files, 10 bytes read"
+        );
     }
 
     #[test]

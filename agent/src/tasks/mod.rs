@@ -16,6 +16,8 @@
 //!
 //! Push, pull and retry share `copy.rs` (claim → copy → read back → record) and the agent's
 //! SSH sessions, one per peer site (`sessions.rs`); the tape task shares `record.rs`.
+//! `recall.rs` is not a cycle task: `ferry recall` restores one run from tape with the
+//! same claim and lifecycle (`copy.rs`, `record.rs`) and the tape task's backends.
 //!
 //! A task never fails the cycle: each run it touches either succeeds, is skipped with a
 //! reason, or is listed in the report's failures with the run and the cause; the next task
@@ -28,6 +30,7 @@ pub mod owner;
 pub mod pull;
 pub mod purge;
 pub mod push;
+pub mod recall;
 pub mod record;
 pub mod register;
 pub mod retry;

@@ -1,6 +1,7 @@
-//! Recording a tape copy's progress in the catalogue: renew the lease while working, and
-//! finish with `transferring → verifying → transferred`, each step a conditional update. A
-//! failure is recorded by [`super::copy::fail`], with its class, as for every copy.
+//! Recording a tape copy's (and a recalled copy's) progress in the catalogue: renew the
+//! lease while working, and finish with `transferring → verifying → transferred`, each step
+//! a conditional update. A failure is recorded by [`super::copy::fail`], with its class, as
+//! for every copy.
 //!
 //! (`copy.rs` still renews and finishes with its own typed errors; it can switch to this
 //! module once these steps return `CopyError`.)
@@ -49,13 +50,16 @@ pub async fn cas(ctx: &Context, copy: &CopyRef, change: &Transition) -> Result<(
     }
 }
 
-/// `transferring → verifying → transferred` with the digest measured at the copy.
+/// `transferring → verifying → transferred` with the digest measured at the copy; `tape`
+/// (a tape copy's `{ backend, reference, volumes, verified }`) is set by the last step, in
+/// the same conditional update.
 pub async fn finish(
     ctx: &Context,
     copy: &CopyRef,
     measured: String,
     lease: Duration,
     reason: String,
+    tape: Option<bson::Document>,
 ) -> Result<(), String> {
     let owner = Some(ctx.owner.as_str());
     let mut to_verifying = Transition::new(
@@ -75,5 +79,6 @@ pub async fn finish(
     );
     to_done.checksum = Some(measured);
     to_done.reason = Some(reason);
+    to_done.tape = tape;
     cas(ctx, copy, &to_done).await
 }

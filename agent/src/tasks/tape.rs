@@ -13,14 +13,17 @@
 //!    strongest cheap level the backend offers (a seeded sample, else the tape system's own
 //!    metadata); the lease is renewed meanwhile;
 //! 4. the run digest is recomputed from what the tape side reports and must equal the
-//!    manifest's; then `transferring → verifying → transferred`, the receipt's reference,
-//!    volumes and verification (with its seed) going into the audit reason.
+//!    manifest's; then `transferring → verifying → transferred`, the last step also setting
+//!    the copy's `tape: { backend, reference, volumes, verified: { level, seed, files,
+//!    bytes, copies } }` (what `ferry recall` and people read back), with the same text in
+//!    the audit reason.
 //!
 //! Any failure moves the copy to `error` with the backend's message.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use bson::{doc, Bson, Document};
 use catalog_schema::{CopyStatus, RunDoc};
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +34,7 @@ use crate::checksum;
 use crate::config::{HostKeyPolicy, SshEnvironment, TapeBackendConfig, TapeKind};
 use crate::tape::{
     build, Batch, BuildContext, Receipt, RunRef, TapeBackend, TapeFile, VerifyKind, VerifyLevel,
+    VerifyReport,
 };
 use crate::transport::SshTarget;
 
@@ -92,7 +96,7 @@ pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
 }
 
 /// The backend, with its gateway resolved as `ssh` would (site map, then `~/.ssh/config`).
-fn open(ctx: &Context, cfg: &TapeBackendConfig) -> Result<Box<dyn TapeBackend>, String> {
+pub(super) fn open(ctx: &Context, cfg: &TapeBackendConfig) -> Result<Box<dyn TapeBackend>, String> {
     let gateway = match &cfg.kind {
         TapeKind::Command {
             gateway: Some(name),
@@ -151,7 +155,8 @@ async fn back_up(
     let Some(src_dir) = source.and_then(|c| c.location.clone()).map(PathBuf::from) else {
         return Ok(Some("no verified copy here".into()));
     };
-    let name = run.name.clone().unwrap_or_else(|| run.number.to_string());
+    let run_ref = run_ref(run);
+    let name = run_ref.name.clone();
     let mut files = Vec::with_capacity(run.files.len());
     for f in &run.files {
         let Some(md5) = f.md5.clone() else {
@@ -166,12 +171,7 @@ async fn back_up(
         });
     }
     let batch = Batch {
-        run: RunRef {
-            number: run.number,
-            name: name.clone(),
-            period: run.extra.get_str("period").ok().map(str::to_owned),
-            detector: run.detector.clone(),
-        },
+        run: run_ref,
         files,
     };
     if ctx.dry_run {
@@ -245,8 +245,46 @@ async fn back_up(
         verified.checked.len(),
         verified.bytes_read
     );
-    record::finish(ctx, &copy, measured, LEASE, reason).await?;
+    let details = tape_details(&receipt, &verified);
+    record::finish(ctx, &copy, measured, LEASE, reason, Some(details)).await?;
     Ok(None)
+}
+
+/// The run as tape backends name it: its name (else its number), period and detector. The
+/// key of a file is `<name>/<path>`.
+pub(super) fn run_ref(run: &RunDoc) -> RunRef {
+    RunRef {
+        number: run.number,
+        name: run.name.clone().unwrap_or_else(|| run.number.to_string()),
+        period: run.extra.get_str("period").ok().map(str::to_owned),
+        detector: run.detector.clone(),
+    }
+}
+
+/// The copy's `tape` field: where the receipt says the run is and how it was verified. A
+/// sample's seed is kept as a decimal string (BSON has no unsigned 64-bit integer), so the
+/// same sample can be checked again.
+fn tape_details(receipt: &Receipt, verified: &VerifyReport) -> Document {
+    let (level, seed) = match verified.level {
+        VerifyLevel::Metadata => ("metadata", Bson::Null),
+        VerifyLevel::Sample { seed, .. } => (
+            "sample",
+            seed.map_or(Bson::Null, |s| Bson::String(s.to_string())),
+        ),
+        VerifyLevel::Full => ("full", Bson::Null),
+    };
+    doc! {
+        "backend": receipt.backend.clone(),
+        "reference": receipt.reference.clone(),
+        "volumes": receipt.volumes.clone(),
+        "verified": {
+            "level": level,
+            "seed": seed,
+            "files": i64::try_from(verified.checked.len()).unwrap_or(i64::MAX),
+            "bytes": i64::try_from(verified.bytes_read).unwrap_or(i64::MAX),
+            "copies": i64::from(verified.copies),
+        },
+    }
 }
 
 /// The run digest as the tape side reports the files: its SHA-256 where it records one,

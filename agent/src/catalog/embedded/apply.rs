@@ -110,6 +110,9 @@ pub(super) fn transition(
     if let Some(e) = &t.error {
         c.last_error = Some(e.clone());
     }
+    if let Some(tape) = &t.tape {
+        c.tape = Some(tape.clone());
+    }
     c.lease = match (&t.owner, t.to.is_leased()) {
         (Some(owner), true) => Some(Lease {
             owner: owner.clone(),

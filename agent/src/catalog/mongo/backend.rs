@@ -350,6 +350,9 @@ impl MongoCatalog {
         if let Some(e) = &t.error {
             set.insert("data.$.last_error", e);
         }
+        if let Some(tape) = &t.tape {
+            set.insert("data.$.tape", tape.clone());
+        }
         let mut update = Document::new();
         match (&t.owner, t.to.is_leased()) {
             (Some(owner), true) => {

@@ -432,8 +432,20 @@ impl TarBackend {
     ) -> Result<Vec<PathBuf>, TapeError> {
         let store = self.load()?;
         let mut last_err = None;
+        // A receipt without volumes (rebuilt from `stat` answers, as `ferry recall` does for
+        // a copy recorded before volumes were): every tape the label store says holds it.
+        let mut labels = receipt.volumes.clone();
+        if labels.is_empty() {
+            for s in &receipt.files {
+                for (label, _, _) in store.find(&s.key) {
+                    if !labels.iter().any(|l| l == label) {
+                        labels.push(label.to_owned());
+                    }
+                }
+            }
+        }
         // The first copy whose drive reads; another copy if it does not.
-        for label in &receipt.volumes {
+        for label in &labels {
             match self.retrieve_from(&store, label, receipt, to_dir) {
                 Ok(v) => return Ok(v),
                 Err(e @ TapeError::Mismatch { .. }) => return Err(e),

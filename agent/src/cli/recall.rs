@@ -1,0 +1,98 @@
+//! `ferry recall --run N [--to SITE] [--from BACKEND] [--dry-run]`: restore a run from
+//! tape (`tasks::recall`), as the agent of one site (`--host`, as `ferry --once`).
+//!
+//! It takes no site lock: the catalogue's claim keeps it and a running daemon apart (only
+//! one of them can hold the copy), so an operator need not stop the daemon to recall.
+
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+
+use super::args::RecallArgs;
+use super::exit::{coded, Exit};
+use super::Cli;
+use crate::catalog::{resolve_catalog_uri, RunSelector};
+use crate::config::SshEnvironment;
+use crate::tasks::copy::LogProgress;
+use crate::tasks::recall::{self, Request};
+use crate::tasks::sessions::SessionPool;
+use crate::tasks::{self, Context, RunScope};
+use crate::transport::limits::Gates;
+
+pub(super) fn run(cli: &Cli, args: &RecallArgs) -> Result<Exit> {
+    let selector = match (
+        args.run.or(cli.run),
+        args.name.clone().or_else(|| cli.name.clone()),
+    ) {
+        (Some(n), None) => RunSelector::Number(n),
+        (None, Some(name)) => RunSelector::Name(name),
+        (Some(_), Some(_)) => {
+            return Err(coded(Exit::Usage, "give --run N or --name NAME, not both"))
+        }
+        (None, None) => return Err(coded(Exit::Usage, "which run? give --run N or --name NAME")),
+    };
+    let site = super::agent::site_identity(cli.host.as_deref())?;
+    let loaded = super::agent::load_site_map(cli, &site)?;
+    let catalog = resolve_catalog_uri(
+        cli.catalog.as_deref(),
+        loaded.map.catalog.as_ref().map(|c| c.uri.as_str()),
+    )?;
+    let Some(site_model) = loaded.map.site(&site).cloned() else {
+        return Err(coded(
+            Exit::Usage,
+            format!("site {site} is not in the site map"),
+        ));
+    };
+    let ssh = SshEnvironment::load(None).map_err(|e| coded(Exit::Usage, e.to_string()))?;
+    let scope = match &selector {
+        RunSelector::Number(n) => RunScope::Number(*n),
+        RunSelector::Name(name) => RunScope::Name(name.clone()),
+    };
+    let request = Request {
+        run: selector,
+        to: args.to.clone(),
+        from: args.from.clone(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let outcome = runtime.block_on(async {
+        let opened = crate::catalog::open(&catalog)
+            .await
+            .map_err(|e| coded(Exit::Catalog, format!("catalogue {catalog}: {e}")))?;
+        let gates = Gates::new(super::agent::transport_limits(&site_model.limits));
+        let ctx = Context {
+            map: Arc::new(loaded.map.clone()),
+            site: site_model,
+            catalog: Arc::from(opened),
+            owner: tasks::owner::owner_id(&site),
+            scope,
+            dry_run: cli.dry_run,
+            gates,
+            sessions: Arc::new(SessionPool::new(ssh)),
+            progress: Arc::new(LogProgress::new()),
+            audit: tasks::audit::Settings::default(),
+        };
+        tracing::info!(%site, %catalog, ?request, "ferry recall starting");
+        anyhow::Ok(recall::recall(&ctx, &request).await)
+    })?;
+    match outcome {
+        Ok(done) => {
+            for line in &done {
+                println!("{line}");
+            }
+            Ok(Exit::Ok)
+        }
+        Err(e) => {
+            let code = if e.is_usage() {
+                Exit::Usage
+            } else if e.catalog_error().is_some_and(|c| c.is_connection()) {
+                Exit::Catalog
+            } else {
+                Exit::Failed
+            };
+            Err(coded(code, format!("recall: {e}")))
+        }
+    }
+}
