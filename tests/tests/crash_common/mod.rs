@@ -1,95 +1,109 @@
-//! Crash trials (issue 5, "Crashes"): the real `ferry` binary is killed with SIGKILL at a
-//! random moment of a copy, a verification or a purge, then restarted until a cycle finds
-//! nothing left to do; the invariants are then checked with code independent of the agent.
+//! What the crash trials share (issue 5, "Crashes"): `agent_crash.rs` (both sites `local`)
+//! and `agent_crash_sftp.rs` (both sites behind real OpenSSH sshd servers).
 //!
-//! Each trial builds its own world: an embedded catalogue, the origin `daq` pushing to
-//! `mirror` (both `local`), purge enabled at `daq` (`min_copies` 1, retention 200 ms, high-water
-//! mark 1 %: every run may go once the mirror holds a verified copy), a bandwidth limit so a
-//! copy lasts long enough to be cut in the middle, and two runs of several files (an empty
-//! one, a small one, a few MiB ones) whose bytes come from the trial's seeded generator.
+//! A [`World`] is one trial's collaboration: the origin `daq` and the destination `mirror`,
+//! each with a `raw` data directory the test reads directly, a site map, a state directory,
+//! a catalogue, and two runs of several files (an empty one, a small one, a few MiB ones)
+//! whose bytes come from the trial's seeded generator. The caller supplies the sites'
+//! settings (method, links, `verify`, purge, limits), so both test files build the same
+//! world around a different transport.
 //!
-//! - **copy**: the runs registered, `ferry --once --host daq` (push, then purge) is killed
-//!   during its cycle;
-//! - **verify**: both runs copied, then the mirror copies are sent back to `verifying` (as
-//!   the audit task does) and `ferry --once --host mirror` is killed while it re-hashes;
-//! - **purge**: both runs copied, then `ferry --once --host daq --task purge` is killed
-//!   while it removes the origin copies.
+//! [`trials`] runs one phase: it measures how long the cycle to kill lasts when nobody kills
+//! it, then per trial builds a world, prepares it, SIGKILLs the cycle after a seeded delay
+//! spread over that length, checks [`World::check_always`], restarts both agents until
+//! everything is done ([`World::recover`]) and checks [`World::check_end`]. It prints one
+//! `crash-summary` line (summed by `deploy/crash-trials.sh`) and fails with every
+//! violation found. `FERRY_CRASH_SEED=N` replays a seed, `FERRY_CRASH_TRIALS=N` sets the
+//! trials per phase (default 7).
 //!
-//! Right after each kill, and again at the end, the test checks (files hashed with the
-//! `sha2` crate against the hashes it recorded when it wrote them; the catalogue read with
-//! `ferry runs list --json`): every `transferred` copy's files hash to the manifest; an
-//! origin file is gone only when the mirror holds a `transferred` copy whose files hash
-//! right. At the end also: every run's mirror copy is `transferred` with the run digest, the
-//! origin copies are purged, no copy is left `transferring`, `verifying`, `removing` or
-//! `error`, and no `*.part` file exists anywhere.
-//!
-//! The seed is printed; `FERRY_CRASH_SEED=N` replays it, `FERRY_CRASH_TRIALS=N` sets the
-//! trials per phase (default 7, so 21 in all). `deploy/crash-trials.sh` runs 100+ and sums
-//! the `crash-summary` lines.
+//! Invariants, checked with code independent of the agent (files hashed with the `sha2`
+//! crate against the hashes recorded when the test wrote them; the catalogue read with
+//! `ferry runs list --json`): every `transferred` copy's files hash to what was written and
+//! its checksum is the run digest; an origin file is gone only when the mirror holds a
+//! `transferred` copy whose files hash right. At the end also: every run's mirror copy is
+//! `transferred`, the origin copies are purged, no copy is left in another status, and no
+//! `*.part` file exists anywhere (catalogue directory and both data directories).
 
-#![allow(clippy::unwrap_used)]
+// Each test file uses a part of this module.
+#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use ferry::catalog::embedded::EmbeddedCatalog;
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+/// The binary under test: the same `ferry::cli::main` as `ferry`.
+pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry_under_test");
+
 /// Runs per trial, and their files: (path, size).
-const RUNS: [u32; 2] = [1, 2];
-const FILES: [(&str, usize); 4] = [
+pub const RUNS: [u32; 2] = [1, 2];
+pub const FILES: [(&str, usize); 4] = [
     ("empty.evio", 0),
     ("small.evio", 1000),
     ("a.evio", 2 << 20),
     ("sub/b.evio", 1 << 20),
 ];
 /// Restarts allowed before a trial counts as "did not complete".
-const MAX_RESTARTS: usize = 12;
+pub const MAX_RESTARTS: usize = 12;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Copy,
-    Verify,
-    Purge,
+/// Purge at the origin: every run may go once the mirror holds a verified copy.
+pub fn origin_purge() -> Value {
+    serde_json::json!({ "enabled": true, "min_copies": 1, "retention": "200ms",
+                        "high_water_mark": 1 })
 }
 
-struct World {
-    dir: tempfile::TempDir,
+/// One trial's collaboration of `daq` and `mirror`.
+pub struct World {
+    /// Site map, state directory, embedded catalogue (if any), HOME of the agents.
+    pub dir: tempfile::TempDir,
+    /// Each site's `raw` data directory.
+    roots: BTreeMap<String, PathBuf>,
+    /// The catalogue's URI (also in the site map).
+    pub catalog: String,
     /// Expected sha256 per (run, file), recorded when the test wrote the bytes.
     expected: BTreeMap<(u32, String), String>,
 }
 
 impl World {
-    fn new(rng: &mut StdRng) -> Self {
+    /// A world with the data directories `roots(world_dir)` of `daq` and `mirror` (created
+    /// here) and the settings `sites` of `daq` and `mirror` (their `name`, `data_dirs` and
+    /// `layout` are set here). `catalog`: the catalogue URI, `None` for an embedded one in
+    /// the world's directory. The runs are written at `daq` from `rng`.
+    pub fn new(
+        rng: &mut StdRng,
+        roots: impl FnOnce(&Path) -> (PathBuf, PathBuf),
+        catalog: Option<String>,
+        sites: [Value; 2],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        for d in ["daq/raw", "mirror/raw", "state"] {
-            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        let (daq, mirror) = roots(dir.path());
+        std::fs::create_dir_all(dir.path().join("state")).unwrap();
+        let catalog = catalog
+            .unwrap_or_else(|| format!("sqlite:{}", dir.path().join("catalog.sqlite").display()));
+        let roots: BTreeMap<String, PathBuf> =
+            [("daq".to_string(), daq), ("mirror".to_string(), mirror)].into();
+        let mut json = Vec::new();
+        for (name, mut site) in ["daq", "mirror"].into_iter().zip(sites) {
+            std::fs::create_dir_all(&roots[name]).unwrap();
+            site["name"] = name.into();
+            site["data_dirs"] = serde_json::json!({ "raw": roots[name] });
+            site["layout"] = "Run{number:06}".into();
+            json.push(site);
         }
         let map = serde_json::json!({
             "version": 1,
-            "catalog": { "uri": format!("sqlite:{}", dir.path().join("catalog.sqlite").display()) },
-            "sites": [
-                { "name": "daq", "method": "local", "origin": true,
-                  "data_dirs": { "raw": dir.path().join("daq/raw") },
-                  "layout": "Run{number:06}", "completion": { "marker": "RUN_COMPLETE" },
-                  "push_to": ["mirror"],
-                  "purge": { "enabled": true, "min_copies": 1, "retention": "200ms",
-                             "high_water_mark": 1 },
-                  "limits": { "bandwidth_per_link": "20MB/s", "lease": "10m" } },
-                { "name": "mirror", "method": "local",
-                  "data_dirs": { "raw": dir.path().join("mirror/raw") },
-                  "layout": "Run{number:06}" }
-            ]
+            "catalog": { "uri": catalog },
+            "sites": json,
         });
         std::fs::write(dir.path().join("map.json"), map.to_string()).unwrap();
         let mut expected = BTreeMap::new();
         for n in RUNS {
-            let run = dir.path().join(format!("daq/raw/Run{n:06}"));
+            let run = roots["daq"].join(format!("Run{n:06}"));
             for (rel, size) in FILES {
                 let p = run.join(rel);
                 std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -100,18 +114,36 @@ impl World {
             }
             std::fs::write(run.join("RUN_COMPLETE"), b"").unwrap();
         }
-        World { dir, expected }
+        World {
+            dir,
+            roots,
+            catalog,
+            expected,
+        }
     }
 
-    fn path(&self, rel: &str) -> PathBuf {
+    pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
 
-    fn ferry(&self, site: &str, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
-        cmd.env_remove("FERRY_CATALOG")
+    /// `site`'s `raw` data directory.
+    pub fn root(&self, site: &str) -> &Path {
+        &self.roots[site]
+    }
+
+    /// `ferry --once --host SITE ARGS` with a clean environment (no `FERRY_*`; HOME in the
+    /// world's directory, so no `~/.ssh/config` applies).
+    pub fn ferry(&self, site: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new(FERRY);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("FERRY_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("HOME", self.dir.path())
             .env("FERRY_STATE_DIR", self.path("state"))
             .env("RUST_LOG", "warn")
+            .env("NO_COLOR", "1")
             .arg("--config")
             .arg(self.path("map.json"))
             .args(["--host", site, "--once"])
@@ -122,13 +154,19 @@ impl World {
     }
 
     /// One cycle to its end.
-    fn cycle(&self, site: &str, args: &[&str]) -> Output {
+    pub fn cycle(&self, site: &str, args: &[&str]) -> Output {
         self.ferry(site, args).output().unwrap()
+    }
+
+    /// One cycle that must succeed.
+    pub fn cycle_ok(&self, site: &str, args: &[&str]) {
+        let out = self.cycle(site, args);
+        assert!(out.status.success(), "{site} {args:?}: {}", text(&out));
     }
 
     /// One cycle, SIGKILLed after `delay` if still running: `Ok(())` when killed, else
     /// `Err(how long it ran)`.
-    fn killed_cycle(&self, site: &str, args: &[&str], delay: Duration) -> Result<(), Duration> {
+    pub fn killed_cycle(&self, site: &str, args: &[&str], delay: Duration) -> Result<(), Duration> {
         let started = Instant::now();
         let mut child = self.ferry(site, args).spawn().unwrap();
         while started.elapsed() < delay {
@@ -146,7 +184,7 @@ impl World {
     }
 
     /// Copies taken back from a dead holder before its lease expired (audit events).
-    fn dead_holder_reclaims(&self) -> usize {
+    pub fn dead_holder_reclaims(&self) -> usize {
         self.runs()
             .iter()
             .flat_map(|r| r["events"].as_array().cloned().unwrap_or_default())
@@ -159,10 +197,10 @@ impl World {
             .count()
     }
 
-    fn runs(&self) -> Vec<Value> {
-        let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .args(["runs", "list", "--json", "--catalog"])
-            .arg(format!("sqlite:{}", self.path("catalog.sqlite").display()))
+    /// Every run document, read with `ferry runs list --json`.
+    pub fn runs(&self) -> Vec<Value> {
+        let out = Command::new(FERRY)
+            .args(["runs", "list", "--json", "--catalog", &self.catalog])
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", text(&out));
@@ -173,9 +211,9 @@ impl World {
     }
 
     /// Whether run `n`'s files at `site` all exist and hash to what the test wrote.
-    fn files_hash_right(&self, site: &str, n: u32) -> Result<(), String> {
+    pub fn files_hash_right(&self, site: &str, n: u32) -> Result<(), String> {
         for (rel, _) in FILES {
-            let p = self.path(&format!("{site}/raw/Run{n:06}/{rel}"));
+            let p = self.root(site).join(format!("Run{n:06}/{rel}"));
             let bytes = std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?;
             let got = hex(&Sha256::digest(&bytes));
             if got != self.expected[&(n, rel.to_string())] {
@@ -189,7 +227,7 @@ impl World {
     }
 
     /// The invariants that hold at every moment; problems listed.
-    fn check_always(&self) -> Vec<String> {
+    pub fn check_always(&self) -> Vec<String> {
         let mut bad = Vec::new();
         let runs = self.runs();
         let number = |r: &Value| r["number"].as_i64().unwrap_or(-1);
@@ -222,7 +260,7 @@ impl World {
         for n in RUNS {
             let gone = FILES
                 .iter()
-                .any(|(rel, _)| !self.path(&format!("daq/raw/Run{n:06}/{rel}")).exists());
+                .any(|(rel, _)| !self.root("daq").join(format!("Run{n:06}/{rel}")).exists());
             if !gone {
                 continue;
             }
@@ -244,7 +282,7 @@ impl World {
     }
 
     /// Whether every run is done: mirror `transferred`, origin purged, nothing in flight.
-    fn all_done(&self) -> bool {
+    pub fn all_done(&self) -> bool {
         let runs = self.runs();
         runs.len() == RUNS.len()
             && runs.iter().all(|r| {
@@ -256,8 +294,17 @@ impl World {
             })
     }
 
+    /// `*.part` files in the world's directory and both data directories.
+    pub fn parts(&self) -> Vec<PathBuf> {
+        let mut out = find_parts(self.dir.path());
+        for root in self.roots.values() {
+            out.extend(find_parts(root));
+        }
+        out
+    }
+
     /// The final invariants; problems listed.
-    fn check_end(&self) -> Vec<String> {
+    pub fn check_end(&self) -> Vec<String> {
         let mut bad = self.check_always();
         for run in self.runs() {
             for c in run["data"].as_array().into_iter().flatten() {
@@ -274,11 +321,11 @@ impl World {
             bad.push("not every run ended with only its mirror copy transferred".into());
         }
         for n in RUNS {
-            if self.path(&format!("daq/raw/Run{n:06}")).exists() {
+            if self.root("daq").join(format!("Run{n:06}")).exists() {
                 bad.push(format!("run {n}: origin directory not purged"));
             }
         }
-        let parts = find_parts(self.dir.path());
+        let parts = self.parts();
         if !parts.is_empty() {
             bad.push(format!(".part files left: {parts:?}"));
         }
@@ -286,7 +333,7 @@ impl World {
     }
 
     /// Whether work was in flight (a copy mid-state, a `.part`, origin files half gone).
-    fn in_flight(&self) -> bool {
+    pub fn in_flight(&self) -> bool {
         let mid = self.runs().iter().any(|r| {
             r["data"].as_array().into_iter().flatten().any(|c| {
                 matches!(
@@ -295,15 +342,16 @@ impl World {
                 )
             })
         });
-        mid || !find_parts(self.dir.path()).is_empty()
+        mid || !self.parts().is_empty()
     }
 
-    /// Restarts both agents until everything is done; returns the restarts used.
-    fn recover(&self) -> Option<usize> {
+    /// Restarts both agents (`daq`, then `mirror`, one `--once` cycle each) until
+    /// everything is done; returns the restarts used.
+    pub fn recover(&self) -> Option<usize> {
         for i in 1..=MAX_RESTARTS {
             let daq = self.cycle("daq", &[]);
             let mirror = self.cycle("mirror", &[]);
-            if self.all_done() && find_parts(self.dir.path()).is_empty() {
+            if self.all_done() && self.parts().is_empty() {
                 return Some(i);
             }
             if i == MAX_RESTARTS {
@@ -319,62 +367,26 @@ impl World {
         None
     }
 
-    /// Both runs copied and verified at the mirror, origin kept.
-    fn copied(&self) {
-        let out = self.cycle("daq", &["--task", "register", "--task", "push"]);
-        assert!(out.status.success(), "{}", text(&out));
+    /// Both runs copied with `site`'s `--task register --task push`, and `status` at the mirror.
+    pub fn copied(&self, status: &str) {
+        self.cycle_ok("daq", &["--task", "register", "--task", "push"]);
         let runs = self.runs();
         assert!(
             runs.iter().all(|r| r["data"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .any(|c| c["host"] == "mirror" && c["status"] == "transferred")),
+                .any(|c| c["host"] == "mirror" && c["status"] == status)),
             "{runs:#?}"
         );
     }
-
-    /// The embedded catalogue opened in-process, with a runtime to drive it.
-    fn catalog(&self) -> (tokio::runtime::Runtime, EmbeddedCatalog) {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let cat = rt
-            .block_on(EmbeddedCatalog::open(&self.path("catalog.sqlite")))
-            .unwrap();
-        (rt, cat)
-    }
-
-    /// Sends the mirror copies back to `verifying` (no lease), as the audit task does.
-    fn to_verifying(&self) {
-        let (rt, cat) = self.catalog();
-        rt.block_on(async {
-            use ferry::catalog::{Cas, Catalog, CopyRef, CopyStatus, RunKey, Transition};
-            for run in self.runs() {
-                let key = RunKey::new(
-                    run["detector"].as_str().unwrap(),
-                    run["number"].as_i64().unwrap(),
-                );
-                let copy = CopyRef::new(key, "mirror", "raw");
-                let mut t = Transition::new(
-                    CopyStatus::Transferred,
-                    CopyStatus::Verifying,
-                    None,
-                    "crash-test",
-                );
-                t.reason = Some("re-hash requested by the crash test".into());
-                assert_eq!(cat.transition(&copy, &t).await.unwrap(), Cas::Done);
-            }
-        });
-    }
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn text(out: &Output) -> String {
+pub fn text(out: &Output) -> String {
     format!(
         "exit {:?}\nstdout:\n{}\nstderr:\n{}",
         out.status.code(),
@@ -383,7 +395,7 @@ fn text(out: &Output) -> String {
     )
 }
 
-fn find_parts(root: &Path) -> Vec<PathBuf> {
+pub fn find_parts(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -402,57 +414,44 @@ fn find_parts(root: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Sets the world up for `phase`; the cycle to kill (site, extra arguments).
-fn prepare(phase: Phase, w: &World) -> (&'static str, &'static [&'static str]) {
-    match phase {
-        Phase::Copy => {
-            // Registered first (hashing the origin takes most of a first cycle), so the
-            // kills land in the copy.
-            let out = w.cycle("daq", &["--task", "register"]);
-            assert!(out.status.success(), "{}", text(&out));
-            ("daq", &[])
-        }
-        Phase::Verify => {
-            w.copied();
-            w.to_verifying();
-            ("mirror", &[])
-        }
-        Phase::Purge => {
-            w.copied();
-            std::thread::sleep(Duration::from_millis(250)); // past the 200 ms retention
-            ("daq", &["--task", "purge"])
-        }
-    }
-}
-
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
 }
 
+/// One phase of trials: `name` (the summary's `phase=`), a number mixed into the seed so
+/// phases differ, `world(rng, trial)` builds a trial's world (trial `None`: the measuring
+/// run), and `prepare(world)` sets it up and names the cycle to kill (site, arguments).
+pub struct Phase<'a> {
+    pub name: &'a str,
+    pub salt: u64,
+    pub world: &'a dyn Fn(&mut StdRng, Option<u64>) -> World,
+    pub prepare: &'a dyn Fn(&World) -> (&'static str, &'static [&'static str]),
+}
+
 /// Runs the trials of one phase; panics with every violation found.
-fn trials(phase: Phase) {
+pub fn trials(phase: &Phase<'_>) {
+    let name = phase.name;
     let seed = env_u64("FERRY_CRASH_SEED").unwrap_or_else(rand::random);
     let count = env_u64("FERRY_CRASH_TRIALS").unwrap_or(7);
-    eprintln!("crash trials {phase:?}: seed {seed} (replay with FERRY_CRASH_SEED={seed})");
-    let mut rng = StdRng::seed_from_u64(seed ^ phase as u64);
+    eprintln!("crash trials {name}: seed {seed} (replay with FERRY_CRASH_SEED={seed})");
+    let mut rng = StdRng::seed_from_u64(seed ^ phase.salt);
     let (mut kills, mut mid_work, mut recovered, mut restarts) = (0u64, 0u64, 0u64, 0usize);
     let mut violations: Vec<String> = Vec::new();
     let started = Instant::now();
     // How long the phase's cycle lasts when nobody kills it: kills are spread over it.
     let span = {
-        let w = World::new(&mut rng);
-        let (site, args) = prepare(phase, &w);
+        let w = (phase.world)(&mut rng, None);
+        let (site, args) = (phase.prepare)(&w);
         let t = Instant::now();
         let out = w.cycle(site, args);
-        // A full cycle exits 5 in this version (pull, tape, audit are not built yet).
-        assert!(matches!(out.status.code(), Some(0 | 5)), "{}", text(&out));
+        assert!(out.status.success(), "{}", text(&out));
         t.elapsed()
     };
     let mut span_ms = u64::try_from(span.as_millis()).unwrap_or(1000).max(2);
     let mut reclaims = 0;
     for trial in 0..count {
-        let w = World::new(&mut rng);
-        let (site, args) = prepare(phase, &w);
+        let w = (phase.world)(&mut rng, Some(trial));
+        let (site, args) = (phase.prepare)(&w);
         let delay = Duration::from_millis(rng.random_range(1..span_ms));
         match w.killed_cycle(site, args, delay) {
             Ok(()) => {
@@ -465,81 +464,26 @@ fn trials(phase: Phase) {
             Err(ran) => span_ms = u64::try_from(ran.as_millis()).unwrap_or(span_ms).max(2),
         }
         for v in w.check_always() {
-            violations.push(format!("{phase:?} trial {trial} after the kill: {v}"));
+            violations.push(format!("{name} trial {trial} after the kill: {v}"));
         }
         match w.recover() {
             Some(n) => {
                 recovered += 1;
                 restarts += n;
             }
-            None => violations.push(format!("{phase:?} trial {trial}: did not complete")),
+            None => violations.push(format!("{name} trial {trial}: did not complete")),
         }
         reclaims += w.dead_holder_reclaims();
         for v in w.check_end() {
-            violations.push(format!("{phase:?} trial {trial} at the end: {v}"));
+            violations.push(format!("{name} trial {trial} at the end: {v}"));
         }
     }
     eprintln!(
-        "crash-summary phase={phase:?} seed={seed} trials={count} span_ms={span_ms} \
+        "crash-summary phase={name} seed={seed} trials={count} span_ms={span_ms} \
          kills={kills} kills_mid_work={mid_work} recovered={recovered} restarts={restarts} \
          dead_holder_reclaims={reclaims} violations={} secs={:.1}",
         violations.len(),
         started.elapsed().as_secs_f64()
     );
     assert!(violations.is_empty(), "seed {seed}: {violations:#?}");
-}
-
-/// Regression: a killed push's copy stayed `transferring` until its 10 min lease expired.
-#[test]
-fn restarted_agent_takes_back_a_killed_push_without_waiting_for_the_lease() {
-    let w = World::new(&mut StdRng::seed_from_u64(7));
-    let out = w.cycle("daq", &["--task", "register"]);
-    assert!(out.status.success(), "{}", text(&out));
-    // The mirror copy claimed by a daq agent of this host that is gone, lease 10 min.
-    let host = gethostname::gethostname().to_string_lossy().to_string();
-    let dead = format!("daq@{host}:4194305/1/0000dead");
-    let (rt, cat) = w.catalog();
-    rt.block_on(async {
-        use ferry::catalog::{Catalog, Claim, ClaimRequest, CopyRef, RunKey};
-        let detector = w.runs()[0]["detector"].as_str().unwrap().to_string();
-        let claim = ClaimRequest {
-            copy: CopyRef::new(RunKey::new(&detector, 1), "mirror", "raw"),
-            location: w.path("mirror/raw/Run000001").display().to_string(),
-            protocol: "local".into(),
-            owner: dead.clone(),
-            lease_for: Duration::from_secs(600),
-        };
-        assert!(matches!(
-            cat.claim_copy(&claim).await.unwrap(),
-            Claim::Won(_)
-        ));
-    });
-    let out = w.cycle("daq", &["--task", "retry", "--task", "push"]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(w.dead_holder_reclaims(), 1, "{}", text(&out));
-    let runs = w.runs();
-    for r in &runs {
-        let mirror = r["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["host"] == "mirror");
-        assert_eq!(mirror.unwrap()["status"], "transferred", "{r:#}");
-    }
-    assert!(w.check_always().is_empty(), "{:?}", w.check_always());
-}
-
-#[test]
-fn kill_during_copy_then_restart_keeps_every_invariant() {
-    trials(Phase::Copy);
-}
-
-#[test]
-fn kill_during_verify_then_restart_keeps_every_invariant() {
-    trials(Phase::Verify);
-}
-
-#[test]
-fn kill_during_purge_then_restart_keeps_every_invariant() {
-    trials(Phase::Purge);
 }
