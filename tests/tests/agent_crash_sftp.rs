@@ -18,7 +18,7 @@
 //! - **pull**: the runs registered at `daq`, then `ferry --once --host mirror` (pulling from
 //!   `daq` over SFTP) is killed;
 //! - **verify-agent**: `mirror` has `"verify": "agent"`, so the push stops at `verifying`;
-//!   then the mirror's cycle, whose `verify` task re-hashes the copies, is killed;
+//!   then `ferry --once --host mirror --task verify`, which re-hashes the copies, is killed;
 //! - **push-mongo**: the push phase with the catalogue in the MongoDB-wire server
 //!   ([`MongoServer::shared`], a database per trial) instead of the embedded one.
 //!
@@ -173,10 +173,11 @@ fn kill_during_verify_by_the_destination_agent_then_restart_keeps_every_invarian
             serde_json::json!({ "verify": "agent" }),
         )
     };
-    // Pushed, left `verifying` for the mirror's agent; then its whole cycle re-hashes them.
+    // Pushed, left `verifying` for the mirror's agent; then its verify task re-hashes them
+    // (the task alone, so the kills spread over the re-hash rather than the whole cycle).
     let prepare = |w: &World| -> (&'static str, &'static [&'static str]) {
         w.copied("verifying");
-        ("mirror", &[])
+        ("mirror", &["--task", "verify"])
     };
     trials(&Phase {
         name: "verify-agent-sftp",

@@ -436,6 +436,8 @@ pub fn trials(phase: &Phase<'_>) {
     eprintln!("crash trials {name}: seed {seed} (replay with FERRY_CRASH_SEED={seed})");
     let mut rng = StdRng::seed_from_u64(seed ^ phase.salt);
     let (mut kills, mut mid_work, mut recovered, mut restarts) = (0u64, 0u64, 0u64, 0usize);
+    // Kills that left a `.part` file behind for the restarts to resume or remove.
+    let mut left_part = 0u64;
     let mut violations: Vec<String> = Vec::new();
     let started = Instant::now();
     // How long the phase's cycle lasts when nobody kills it: kills are spread over it.
@@ -459,6 +461,9 @@ pub fn trials(phase: &Phase<'_>) {
                 if w.in_flight() {
                     mid_work += 1;
                 }
+                if !w.parts().is_empty() {
+                    left_part += 1;
+                }
             }
             // Finished before the kill: the cycle is shorter than measured, aim earlier.
             Err(ran) => span_ms = u64::try_from(ran.as_millis()).unwrap_or(span_ms).max(2),
@@ -480,7 +485,8 @@ pub fn trials(phase: &Phase<'_>) {
     }
     eprintln!(
         "crash-summary phase={name} seed={seed} trials={count} span_ms={span_ms} \
-         kills={kills} kills_mid_work={mid_work} recovered={recovered} restarts={restarts} \
+         kills={kills} kills_mid_work={mid_work} kills_left_part={left_part} \
+         recovered={recovered} restarts={restarts} \
          dead_holder_reclaims={reclaims} violations={} secs={:.1}",
         violations.len(),
         started.elapsed().as_secs_f64()
