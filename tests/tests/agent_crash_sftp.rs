@@ -22,6 +22,9 @@
 //! - **push-mongo**: the push phase with the catalogue in the MongoDB-wire server
 //!   ([`MongoServer::shared`], a database per trial) instead of the embedded one.
 //!
+//! `the_invariant_checks_catch_…` shows the checks can fail: a damaged mirror file, an
+//! origin file gone behind the catalogue's back and a stray `.part` are each reported.
+//!
 //! `FERRY_CRASH_SEED=N` replays a seed, `FERRY_CRASH_TRIALS=N` sets the trials per phase
 //! (default 7). `deploy/crash-trials.sh` runs these with the local ones.
 
@@ -211,4 +214,48 @@ fn kill_during_sftp_push_with_the_mongo_catalogue_keeps_every_invariant() {
         world: &world,
         prepare: &prepare_push,
     });
+}
+
+/// The checks can fail: a flipped byte in a `transferred` mirror copy, an origin file
+/// deleted behind the catalogue's back and a `.part` left at the mirror are each reported.
+#[test]
+fn the_invariant_checks_catch_a_damaged_copy_a_lost_origin_file_and_a_part_file() {
+    let servers = Servers::start();
+    let w = servers.world(
+        &mut rand::SeedableRng::seed_from_u64(5),
+        Some(0),
+        None,
+        origin(serde_json::json!({ "push_to": ["mirror"] })),
+        serde_json::json!({}),
+    );
+    w.copied("transferred");
+    assert!(w.check_always().is_empty(), "{:?}", w.check_always());
+    assert!(w.check_end().iter().any(|v| v.contains("not purged")));
+
+    let damaged = w.root("mirror").join("Run000001/a.evio");
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    bytes[1000] ^= 1;
+    std::fs::write(&damaged, bytes).unwrap();
+    std::fs::remove_file(w.root("daq").join("Run000001/small.evio")).unwrap();
+    std::fs::write(w.root("mirror").join("Run000002/x.evio.part"), b"half").unwrap();
+
+    let always = w.check_always();
+    assert!(
+        always
+            .iter()
+            .any(|v| v.contains("run 1@mirror: transferred but") && v.contains("a.evio")),
+        "{always:?}"
+    );
+    assert!(
+        always
+            .iter()
+            .any(|v| v.contains("run 1: origin files deleted without a verified mirror copy")),
+        "{always:?}"
+    );
+    let end = w.check_end();
+    assert!(
+        end.iter().any(|v| v.contains(".part files left")),
+        "{end:?}"
+    );
+    assert!(w.in_flight());
 }
