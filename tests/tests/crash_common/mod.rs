@@ -12,7 +12,9 @@
 //! it, then per trial builds a world, prepares it, SIGKILLs the cycle after a seeded delay
 //! spread over that length, checks [`World::check_always`], restarts both agents until
 //! everything is done ([`World::recover`]) and checks [`World::check_end`]. It prints one
-//! `crash-summary` line (summed by `deploy/crash-trials.sh`) and fails with every
+//! `crash-summary` line (trials, kills, kills that left work in flight, kills that left a
+//! `.part`, recoveries, restarts, dead-holder reclaims, violations; summed by
+//! `deploy/crash-trials.sh`) and fails with every
 //! violation found. `FERRY_CRASH_SEED=N` replays a seed, `FERRY_CRASH_TRIALS=N` sets the
 //! trials per phase (default 7).
 //!
@@ -379,6 +381,16 @@ impl World {
                 .any(|c| c["host"] == "mirror" && c["status"] == status)),
             "{runs:#?}"
         );
+    }
+}
+
+/// The data directories go with the world (they may lie outside its directory, below an
+/// sshd's root that lives for a whole phase).
+impl Drop for World {
+    fn drop(&mut self) {
+        for root in self.roots.values() {
+            let _ = std::fs::remove_dir_all(root);
+        }
     }
 }
 
