@@ -10,7 +10,8 @@
 //!
 //! [`trials`] runs one phase: it measures how long the cycle to kill lasts when nobody kills
 //! it, then per trial builds a world, prepares it, SIGKILLs the cycle after a seeded delay
-//! spread over that length, checks [`World::check_always`], restarts both agents until
+//! spread over that length — 1 to 3 times in a row, the restarted cycle of the same site
+//! killed again — checks [`World::check_always`] after each kill, restarts both agents until
 //! everything is done ([`World::recover`]) and checks [`World::check_end`]. It prints one
 //! `crash-summary` line (trials, kills, kills that left work in flight, kills that left a
 //! `.part`, recoveries, restarts, dead-holder reclaims, violations; summed by
@@ -466,22 +467,33 @@ pub fn trials(phase: &Phase<'_>) {
     for trial in 0..count {
         let w = (phase.world)(&mut rng, Some(trial));
         let (site, args) = (phase.prepare)(&w);
-        let delay = Duration::from_millis(rng.random_range(1..span_ms));
-        match w.killed_cycle(site, args, delay) {
-            Ok(()) => {
-                kills += 1;
-                if w.in_flight() {
-                    mid_work += 1;
+        // 1 to 3 kills in a row: the restarted cycle of the same site is killed again,
+        // so a resume can itself be cut (a `.part` resumed twice, a reclaim cut short).
+        let in_a_row = rng.random_range(1..=3);
+        for k in 0..in_a_row {
+            let delay = Duration::from_millis(rng.random_range(1..span_ms));
+            match w.killed_cycle(site, args, delay) {
+                Ok(()) => {
+                    kills += 1;
+                    if w.in_flight() {
+                        mid_work += 1;
+                    }
+                    if !w.parts().is_empty() {
+                        left_part += 1;
+                    }
                 }
-                if !w.parts().is_empty() {
-                    left_part += 1;
+                // Finished before the kill. The first cycle: it is shorter than measured,
+                // aim earlier. A later one had less left to do.
+                Err(ran) => {
+                    if k == 0 {
+                        span_ms = u64::try_from(ran.as_millis()).unwrap_or(span_ms).max(2);
+                    }
+                    break;
                 }
             }
-            // Finished before the kill: the cycle is shorter than measured, aim earlier.
-            Err(ran) => span_ms = u64::try_from(ran.as_millis()).unwrap_or(span_ms).max(2),
-        }
-        for v in w.check_always() {
-            violations.push(format!("{name} trial {trial} after the kill: {v}"));
+            for v in w.check_always() {
+                violations.push(format!("{name} trial {trial} after kill {}: {v}", k + 1));
+            }
         }
         match w.recover() {
             Some(n) => {
