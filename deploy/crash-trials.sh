@@ -1,30 +1,39 @@
 #!/usr/bin/env bash
 # Crash trials at scale (issue 5, "Crashes"): runs the kill -9 trials of
-# agent/tests/agent_crash.rs with N trials in all (default 100, split over the copy,
-# verify and purge phases), with a fresh random seed per phase, and prints a summary.
+# tests/tests/agent_crash.rs (both sites `local`: copy, verify, purge) and
+# tests/tests/agent_crash_sftp.rs (both sites behind OpenSSH sshd: push, pull, verify by
+# the destination agent, push with the MongoDB-wire catalogue) with N trials in all
+# (default 100, split evenly over the 7 phases), with a fresh random seed per phase, and
+# prints a summary.
 #
 #   deploy/crash-trials.sh [N]          # from the workspace root
 #
 # Each phase prints one `crash-summary` line (seed, trials, kills, kills that landed
-# mid-work, recoveries, restarts, dead-holder reclaims, violations); a failing phase prints
+# mid-work, kills that left a .part file, recoveries, restarts, dead-holder reclaims,
+# violations); a failing phase prints
 # every violation with its seed (replay: FERRY_CRASH_SEED=S FERRY_CRASH_TRIALS=T cargo test
-# -p ferry --test agent_crash). Exit status: 0 when every trial kept every invariant.
+# -p ferry-tests --test agent_crash, or --test agent_crash_sftp). Exit status: 0 when
+# every trial kept every invariant. The SFTP trials need sshd and secantusd-rs (or mongod)
+# as the test suite does (deploy/install-test-deps.sh; PATH with ~/.cargo/bin).
 set -euo pipefail
 
 total="${1:-100}"
 case "$total" in
   '' | *[!0-9]*) echo "usage: $0 [N]  (N trials in all, a positive integer)" >&2; exit 2 ;;
 esac
-per_phase=$(( (total + 2) / 3 ))
+phases=7
+per_phase=$(( (total + phases - 1) / phases ))
 cd "$(dirname "$0")/.."
 
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 started=$(date +%s)
+load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 status=0
-FERRY_CRASH_TRIALS="$per_phase" cargo test -q -p ferry --test agent_crash -- --nocapture \
-  >"$log" 2>&1 || status=$?
+FERRY_CRASH_TRIALS="$per_phase" cargo test -q --no-fail-fast -p ferry-tests \
+  --test agent_crash --test agent_crash_sftp -- --nocapture >"$log" 2>&1 || status=$?
 elapsed=$(( $(date +%s) - started ))
+load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 summaries="$(grep -o 'crash-summary.*' "$log" || true)"
 if [ -z "$summaries" ]; then
@@ -33,13 +42,14 @@ if [ -z "$summaries" ]; then
   exit 1
 fi
 echo "$summaries"
+echo "load average (1, 5, 15 min): before $load_before, after $load_after"
 echo "$summaries" | awk -v secs="$elapsed" '
   {
     for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] += kv[2] }
   }
   END {
-    printf "TOTAL trials=%d kills=%d kills_mid_work=%d recovered=%d restarts=%d dead_holder_reclaims=%d violations=%d wall_secs=%d\n",
-      v["trials"], v["kills"], v["kills_mid_work"], v["recovered"], v["restarts"],
+    printf "TOTAL trials=%d kills=%d kills_mid_work=%d kills_left_part=%d recovered=%d restarts=%d dead_holder_reclaims=%d violations=%d wall_secs=%d\n",
+      v["trials"], v["kills"], v["kills_mid_work"], v["kills_left_part"], v["recovered"], v["restarts"],
       v["dead_holder_reclaims"], v["violations"], secs
   }'
 if [ "$status" -ne 0 ]; then
