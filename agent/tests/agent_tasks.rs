@@ -18,10 +18,13 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use ferry::catalog::embedded::EmbeddedCatalog;
+use ferry::catalog::faults::Faulty;
 use ferry::catalog::{
-    Cas, Claim, ClaimRequest, CopyRef, CopyStatus, OriginCopy, RunKey, Transition,
+    Cas, Claim, ClaimRequest, CopyRef, CopyStatus, Manifest, NewRun, OriginCopy, RunKey, Transition,
 };
 use ferry::config::PurgePolicy;
 use ferry::daemon::CancellationToken;
@@ -560,6 +563,131 @@ async fn purge_removes_files_and_entry_with_an_audit_event_when_every_rule_holds
     assert!(!w.path("daq/raw/Run000012").exists());
 }
 
+/// Regression: two sites purging the same run at once both marked their copies
+/// `removing`, each then saw the other's copy `removing`, and both stopped there ("an
+/// operator must check the run"). The protection is now part of the conditional mark: the
+/// second mark finds the first site's copy no longer `transferred` and loses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sites_purging_one_run_at_once_remove_one_copy_and_leave_none_removing() {
+    let w = World::new().await;
+    w.registered_and_pushed(16).await;
+    w.edit_run(16, |run| run.end = Some(hours_ago(8 * 24)));
+    // Both agents' marks wait for each other, so each has read the run and decided to
+    // purge before either writes: the race, every time.
+    let faulty = Arc::new(Faulty::new(
+        EmbeddedCatalog::open(&w.path("catalog.sqlite"))
+            .await
+            .unwrap(),
+    ));
+    faulty.meet("mark removing", 2);
+    let mut daq = purger(&w, allowed_policy(), 16, true);
+    daq.catalog = faulty.clone();
+    let mut mirror = w.ctx("mirror");
+    mirror.site.purge = allowed_policy();
+    mirror.scope = RunScope::Number(16);
+    mirror.catalog = faulty.clone();
+
+    let t = w_token();
+    let (a, b) = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(tasks::purge::run(&daq, &t), tasks::purge::run(&mirror, &t))
+    })
+    .await
+    .expect("both purges reach the mark");
+    let both = format!("daq: {}\nmirror: {}", joined(&a), joined(&b));
+    assert!(a.failed.is_empty() && b.failed.is_empty(), "{both}");
+    assert_eq!(
+        a.done.len() + b.done.len(),
+        1,
+        "exactly one removed: {both}"
+    );
+    let (winner, loser) = if a.done.len() == 1 {
+        ("daq", &b)
+    } else {
+        ("mirror", &a)
+    };
+    assert!(
+        loser
+            .skipped
+            .iter()
+            .any(|l| l.contains("kept: another site is removing its copy")),
+        "{both}"
+    );
+    let run = w.get(16).await;
+    assert_eq!(run.data.len(), 1, "{run:#?}");
+    let kept = &run.data[0];
+    assert_ne!(kept.host, winner);
+    assert_eq!(kept.status, CopyStatus::Transferred, "{run:#?}");
+    assert!(
+        !run.data.iter().any(|c| c.status == CopyStatus::Removing),
+        "{run:#?}"
+    );
+    assert!(!w.path(&format!("{winner}/raw/Run000016/a.evio")).exists());
+    assert!(w
+        .path(&format!("{}/raw/Run000016/a.evio", kept.host))
+        .exists());
+}
+
+/// Registers run `n` (no files on disk) with verified copies at the DAQ and the mirror, taken
+/// just now: a purge candidate that is too young to purge.
+async fn young_run_at_both(w: &World, n: i64) {
+    let key = RunKey::new("tpc", n);
+    let manifest = Manifest {
+        files: Vec::new(),
+        size: 0,
+        digest: format!("{n:0>64}"),
+    };
+    let new = NewRun {
+        key: key.clone(),
+        name: None,
+        start: None,
+        end: None,
+        manifest: Some(manifest.clone()),
+        want: Vec::new(),
+        who: "test".into(),
+    };
+    w.catalog.register_run(&new).await.unwrap();
+    for site in ["daq", "mirror"] {
+        let at = OriginCopy {
+            copy: CopyRef::new(key.clone(), site, "raw"),
+            location: w
+                .path(&format!("{site}/raw/Run{n:06}"))
+                .display()
+                .to_string(),
+            protocol: "local".into(),
+            manifest: manifest.clone(),
+            who: "test".into(),
+        };
+        assert_eq!(w.catalog.add_origin_copy(&at).await.unwrap(), Cas::Done);
+    }
+}
+
+/// Regression: the purge asked for the first 100 candidates by number and no more, so 100
+/// runs too young to purge hid every newer run from the purge for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_reaches_an_old_run_behind_a_hundred_young_ones() {
+    let w = World::new().await;
+    for n in 1..=100 {
+        young_run_at_both(&w, n).await;
+    }
+    w.registered_and_pushed(101).await;
+    w.edit_run(101, |run| run.end = Some(hours_ago(8 * 24)));
+    // Not asked for: any disk usage is over this mark, as for an agent in its loop.
+    let mut policy = allowed_policy();
+    policy.high_water_mark = 0;
+    let r = tasks::purge::run(&purger(&w, policy, 101, false), &w_token()).await;
+    assert!(r.failed.is_empty(), "{}", joined(&r));
+    assert_eq!(r.done.len(), 1, "{}", joined(&r));
+    assert!(r.done[0].starts_with("run 101 "), "{}", joined(&r));
+    let young = r
+        .skipped
+        .iter()
+        .filter(|l| l.contains("under the retention"))
+        .count();
+    assert_eq!(young, 100, "{}", joined(&r));
+    assert!(w.get(101).await.copy("daq", "raw").is_none());
+    assert!(!w.path("daq/raw/Run000101/a.evio").exists());
+}
+
 // ---------------------------------------------------------------- heartbeat
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -610,7 +738,7 @@ async fn purge_finishes_a_removal_cut_short_but_never_the_last_copy() {
     let daq14 = CopyRef::new(RunKey::new("tpc", 14), "daq", "raw");
     assert_eq!(
         w.catalog
-            .mark_removing(&daq14, CopyStatus::Transferred, "test", "purge")
+            .mark_removing(&daq14, CopyStatus::Transferred, &[], "test", "purge")
             .await
             .unwrap(),
         Cas::Done
@@ -620,7 +748,7 @@ async fn purge_finishes_a_removal_cut_short_but_never_the_last_copy() {
     let daq15 = CopyRef::new(RunKey::new("tpc", 15), "daq", "raw");
     assert_eq!(
         w.catalog
-            .mark_removing(&daq15, CopyStatus::Transferred, "test", "purge")
+            .mark_removing(&daq15, CopyStatus::Transferred, &[], "test", "purge")
             .await
             .unwrap(),
         Cas::Done

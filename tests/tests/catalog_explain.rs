@@ -4,7 +4,8 @@
 //!   table.
 //!
 //! The queries explained are built by the same code the daemon's calls use
-//! (`explain_daemon_queries` on each back end).
+//! (`explain_daemon_queries` on each back end), each work list in both forms: its first page
+//! and a later one (`…_paged`, after a run key).
 
 // Test bodies and helpers.
 #![allow(clippy::unwrap_used)]
@@ -27,7 +28,9 @@ async fn mongo_daemon_queries_use_indexes() {
         seed_run(&cat, n, if n % 2 == 0 { "daq" } else { "lngs" }).await;
     }
     let plans = cat.explain_daemon_queries().await.unwrap();
-    assert_eq!(plans.len(), 7);
+    let names: Vec<&str> = plans.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(plans.len(), 12, "{names:?}");
+    assert_eq!(names.iter().filter(|n| n.ends_with("_paged")).count(), 5);
     for (name, plan) in plans {
         let winning = plan
             .get_document("queryPlanner")
@@ -35,7 +38,7 @@ async fn mongo_daemon_queries_use_indexes() {
             .unwrap_or_else(|e| panic!("{name}: no queryPlanner.winningPlan ({e}): {plan}"));
         let text = winning.to_string();
         eprintln!("{name}: {text}");
-        if name == "runs_needing_copy" {
+        if name.starts_with("runs_needing_copy") {
             assert!(
                 text.contains("\"want\""),
                 "{name}: not served by the want index: {text}"
@@ -59,10 +62,12 @@ async fn embedded_daemon_queries_use_indexes() {
         seed_run(&cat, n, if n % 2 == 0 { "daq" } else { "lngs" }).await;
     }
     let plans = cat.explain_daemon_queries().await.unwrap();
-    assert_eq!(plans.len(), 5);
+    let names: Vec<&str> = plans.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(plans.len(), 10, "{names:?}");
+    assert_eq!(names.iter().filter(|n| n.ends_with("_paged")).count(), 5);
     for (name, plan) in plans {
         eprintln!("{name}:\n{plan}");
-        if name == "runs_needing_copy" {
+        if name.starts_with("runs_needing_copy") {
             assert!(
                 plan.contains("SEARCH w USING PRIMARY KEY (want=?)"),
                 "{name}: not served by the wants table:\n{plan}"

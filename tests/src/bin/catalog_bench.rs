@@ -123,14 +123,16 @@ async fn idle_cycle(cat: &dyn Catalog) -> Result<(Duration, usize)> {
     let t0 = Instant::now();
     let adopted = cat.adopt_foreign_copies(1000).await?;
     let ta = Instant::now();
-    let need = cat.runs_needing_copy("lngs", "raw", &sources, 100).await?;
+    let need = cat
+        .runs_needing_copy("lngs", "raw", &sources, None, 100)
+        .await?;
     let t1 = Instant::now();
     let verifying = cat
-        .copies_in_status("lngs", CopyStatus::Verifying, 100)
+        .copies_in_status("lngs", CopyStatus::Verifying, None, 100)
         .await?;
     let t2 = Instant::now();
     let stalled = cat
-        .stalled_copies(Some("lngs"), DateTime::now(), 100)
+        .stalled_copies(Some("lngs"), DateTime::now(), None, 100)
         .await?;
     // Per query, on stderr, to see which query dominates.
     eprintln!(
