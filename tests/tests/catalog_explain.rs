@@ -67,6 +67,13 @@ async fn embedded_daemon_queries_use_indexes() {
     assert_eq!(names.iter().filter(|n| n.ends_with("_paged")).count(), 5);
     for (name, plan) in plans {
         eprintln!("{name}:\n{plan}");
+        if name.starts_with("purge_candidates") {
+            // The other site's copy by the run's key, not by reading every transferred copy.
+            assert!(
+                plan.contains("SEARCH o USING PRIMARY KEY (run_id=?)"),
+                "{name}: other copies not looked up by run:\n{plan}"
+            );
+        }
         if name.starts_with("runs_needing_copy") {
             assert!(
                 plan.contains("SEARCH w USING PRIMARY KEY (want=?)"),

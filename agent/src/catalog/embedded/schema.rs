@@ -69,12 +69,15 @@ WHERE c.host = ?1 AND c.status = ?2
   AND (?3 = 0 OR (r.number, r.detector) > (?4, ?5))
 ORDER BY r.number, r.detector LIMIT ?6";
 
-/// Runs with a transferred copy here and another transferred copy elsewhere.
+/// Runs with a transferred copy here and another transferred copy elsewhere. The other copy
+/// is looked up by the run's primary key: `+o.status` keeps SQLite from taking the status
+/// index instead, which reads every transferred copy of the catalogue for each candidate
+/// (25 s for a page of 10,000 candidates).
 pub(super) const PURGE_CANDIDATES: &str = "
 SELECT r.doc FROM copies c JOIN runs r ON r.id = c.run_id
 WHERE c.host = ?1 AND c.status = 'transferred'
   AND EXISTS (SELECT 1 FROM copies o
-              WHERE o.run_id = c.run_id AND o.host <> ?1 AND o.status = 'transferred')
+              WHERE o.run_id = c.run_id AND o.host <> ?1 AND +o.status = 'transferred')
   AND (?2 = 0 OR (r.number, r.detector) > (?3, ?4))
 ORDER BY r.number, r.detector LIMIT ?5";
 
