@@ -131,8 +131,11 @@ pub struct Context {
 
 /// Runs asked of the catalogue per page of a work list.
 pub const PAGE: u32 = 100;
-/// Pages of one work list read per cycle at most ([`walk`]).
-pub const MAX_PAGES: usize = 20;
+/// Pages of one work list read per cycle at most ([`walk`]). Each page of a long list costs
+/// about as much as the whole list did before paging (the server gathers and sorts every
+/// match; `docs/benchmarks.md`), so the budget is small: the cursor, not the budget, is
+/// what brings every run round.
+pub const MAX_PAGES: usize = 5;
 
 /// One of the catalogue's paged work lists.
 #[derive(Debug, Clone, Copy)]
