@@ -688,6 +688,53 @@ async fn purge_reaches_an_old_run_behind_a_hundred_young_ones() {
     assert!(!w.path("daq/raw/Run000101/a.evio").exists());
 }
 
+/// A list longer than a cycle's budget (5 pages of 100) is read in turns: the next cycle
+/// goes on after the last run the previous one read, then wraps around to the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_walk_goes_on_next_cycle_where_the_last_stopped() {
+    let w = World::new().await;
+    let budget = i64::try_from(tasks::PAGE as usize * tasks::MAX_PAGES).unwrap();
+    for n in 1..=budget {
+        young_run_at_both(&w, n).await;
+    }
+    let old = u32::try_from(budget + 1).unwrap();
+    w.registered_and_pushed(old).await;
+    w.edit_run(i64::from(old), |run| {
+        run.end = Some(hours_ago(8 * 24));
+    });
+    let mut policy = allowed_policy();
+    policy.high_water_mark = 0;
+    // One agent, its cursors kept from cycle to cycle.
+    let ctx = purger(&w, policy, 0, false);
+    let young = |r: &tasks::TaskReport| {
+        r.skipped
+            .iter()
+            .filter(|l| l.contains("under the retention"))
+            .count()
+    };
+
+    let first = tasks::purge::run(&ctx, &w_token()).await;
+    assert!(first.done.is_empty(), "{}", joined(&first));
+    assert_eq!(young(&first), 500, "the budget: {}", joined(&first));
+
+    let second = tasks::purge::run(&ctx, &w_token()).await;
+    assert_eq!(second.done.len(), 1, "{}", joined(&second));
+    assert!(second.done[0].starts_with(&format!("run {old} ")));
+    // After the old run, the walk wrapped around to the first runs with what was left of
+    // the budget (4 pages).
+    assert_eq!(young(&second), 400, "{}", joined(&second));
+    assert!(second.skipped.iter().any(|l| l.starts_with("run 1 ")));
+    assert!(!second.skipped.iter().any(|l| l.starts_with("run 401 ")));
+
+    // The third cycle goes on at run 401, reaches the end (an empty page: the old run is
+    // gone from the list) and wraps again: 401–500, then 1–300.
+    let third = tasks::purge::run(&ctx, &w_token()).await;
+    assert!(third.skipped.iter().any(|l| l.starts_with("run 401 ")));
+    assert!(third.skipped.iter().any(|l| l.starts_with("run 1 ")));
+    assert!(!third.skipped.iter().any(|l| l.starts_with("run 301 ")));
+    assert_eq!(young(&third), 400, "{}", joined(&third));
+}
+
 // ---------------------------------------------------------------- heartbeat
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
