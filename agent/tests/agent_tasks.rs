@@ -339,6 +339,39 @@ async fn repeated_checksum_mismatches_send_the_source_to_verifying() {
     assert_eq!(copy_at(&w.get(7).await, "daq").status, CopyStatus::Error);
 }
 
+/// Regression: retry asked for the first 100 `error` copies by number and no more, so 100
+/// copies given up at the attempt limit hid every newer failure from the retry for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_reaches_a_new_failure_behind_a_hundred_and_one_given_up_copies() {
+    let w = World::new().await;
+    for n in 1..=101 {
+        run_at(&w, n, &["daq"]).await;
+        failed_copy(&w, n, "[retryable] from daq: mirror: connection lost").await;
+        w.edit_run(n, |run| {
+            let c = run.copy_mut("mirror", "raw").unwrap();
+            c.updated_time = Some(hours_ago(48));
+            c.attempts = retry::MAX_ATTEMPTS;
+        });
+    }
+    // A new run whose copy failed an hour ago: due for its second attempt.
+    w.run_files(102);
+    let daq = w.ctx("daq");
+    let t = w_token();
+    assert!(tasks::register::run(&daq, &t).await.failed.is_empty());
+    failed_copy(&w, 102, "[retryable] from daq: mirror: connection lost").await;
+    w.edit_run(102, |run| {
+        run.copy_mut("mirror", "raw").unwrap().updated_time = Some(hours_ago(1));
+    });
+
+    let r = retry::run(&daq, &t).await;
+    assert_eq!(r.done.len(), 1, "{}", joined(&r));
+    assert!(r.done[0].contains("run 102"), "{}", joined(&r));
+    let gave_up = r.failed.iter().filter(|l| l.contains("gave up")).count();
+    assert_eq!(gave_up, 101, "{}", joined(&r));
+    let run = w.get(102).await;
+    assert_eq!(copy_at(&run, "mirror").status, CopyStatus::Transferred);
+}
+
 // ---------------------------------------------------------------- purge
 
 fn allowed_policy() -> PurgePolicy {
@@ -630,6 +663,11 @@ async fn two_sites_purging_one_run_at_once_remove_one_copy_and_leave_none_removi
 /// Registers run `n` (no files on disk) with verified copies at the DAQ and the mirror, taken
 /// just now: a purge candidate that is too young to purge.
 async fn young_run_at_both(w: &World, n: i64) {
+    run_at(w, n, &["daq", "mirror"]).await;
+}
+
+/// Registers run `n` (no files on disk) with verified copies, taken just now, at `sites`.
+async fn run_at(w: &World, n: i64, sites: &[&str]) {
     let key = RunKey::new("tpc", n);
     let manifest = Manifest {
         files: Vec::new(),
@@ -646,7 +684,7 @@ async fn young_run_at_both(w: &World, n: i64) {
         who: "test".into(),
     };
     w.catalog.register_run(&new).await.unwrap();
-    for site in ["daq", "mirror"] {
+    for site in sites {
         let at = OriginCopy {
             copy: CopyRef::new(key.clone(), site, "raw"),
             location: w
