@@ -18,10 +18,13 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use ferry::catalog::embedded::EmbeddedCatalog;
+use ferry::catalog::faults::Faulty;
 use ferry::catalog::{
-    Cas, Claim, ClaimRequest, CopyRef, CopyStatus, OriginCopy, RunKey, Transition,
+    Cas, Claim, ClaimRequest, CopyRef, CopyStatus, Manifest, NewRun, OriginCopy, RunKey, Transition,
 };
 use ferry::config::PurgePolicy;
 use ferry::daemon::CancellationToken;
@@ -336,6 +339,39 @@ async fn repeated_checksum_mismatches_send_the_source_to_verifying() {
     assert_eq!(copy_at(&w.get(7).await, "daq").status, CopyStatus::Error);
 }
 
+/// Regression: retry asked for the first 100 `error` copies by number and no more, so 100
+/// copies given up at the attempt limit hid every newer failure from the retry for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_reaches_a_new_failure_behind_a_hundred_and_one_given_up_copies() {
+    let w = World::new().await;
+    for n in 1..=101 {
+        run_at(&w, n, &["daq"]).await;
+        failed_copy(&w, n, "[retryable] from daq: mirror: connection lost").await;
+        w.edit_run(n, |run| {
+            let c = run.copy_mut("mirror", "raw").unwrap();
+            c.updated_time = Some(hours_ago(48));
+            c.attempts = retry::MAX_ATTEMPTS;
+        });
+    }
+    // A new run whose copy failed an hour ago: due for its second attempt.
+    w.run_files(102);
+    let daq = w.ctx("daq");
+    let t = w_token();
+    assert!(tasks::register::run(&daq, &t).await.failed.is_empty());
+    failed_copy(&w, 102, "[retryable] from daq: mirror: connection lost").await;
+    w.edit_run(102, |run| {
+        run.copy_mut("mirror", "raw").unwrap().updated_time = Some(hours_ago(1));
+    });
+
+    let r = retry::run(&daq, &t).await;
+    assert_eq!(r.done.len(), 1, "{}", joined(&r));
+    assert!(r.done[0].contains("run 102"), "{}", joined(&r));
+    let gave_up = r.failed.iter().filter(|l| l.contains("gave up")).count();
+    assert_eq!(gave_up, 101, "{}", joined(&r));
+    let run = w.get(102).await;
+    assert_eq!(copy_at(&run, "mirror").status, CopyStatus::Transferred);
+}
+
 // ---------------------------------------------------------------- purge
 
 fn allowed_policy() -> PurgePolicy {
@@ -560,6 +596,183 @@ async fn purge_removes_files_and_entry_with_an_audit_event_when_every_rule_holds
     assert!(!w.path("daq/raw/Run000012").exists());
 }
 
+/// Regression: two sites purging the same run at once both marked their copies
+/// `removing`, each then saw the other's copy `removing`, and both stopped there ("an
+/// operator must check the run"). The protection is now part of the conditional mark: the
+/// second mark finds the first site's copy no longer `transferred` and loses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sites_purging_one_run_at_once_remove_one_copy_and_leave_none_removing() {
+    let w = World::new().await;
+    w.registered_and_pushed(16).await;
+    w.edit_run(16, |run| run.end = Some(hours_ago(8 * 24)));
+    // Both agents' marks wait for each other, so each has read the run and decided to
+    // purge before either writes: the race, every time.
+    let faulty = Arc::new(Faulty::new(
+        EmbeddedCatalog::open(&w.path("catalog.sqlite"))
+            .await
+            .unwrap(),
+    ));
+    faulty.meet("mark removing", 2);
+    let mut daq = purger(&w, allowed_policy(), 16, true);
+    daq.catalog = faulty.clone();
+    let mut mirror = w.ctx("mirror");
+    mirror.site.purge = allowed_policy();
+    mirror.scope = RunScope::Number(16);
+    mirror.catalog = faulty.clone();
+
+    let t = w_token();
+    let (a, b) = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(tasks::purge::run(&daq, &t), tasks::purge::run(&mirror, &t))
+    })
+    .await
+    .expect("both purges reach the mark");
+    let both = format!("daq: {}\nmirror: {}", joined(&a), joined(&b));
+    assert!(a.failed.is_empty() && b.failed.is_empty(), "{both}");
+    assert_eq!(
+        a.done.len() + b.done.len(),
+        1,
+        "exactly one removed: {both}"
+    );
+    let (winner, loser) = if a.done.len() == 1 {
+        ("daq", &b)
+    } else {
+        ("mirror", &a)
+    };
+    assert!(
+        loser
+            .skipped
+            .iter()
+            .any(|l| l.contains("kept: another site is removing its copy")),
+        "{both}"
+    );
+    let run = w.get(16).await;
+    assert_eq!(run.data.len(), 1, "{run:#?}");
+    let kept = &run.data[0];
+    assert_ne!(kept.host, winner);
+    assert_eq!(kept.status, CopyStatus::Transferred, "{run:#?}");
+    assert!(
+        !run.data.iter().any(|c| c.status == CopyStatus::Removing),
+        "{run:#?}"
+    );
+    assert!(!w.path(&format!("{winner}/raw/Run000016/a.evio")).exists());
+    assert!(w
+        .path(&format!("{}/raw/Run000016/a.evio", kept.host))
+        .exists());
+}
+
+/// Registers run `n` (no files on disk) with verified copies at the DAQ and the mirror, taken
+/// just now: a purge candidate that is too young to purge.
+async fn young_run_at_both(w: &World, n: i64) {
+    run_at(w, n, &["daq", "mirror"]).await;
+}
+
+/// Registers run `n` (no files on disk) with verified copies, taken just now, at `sites`.
+async fn run_at(w: &World, n: i64, sites: &[&str]) {
+    let key = RunKey::new("tpc", n);
+    let manifest = Manifest {
+        files: Vec::new(),
+        size: 0,
+        digest: format!("{n:0>64}"),
+    };
+    let new = NewRun {
+        key: key.clone(),
+        name: None,
+        start: None,
+        end: None,
+        manifest: Some(manifest.clone()),
+        want: Vec::new(),
+        who: "test".into(),
+    };
+    w.catalog.register_run(&new).await.unwrap();
+    for site in sites {
+        let at = OriginCopy {
+            copy: CopyRef::new(key.clone(), site, "raw"),
+            location: w
+                .path(&format!("{site}/raw/Run{n:06}"))
+                .display()
+                .to_string(),
+            protocol: "local".into(),
+            manifest: manifest.clone(),
+            who: "test".into(),
+        };
+        assert_eq!(w.catalog.add_origin_copy(&at).await.unwrap(), Cas::Done);
+    }
+}
+
+/// Regression: the purge asked for the first 100 candidates by number and no more, so 100
+/// runs too young to purge hid every newer run from the purge for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_reaches_an_old_run_behind_a_hundred_young_ones() {
+    let w = World::new().await;
+    for n in 1..=100 {
+        young_run_at_both(&w, n).await;
+    }
+    w.registered_and_pushed(101).await;
+    w.edit_run(101, |run| run.end = Some(hours_ago(8 * 24)));
+    // Not asked for: any disk usage is over this mark, as for an agent in its loop.
+    let mut policy = allowed_policy();
+    policy.high_water_mark = 0;
+    let r = tasks::purge::run(&purger(&w, policy, 101, false), &w_token()).await;
+    assert!(r.failed.is_empty(), "{}", joined(&r));
+    assert_eq!(r.done.len(), 1, "{}", joined(&r));
+    assert!(r.done[0].starts_with("run 101 "), "{}", joined(&r));
+    let young = r
+        .skipped
+        .iter()
+        .filter(|l| l.contains("under the retention"))
+        .count();
+    assert_eq!(young, 100, "{}", joined(&r));
+    assert!(w.get(101).await.copy("daq", "raw").is_none());
+    assert!(!w.path("daq/raw/Run000101/a.evio").exists());
+}
+
+/// A list longer than a cycle's budget (5 pages of 100) is read in turns: the next cycle
+/// goes on after the last run the previous one read, then wraps around to the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_walk_goes_on_next_cycle_where_the_last_stopped() {
+    let w = World::new().await;
+    let budget = i64::try_from(tasks::PAGE as usize * tasks::MAX_PAGES).unwrap();
+    for n in 1..=budget {
+        young_run_at_both(&w, n).await;
+    }
+    let old = u32::try_from(budget + 1).unwrap();
+    w.registered_and_pushed(old).await;
+    w.edit_run(i64::from(old), |run| {
+        run.end = Some(hours_ago(8 * 24));
+    });
+    let mut policy = allowed_policy();
+    policy.high_water_mark = 0;
+    // One agent, its cursors kept from cycle to cycle.
+    let ctx = purger(&w, policy, 0, false);
+    let young = |r: &tasks::TaskReport| {
+        r.skipped
+            .iter()
+            .filter(|l| l.contains("under the retention"))
+            .count()
+    };
+
+    let first = tasks::purge::run(&ctx, &w_token()).await;
+    assert!(first.done.is_empty(), "{}", joined(&first));
+    assert_eq!(young(&first), 500, "the budget: {}", joined(&first));
+
+    let second = tasks::purge::run(&ctx, &w_token()).await;
+    assert_eq!(second.done.len(), 1, "{}", joined(&second));
+    assert!(second.done[0].starts_with(&format!("run {old} ")));
+    // After the old run, the walk wrapped around to the first runs with what was left of
+    // the budget (4 pages).
+    assert_eq!(young(&second), 400, "{}", joined(&second));
+    assert!(second.skipped.iter().any(|l| l.starts_with("run 1 ")));
+    assert!(!second.skipped.iter().any(|l| l.starts_with("run 401 ")));
+
+    // The third cycle goes on at run 401, reaches the end (an empty page: the old run is
+    // gone from the list) and wraps again: 401–500, then 1–300.
+    let third = tasks::purge::run(&ctx, &w_token()).await;
+    assert!(third.skipped.iter().any(|l| l.starts_with("run 401 ")));
+    assert!(third.skipped.iter().any(|l| l.starts_with("run 1 ")));
+    assert!(!third.skipped.iter().any(|l| l.starts_with("run 301 ")));
+    assert_eq!(young(&third), 400, "{}", joined(&third));
+}
+
 // ---------------------------------------------------------------- heartbeat
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -610,7 +823,7 @@ async fn purge_finishes_a_removal_cut_short_but_never_the_last_copy() {
     let daq14 = CopyRef::new(RunKey::new("tpc", 14), "daq", "raw");
     assert_eq!(
         w.catalog
-            .mark_removing(&daq14, CopyStatus::Transferred, "test", "purge")
+            .mark_removing(&daq14, CopyStatus::Transferred, &[], "test", "purge")
             .await
             .unwrap(),
         Cas::Done
@@ -620,7 +833,7 @@ async fn purge_finishes_a_removal_cut_short_but_never_the_last_copy() {
     let daq15 = CopyRef::new(RunKey::new("tpc", 15), "daq", "raw");
     assert_eq!(
         w.catalog
-            .mark_removing(&daq15, CopyStatus::Transferred, "test", "purge")
+            .mark_removing(&daq15, CopyStatus::Transferred, &[], "test", "purge")
             .await
             .unwrap(),
         Cas::Done

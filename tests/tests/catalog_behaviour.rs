@@ -14,8 +14,8 @@ use std::time::Duration;
 use bson::{doc, Bson, DateTime};
 use catalog_common::{claim, key, manifest, new_run, origin, seed_run, Backend, Fixture};
 use ferry::catalog::{
-    Cas, CatalogError, Claim, CopyRef, CopyStatus, Heartbeat, NewRun, Registered, RunFilter,
-    RunSelector, Transition,
+    page_after, Cas, Catalog, CatalogError, Claim, CopyRef, CopyStatus, Heartbeat, NewRun,
+    OriginCopy, Protector, Registered, RunDoc, RunFilter, RunKey, RunSelector, Transition,
 };
 
 const LEASE: Duration = Duration::from_secs(300);
@@ -489,21 +489,27 @@ async fn removal_goes_through_removing_with_audit(f: &Fixture) {
         Cas::Lost
     );
     assert_eq!(
-        c.mark_removing(&daq, CopyStatus::Error, "ops", "x")
+        c.mark_removing(&daq, CopyStatus::Error, &[], "ops", "x")
             .await
             .unwrap(),
         Cas::Lost,
         "not in error"
     );
     let err = c
-        .mark_removing(&daq, CopyStatus::Verifying, "ops", "x")
+        .mark_removing(&daq, CopyStatus::Verifying, &[], "ops", "x")
         .await
         .unwrap_err();
     assert!(matches!(err, CatalogError::IllegalTransition { .. }));
     assert_eq!(
-        c.mark_removing(&daq, CopyStatus::Transferred, "purge@daq", "disk over 90%")
-            .await
-            .unwrap(),
+        c.mark_removing(
+            &daq,
+            CopyStatus::Transferred,
+            &[],
+            "purge@daq",
+            "disk over 90%"
+        )
+        .await
+        .unwrap(),
         Cas::Done
     );
     assert_eq!(
@@ -562,47 +568,61 @@ async fn work_queries_find_the_right_runs(f: &Fixture) {
     tokio::time::sleep(Duration::from_millis(30)).await;
 
     let daq = vec!["daq".to_string()];
-    let need = c.runs_needing_copy("lngs", "raw", &daq, 100).await.unwrap();
+    let need = c
+        .runs_needing_copy("lngs", "raw", &daq, None, 100)
+        .await
+        .unwrap();
     assert_eq!(numbers(&need), vec![1]);
     let both = vec!["daq".to_string(), "nikhef".to_string()];
     let need = c
-        .runs_needing_copy("lngs", "raw", &both, 100)
+        .runs_needing_copy("lngs", "raw", &both, None, 100)
         .await
         .unwrap();
     assert_eq!(numbers(&need), vec![1, 5]);
-    let need = c.runs_needing_copy("lngs", "raw", &both, 1).await.unwrap();
+    let need = c
+        .runs_needing_copy("lngs", "raw", &both, None, 1)
+        .await
+        .unwrap();
     assert_eq!(numbers(&need), vec![1], "limit");
     let need = c
-        .runs_needing_copy("lngs", "processed", &both, 100)
+        .runs_needing_copy("lngs", "processed", &both, None, 100)
         .await
         .unwrap();
     assert!(need.is_empty(), "no processed data anywhere");
     assert!(c
-        .runs_needing_copy("lngs", "raw", &[], 100)
+        .runs_needing_copy("lngs", "raw", &[], None, 100)
         .await
         .unwrap()
         .is_empty());
 
     let verifying = c
-        .copies_in_status("lngs", CopyStatus::Verifying, 100)
+        .copies_in_status("lngs", CopyStatus::Verifying, None, 100)
         .await
         .unwrap();
     assert_eq!(numbers(&verifying), vec![3]);
-    let purge = c.purge_candidates("daq", 100).await.unwrap();
+    let purge = c.purge_candidates("daq", None, 100).await.unwrap();
     assert_eq!(numbers(&purge), vec![4]);
-    assert!(c.purge_candidates("nikhef", 100).await.unwrap().is_empty());
+    assert!(c
+        .purge_candidates("nikhef", None, 100)
+        .await
+        .unwrap()
+        .is_empty());
 
     let now = DateTime::now();
     assert_eq!(
-        numbers(&c.stalled_copies(None, now, 100).await.unwrap()),
+        numbers(&c.stalled_copies(None, now, None, 100).await.unwrap()),
         vec![2]
     );
     assert_eq!(
-        numbers(&c.stalled_copies(Some("lngs"), now, 100).await.unwrap()),
+        numbers(
+            &c.stalled_copies(Some("lngs"), now, None, 100)
+                .await
+                .unwrap()
+        ),
         vec![2]
     );
     assert!(c
-        .stalled_copies(Some("daq"), now, 100)
+        .stalled_copies(Some("daq"), now, None, 100)
         .await
         .unwrap()
         .is_empty());
@@ -765,7 +785,7 @@ async fn foreign_documents_are_read_and_preserved(f: &Fixture) {
     // Written without `want`: not offered for copying until a copy is requested.
     let sources = vec!["eb0".to_string()];
     assert!(c
-        .runs_needing_copy("lngs", "raw", &sources, 10)
+        .runs_needing_copy("lngs", "raw", &sources, None, 10)
         .await
         .unwrap()
         .is_empty());
@@ -775,7 +795,7 @@ async fn foreign_documents_are_read_and_preserved(f: &Fixture) {
     );
     assert_eq!(
         numbers(
-            &c.runs_needing_copy("lngs", "raw", &sources, 10)
+            &c.runs_needing_copy("lngs", "raw", &sources, None, 10)
                 .await
                 .unwrap()
         ),
@@ -858,12 +878,12 @@ async fn foreign_copies_reach_work_lists_after_adoption(f: &Fixture) {
         "adopted twice"
     );
     let verifying = c
-        .copies_in_status("lngs", CopyStatus::Verifying, 10)
+        .copies_in_status("lngs", CopyStatus::Verifying, None, 10)
         .await
         .unwrap();
     assert_eq!(numbers(&verifying), vec![21, 22]);
     let stalled = c
-        .stalled_copies(Some("lngs"), DateTime::now(), 10)
+        .stalled_copies(Some("lngs"), DateTime::now(), None, 10)
         .await
         .unwrap();
     assert_eq!(numbers(&stalled), vec![21]);
@@ -886,7 +906,7 @@ async fn foreign_copies_reach_work_lists_after_adoption(f: &Fixture) {
     );
     assert_eq!(
         numbers(
-            &c.copies_in_status("lngs", CopyStatus::Verifying, 10)
+            &c.copies_in_status("lngs", CopyStatus::Verifying, None, 10)
                 .await
                 .unwrap()
         ),
@@ -894,7 +914,7 @@ async fn foreign_copies_reach_work_lists_after_adoption(f: &Fixture) {
     );
     assert_eq!(
         numbers(
-            &c.copies_in_status("lngs", CopyStatus::Error, 10)
+            &c.copies_in_status("lngs", CopyStatus::Error, None, 10)
                 .await
                 .unwrap()
         ),
@@ -922,7 +942,10 @@ async fn want_set_at_registration_and_removed_by_claim(f: &Fixture) {
     assert_eq!(wants(&run), ["lngs/raw", "nikhef/raw"], "daq has a copy");
 
     let daq = vec!["daq".to_string()];
-    let need = c.runs_needing_copy("lngs", "raw", &daq, 10).await.unwrap();
+    let need = c
+        .runs_needing_copy("lngs", "raw", &daq, None, 10)
+        .await
+        .unwrap();
     assert_eq!(numbers(&need), vec![1]);
     assert!(matches!(
         c.claim_copy(&claim(1, "lngs", "a", LEASE)).await.unwrap(),
@@ -931,12 +954,12 @@ async fn want_set_at_registration_and_removed_by_claim(f: &Fixture) {
     let run = c.get_run(&key(1)).await.unwrap().unwrap();
     assert_eq!(wants(&run), ["nikhef/raw"]);
     assert!(c
-        .runs_needing_copy("lngs", "raw", &daq, 10)
+        .runs_needing_copy("lngs", "raw", &daq, None, 10)
         .await
         .unwrap()
         .is_empty());
     let need = c
-        .runs_needing_copy("nikhef", "raw", &daq, 10)
+        .runs_needing_copy("nikhef", "raw", &daq, None, 10)
         .await
         .unwrap();
     assert_eq!(numbers(&need), vec![1]);
@@ -1018,7 +1041,7 @@ async fn request_copy_only_when_no_copy_exists(f: &Fixture) {
     t.error = Some("disk full".into());
     assert_eq!(c.transition(&copy(1, "lngs"), &t).await.unwrap(), Cas::Done);
     assert_eq!(
-        c.mark_removing(&copy(1, "lngs"), CopyStatus::Error, "a", "give up")
+        c.mark_removing(&copy(1, "lngs"), CopyStatus::Error, &[], "a", "give up")
             .await
             .unwrap(),
         Cas::Done
@@ -1037,6 +1060,278 @@ async fn request_copy_only_when_no_copy_exists(f: &Fixture) {
     );
     let run = c.get_run(&key(1)).await.unwrap().unwrap();
     assert_eq!(wants(&run), ["nikhef/raw", "lngs/raw"]);
+}
+
+/// Gives run `n` a verified (`transferred`, digest-equal) copy at `site`, through a claim;
+/// returns its verification time.
+async fn verified_copy_at(c: &dyn Catalog, n: i64, site: &str) -> DateTime {
+    let owner = format!("copier@{site}");
+    let _ = c.claim_copy(&claim(n, site, &owner, LEASE)).await.unwrap();
+    let to_verify = Transition::new(
+        CopyStatus::Transferring,
+        CopyStatus::Verifying,
+        Some(&owner),
+        &owner,
+    );
+    assert_eq!(
+        c.transition(&copy(n, site), &to_verify).await.unwrap(),
+        Cas::Done
+    );
+    let mut done = Transition::new(
+        CopyStatus::Verifying,
+        CopyStatus::Transferred,
+        Some(&owner),
+        &owner,
+    );
+    done.checksum = Some(manifest(&n.to_string()).digest);
+    assert_eq!(
+        c.transition(&copy(n, site), &done).await.unwrap(),
+        Cas::Done
+    );
+    let run = c.get_run(&key(n)).await.unwrap().unwrap();
+    run.copy(site, "raw").unwrap().verified_time.unwrap()
+}
+
+/// The copy of run `n` at `site` as a protector, as counted at `verified`.
+fn protector(n: i64, site: &str, verified: Option<DateTime>) -> Protector {
+    Protector {
+        host: site.into(),
+        data_type: "raw".into(),
+        checksum: manifest(&n.to_string()).digest,
+        verified_after: verified,
+    }
+}
+
+fn status_at(run: &RunDoc, site: &str) -> CopyStatus {
+    run.copy(site, "raw").unwrap().status
+}
+
+/// Two sites, each protected by the other's copy (`min_copies: 1`), mark at once: exactly
+/// one wins. On MongoDB the filter is an `$and` of one `$elemMatch` per protector next to
+/// the one selecting the copy, and the copy is written through an array filter (`$[c]`);
+/// the MongoDB-wire server of the tests answers both as MongoDB ≥ 5.0 does (no difference
+/// found: the lost cases below are lost there too).
+async fn concurrent_purges_of_one_run_mark_exactly_one_removing(f: &Fixture) {
+    let c = &*f.catalog;
+    for n in 1..=5 {
+        seed_run(c, n, "daq").await;
+    }
+    for n in 1..=5 {
+        let daq_verified = c.get_run(&key(n)).await.unwrap().unwrap();
+        let daq_verified = daq_verified.copy("daq", "raw").unwrap().verified_time;
+        let lngs_verified = verified_copy_at(c, n, "lngs").await;
+        // Each site protected by the other's copy (min_copies 1), both at once.
+        let daq = copy(n, "daq");
+        let lngs = copy(n, "lngs");
+        let by_lngs = [protector(n, "lngs", Some(lngs_verified))];
+        let by_daq = [protector(n, "daq", daq_verified)];
+        let (a, b) = tokio::join!(
+            c.mark_removing(&daq, CopyStatus::Transferred, &by_lngs, "purge@daq", "x"),
+            c.mark_removing(&lngs, CopyStatus::Transferred, &by_daq, "purge@lngs", "x"),
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!(
+            matches!((a, b), (Cas::Done, Cas::Lost) | (Cas::Lost, Cas::Done)),
+            "run {n}: exactly one mark wins: {a:?} {b:?}"
+        );
+        let run = c.get_run(&key(n)).await.unwrap().unwrap();
+        let (won, lost) = if a == Cas::Done {
+            ("daq", "lngs")
+        } else {
+            ("lngs", "daq")
+        };
+        assert_eq!(status_at(&run, won), CopyStatus::Removing, "run {n}");
+        assert_eq!(status_at(&run, lost), CopyStatus::Transferred, "run {n}");
+        assert!(run.copy(won, "raw").unwrap().lease.is_none());
+        let last = run.events.last().unwrap();
+        assert_eq!(
+            (last.action.as_str(), last.host.as_deref()),
+            ("removing", Some(won))
+        );
+    }
+}
+
+async fn mark_removing_loses_when_a_protector_is_gone_or_stale(f: &Fixture) {
+    let c = &*f.catalog;
+    seed_run(c, 1, "daq").await;
+    let verified = verified_copy_at(c, 1, "lngs").await;
+    let daq = copy(1, "daq");
+    let later = DateTime::from_millis(verified.timestamp_millis() + 1);
+    let mut wrong_sum = protector(1, "lngs", Some(verified));
+    wrong_sum.checksum = "0".repeat(64);
+    let mut other_type = protector(1, "lngs", None);
+    other_type.data_type = "processed".into();
+    let lost: Vec<(&str, Vec<Protector>)> = vec![
+        ("no copy at that site", vec![protector(1, "nikhef", None)]),
+        ("another checksum", vec![wrong_sum]),
+        (
+            "verified before the time counted",
+            vec![protector(1, "lngs", Some(later))],
+        ),
+        ("another data type", vec![other_type]),
+        (
+            "one of two gone",
+            vec![
+                protector(1, "lngs", Some(verified)),
+                protector(1, "nikhef", None),
+            ],
+        ),
+    ];
+    for (why, by) in lost {
+        assert_eq!(
+            c.mark_removing(&daq, CopyStatus::Transferred, &by, "purge@daq", "x")
+                .await
+                .unwrap(),
+            Cas::Lost,
+            "{why}"
+        );
+        let run = c.get_run(&key(1)).await.unwrap().unwrap();
+        assert_eq!(status_at(&run, "daq"), CopyStatus::Transferred, "{why}");
+    }
+    // The protector no longer transferred (re-verification under way).
+    let t = Transition::new(
+        CopyStatus::Transferred,
+        CopyStatus::Verifying,
+        Some("audit"),
+        "audit",
+    );
+    assert_eq!(c.transition(&copy(1, "lngs"), &t).await.unwrap(), Cas::Done);
+    let by = [protector(1, "lngs", Some(verified))];
+    assert_eq!(
+        c.mark_removing(&daq, CopyStatus::Transferred, &by, "purge@daq", "x")
+            .await
+            .unwrap(),
+        Cas::Lost,
+        "protector verifying"
+    );
+    let mut back = Transition::new(
+        CopyStatus::Verifying,
+        CopyStatus::Transferred,
+        Some("audit"),
+        "audit",
+    );
+    back.checksum = Some(manifest("1").digest);
+    assert_eq!(
+        c.transition(&copy(1, "lngs"), &back).await.unwrap(),
+        Cas::Done
+    );
+    // Re-verified since it was counted: still protects (verified at or after).
+    assert_eq!(
+        c.mark_removing(&daq, CopyStatus::Transferred, &by, "purge@daq", "x")
+            .await
+            .unwrap(),
+        Cas::Done
+    );
+    let run = c.get_run(&key(1)).await.unwrap().unwrap();
+    assert_eq!(status_at(&run, "daq"), CopyStatus::Removing);
+    assert_eq!(status_at(&run, "lngs"), CopyStatus::Transferred);
+}
+
+/// Every page of a work query, `size` runs at a time; the keys in the order read.
+async fn all_pages<F, Fut>(size: u32, mut page: F) -> Vec<RunKey>
+where
+    F: FnMut(Option<RunKey>) -> Fut,
+    Fut: std::future::Future<Output = Vec<RunDoc>>,
+{
+    let mut seen = Vec::new();
+    let mut after = None;
+    for _ in 0..1000 {
+        let got = page(after.clone()).await;
+        assert!(got.len() <= size as usize);
+        seen.extend(got.iter().map(RunDoc::key));
+        match page_after(&got, size) {
+            Some(k) => after = Some(k),
+            None => return seen,
+        }
+    }
+    panic!("paging does not end");
+}
+
+async fn work_queries_page_through_every_run_once(f: &Fixture) {
+    let c = &*f.catalog;
+    // 250 runs at daq that want a copy at lngs, and one of another detector sharing
+    // number 100 (so a page boundary falls between two runs of one number).
+    for n in 1..=250 {
+        seed_run(c, n, "daq").await;
+    }
+    let mut mv = new_run(100);
+    mv.key = RunKey::new("muveto", 100);
+    mv.name = Some("mv100".into());
+    c.register_run(&mv).await.unwrap();
+    let mv_origin = OriginCopy {
+        copy: CopyRef::new(mv.key.clone(), "daq", "raw"),
+        ..origin(100, "daq")
+    };
+    assert_eq!(c.add_origin_copy(&mv_origin).await.unwrap(), Cas::Done);
+    // Every 25th also verified at lngs (purge candidates at daq); every 50th + 1 stalled
+    // at lngs.
+    for n in (25..=250).step_by(25) {
+        verified_copy_at(c, n, "lngs").await;
+    }
+    for n in (1..=250).step_by(50) {
+        let _ = c
+            .claim_copy(&claim(n, "lngs", "dead", Duration::from_millis(1)))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let mut all: Vec<RunKey> = (1..=250).map(key).collect();
+    all.insert(99, mv.key.clone());
+    let sorted = |mut v: Vec<RunKey>| {
+        v.sort_by(|a, b| (a.number, &a.detector).cmp(&(b.number, &b.detector)));
+        v
+    };
+    assert_eq!(all, sorted(all.clone()));
+
+    let got = all_pages(100, |after| async move {
+        c.copies_in_status("daq", CopyStatus::Transferred, after.as_ref(), 100)
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(got.len(), 251);
+    assert_eq!(got, all, "copies in status: every run once, in order");
+
+    let daq = vec!["daq".to_string()];
+    let daq = &daq;
+    let want: Vec<RunKey> = all
+        .iter()
+        .filter(|k| k.detector == "muveto" || (k.number % 25 != 0 && k.number % 50 != 1))
+        .cloned()
+        .collect();
+    let got = all_pages(100, |after| async move {
+        c.runs_needing_copy("lngs", "raw", daq, after.as_ref(), 100)
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(got, want, "runs needing copy");
+
+    let candidates: Vec<RunKey> = (25..=250).step_by(25).map(key).collect();
+    let got = all_pages(3, |after| async move {
+        c.purge_candidates("daq", after.as_ref(), 3).await.unwrap()
+    })
+    .await;
+    assert_eq!(got, candidates, "purge candidates");
+
+    let stalled: Vec<RunKey> = (1..=250).step_by(50).map(key).collect();
+    let now = DateTime::now();
+    for host in [None, Some("lngs")] {
+        let got = all_pages(2, |after| async move {
+            c.stalled_copies(host, now, after.as_ref(), 2)
+                .await
+                .unwrap()
+        })
+        .await;
+        assert_eq!(got, stalled, "stalled copies at {host:?}");
+    }
+    // A page after the last run is empty.
+    let last = all.last().cloned();
+    assert!(c
+        .copies_in_status("daq", CopyStatus::Transferred, last.as_ref(), 100)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 macro_rules! suite {
@@ -1084,4 +1379,7 @@ suite!(
     lost_claim_leaves_want,
     request_copy_only_when_no_copy_exists,
     foreign_copies_reach_work_lists_after_adoption,
+    concurrent_purges_of_one_run_mark_exactly_one_removing,
+    mark_removing_loses_when_a_protector_is_gone_or_stale,
+    work_queries_page_through_every_run_once,
 );

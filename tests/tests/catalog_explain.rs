@@ -4,7 +4,8 @@
 //!   table.
 //!
 //! The queries explained are built by the same code the daemon's calls use
-//! (`explain_daemon_queries` on each back end).
+//! (`explain_daemon_queries` on each back end), each work list in both forms: its first page
+//! and a later one (`…_paged`, after a run key).
 
 // Test bodies and helpers.
 #![allow(clippy::unwrap_used)]
@@ -27,7 +28,10 @@ async fn mongo_daemon_queries_use_indexes() {
         seed_run(&cat, n, if n % 2 == 0 { "daq" } else { "lngs" }).await;
     }
     let plans = cat.explain_daemon_queries().await.unwrap();
-    assert_eq!(plans.len(), 7);
+    let names: Vec<&str> = plans.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(plans.len(), 12, "{names:?}");
+    assert_eq!(names.iter().filter(|n| n.ends_with("_paged")).count(), 5);
+    let mut indexes: Vec<(String, Vec<String>)> = Vec::new();
     for (name, plan) in plans {
         let winning = plan
             .get_document("queryPlanner")
@@ -35,7 +39,7 @@ async fn mongo_daemon_queries_use_indexes() {
             .unwrap_or_else(|e| panic!("{name}: no queryPlanner.winningPlan ({e}): {plan}"));
         let text = winning.to_string();
         eprintln!("{name}: {text}");
-        if name == "runs_needing_copy" {
+        if name.starts_with("runs_needing_copy") {
             assert!(
                 text.contains("\"want\""),
                 "{name}: not served by the want index: {text}"
@@ -46,7 +50,28 @@ async fn mongo_daemon_queries_use_indexes() {
             !text.contains("COLLSCAN"),
             "{name}: collection scan: {text}"
         );
+        indexes.push((name, index_names(&text)));
     }
+    // The page condition (`number`, `detector`) must not move a query off its index.
+    for (name, used) in indexes.iter().filter(|(n, _)| n.ends_with("_paged")) {
+        let base = name.trim_end_matches("_paged");
+        let first = &indexes.iter().find(|(n, _)| n == base).unwrap().1;
+        assert_eq!(used, first, "{name} is served by other indexes than {base}");
+    }
+}
+
+/// The `indexName`s in a winning plan's text, sorted.
+fn index_names(plan: &str) -> Vec<String> {
+    let mut out: Vec<String> = plan
+        .split("\"indexName\": \"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .map(str::to_string)
+        .collect();
+    out.sort();
+    out.dedup();
+    assert!(!out.is_empty(), "no indexName in {plan}");
+    out
 }
 
 #[tokio::test]
@@ -59,10 +84,19 @@ async fn embedded_daemon_queries_use_indexes() {
         seed_run(&cat, n, if n % 2 == 0 { "daq" } else { "lngs" }).await;
     }
     let plans = cat.explain_daemon_queries().await.unwrap();
-    assert_eq!(plans.len(), 5);
-    for (name, plan) in plans {
+    let names: Vec<&str> = plans.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(plans.len(), 10, "{names:?}");
+    assert_eq!(names.iter().filter(|n| n.ends_with("_paged")).count(), 5);
+    for (name, plan) in &plans {
         eprintln!("{name}:\n{plan}");
-        if name == "runs_needing_copy" {
+        if name.starts_with("purge_candidates") {
+            // The other site's copy by the run's key, not by reading every transferred copy.
+            assert!(
+                plan.contains("SEARCH o USING PRIMARY KEY (run_id=?)"),
+                "{name}: other copies not looked up by run:\n{plan}"
+            );
+        }
+        if name.starts_with("runs_needing_copy") {
             assert!(
                 plan.contains("SEARCH w USING PRIMARY KEY (want=?)"),
                 "{name}: not served by the wants table:\n{plan}"
@@ -80,6 +114,21 @@ async fn embedded_daemon_queries_use_indexes() {
                 "{name}: table scan `{line}`:\n{plan}"
             );
         }
+    }
+    // The page condition must not change how a query is served.
+    let searches = |plan: &str| -> Vec<String> {
+        let mut s: Vec<String> = plan
+            .lines()
+            .filter(|l| l.contains("USING"))
+            .map(|l| l.trim().to_string())
+            .collect();
+        s.sort();
+        s
+    };
+    for (name, plan) in plans.iter().filter(|(n, _)| n.ends_with("_paged")) {
+        let base = name.trim_end_matches("_paged");
+        let first = &plans.iter().find(|(n, _)| n == base).unwrap().1;
+        assert_eq!(searches(plan), searches(first), "{name} vs {base}");
     }
 }
 

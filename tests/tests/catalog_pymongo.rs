@@ -52,9 +52,15 @@ async fn documented_pymongo_queries_answer_correctly() {
     let daq = CopyRef::new(key(4713), "daq", "raw");
     let c = &*f.catalog;
     assert_eq!(
-        c.mark_removing(&daq, CopyStatus::Transferred, "purge@daq", "disk over 90%")
-            .await
-            .unwrap(),
+        c.mark_removing(
+            &daq,
+            CopyStatus::Transferred,
+            &[],
+            "purge@daq",
+            "disk over 90%"
+        )
+        .await
+        .unwrap(),
         Cas::Done
     );
     assert_eq!(

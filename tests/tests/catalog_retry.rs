@@ -71,7 +71,7 @@ async fn transient_outage_is_retried_until_the_server_is_back() {
 async fn lost_replies_are_settled_by_reading_the_copy_back<C: Catalog>(backend: C) {
     use catalog_common::{claim, seed_run};
     use ferry::catalog::faults::{Fault, Faulty};
-    use ferry::catalog::{Cas, Claim, CopyRef, CopyStatus, Transition};
+    use ferry::catalog::{Cas, Claim, CopyRef, CopyStatus, Protector, Transition};
 
     let faulty = Faulty::new(backend);
     let quick = Backoff {
@@ -127,9 +127,17 @@ async fn lost_replies_are_settled_by_reading_the_copy_back<C: Catalog>(backend: 
     assert_eq!(cat.transition(&lngs, &done).await.unwrap(), Cas::Done);
     let run = cat.get_run(&key(1)).await.unwrap().unwrap();
     assert_eq!(run.copy("lngs", "raw").unwrap().tape, done.tape);
+    // Protected by the origin's copy, as the purge task marks it.
+    let origin = run.copy("daq", "raw").unwrap();
+    let by_daq = [Protector {
+        host: "daq".into(),
+        data_type: "raw".into(),
+        checksum: origin.checksum.clone().unwrap(),
+        verified_after: origin.verified_time,
+    }];
     cat.inner().inject("mark removing", Fault::LoseReply);
     assert_eq!(
-        cat.mark_removing(&lngs, CopyStatus::Transferred, "a", "test")
+        cat.mark_removing(&lngs, CopyStatus::Transferred, &by_daq, "a", "test")
             .await
             .unwrap(),
         Cas::Done

@@ -145,7 +145,7 @@ impl Setup {
         let copy = CopyRef::new(RunKey::new(&detector, 7), "daq", "raw");
         self.catalog(async |c| {
             let done = c
-                .mark_removing(&copy, from, "test", "make room")
+                .mark_removing(&copy, from, &[], "test", "make room")
                 .await
                 .unwrap();
             assert_eq!(done, ferry::catalog::Cas::Done);

@@ -8,10 +8,14 @@
 //! - [`Fault::LoseReply`]: the call is applied, then fails with a retryable error (the
 //!   connection dropped before the reply came back). A retry then finds the state already
 //!   changed — the case a careless caller reads as a lost race.
+//!
+//! And one way to line up a race: [`Faulty::meet`] holds the next calls of an operation
+//! until all of them have arrived, then lets them go at once (two agents that both read
+//! the run before either writes).
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -19,7 +23,7 @@ use bson::DateTime;
 
 use super::{
     Cas, Catalog, CatalogError, Claim, ClaimRequest, CopyRef, CopyStatus, Heartbeat, NewRun,
-    OriginCopy, Registered, RunDoc, RunFilter, RunKey, RunSelector, Transition,
+    OriginCopy, Protector, Registered, RunDoc, RunFilter, RunKey, RunSelector, Transition,
 };
 
 /// One injected failure.
@@ -36,6 +40,8 @@ pub enum Fault {
 pub struct Faulty<C> {
     inner: C,
     plan: Mutex<HashMap<&'static str, VecDeque<Fault>>>,
+    /// Per operation: the barrier its next calls wait at, and how many calls still join it.
+    meetings: Mutex<HashMap<&'static str, (Arc<tokio::sync::Barrier>, usize)>>,
 }
 
 impl<C: Catalog> Faulty<C> {
@@ -44,7 +50,29 @@ impl<C: Catalog> Faulty<C> {
         Faulty {
             inner,
             plan: Mutex::new(HashMap::new()),
+            meetings: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Makes the next `parties` calls of `op` wait for each other: none goes on to the
+    /// catalogue before all `parties` have been made.
+    pub fn meet(&self, op: &'static str, parties: usize) {
+        self.meetings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(op, (Arc::new(tokio::sync::Barrier::new(parties)), parties));
+    }
+
+    /// The barrier this call of `op` must wait at, if a meeting is planned.
+    fn meeting(&self, op: &'static str) -> Option<Arc<tokio::sync::Barrier>> {
+        let mut m = self.meetings.lock().unwrap_or_else(PoisonError::into_inner);
+        let (barrier, left) = m.get_mut(op)?;
+        let b = Arc::clone(barrier);
+        *left = left.saturating_sub(1);
+        if *left == 0 {
+            m.remove(op);
+        }
+        Some(b)
     }
 
     /// Makes the next not yet faulted call of `op` fail with `fault`.
@@ -77,6 +105,9 @@ impl<C: Catalog> Faulty<C> {
     where
         Fut: Future<Output = Result<T, CatalogError>> + Send,
     {
+        if let Some(barrier) = self.meeting(op) {
+            barrier.wait().await;
+        }
         match self.next_fault(op) {
             None => f.await,
             Some(Fault::FailBefore) => Err(self.injected(op, Fault::FailBefore)),
@@ -179,10 +210,11 @@ impl<C: Catalog> Catalog for Faulty<C> {
         &self,
         copy: &CopyRef,
         from: CopyStatus,
+        protected_by: &[Protector],
         who: &str,
         why: &str,
     ) -> Result<Cas, CatalogError> {
-        let f = self.inner.mark_removing(copy, from, who, why);
+        let f = self.inner.mark_removing(copy, from, protected_by, who, why);
         self.call("mark removing", f).await
     }
 
@@ -223,11 +255,12 @@ impl<C: Catalog> Catalog for Faulty<C> {
         dest: &str,
         data_type: &str,
         sources: &[String],
+        after: Option<&RunKey>,
         limit: u32,
     ) -> Result<Vec<RunDoc>, CatalogError> {
         let f = self
             .inner
-            .runs_needing_copy(dest, data_type, sources, limit);
+            .runs_needing_copy(dest, data_type, sources, after, limit);
         self.call("runs needing copy", f).await
     }
 
@@ -235,24 +268,34 @@ impl<C: Catalog> Catalog for Faulty<C> {
         &self,
         host: &str,
         status: CopyStatus,
+        after: Option<&RunKey>,
         limit: u32,
     ) -> Result<Vec<RunDoc>, CatalogError> {
-        let f = self.inner.copies_in_status(host, status, limit);
+        let f = self.inner.copies_in_status(host, status, after, limit);
         self.call("copies in status", f).await
     }
 
-    async fn purge_candidates(&self, host: &str, limit: u32) -> Result<Vec<RunDoc>, CatalogError> {
-        self.call("purge candidates", self.inner.purge_candidates(host, limit))
-            .await
+    async fn purge_candidates(
+        &self,
+        host: &str,
+        after: Option<&RunKey>,
+        limit: u32,
+    ) -> Result<Vec<RunDoc>, CatalogError> {
+        self.call(
+            "purge candidates",
+            self.inner.purge_candidates(host, after, limit),
+        )
+        .await
     }
 
     async fn stalled_copies(
         &self,
         host: Option<&str>,
         now: DateTime,
+        after: Option<&RunKey>,
         limit: u32,
     ) -> Result<Vec<RunDoc>, CatalogError> {
-        let f = self.inner.stalled_copies(host, now, limit);
+        let f = self.inner.stalled_copies(host, now, after, limit);
         self.call("stalled copies", f).await
     }
 

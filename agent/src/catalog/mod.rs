@@ -166,6 +166,38 @@ pub enum Cas {
     Lost,
 }
 
+/// A copy that the caller of [`Catalog::mark_removing`] counts as protection for the copy it
+/// marks: the mark is written only if, in the same conditional update, every protector is
+/// still there as it was counted (`transferred`, same checksum, verified no earlier than
+/// `verified_after`). Two sites purging the same run at once thus cannot both mark their
+/// copies `removing` on the strength of each other's copy: the second finds the first's
+/// copy no longer `transferred` and gets [`Cas::Lost`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Protector {
+    /// The site holding the protecting copy (never the site of the copy being marked).
+    pub host: String,
+    /// Its data type.
+    pub data_type: String,
+    /// The checksum it must still carry (the run's digest).
+    pub checksum: String,
+    /// It must have been verified at or after this time (`None`: any verification time).
+    pub verified_after: Option<DateTime>,
+}
+
+impl Protector {
+    /// Whether `run` still has this protecting copy as it was counted.
+    pub fn holds(&self, run: &RunDoc) -> bool {
+        run.copy(&self.host, &self.data_type).is_some_and(|c| {
+            c.status == CopyStatus::Transferred
+                && c.checksum.as_deref() == Some(self.checksum.as_str())
+                && match self.verified_after {
+                    None => true,
+                    Some(t) => c.verified_time.is_some_and(|v| v >= t),
+                }
+        })
+    }
+}
+
 /// A move of a copy from one status to another.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Transition {
@@ -315,11 +347,15 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
         lease_for: Duration,
     ) -> Result<Claim, CatalogError>;
 
-    /// Moves a copy to `removing` (from `transferred` or `error`), with an audit event.
+    /// Moves a copy to `removing` (from `transferred` or `error`), with an audit event, only
+    /// while every copy in `protected_by` is still there as counted (see [`Protector`]);
+    /// all checked in the same conditional update. [`Cas::Lost`] when the copy is not in
+    /// `from` or a protector no longer holds.
     async fn mark_removing(
         &self,
         copy: &CopyRef,
         from: CopyStatus,
+        protected_by: &[Protector],
         who: &str,
         why: &str,
     ) -> Result<Cas, CatalogError>;
@@ -350,6 +386,10 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     async fn adopt_foreign_copies(&self, limit: u32) -> Result<u64, CatalogError>;
 
     // ---- work queries (each served by an index) ----
+    //
+    // Each returns one page: at most `limit` runs in (number, detector) order, starting
+    // after the run `after` (the key of the last run of the previous page; `None`: from
+    // the start). A page shorter than `limit` is the last. See [`page_after`].
 
     /// Runs that want a copy of `data_type` at `dest` (`want` holds `"<dest>/<type>"`) and
     /// have a `transferred` copy of that type at one of `sources`. At most `limit`, lowest
@@ -359,6 +399,7 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
         dest: &str,
         data_type: &str,
         sources: &[String],
+        after: Option<&RunKey>,
         limit: u32,
     ) -> Result<Vec<RunDoc>, CatalogError>;
 
@@ -367,12 +408,18 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
         &self,
         host: &str,
         status: CopyStatus,
+        after: Option<&RunKey>,
         limit: u32,
     ) -> Result<Vec<RunDoc>, CatalogError>;
 
     /// Runs with a `transferred` copy at `host` and at least one `transferred` copy
     /// elsewhere: the candidates the purge task checks against its safety rules.
-    async fn purge_candidates(&self, host: &str, limit: u32) -> Result<Vec<RunDoc>, CatalogError>;
+    async fn purge_candidates(
+        &self,
+        host: &str,
+        after: Option<&RunKey>,
+        limit: u32,
+    ) -> Result<Vec<RunDoc>, CatalogError>;
 
     /// Runs with a `transferring` copy whose lease expired before `now` (at `host` when
     /// given).
@@ -380,6 +427,7 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
         &self,
         host: Option<&str>,
         now: DateTime,
+        after: Option<&RunKey>,
         limit: u32,
     ) -> Result<Vec<RunDoc>, CatalogError>;
 
@@ -443,6 +491,22 @@ pub fn resolve_catalog_uri(
             Some(uri) => CatalogUri::parse(uri),
             None => Ok(CatalogUri::default_embedded()),
         },
+    }
+}
+
+/// The `after` key of the page that follows `page` (a page of a work query), or `None`
+/// when `page` was the last (shorter than `limit`).
+///
+/// The page key is the run key in the work lists' order, `(number, detector)`: unique (the
+/// catalogue's unique index), known to every back end and every tool, and the order the
+/// tasks want (oldest runs first). `_id` would be unique too, but it is not the order the
+/// lists are read in and the embedded catalogue has its own row ids.
+pub fn page_after(page: &[RunDoc], limit: u32) -> Option<RunKey> {
+    let full = limit > 0 && page.len() >= usize::try_from(limit).unwrap_or(usize::MAX);
+    if full {
+        page.last().map(RunDoc::key)
+    } else {
+        None
     }
 }
 

@@ -21,7 +21,7 @@ use catalog_schema::CopyEntry;
 
 use super::{
     Cas, Catalog, CatalogError, Claim, ClaimRequest, CopyRef, CopyStatus, Heartbeat, LeaseHeld,
-    NewRun, OriginCopy, Registered, RunDoc, RunFilter, RunKey, RunSelector, Transition,
+    NewRun, OriginCopy, Protector, Registered, RunDoc, RunFilter, RunKey, RunSelector, Transition,
 };
 
 /// How often and how patiently to retry.
@@ -290,12 +290,13 @@ impl<C: Catalog> Catalog for Retrying<C> {
         &self,
         copy: &CopyRef,
         from: CopyStatus,
+        protected_by: &[Protector],
         who: &str,
         why: &str,
     ) -> Result<Cas, CatalogError> {
         let r = self
             .run("mark removing", || {
-                self.inner.mark_removing(copy, from, who, why)
+                self.inner.mark_removing(copy, from, protected_by, who, why)
             })
             .await;
         self.settle_cas(r, copy, |e| {
@@ -347,11 +348,12 @@ impl<C: Catalog> Catalog for Retrying<C> {
         dest: &str,
         data_type: &str,
         sources: &[String],
+        after: Option<&RunKey>,
         limit: u32,
     ) -> Result<Vec<RunDoc>, CatalogError> {
         self.run("runs needing copy", || {
             self.inner
-                .runs_needing_copy(dest, data_type, sources, limit)
+                .runs_needing_copy(dest, data_type, sources, after, limit)
         })
         .await
         .0
@@ -361,18 +363,24 @@ impl<C: Catalog> Catalog for Retrying<C> {
         &self,
         host: &str,
         status: CopyStatus,
+        after: Option<&RunKey>,
         limit: u32,
     ) -> Result<Vec<RunDoc>, CatalogError> {
         self.run("copies in status", || {
-            self.inner.copies_in_status(host, status, limit)
+            self.inner.copies_in_status(host, status, after, limit)
         })
         .await
         .0
     }
 
-    async fn purge_candidates(&self, host: &str, limit: u32) -> Result<Vec<RunDoc>, CatalogError> {
+    async fn purge_candidates(
+        &self,
+        host: &str,
+        after: Option<&RunKey>,
+        limit: u32,
+    ) -> Result<Vec<RunDoc>, CatalogError> {
         self.run("purge candidates", || {
-            self.inner.purge_candidates(host, limit)
+            self.inner.purge_candidates(host, after, limit)
         })
         .await
         .0
@@ -382,10 +390,11 @@ impl<C: Catalog> Catalog for Retrying<C> {
         &self,
         host: Option<&str>,
         now: DateTime,
+        after: Option<&RunKey>,
         limit: u32,
     ) -> Result<Vec<RunDoc>, CatalogError> {
         self.run("stalled copies", || {
-            self.inner.stalled_copies(host, now, limit)
+            self.inner.stalled_copies(host, now, after, limit)
         })
         .await
         .0

@@ -133,6 +133,7 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
                 state_dir: Some(state_dir),
                 ..tasks::audit::Settings::default()
             },
+            cursors: Arc::default(),
         };
         let opts = LoopOptions {
             interval: cli.interval,

@@ -73,6 +73,7 @@ pub(super) fn run(cli: &Cli, args: &RecallArgs) -> Result<Exit> {
             sessions: Arc::new(SessionPool::new(ssh)),
             progress: Arc::new(LogProgress::new()),
             audit: tasks::audit::Settings::default(),
+            cursors: Arc::default(),
         };
         tracing::info!(%site, %catalog, ?request, "ferry recall starting");
         anyhow::Ok(recall::recall(&ctx, &request).await)

@@ -367,7 +367,7 @@ async fn list(ctx: &Context) -> Result<(Vec<Held>, HashSet<PathBuf>, bool), Stri
     for status in CopyStatus::ALL {
         let runs = ctx
             .catalog
-            .copies_in_status(me, status, LIST_LIMIT)
+            .copies_in_status(me, status, None, LIST_LIMIT)
             .await
             .map_err(|e| format!("{status} copies at {me}: catalogue: {e}"))?;
         cut_off |= runs.len() >= usize::try_from(LIST_LIMIT).unwrap_or(usize::MAX);

@@ -30,7 +30,7 @@ use catalog_schema::{want_tag, CopyStatus, RunDoc};
 use tokio_util::sync::CancellationToken;
 
 use super::retry::{Failure, FailureClass};
-use super::{Context, RunScope, TaskReport};
+use super::{walk, Context, RunScope, TaskReport, WorkList};
 use crate::catalog::{Cas, CatalogError, Claim, ClaimRequest, CopyRef, RunSelector, Transition};
 use crate::checksum::{self, ChecksumError};
 use crate::config::{DestinationVerify, LayoutError, Site, TransferMethod};
@@ -42,8 +42,6 @@ use crate::transport::{CopyOptions, CopyReport, SshSession, TransportError, Veri
 pub fn lease(ctx: &Context) -> Duration {
     ctx.site.limits.lease
 }
-/// Runs asked of the catalogue per destination, data type and cycle.
-const BATCH: u32 = 100;
 /// New sessions a run copy may open when its connection fails under it.
 const RECONNECTS: usize = 2;
 
@@ -507,9 +505,12 @@ pub(super) async fn for_each_wanted(
     };
     let found = match &selector {
         None => {
-            ctx.catalog
-                .runs_needing_copy(dest, data_type, sources, BATCH)
-                .await
+            let list = WorkList::NeedingCopy {
+                dest,
+                data_type,
+                sources,
+            };
+            walk(ctx, list, 1).await
         }
         Some(sel) => ctx.catalog.find_runs(sel).await.map(|runs| {
             let tag = want_tag(dest, data_type);

@@ -38,12 +38,15 @@ pub mod sessions;
 pub mod tape;
 pub mod verify;
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
+use bson::DateTime;
+use catalog_schema::{CopyStatus, RunDoc, RunKey};
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::{Catalog, RunSelector};
+use crate::catalog::{page_after, Catalog, CatalogError, RunSelector};
 use crate::config::{Site, SiteMap};
 use crate::transport::limits::Gates;
 
@@ -124,6 +127,149 @@ pub struct Context {
     pub progress: Arc<dyn copy::CopyProgress>,
     /// The audit's schedule, byte budget and alarm thresholds.
     pub audit: audit::Settings,
+    /// Where each work list's walk stopped, so the next cycle goes on from there
+    /// ([`walk`]). Shared by clones of the context.
+    pub cursors: Arc<Cursors>,
+}
+
+/// Runs asked of the catalogue per page of a work list.
+pub const PAGE: u32 = 100;
+/// Pages of one work list read per cycle at most ([`walk`]). Each page of a long list costs
+/// about as much as the whole list did before paging (the server gathers and sorts every
+/// match; `docs/benchmarks.md`), so the budget is small: the cursor, not the budget, is
+/// what brings every run round.
+pub const MAX_PAGES: usize = 5;
+
+/// One of the catalogue's paged work lists.
+#[derive(Debug, Clone, Copy)]
+pub enum WorkList<'a> {
+    /// [`Catalog::copies_in_status`] at a site.
+    InStatus(&'a str, CopyStatus),
+    /// [`Catalog::purge_candidates`] at a site.
+    PurgeCandidates(&'a str),
+    /// [`Catalog::stalled_copies`] (at a site when given) as of a time.
+    Stalled(Option<&'a str>, DateTime),
+    /// [`Catalog::runs_needing_copy`].
+    NeedingCopy {
+        /// Destination site.
+        dest: &'a str,
+        /// Data type.
+        data_type: &'a str,
+        /// Sites it may come from.
+        sources: &'a [String],
+    },
+}
+
+impl WorkList<'_> {
+    /// The list's name, which keys its cursor.
+    fn name(&self) -> String {
+        match self {
+            Self::InStatus(host, status) => format!("{status} copies at {host}"),
+            Self::PurgeCandidates(host) => format!("purge candidates at {host}"),
+            Self::Stalled(Some(host), _) => format!("stalled copies at {host}"),
+            Self::Stalled(None, _) => "stalled copies".to_string(),
+            Self::NeedingCopy {
+                dest,
+                data_type,
+                sources,
+            } => format!("{data_type} for {dest} from {}", sources.join(",")),
+        }
+    }
+
+    /// One page.
+    async fn page(
+        &self,
+        catalog: &dyn Catalog,
+        after: Option<&RunKey>,
+    ) -> Result<Vec<RunDoc>, CatalogError> {
+        match *self {
+            Self::InStatus(host, status) => {
+                catalog.copies_in_status(host, status, after, PAGE).await
+            }
+            Self::PurgeCandidates(host) => catalog.purge_candidates(host, after, PAGE).await,
+            Self::Stalled(host, now) => catalog.stalled_copies(host, now, after, PAGE).await,
+            Self::NeedingCopy {
+                dest,
+                data_type,
+                sources,
+            } => {
+                catalog
+                    .runs_needing_copy(dest, data_type, sources, after, PAGE)
+                    .await
+            }
+        }
+    }
+}
+
+/// Where each work list's walk stopped: the key of the last run read.
+#[derive(Debug, Default)]
+pub struct Cursors(Mutex<HashMap<String, RunKey>>);
+
+impl Cursors {
+    fn get(&self, list: &str) -> Option<RunKey> {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(list).cloned()
+    }
+
+    fn set(&self, list: &str, at: Option<RunKey>) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match at {
+            Some(k) => map.insert(list.to_string(), k),
+            None => map.remove(list),
+        };
+    }
+}
+
+/// `a` comes before or is `b` in the work lists' order, `(number, detector)`.
+fn not_after(a: &RunKey, b: &RunKey) -> bool {
+    (a.number, a.detector.as_str()) <= (b.number, b.detector.as_str())
+}
+
+/// The runs of a work list this cycle, page by page: at most `max_pages` pages, starting
+/// where the previous cycle's walk of the same list stopped and wrapping around to the
+/// first run at the end, never reading a run twice in one walk. So runs that stay on a
+/// list (copies given up, runs too young to purge) cannot hide the runs after them: a list
+/// longer than the budget is read in turns, every run at least once every
+/// `len / (PAGE × max_pages)` cycles. The lists the tasks only inspect take
+/// [`MAX_PAGES`]; the copy task takes one page a cycle (each run there costs a transfer).
+pub async fn walk(
+    ctx: &Context,
+    list: WorkList<'_>,
+    max_pages: usize,
+) -> Result<Vec<RunDoc>, CatalogError> {
+    let name = list.name();
+    let start = ctx.cursors.get(&name);
+    let mut after = start.clone();
+    let mut wrapped = start.is_none();
+    let mut out = Vec::new();
+    for _ in 0..max_pages.max(1) {
+        let mut page = list.page(ctx.catalog.as_ref(), after.as_ref()).await?;
+        let next = page_after(&page, PAGE);
+        if let (true, Some(s)) = (wrapped, &start) {
+            // Second lap: stop at the runs the first lap began after.
+            let before = page.len();
+            page.retain(|r| not_after(&r.key(), s));
+            if page.len() < before {
+                out.extend(page);
+                ctx.cursors.set(&name, None);
+                return Ok(out);
+            }
+        }
+        out.extend(page);
+        match next {
+            Some(k) => after = Some(k),
+            None if wrapped => {
+                ctx.cursors.set(&name, None);
+                return Ok(out);
+            }
+            None => {
+                wrapped = true;
+                after = None;
+            }
+        }
+    }
+    ctx.cursors.set(&name, after);
+    Ok(out)
 }
 
 impl fmt::Debug for Context {

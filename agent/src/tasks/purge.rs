@@ -15,10 +15,14 @@
 //!
 //! The **absolute guard** comes before the policy and holds whatever the site map says
 //! (even `min_copies: 0`): the last verified copy of a run is never removed
-//! ([`last_copy_guard`]). Removal is then, in order: `transferred → removing` (conditional,
-//! with an audit event); the run document read again and the guard and `min_copies`
-//! checked again (two sites purging the same run at once each see the other go to
-//! `removing`, and both stop); the manifest's files deleted (nothing else, no symbolic link
+//! ([`last_copy_guard`]). Removal is then, in order: `transferred → removing`, one
+//! conditional update that also requires every copy counted as protection to be still
+//! there as counted (`transferred`, the digest, verified no earlier than counted; see
+//! [`crate::catalog::Protector`]), with an audit event: of two sites purging the same run
+//! at once, the second finds the first's copy `removing`, gets `Lost`, and keeps its copy
+//! `transferred` ("kept: another site is removing its copy"); the run document read again
+//! and the guard and `min_copies` checked again (a second guard); the manifest's files
+//! deleted (nothing else, no symbolic link
 //! followed), then the site's completion marker, then directories left empty, the run
 //! directory last; then the entry itself (`remove_copy`, with an audit event). A copy left
 //! in `removing` by a crash is finished on a later cycle, guard permitting; one whose guard
@@ -35,12 +39,9 @@ use catalog_schema::{CopyEntry, CopyStatus, RunDoc};
 use tokio_util::sync::CancellationToken;
 
 use super::verify::{copies_in, copy_dir, file_in, remove_file_in, verified_elsewhere};
-use super::{Context, RunScope, TaskReport};
-use crate::catalog::{Cas, CopyRef};
+use super::{walk, Context, RunScope, TaskReport, WorkList, MAX_PAGES};
+use crate::catalog::{Cas, CopyRef, Protector};
 use crate::config::{CompletionRule, PurgePolicy};
-
-/// Runs asked of the catalogue per query and cycle.
-const BATCH: u32 = 100;
 
 /// The file system holding a directory, as statvfs sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,7 +234,7 @@ pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
         return report;
     }
     let me = &ctx.site.name;
-    let runs = match ctx.catalog.purge_candidates(me, BATCH).await {
+    let runs = match walk(ctx, WorkList::PurgeCandidates(me), MAX_PAGES).await {
         Ok(runs) => runs,
         Err(e) => {
             report
@@ -268,10 +269,13 @@ pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
                 }
             };
             match purge_one(ctx, run, c, &why).await {
-                Ok(lines) if ctx.dry_run => report
+                Ok(Purged::DryRun(lines)) => report
                     .skipped
                     .extend(lines.into_iter().map(|l| format!("{label}: {l}"))),
-                Ok(_) => report.done.push(format!("{label}: removed: {why}")),
+                Ok(Purged::Kept(why_not)) => {
+                    report.skipped.push(format!("{label}: kept: {why_not}"));
+                }
+                Ok(Purged::Removed) => report.done.push(format!("{label}: removed: {why}")),
                 Err(e) => {
                     tracing::error!(site = %me, run = run.number, "purge: {e}");
                     report.failed.push(format!("{label}: {e}"));
@@ -293,13 +297,80 @@ fn used_percent(ctx: &Context, data_type: &str) -> Option<u8> {
     }
 }
 
+/// What [`purge_one`] did.
+#[derive(Debug)]
+enum Purged {
+    /// Files and entry gone.
+    Removed,
+    /// Dry run: what it would delete.
+    DryRun(Vec<String>),
+    /// Left `transferred`: a copy protecting it changed before the mark (why).
+    Kept(String),
+}
+
+/// The copies that [`decide`] counted as protecting `c`, as the conditional mark must find
+/// them: the fresh ones, or when the policy needs none (`min_copies: 0`), those the
+/// absolute guard counted.
+fn protectors(run: &RunDoc, c: &CopyEntry, now: DateTime, max_age: Duration) -> Vec<Protector> {
+    let Some(digest) = run.digest.as_deref() else {
+        return Vec::new();
+    };
+    let mut counted = fresh_copies(run, c, digest, now, max_age);
+    if counted.is_empty() {
+        counted = verified_elsewhere(run, c, digest).collect();
+    }
+    counted
+        .into_iter()
+        .map(|o| Protector {
+            host: o.host.clone(),
+            data_type: o.data_type.clone(),
+            checksum: digest.to_string(),
+            verified_after: o.verified_time,
+        })
+        .collect()
+}
+
+/// Why a lost mark lost, from the run as it is now: our copy changed, or a protector did.
+fn why_lost(
+    now: Option<&RunDoc>,
+    c: &CopyEntry,
+    protected_by: &[Protector],
+) -> Result<Purged, String> {
+    let Some(run) = now else {
+        return Err("the run vanished from the catalogue".into());
+    };
+    let mine = run.copy(&c.host, &c.data_type);
+    if mine.is_none_or(|m| m.status != CopyStatus::Transferred) {
+        return Err("the copy changed before it could be marked removing".into());
+    }
+    let gone: Vec<&Protector> = protected_by.iter().filter(|p| !p.holds(run)).collect();
+    // Only a purge takes a copy to `removing`, and only `removing` entries are deleted.
+    if gone.iter().any(|p| {
+        run.copy(&p.host, &p.data_type)
+            .is_none_or(|o| o.status == CopyStatus::Removing)
+    }) {
+        return Ok(Purged::Kept(
+            "another site is removing its copy (or has removed it)".into(),
+        ));
+    }
+    let hosts: Vec<&str> = gone.iter().map(|p| p.host.as_str()).collect();
+    Ok(Purged::Kept(if hosts.is_empty() {
+        "the run changed while it was being marked; checked again next cycle".into()
+    } else {
+        format!(
+            "the copy at {} changed since it was counted; checked again next cycle",
+            hosts.join(", ")
+        )
+    }))
+}
+
 /// Removes one copy (or, in a dry run, lists what it would delete).
 async fn purge_one(
     ctx: &Context,
     run: &RunDoc,
     c: &CopyEntry,
     why: &str,
-) -> Result<Vec<String>, String> {
+) -> Result<Purged, String> {
     let dir = copy_dir(&ctx.site, c)?;
     let marker = marker(ctx);
     if ctx.dry_run {
@@ -310,18 +381,36 @@ async fn purge_one(
         for path in planned_deletions(&ctx.site.name, &dir, run, marker.as_deref())? {
             lines.push(format!("dry run: would delete {}", path.display()));
         }
-        return Ok(lines);
+        return Ok(Purged::DryRun(lines));
     }
     let copy = CopyRef::new(run.key(), &ctx.site.name, &c.data_type);
     let purge_why = format!("purge: {why}");
+    let protected_by = protectors(run, c, DateTime::now(), ctx.site.purge.max_verify_age);
+    if protected_by.is_empty() {
+        // `decide` let it through, so this cannot happen; never mark without protection.
+        return Err("no copy elsewhere protects it".into());
+    }
     match ctx
         .catalog
-        .mark_removing(&copy, CopyStatus::Transferred, &ctx.owner, &purge_why)
+        .mark_removing(
+            &copy,
+            CopyStatus::Transferred,
+            &protected_by,
+            &ctx.owner,
+            &purge_why,
+        )
         .await
         .map_err(|e| format!("{copy}: {e}"))?
     {
         Cas::Done => {}
-        Cas::Lost => return Err("the copy changed before it could be marked removing".into()),
+        Cas::Lost => {
+            let now = ctx
+                .catalog
+                .get_run(&run.key())
+                .await
+                .map_err(|e| format!("{copy}: re-reading the run: {e}"))?;
+            return why_lost(now.as_ref(), c, &protected_by);
+        }
     }
     // Read again: another site may have removed its copy meanwhile.
     let now = ctx
@@ -339,7 +428,7 @@ async fn purge_one(
         ));
     }
     delete_and_forget(ctx, &copy, run, &dir, &purge_why).await?;
-    Ok(Vec::new())
+    Ok(Purged::Removed)
 }
 
 /// Other copies of `c`'s type that still protect it: transferred, digest-equal, verified

@@ -61,7 +61,7 @@ use super::copy::{self, Direction, Outcome};
 use super::owner;
 use super::push::lease;
 use super::verify::copies_in;
-use super::{Context, RunScope, TaskReport};
+use super::{walk, Context, RunScope, TaskReport, WorkList, MAX_PAGES};
 use crate::catalog::{Cas, Claim, CopyRef, Transition};
 use crate::config::{Site, TransferMethod};
 use crate::transport::TransportError;
@@ -74,8 +74,6 @@ pub const BACKOFF_BASE: Duration = Duration::from_secs(60);
 pub const BACKOFF_CAP: Duration = Duration::from_secs(3600);
 /// Checksum mismatches from one source (since it was last verified) that make it suspect.
 pub const SUSPECT_SOURCE_AFTER: usize = 2;
-/// Runs asked of the catalogue for stalled copies per destination and cycle.
-const BATCH: u32 = 100;
 
 /// How a failed copy may be retried (FTS3's classification).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -273,7 +271,7 @@ async fn reclaim_stalled(
 ) {
     let now = DateTime::now();
     let dest = &route.dest.name;
-    let runs = match ctx.catalog.stalled_copies(Some(dest), now, BATCH).await {
+    let runs = match walk(ctx, WorkList::Stalled(Some(dest.as_str()), now), MAX_PAGES).await {
         Ok(runs) => runs,
         Err(e) => {
             report

@@ -28,7 +28,7 @@ use catalog_schema::{CopyStatus, RunDoc};
 use tokio_util::sync::CancellationToken;
 
 use super::retry::{Failure, FailureClass};
-use super::{copy, record, Context, TaskReport};
+use super::{copy, record, walk, Context, TaskReport, WorkList, MAX_PAGES};
 use crate::catalog::{Claim, ClaimRequest, CopyRef};
 use crate::checksum;
 use crate::config::{HostKeyPolicy, SshEnvironment, TapeBackendConfig, TapeKind};
@@ -40,8 +40,6 @@ use crate::transport::SshTarget;
 
 /// How long a claim lasts without renewal; renewed every third of it.
 pub const LEASE: Duration = Duration::from_secs(1800);
-/// Runs asked of the catalogue per cycle.
-const BATCH: u32 = 100;
 /// Share of files read back when the backend offers sampled verification.
 const SAMPLE_FRACTION: f64 = 0.1;
 
@@ -51,11 +49,8 @@ pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
     if ctx.site.tape.is_empty() {
         return report;
     }
-    let runs = match ctx
-        .catalog
-        .copies_in_status(&ctx.site.name, CopyStatus::Transferred, BATCH)
-        .await
-    {
+    let list = WorkList::InStatus(&ctx.site.name, CopyStatus::Transferred);
+    let runs = match walk(ctx, list, MAX_PAGES).await {
         Ok(runs) => runs,
         Err(e) => {
             report.failed.push(format!("tape: catalogue: {e}"));

@@ -31,14 +31,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::owner;
 use super::retry::{Failure, FailureClass};
-use super::{Context, TaskReport};
+use super::{walk, Context, TaskReport, WorkList, MAX_PAGES};
 use crate::catalog::{Cas, CopyRef, Transition};
 use crate::checksum;
 use crate::config::Site;
 use crate::transport::run::check_relative;
-
-/// Runs asked of the catalogue per cycle.
-const BATCH: u32 = 100;
 
 /// Runs the task.
 pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
@@ -68,16 +65,14 @@ pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
     report
 }
 
-/// The copies at `host` in `status` of the runs in scope, each with its run (one indexed
-/// catalogue query, at most [`BATCH`] runs).
+/// The copies at `host` in `status` of the runs in scope, each with its run (the indexed
+/// work list, walked page by page: [`walk`]).
 pub(super) async fn copies_in(
     ctx: &Context,
     host: &str,
     status: CopyStatus,
 ) -> Result<Vec<(RunDoc, CopyEntry)>, String> {
-    let runs = ctx
-        .catalog
-        .copies_in_status(host, status, BATCH)
+    let runs = walk(ctx, WorkList::InStatus(host, status), MAX_PAGES)
         .await
         .map_err(|e| format!("{status} copies at {host}: catalogue: {e}"))?;
     let mut out = Vec::new();

@@ -91,6 +91,7 @@ impl World {
             )),
             progress: Arc::new(LogProgress::new()),
             audit: Default::default(),
+            cursors: Default::default(),
         }
     }
 

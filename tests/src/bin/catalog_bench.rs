@@ -12,7 +12,8 @@
 //! transferred, `want` empty as the claims left it): copies written by other tools to adopt
 //! (none), runs needing a copy from `daq`, copies verifying at `lngs`, stalled copies at
 //! `lngs`. Median of 7 cycles (after one warm-up). Results go to stdout as a Markdown
-//! table.
+//! table. On stderr, per query, and the cost of a long work list walked in pages (the purge
+//! candidates at `lngs`, every run: first page, then 20 pages).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,7 +23,7 @@ use bson::{DateTime, Document};
 use catalog_schema::{CopyEntry, CopyStatus, FileEntry, RunDoc, RunKey};
 use ferry::catalog::embedded::EmbeddedCatalog;
 use ferry::catalog::mongo::{MongoCatalog, MongoConfig};
-use ferry::catalog::{Catalog, CatalogUri, Manifest, NewRun};
+use ferry::catalog::{page_after, Catalog, CatalogUri, Manifest, NewRun};
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 const BATCH: usize = 1000;
@@ -123,14 +124,16 @@ async fn idle_cycle(cat: &dyn Catalog) -> Result<(Duration, usize)> {
     let t0 = Instant::now();
     let adopted = cat.adopt_foreign_copies(1000).await?;
     let ta = Instant::now();
-    let need = cat.runs_needing_copy("lngs", "raw", &sources, 100).await?;
+    let need = cat
+        .runs_needing_copy("lngs", "raw", &sources, None, 100)
+        .await?;
     let t1 = Instant::now();
     let verifying = cat
-        .copies_in_status("lngs", CopyStatus::Verifying, 100)
+        .copies_in_status("lngs", CopyStatus::Verifying, None, 100)
         .await?;
     let t2 = Instant::now();
     let stalled = cat
-        .stalled_copies(Some("lngs"), DateTime::now(), 100)
+        .stalled_copies(Some("lngs"), DateTime::now(), None, 100)
         .await?;
     // Per query, on stderr, to see which query dominates.
     eprintln!(
@@ -141,6 +144,31 @@ async fn idle_cycle(cat: &dyn Catalog) -> Result<(Duration, usize)> {
         ms(t2.elapsed())
     );
     Ok((t0.elapsed(), need.len() + verifying.len() + stalled.len()))
+}
+
+/// A long work list: the purge candidates at `lngs` (every run has a verified copy there and
+/// elsewhere), read as the purge task walks it, 20 pages of 100. On stderr: the first page
+/// and the whole walk.
+async fn long_list(cat: &dyn Catalog) -> Result<()> {
+    let t0 = Instant::now();
+    let mut after = None;
+    let mut first = None;
+    let mut seen = 0;
+    for _ in 0..20 {
+        let page = cat.purge_candidates("lngs", after.as_ref(), 100).await?;
+        first.get_or_insert_with(|| t0.elapsed());
+        seen += page.len();
+        match page_after(&page, 100) {
+            Some(k) => after = Some(k),
+            None => break,
+        }
+    }
+    eprintln!(
+        "purge candidates at lngs, walked in pages of 100: first page {}, {seen} runs in {}",
+        ms(first.unwrap_or_default()),
+        ms(t0.elapsed())
+    );
+    Ok(())
 }
 
 async fn median_cycle(cat: &dyn Catalog) -> Result<(Duration, usize)> {
@@ -210,6 +238,7 @@ async fn mongo(runs: i64) -> Result<()> {
     let fill = t0.elapsed();
     let (idle, found) = median_cycle(&cat).await?;
     anyhow::ensure!(found == 0, "idle cycle found {found} runs of work");
+    long_list(&cat).await?;
     println!(
         "| MongoDB-wire ({:?}) | {runs} × 4 | {reg_rate:.0} | {} | {:.1} s |",
         server.kind(),
@@ -235,6 +264,7 @@ async fn embedded(runs: i64) -> Result<()> {
     let fill = t0.elapsed();
     let (idle, found) = median_cycle(&cat).await?;
     anyhow::ensure!(found == 0, "idle cycle found {found} runs of work");
+    long_list(&cat).await?;
     println!(
         "| embedded (SQLite, WAL) | {runs} × 4 | {reg_rate:.0} | {} | {:.1} s |",
         ms(idle),

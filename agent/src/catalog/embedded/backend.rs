@@ -13,8 +13,8 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBe
 use super::{apply, schema};
 use crate::catalog::{
     after, check_registration, missing_wants, new_run_doc, removing_transition, Cas, Catalog,
-    CatalogError, Claim, ClaimRequest, CopyRef, LeaseHeld, NewRun, OriginCopy, RegisterCheck,
-    Registered, RunFilter, RunSelector, Transition,
+    CatalogError, Claim, ClaimRequest, CopyRef, LeaseHeld, NewRun, OriginCopy, Protector,
+    RegisterCheck, Registered, RunFilter, RunSelector, Transition,
 };
 
 /// How long a writer waits for another process's transaction before giving up (the error
@@ -79,51 +79,56 @@ impl EmbeddedCatalog {
     /// `EXPLAIN QUERY PLAN` of every query the daemon issues, joined per query (for tests).
     pub async fn explain_daemon_queries(&self) -> Result<Vec<(String, String)>, CatalogError> {
         let needing = schema::RUNS_NEEDING_COPY.replace("{sources}", "?,?");
-        let queries: Vec<(&'static str, String, Vec<Value>)> = vec![
-            (
-                "runs_needing_copy",
-                needing,
-                vec![
-                    text("c/raw"),
-                    text("a"),
-                    text("b"),
-                    text("raw"),
-                    Value::Integer(10),
-                ],
-            ),
-            (
-                "copies_in_status",
-                schema::COPIES_IN_STATUS.to_string(),
-                vec![text("a"), text("verifying"), Value::Integer(10)],
-            ),
-            (
-                "purge_candidates",
-                schema::PURGE_CANDIDATES.to_string(),
-                vec![text("a"), Value::Integer(10)],
-            ),
-            (
-                "stalled_copies",
-                schema::STALLED.to_string(),
-                vec![Value::Integer(0), Value::Integer(10)],
-            ),
-            (
-                "stalled_copies_at",
-                schema::STALLED_AT.to_string(),
-                vec![Value::Integer(0), Value::Integer(10), text("a")],
-            ),
-        ];
+        let key = RunKey::new("tpc", 10);
+        let mut queries: Vec<(String, String, Vec<Value>)> = Vec::new();
+        for (paged, at) in [("", None), ("_paged", Some(&key))] {
+            let page = || page_args(at);
+            let with = |head: Vec<Value>, tail: Vec<Value>| -> Vec<Value> {
+                head.into_iter().chain(page()).chain(tail).collect()
+            };
+            queries.extend([
+                (
+                    format!("runs_needing_copy{paged}"),
+                    needing.clone(),
+                    with(
+                        vec![text("c/raw"), text("a"), text("b"), text("raw")],
+                        vec![Value::Integer(10)],
+                    ),
+                ),
+                (
+                    format!("copies_in_status{paged}"),
+                    schema::COPIES_IN_STATUS.to_string(),
+                    with(vec![text("a"), text("verifying")], vec![Value::Integer(10)]),
+                ),
+                (
+                    format!("purge_candidates{paged}"),
+                    schema::PURGE_CANDIDATES.to_string(),
+                    with(vec![text("a")], vec![Value::Integer(10)]),
+                ),
+                (
+                    format!("stalled_copies{paged}"),
+                    schema::STALLED.to_string(),
+                    with(vec![Value::Integer(0)], vec![Value::Integer(10)]),
+                ),
+                (
+                    format!("stalled_copies_at{paged}"),
+                    schema::STALLED_AT.to_string(),
+                    with(vec![Value::Integer(0)], vec![Value::Integer(10), text("a")]),
+                ),
+            ]);
+        }
         self.blocking("explain", move |conn, shown| {
             let mut out = Vec::new();
             for (name, sql, args) in queries {
                 let mut stmt = conn
                     .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                    .map_err(|e| sql_error(shown, name, e))?;
+                    .map_err(|e| sql_error(shown, &name, e))?;
                 let rows = stmt
                     .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
-                    .map_err(|e| sql_error(shown, name, e))?
+                    .map_err(|e| sql_error(shown, &name, e))?
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| sql_error(shown, name, e))?;
-                out.push((name.to_string(), rows.join("\n")));
+                    .map_err(|e| sql_error(shown, &name, e))?;
+                out.push((name, rows.join("\n")));
             }
             Ok(out)
         })
@@ -322,6 +327,19 @@ fn import_row(shown: &str, doc: bson::Document) -> Result<ImportRow, CatalogErro
 
 fn text(s: &str) -> Value {
     Value::Text(s.to_string())
+}
+
+/// The page arguments of a work query (see `schema`): whether it is paged,
+/// then the number and detector of the last run of the previous page.
+fn page_args(after: Option<&RunKey>) -> [Value; 3] {
+    match after {
+        Some(k) => [
+            Value::Integer(1),
+            Value::Integer(k.number),
+            text(&k.detector),
+        ],
+        None => [Value::Integer(0), Value::Integer(0), text("")],
+    }
 }
 
 fn limit(n: u32) -> Value {
@@ -728,6 +746,7 @@ impl Catalog for EmbeddedCatalog {
         &self,
         copy: &CopyRef,
         from: CopyStatus,
+        protected_by: &[Protector],
         who: &str,
         why: &str,
     ) -> Result<Cas, CatalogError> {
@@ -741,9 +760,13 @@ impl Catalog for EmbeddedCatalog {
             });
         }
         let c = copy.clone();
+        let protectors = protected_by.to_vec();
         let now = DateTime::now();
+        // The protectors are checked on the document read inside the same transaction
+        // that writes the mark.
         self.mutate("mark removing", &copy.run, move |run| {
-            some_if(apply::transition(run, &c, &t, "removing", now))
+            let protected = protectors.iter().all(|p| p.host != c.host && p.holds(run));
+            some_if(protected && apply::transition(run, &c, &t, "removing", now))
         })
         .await
         .map(cas)
@@ -835,6 +858,7 @@ impl Catalog for EmbeddedCatalog {
         dest: &str,
         data_type: &str,
         sources: &[String],
+        after: Option<&RunKey>,
         limit_n: u32,
     ) -> Result<Vec<RunDoc>, CatalogError> {
         if sources.is_empty() {
@@ -844,7 +868,9 @@ impl Catalog for EmbeddedCatalog {
         let sql = schema::RUNS_NEEDING_COPY.replace("{sources}", &marks);
         let mut args: Vec<Value> = vec![text(&want_tag(dest, data_type))];
         args.extend(sources.iter().map(|s| text(s)));
-        args.extend([text(data_type), limit(limit_n)]);
+        args.push(text(data_type));
+        args.extend(page_args(after));
+        args.push(limit(limit_n));
         self.query_docs("runs needing copy", sql, args).await
     }
 
@@ -852,9 +878,12 @@ impl Catalog for EmbeddedCatalog {
         &self,
         host: &str,
         status: CopyStatus,
+        after: Option<&RunKey>,
         limit_n: u32,
     ) -> Result<Vec<RunDoc>, CatalogError> {
-        let args = vec![text(host), text(status.as_str()), limit(limit_n)];
+        let mut args = vec![text(host), text(status.as_str())];
+        args.extend(page_args(after));
+        args.push(limit(limit_n));
         self.query_docs("copies in status", schema::COPIES_IN_STATUS.into(), args)
             .await
     }
@@ -862,9 +891,12 @@ impl Catalog for EmbeddedCatalog {
     async fn purge_candidates(
         &self,
         host: &str,
+        after: Option<&RunKey>,
         limit_n: u32,
     ) -> Result<Vec<RunDoc>, CatalogError> {
-        let args = vec![text(host), limit(limit_n)];
+        let mut args = vec![text(host)];
+        args.extend(page_args(after));
+        args.push(limit(limit_n));
         self.query_docs("purge candidates", schema::PURGE_CANDIDATES.into(), args)
             .await
     }
@@ -873,9 +905,12 @@ impl Catalog for EmbeddedCatalog {
         &self,
         host: Option<&str>,
         now: DateTime,
+        after: Option<&RunKey>,
         limit_n: u32,
     ) -> Result<Vec<RunDoc>, CatalogError> {
-        let mut args = vec![Value::Integer(now.timestamp_millis()), limit(limit_n)];
+        let mut args = vec![Value::Integer(now.timestamp_millis())];
+        args.extend(page_args(after));
+        args.push(limit(limit_n));
         let sql = match host {
             Some(h) => {
                 args.push(text(h));

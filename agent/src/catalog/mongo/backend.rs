@@ -16,7 +16,7 @@ use super::errors::{classify, is_duplicate_key};
 use crate::catalog::{
     abandoned_event, after, check_registration, missing_wants, new_run_doc, reclaim_event,
     removing_transition, Cas, Catalog, CatalogError, Claim, ClaimRequest, CopyRef, LeaseHeld,
-    NewRun, OriginCopy, RegisterCheck, Registered, RunFilter, RunSelector, Transition,
+    NewRun, OriginCopy, Protector, RegisterCheck, Registered, RunFilter, RunSelector, Transition,
 };
 
 /// The per-copy index field Ferry keeps next to `status`: `"<host>/<status>"` (see
@@ -156,18 +156,32 @@ impl MongoCatalog {
     /// The raw `explain` output (queryPlanner) of every query the daemon issues.
     pub async fn explain_daemon_queries(&self) -> Result<Vec<(String, Document)>, CatalogError> {
         let now = DateTime::now();
+        let sources = ["a".to_string(), "b".to_string()];
+        let key = RunKey::new("tpc", 10);
+        let at = Some(&key);
         let queries = [
             (
                 "runs_needing_copy",
-                needing_copy_query("c", "raw", &["a".to_string(), "b".to_string()]),
+                needing_copy_query("c", "raw", &sources, None),
+            ),
+            (
+                "runs_needing_copy_paged",
+                needing_copy_query("c", "raw", &sources, at),
             ),
             (
                 "copies_in_status",
-                in_status_query("a", CopyStatus::Verifying),
+                in_status_query("a", CopyStatus::Verifying, None),
             ),
-            ("purge_candidates", purge_query("a")),
-            ("stalled_copies", stalled_query(None, now)),
-            ("stalled_copies_at", stalled_query(Some("a"), now)),
+            (
+                "copies_in_status_paged",
+                in_status_query("a", CopyStatus::Verifying, at),
+            ),
+            ("purge_candidates", purge_query("a", None)),
+            ("purge_candidates_paged", purge_query("a", at)),
+            ("stalled_copies", stalled_query(None, now, None)),
+            ("stalled_copies_paged", stalled_query(None, now, at)),
+            ("stalled_copies_at", stalled_query(Some("a"), now, None)),
+            ("stalled_copies_at_paged", stalled_query(Some("a"), now, at)),
             ("adopt_foreign_copies_recent", adopt_recent_query(now)),
             ("adopt_foreign_copies_sweep", adopt_sweep_query()),
         ];
@@ -176,7 +190,7 @@ impl MongoCatalog {
             let mut find = doc! {
                 "find": self.runs.name(),
                 "filter": q.filter,
-                "sort": {"number": 1},
+                "sort": {"number": 1, "detector": 1},
                 "limit": 100_i64,
             };
             if let Some(h) = q.hint {
@@ -478,58 +492,93 @@ fn type_match(data_type: &str) -> Bson {
     }
 }
 
-fn needing_copy_query(dest: &str, data_type: &str, sources: &[String]) -> Query {
+/// Adds the page condition to a work query's filter: runs after `after` in the lists'
+/// order, `(number, detector)`. Documents without `detector` (`tpc` runs a DAQ wrote) sort
+/// first among their number's runs on the server but carry the key `tpc`: a page ending
+/// on one continues after `(number, "tpc")` (see docs/architecture.md).
+fn paged(mut filter: Document, after: Option<&RunKey>) -> Document {
+    if let Some(k) = after {
+        filter.insert(
+            "$or",
+            vec![
+                doc! { "number": { "$gt": k.number } },
+                doc! { "number": k.number, "detector": { "$gt": &k.detector } },
+            ],
+        );
+    }
+    filter
+}
+
+fn needing_copy_query(
+    dest: &str,
+    data_type: &str,
+    sources: &[String],
+    after: Option<&RunKey>,
+) -> Query {
     Query {
-        filter: doc! {
-            "want": want_tag(dest, data_type),
-            "data": { "$elemMatch": {
-                "host": { "$in": sources }, "status": "transferred",
-                "type": type_match(data_type) } },
-        },
+        filter: paged(
+            doc! {
+                "want": want_tag(dest, data_type),
+                "data": { "$elemMatch": {
+                    "host": { "$in": sources }, "status": "transferred",
+                    "type": type_match(data_type) } },
+            },
+            after,
+        ),
         // No hint: the stand-in server is slow with one, and an equality on `want` leaves
         // a planner no other index to take (the explain test checks it takes this one).
         hint: None,
     }
 }
 
-fn in_status_query(host: &str, status: CopyStatus) -> Query {
+fn in_status_query(host: &str, status: CopyStatus, after: Option<&RunKey>) -> Query {
     Query {
-        filter: doc! {
-            "data.host_status": host_status(host, status),
-            "data": { "$elemMatch": { "host": host, "status": status.as_str() } },
-        },
+        filter: paged(
+            doc! {
+                "data.host_status": host_status(host, status),
+                "data": { "$elemMatch": { "host": host, "status": status.as_str() } },
+            },
+            after,
+        ),
         hint: None,
     }
 }
 
-fn purge_query(host: &str) -> Query {
+fn purge_query(host: &str, after: Option<&RunKey>) -> Query {
     Query {
-        filter: doc! {
-            "data.host_status": host_status(host, CopyStatus::Transferred),
-            "$and": [
-                { "data": { "$elemMatch": { "host": host, "status": "transferred" } } },
-                { "data": { "$elemMatch": { "host": { "$ne": host }, "status": "transferred" } } },
-            ],
-        },
+        filter: paged(
+            doc! {
+                "data.host_status": host_status(host, CopyStatus::Transferred),
+                "$and": [
+                    { "data": { "$elemMatch": { "host": host, "status": "transferred" } } },
+                    { "data": { "$elemMatch": {
+                        "host": { "$ne": host }, "status": "transferred" } } },
+                ],
+            },
+            after,
+        ),
         hint: None,
     }
 }
 
-fn stalled_query(host: Option<&str>, now: DateTime) -> Query {
+fn stalled_query(host: Option<&str>, now: DateTime, after: Option<&RunKey>) -> Query {
     let mut elem = doc! { "status": "transferring", "lease.expires": { "$lt": now } };
     match host {
         Some(h) => {
             elem.insert("host", h);
             Query {
-                filter: doc! {
-                    "data.host_status": host_status(h, CopyStatus::Transferring),
-                    "data": { "$elemMatch": elem },
-                },
+                filter: paged(
+                    doc! {
+                        "data.host_status": host_status(h, CopyStatus::Transferring),
+                        "data": { "$elemMatch": elem },
+                    },
+                    after,
+                ),
                 hint: None,
             }
         }
         None => Query {
-            filter: doc! { "data": { "$elemMatch": elem } },
+            filter: paged(doc! { "data": { "$elemMatch": elem } }, after),
             hint: Some(STATUS_EXPIRES),
         },
     }
@@ -563,6 +612,40 @@ fn oid_at(seconds: i64) -> bson::oid::ObjectId {
 
 fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// The filter of [`Catalog::mark_removing`] and the array filter (`c`) naming the copy it
+/// marks. The run must have the copy in `from` and, each in its own `$elemMatch` (their
+/// hosts differ from the copy's, so no element can serve two of them), every protector:
+/// `transferred`, same checksum, verified at or after the time counted.
+fn removing_filter(
+    copy: &CopyRef,
+    from: CopyStatus,
+    protected_by: &[Protector],
+) -> (Document, Document) {
+    let mut and = vec![doc! { "data": { "$elemMatch": {
+        "host": &copy.host, "type": type_match(&copy.data_type), "status": from.as_str(),
+    } } }];
+    for p in protected_by {
+        let mut elem = doc! {
+            "host": &p.host,
+            "type": type_match(&p.data_type),
+            "status": CopyStatus::Transferred.as_str(),
+            "checksum": &p.checksum,
+        };
+        if let Some(t) = p.verified_after {
+            elem.insert("verified_time", doc! { "$gte": t });
+        }
+        and.push(doc! { "data": { "$elemMatch": elem } });
+    }
+    let mut filter = MongoCatalog::key_filter(&copy.run);
+    filter.insert("$and", and);
+    let array_filter = doc! {
+        "c.host": &copy.host,
+        "c.type": type_match(&copy.data_type),
+        "c.status": from.as_str(),
+    };
+    (filter, array_filter)
 }
 
 /// The value of a copy's `host_status` index field.
@@ -850,11 +933,44 @@ impl Catalog for MongoCatalog {
         &self,
         copy: &CopyRef,
         from: CopyStatus,
+        protected_by: &[Protector],
         who: &str,
         why: &str,
     ) -> Result<Cas, CatalogError> {
-        self.transition_as(copy, &removing_transition(from, who, why), "removing")
+        let t = removing_transition(from, who, why);
+        if !catalog_schema::can_transition(t.from, t.to) {
+            return Err(CatalogError::IllegalTransition {
+                catalog: self.shown.clone(),
+                copy: copy.to_string(),
+                from: t.from,
+                to: t.to,
+            });
+        }
+        let (filter, array_filter) = removing_filter(copy, from, protected_by);
+        let now = DateTime::now();
+        // The copy is addressed by an array filter, not by `$`: with several `$elemMatch`
+        // on `data` in the filter, which element `$` names is not defined.
+        let mut update = doc! {
+            "$set": {
+                "data.$[c].status": CopyStatus::Removing.as_str(),
+                "data.$[c].host_status": host_status(&copy.host, CopyStatus::Removing),
+                "data.$[c].updated_time": now,
+            },
+            "$unset": { "data.$[c].lease": "" },
+        };
+        self.push_event(&mut update, &t.event(copy, "removing"))?;
+        let op = format!("removing {copy}");
+        let r = self
+            .runs
+            .update_one(filter, update)
+            .array_filters(vec![array_filter])
             .await
+            .map_err(|e| classify(&self.shown, &op, e))?;
+        Ok(if r.modified_count == 1 {
+            Cas::Done
+        } else {
+            Cas::Lost
+        })
     }
 
     async fn remove_copy(&self, copy: &CopyRef, who: &str, why: &str) -> Result<Cas, CatalogError> {
@@ -998,12 +1114,13 @@ impl Catalog for MongoCatalog {
         dest: &str,
         data_type: &str,
         sources: &[String],
+        after: Option<&RunKey>,
         limit: u32,
     ) -> Result<Vec<RunDoc>, CatalogError> {
         if sources.is_empty() {
             return Ok(Vec::new());
         }
-        let q = needing_copy_query(dest, data_type, sources);
+        let q = needing_copy_query(dest, data_type, sources, after);
         self.run_query("runs needing copy", q, limit).await
     }
 
@@ -1011,14 +1128,20 @@ impl Catalog for MongoCatalog {
         &self,
         host: &str,
         status: CopyStatus,
+        after: Option<&RunKey>,
         limit: u32,
     ) -> Result<Vec<RunDoc>, CatalogError> {
-        self.run_query("copies in status", in_status_query(host, status), limit)
-            .await
+        let q = in_status_query(host, status, after);
+        self.run_query("copies in status", q, limit).await
     }
 
-    async fn purge_candidates(&self, host: &str, limit: u32) -> Result<Vec<RunDoc>, CatalogError> {
-        self.run_query("purge candidates", purge_query(host), limit)
+    async fn purge_candidates(
+        &self,
+        host: &str,
+        after: Option<&RunKey>,
+        limit: u32,
+    ) -> Result<Vec<RunDoc>, CatalogError> {
+        self.run_query("purge candidates", purge_query(host, after), limit)
             .await
     }
 
@@ -1026,9 +1149,10 @@ impl Catalog for MongoCatalog {
         &self,
         host: Option<&str>,
         now: DateTime,
+        after: Option<&RunKey>,
         limit: u32,
     ) -> Result<Vec<RunDoc>, CatalogError> {
-        self.run_query("stalled copies", stalled_query(host, now), limit)
+        self.run_query("stalled copies", stalled_query(host, now, after), limit)
             .await
     }
 
