@@ -122,6 +122,8 @@ async fn main() -> Result<()> {
         write: vec![tool("tape-dd"), "of={device}".into()],
         read: vec![tool("tape-dd"), "if={device}".into()],
         labels: work.join("labels.json"),
+        changer: None,
+        lock_timeout: std::time::Duration::from_secs(60),
     };
     let _ = std::fs::remove_file(&cfg.labels);
     let tape = TarBackend::new(cfg)?;
