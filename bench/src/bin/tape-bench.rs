@@ -125,13 +125,26 @@ async fn main() -> Result<()> {
         changer: None,
         lock_timeout: std::time::Duration::from_secs(60),
     };
-    let _ = std::fs::remove_file(&cfg.labels);
-    let tape = TarBackend::new(cfg)?;
     let (dir, files, mib) = (work.clone(), args.files, args.file_mib);
     let batch = tokio::task::spawn_blocking(move || make_batch(&dir, files, mib)).await??;
-    let t = Instant::now();
-    let receipt = tape.put(&batch).await?;
-    let put_time = t.elapsed();
+    // The put, on blank tapes each time (median of `repeat`); the last one's tapes are
+    // verified below.
+    let mut puts = Vec::new();
+    let mut last = None;
+    for _ in 0..args.repeat.max(1) {
+        for d in &devices {
+            let _ = std::fs::remove_dir_all(d);
+            std::fs::create_dir_all(d)?;
+        }
+        let _ = std::fs::remove_file(&cfg.labels);
+        let tape = TarBackend::new(cfg.clone())?;
+        let t = Instant::now();
+        let receipt = tape.put(&batch).await?;
+        puts.push(t.elapsed());
+        last = Some((tape, receipt));
+    }
+    let put_time = median(puts);
+    let (tape, receipt) = last.context("no put")?;
     // Pace reads only: the put above ran at disk speed.
     if args.drive_mb_s > 0 {
         for d in &devices {
@@ -144,7 +157,7 @@ async fn main() -> Result<()> {
         ..receipt.clone()
     };
     println!(
-        "tape-bench: {} files x {} MiB = {} MiB per copy, 2 copies, drive {} MB/s; put (both copies) {:.2}s",
+        "tape-bench: {} files x {} MiB = {} MiB per copy, 2 copies, drive {} MB/s; put (both copies, median) {:.2}s",
         args.files,
         args.file_mib,
         copy_bytes >> 20,
