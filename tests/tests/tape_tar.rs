@@ -412,3 +412,39 @@ async fn two_backends_on_one_label_store_take_turns() {
     assert!(holder.contains("put of run run3"), "{holder}");
     assert!(e.is_retryable());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_changed_since_its_manifest_fails_the_put_and_records_nothing() {
+    let lab = Lab::new();
+    let tape = backend(tar_entry(&lab, 2), None);
+    let batch = make_run(
+        &lab.path().join("data"),
+        "run1",
+        1,
+        &[("a", 700_000), ("b", 700_000), ("c", 10)],
+    );
+    // Same size, one byte different: only the hash read while writing can tell.
+    let mut bytes = std::fs::read(&batch.files[1].local).unwrap();
+    bytes[1234] ^= 1;
+    std::fs::write(&batch.files[1].local, bytes).unwrap();
+    let e = tape.put(&batch).await.expect_err("changed source");
+    let TapeError::Mismatch { key, what, .. } = &e else {
+        panic!("{e:?}")
+    };
+    assert_eq!(key, "run1/b");
+    assert_eq!(*what, "source file while writing to tape");
+    let store = labels(&lab);
+    assert!(store.find("run1/a").is_empty() && store.find("run1/c").is_empty());
+    // Put right again (the file restored to what the manifest says), the batch goes
+    // through on both drives, and each copy reads back intact.
+    let fixed = make_run(
+        &lab.path().join("data2"),
+        "run1",
+        1,
+        &[("a", 700_000), ("b", 700_000), ("c", 10)],
+    );
+    let r = tape.put(&fixed).await.expect("put");
+    let report = tape.verify(&r, VerifyLevel::Full).await.expect("verify");
+    assert_eq!(report.copies, 2);
+    assert_eq!(report.bytes_read, 2 * (700_000 + 700_000 + 10));
+}

@@ -15,6 +15,7 @@ use super::drive::Drive;
 use super::labels::{LabelStore, Member, TapeFileEntry, TapeFileKind, TapeRecord};
 use super::lock::{lock_labels, LabelsLock};
 use super::mount::Library;
+use super::tee::{self, Feed};
 use super::{TarConfig, CATALOGUE_MEMBER};
 use crate::tape::io::copy_hashing;
 use crate::tape::{
@@ -156,30 +157,36 @@ impl TarBackend {
                 .into_iter()
                 .map(|a| a.into_iter().cloned().collect())
                 .collect();
-            // One thread per drive, all copies at once.
-            let results: Vec<Result<Written, TapeError>> = std::thread::scope(|s| {
+            // One thread per drive, all copies at once, fed by one reader of the sources.
+            let (txs, feeds) = tee::channels(copies);
+            let (fed, results) = std::thread::scope(|s| {
+                let (archives, run) = (&archives, &batch.run);
+                let feeder = s.spawn(move || tee::feed(name, run, archives, txs));
                 let handles: Vec<_> = labels
                     .iter()
+                    .zip(feeds)
                     .enumerate()
-                    .map(|(i, label)| {
-                        let (lib, archives, run) = (&lib, &archives, &batch.run);
-                        s.spawn(move || self.write_copy(lib, i, label.clone(), run, archives))
+                    .map(|(i, (label, feed))| {
+                        let lib = &lib;
+                        s.spawn(move || self.write_copy(lib, i, label.clone(), run, archives, feed))
                     })
                     .collect();
-                handles
+                let panicked = |what: &str| TapeError::Internal {
+                    backend: name.clone(),
+                    reason: format!("{what} thread panicked"),
+                };
+                let results: Vec<Result<Written, TapeError>> = handles
                     .into_iter()
-                    .map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(TapeError::Internal {
-                                backend: name.clone(),
-                                reason: "drive thread panicked".into(),
-                            })
-                        })
-                    })
-                    .collect()
+                    .map(|h| h.join().unwrap_or_else(|_| Err(panicked("drive"))))
+                    .collect();
+                let fed = feeder
+                    .join()
+                    .unwrap_or_else(|_| Err(panicked("source reader")));
+                (fed, results)
             });
             let mut written = Vec::new();
-            let mut first_err = None;
+            // A source that cannot be read or differs explains the drives' failures.
+            let mut first_err = fed.err();
             for r in results {
                 match r {
                     Ok(w) => written.push(w),
@@ -280,6 +287,7 @@ impl TarBackend {
         mut label: String,
         run: &RunRef,
         archives: &[Vec<TapeFile>],
+        mut feed: Feed,
     ) -> Result<Written, TapeError> {
         let drive = Drive::new(&self.cfg, self.cfg.devices[i].clone());
         let mut out = Vec::new();
@@ -295,7 +303,8 @@ impl TarBackend {
                     label: label.clone(),
                     ..TapeRecord::default()
                 });
-            let s = self.session(&drive, record, run, rest);
+            let base = archives.len() - rest.len();
+            let s = self.session(&drive, record, run, rest, base, &mut feed);
             if !s.entries.is_empty() {
                 out.push((label.clone(), s.entries));
             }
@@ -360,28 +369,35 @@ impl TarBackend {
     /// One drive's write session: archives (and catalogue) at the end of `record`. On a
     /// fresh tape: catalogue (file 0), archives; on a tape with data: archives, then a
     /// catalogue of the whole tape. Reports what was written even when it fails.
+    /// `archives` are the batch's archives from number `base` on; each comes from the
+    /// feed, or from disk when the feed is past it (written again after a tape change).
     fn session(
         &self,
         drive: &Drive,
         record: TapeRecord,
         run: &RunRef,
         archives: &[Vec<TapeFile>],
+        base: usize,
+        feed: &mut Feed,
     ) -> Session {
         let mut out = Session {
             entries: Vec::new(),
             done: 0,
             result: Ok(()),
         };
-        out.result = self.session_steps(drive, record, run, archives, &mut out);
+        out.result = self.session_steps(drive, record, run, archives, base, feed, &mut out);
         out
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn session_steps(
         &self,
         drive: &Drive,
         record: TapeRecord,
         run: &RunRef,
         archives: &[Vec<TapeFile>],
+        base: usize,
+        feed: &mut Feed,
         out: &mut Session,
     ) -> Result<(), TapeError> {
         drive.status()?;
@@ -428,8 +444,14 @@ impl TarBackend {
             self.write_catalogue(drive, &after, run)?;
             out.entries.push(catalogue(0));
         }
-        for (files, entry) in archives.iter().zip(planned) {
-            self.write_archive(drive, &record.label, run, files, &entry)?;
+        for (i, (files, entry)) in archives.iter().zip(planned).enumerate() {
+            let from_feed = feed.next_archive == base + i;
+            let source = if from_feed { Some(&mut *feed) } else { None };
+            let written = self.write_archive(drive, &record.label, run, files, &entry, source);
+            if written.is_err() && from_feed {
+                feed.skip_archive();
+            }
+            written?;
             out.entries.push(entry);
             out.done += 1;
         }
@@ -494,19 +516,41 @@ impl TarBackend {
         run: &RunRef,
         files: &[TapeFile],
         entry: &TapeFileEntry,
+        feed: Option<&mut Feed>,
     ) -> Result<(), TapeError> {
         let name = &self.cfg.name;
         let device = drive.device.clone();
+        let header = |f: &TapeFile| {
+            let mut h = ::tar::Header::new_gnu();
+            h.set_size(f.size);
+            h.set_mode(0o644);
+            h.set_mtime(unix_now());
+            h
+        };
+        if let Some(feed) = feed {
+            // The bytes come read and hashed once, for every drive (see `tee.rs`).
+            return drive.write_file(
+                |w| {
+                    let to_tape = |e| TapeError::io(name, "writing to tape", &device, e);
+                    let mut b = ::tar::Builder::new(w);
+                    for (f, m) in files.iter().zip(&entry.members) {
+                        b.append_data(&mut header(f), &m.key, feed.file())
+                            .map_err(to_tape)?;
+                    }
+                    feed.end_archive().map_err(to_tape)?;
+                    b.finish().map_err(to_tape)
+                },
+                self.full_err(drive, label, run),
+            );
+        }
+        // Written again from disk after a tape change: read and checked once more.
         drive.write_file(
             |w| {
                 let mut b = ::tar::Builder::new(w);
                 for (f, m) in files.iter().zip(&entry.members) {
                     let src = File::open(&f.local)
                         .map_err(|e| TapeError::io(name, "opening source", &f.local, e))?;
-                    let mut h = ::tar::Header::new_gnu();
-                    h.set_size(f.size);
-                    h.set_mode(0o644);
-                    h.set_mtime(unix_now());
+                    let mut h = header(f);
                     let mut reader = HashingReader {
                         inner: src.take(f.size),
                         sha256: Sha256::new(),

@@ -25,6 +25,7 @@
 //! - `lock.rs`    — the label store's `flock`, with a timeout naming the holder
 //! - `changer.rs` — the `mtx` robot: `status` parsing, `load`, `unload`
 //! - `mount.rs`   — which tape goes into which drive (changer or operator)
+//! - `tee.rs`     — one read (and hash) of each source file, teed to every drive
 //! - `drive.rs`   — one drive: `mt` positioning, writing/reading one tape file
 //! - `backend.rs` — [`TarBackend`], the [`TapeBackend`](super::TapeBackend) impl
 //! - `verify.rs`  — sampled / full MD5 verification of every copy, in parallel
@@ -36,6 +37,7 @@ mod drive;
 mod labels;
 mod lock;
 mod mount;
+mod tee;
 mod verify;
 
 pub use backend::TarBackend;
