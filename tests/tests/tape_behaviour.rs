@@ -1,6 +1,7 @@
 //! One behaviour suite, run unchanged against every tape backend: `directory`, `command`
 //! (JLab jput stubs, TSM dsmc, HPSS hsi — the fake tools of `tests/fixtures/tape-tools`)
-//! and `tar` (two file-backed drives behind `mt`/`dd` shims).
+//! and `tar` (two file-backed drives behind `mt`/`dd` shims, alone and in a tape library
+//! behind the `mtx` shim).
 //!
 //! The suite branches on [`Capabilities`], never on a backend's name.
 
@@ -10,7 +11,8 @@ use ferry::tape::{Batch, TapeBackend, TapeError, TapeFile, VerifyKind, VerifyLev
 
 mod tape_common;
 use tape_common::{
-    backend, directory_entry, dsmc_entry, hsi_entry, jlab_entry, make_run, tar_entry, Lab,
+    backend, directory_entry, dsmc_entry, hsi_entry, jlab_entry, make_library, make_run,
+    tar_changer_entry, tar_entry, Lab, SlotTape,
 };
 
 const FILES: &[(&str, usize)] = &[
@@ -235,4 +237,18 @@ async fn command_backend_hpss_hsi_behaves() {
 async fn tar_backend_on_two_drives_behaves() {
     let lab = Lab::new();
     behaves(&lab, backend(tar_entry(&lab, 2), None).as_ref()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tar_backend_with_a_changer_behaves() {
+    let lab = Lab::new();
+    let tapes: Vec<SlotTape> = (1..=3)
+        .map(|slot| SlotTape {
+            slot,
+            barcode: None,
+            capacity: None,
+        })
+        .collect();
+    make_library(&lab, 2, 4, &tapes);
+    behaves(&lab, backend(tar_changer_entry(&lab, 2, 4), None).as_ref()).await;
 }

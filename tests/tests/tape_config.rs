@@ -54,6 +54,61 @@ fn placeholders_are_checked_per_operation() {
 }
 
 #[test]
+fn changer_settings_are_checked_at_their_paths() {
+    let tar = |changer: serde_json::Value| {
+        json!({
+            "name": "t", "kind": "tar", "devices": ["/dev/nst0", "/dev/nst1"],
+            "labels": "/var/lib/l.json", "changer": changer
+        })
+    };
+    let e = error_text(tar(json!({
+        "device": "/dev/sg3", "slots": "1-10",
+        "load": ["mtx", "-f", "{changer}", "load", "{slott}", "{drive}"]
+    })));
+    assert!(e.contains("sites[1].tape[0].changer.load[4]"), "{e}");
+    assert!(e.contains("unknown placeholder {slott}"), "{e}");
+    assert!(e.contains("did you mean \"slot\""), "{e}");
+    // status knows only the changer.
+    let e = error_text(tar(json!({
+        "device": "/dev/sg3", "slots": [1, 2], "status": ["mtx", "-f", "{changer}", "{slot}"]
+    })));
+    assert!(e.contains("changer.status[3]"), "{e}");
+    let e = error_text(tar(json!({ "device": "/dev/sg3", "slots": "10-1" })));
+    assert!(
+        e.contains("changer.slots") && e.contains("bad slot range"),
+        "{e}"
+    );
+    let e = error_text(tar(json!({ "device": "/dev/sg3", "slots": [1, 1] })));
+    assert!(e.contains("slot 1 is listed twice"), "{e}");
+    let e = error_text(tar(
+        json!({ "device": "/dev/sg3", "slots": [1], "drives": [0] }),
+    ));
+    assert!(
+        e.contains("changer.drives") && e.contains("one per device"),
+        "{e}"
+    );
+    let e = error_text(tar(json!({ "device": "/dev/sg3", "slot": [1] })));
+    assert!(e.contains("unknown key \"slot\""), "{e}");
+    assert!(e.contains("missing required key \"slots\""), "{e}");
+    let cfg = tape_config(tar(
+        json!({ "device": "/dev/sg3", "slots": "3-5", "drives": [2, 0] }),
+    ))
+    .unwrap();
+    let TapeKind::Tar {
+        changer: Some(c), ..
+    } = &cfg.kind
+    else {
+        panic!("{cfg:?}")
+    };
+    assert_eq!(c.slots, [3, 4, 5]);
+    assert_eq!(c.drives, [2, 0]);
+    assert_eq!(
+        c.load,
+        ["mtx", "-f", "{changer}", "load", "{slot}", "{drive}"]
+    );
+}
+
+#[test]
 fn backend_settings_that_cannot_work_fail_at_build() {
     // No stat: a put could not be idempotent.
     let cfg =

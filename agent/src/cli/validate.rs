@@ -95,9 +95,16 @@ fn tape_detail(kind: &TapeKind) -> String {
                 .unwrap_or_else(|| "run locally".into())
         ),
         TapeKind::Tar {
-            devices, copies, ..
+            devices,
+            copies,
+            changer,
+            ..
         } => {
-            format!("tar on {} device(s), {copies} copies", devices.len())
+            let robot = changer
+                .as_ref()
+                .map(|c| format!(", changer {} ({} slots)", c.device.display(), c.slots.len()))
+                .unwrap_or_default();
+            format!("tar on {} device(s), {copies} copies{robot}", devices.len())
         }
     }
 }

@@ -34,8 +34,9 @@ pub use diag::{did_you_mean, Diagnostic, LineCol, Location, Severity};
 pub use model::{
     parse_tape_template, CatalogSettings, CommandOutput, CompletionRule, DestinationVerify,
     HostKeyPolicy, LayoutError, LayoutField, LayoutTemplate, Limits, Link, PasswordSource,
-    PurgePolicy, RunPathFields, Site, SiteMap, TapeBackendConfig, TapeKind, TemplatePiece,
-    TransferMethod, TAPE_PLACEHOLDERS,
+    PurgePolicy, RunPathFields, Site, SiteMap, TapeBackendConfig, TapeKind, TarChanger,
+    TemplatePiece, TransferMethod, CHANGER_MOVE_PLACEHOLDERS, CHANGER_STATUS_PLACEHOLDERS,
+    TAPE_PLACEHOLDERS,
 };
 pub use ssh::{SettingSource, SshConfigError, SshEnvironment, SshSettings};
 pub use validate::FORMAT_VERSION;

@@ -389,8 +389,41 @@ pub enum TapeKind {
         /// The label store: a JSON file recording every tape and what it holds [default
         /// `/var/lib/ferry/tape-<name>-labels.json`].
         labels: PathBuf,
+        /// A tape library's robot (`mtx`), to change full tapes without an operator.
+        changer: Option<TarChanger>,
+        /// Longest wait for the label store's lock (another process using the drives)
+        /// [default 1 hour].
+        lock_timeout: Duration,
     },
 }
+
+/// A tape changer (library robot) driven by `mtx`, as papertape and Bacula's
+/// `mtx-changer` drive it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TarChanger {
+    /// The changer's device (such as `/dev/sg3`): `{changer}` in the templates.
+    pub device: PathBuf,
+    /// Prints the library's status in `mtx status` format [default
+    /// `["mtx", "-f", "{changer}", "status"]`].
+    pub status: Vec<String>,
+    /// Loads storage element `{slot}` into data transfer element `{drive}` [default
+    /// `["mtx", "-f", "{changer}", "load", "{slot}", "{drive}"]`].
+    pub load: Vec<String>,
+    /// Puts the tape in `{drive}` back into `{slot}` [default
+    /// `["mtx", "-f", "{changer}", "unload", "{slot}", "{drive}"]`].
+    pub unload: Vec<String>,
+    /// Storage elements (slots) whose tapes this backend may use, in the order it uses
+    /// them.
+    pub slots: Vec<u32>,
+    /// The data transfer element (drive number in `mtx`) of each device, in `devices`
+    /// order [default 0, 1, …].
+    pub drives: Vec<u32>,
+}
+
+/// Placeholders of a changer's `status` template.
+pub const CHANGER_STATUS_PLACEHOLDERS: &[&str] = &["changer"];
+/// Placeholders of a changer's `load` / `unload` templates.
+pub const CHANGER_MOVE_PLACEHOLDERS: &[&str] = &["changer", "slot", "drive"];
 
 impl TapeKind {
     /// The kind's name as written in the site map.

@@ -16,7 +16,8 @@ use super::diag::{did_you_mean, LineCol, Severity};
 use super::model::{
     parse_tape_template, CatalogSettings, CommandOutput, CompletionRule, DestinationVerify,
     HostKeyPolicy, LayoutTemplate, Limits, PasswordSource, PurgePolicy, Site, TapeBackendConfig,
-    TapeKind, TransferMethod, TAPE_PLACEHOLDERS,
+    TapeKind, TarChanger, TransferMethod, CHANGER_MOVE_PLACEHOLDERS, CHANGER_STATUS_PLACEHOLDERS,
+    TAPE_PLACEHOLDERS,
 };
 use super::raw::{Node, Value};
 use super::read::{check_hostname, check_name, join, object, Ctx, Obj, Span, Unknown};
@@ -123,7 +124,10 @@ const TAPE_TAR_KEYS: &[&str] = &[
     "write",
     "read",
     "labels",
+    "changer",
+    "lock_timeout",
 ];
+const TAPE_TAR_CHANGER_KEYS: &[&str] = &["device", "status", "load", "unload", "slots", "drives"];
 const TAPE_KINDS: &[&str] = &["directory", "command", "tar"];
 
 /// Reads Ferry's own format (a JSON object with `"version": 1`).
@@ -1022,6 +1026,13 @@ fn read_tar_tape(cx: &mut Ctx, o: &Obj<'_>, name: &str) -> Option<TapeKind> {
         Some((n, p)) => cx.abs_path(n, &p, "label store"),
         None => Some(default_label_store(name)),
     };
+    let lock_timeout = o
+        .get("lock_timeout")
+        .map(|(n, p)| cx.duration(n, &p))
+        .unwrap_or(Some(std::time::Duration::from_secs(3600)));
+    let changer = o
+        .get("changer")
+        .map(|(n, p)| read_tar_changer(cx, n, &p, devices.as_ref().map(Vec::len)));
     let devices = devices?;
     let drives = u32::try_from(devices.len()).unwrap_or(u32::MAX);
     let copies = match copies {
@@ -1047,6 +1058,174 @@ fn read_tar_tape(cx: &mut Ctx, o: &Obj<'_>, name: &str) -> Option<TapeKind> {
         write: write?,
         read: read?,
         labels: labels?,
+        changer: optional(changer)?,
+        lock_timeout: lock_timeout?,
+    })
+}
+
+/// An argv template of a changer, with its default and allowed placeholders.
+fn changer_argv(
+    cx: &mut Ctx,
+    o: &Obj<'_>,
+    key: &str,
+    default: &[&str],
+    allowed: &[&'static str],
+) -> Option<Vec<String>> {
+    match o.get(key) {
+        None => Some(default.iter().map(|s| s.to_string()).collect()),
+        Some((n, p)) => {
+            let argv = cx.argv(n, &p)?;
+            check_template(cx, n, &p, &argv, allowed).then_some(argv)
+        }
+    }
+}
+
+/// A slot or drive number (0 to 100 000).
+fn element(cx: &mut Ctx, node: &Node, path: &str) -> Option<u32> {
+    cx.int(node, path, 0, 100_000)
+        .and_then(|v| u32::try_from(v).ok())
+}
+
+/// `slots`: `[1, 2, 5]` or `"1-24"`; no slot twice.
+fn read_slots(cx: &mut Ctx, node: &Node, path: &str) -> Option<Vec<u32>> {
+    let slots = match &node.value {
+        Value::String(s) => {
+            let range = s
+                .split_once('-')
+                .and_then(|(a, b)| {
+                    Some((a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?))
+                })
+                .filter(|(a, b)| a <= b && *b <= 100_000);
+            match range {
+                Some((a, b)) => (a..=b).collect(),
+                None => {
+                    cx.error_hint(
+                        node.pos,
+                        path,
+                        format!("bad slot range {s:?}"),
+                        Some("write it like \"1-24\", or list the slots: [1, 2, 3]".into()),
+                    );
+                    return None;
+                }
+            }
+        }
+        Value::Array(items) => {
+            let mut out = Vec::new();
+            let mut ok = true;
+            for (i, item) in items.iter().enumerate() {
+                match element(cx, item, &format!("{path}[{i}]")) {
+                    Some(v) => out.push(v),
+                    None => ok = false,
+                }
+            }
+            if !ok {
+                return None;
+            }
+            out
+        }
+        _ => {
+            cx.type_error(
+                node,
+                path,
+                "a slot range such as \"1-24\" or an array of slots",
+            );
+            return None;
+        }
+    };
+    if slots.is_empty() {
+        cx.error(node.pos, path, "no slots");
+        return None;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(dup) = slots.iter().find(|s| !seen.insert(**s)) {
+        cx.error(node.pos, path, format!("slot {dup} is listed twice"));
+        return None;
+    }
+    Some(slots)
+}
+
+/// `changer` of a tar backend: the `mtx` robot, its slots, and the drive number of each
+/// device.
+fn read_tar_changer(
+    cx: &mut Ctx,
+    node: &Node,
+    path: &str,
+    devices: Option<usize>,
+) -> Option<TarChanger> {
+    let o = object(
+        cx,
+        node,
+        path,
+        TAPE_TAR_CHANGER_KEYS,
+        Unknown::Error,
+        Severity::Error,
+    )?;
+    let device = o
+        .required(cx, "device")
+        .and_then(|(n, p)| cx.abs_path(n, &p, "changer device"));
+    let status = changer_argv(
+        cx,
+        &o,
+        "status",
+        &["mtx", "-f", "{changer}", "status"],
+        CHANGER_STATUS_PLACEHOLDERS,
+    );
+    let load = changer_argv(
+        cx,
+        &o,
+        "load",
+        &["mtx", "-f", "{changer}", "load", "{slot}", "{drive}"],
+        CHANGER_MOVE_PLACEHOLDERS,
+    );
+    let unload = changer_argv(
+        cx,
+        &o,
+        "unload",
+        &["mtx", "-f", "{changer}", "unload", "{slot}", "{drive}"],
+        CHANGER_MOVE_PLACEHOLDERS,
+    );
+    let slots = o
+        .required(cx, "slots")
+        .and_then(|(n, p)| read_slots(cx, n, &p));
+    let drives = match o.get("drives") {
+        None => devices.map(|d| (0..d as u32).collect()),
+        Some((n, p)) => {
+            let Value::Array(items) = &n.value else {
+                cx.type_error(n, &p, "an array of drive numbers, one per device");
+                return None;
+            };
+            let mut out = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                out.push(element(cx, item, &format!("{p}[{i}]")));
+            }
+            let out: Option<Vec<u32>> = out.into_iter().collect();
+            let out = out?;
+            if let Some(d) = devices.filter(|d| *d != out.len()) {
+                cx.error(
+                    n.pos,
+                    &p,
+                    format!(
+                        "{} drive number(s) for {d} device(s); give one per device, in order",
+                        out.len()
+                    ),
+                );
+                return None;
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            if let Some(dup) = out.iter().find(|s| !seen.insert(**s)) {
+                cx.error(n.pos, &p, format!("drive {dup} is listed twice"));
+                return None;
+            }
+            Some(out)
+        }
+    };
+    Some(TarChanger {
+        device: device?,
+        status: status?,
+        load: load?,
+        unload: unload?,
+        slots: slots?,
+        drives: drives?,
     })
 }
 
@@ -1312,6 +1491,12 @@ mod tests {
             let mut want: Vec<&str> = TAPE_COMMON_KEYS.to_vec();
             want.extend(specific);
             assert_eq!(keys(&b["properties"]), sorted(&want), "tape kind {kind}");
+            if kind == "tar" {
+                assert_eq!(
+                    keys(&b["properties"]["changer"]["properties"]),
+                    sorted(TAPE_TAR_CHANGER_KEYS)
+                );
+            }
         }
         let kinds: Vec<&str> = defs["tape"]["properties"]["kind"]["enum"]
             .as_array()

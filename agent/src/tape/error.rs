@@ -160,6 +160,15 @@ pub enum TapeError {
         path: PathBuf,
         reason: String,
     },
+    /// Another process held the label store's lock for longer than the backend waits.
+    #[error("tape backend {backend}: label store lock {path:?} is held by {holder}; gave up after {waited:?}")]
+    Locked {
+        backend: String,
+        path: PathBuf,
+        /// What the holder wrote into the lock file (pid, operation, since when).
+        holder: String,
+        waited: Duration,
+    },
     /// A task of the backend itself died.
     #[error("tape backend {backend}: internal: {reason}")]
     Internal { backend: String, reason: String },
@@ -177,6 +186,7 @@ impl TapeError {
             Mismatch { .. } => false,
             Command { retryable, .. } => *retryable,
             Timeout { .. } | Drive { .. } | TapeFull { .. } | Internal { .. } => true,
+            Locked { .. } => true,
             Io { source, .. } => !matches!(
                 source.kind(),
                 std::io::ErrorKind::NotFound

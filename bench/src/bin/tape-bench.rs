@@ -81,6 +81,33 @@ fn make_batch(dir: &Path, files: usize, mib: usize) -> Result<Batch> {
     })
 }
 
+/// Bytes this process has read through `read` calls (`rchar` of `/proc/self/io`; 0 where
+/// there is none).
+fn read_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("rchar:").and_then(|v| v.trim().parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// CPU time of this process, all threads (`/proc/self/stat` utime + stime; 0 where there
+/// is none).
+fn cpu_seconds() -> f64 {
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|t| {
+            // Fields after the command name (which may hold spaces) start at `) `.
+            let rest = t.rsplit_once(") ")?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        });
+    // USER_HZ is 100 on Linux.
+    ticks.map_or(0.0, |t| t as f64 / 100.0)
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -122,14 +149,36 @@ async fn main() -> Result<()> {
         write: vec![tool("tape-dd"), "of={device}".into()],
         read: vec![tool("tape-dd"), "if={device}".into()],
         labels: work.join("labels.json"),
+        changer: None,
+        lock_timeout: std::time::Duration::from_secs(60),
     };
-    let _ = std::fs::remove_file(&cfg.labels);
-    let tape = TarBackend::new(cfg)?;
     let (dir, files, mib) = (work.clone(), args.files, args.file_mib);
     let batch = tokio::task::spawn_blocking(move || make_batch(&dir, files, mib)).await??;
-    let t = Instant::now();
-    let receipt = tape.put(&batch).await?;
-    let put_time = t.elapsed();
+    // The put, on blank tapes each time (median of `repeat`); the last one's tapes are
+    // verified below.
+    let mut puts = Vec::new();
+    let (mut put_reads, mut put_cpu) = (Vec::new(), Vec::new());
+    let mut last = None;
+    for _ in 0..args.repeat.max(1) {
+        for d in &devices {
+            let _ = std::fs::remove_dir_all(d);
+            std::fs::create_dir_all(d)?;
+        }
+        let _ = std::fs::remove_file(&cfg.labels);
+        let tape = TarBackend::new(cfg.clone())?;
+        let (io0, cpu0) = (read_bytes(), cpu_seconds());
+        let t = Instant::now();
+        let receipt = tape.put(&batch).await?;
+        puts.push(t.elapsed());
+        put_reads.push(read_bytes().saturating_sub(io0));
+        put_cpu.push(cpu_seconds() - cpu0);
+        last = Some((tape, receipt));
+    }
+    let put_time = median(puts);
+    put_reads.sort_unstable();
+    put_cpu.sort_by(f64::total_cmp);
+    let (put_read, put_cpu) = (put_reads[put_reads.len() / 2], put_cpu[put_cpu.len() / 2]);
+    let (tape, receipt) = last.context("no put")?;
     // Pace reads only: the put above ran at disk speed.
     if args.drive_mb_s > 0 {
         for d in &devices {
@@ -142,12 +191,16 @@ async fn main() -> Result<()> {
         ..receipt.clone()
     };
     println!(
-        "tape-bench: {} files x {} MiB = {} MiB per copy, 2 copies, drive {} MB/s; put (both copies) {:.2}s",
+        "tape-bench: {} files x {} MiB = {} MiB per copy, 2 copies, drive {} MB/s; put (both copies, median) {:.2}s",
         args.files,
         args.file_mib,
         copy_bytes >> 20,
         args.drive_mb_s,
         put_time.as_secs_f64()
+    );
+    println!(
+        "put: {} MiB read by this process (rchar), {put_cpu:.2}s CPU (user + system, all threads)",
+        put_read >> 20
     );
     println!("level                 sequential  parallel  ratio");
     for (name, level) in [

@@ -183,3 +183,51 @@ pub fn tar_entry(lab: &Lab, drives: usize) -> Value {
         "labels": lab.path().join("labels.json")
     })
 }
+
+/// One slot of a file-backed tape library: its number, the tape's barcode (if it has
+/// one) and its capacity in bytes (`None`: unlimited).
+pub struct SlotTape {
+    pub slot: u32,
+    pub barcode: Option<&'static str>,
+    pub capacity: Option<u64>,
+}
+
+/// A file-backed tape library for the `mtx` shim at `lab/changer`: `slots` storage
+/// elements, drives `nst0…` (empty at first), tapes where `tapes` says.
+pub fn make_library(lab: &Lab, drives: usize, slots: u32, tapes: &[SlotTape]) -> PathBuf {
+    let ch = lab.path().join("changer");
+    std::fs::create_dir_all(&ch).expect("test setup");
+    std::fs::write(ch.join("slots"), slots.to_string()).expect("test setup");
+    for i in 0..drives {
+        let dev = lab.device(&format!("nst{i}"));
+        std::fs::write(dev.join("no-tape"), "").expect("test setup");
+        std::fs::write(ch.join(format!("drive.{i}")), dev.display().to_string())
+            .expect("test setup");
+    }
+    for t in tapes {
+        let dir = ch.join(format!("slot.{}", t.slot));
+        std::fs::create_dir_all(&dir).expect("test setup");
+        if let Some(b) = t.barcode {
+            std::fs::write(dir.join("barcode"), b).expect("test setup");
+        }
+        if let Some(c) = t.capacity {
+            std::fs::write(dir.join("capacity"), c.to_string()).expect("test setup");
+        }
+    }
+    ch
+}
+
+/// tar on `drives` drives inside the library at `lab/changer` (see [`make_library`]),
+/// slots 1 to `slots`, the `mtx` shim with its default argv shape.
+pub fn tar_changer_entry(lab: &Lab, drives: usize, slots: u32) -> Value {
+    let mut entry = tar_entry(lab, drives);
+    let mtx = lab.bin("mtx");
+    entry["changer"] = json!({
+        "device": lab.path().join("changer"),
+        "status": [mtx, "-f", "{changer}", "status"],
+        "load": [mtx, "-f", "{changer}", "load", "{slot}", "{drive}"],
+        "unload": [mtx, "-f", "{changer}", "unload", "{slot}", "{drive}"],
+        "slots": format!("1-{slots}"),
+    });
+    entry
+}

@@ -1,5 +1,6 @@
 //! [`TarBackend`]: write sessions on N drives in parallel, the label store as the index.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -9,8 +10,12 @@ use md5::{Digest, Md5};
 use sha2::Sha256;
 use tokio::sync::Mutex;
 
+use super::changer::Changer;
 use super::drive::Drive;
 use super::labels::{LabelStore, Member, TapeFileEntry, TapeFileKind, TapeRecord};
+use super::lock::{lock_labels, LabelsLock};
+use super::mount::Library;
+use super::tee::{self, Feed};
 use super::{TarConfig, CATALOGUE_MEMBER};
 use crate::tape::io::copy_hashing;
 use crate::tape::{
@@ -25,7 +30,20 @@ pub struct TarBackend {
     pub(super) cfg: TarConfig,
     /// One put, verify or retrieve at a time: drives are serial devices.
     pub(super) busy: Mutex<()>,
+    /// The tape library robot, if any.
+    pub(super) changer: Option<Changer>,
 }
+
+/// What one write session did: the tape files written (even when it failed later), how
+/// many archives of those asked for, and how it ended.
+struct Session {
+    entries: Vec<TapeFileEntry>,
+    done: usize,
+    result: Result<(), TapeError>,
+}
+
+/// One copy of a batch: the tape files written, per tape label.
+type Written = Vec<(String, Vec<TapeFileEntry>)>;
 
 /// A reader that hashes what passes through (SHA-256 and MD5), for files going to tape.
 struct HashingReader<R> {
@@ -69,6 +87,7 @@ impl TarBackend {
     pub fn new(cfg: TarConfig) -> Result<Self, TapeError> {
         cfg.check()?;
         Ok(Self {
+            changer: cfg.changer.clone().map(|c| Changer::new(&cfg.name, c)),
             cfg,
             busy: Mutex::new(()),
         })
@@ -93,7 +112,7 @@ impl TarBackend {
     }
 
     /// Label for a tape seen for the first time in `device`.
-    fn new_label(&self, copy: usize) -> String {
+    pub(super) fn new_label(&self, copy: usize) -> String {
         format!(
             "{}-{}-{:06x}",
             self.cfg.name,
@@ -105,7 +124,8 @@ impl TarBackend {
     fn blocking_put(&self, batch: &Batch) -> Result<Receipt, TapeError> {
         let name = &self.cfg.name;
         check_batch(name, batch)?;
-        let mut store = self.load()?;
+        let _lock = self.lock(&format!("put of run {}", batch.run.name))?;
+        let store = self.load()?;
         let mut missing = Vec::new();
         let mut existing: Vec<Option<StoredFile>> = Vec::new();
         for f in &batch.files {
@@ -119,81 +139,78 @@ impl TarBackend {
             }
         }
         let copies = self.cfg.copies as usize;
-        let devices: Vec<PathBuf> = self.cfg.devices[..copies].to_vec();
+        let lib = std::sync::Mutex::new(Library {
+            store,
+            claimed: BTreeSet::new(),
+        });
         if !missing.is_empty() {
-            // Tapes seen for the first time get a label now, before anything is written,
-            // so a failed session leaves a known tape whose partial data the next put
-            // overwrites.
+            // Every drive gets a known tape with room first (tapes seen for the first time
+            // get a label now, before anything is written, so a failed session leaves a
+            // known tape whose partial data the next put overwrites).
             let mut labels = Vec::new();
-            let mut fresh = Vec::new();
-            for (i, dev) in devices.iter().enumerate() {
-                let label = match store.label_in(dev) {
-                    Some(l) => l.to_owned(),
-                    None => {
-                        let l = self.new_label(i);
-                        fresh.push((i, l.clone()));
-                        l
-                    }
-                };
-                labels.push(label);
-            }
-            for (i, label) in &fresh {
-                Drive::new(&self.cfg, devices[*i].clone()).status()?;
-                self.ensure_blank(&devices[*i], label)?;
-                store
-                    .devices
-                    .insert(devices[*i].display().to_string(), label.clone());
-                store.tapes.insert(
-                    label.clone(),
-                    TapeRecord {
-                        label: label.clone(),
-                        files: Vec::new(),
-                    },
-                );
-            }
-            if !fresh.is_empty() {
-                store.save(name, &self.cfg.labels)?;
+            for i in 0..copies {
+                let mounted = self.mount_for_write(&lib, i, &batch.run);
+                self.save_lib(&lib)?;
+                labels.push(mounted?);
             }
             let archives: Vec<Vec<TapeFile>> = split_archives(&missing, self.cfg.batch_size)
                 .into_iter()
                 .map(|a| a.into_iter().cloned().collect())
                 .collect();
-            // One thread per drive, all copies at once.
-            let results: Vec<Result<Vec<TapeFileEntry>, TapeError>> = std::thread::scope(|s| {
-                let handles: Vec<_> = devices
+            // One thread per drive, all copies at once, fed by one reader of the sources.
+            let (txs, feeds) = tee::channels(copies);
+            let (fed, results) = std::thread::scope(|s| {
+                let (archives, run) = (&archives, &batch.run);
+                let feeder = s.spawn(move || tee::feed(name, run, archives, txs));
+                let handles: Vec<_> = labels
                     .iter()
-                    .zip(&labels)
-                    .map(|(dev, label)| {
-                        let record = store.tapes.get(label).cloned().unwrap_or_default();
-                        let drive = Drive::new(&self.cfg, dev.clone());
-                        let archives = &archives;
-                        let run = &batch.run;
-                        s.spawn(move || self.session(&drive, record, run, archives))
+                    .zip(feeds)
+                    .enumerate()
+                    .map(|(i, (label, feed))| {
+                        let lib = &lib;
+                        s.spawn(move || self.write_copy(lib, i, label.clone(), run, archives, feed))
                     })
                     .collect();
-                handles
+                let panicked = |what: &str| TapeError::Internal {
+                    backend: name.clone(),
+                    reason: format!("{what} thread panicked"),
+                };
+                let results: Vec<Result<Written, TapeError>> = handles
                     .into_iter()
-                    .map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(TapeError::Internal {
-                                backend: name.clone(),
-                                reason: "drive thread panicked".into(),
-                            })
-                        })
-                    })
-                    .collect()
+                    .map(|h| h.join().unwrap_or_else(|_| Err(panicked("drive"))))
+                    .collect();
+                let fed = feeder
+                    .join()
+                    .unwrap_or_else(|_| Err(panicked("source reader")));
+                (fed, results)
             });
-            let mut new_entries = Vec::new();
+            let mut written = Vec::new();
+            // A source that cannot be read or differs explains the drives' failures.
+            let mut first_err = fed.err();
             for r in results {
-                new_entries.push(r?);
-            }
-            for (label, entries) in labels.iter().zip(new_entries) {
-                if let Some(t) = store.tapes.get_mut(label) {
-                    t.files.extend(entries);
+                match r {
+                    Ok(w) => written.push(w),
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
                 }
             }
-            store.save(name, &self.cfg.labels)?;
+            // Tape changes happened whatever the outcome: record them; the batch's
+            // tape files only when every copy is complete.
+            if first_err.is_none() {
+                let mut lib = self.lib(&lib)?;
+                for (label, entries) in written.into_iter().flatten() {
+                    if let Some(t) = lib.store.tapes.get_mut(&label) {
+                        t.files.extend(entries);
+                    }
+                }
+            }
+            self.save_lib(&lib)?;
+            if let Some(e) = first_err {
+                return Err(e);
+            }
         }
+        let store = lib.into_inner().map_err(|_| self.poisoned())?.store;
         let mut files = Vec::with_capacity(batch.files.len());
         for (f, e) in batch.files.iter().zip(existing) {
             let stored = match e {
@@ -227,7 +244,7 @@ impl TarBackend {
             backend: name.clone(),
             run: batch.run.clone(),
             reference: format!(
-                "{reference} ({} copies: {})",
+                "{reference} ({} volumes: {})",
                 volumes.len(),
                 volumes.join(", ")
             ),
@@ -235,6 +252,71 @@ impl TarBackend {
             files,
             written: missing.len(),
         })
+    }
+
+    /// The label store's cross-process lock, for `op`.
+    pub(super) fn lock(&self, op: &str) -> Result<LabelsLock, TapeError> {
+        lock_labels(&self.cfg.name, &self.cfg.labels, self.cfg.lock_timeout, op)
+    }
+
+    fn poisoned(&self) -> TapeError {
+        TapeError::Internal {
+            backend: self.cfg.name.clone(),
+            reason: "a drive thread panicked holding the label store".into(),
+        }
+    }
+
+    pub(super) fn lib<'a>(
+        &self,
+        lib: &'a std::sync::Mutex<Library>,
+    ) -> Result<std::sync::MutexGuard<'a, Library>, TapeError> {
+        lib.lock().map_err(|_| self.poisoned())
+    }
+
+    pub(super) fn save_lib(&self, lib: &std::sync::Mutex<Library>) -> Result<(), TapeError> {
+        self.lib(lib)?.store.save(&self.cfg.name, &self.cfg.labels)
+    }
+
+    /// One copy of the batch on drive `i`, starting on tape `label`: with a changer, a
+    /// full tape is swapped for the next one and the archive that did not fit is written
+    /// again on it. The tape files written, per tape.
+    fn write_copy(
+        &self,
+        lib: &std::sync::Mutex<Library>,
+        i: usize,
+        mut label: String,
+        run: &RunRef,
+        archives: &[Vec<TapeFile>],
+        mut feed: Feed,
+    ) -> Result<Written, TapeError> {
+        let drive = Drive::new(&self.cfg, self.cfg.devices[i].clone());
+        let mut out = Vec::new();
+        let mut rest = archives;
+        loop {
+            let record = self
+                .lib(lib)?
+                .store
+                .tapes
+                .get(&label)
+                .cloned()
+                .unwrap_or_else(|| TapeRecord {
+                    label: label.clone(),
+                    ..TapeRecord::default()
+                });
+            let base = archives.len() - rest.len();
+            let s = self.session(&drive, record, run, rest, base, &mut feed);
+            if !s.entries.is_empty() {
+                out.push((label.clone(), s.entries));
+            }
+            match s.result {
+                Ok(()) => return Ok(out),
+                Err(e @ TapeError::TapeFull { .. }) if self.changer.is_some() => {
+                    rest = &rest[s.done..];
+                    label = self.swap_full(lib, i, &label, run, e)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// A tape Ferry has no label for must be empty: file 0 reads back no bytes.
@@ -260,14 +342,64 @@ impl TarBackend {
         Ok(())
     }
 
-    /// One drive's write session: archives (and catalogue) at the end of `record`.
+    /// Take a tape Ferry sees for the first time in drive `i` into the store as `label`,
+    /// after checking it is blank.
+    pub(super) fn adopt_blank(
+        &self,
+        store: &mut LabelStore,
+        i: usize,
+        label: String,
+    ) -> Result<String, TapeError> {
+        let device = &self.cfg.devices[i];
+        Drive::new(&self.cfg, device.clone()).status()?;
+        self.ensure_blank(device, &label)?;
+        store
+            .devices
+            .insert(device.display().to_string(), label.clone());
+        store.tapes.insert(
+            label.clone(),
+            TapeRecord {
+                label: label.clone(),
+                ..TapeRecord::default()
+            },
+        );
+        Ok(label)
+    }
+
+    /// One drive's write session: archives (and catalogue) at the end of `record`. On a
+    /// fresh tape: catalogue (file 0), archives; on a tape with data: archives, then a
+    /// catalogue of the whole tape. Reports what was written even when it fails.
+    /// `archives` are the batch's archives from number `base` on; each comes from the
+    /// feed, or from disk when the feed is past it (written again after a tape change).
     fn session(
         &self,
         drive: &Drive,
         record: TapeRecord,
         run: &RunRef,
         archives: &[Vec<TapeFile>],
-    ) -> Result<Vec<TapeFileEntry>, TapeError> {
+        base: usize,
+        feed: &mut Feed,
+    ) -> Session {
+        let mut out = Session {
+            entries: Vec::new(),
+            done: 0,
+            result: Ok(()),
+        };
+        out.result = self.session_steps(drive, record, run, archives, base, feed, &mut out);
+        out
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn session_steps(
+        &self,
+        drive: &Drive,
+        record: TapeRecord,
+        run: &RunRef,
+        archives: &[Vec<TapeFile>],
+        base: usize,
+        feed: &mut Feed,
+        out: &mut Session,
+    ) -> Result<(), TapeError> {
         drive.status()?;
         let start = record.files.len() as u64;
         let fresh = start == 0;
@@ -291,44 +423,43 @@ impl TarBackend {
                     .collect(),
             })
             .collect();
-        let mut after = record.clone();
-        if fresh {
-            after.files.push(TapeFileEntry {
-                file_no: 0,
-                kind: TapeFileKind::Catalogue,
-                run: None,
-                members: Vec::new(),
-            });
-        }
-        after.files.extend(planned.iter().cloned());
-        let trailing = TapeFileEntry {
-            file_no: first_archive + archives.len() as u64,
+        let catalogue = |file_no| TapeFileEntry {
+            file_no,
             kind: TapeFileKind::Catalogue,
             run: None,
             members: Vec::new(),
         };
+        let mut after = record.clone();
+        after.full = false;
+        if fresh {
+            after.files.push(catalogue(0));
+        }
+        after.files.extend(planned.iter().cloned());
+        let trailing = catalogue(first_archive + archives.len() as u64);
         if !fresh {
             after.files.push(trailing.clone());
         }
         drive.position(start)?;
         if fresh {
             self.write_catalogue(drive, &after, run)?;
+            out.entries.push(catalogue(0));
         }
-        for (files, entry) in archives.iter().zip(&planned) {
-            self.write_archive(drive, &record.label, run, files, entry)?;
+        for (i, (files, entry)) in archives.iter().zip(planned).enumerate() {
+            let from_feed = feed.next_archive == base + i;
+            let source = if from_feed { Some(&mut *feed) } else { None };
+            let written = self.write_archive(drive, &record.label, run, files, &entry, source);
+            if written.is_err() && from_feed {
+                feed.skip_archive();
+            }
+            written?;
+            out.entries.push(entry);
+            out.done += 1;
         }
         if !fresh {
             self.write_catalogue(drive, &after, run)?;
+            out.entries.push(trailing);
         }
-        let mut out = Vec::new();
-        if fresh {
-            out.push(after.files[0].clone());
-        }
-        out.extend(planned);
-        if !fresh {
-            out.push(trailing);
-        }
-        Ok(out)
+        Ok(())
     }
 
     fn full_err(
@@ -385,19 +516,41 @@ impl TarBackend {
         run: &RunRef,
         files: &[TapeFile],
         entry: &TapeFileEntry,
+        feed: Option<&mut Feed>,
     ) -> Result<(), TapeError> {
         let name = &self.cfg.name;
         let device = drive.device.clone();
+        let header = |f: &TapeFile| {
+            let mut h = ::tar::Header::new_gnu();
+            h.set_size(f.size);
+            h.set_mode(0o644);
+            h.set_mtime(unix_now());
+            h
+        };
+        if let Some(feed) = feed {
+            // The bytes come read and hashed once, for every drive (see `tee.rs`).
+            return drive.write_file(
+                |w| {
+                    let to_tape = |e| TapeError::io(name, "writing to tape", &device, e);
+                    let mut b = ::tar::Builder::new(w);
+                    for (f, m) in files.iter().zip(&entry.members) {
+                        b.append_data(&mut header(f), &m.key, feed.file())
+                            .map_err(to_tape)?;
+                    }
+                    feed.end_archive().map_err(to_tape)?;
+                    b.finish().map_err(to_tape)
+                },
+                self.full_err(drive, label, run),
+            );
+        }
+        // Written again from disk after a tape change: read and checked once more.
         drive.write_file(
             |w| {
                 let mut b = ::tar::Builder::new(w);
                 for (f, m) in files.iter().zip(&entry.members) {
                     let src = File::open(&f.local)
                         .map_err(|e| TapeError::io(name, "opening source", &f.local, e))?;
-                    let mut h = ::tar::Header::new_gnu();
-                    h.set_size(f.size);
-                    h.set_mode(0o644);
-                    h.set_mtime(unix_now());
+                    let mut h = header(f);
                     let mut reader = HashingReader {
                         inner: src.take(f.size),
                         sha256: Sha256::new(),
@@ -430,43 +583,86 @@ impl TarBackend {
         receipt: &Receipt,
         to_dir: &Path,
     ) -> Result<Vec<PathBuf>, TapeError> {
-        let store = self.load()?;
+        let why = format!("retrieve of run {}", receipt.run.name);
+        let _lock = self.lock(&why)?;
+        let lib = std::sync::Mutex::new(Library {
+            store: self.load()?,
+            claimed: BTreeSet::new(),
+        });
+        let mut remaining: Vec<&StoredFile> = receipt.files.iter().collect();
+        let mut out = Vec::new();
         let mut last_err = None;
         // A receipt without volumes (rebuilt from `stat` answers, as `ferry recall` does for
         // a copy recorded before volumes were): every tape the label store says holds it.
         let mut labels = receipt.volumes.clone();
         if labels.is_empty() {
+            let library = self.lib(&lib)?;
             for s in &receipt.files {
-                for (label, _, _) in store.find(&s.key) {
+                for (label, _, _) in library.store.find(&s.key) {
                     if !labels.iter().any(|l| l == label) {
                         labels.push(label.to_owned());
                     }
                 }
             }
         }
-        // The first copy whose drive reads; another copy if it does not.
+        // Each file from the first volume holding it whose drive reads; another copy if
+        // it does not.
         for label in &labels {
-            match self.retrieve_from(&store, label, receipt, to_dir) {
-                Ok(v) => return Ok(v),
-                Err(e @ TapeError::Mismatch { .. }) => return Err(e),
+            if remaining.is_empty() {
+                break;
+            }
+            let holds = self.lib(&lib)?.store.tapes.get(label).is_some_and(|t| {
+                t.files
+                    .iter()
+                    .flat_map(|f| &f.members)
+                    .any(|m| remaining.iter().any(|s| s.key == m.key))
+            });
+            if !holds {
+                continue;
+            }
+            let got = self.mount_for_read(&lib, 0, label, &why).and_then(|drive| {
+                let store = self.lib(&lib)?.store.clone();
+                self.retrieve_from(&drive, &store, label, &remaining, receipt, to_dir)
+            });
+            match got {
+                Ok(got) => {
+                    remaining.retain(|s| !got.iter().any(|(k, _)| *k == s.key));
+                    out.extend(got.into_iter().map(|(_, p)| p));
+                }
+                Err(e @ TapeError::Mismatch { .. }) => {
+                    self.save_lib(&lib)?;
+                    return Err(e);
+                }
                 Err(e) => last_err = Some(e),
             }
         }
-        Err(last_err.unwrap_or_else(|| TapeError::NotFound {
-            backend: self.cfg.name.clone(),
-            key: receipt.run.name.clone(),
-        }))
+        self.save_lib(&lib)?;
+        if !remaining.is_empty() {
+            return Err(last_err.unwrap_or_else(|| TapeError::NotFound {
+                backend: self.cfg.name.clone(),
+                key: format!(
+                    "{} of {} files of run {} on volumes {}",
+                    remaining.len(),
+                    receipt.files.len(),
+                    receipt.run.name,
+                    receipt.volumes.join(", ")
+                ),
+            }));
+        }
+        Ok(out)
     }
 
+    /// The files of `wanted` that tape `label` (in `drive`) holds, into `to_dir`.
     fn retrieve_from(
         &self,
+        drive: &Drive,
         store: &LabelStore,
         label: &str,
+        wanted: &[&StoredFile],
         receipt: &Receipt,
         to_dir: &Path,
-    ) -> Result<Vec<PathBuf>, TapeError> {
+    ) -> Result<Vec<(String, PathBuf)>, TapeError> {
         let name = &self.cfg.name;
-        let drive = self.drive_for(store, label)?;
         let tape = store.tapes.get(label).ok_or_else(|| TapeError::NotFound {
             backend: name.clone(),
             key: label.to_owned(),
@@ -474,9 +670,9 @@ impl TarBackend {
         let prefix = format!("{}/", receipt.run.name);
         let mut out = Vec::new();
         for entry in &tape.files {
-            let wanted: Vec<&StoredFile> = receipt
-                .files
+            let wanted: Vec<&StoredFile> = wanted
                 .iter()
+                .copied()
                 .filter(|s| entry.members.iter().any(|m| m.key == s.key))
                 .collect();
             if wanted.is_empty() {
@@ -513,7 +709,7 @@ impl TarBackend {
                     f.sync_all()
                         .map_err(|e| TapeError::io(name, "fsync", &dest, e))?;
                     check_read_back(name, s, &digest)?;
-                    got.push(dest);
+                    got.push((key.clone(), dest));
                     if got.len() == wanted.len() {
                         break;
                     }
@@ -530,17 +726,6 @@ impl TarBackend {
                 });
             }
             out.extend(got);
-        }
-        if out.len() != receipt.files.len() {
-            return Err(TapeError::NotFound {
-                backend: name.clone(),
-                key: format!(
-                    "{} of {} files of run {} on {label}",
-                    receipt.files.len() - out.len(),
-                    receipt.files.len(),
-                    receipt.run.name
-                ),
-            });
         }
         Ok(out)
     }
@@ -571,6 +756,7 @@ impl TarBackend {
         TarBackend {
             cfg: self.cfg.clone(),
             busy: Mutex::new(()),
+            changer: self.changer.clone(),
         }
     }
 }
@@ -598,7 +784,29 @@ impl TapeBackend for TarBackend {
         blocking(&self.cfg.name, move || {
             let store = me.load()?;
             let mut problems = Vec::new();
-            for dev in me.cfg.devices.iter().take(me.cfg.copies as usize) {
+            // With a changer, an empty drive is fine: a tape is loaded when needed.
+            let library = match &me.changer {
+                Some(c) => match c.status() {
+                    Ok(s) => Some((c, s)),
+                    Err(e) => {
+                        problems.push(format!("changer: {e}"));
+                        None
+                    }
+                },
+                None => None,
+            };
+            for (i, dev) in me
+                .cfg
+                .devices
+                .iter()
+                .enumerate()
+                .take(me.cfg.copies as usize)
+            {
+                if let Some((c, s)) = &library {
+                    if matches!(s.drives.get(&c.drive_no(i)), Some(None)) {
+                        continue;
+                    }
+                }
                 let label = store.label_in(dev).unwrap_or("(blank)");
                 if let Err(e) = Drive::new(&me.cfg, dev.clone()).status() {
                     problems.push(format!("{} [{label}]: {e}", dev.display()));

@@ -1,8 +1,12 @@
 //! Settings of a `tar` backend.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use crate::config::{parse_tape_template, TapeBackendConfig, TapeKind, TemplatePiece};
+use crate::config::{
+    parse_tape_template, TapeBackendConfig, TapeKind, TarChanger, TemplatePiece,
+    CHANGER_MOVE_PLACEHOLDERS, CHANGER_STATUS_PLACEHOLDERS,
+};
 use crate::tape::TapeError;
 
 /// A `tar` backend's settings.
@@ -24,6 +28,10 @@ pub struct TarConfig {
     pub read: Vec<String>,
     /// The label store.
     pub labels: PathBuf,
+    /// The tape library robot, if the drives sit in one.
+    pub changer: Option<TarChanger>,
+    /// Longest wait for the label store's lock.
+    pub lock_timeout: Duration,
 }
 
 impl TarConfig {
@@ -37,6 +45,8 @@ impl TarConfig {
             write,
             read,
             labels,
+            changer,
+            lock_timeout,
         } = &cfg.kind
         else {
             return Err(TapeError::Config {
@@ -53,6 +63,8 @@ impl TarConfig {
             write: write.clone(),
             read: read.clone(),
             labels: labels.clone(),
+            changer: changer.clone(),
+            lock_timeout: *lock_timeout,
         };
         out.check()?;
         Ok(out)
@@ -81,6 +93,27 @@ impl TarConfig {
         for argv in [&self.write, &self.read] {
             for t in argv {
                 parse_tape_template(t, &["device"]).map_err(bad)?;
+            }
+        }
+        if let Some(c) = &self.changer {
+            if c.slots.is_empty() {
+                return Err(bad("the changer has no slots".into()));
+            }
+            if c.drives.len() != self.devices.len() {
+                return Err(bad(format!(
+                    "the changer names {} drive number(s) for {} device(s)",
+                    c.drives.len(),
+                    self.devices.len()
+                )));
+            }
+            for t in &c.status {
+                parse_tape_template(t, CHANGER_STATUS_PLACEHOLDERS).map_err(bad)?;
+            }
+            for t in c.load.iter().chain(&c.unload) {
+                parse_tape_template(t, CHANGER_MOVE_PLACEHOLDERS).map_err(bad)?;
+            }
+            if c.status.is_empty() || c.load.is_empty() || c.unload.is_empty() {
+                return Err(bad("changer status, load and unload need a program".into()));
             }
         }
         Ok(())

@@ -56,6 +56,9 @@ pub struct TapeRecord {
     pub label: String,
     /// Its files, in order; the next write goes to `files.len()`.
     pub files: Vec<TapeFileEntry>,
+    /// The tape ran out of space: it is not written again (a changer loads another).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub full: bool,
 }
 
 /// Every tape of one backend, and which device holds which tape.
@@ -65,6 +68,9 @@ pub struct LabelStore {
     pub tapes: BTreeMap<String, TapeRecord>,
     /// Device path → label of the tape loaded there.
     pub devices: BTreeMap<String, String>,
+    /// With a changer: slot number → label of the tape whose home is that slot.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub slots: BTreeMap<u32, String>,
 }
 
 impl LabelStore {
@@ -124,6 +130,14 @@ impl LabelStore {
             .map(|(d, _)| d.as_str())
     }
 
+    /// The slot a tape lives in, with a changer.
+    pub fn home_slot(&self, label: &str) -> Option<u32> {
+        self.slots
+            .iter()
+            .find(|(_, l)| *l == label)
+            .map(|(s, _)| *s)
+    }
+
     /// Every copy of `key`: (label, tape file, member), tapes in label order.
     pub fn find(&self, key: &str) -> Vec<(&str, &TapeFileEntry, &Member)> {
         let mut out = Vec::new();
@@ -164,14 +178,17 @@ mod tests {
                     run: Some("r".into()),
                     members: vec![m],
                 }],
+                full: false,
             },
         );
+        s.slots.insert(3, "L1".into());
         s.devices.insert("/dev/nst0".into(), "L1".into());
         s.save("t", &path).unwrap();
         let back = LabelStore::load("t", &path).unwrap();
         assert_eq!(back, s);
         assert_eq!(back.find("r/a").len(), 1);
         assert_eq!(back.device_of("L1"), Some("/dev/nst0"));
+        assert_eq!(back.home_slot("L1"), Some(3));
         std::fs::write(&path, "{not json").unwrap();
         assert!(LabelStore::load("t", &path).is_err());
     }

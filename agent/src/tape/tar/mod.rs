@@ -13,22 +13,35 @@
 //! written: a device without a label in the store must read back empty at file 0.
 //!
 //! Failure: a put returns a receipt only when every copy of every archive was written and
-//! the label store updated. A full tape or a drive that does not load fails the whole put;
-//! partly written data beyond the store's end is overwritten by the next put.
+//! the label store updated. A drive that does not load fails the whole put; so does a
+//! full tape, unless a changer (`mtx`) can load the next tape, on which the archive that
+//! did not fit is written again. Partly written data beyond the store's end is
+//! overwritten by the next put.
+//!
+//! Every put, verify and retrieve holds the label store's cross-process lock.
 //!
 //! - `config.rs`  — [`TarConfig`] from the site map
 //! - `labels.rs`  — the label store (JSON file, written atomically)
+//! - `lock.rs`    — the label store's `flock`, with a timeout naming the holder
+//! - `changer.rs` — the `mtx` robot: `status` parsing, `load`, `unload`
+//! - `mount.rs`   — which tape goes into which drive (changer or operator)
+//! - `tee.rs`     — one read (and hash) of each source file, teed to every drive
 //! - `drive.rs`   — one drive: `mt` positioning, writing/reading one tape file
 //! - `backend.rs` — [`TarBackend`], the [`TapeBackend`](super::TapeBackend) impl
 //! - `verify.rs`  — sampled / full MD5 verification of every copy, in parallel
 
 mod backend;
+mod changer;
 mod config;
 mod drive;
 mod labels;
+mod lock;
+mod mount;
+mod tee;
 mod verify;
 
 pub use backend::TarBackend;
+pub use changer::{parse_status as parse_mtx_status, DriveState, MtxStatus};
 pub use config::TarConfig;
 pub use labels::{LabelStore, Member, TapeFileEntry, TapeFileKind, TapeRecord};
 
