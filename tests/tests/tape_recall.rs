@@ -527,3 +527,50 @@ fn recall_from_directory_mongo() {
 fn recall_from_tar_mongo() {
     scenario(Cat::Mongo, Kind::Tar, "recall_tar_mongo");
 }
+
+#[test]
+fn a_recall_killed_midway_is_taken_over_by_the_next_recall_and_its_scratch_removed() {
+    let s = Setup::new(Cat::Embedded, Kind::Directory, "recall_killed");
+    for args in [
+        &["--once", "--task", "register"][..],
+        &["--once", "--task", "tape"],
+    ] {
+        let out = s.ferry(args);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    s.drop_site_copy(CopyStatus::Transferred);
+    // What `kill -9` of a recall leaves: the copy `transferring` under the lease of a process
+    // of this site on this host that is gone, and its scratch directory.
+    let detector = s.run_doc(7)["detector"].as_str().unwrap().to_owned();
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let dead = format!("daq@{host}:4194305/1/ff");
+    let dir = s.raw().join("Run000007");
+    s.catalog(async |c| {
+        let claim = ferry::catalog::ClaimRequest {
+            copy: CopyRef::new(RunKey::new(&detector, 7), "daq", "raw"),
+            location: dir.display().to_string(),
+            protocol: "local".into(),
+            owner: dead.clone(),
+            lease_for: std::time::Duration::from_secs(3600),
+        };
+        let won = c.claim_copy(&claim).await.unwrap();
+        assert!(matches!(won, ferry::catalog::Claim::Won(_)));
+    });
+    let scratch = s.raw().join(".ferry-recall-7-4194305-1");
+    std::fs::create_dir_all(scratch.join("sub dir")).unwrap();
+    std::fs::write(scratch.join("sub dir/000.evio"), b"half").unwrap();
+
+    let out = s.ferry(&["recall", "--run", "7"]);
+    assert!(out.status.success(), "{}", text(&out));
+    s.assert_restored();
+    assert_eq!(copy(&s.run_doc(7), "daq").unwrap()["status"], "transferred");
+    assert!(
+        !scratch.exists(),
+        "the killed recall's scratch is still there"
+    );
+    assert!(
+        s.leftovers().iter().all(|p| p.starts_with(&dir)),
+        "{:?}",
+        s.leftovers()
+    );
+}

@@ -26,10 +26,11 @@
 
 use std::path::{Path, PathBuf};
 
+use bson::DateTime;
 use catalog_schema::{CopyEntry, CopyStatus, RunDoc};
 
 use super::retry::{Failure, FailureClass};
-use super::{copy, record, tape, Context};
+use super::{copy, owner, record, tape, Context};
 use crate::catalog::{Cas, CatalogError, Claim, ClaimRequest, CopyRef, RunSelector, Transition};
 use crate::checksum::{self, ChecksumError};
 use crate::config::TapeBackendConfig;
@@ -426,10 +427,24 @@ async fn recall_type(
     // A failed copy here (an earlier recall or copy that failed) whose directory is the
     // run's is taken over; any other copy is refused.
     let existing = run.copy(&ctx.site.name, data_type);
+    let mut how = Take::Claim;
     if let Some(c) = existing {
-        let ours = c.status == CopyStatus::Error
-            && c.location.as_deref() == Some(dir.display().to_string().as_str());
-        if !ours {
+        let here = c.location.as_deref() == Some(dir.display().to_string().as_str());
+        how = match (c.status, c.lease.as_ref()) {
+            (CopyStatus::Error, _) if here => Take::Failed,
+            // A recall (or copy) here that was killed: its lease ran out, or its holder was
+            // this site's agent on this host and its process is gone.
+            (CopyStatus::Transferring, Some(l)) if here && c.is_stalled(DateTime::now()) => {
+                Take::Stalled(l.owner.clone())
+            }
+            (CopyStatus::Transferring, Some(l))
+                if here && owner::is_dead_predecessor(&l.owner, &ctx.owner) =>
+            {
+                Take::Abandoned(l.owner.clone())
+            }
+            _ => Take::Refused,
+        };
+        if how == Take::Refused {
             return Err(RecallError::CopyExists {
                 copy,
                 status: c.status,
@@ -479,7 +494,7 @@ async fn recall_type(
             dry_run: true,
         });
     }
-    take(ctx, &copy, &dir, existing.is_some()).await?;
+    take(ctx, &copy, &dir, &how).await?;
     let mut failures = Vec::new();
     for (backend, receipt) in &ready {
         match restore(ctx, run, digest, &copy, backend.as_ref(), receipt, &dir).await {
@@ -512,19 +527,40 @@ async fn recall_type(
     Err(err)
 }
 
-/// Takes the destination copy: a new claim, or (`failed_here`) this site's `error` copy
-/// moved `error → transferring` under our lease (one conditional update either way).
-async fn take(
-    ctx: &Context,
-    copy: &CopyRef,
-    dir: &Path,
-    failed_here: bool,
-) -> Result<(), RecallError> {
+/// How the destination copy is taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Take {
+    /// No copy here yet: a new claim.
+    Claim,
+    /// This site's `error` copy in the run's directory: `error → transferring`.
+    Failed,
+    /// A `transferring` copy here whose lease expired (held by this owner).
+    Stalled(String),
+    /// A `transferring` copy here whose holder, this site's agent on this host, is gone.
+    Abandoned(String),
+    /// Any other copy: not ours to take.
+    Refused,
+}
+
+/// Takes the destination copy as `how` says, in one conditional update.
+async fn take(ctx: &Context, copy: &CopyRef, dir: &Path, how: &Take) -> Result<(), RecallError> {
     let catalog_err = |source| RecallError::Catalog {
         run: copy.run.number.to_string(),
         source,
     };
-    let won = if failed_here {
+    let lease = copy::lease(ctx);
+    let won = if let Take::Stalled(stale) | Take::Abandoned(stale) = how {
+        let taken = if matches!(how, Take::Stalled(_)) {
+            ctx.catalog
+                .reclaim_stalled(copy, stale, &ctx.owner, lease)
+                .await
+        } else {
+            ctx.catalog
+                .reclaim_abandoned(copy, stale, &ctx.owner, lease)
+                .await
+        };
+        matches!(taken.map_err(catalog_err)?, Claim::Won(_))
+    } else if *how == Take::Failed {
         let mut change = Transition::new(
             CopyStatus::Error,
             CopyStatus::Transferring,
@@ -861,6 +897,19 @@ impl Scratch {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
+        // Scratch left by a recall of this run that was killed (its pid is gone).
+        let prefix = format!(".ferry-recall-{number}-");
+        for entry in std::fs::read_dir(root)?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = name
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok());
+            if let Some(pid) = pid.filter(|p| owner::process_start(*p).is_none()) {
+                tracing::info!(path = %entry.path().display(), pid, "removing the scratch of a killed recall");
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
         let path = root.join(format!(
             ".ferry-recall-{number}-{}-{nanos}",
             std::process::id()
