@@ -949,3 +949,52 @@ async fn a_run_asked_for_by_hand_that_exists_nowhere_is_a_failure_not_silence() 
         text(&out)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_check_reports_the_agent_as_a_nagios_plugin() {
+    let w = World::new().await;
+    let check = |extra: &[&str]| {
+        let mut args = vec!["--host", "daq", "check"];
+        args.extend_from_slice(extra);
+        let out = w.ferry(&args);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    // The agent never ran: no heartbeat.
+    let (code, line) = check(&[]);
+    assert_eq!(code, Some(2), "{line}");
+    assert!(
+        line.starts_with("FERRY CRITICAL - daq: no heartbeat"),
+        "{line}"
+    );
+
+    w.run_files(21);
+    let out = w.ferry(&["--host", "daq", "--once"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let (code, line) = check(&["--max-since-transfer", "1h"]);
+    assert_eq!(code, Some(0), "{line}");
+    assert!(
+        line.starts_with("FERRY OK - daq: last cycle ended"),
+        "{line}"
+    );
+    assert!(
+        line.contains("| age=") && line.contains("raw_used="),
+        "{line}"
+    );
+
+    // Old heartbeat, full disk, an unreachable catalogue.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (code, line) = check(&["--max-age", "10ms"]);
+    assert_eq!(code, Some(2), "{line}");
+    let (code, line) = check(&["--warn-free", "100", "--critical-free", "0"]);
+    assert_eq!(code, Some(1), "{line}");
+    assert!(line.contains("% free"), "{line}");
+    let (code, line) = check(&[
+        "--catalog",
+        "mongodb://127.0.0.1:1/run?serverSelectionTimeoutMS=200",
+    ]);
+    assert_eq!(code, Some(3), "{line}");
+    assert!(line.starts_with("FERRY UNKNOWN - "), "{line}");
+}

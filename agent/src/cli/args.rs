@@ -83,6 +83,26 @@ pub enum Command {
     /// Restore a run from tape into this site's data directory, verify it against the
     /// manifest, and record the copy (runs as the site given by --host).
     Recall(RecallArgs),
+    /// Nagios/Icinga plugin: is this site's agent alive and well? (heartbeat age, failed
+    /// work, free disk, last copy made). Exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+    Check(CheckArgs),
+}
+
+/// `ferry check`
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// WARNING when the last heartbeat is older than this; CRITICAL at twice it.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub max_age: std::time::Duration,
+    /// WARNING when a data directory has less than this percent free.
+    #[arg(long, value_name = "PERCENT", default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub warn_free: u8,
+    /// CRITICAL when a data directory has less than this percent free.
+    #[arg(long, value_name = "PERCENT", default_value_t = 5, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub critical_free: u8,
+    /// WARNING when the agent has made no copy (push, pull, retry) for longer than this.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub max_since_transfer: Option<std::time::Duration>,
 }
 
 /// `ferry recall`

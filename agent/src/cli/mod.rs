@@ -4,10 +4,11 @@
 //! - [`exit`]: the documented exit codes and how errors map onto them.
 //! - [`logging`]: tracing set-up (text or JSON, stderr or an appended file).
 //! - [`progress`]: progress bars for `--once` on a terminal, log lines otherwise.
-//! - `agent`, `validate`, `runs`, `recall`: one file per command.
+//! - `agent`, `validate`, `runs`, `recall`, `check`: one file per command.
 
 mod agent;
 pub mod args;
+mod check;
 pub mod exit;
 pub mod logging;
 pub mod progress;
@@ -33,12 +34,17 @@ pub fn main() -> ExitCode {
             return Exit::Usage.into();
         }
     };
+    if let Some(args::Command::Check(c)) = &cli.command {
+        // A monitoring plugin: its own exit codes and one line on stdout, whatever happens.
+        return check::run(&cli, c);
+    }
     let outcome = match &cli.command {
         Some(args::Command::Config {
             command: args::ConfigCommand::Validate(v),
         }) => validate::run(&cli, v),
         Some(args::Command::Runs { command }) => runs::run(&cli, command),
         Some(args::Command::Recall(r)) => recall::run(&cli, r),
+        Some(args::Command::Check(_)) => Ok(Exit::Ok), // handled above
         None => agent::run(&cli),
     };
     match outcome {

@@ -18,7 +18,7 @@ use bson::{doc, DateTime, Document};
 use tokio_util::sync::CancellationToken;
 
 use super::purge::disk_usage;
-use super::{Context, CycleReport, TaskReport};
+use super::{Context, CycleReport, Task, TaskReport};
 use crate::catalog::Heartbeat;
 
 /// Runs the task: `cycle` is what the cycle did so far, `started` when it began.
@@ -29,7 +29,28 @@ pub async fn run(
     started: DateTime,
 ) -> TaskReport {
     let mut report = TaskReport::default();
-    let beat = build(ctx, cycle, started, DateTime::now());
+    let now = DateTime::now();
+    let mut beat = build(ctx, cycle, started, now);
+    // When this agent last made a copy (for `ferry check --max-since-transfer`): now, if
+    // this cycle made one, else carried over from the previous heartbeat.
+    let copied = cycle
+        .tasks
+        .iter()
+        .any(|(t, r)| matches!(t, Task::Push | Task::Pull | Task::Retry) && !r.done.is_empty());
+    let last = if copied {
+        Some(now)
+    } else {
+        match ctx.catalog.read_heartbeat(&ctx.site.name).await {
+            Ok(prev) => prev.and_then(|p| p.stats.get_datetime("last_transfer").ok().copied()),
+            Err(e) => {
+                tracing::warn!("reading the previous heartbeat: {e}");
+                None
+            }
+        }
+    };
+    if let Some(at) = last {
+        beat.stats.insert("last_transfer", at);
+    }
     if ctx.dry_run {
         report.skipped.push(format!(
             "dry run: would write the heartbeat of {}",
