@@ -998,3 +998,77 @@ async fn ferry_check_reports_the_agent_as_a_nagios_plugin() {
     assert_eq!(code, Some(3), "{line}");
     assert!(line.starts_with("FERRY UNKNOWN - "), "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_serves_prometheus_metrics_of_its_cycles() {
+    use std::io::{Read, Write};
+    let w = World::new().await;
+    w.run_files(31);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .env_remove("FERRY_CATALOG")
+        .env("FERRY_STATE_DIR", w.path("state"))
+        .arg("--config")
+        .arg(w.path("map.json"))
+        .args([
+            "--host",
+            "daq",
+            "--interval",
+            "1s",
+            "--metrics-listen",
+            &addr,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let scrape = || -> Option<String> {
+        let mut s = std::net::TcpStream::connect(&addr).ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: ferry\r\n\r\n")
+            .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out)
+    };
+    let t0 = std::time::Instant::now();
+    let text = loop {
+        if let Some(t) =
+            scrape().filter(|t| t.contains("ferry_task_done_total{site=\"daq\",task=\"push\"} 1"))
+        {
+            break t;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no cycle in the metrics: {:?}",
+            scrape()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(text.contains("text/plain; version=0.0.4"), "{text}");
+    assert!(
+        text.contains("ferry_task_done_total{site=\"daq\",task=\"register\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ferry_disk_free_bytes{site=\"daq\",data_type=\"raw\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ferry_last_transfer_timestamp_seconds{site=\"daq\"}"),
+        "{text}"
+    );
+    let pid = daemon.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(daemon.wait().unwrap().code(), Some(0));
+    assert!(scrape().is_none(), "the endpoint outlived the daemon");
+}

@@ -10,7 +10,8 @@ use std::time::Duration;
 use crate::catalog::resolve_catalog_uri;
 use crate::config::{self, LoadOptions, SshEnvironment};
 use crate::daemon::lock::SiteLock;
-use crate::daemon::{run_cycles, shutdown_signal, LoopOptions, Stopped};
+use crate::daemon::metrics::{self, Metrics};
+use crate::daemon::{run_cycles, shutdown_signal, CancellationToken, LoopOptions, Stopped};
 use crate::tasks::sessions::SessionPool;
 use crate::tasks::{self, Context, CycleReport, RunScope, Task};
 use crate::transport::limits::{Gates, Limits};
@@ -135,6 +136,18 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
             },
             cursors: Arc::default(),
         };
+        let metrics = Metrics::new(&site);
+        let stop_metrics = CancellationToken::new();
+        if let Some(addr) = cli.metrics_listen {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                coded(Exit::Usage, format!("--metrics-listen {addr}: cannot listen: {e}"))
+            })?;
+            tracing::info!(%addr, "Prometheus metrics at http://{addr}/metrics");
+            let stopped = stop_metrics.clone();
+            tokio::spawn(metrics::serve(listener, Arc::clone(&metrics), async move {
+                stopped.cancelled().await;
+            }));
+        }
         let opts = LoopOptions {
             interval: cli.interval,
             once: cli.once,
@@ -145,15 +158,19 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
             |token| {
                 let ctx = ctx.clone();
                 let asked = asked.clone();
+                let metrics = Arc::clone(&metrics);
                 async move {
+                    let began = std::time::Instant::now();
                     let report = tasks::run_cycle(&ctx, &asked, &token).await;
                     print_report(&report);
+                    record_metrics(&metrics, &ctx, &report, began.elapsed());
                     report
                 }
             },
             &mut shutdown,
         )
         .await;
+        stop_metrics.cancel();
         drop(lock);
         if let Some(bars) = &bars {
             bars.finish();
@@ -171,6 +188,35 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
         Some(_) => Exit::Ok,
         None => Exit::Failed,
     })
+}
+
+/// One cycle's report as metrics: per-task counts, whether it copied, free disk.
+fn record_metrics(metrics: &Metrics, ctx: &Context, report: &CycleReport, took: Duration) {
+    let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+    let tasks: Vec<(String, metrics::TaskCounts)> = report
+        .tasks
+        .iter()
+        .map(|(t, r)| {
+            (
+                format!("{t:?}").to_lowercase(),
+                (n(r.done.len()), n(r.skipped.len()), n(r.failed.len())),
+            )
+        })
+        .collect();
+    let copied = report
+        .tasks
+        .iter()
+        .any(|(t, r)| matches!(t, Task::Push | Task::Pull | Task::Retry) && !r.done.is_empty());
+    let disks: Vec<(String, (u64, u64))> = ctx
+        .site
+        .data_dirs
+        .iter()
+        .filter_map(|(t, dir)| {
+            let d = tasks::purge::disk_usage(dir).ok()?;
+            Some((t.clone(), (d.total_bytes, d.free_bytes)))
+        })
+        .collect();
+    metrics.record_cycle(took, &tasks, copied, &disks);
 }
 
 /// The longest wait between two attempts of a daemon to reach its catalogue.

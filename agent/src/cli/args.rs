@@ -47,6 +47,11 @@ pub struct Cli {
     #[arg(long = "task", value_enum, value_name = "TASK")]
     pub tasks: Vec<Task>,
 
+    /// Serve Prometheus metrics of the agent's cycles at http://ADDR/metrics (e.g.
+    /// `127.0.0.1:9464`).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+
     /// How long a daemon waits from the start of one cycle to the start of the next.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
     pub interval: std::time::Duration,

@@ -1,6 +1,7 @@
 //! Running the agent: the cycle loop, shutdown, the single-instance lock.
 //!
 //! - [`lock`]: one agent per site (an OS file lock naming its holder's pid).
+//! - [`metrics`]: the Prometheus endpoint (`--metrics-listen`), fed from each cycle's report.
 //! - [`run_cycles`]: runs a cycle now, then every `interval`, until the shutdown future
 //!   resolves. The shutdown signal is a future (SIGTERM/SIGINT in the binary, anything in
 //!   tests). Once it fires, nothing new starts: the running cycle sees its
@@ -9,6 +10,7 @@
 //!   update, so what was cut short is picked up again by the next agent's retry task.
 
 pub mod lock;
+pub mod metrics;
 
 use std::future::Future;
 use std::time::Duration;
