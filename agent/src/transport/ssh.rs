@@ -185,10 +185,15 @@ impl SshSession {
             }
         };
         authenticate(&mut handle, &target).await?;
-        let mut sftp = Vec::new();
-        for _ in 0..target.channels.max(1) {
-            sftp.push(Arc::new(open_sftp(&handle, &target).await?));
-        }
+        // Opened side by side: each costs about four round trips (open, subsystem, SFTP
+        // version, limits), which one after the other add up on a long link.
+        let sftp = futures::future::try_join_all(
+            (0..target.channels.max(1)).map(|_| open_sftp(&handle, &target)),
+        )
+        .await?
+        .into_iter()
+        .map(Arc::new)
+        .collect();
         Ok(SshSession {
             target,
             handle,
