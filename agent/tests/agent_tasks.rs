@@ -1010,6 +1010,16 @@ async fn the_daemon_serves_prometheus_metrics_of_its_cycles() {
         .unwrap()
         .port();
     let addr = format!("127.0.0.1:{port}");
+    /// Killed when the test ends, passed or not.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            if let Ok(None) = self.0.try_wait() {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+    }
     let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
         .env_remove("FERRY_CATALOG")
         .env("FERRY_STATE_DIR", w.path("state"))
@@ -1026,6 +1036,7 @@ async fn the_daemon_serves_prometheus_metrics_of_its_cycles() {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
+        .map(KillOnDrop)
         .unwrap();
     let scrape = || -> Option<String> {
         let mut s = std::net::TcpStream::connect(&addr).ok()?;
@@ -1063,12 +1074,12 @@ async fn the_daemon_serves_prometheus_metrics_of_its_cycles() {
         text.contains("ferry_last_transfer_timestamp_seconds{site=\"daq\"}"),
         "{text}"
     );
-    let pid = daemon.id().to_string();
+    let pid = daemon.0.id().to_string();
     assert!(std::process::Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .unwrap()
         .success());
-    assert_eq!(daemon.wait().unwrap().code(), Some(0));
+    assert_eq!(daemon.0.wait().unwrap().code(), Some(0));
     assert!(scrape().is_none(), "the endpoint outlived the daemon");
 }

@@ -145,6 +145,19 @@ fn sigterm_while_waiting_for_the_catalogue_stops_the_daemon_cleanly() {
     assert!(err.contains("SIGTERM"), "{err}");
 }
 
+/// A daemon killed when the test ends, passed or not (a failed assertion must not leave it
+/// running after the test).
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// The mirror copy of run 1 as `ferry runs list --json` reports it: its status, if any.
 fn mirror_status(dir: &Path, uri: &str) -> Option<String> {
     let out = Command::new(FERRY)
@@ -212,12 +225,14 @@ fn catalogue_lost_mid_copy(outage: Duration) -> String {
     let db = unique_db_name("outage_mid");
     let uri = server.uri().replace("/?", &format!("/{db}?")) + "&serverSelectionTimeoutMS=300";
     let log = dir.join("ferry.log");
-    let mut daemon = ferry(dir, &uri, &["--interval", "1s", "--log-file"])
-        .arg(&log)
-        .stdout(std::fs::File::create(dir.join("report.txt")).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut daemon = KillOnDrop(
+        ferry(dir, &uri, &["--interval", "1s", "--log-file"])
+            .arg(&log)
+            .stdout(std::fs::File::create(dir.join("report.txt")).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let t0 = Instant::now();
     while mirror_status(dir, &uri).as_deref() != Some("transferring") {
         assert!(t0.elapsed() < Duration::from_secs(30), "no copy started");
@@ -227,7 +242,7 @@ fn catalogue_lost_mid_copy(outage: Duration) -> String {
     server.stop();
     std::thread::sleep(outage);
     assert!(
-        daemon.try_wait().unwrap().is_none(),
+        daemon.0.try_wait().unwrap().is_none(),
         "the daemon died during the outage"
     );
     server.restart().unwrap();
@@ -250,8 +265,8 @@ fn catalogue_lost_mid_copy(outage: Duration) -> String {
         copied == bytes,
         "the mirror's bytes differ from the origin's"
     );
-    sigterm(&daemon);
-    let status = daemon.wait().unwrap();
+    sigterm(&daemon.0);
+    let status = daemon.0.wait().unwrap();
     assert_eq!(status.code(), Some(0));
     let log = std::fs::read_to_string(&log).unwrap();
     // The cycles' reports (stdout) follow the log.
