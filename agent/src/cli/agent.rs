@@ -65,19 +65,44 @@ pub(super) fn load_site_map(cli: &Cli, site: &str) -> Result<config::Loaded> {
     }
 }
 
-pub(super) fn run(cli: &Cli) -> Result<Exit> {
+/// What a command that runs as one site needs: the site's name, the site map (checked for
+/// this host), the catalogue to use, and the site's model.
+pub(super) struct AsSite {
+    pub site: String,
+    pub loaded: config::Loaded,
+    pub catalog: crate::catalog::CatalogUri,
+    pub model: config::Site,
+}
+
+/// Resolves [`AsSite`] from `--host`, `--config` and `--catalog` (bad input: exit 2).
+pub(super) fn as_site(cli: &Cli) -> Result<AsSite> {
     let site = site_identity(cli.host.as_deref())?;
     let loaded = load_site_map(cli, &site)?;
     let catalog = resolve_catalog_uri(
         cli.catalog.as_deref(),
         loaded.map.catalog.as_ref().map(|c| c.uri.as_str()),
     )?;
-    let Some(site_model) = loaded.map.site(&site).cloned() else {
+    let Some(model) = loaded.map.site(&site).cloned() else {
         return Err(coded(
             Exit::Usage,
             format!("site {site} is not in the site map"),
         ));
     };
+    Ok(AsSite {
+        site,
+        loaded,
+        catalog,
+        model,
+    })
+}
+
+pub(super) fn run(cli: &Cli) -> Result<Exit> {
+    let AsSite {
+        site,
+        loaded,
+        catalog,
+        model: site_model,
+    } = as_site(cli)?;
     let site_model_limits = site_model.limits.clone();
     let asked: Vec<Task> = cli.tasks.clone();
     let ssh = SshEnvironment::load(None).map_err(|e| coded(Exit::Usage, e.to_string()))?;

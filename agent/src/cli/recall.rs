@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result};
 use super::args::RecallArgs;
 use super::exit::{coded, Exit};
 use super::Cli;
-use crate::catalog::{resolve_catalog_uri, RunSelector};
+use crate::catalog::RunSelector;
 use crate::config::SshEnvironment;
 use crate::tasks::copy::LogProgress;
 use crate::tasks::recall::{self, Request};
@@ -31,18 +31,12 @@ pub(super) fn run(cli: &Cli, args: &RecallArgs) -> Result<Exit> {
         }
         (None, None) => return Err(coded(Exit::Usage, "which run? give --run N or --name NAME")),
     };
-    let site = super::agent::site_identity(cli.host.as_deref())?;
-    let loaded = super::agent::load_site_map(cli, &site)?;
-    let catalog = resolve_catalog_uri(
-        cli.catalog.as_deref(),
-        loaded.map.catalog.as_ref().map(|c| c.uri.as_str()),
-    )?;
-    let Some(site_model) = loaded.map.site(&site).cloned() else {
-        return Err(coded(
-            Exit::Usage,
-            format!("site {site} is not in the site map"),
-        ));
-    };
+    let super::agent::AsSite {
+        site,
+        loaded,
+        catalog,
+        model: site_model,
+    } = super::agent::as_site(cli)?;
     let ssh = SshEnvironment::load(None).map_err(|e| coded(Exit::Usage, e.to_string()))?;
     let scope = match &selector {
         RunSelector::Number(n) => RunScope::Number(*n),
