@@ -5,8 +5,9 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use crate::checksum::Md5;
 use async_trait::async_trait;
-use md5::{Digest, Md5};
+use sha2::Digest;
 use sha2::Sha256;
 use tokio::sync::Mutex;
 

@@ -14,7 +14,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use md5::{Digest, Md5};
+use crate::checksum::Md5;
+use sha2::Digest;
 use sha2::Sha256;
 
 use super::backend::TarBackend;
