@@ -61,28 +61,33 @@ async fn serve(client: TcpStream, to: &str, delay: Duration) -> anyhow::Result<(
 }
 
 /// Read from `from`, deliver to `to` `delay` after each chunk arrived.
+///
+/// Buffers go round between the two halves (reader → writer → back to the reader) instead of
+/// being allocated per chunk: a fresh 256 KiB buffer per read costs page faults, and the proxy
+/// shares the CPUs with the tools it measures, so its own cost must stay small.
 async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, delay: Duration) {
+    const BUF: usize = 256 * 1024;
     // Unbounded on purpose: the delay line must hold a full bandwidth-delay product; TCP's
     // own windows bound it.
-    let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>, usize)>();
+    let (free_tx, mut free_rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let writer = tokio::spawn(async move {
-        while let Some((due, chunk)) = rx.recv().await {
+        while let Some((due, chunk, n)) = rx.recv().await {
             tokio::time::sleep_until(due).await;
-            if to.write_all(&chunk).await.is_err() {
+            if to.write_all(&chunk[..n]).await.is_err() {
                 break;
             }
+            let _ = free_tx.send(chunk);
         }
         let _ = to.shutdown().await;
     });
-    let mut buf = vec![0u8; 256 * 1024];
     loop {
+        // Full-length buffers, so that none is zeroed again; the length read travels along.
+        let mut buf = free_rx.try_recv().unwrap_or_else(|_| vec![0u8; BUF]);
         match from.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                if tx
-                    .send((Instant::now() + delay, buf[..n].to_vec()))
-                    .is_err()
-                {
+                if tx.send((Instant::now() + delay, buf, n)).is_err() {
                     break;
                 }
             }
