@@ -312,7 +312,16 @@ impl SshSession {
             OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE
         };
         let open = || raw.open(part.as_str(), flags, FileAttributes::default());
-        let handle = match open().await {
+        // The writeback channel (first push of a session: opened while the file is).
+        let want_writeback = opts.fsync && ch.fsync;
+        let (opened, side) = futures::join!(open(), async {
+            if want_writeback {
+                self.writeback_channel().await
+            } else {
+                None
+            }
+        });
+        let handle = match opened {
             Ok(h) => h,
             // No parent directory: create it and try again. Checking for it first would cost
             // every file a round trip.
@@ -349,6 +358,7 @@ impl SshSession {
         let depth = opts
             .requests_in_flight
             .clamp(1, (WRITE_BUDGET / chunk.max(1)).max(1));
+        let writeback = side.map(|side| RemoteWriteback::start(side, part.clone()));
         let sent = write_pipeline(
             ch,
             host,
@@ -358,8 +368,12 @@ impl SshSession {
             depth,
             chunks,
             &mut hasher,
+            writeback.as_ref(),
         )
         .await;
+        if let Some(w) = writeback {
+            w.finish().await;
+        }
         let sent = match sent {
             Ok(n) => n,
             Err(err) => {
@@ -508,7 +522,7 @@ impl SshSession {
             .handle;
 
         let mut hasher = StreamHasher::new()?;
-        let (writer, tx) = spawn_writer(part.clone(), resumed_from)?;
+        let (writer, tx) = spawn_writer(part.clone(), resumed_from, opts.fsync)?;
         // The kept prefix is hashed from the local .part (it is checked later, see module docs).
         let mut prefix = local_chunks_of_part(&part, resumed_from, ch.read_len as usize)?;
         let mut result = async {
@@ -751,8 +765,10 @@ async fn write_pipeline(
     depth: usize,
     chunks: impl Stream<Item = Result<Bytes, TransportError>>,
     hasher: &mut StreamHasher,
+    writeback: Option<&RemoteWriteback>,
 ) -> Result<u64, TransportError> {
     let mut chunks = std::pin::pin!(chunks);
+    let mut unflushed = 0u64;
     // Dropping a `Waiting` (on an error) forgets its request.
     let mut inflight: VecDeque<Waiting> = VecDeque::with_capacity(depth);
     let written = |w: Waiting| async move {
@@ -785,12 +801,71 @@ async fn write_pipeline(
             .map_err(|e| wire_err(host, part, "write", e))?;
         inflight.push_back(sent);
         offset += chunk.len() as u64;
+        unflushed += chunk.len() as u64;
+        if unflushed >= WRITEBACK_STEP {
+            if let Some(w) = writeback {
+                w.nudge();
+            }
+            unflushed = 0;
+        }
         hasher.update(chunk).await?;
     }
     while let Some(oldest) = inflight.pop_front() {
         written(oldest).await?;
     }
     Ok(offset - start)
+}
+
+/// Background flushes of a file being pushed: on the session's writeback channel, a second
+/// handle to the remote `.part` gets `fsync@openssh.com` every [`WRITEBACK_STEP`] bytes sent,
+/// so the remote disk writes during the copy and the final `fsync` on the copy's own handle
+/// has little left (without: 2.5 s for 2 GiB here, after the last byte was sent).
+///
+/// Failures here are logged and otherwise ignored. The final `fsync` decides durability, and
+/// it sees any writeback error too: Linux reports a file's writeback errors to every open
+/// file description that existed when they happened.
+struct RemoteWriteback {
+    nudge: mpsc::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl RemoteWriteback {
+    fn start(side: Arc<SftpChannel>, part: String) -> Self {
+        // One pending nudge at most: one that comes while a flush runs is covered by the next.
+        let (nudge, mut rx) = mpsc::channel::<()>(1);
+        let task = tokio::spawn(async move {
+            let raw = &side.raw;
+            let handle = match raw
+                .open(part.as_str(), OpenFlags::READ, FileAttributes::default())
+                .await
+            {
+                Ok(h) => h.handle,
+                Err(e) => {
+                    tracing::debug!(path = %part, "writeback handle: {e}");
+                    return;
+                }
+            };
+            while rx.recv().await.is_some() {
+                if let Err(e) = raw.fsync(handle.as_str()).await {
+                    tracing::debug!(path = %part, "background fsync: {e}");
+                    break;
+                }
+            }
+            let _ = raw.close(handle.as_str()).await;
+        });
+        RemoteWriteback { nudge, task }
+    }
+
+    /// Ask for a flush of everything sent so far; never waits.
+    fn nudge(&self) {
+        let _ = self.nudge.try_send(());
+    }
+
+    /// Let a running flush end and close the second handle.
+    async fn finish(self) {
+        drop(self.nudge);
+        let _ = self.task.await;
+    }
 }
 
 /// Read a local file on a reader thread: `first` bytes in pieces ending exactly at `first`,
@@ -853,10 +928,15 @@ fn local_chunks_of_part(
 
 /// A writer thread appending chunks to a local `.part` from `offset` (truncating it when 0).
 /// Returns the open file when the channel closes, for mtime/mode/fsync.
+///
+/// With `fsync`, a [`Writeback`] thread flushes what was written so far every
+/// [`WRITEBACK_STEP`] bytes, while the copy goes on, so the final `fsync` has little left to
+/// do instead of the whole file (2.5 s for 2 GiB here, after the last byte arrived).
 #[allow(clippy::type_complexity)]
 fn spawn_writer(
     part: PathBuf,
     offset: u64,
+    fsync: bool,
 ) -> Result<
     (
         JoinHandle<Result<std::fs::File, TransportError>>,
@@ -887,15 +967,84 @@ fn spawn_writer(
             .open(&part)
             .map_err(|e| TransportError::local(&part, "create", e))?
     };
+    let writeback = if fsync {
+        Some(Writeback::start(&file, &part)?)
+    } else {
+        None
+    };
     let (tx, mut rx) = mpsc::channel::<Bytes>(16);
     let task = tokio::task::spawn_blocking(move || {
+        let mut unflushed = 0u64;
         while let Some(chunk) = rx.blocking_recv() {
             file.write_all(&chunk)
                 .map_err(|e| TransportError::local(&part, "write", e))?;
+            unflushed += chunk.len() as u64;
+            if unflushed >= WRITEBACK_STEP {
+                if let Some(w) = &writeback {
+                    w.nudge();
+                }
+                unflushed = 0;
+            }
+        }
+        if let Some(w) = writeback {
+            w.finish(&part)?;
         }
         Ok(file)
     });
     Ok((task, tx))
+}
+
+/// Bytes written (pull) or sent (push) between two background flushes of a file.
+const WRITEBACK_STEP: u64 = 32 << 20;
+
+/// A thread that runs `fdatasync` on a file being written, when nudged, so that its dirty
+/// pages go to disk during the copy rather than all at the final `fsync`.
+///
+/// A failed flush is kept and returned by [`Writeback::finish`]: the descriptor is shared
+/// with the writer (`dup`), and Linux reports a writeback error once per open file, so an
+/// error swallowed here would not be seen by the final `fsync` either.
+struct Writeback {
+    nudge: std::sync::mpsc::SyncSender<()>,
+    thread: std::thread::JoinHandle<std::io::Result<()>>,
+}
+
+impl Writeback {
+    fn start(file: &std::fs::File, part: &Path) -> Result<Self, TransportError> {
+        let file = file
+            .try_clone()
+            .map_err(|e| TransportError::local(part, "dup", e))?;
+        // One pending nudge at most: a nudge while a flush runs is covered by the next one.
+        let (nudge, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("ferry-writeback".into())
+            .spawn(move || {
+                while rx.recv().is_ok() {
+                    file.sync_data()?;
+                }
+                Ok(())
+            })
+            .map_err(|e| TransportError::local(part, "start writeback thread", e))?;
+        Ok(Writeback { nudge, thread })
+    }
+
+    /// Ask for a flush of everything written so far; never waits.
+    fn nudge(&self) {
+        let _ = self.nudge.try_send(());
+    }
+
+    /// Stop the thread; the error of any flush it ran.
+    fn finish(self, part: &Path) -> Result<(), TransportError> {
+        drop(self.nudge);
+        match self.thread.join() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(TransportError::local(part, "fsync", e)),
+            Err(_) => Err(TransportError::local(
+                part,
+                "fsync",
+                std::io::Error::other("writeback thread panicked"),
+            )),
+        }
+    }
 }
 
 /// Pipelined reads of `[offset, size)` of an open remote file, yielded in order. Dropping it

@@ -114,6 +114,11 @@ pub struct SshSession {
     handle: client::Handle<Client>,
     sftp: Vec<Arc<SftpChannel>>,
     next: AtomicUsize,
+    /// A channel of its own for background flushes of pushed files (`fsync@openssh.com` on
+    /// a second handle), opened at the first push; `None` once opening it failed. Kept off
+    /// the copy channels: an OpenSSH `sftp-server` answers one request at a time, so a flush
+    /// there would hold up the writes queued behind it.
+    writeback: tokio::sync::OnceCell<Option<Arc<SftpChannel>>>,
 }
 
 impl std::fmt::Debug for SshSession {
@@ -199,6 +204,7 @@ impl SshSession {
             handle,
             sftp,
             next: AtomicUsize::new(0),
+            writeback: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -221,6 +227,25 @@ impl SshSession {
     pub(crate) fn sftp(&self) -> Arc<SftpChannel> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.sftp.len();
         self.sftp[i].clone()
+    }
+
+    /// The channel for background flushes, opened on first use. `None` when the server has
+    /// no `fsync@openssh.com` or the channel cannot be opened: the flushes are only an
+    /// optimisation, the copy's own final `fsync` is what makes it durable.
+    pub(crate) async fn writeback_channel(&self) -> Option<Arc<SftpChannel>> {
+        self.writeback
+            .get_or_init(|| async {
+                match open_sftp(&self.handle, &self.target).await {
+                    Ok(ch) if ch.fsync => Some(Arc::new(ch)),
+                    Ok(_) => None,
+                    Err(e) => {
+                        tracing::debug!(host = %self.target.host, "no writeback channel: {e}");
+                        None
+                    }
+                }
+            })
+            .await
+            .clone()
     }
 
     pub(crate) fn handle(&self) -> &client::Handle<Client> {
