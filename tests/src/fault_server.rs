@@ -157,6 +157,17 @@ struct Armed {
     requests: u64,
 }
 
+/// One `fsync@openssh.com` the server served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsyncSeen {
+    /// The file, as the client named it when opening the handle.
+    pub path: String,
+    /// Whether the handle was opened for writing.
+    pub writable: bool,
+    /// The file's size when the fsync ran.
+    pub size: u64,
+}
+
 /// What the handler must do for one request: the action, and for a flip the data byte.
 struct Fired {
     action: FaultAction,
@@ -170,6 +181,8 @@ struct Shared {
     fired: AtomicU64,
     /// Writes that did not start where the previous write on their handle ended.
     out_of_order: AtomicU64,
+    /// Every `fsync@openssh.com` served, in order.
+    fsyncs: Mutex<Vec<FsyncSeen>>,
     /// Set once a `NoSpace` fault fired: statvfs reports a full disk.
     disk_full: Mutex<bool>,
     /// Bumped by `set_fault`, `clear_fault` and drop: releases stalled requests.
@@ -284,6 +297,7 @@ impl FaultServer {
             armed: Mutex::new(Armed::default()),
             fired: AtomicU64::new(0),
             out_of_order: AtomicU64::new(0),
+            fsyncs: Mutex::new(Vec::new()),
             disk_full: Mutex::new(false),
             release,
             sockets: Mutex::new(Vec::new()),
@@ -367,6 +381,11 @@ impl FaultServer {
     /// How many faults have fired since the server started.
     pub fn fired(&self) -> u64 {
         self.shared.fired.load(Ordering::SeqCst)
+    }
+
+    /// Every `fsync@openssh.com` served since the server started, in order.
+    pub fn fsyncs(&self) -> Vec<FsyncSeen> {
+        lock(&self.shared.fsyncs).clone()
     }
 
     /// How many writes arrived out of file order (not at the end of the previous write on
@@ -509,6 +528,7 @@ impl russh::server::Handler for Connection {
             handles: HashMap::new(),
             next_handle: 0,
             write_ends: HashMap::new(),
+            opened: HashMap::new(),
         };
         let config = russh_sftp::server::Config {
             max_client_packet_len: 512 * 1024,
@@ -551,6 +571,8 @@ struct Sftp {
     next_handle: u64,
     /// Per file handle: where the last write ended.
     write_ends: HashMap<String, u64>,
+    /// Per file handle: the name it was opened with and whether for writing.
+    opened: HashMap<String, (String, bool)>,
 }
 
 fn status(code: StatusCode, message: impl Into<String>) -> StatusReply {
@@ -740,15 +762,18 @@ impl russh_sftp::server::Handler for Sftp {
     ) -> Result<Handle, Self::Error> {
         self.fault(Op::Open, 0).await?;
         let real = self.real(&filename, true)?;
+        let writable = pflags.contains(OpenFlags::WRITE);
         let options: std::fs::OpenOptions = pflags.into();
         let file = blocking(move || options.open(real)).await?;
         let handle = self.new_handle(Open::File(Arc::new(file)));
+        self.opened.insert(handle.clone(), (filename, writable));
         Ok(Handle { id, handle })
     }
 
     async fn close(&mut self, id: u32, handle: String) -> Result<Status, Self::Error> {
         self.fault(Op::Any, 0).await?;
         self.write_ends.remove(&handle);
+        self.opened.remove(&handle);
         match self.handles.remove(&handle) {
             Some(_) => Ok(ok(id)),
             None => Err(status(StatusCode::Failure, "invalid handle")),
@@ -988,8 +1013,17 @@ impl russh_sftp::server::Handler for Sftp {
             }
             russh_sftp::extensions::FSYNC => {
                 self.fault(Op::Fsync, 0).await?;
-                let file = self.file(&take_string(&mut data)?)?;
-                blocking(move || file.sync_all()).await?;
+                let handle = take_string(&mut data)?;
+                let file = self.file(&handle)?;
+                let size = blocking(move || file.sync_all().and_then(|()| file.metadata()))
+                    .await?
+                    .len();
+                let (path, writable) = self.opened.get(&handle).cloned().unwrap_or_default();
+                lock(&self.shared.fsyncs).push(FsyncSeen {
+                    path,
+                    writable,
+                    size,
+                });
                 Ok(Packet::Status(ok(id)))
             }
             russh_sftp::extensions::STATVFS => {
@@ -1072,6 +1106,7 @@ mod tests {
             }),
             fired: AtomicU64::new(0),
             out_of_order: AtomicU64::new(0),
+            fsyncs: Mutex::new(Vec::new()),
             disk_full: Mutex::new(false),
             release,
             sockets: Mutex::new(Vec::new()),

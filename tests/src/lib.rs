@@ -34,7 +34,7 @@ pub mod wire;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 pub use binaries::ServerKind;
-pub use fault_server::{Fault, FaultAction, FaultServer, Op, Trigger};
+pub use fault_server::{Fault, FaultAction, FaultServer, FsyncSeen, Op, Trigger};
 pub use keys::{KeyPair, KeyType};
 pub use mongo::MongoServer;
 pub use sshd::{Sshd, SshdOptions};

@@ -503,3 +503,56 @@ async fn a_refused_exec_fails_instead_of_hanging() {
     assert!(matches!(err, TransportError::Exec { .. }), "{err}");
     assert!(!exists(&server.local_path("/f")));
 }
+
+/// A push longer than the background-flush step is flushed on a second, read-only handle
+/// while it is sent, and still gets its own fsync on the handle that wrote it, at full size.
+/// A short push gets no background flush (it would only cost round trips).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_push_is_flushed_while_sent_and_still_fsynced_on_its_own_handle() {
+    let server = FaultServer::start().await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let (long, short) = (
+        work.path().join("long.evio"),
+        work.path().join("short.evio"),
+    );
+    let long_size = 80u64 << 20;
+    random_file(&long, long_size as usize);
+    random_file(&short, 1 << 20);
+    let session = connect(&server).await;
+    let opts = CopyOptions::default();
+    bounded("two pushes", async {
+        session
+            .push(&short, "/dst/short.evio", &opts)
+            .await
+            .unwrap();
+        let after_short = server.fsyncs();
+        assert_eq!(
+            after_short.iter().filter(|f| !f.writable).count(),
+            0,
+            "a 1 MiB push made background flushes: {after_short:?}"
+        );
+        assert!(
+            after_short
+                .iter()
+                .any(|f| f.writable && f.path == "/dst/short.evio.part" && f.size == 1 << 20),
+            "the short push was not fsynced at full size: {after_short:?}"
+        );
+        session.push(&long, "/dst/long.evio", &opts).await.unwrap();
+    })
+    .await;
+    let seen: Vec<_> = server
+        .fsyncs()
+        .into_iter()
+        .filter(|f| f.path == "/dst/long.evio.part")
+        .collect();
+    assert!(
+        seen.iter().any(|f| !f.writable),
+        "no background flush on a second handle during an 80 MiB push: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|f| f.writable && f.size == long_size),
+        "the 80 MiB push was not fsynced on its own handle at full size: {seen:?}"
+    );
+    let on_server = server.local_path("/dst/long.evio");
+    assert_eq!(digest(&on_server), digest(&long));
+}

@@ -304,17 +304,19 @@ impl SshSession {
         } else {
             0
         };
-        let flags = if resumed_from > 0 {
-            OpenFlags::WRITE
+        // A fresh start creates the `.part` exclusively: one round trip when none is there
+        // (the usual case), and never through a symlink. Only when that fails is whatever
+        // is there removed and the file created again.
+        let fresh = resumed_from == 0;
+        let flags = if fresh {
+            OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::EXCLUDE
         } else {
-            // A fresh start: drop whatever is there (it could be a symlink).
-            let _ = raw.remove(part.as_str()).await;
-            OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE
+            OpenFlags::WRITE
         };
-        let open = || raw.open(part.as_str(), flags, FileAttributes::default());
+        let open = |flags| raw.open(part.as_str(), flags, FileAttributes::default());
         // The writeback channel (first push of a session: opened while the file is).
         let want_writeback = opts.fsync && ch.fsync;
-        let (opened, side) = futures::join!(open(), async {
+        let (opened, side) = futures::join!(open(flags), async {
             if want_writeback {
                 self.writeback_channel().await
             } else {
@@ -329,7 +331,18 @@ impl SshSession {
                 if let Some((parent, _)) = remote.rsplit_once('/').filter(|(p, _)| !p.is_empty()) {
                     mkdir_p(ch, host, parent).await?;
                 }
-                open().await.map_err(|e| sftp_err(host, &part, "open", e))?
+                open(flags)
+                    .await
+                    .map_err(|e| sftp_err(host, &part, "open", e))?
+            }
+            // SFTP v3 has no "exists" status: a generic failure of the exclusive create means
+            // a leftover `.part` (or a symlink there) in the usual case. Drop it and create
+            // the file afresh; a real failure shows up again on this second open.
+            Err(SftpError::Status(s)) if fresh && s.status_code == StatusCode::Failure => {
+                let _ = raw.remove(part.as_str()).await;
+                open(OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE)
+                    .await
+                    .map_err(|e| sftp_err(host, &part, "open", e))?
             }
             Err(e) => return Err(sftp_err(host, &part, "open", e)),
         }
@@ -358,41 +371,14 @@ impl SshSession {
         let depth = opts
             .requests_in_flight
             .clamp(1, (WRITE_BUDGET / chunk.max(1)).max(1));
-        let writeback = side.map(|side| RemoteWriteback::start(side, part.clone()));
-        let sent = write_pipeline(
-            ch,
-            host,
-            &part,
-            &handle,
-            resumed_from,
-            depth,
-            chunks,
-            &mut hasher,
-            writeback.as_ref(),
-        )
-        .await;
-        if let Some(w) = writeback {
-            w.finish().await;
-        }
-        let sent = match sent {
-            Ok(n) => n,
-            Err(err) => {
-                let _ = raw.close(handle.as_str()).await;
-                let err = self.diagnose_full(ch, &part, size, err).await;
-                if let TransportError::NoSpace { .. } = err {
-                    // Resuming cannot help a full disk; give the space back.
-                    let _ = raw.remove(part.as_str()).await;
-                }
-                return Err(err);
-            }
-        };
-        if resumed_from + sent != size {
-            let _ = raw.close(handle.as_str()).await;
-            return Err(changed(local, size, resumed_from + sent));
-        }
-        let digest = hasher.finish().await?;
-        check_expected(host, remote, &digest, opts.expected_sha256.as_deref())?;
-        // Mode and mtime, then fsync: both sent at once (one round trip), in that order.
+        // Background flushes only pay off for files longer than one flush step.
+        let writeback = side
+            .filter(|_| size - resumed_from > WRITEBACK_STEP)
+            .map(|side| RemoteWriteback::start(side, part.clone()));
+        // Mode and mtime, then fsync: sent right behind the last write, before its reply
+        // (a server processes the requests on one file in order, draft-ietf-secsh-filexfer
+        // "Request Synchronization and Reordering"), so a small file does not pay a round
+        // trip for them. Their results only count once every write was acknowledged.
         let setstat = async {
             if opts.preserve {
                 let attrs = FileAttributes {
@@ -415,13 +401,66 @@ impl SshSession {
             }
             Ok::<_, TransportError>(())
         };
-        let (set, synced) = futures::join!(setstat, fsync);
-        let finish = set.and(synced);
-        let closed = raw.close(handle.as_str()).await;
-        finish?;
-        closed.map_err(|e| sftp_err(host, &part, "close", e))?;
+        let tail = async {
+            let (set, synced) = futures::join!(setstat, fsync);
+            set.and(synced)
+        };
+        let sent = write_pipeline(
+            ch,
+            host,
+            &part,
+            &handle,
+            resumed_from,
+            depth,
+            chunks,
+            &mut hasher,
+            writeback.as_ref(),
+            tail,
+        )
+        .await;
+        if let Some(w) = writeback {
+            w.stop();
+        }
+        let (sent, finish) = match sent {
+            Ok(done) => done,
+            Err(err) => {
+                let _ = raw.close(handle.as_str()).await;
+                let err = self.diagnose_full(ch, &part, size, err).await;
+                if let TransportError::NoSpace { .. } = err {
+                    // Resuming cannot help a full disk; give the space back.
+                    let _ = raw.remove(part.as_str()).await;
+                }
+                return Err(err);
+            }
+        };
+        if resumed_from + sent != size {
+            let _ = raw.close(handle.as_str()).await;
+            return Err(changed(local, size, resumed_from + sent));
+        }
+        let digest = hasher.finish().await?;
+        let checked = check_expected(host, remote, &digest, opts.expected_sha256.as_deref());
+        if let Err(err) = finish.and(checked) {
+            let _ = raw.close(handle.as_str()).await;
+            return Err(err);
+        }
 
         let verified = !matches!(opts.verify, Verify::Deferred);
+        if !verified {
+            // Nothing reads the `.part` between close and rename: both go at once (in order,
+            // as above). A failed close still fails the copy, which is then not recorded.
+            let close = async {
+                raw.close(handle.as_str())
+                    .await
+                    .map_err(|e| sftp_err(host, &part, "close", e))
+            };
+            let (closed, renamed) = futures::join!(close, rename(ch, host, &part, remote));
+            closed?;
+            renamed?;
+            return Ok(Attempt::done(sent, digest, resumed_from, verified));
+        }
+        raw.close(handle.as_str())
+            .await
+            .map_err(|e| sftp_err(host, &part, "close", e))?;
         let check = match &opts.verify {
             Verify::Deferred => Ok(()),
             Verify::ReadBack => match self.read_back(&part, opts).await {
@@ -753,7 +792,8 @@ async fn rename(ch: &SftpChannel, host: &str, from: &str, to: &str) -> Result<()
         .map_err(|e| sftp_err(host, to, "rename", e))
 }
 
-/// Send chunks as pipelined writes from `offset`; returns the bytes written. Each chunk is
+/// Send chunks as pipelined writes from `offset`; returns the bytes written and the result of
+/// `tail`, whose requests go out right behind the last write, before its reply. Each chunk is
 /// also handed to the hasher (its threads do the hashing).
 #[allow(clippy::too_many_arguments)]
 async fn write_pipeline(
@@ -766,7 +806,8 @@ async fn write_pipeline(
     chunks: impl Stream<Item = Result<Bytes, TransportError>>,
     hasher: &mut StreamHasher,
     writeback: Option<&RemoteWriteback>,
-) -> Result<u64, TransportError> {
+    tail: impl std::future::Future<Output = Result<(), TransportError>>,
+) -> Result<(u64, Result<(), TransportError>), TransportError> {
     let mut chunks = std::pin::pin!(chunks);
     let mut unflushed = 0u64;
     // Dropping a `Waiting` (on an error) forgets its request.
@@ -810,10 +851,16 @@ async fn write_pipeline(
         }
         hasher.update(chunk).await?;
     }
-    while let Some(oldest) = inflight.pop_front() {
-        written(oldest).await?;
-    }
-    Ok(offset - start)
+    // `tail` is polled (its requests sent) right after the first wait below starts.
+    let drain = async {
+        while let Some(oldest) = inflight.pop_front() {
+            written(oldest).await?;
+        }
+        Ok::<_, TransportError>(())
+    };
+    let (drained, tail) = futures::join!(drain, tail);
+    drained?;
+    Ok((offset - start, tail))
 }
 
 /// Background flushes of a file being pushed: on the session's writeback channel, a second
@@ -861,10 +908,11 @@ impl RemoteWriteback {
         let _ = self.nudge.try_send(());
     }
 
-    /// Let a running flush end and close the second handle.
-    async fn finish(self) {
+    /// No more flushes: the task lets a running one end, closes its handle and exits on its
+    /// own (nothing waits for that: the copy's own fsync follows anyway).
+    fn stop(self) {
         drop(self.nudge);
-        let _ = self.task.await;
+        drop(self.task);
     }
 }
 
@@ -1152,5 +1200,38 @@ impl<'a> ReadPipeline<'a> {
             self,
             |mut p| async move { p.next().await.map(|item| (item, p)) },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn background_flushes_of_a_pulled_file_succeed_and_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.part");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let w = Writeback::start(&file, &path).unwrap();
+        for _ in 0..3 {
+            std::io::Write::write_all(&mut file, &[7u8; 4096]).unwrap();
+            w.nudge();
+        }
+        w.finish(&path).unwrap();
+    }
+
+    /// Linux reports a writeback error once per open file, and the flusher shares the
+    /// writer's: an error it met must fail the copy, not vanish with the thread.
+    #[test]
+    fn a_failed_background_flush_fails_the_copy() {
+        let path = Path::new("/dev/null");
+        // fdatasync on a character device fails with EINVAL.
+        let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        let w = Writeback::start(&file, path).unwrap();
+        w.nudge();
+        match w.finish(path) {
+            Err(TransportError::Local { op: "fsync", .. }) => {}
+            other => panic!("expected the flush's fsync error, got {other:?}"),
+        }
     }
 }
