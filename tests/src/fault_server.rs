@@ -183,6 +183,8 @@ struct Shared {
     out_of_order: AtomicU64,
     /// Every `fsync@openssh.com` served, in order.
     fsyncs: Mutex<Vec<FsyncSeen>>,
+    /// `sftp` subsystems started (one per SFTP channel a client opened).
+    sftp_channels: AtomicU64,
     /// Set once a `NoSpace` fault fired: statvfs reports a full disk.
     disk_full: Mutex<bool>,
     /// Bumped by `set_fault`, `clear_fault` and drop: releases stalled requests.
@@ -298,6 +300,7 @@ impl FaultServer {
             fired: AtomicU64::new(0),
             out_of_order: AtomicU64::new(0),
             fsyncs: Mutex::new(Vec::new()),
+            sftp_channels: AtomicU64::new(0),
             disk_full: Mutex::new(false),
             release,
             sockets: Mutex::new(Vec::new()),
@@ -381,6 +384,11 @@ impl FaultServer {
     /// How many faults have fired since the server started.
     pub fn fired(&self) -> u64 {
         self.shared.fired.load(Ordering::SeqCst)
+    }
+
+    /// How many SFTP channels clients have opened since the server started.
+    pub fn sftp_channels_opened(&self) -> u64 {
+        self.shared.sftp_channels.load(Ordering::SeqCst)
     }
 
     /// Every `fsync@openssh.com` served since the server started, in order.
@@ -530,6 +538,7 @@ impl russh::server::Handler for Connection {
             write_ends: HashMap::new(),
             opened: HashMap::new(),
         };
+        self.shared.sftp_channels.fetch_add(1, Ordering::SeqCst);
         let config = russh_sftp::server::Config {
             max_client_packet_len: 512 * 1024,
         };
@@ -1107,6 +1116,7 @@ mod tests {
             fired: AtomicU64::new(0),
             out_of_order: AtomicU64::new(0),
             fsyncs: Mutex::new(Vec::new()),
+            sftp_channels: AtomicU64::new(0),
             disk_full: Mutex::new(false),
             release,
             sockets: Mutex::new(Vec::new()),

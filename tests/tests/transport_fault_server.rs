@@ -556,3 +556,64 @@ async fn a_long_push_is_flushed_while_sent_and_still_fsynced_on_its_own_handle()
     let on_server = server.local_path("/dst/long.evio");
     assert_eq!(digest(&on_server), digest(&long));
 }
+
+/// A session opens one SFTP channel when it connects and more only while copies overlap, up
+/// to `SshTarget::channels`: each channel costs the server a process started through the
+/// user's login shell, which a single-file copy should not pay four times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sftp_channels_are_opened_as_copies_overlap_and_no_further() {
+    let server = FaultServer::start().await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    let names = ["a.evio", "b.evio", "c.evio", "d.evio"];
+    for name in names {
+        random_file(&src.join(name), 4 << 20);
+    }
+    let session = Arc::new(connect(&server).await);
+    assert_eq!(
+        server.sftp_channels_opened(),
+        1,
+        "channels opened at connect"
+    );
+    let opts = CopyOptions::default();
+    bounded("copies", async {
+        // One file after the other: the one channel is enough.
+        for name in &names[..2] {
+            session
+                .push(&src.join(name), &format!("/one/{name}"), &opts)
+                .await
+                .unwrap();
+        }
+        assert_eq!(server.sftp_channels_opened(), 1, "sequential copies");
+        // Four at once with `channels = 2` (see `target`): a second channel, no third.
+        let jobs: Vec<FileJob> = names
+            .iter()
+            .map(|name| FileJob {
+                path: (*name).into(),
+                size: 4 << 20,
+                sha256: None,
+            })
+            .collect();
+        let push = RunCopy::Push {
+            session: session.clone(),
+            local_root: src.clone(),
+            remote_root: "/four".into(),
+        };
+        let gates = Gates::new(Limits::default());
+        for r in copy_run(&push, &jobs, &opts, &gates, |_| {}).await {
+            r.unwrap();
+        }
+    })
+    .await;
+    assert_eq!(
+        server.sftp_channels_opened(),
+        2,
+        "overlapping copies, channels = 2"
+    );
+    for name in names {
+        assert_eq!(
+            digest(&server.local_path(&format!("/four/{name}"))),
+            digest(&src.join(name))
+        );
+    }
+}

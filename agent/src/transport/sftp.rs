@@ -153,7 +153,7 @@ impl SshSession {
         remote: &str,
         opts: &CopyOptions,
     ) -> Result<CopyReport, TransportError> {
-        let ch = self.sftp();
+        let ch = self.sftp().await;
         with_restart(remote, |resume| {
             self.push_once(&ch, local, remote, opts, opts.resume && resume)
         })
@@ -167,7 +167,7 @@ impl SshSession {
         local: &Path,
         opts: &CopyOptions,
     ) -> Result<CopyReport, TransportError> {
-        let ch = self.sftp();
+        let ch = self.sftp().await;
         // A pull's kept prefix never crossed the wire: resume only if something independent
         // of it will check the result.
         let checkable =
@@ -180,13 +180,13 @@ impl SshSession {
 
     /// Create a remote directory and its missing parents.
     pub async fn mkdir_p(&self, dir: &str) -> Result<(), TransportError> {
-        let ch = self.sftp();
+        let ch = self.sftp().await;
         mkdir_p(&ch, self.host(), dir).await
     }
 
     /// Remove a remote file; a missing file is not an error.
     pub async fn remove(&self, path: &str) -> Result<(), TransportError> {
-        let ch = self.sftp();
+        let ch = self.sftp().await;
         match ch.raw.remove(path).await {
             Ok(_) => Ok(()),
             Err(SftpError::Status(s)) if s.status_code == StatusCode::NoSuchFile => Ok(()),
@@ -196,7 +196,7 @@ impl SshSession {
 
     /// Size of a remote file or directory (`lstat`), `None` if it does not exist.
     pub async fn remote_size(&self, path: &str) -> Result<Option<u64>, TransportError> {
-        let ch = self.sftp();
+        let ch = self.sftp().await;
         match ch.raw.lstat(path).await {
             Ok(a) => Ok(Some(a.attrs.size.unwrap_or(0))),
             Err(SftpError::Status(s)) if s.status_code == StatusCode::NoSuchFile => Ok(None),
@@ -206,7 +206,7 @@ impl SshSession {
 
     /// The canonical form of a remote path (symlinks resolved by the server).
     pub async fn realpath(&self, path: &str) -> Result<String, TransportError> {
-        let ch = self.sftp();
+        let ch = self.sftp().await;
         let name = ch
             .raw
             .realpath(path)
@@ -230,7 +230,17 @@ impl SshSession {
         remote: &str,
         opts: &CopyOptions,
     ) -> Result<FileDigest, TransportError> {
-        let ch = self.sftp();
+        let ch = self.sftp().await;
+        self.read_back_on(&ch, remote, opts).await
+    }
+
+    /// [`read_back`](Self::read_back) on a given channel (a push verifies on its own).
+    async fn read_back_on(
+        &self,
+        ch: &SftpChannel,
+        remote: &str,
+        opts: &CopyOptions,
+    ) -> Result<FileDigest, TransportError> {
         let host = self.host();
         let attrs = ch
             .raw
@@ -246,7 +256,7 @@ impl SshSession {
             .map_err(|e| sftp_err(host, remote, "open", e))?
             .handle;
         let mut hasher = StreamHasher::new()?;
-        let mut reads = ReadPipeline::new(&ch, host, remote, &handle, 0, size, opts);
+        let mut reads = ReadPipeline::new(ch, host, remote, &handle, 0, size, opts);
         let result = async {
             while let Some(chunk) = reads.next().await {
                 hasher.update(chunk?).await?;
@@ -314,8 +324,9 @@ impl SshSession {
             OpenFlags::WRITE
         };
         let open = |flags| raw.open(part.as_str(), flags, FileAttributes::default());
-        // The writeback channel (first push of a session: opened while the file is).
-        let want_writeback = opts.fsync && ch.fsync;
+        // The writeback channel (first long push of a session: opened while the file is).
+        // Background flushes only pay off for files longer than one flush step.
+        let want_writeback = opts.fsync && ch.fsync && size - resumed_from > WRITEBACK_STEP;
         let (opened, side) = futures::join!(open(flags), async {
             if want_writeback {
                 self.writeback_channel().await
@@ -371,10 +382,7 @@ impl SshSession {
         let depth = opts
             .requests_in_flight
             .clamp(1, (WRITE_BUDGET / chunk.max(1)).max(1));
-        // Background flushes only pay off for files longer than one flush step.
-        let writeback = side
-            .filter(|_| size - resumed_from > WRITEBACK_STEP)
-            .map(|side| RemoteWriteback::start(side, part.clone()));
+        let writeback = side.map(|side| RemoteWriteback::start(side, part.clone()));
         // Mode and mtime, then fsync: sent right behind the last write, before its reply
         // (a server processes the requests on one file in order, draft-ietf-secsh-filexfer
         // "Request Synchronization and Reordering"), so a small file does not pay a round
@@ -463,7 +471,7 @@ impl SshSession {
             .map_err(|e| sftp_err(host, &part, "close", e))?;
         let check = match &opts.verify {
             Verify::Deferred => Ok(()),
-            Verify::ReadBack => match self.read_back(&part, opts).await {
+            Verify::ReadBack => match self.read_back_on(ch, &part, opts).await {
                 Ok(found) => verify::compare(host, &part, &digest, &found),
                 Err(e) => Err(e),
             },

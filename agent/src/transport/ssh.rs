@@ -7,8 +7,12 @@
 //!   naming the host and both fingerprints.
 //! - [`SshSession::connect`]: TCP with a timeout, key exchange with AES-GCM preferred on
 //!   AES-NI hosts, public-key authentication (identity files, then ssh-agent — the way to use
-//!   encrypted keys), then [`SshTarget::channels`] SFTP channels. Uploads are capped per channel
-//!   by the server's window (2 MiB for a stock sshd), so files are spread over the channels.
+//!   encrypted keys), then one SFTP channel. Up to [`SshTarget::channels`] channels are
+//!   opened as copies overlap ([`SshSession::sftp`]): uploads are capped per channel by the
+//!   server's window (2 MiB for a stock sshd), so files in flight get a channel each. Opening
+//!   them only when needed matters: sshd starts each `sftp-server` through the user's login
+//!   shell, and a shell start-up file (conda, modules, pyenv) can cost 100 ms of server CPU
+//!   per channel — a single-file copy used to pay for four.
 //!
 //! The session's file operations live in [`crate::transport::sftp`] (push, pull) and
 //! [`crate::transport::exec`] (remote commands).
@@ -66,7 +70,7 @@ pub struct SshTarget {
     pub idle_timeout: Option<Duration>,
     /// Limit on the answer to one SFTP request.
     pub request_timeout: Duration,
-    /// SFTP channels opened on the connection.
+    /// Most SFTP channels opened on the connection (one at connect, more as copies overlap).
     pub channels: usize,
     /// SSH receive window per channel, in bytes (downloads are capped at one window per RTT).
     pub window_size: u32,
@@ -112,7 +116,10 @@ pub(crate) struct SftpChannel {
 pub struct SshSession {
     target: Arc<SshTarget>,
     handle: client::Handle<Client>,
-    sftp: Vec<Arc<SftpChannel>>,
+    /// The SFTP channels opened so far (at least one).
+    sftp: Mutex<Vec<Arc<SftpChannel>>>,
+    /// Extra channels being opened right now (counted against [`SshTarget::channels`]).
+    opening: AtomicUsize,
     next: AtomicUsize,
     /// A channel of its own for background flushes of pushed files (`fsync@openssh.com` on
     /// a second handle), opened at the first push; `None` once opening it failed. Kept off
@@ -127,8 +134,17 @@ impl std::fmt::Debug for SshSession {
             .field("host", &self.target.host)
             .field("port", &self.target.port)
             .field("user", &self.target.user)
-            .field("channels", &self.sftp.len())
+            .field("channels", &self.channels().len())
             .finish()
+    }
+}
+
+/// One extra channel being opened: counted in [`SshSession::opening`] until dropped.
+struct Opening<'a>(&'a AtomicUsize);
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -190,19 +206,13 @@ impl SshSession {
             }
         };
         authenticate(&mut handle, &target).await?;
-        // Opened side by side: each costs about four round trips (open, subsystem, SFTP
-        // version, limits), which one after the other add up on a long link.
-        let sftp = futures::future::try_join_all(
-            (0..target.channels.max(1)).map(|_| open_sftp(&handle, &target)),
-        )
-        .await?
-        .into_iter()
-        .map(Arc::new)
-        .collect();
+        // One channel now; more when copies overlap (see `sftp`).
+        let first = Arc::new(open_sftp(&handle, &target).await?);
         Ok(SshSession {
             target,
             handle,
-            sftp,
+            sftp: Mutex::new(vec![first]),
+            opening: AtomicUsize::new(0),
             next: AtomicUsize::new(0),
             writeback: tokio::sync::OnceCell::new(),
         })
@@ -223,10 +233,47 @@ impl SshSession {
         self.handle.is_closed()
     }
 
-    /// The SFTP channel for the next file (round robin).
-    pub(crate) fn sftp(&self) -> Arc<SftpChannel> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.sftp.len();
-        self.sftp[i].clone()
+    fn channels(&self) -> std::sync::MutexGuard<'_, Vec<Arc<SftpChannel>>> {
+        self.sftp
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The SFTP channel for the next operation: one no operation holds; else a new one while
+    /// fewer than [`SshTarget::channels`] are open or opening (overlapping callers open theirs
+    /// side by side); else the open ones in turn. A channel that cannot be opened is not an
+    /// error while another is there to share.
+    ///
+    /// A channel is in use while someone besides the session holds its `Arc`; the choice is
+    /// made and the `Arc` cloned under the lock, so two callers never take the same idle one.
+    pub(crate) async fn sftp(&self) -> Arc<SftpChannel> {
+        let max = self.target.channels.max(1);
+        {
+            let open = self.channels();
+            if let Some(ch) = open.iter().find(|ch| Arc::strong_count(ch) == 1) {
+                return ch.clone();
+            }
+            if open.len() + self.opening.load(Ordering::SeqCst) >= max {
+                return open[self.next.fetch_add(1, Ordering::Relaxed) % open.len()].clone();
+            }
+            self.opening.fetch_add(1, Ordering::SeqCst);
+        }
+        // Counted down however this ends, also when the caller gives up mid-open.
+        let counted = Opening(&self.opening);
+        let opened = open_sftp(&self.handle, &self.target).await;
+        let mut open = self.channels();
+        drop(counted);
+        match opened {
+            Ok(ch) => {
+                let ch = Arc::new(ch);
+                open.push(ch.clone());
+                ch
+            }
+            Err(e) => {
+                tracing::debug!(host = %self.target.host, "sharing a channel: {e}");
+                open[self.next.fetch_add(1, Ordering::Relaxed) % open.len()].clone()
+            }
+        }
     }
 
     /// The channel for background flushes, opened on first use. `None` when the server has
@@ -254,7 +301,7 @@ impl SshSession {
 
     /// Close the connection politely.
     pub async fn close(self) -> Result<(), TransportError> {
-        for ch in &self.sftp {
+        for ch in self.channels().iter() {
             let _ = ch.raw.close_session();
         }
         self.handle
