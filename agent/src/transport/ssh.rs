@@ -304,6 +304,9 @@ impl SshSession {
         for ch in self.channels().iter() {
             let _ = ch.raw.close_session();
         }
+        if let Some(Some(ch)) = self.writeback.get() {
+            let _ = ch.raw.close_session();
+        }
         self.handle
             .disconnect(russh::Disconnect::ByApplication, "", "en")
             .await
