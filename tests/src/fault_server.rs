@@ -292,6 +292,16 @@ impl FaultServer {
             auth_rejection_time: std::time::Duration::from_millis(10),
             inactivity_timeout: None,
             nodelay: true,
+            // russh's server grants window as data arrives, then waits, inside its session
+            // loop, for room in the channel's buffer, while the SFTP handler that empties
+            // that buffer waits for room in the session's event queue (10 by default) to
+            // send its replies: with a few hundred writes in flight on a busy machine both
+            // waited for ever. A queue longer than the requests a client keeps in flight
+            // (64 per copy) keeps the handler moving. Likewise the channel's own buffer: a
+            // stalled request must not stop the session loop (and its keep-alive answers),
+            // so it holds more than the 16 MiB a client keeps in flight (32 KiB packets).
+            event_buffer_size: 4096,
+            channel_buffer_size: 1024,
             ..Default::default()
         });
         let (release, _) = watch::channel(0);
