@@ -617,3 +617,95 @@ async fn sftp_channels_are_opened_as_copies_overlap_and_no_further() {
         );
     }
 }
+
+/// A target that stripes every push of 4 MiB or more over up to four channels, whatever the
+/// round trip (on loopback the automatic rule would never stripe).
+fn striping(server: &FaultServer) -> SshTarget {
+    let mut t = target(server);
+    t.channels = 4;
+    t.stripe_min_size = 4 << 20;
+    t.stripe_min_rtt = Duration::ZERO;
+    t.request_timeout = Duration::from_secs(20);
+    t
+}
+
+/// One long file over a long link is capped by the server's window per channel, so its
+/// writes are spread over idle channels, each with its own handle: the result is the
+/// source, read back before the rename, and the channels serve the next copy as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_push_is_striped_over_idle_channels_and_lands_intact() {
+    let server = FaultServer::start().await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("big.evio");
+    random_file(&src, (24 << 20) + 1);
+    let session = SshSession::connect(&striping(&server)).await.unwrap();
+    let report = bounded(
+        "the striped push",
+        session.push(&src, "/dst/big.evio", &CopyOptions::default()),
+    )
+    .await
+    .expect("a striped push");
+    assert!(report.verified, "{report:?}");
+    assert_eq!(report.digest, digest(&src));
+    assert_eq!(digest(&server.local_path("/dst/big.evio")), digest(&src));
+    assert!(!exists(&server.local_path("/dst/big.evio.part")));
+    assert_eq!(server.sftp_channels_opened(), 4, "one lane per channel");
+    // Each lane writes every fourth chunk: its handle sees gaps between its writes.
+    assert!(server.out_of_order_writes() > 0, "the writes were spread");
+
+    // The lanes were given back: a second striped push opens no further channel.
+    bounded(
+        "the second striped push",
+        session.push(&src, "/dst/again.evio", &CopyOptions::default()),
+    )
+    .await
+    .expect("a second striped push");
+    assert_eq!(server.sftp_channels_opened(), 4);
+    assert_eq!(digest(&server.local_path("/dst/again.evio")), digest(&src));
+}
+
+/// Lanes are applied by different server processes, so a cut leaves a `.part` whose tail may
+/// have holes. The next push resumes `STRIPE_BUDGET` (16 MiB) before the `.part`'s end, where
+/// every byte is known to be written: the read-back then passes on the first attempt (a
+/// hole in the kept prefix would fail it and restart from zero, which this test would see:
+/// resuming at the `.part`'s length instead restarted from zero in 2 of 3 trials).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_striped_push_cut_mid_file_resumes_before_any_hole() {
+    let server = FaultServer::start().await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let size = 48u64 << 20;
+    let src = work.path().join("big.evio");
+    random_file(&src, size as usize);
+    server.set_fault(Fault::after_bytes(FaultAction::Cut, Op::Write, 28 << 20));
+    let session = SshSession::connect(&striping(&server)).await.unwrap();
+    let err = bounded(
+        "the cut push",
+        session.push(&src, "/dst/big.evio", &CopyOptions::default()),
+    )
+    .await
+    .expect_err("a cut push must fail");
+    assert!(err.is_retryable(), "{err}");
+    assert_eq!(server.fired(), 1);
+    let kept = std::fs::metadata(server.local_path("/dst/big.evio.part"))
+        .expect("the cut leaves a .part")
+        .len();
+    assert!(kept > 16 << 20, "kept {kept}");
+    server.clear_fault();
+
+    let session = SshSession::connect(&striping(&server)).await.unwrap();
+    let report = bounded(
+        "the resumed push",
+        session.push(&src, "/dst/big.evio", &CopyOptions::default()),
+    )
+    .await
+    .expect("the push after the cut");
+    // The server's other lanes may still apply writes they had received after `kept` was
+    // read, so the `.part` can have grown a little since.
+    assert!(
+        report.resumed_from >= kept - (16 << 20) && report.resumed_from + (16 << 20) < size,
+        "kept {kept}: {report:?}"
+    );
+    assert_eq!(report.bytes + report.resumed_from, size);
+    assert_eq!(digest(&server.local_path("/dst/big.evio")), digest(&src));
+    assert!(!exists(&server.local_path("/dst/big.evio.part")));
+}

@@ -48,6 +48,25 @@ use crate::transport::{
 /// RTT, and keeps 4 pushes at once under the 64 MiB RSS target (16 MiB did not: 82 MiB).
 const WRITE_BUDGET: usize = 8 << 20;
 
+/// Payload in flight for a push striped over several channels ("lanes"): about two windows
+/// of a stock sshd per lane for four lanes. Also how far before its end a `.part` of a file
+/// that may have been striped is resumed: writes on different channels are applied by
+/// different server processes, so a cut can leave holes, but only among the writes in
+/// flight, i.e. in the last `STRIPE_BUDGET` bytes of the `.part`.
+const STRIPE_BUDGET: usize = 16 << 20;
+
+/// One channel a push writes on, with its own handle to the `.part`.
+struct Lane {
+    ch: Arc<SftpChannel>,
+    handle: String,
+}
+
+/// Close the `.part` handles of a striped push's extra lanes (best effort: the primary
+/// handle's fsync and close decide the copy).
+async fn close_extra_lanes(lanes: &[Lane]) {
+    futures::future::join_all(lanes.iter().map(|l| l.ch.raw.close(l.handle.as_str()))).await;
+}
+
 type ChunkStream<'a> = Pin<Box<dyn Stream<Item = Result<Bytes, TransportError>> + Send + 'a>>;
 
 /// Map an SFTP client error to a transport error naming host, path and operation.
@@ -304,10 +323,19 @@ impl SshSession {
         }
         let size = meta.len();
         let part = part_name(remote);
+        let target = self.target();
+        let stripable = target.channels > 1 && size >= target.stripe_min_size;
         let resumed_from = if allow_resume {
             match raw.lstat(part.as_str()).await {
                 Ok(a) if a.attrs.is_regular() && a.attrs.size.unwrap_or(u64::MAX) <= size => {
-                    a.attrs.size.unwrap_or(0)
+                    let len = a.attrs.size.unwrap_or(0);
+                    // A striped push may leave holes, but only in its last STRIPE_BUDGET
+                    // bytes (see `write_pipeline`).
+                    if stripable {
+                        len.saturating_sub(STRIPE_BUDGET as u64)
+                    } else {
+                        len
+                    }
                 }
                 _ => 0,
             }
@@ -327,7 +355,13 @@ impl SshSession {
         // The writeback channel (first long push of a session: opened while the file is).
         // Background flushes only pay off for files longer than one flush step.
         let want_writeback = opts.fsync && ch.fsync && size - resumed_from > WRITEBACK_STEP;
-        let (opened, side) = futures::join!(open(flags), async {
+        // The open is one round trip: timed, it tells whether striping pays (see `lanes`).
+        let timed_open = async {
+            let started = std::time::Instant::now();
+            let opened = open(flags).await;
+            (opened, started.elapsed())
+        };
+        let ((opened, rtt), side) = futures::join!(timed_open, async {
             if want_writeback {
                 self.writeback_channel().await
             } else {
@@ -359,6 +393,60 @@ impl SshSession {
         }
         .handle;
 
+        let striped = stripable && rtt >= target.stripe_min_rtt && size - resumed_from > 0;
+        let mut lanes = vec![Lane {
+            ch: ch.clone(),
+            handle: handle.clone(),
+        }];
+        if striped {
+            lanes.extend(self.extra_lanes(&part).await);
+            tracing::debug!(
+                path = %part,
+                lanes = lanes.len(),
+                rtt_ms = rtt.as_secs_f64() * 1e3,
+                "striping the push over channels"
+            );
+        }
+        let result = self
+            .push_lanes(
+                ch,
+                &lanes,
+                local,
+                source,
+                &meta,
+                remote,
+                &part,
+                resumed_from,
+                side,
+                opts,
+            )
+            .await;
+        // The extra lanes' handles: closed here whatever happened (the primary's is the
+        // caller's); the copy's own fsync and close on the primary decide durability.
+        close_extra_lanes(&lanes[1..]).await;
+        result
+    }
+
+    /// The body of [`push_once`](Self::push_once) once the `.part` is open on every lane:
+    /// hash, write, flush, verify, rename.
+    #[allow(clippy::too_many_arguments)]
+    async fn push_lanes(
+        &self,
+        ch: &Arc<SftpChannel>,
+        lanes: &[Lane],
+        local: &Path,
+        source: std::fs::File,
+        meta: &std::fs::Metadata,
+        remote: &str,
+        part: &str,
+        resumed_from: u64,
+        side: Option<Arc<SftpChannel>>,
+        opts: &CopyOptions,
+    ) -> Result<Attempt, TransportError> {
+        let host = self.host();
+        let raw = &ch.raw;
+        let handle = lanes[0].handle.as_str();
+        let size = meta.len();
         let mut hasher = StreamHasher::new()?;
         if let Some(m) = &opts.meter {
             m.restart(resumed_from);
@@ -378,11 +466,17 @@ impl SshSession {
             }
         }
         let chunks = metered(throttle(chunks, opts.bandwidth.clone()), opts.meter.clone());
-        // Writes in flight: bounded by count and by WRITE_BUDGET of payload.
+        // Writes in flight: bounded by count and by WRITE_BUDGET of payload (STRIPE_BUDGET
+        // over several lanes: each lane wants about two windows' worth).
+        let budget = if lanes.len() > 1 {
+            STRIPE_BUDGET
+        } else {
+            WRITE_BUDGET
+        };
         let depth = opts
             .requests_in_flight
-            .clamp(1, (WRITE_BUDGET / chunk.max(1)).max(1));
-        let writeback = side.map(|side| RemoteWriteback::start(side, part.clone()));
+            .clamp(1, (budget / chunk.max(1)).max(1));
+        let writeback = side.map(|side| RemoteWriteback::start(side, part.to_owned()));
         // Mode and mtime, then fsync: sent right behind the last write, before its reply
         // (a server processes the requests on one file in order, draft-ietf-secsh-filexfer
         // "Request Synchronization and Reordering"), so a small file does not pay a round
@@ -395,17 +489,17 @@ impl SshSession {
                     mtime: Some(unix_secs(meta.mtime())),
                     ..Default::default()
                 };
-                raw.fsetstat(handle.as_str(), attrs)
+                raw.fsetstat(handle, attrs)
                     .await
-                    .map_err(|e| sftp_err(host, &part, "setstat", e))?;
+                    .map_err(|e| sftp_err(host, part, "setstat", e))?;
             }
             Ok::<_, TransportError>(())
         };
         let fsync = async {
             if opts.fsync && ch.fsync {
-                raw.fsync(handle.as_str())
+                raw.fsync(handle)
                     .await
-                    .map_err(|e| sftp_err(host, &part, "fsync", e))?;
+                    .map_err(|e| sftp_err(host, part, "fsync", e))?;
             }
             Ok::<_, TransportError>(())
         };
@@ -414,10 +508,9 @@ impl SshSession {
             set.and(synced)
         };
         let sent = write_pipeline(
-            ch,
+            lanes,
             host,
-            &part,
-            &handle,
+            part,
             resumed_from,
             depth,
             chunks,
@@ -432,23 +525,23 @@ impl SshSession {
         let (sent, finish) = match sent {
             Ok(done) => done,
             Err(err) => {
-                let _ = raw.close(handle.as_str()).await;
-                let err = self.diagnose_full(ch, &part, size, err).await;
+                let _ = raw.close(handle).await;
+                let err = self.diagnose_full(ch, part, size, err).await;
                 if let TransportError::NoSpace { .. } = err {
                     // Resuming cannot help a full disk; give the space back.
-                    let _ = raw.remove(part.as_str()).await;
+                    let _ = raw.remove(part).await;
                 }
                 return Err(err);
             }
         };
         if resumed_from + sent != size {
-            let _ = raw.close(handle.as_str()).await;
+            let _ = raw.close(handle).await;
             return Err(changed(local, size, resumed_from + sent));
         }
         let digest = hasher.finish().await?;
         let checked = check_expected(host, remote, &digest, opts.expected_sha256.as_deref());
         if let Err(err) = finish.and(checked) {
-            let _ = raw.close(handle.as_str()).await;
+            let _ = raw.close(handle).await;
             return Err(err);
         }
 
@@ -457,39 +550,69 @@ impl SshSession {
             // Nothing reads the `.part` between close and rename: both go at once (in order,
             // as above). A failed close still fails the copy, which is then not recorded.
             let close = async {
-                raw.close(handle.as_str())
+                raw.close(handle)
                     .await
-                    .map_err(|e| sftp_err(host, &part, "close", e))
+                    .map_err(|e| sftp_err(host, part, "close", e))
             };
-            let (closed, renamed) = futures::join!(close, rename(ch, host, &part, remote));
+            let (closed, renamed) = futures::join!(close, rename(ch, host, part, remote));
             closed?;
             renamed?;
             return Ok(Attempt::done(sent, digest, resumed_from, verified));
         }
-        raw.close(handle.as_str())
+        raw.close(handle)
             .await
-            .map_err(|e| sftp_err(host, &part, "close", e))?;
+            .map_err(|e| sftp_err(host, part, "close", e))?;
         let check = match &opts.verify {
             Verify::Deferred => Ok(()),
-            Verify::ReadBack => match self.read_back_on(ch, &part, opts).await {
-                Ok(found) => verify::compare(host, &part, &digest, &found),
+            Verify::ReadBack => match self.read_back_on(ch, part, opts).await {
+                Ok(found) => verify::compare(host, part, &digest, &found),
                 Err(e) => Err(e),
             },
             Verify::RemoteCommand { argv } => {
-                verify::remote_command(self, argv, &part, &digest).await
+                verify::remote_command(self, argv, part, &digest).await
             }
         };
         if let Err(err) = check {
             if let TransportError::ChecksumMismatch { .. } = err {
-                let _ = raw.remove(part.as_str()).await;
+                let _ = raw.remove(part).await;
                 if resumed_from > 0 {
                     return Ok(Attempt::BadPrefix(err));
                 }
             }
             return Err(err);
         }
-        rename(ch, host, &part, remote).await?;
+        rename(ch, host, part, remote).await?;
         Ok(Attempt::done(sent, digest, resumed_from, verified))
+    }
+
+    /// Extra lanes for a striped push of `part` (already created): channels no other copy
+    /// holds, opened side by side up to [`SshTarget::channels`](crate::transport::SshTarget),
+    /// each with its own write handle. A channel that cannot be had or a handle that cannot
+    /// be opened just means one lane fewer.
+    async fn extra_lanes(&self, part: &str) -> Vec<Lane> {
+        let wanted = self.target().channels.saturating_sub(1);
+        let lanes = (0..wanted).map(|_| async {
+            let ch = self.idle_sftp().await?;
+            match ch
+                .raw
+                .open(part, OpenFlags::WRITE, FileAttributes::default())
+                .await
+            {
+                Ok(h) => Some(Lane {
+                    ch,
+                    handle: h.handle,
+                }),
+                Err(e) => {
+                    tracing::debug!(path = %part, "no extra lane: {e}");
+                    None
+                }
+            }
+        });
+        futures::future::join_all(lanes)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// A write failure with a generic status may be a full disk (SFTP v3 has no code for it):
@@ -800,15 +923,20 @@ async fn rename(ch: &SftpChannel, host: &str, from: &str, to: &str) -> Result<()
         .map_err(|e| sftp_err(host, to, "rename", e))
 }
 
-/// Send chunks as pipelined writes from `offset`; returns the bytes written and the result of
-/// `tail`, whose requests go out right behind the last write, before its reply. Each chunk is
+/// Send chunks as pipelined writes from `offset`, in turn on each lane (one lane: the usual
+/// case); returns the bytes written and the result of `tail`. On one lane, `tail`'s requests
+/// go out right behind the last write, before its reply (the server applies one channel's
+/// requests in order); on several, only once every write was acknowledged. Each chunk is
 /// also handed to the hasher (its threads do the hashing).
+///
+/// Writes in flight are awaited oldest first, whatever their lane, so every byte before the
+/// oldest unacknowledged write is on the server: what a cut can leave unwritten lies in the
+/// last `depth` chunks sent.
 #[allow(clippy::too_many_arguments)]
 async fn write_pipeline(
-    ch: &SftpChannel,
+    lanes: &[Lane],
     host: &str,
     part: &str,
-    handle: &str,
     mut offset: u64,
     depth: usize,
     chunks: impl Stream<Item = Result<Bytes, TransportError>>,
@@ -836,6 +964,7 @@ async fn write_pipeline(
         }
     };
     let start = offset;
+    let mut turn = 0usize;
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk?;
         if inflight.len() >= depth {
@@ -843,9 +972,12 @@ async fn write_pipeline(
                 written(oldest).await?;
             }
         }
-        let sent = ch
+        let lane = &lanes[turn % lanes.len()];
+        turn += 1;
+        let sent = lane
+            .ch
             .mux
-            .write(handle.as_bytes(), offset, chunk.clone())
+            .write(lane.handle.as_bytes(), offset, chunk.clone())
             .await
             .map_err(|e| wire_err(host, part, "write", e))?;
         inflight.push_back(sent);
@@ -866,6 +998,10 @@ async fn write_pipeline(
         }
         Ok::<_, TransportError>(())
     };
+    if lanes.len() > 1 {
+        drain.await?;
+        return Ok((offset - start, tail.await));
+    }
     let (drained, tail) = futures::join!(drain, tail);
     drained?;
     Ok((offset - start, tail))
