@@ -9,11 +9,20 @@
 //! - a push reads the local file on a reader thread ([`local_chunks`]); a pull writes the
 //!   local file on a writer thread; the copy task only moves [`Bytes`] between them and hands
 //!   each chunk to the [`StreamHasher`] threads;
-//! - a bandwidth limit wraps the chunk stream ([`throttle`]), outside the copy loop.
+//! - a bandwidth limit wraps the chunk stream ([`throttle`]), outside the copy loop;
+//! - a long push over a long link is striped: a stock sshd grants each channel a 2 MiB
+//!   window, which caps one channel at 2 MiB per round trip (100 MB/s at 20 ms), so a file of
+//!   at least [`SshTarget::stripe_min_size`](crate::transport::SshTarget) whose open took at
+//!   least `stripe_min_rtt` is written through every idle channel of the session ("lanes",
+//!   each with its own handle on the `.part`, chunks dealt in turn). Hashing stays one
+//!   ordered stream; fsync, setstat, close and rename stay on the first lane, sent only once
+//!   every lane's writes were acknowledged.
 //!
 //! Resume: a push keeps a remote `.part` no longer than the source and hashes the source's
 //! prefix locally; the verification catches a `.part` whose prefix differs, and the copy is
-//! then redone from zero. A pull resumes only when the result can be checked against
+//! then redone from zero. Lanes are applied by separate server processes, so a cut striped
+//! push can leave holes, but only among its last `STRIPE_BUDGET` bytes (the writes that were
+//! in flight): a `.part` of a file long enough to be striped resumes that far before its end. A pull resumes only when the result can be checked against
 //! something other than itself — the manifest's SHA-256 or a remote hashing command — since
 //! the kept prefix never crossed the wire.
 //!
