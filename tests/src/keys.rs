@@ -46,12 +46,23 @@ pub struct KeyPair {
 impl KeyPair {
     /// Generates a new key at `path` (and `path.pub`) with `ssh-keygen -N ''`.
     pub fn generate(kind: KeyType, path: &Path, comment: &str) -> anyhow::Result<KeyPair> {
+        KeyPair::generate_encrypted(kind, path, comment, "")
+    }
+
+    /// Generates a new key at `path` (and `path.pub`) whose private half is encrypted with
+    /// `passphrase` (`ssh-keygen -N PASSPHRASE`; empty: not encrypted).
+    pub fn generate_encrypted(
+        kind: KeyType,
+        path: &Path,
+        comment: &str,
+        passphrase: &str,
+    ) -> anyhow::Result<KeyPair> {
         let keygen = ssh_keygen_binary();
         let hint = format!("run {INSTALL_SCRIPT} (installs openssh-client)");
         let mut argv: Vec<&OsStr> = vec![keygen.as_os_str(), OsStr::new("-q")];
         argv.extend(kind.keygen_args().iter().map(OsStr::new));
         argv.extend(
-            ["-N", "", "-C", comment, "-f"]
+            ["-N", passphrase, "-C", comment, "-f"]
                 .into_iter()
                 .map(OsStr::new)
                 .chain([path.as_os_str()]),

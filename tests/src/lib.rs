@@ -4,6 +4,8 @@
 //!   (`sshd.rs`, keys made by `ssh-keygen` in `keys.rs`).
 //! - [`MongoServer`] — a real `mongod` if on `PATH`, else `secantusd-rs` (`mongo.rs`; its
 //!   readiness probe speaks the wire protocol through `wire.rs`).
+//! - [`SshAgent`] — OpenSSH `ssh-agent` on a socket of its own, holding encrypted keys
+//!   (`agent.rs`).
 //! - [`unique_db_name`] — a database name no other test uses.
 //!
 //! Servers listen on free ports (`ports.rs`), are ready when their constructor returns, and
@@ -21,6 +23,7 @@
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 
+pub mod agent;
 pub mod binaries;
 pub mod fault_server;
 pub mod keys;
@@ -33,6 +36,7 @@ pub mod wire;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+pub use agent::SshAgent;
 pub use binaries::ServerKind;
 pub use fault_server::{Fault, FaultAction, FaultServer, FsyncSeen, Op, Trigger};
 pub use keys::{KeyPair, KeyType};

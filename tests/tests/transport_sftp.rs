@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use ferry::transport::limits::{Gates, Limits};
 use ferry::transport::run::{copy_run, FileJob, RunCopy};
 use ferry::transport::{CopyOptions, HostKeyPolicy, SshSession, TransportError, Verify};
-use ferry_tests::{KeyType, Sshd, SshdOptions};
+use ferry_tests::{KeyPair, KeyType, SshAgent, Sshd, SshdOptions};
 mod transport_common;
 
 use transport_common::{digest, random_file, target, SmallTmpfs};
@@ -241,6 +241,46 @@ async fn rsa_and_ecdsa_user_keys_authenticate_and_a_wrong_key_is_refused() {
     let err = SshSession::connect(&t).await.unwrap_err();
     assert!(matches!(err, TransportError::AuthFailed { .. }), "{err}");
     assert!(!err.is_retryable());
+}
+
+/// An encrypted key cannot be unlocked by a daemon with no one at the keyboard: it is
+/// skipped and named in the refusal, with what to do. Loaded into an ssh-agent (passphrase
+/// typed once, here through `SSH_ASKPASS`), the same key logs in through the agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_key_logs_in_through_ssh_agent_and_alone_is_named_in_the_refusal() {
+    let sshd = Sshd::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("id_encrypted");
+    let phrase = "it's a passphrase";
+    let key =
+        KeyPair::generate_encrypted(KeyType::Ed25519, &key_path, "encrypted", phrase).unwrap();
+    sshd.authorize_key(&key).unwrap();
+    let mut t = target(&sshd);
+    t.identity_files = vec![key_path.clone()];
+
+    t.use_agent = false;
+    let err = SshSession::connect(&t).await.unwrap_err();
+    assert!(matches!(err, TransportError::AuthFailed { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("id_encrypted (encrypted: skipped, load it into ssh-agent)"),
+        "{text}"
+    );
+
+    // An agent that holds no key yet: still refused, and the agent is named.
+    let agent = SshAgent::start().unwrap();
+    t.use_agent = true;
+    t.agent_socket = Some(agent.socket().to_path_buf());
+    let err = SshSession::connect(&t).await.unwrap_err();
+    assert!(err.to_string().contains("holds no key"), "{err}");
+
+    agent.add(&key_path, phrase).unwrap();
+    let session = SshSession::connect(&t).await.unwrap();
+    let out = session
+        .exec(&["echo".into(), "agent".into()])
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"agent\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

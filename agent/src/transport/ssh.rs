@@ -53,8 +53,10 @@ pub struct SshTarget {
     /// Private keys to offer, in order (ed25519, ECDSA, RSA). Encrypted keys are skipped;
     /// load them into ssh-agent.
     pub identity_files: Vec<PathBuf>,
-    /// Also offer the keys held by the agent at `$SSH_AUTH_SOCK`.
+    /// Also offer the keys held by an ssh-agent (the way to use encrypted keys).
     pub use_agent: bool,
+    /// The agent's socket (OpenSSH `IdentityAgent`); `None`: `$SSH_AUTH_SOCK`.
+    pub agent_socket: Option<PathBuf>,
     /// known_hosts files to check; the first one receives `AcceptNew` entries.
     pub known_hosts_files: Vec<PathBuf>,
     /// Unknown host policy.
@@ -93,6 +95,7 @@ impl SshTarget {
             user: user.into(),
             identity_files: Vec::new(),
             use_agent: true,
+            agent_socket: None,
             known_hosts_files: Vec::new(),
             host_key_policy: HostKeyPolicy::Strict,
             ciphers: Vec::new(),
@@ -525,9 +528,21 @@ async fn authenticate(
             return Ok(());
         }
     }
-    if target.use_agent && std::env::var_os("SSH_AUTH_SOCK").is_some() {
-        if let Ok(mut agent) = russh::keys::agent::client::AgentClient::connect_env().await {
+    let socket = target
+        .agent_socket
+        .clone()
+        .or_else(|| std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from))
+        .filter(|_| target.use_agent);
+    if let Some(socket) = socket {
+        let agent = russh::keys::agent::client::AgentClient::connect_uds(&socket).await;
+        if let Err(e) = &agent {
+            tried.push(format!("ssh-agent at {} ({e})", socket.display()));
+        }
+        if let Ok(mut agent) = agent {
             let identities = agent.request_identities().await.unwrap_or_default();
+            if identities.is_empty() {
+                tried.push(format!("ssh-agent at {} (holds no key)", socket.display()));
+            }
             for identity in identities {
                 let key = identity.public_key().into_owned();
                 tried.push(format!("agent key {}", key.fingerprint(HashAlg::Sha256)));
