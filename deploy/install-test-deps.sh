@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Ferry's test suite needs on a Debian machine (run as root, or with sudo):
 #
-#   openssh-server, openssh-client   sshd, ssh, ssh-keygen, ssh-keyscan (tests/src/sshd.rs)
+#   openssh-server, openssh-client   sshd, ssh, ssh-keygen, ssh-keyscan (tests/src/sshd.rs),
+#                                     ssh-agent, ssh-add (tests/src/agent.rs)
 #   /run/sshd                         privilege-separation dir root's sshd refuses to start without
 #   rclone                            benchmarks compare against it
 #   mongod or secantusd-rs            MongoDB-wire server (DESIGN.md §9); mongod cannot be
@@ -70,7 +71,7 @@ if ! have cargo; then
 fi
 
 ensure_apt sshd openssh-server test -x /usr/sbin/sshd
-ensure_apt ssh openssh-client have ssh ssh-keygen ssh-keyscan
+ensure_apt ssh openssh-client have ssh ssh-keygen ssh-keyscan ssh-agent ssh-add
 # Tools the tests run as processes: `ss` finds a test sshd's connections to cut them; `kill`
 # (not the shell builtin) sends SIGTERM/SIGKILL to agents under test.
 ensure_apt ss iproute2 have ss
