@@ -22,9 +22,10 @@
 //! prefix locally; the verification catches a `.part` whose prefix differs, and the copy is
 //! then redone from zero. Lanes are applied by separate server processes, so a cut striped
 //! push can leave holes, but only among its last `STRIPE_BUDGET` bytes (the writes that were
-//! in flight): a `.part` of a file long enough to be striped resumes that far before its end. A pull resumes only when the result can be checked against
-//! something other than itself — the manifest's SHA-256 or a remote hashing command — since
-//! the kept prefix never crossed the wire.
+//! in flight): a `.part` of a file long enough to be striped resumes that far before its end.
+//! A pull resumes only when the result can be checked against something other than itself
+//! — the manifest's SHA-256 or a remote hashing command — since the kept prefix never crossed
+//! the wire.
 //!
 //! Symlinks: the source of a push is opened with `O_NOFOLLOW`; the source of a pull must be a
 //! regular file by `lstat`.
@@ -364,7 +365,7 @@ impl SshSession {
         // The writeback channel (first long push of a session: opened while the file is).
         // Background flushes only pay off for files longer than one flush step.
         let want_writeback = opts.fsync && ch.fsync && size - resumed_from > WRITEBACK_STEP;
-        // The open is one round trip: timed, it tells whether striping pays (see `lanes`).
+        // The open is one round trip: timed, it tells whether striping pays (`striped` below).
         let timed_open = async {
             let started = std::time::Instant::now();
             let opened = open(flags).await;
