@@ -629,6 +629,19 @@ fn striping(server: &FaultServer) -> SshTarget {
     t
 }
 
+/// `session.push(src, remote)` with the default options, under [`bounded`].
+async fn striped_push(
+    session: &SshSession,
+    src: &Path,
+    remote: &str,
+) -> Result<ferry::transport::CopyReport, TransportError> {
+    bounded(
+        &format!("the striped push to {remote}"),
+        session.push(src, remote, &CopyOptions::default()),
+    )
+    .await
+}
+
 /// One long file over a long link is capped by the server's window per channel, so its
 /// writes are spread over idle channels, each with its own handle: the result is the
 /// source, read back before the rename, and the channels serve the next copy as well.
@@ -639,12 +652,9 @@ async fn a_long_push_is_striped_over_idle_channels_and_lands_intact() {
     let src = work.path().join("big.evio");
     random_file(&src, (24 << 20) + 1);
     let session = SshSession::connect(&striping(&server)).await.unwrap();
-    let report = bounded(
-        "the striped push",
-        session.push(&src, "/dst/big.evio", &CopyOptions::default()),
-    )
-    .await
-    .expect("a striped push");
+    let report = striped_push(&session, &src, "/dst/big.evio")
+        .await
+        .expect("a striped push");
     assert!(report.verified, "{report:?}");
     assert_eq!(report.digest, digest(&src));
     assert_eq!(digest(&server.local_path("/dst/big.evio")), digest(&src));
@@ -654,12 +664,9 @@ async fn a_long_push_is_striped_over_idle_channels_and_lands_intact() {
     assert!(server.out_of_order_writes() > 0, "the writes were spread");
 
     // The lanes were given back: a second striped push opens no further channel.
-    bounded(
-        "the second striped push",
-        session.push(&src, "/dst/again.evio", &CopyOptions::default()),
-    )
-    .await
-    .expect("a second striped push");
+    striped_push(&session, &src, "/dst/again.evio")
+        .await
+        .expect("a second striped push");
     assert_eq!(server.sftp_channels_opened(), 4);
     assert_eq!(digest(&server.local_path("/dst/again.evio")), digest(&src));
 }
@@ -678,12 +685,9 @@ async fn a_striped_push_cut_mid_file_resumes_before_any_hole() {
     random_file(&src, size as usize);
     server.set_fault(Fault::after_bytes(FaultAction::Cut, Op::Write, 28 << 20));
     let session = SshSession::connect(&striping(&server)).await.unwrap();
-    let err = bounded(
-        "the cut push",
-        session.push(&src, "/dst/big.evio", &CopyOptions::default()),
-    )
-    .await
-    .expect_err("a cut push must fail");
+    let err = striped_push(&session, &src, "/dst/big.evio")
+        .await
+        .expect_err("a cut push must fail");
     assert!(err.is_retryable(), "{err}");
     assert_eq!(server.fired(), 1);
     let kept = std::fs::metadata(server.local_path("/dst/big.evio.part"))
@@ -693,12 +697,9 @@ async fn a_striped_push_cut_mid_file_resumes_before_any_hole() {
     server.clear_fault();
 
     let session = SshSession::connect(&striping(&server)).await.unwrap();
-    let report = bounded(
-        "the resumed push",
-        session.push(&src, "/dst/big.evio", &CopyOptions::default()),
-    )
-    .await
-    .expect("the push after the cut");
+    let report = striped_push(&session, &src, "/dst/big.evio")
+        .await
+        .expect("the push after the cut");
     // The server's other lanes may still apply writes they had received after `kept` was
     // read, so the `.part` can have grown a little since.
     assert!(

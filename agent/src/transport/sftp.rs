@@ -419,7 +419,6 @@ impl SshSession {
         }
         let result = self
             .push_lanes(
-                ch,
                 &lanes,
                 local,
                 source,
@@ -438,11 +437,10 @@ impl SshSession {
     }
 
     /// The body of [`push_once`](Self::push_once) once the `.part` is open on every lane:
-    /// hash, write, flush, verify, rename.
+    /// hash, write, flush, verify, rename. The first lane is the copy's own channel and handle.
     #[allow(clippy::too_many_arguments)]
     async fn push_lanes(
         &self,
-        ch: &Arc<SftpChannel>,
         lanes: &[Lane],
         local: &Path,
         source: std::fs::File,
@@ -454,8 +452,8 @@ impl SshSession {
         opts: &CopyOptions,
     ) -> Result<Attempt, TransportError> {
         let host = self.host();
+        let (ch, handle) = (&lanes[0].ch, lanes[0].handle.as_str());
         let raw = &ch.raw;
-        let handle = lanes[0].handle.as_str();
         let size = meta.len();
         let mut hasher = StreamHasher::new()?;
         if let Some(m) = &opts.meter {

@@ -534,15 +534,21 @@ async fn authenticate(
         .or_else(|| std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from))
         .filter(|_| target.use_agent);
     if let Some(socket) = socket {
-        let agent = russh::keys::agent::client::AgentClient::connect_uds(&socket).await;
-        if let Err(e) = &agent {
-            tried.push(format!("ssh-agent at {} ({e})", socket.display()));
+        let mut agent = None;
+        match russh::keys::agent::client::AgentClient::connect_uds(&socket).await {
+            Err(e) => tried.push(format!("ssh-agent at {} ({e})", socket.display())),
+            Ok(mut client) => match client.request_identities().await {
+                Err(e) => tried.push(format!(
+                    "ssh-agent at {} (listing keys: {e})",
+                    socket.display()
+                )),
+                Ok(ids) if ids.is_empty() => {
+                    tried.push(format!("ssh-agent at {} (holds no key)", socket.display()))
+                }
+                Ok(ids) => agent = Some((client, ids)),
+            },
         }
-        if let Ok(mut agent) = agent {
-            let identities = agent.request_identities().await.unwrap_or_default();
-            if identities.is_empty() {
-                tried.push(format!("ssh-agent at {} (holds no key)", socket.display()));
-            }
+        if let Some((mut agent, identities)) = agent {
             for identity in identities {
                 let key = identity.public_key().into_owned();
                 tried.push(format!("agent key {}", key.fingerprint(HashAlg::Sha256)));
