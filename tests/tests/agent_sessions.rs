@@ -29,6 +29,8 @@ fn site_for(sshd: &Sshd) -> Site {
         origin: false,
         data_dirs: [("raw".to_string(), sshd.root().to_path_buf())].into(),
         layout: LayoutTemplate::default(),
+        create_data_dirs: false,
+        link_roots: Vec::new(),
         push_to: vec![],
         pull_from: vec![],
         completion: Default::default(),

@@ -195,6 +195,8 @@ impl CaxReader {
             origin: false,
             data_dirs,
             layout: LayoutTemplate::default(),
+            create_data_dirs: false,
+            link_roots: Vec::new(),
             push_to,
             pull_from,
             completion: Default::default(),

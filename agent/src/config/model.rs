@@ -132,6 +132,14 @@ pub struct Site {
     pub data_dirs: BTreeMap<String, PathBuf>,
     /// A run's directory below each data directory.
     pub layout: LayoutTemplate,
+    /// Whether the agent may create a missing (or mark an empty, unmarked) data directory of
+    /// this site: `create_data_dirs` in the site map, off by default, so that an unmounted
+    /// file system is an error rather than data written to the root disk.
+    pub create_data_dirs: bool,
+    /// Directories a run directory at this (origin) site may be a symbolic link into
+    /// (`link_roots`; GlueX keeps `rawdata/all` as links into its partitions). Empty: a
+    /// linked run directory is refused.
+    pub link_roots: Vec<PathBuf>,
     /// Sites this site's agent copies runs to.
     pub push_to: Vec<String>,
     /// Sites this site's agent copies runs from.

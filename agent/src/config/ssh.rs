@@ -256,6 +256,8 @@ mod tests {
             origin: false,
             data_dirs: Default::default(),
             layout: LayoutTemplate::default(),
+            create_data_dirs: false,
+            link_roots: Vec::new(),
             push_to: vec![],
             pull_from: vec![],
             completion: Default::default(),

@@ -77,6 +77,8 @@ const SITE_KEYS: &[&str] = &[
     "origin",
     "data_dirs",
     "layout",
+    "create_data_dirs",
+    "link_roots",
     "push_to",
     "pull_from",
     "completion",
@@ -378,6 +380,23 @@ fn read_site(cx: &mut Ctx, node: &Node, path: &str) -> Option<(Site, SiteSpans)>
         None => Some(LayoutTemplate::default()),
         Some((n, p)) => read_layout(cx, n, &p),
     };
+    let create_data_dirs = o
+        .get("create_data_dirs")
+        .and_then(|(n, p)| cx.boolean(n, &p))
+        .unwrap_or(false);
+    let mut link_roots = Vec::new();
+    if let Some((n, p)) = o.get("link_roots") {
+        match &n.value {
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    if let Some(dir) = cx.abs_path(item, &format!("{p}[{i}]"), "link root") {
+                        link_roots.push(dir);
+                    }
+                }
+            }
+            _ => cx.type_error(n, &p, "an array of absolute directories"),
+        }
+    }
     let (push_to, push_spans) = name_list(cx, &o, "push_to");
     let (pull_from, pull_spans) = name_list(cx, &o, "pull_from");
     let completion = o
@@ -435,6 +454,8 @@ fn read_site(cx: &mut Ctx, node: &Node, path: &str) -> Option<(Site, SiteSpans)>
         origin,
         data_dirs,
         layout: layout.unwrap_or_default(),
+        create_data_dirs,
+        link_roots,
         push_to,
         pull_from,
         completion,
