@@ -16,6 +16,7 @@
 //! | [`transport`]| SSH sessions, SFTP copies, local copies, remote commands        | `checksum`      |
 //! | [`tape`]    | the `TapeBackend` trait; `directory`, `command`, `tar` backends   | `transport`, `checksum` |
 //! | [`daemon`]  | the cycle loop, shutdown, the single-instance site lock       | nothing         |
+//! | [`datadir`] | paths below data directories (exact locations, no links); data-directory identity and locks | `config`, `daemon::lock` |
 //! | [`cli`]     | the command line: argument parsing, logging, exit codes          | everything      |
 //!
 //! `config`, `checksum`, `catalog` and `transport` know nothing of the agent's tasks or of
@@ -26,6 +27,7 @@ pub mod checksum;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod datadir;
 pub mod tape;
 pub mod tasks;
 pub mod transport;

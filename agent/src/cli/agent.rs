@@ -12,9 +12,11 @@ use crate::config::{self, LoadOptions, SshEnvironment};
 use crate::daemon::lock::SiteLock;
 use crate::daemon::metrics::{self, Metrics};
 use crate::daemon::{run_cycles, shutdown_signal, CancellationToken, LoopOptions, Stopped};
+use crate::datadir::roots::{Locking, SiteRoots};
 use crate::tasks::sessions::SessionPool;
 use crate::tasks::{self, Context, CycleReport, RunScope, Task};
 use crate::transport::limits::{Gates, Limits};
+use catalog_schema::CopyStatus;
 
 /// The site this agent runs as: `--host`, else `$FERRY_SITE`, else the short host name
 /// (as cax did).
@@ -119,6 +121,9 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
     let (stopped, report) = runtime.block_on(async {
         let shutdown = shutdown_signal().context("cannot install the SIGTERM/SIGINT handlers")?;
         let state_dir = SiteLock::default_dir();
+        // One agent per site per machine: a lock in each data directory (checked to be this
+        // site's, never created unless the site map says so) and one in the state directory.
+        let mut roots = open_roots(&loaded.map, &site_model, Locking::Take)?;
         let lock = SiteLock::acquire(&state_dir, &site).map_err(|e| {
             let code = if e.is_retryable() { Exit::Locked } else { Exit::Failed };
             coded(code, e.to_string())
@@ -144,6 +149,9 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
                 }
             }
         };
+        if !cli.dry_run {
+            mark_roots(&mut roots, opened.as_ref(), &site).await?;
+        }
         let ctx = Context {
             map: Arc::new(loaded.map.clone()),
             site: site_model,
@@ -197,6 +205,7 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
         .await;
         stop_metrics.cancel();
         drop(lock);
+        drop(roots);
         if let Some(bars) = &bars {
             bars.finish();
         }
@@ -213,6 +222,53 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
         Some(_) => Exit::Ok,
         None => Exit::Failed,
     })
+}
+
+/// Checks and locks the site's data directories ([`SiteRoots::open`]): exit 4 when another
+/// agent holds one, 2 for a missing, foreign or shared directory.
+pub(super) fn open_roots(
+    map: &config::SiteMap,
+    site: &config::Site,
+    locking: Locking,
+) -> Result<SiteRoots> {
+    SiteRoots::open(map, site, locking).map_err(|e| {
+        let code = if e.is_locked() {
+            Exit::Locked
+        } else {
+            Exit::Usage
+        };
+        coded(code, e.to_string())
+    })
+}
+
+/// Marks the data directories that have no marker yet, unless one is empty while the
+/// catalogue records copies there (exit 2).
+pub(super) async fn mark_roots(
+    roots: &mut SiteRoots,
+    catalog: &dyn crate::catalog::Catalog,
+    site: &str,
+) -> Result<()> {
+    let mut holds = std::collections::BTreeSet::new();
+    for root in roots.unmarked() {
+        let runs = catalog
+            .copies_in_status(site, CopyStatus::Transferred, None, 50)
+            .await
+            .map_err(|e| coded(Exit::Catalog, format!("catalogue: {e}")))?;
+        let here = runs.iter().any(|r| {
+            r.data.iter().any(|c| {
+                c.host == site
+                    && c.data_type == root.data_type
+                    && c.status == CopyStatus::Transferred
+                    && c.protocol.as_deref() != Some("tape")
+            })
+        });
+        if here {
+            holds.insert(root.data_type.clone());
+        }
+    }
+    roots
+        .mark(|t| holds.contains(t))
+        .map_err(|e| coded(Exit::Usage, e.to_string()))
 }
 
 /// One cycle's report as metrics: per-task counts, whether it copied, free disk.

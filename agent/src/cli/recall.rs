@@ -52,9 +52,17 @@ pub(super) fn run(cli: &Cli, args: &RecallArgs) -> Result<Exit> {
         .build()
         .context("cannot start the async runtime")?;
     let outcome = runtime.block_on(async {
+        let mut roots = super::agent::open_roots(
+            &loaded.map,
+            &site_model,
+            crate::datadir::roots::Locking::Skip,
+        )?;
         let opened = crate::catalog::open(&catalog)
             .await
             .map_err(|e| coded(Exit::Catalog, format!("catalogue {catalog}: {e}")))?;
+        if !cli.dry_run {
+            super::agent::mark_roots(&mut roots, opened.as_ref(), &site).await?;
+        }
         let gates = Gates::new(super::agent::transport_limits(&site_model.limits));
         let ctx = Context {
             map: Arc::new(loaded.map.clone()),

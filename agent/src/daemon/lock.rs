@@ -53,7 +53,14 @@ pub struct SiteLock {
 impl SiteLock {
     /// Takes the lock for `site` in `dir` (created if missing), without waiting.
     pub fn acquire(dir: &Path, site: &str) -> Result<Self, LockError> {
-        let path = dir.join(format!("ferry-{site}.lock"));
+        Self::acquire_in(dir, &format!("ferry-{site}.lock"), site)
+    }
+
+    /// Takes the lock for `site` on the file `name` in `dir` (created if missing), without
+    /// waiting: the state directory's `ferry-SITE.lock`, and `.ferry-SITE.lock` in each of
+    /// the site's data directories ([`crate::datadir::roots`]).
+    pub fn acquire_in(dir: &Path, name: &str, site: &str) -> Result<Self, LockError> {
+        let path = dir.join(name);
         let io = |source| LockError::Io {
             site: site.to_string(),
             path: path.clone(),

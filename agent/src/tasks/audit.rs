@@ -52,10 +52,11 @@ use catalog_schema::{CopyEntry, CopyStatus, RunDoc};
 use tokio_util::sync::CancellationToken;
 
 use super::retry::{Failure, FailureClass};
-use super::verify::{self, copy_dir, file_in, verified_elsewhere, Rehash};
-use super::{copy, register, Context, RunScope, TaskReport};
+use super::verify::{self, verified_elsewhere, Rehash};
+use super::{record, register, Context, RunScope, TaskReport};
 use crate::catalog::{Cas, CopyRef, Transition};
 use crate::config::{CompletionRule, Site};
+use crate::datadir::{self, Place};
 use crate::transport::PART_SUFFIX;
 
 /// Runs asked of the catalogue per copy status. A listing this long is taken as cut off:
@@ -253,13 +254,16 @@ async fn audit(ctx: &Context, token: &CancellationToken) -> Pass {
         complete: false,
     };
     // 1. list
-    let (held, known, cut_off) = match list(ctx).await {
+    let (held, known, cut_off, misplaced) = match list(ctx).await {
         Ok(listed) => listed,
         Err(e) => {
             report.failed.push(e);
             return incomplete(report);
         }
     };
+    for (_, _, e) in &misplaced {
+        tracing::error!(site = %ctx.site.name, "{e}");
+    }
     // 2. mount check
     if let Some(alarm) = mount_alarm(&ctx.site, &held) {
         tracing::error!(site = %ctx.site.name, "{alarm}");
@@ -268,13 +272,13 @@ async fn audit(ctx: &Context, token: &CancellationToken) -> Pass {
     }
     // 3. survey (stat only) and dark run directories
     let site = ctx.site.clone();
-    let dirs: Vec<(PathBuf, RunDoc)> = held
+    let dirs: Vec<(PathBuf, RunDoc, String)> = held
         .iter()
-        .map(|h| (h.dir.clone(), h.run.clone()))
+        .map(|h| (h.dir.clone(), h.run.clone(), h.copy.data_type.clone()))
         .collect();
     let seen = match tokio::task::spawn_blocking(move || {
         dirs.iter()
-            .map(|(dir, run)| survey(&site, dir, run))
+            .map(|(dir, run, data_type)| survey(&site, dir, run, data_type))
             .collect::<Vec<Seen>>()
     })
     .await
@@ -341,6 +345,10 @@ async fn audit(ctx: &Context, token: &CancellationToken) -> Pass {
         return incomplete(report);
     }
     // 5. record
+    for (run, c, e) in &misplaced {
+        let line = record::refuse(ctx, run, c, e).await;
+        report.failed.push(line);
+    }
     for line in dark {
         tracing::warn!(site = %ctx.site.name, "{line}");
         report.skipped.push(line);
@@ -357,12 +365,23 @@ async fn audit(ctx: &Context, token: &CancellationToken) -> Pass {
     Pass { report, complete }
 }
 
+/// What [`list`] found: the copies to audit, the run directories the catalogue knows
+/// here, whether a listing was cut off, and the copies whose recorded location is refused.
+type Listed = (
+    Vec<Held>,
+    HashSet<PathBuf>,
+    bool,
+    Vec<(RunDoc, CopyEntry, datadir::PathError)>,
+);
+
 /// This site's `transferred` copies in scope (tape copies excepted), the directories of all
-/// its copies in any status, and whether a listing was cut off at [`LIST_LIMIT`].
-async fn list(ctx: &Context) -> Result<(Vec<Held>, HashSet<PathBuf>, bool), String> {
+/// its copies in any status, and whether a listing was cut off at [`LIST_LIMIT`]; copies in
+/// scope whose location is not their run's directory are set apart, never audited.
+async fn list(ctx: &Context) -> Result<Listed, String> {
     let me = &ctx.site.name;
     let mut held = Vec::new();
     let mut known = HashSet::new();
+    let mut misplaced = Vec::new();
     let mut cut_off = false;
     for status in CopyStatus::ALL {
         let runs = ctx
@@ -379,14 +398,24 @@ async fn list(ctx: &Context) -> Result<(Vec<Held>, HashSet<PathBuf>, bool), Stri
                 .cloned()
                 .collect();
             for c in here {
-                let Some(dir) = dir_of(&ctx.site, &run, &c) else {
+                if c.protocol.as_deref() == Some("tape") {
                     continue;
+                }
+                let in_scope = ctx.scope.admits(run.number, run.name.as_deref());
+                let dir = match dir_of(&ctx.site, &run, &c) {
+                    Ok(dir) => dir,
+                    Err(e) => {
+                        if let Ok(expected) = datadir::run_dir(&ctx.site, &c.data_type, &run) {
+                            known.insert(canonical(&expected));
+                        }
+                        if e.is_refusal() && in_scope && status != CopyStatus::Error {
+                            misplaced.push((run.clone(), c, e));
+                        }
+                        continue;
+                    }
                 };
                 known.insert(canonical(&dir));
-                let audited = status == CopyStatus::Transferred
-                    && c.protocol.as_deref() != Some("tape")
-                    && run.digest.is_some()
-                    && ctx.scope.admits(run.number, run.name.as_deref());
+                let audited = status == CopyStatus::Transferred && run.digest.is_some() && in_scope;
                 if audited {
                     held.push(Held {
                         run: run.clone(),
@@ -397,14 +426,16 @@ async fn list(ctx: &Context) -> Result<(Vec<Held>, HashSet<PathBuf>, bool), Stri
             }
         }
     }
-    Ok((held, known, cut_off))
+    Ok((held, known, cut_off, misplaced))
 }
 
-/// A copy's directory: its `location`, else the site's layout.
-fn dir_of(site: &Site, run: &RunDoc, c: &CopyEntry) -> Option<PathBuf> {
+/// A copy's directory: its `location`, which must be the run's directory by the site's
+/// layout ([`datadir::check_location`]); a copy without one (written by another tool) is
+/// looked for where the layout puts it.
+fn dir_of(site: &Site, run: &RunDoc, c: &CopyEntry) -> Result<PathBuf, datadir::PathError> {
     match &c.location {
-        Some(l) => Some(PathBuf::from(l)),
-        None => copy::run_dir(site, &c.data_type, run).ok(),
+        Some(l) => datadir::check_location(site, &c.data_type, run, Some(l)),
+        None => datadir::run_dir(site, &c.data_type, run),
     }
 }
 
@@ -475,20 +506,24 @@ fn threshold_alarm(ctx: &Context, total: usize, bad: usize) -> Option<String> {
 
 /// Checks one copy by `stat`: directory and manifest files present, sizes, dark files.
 /// Blocking.
-fn survey(site: &Site, dir: &Path, run: &RunDoc) -> Seen {
-    match std::fs::symlink_metadata(dir) {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+fn survey(site: &Site, dir: &Path, run: &RunDoc, data_type: &str) -> Seen {
+    let place = Place::new(run, &site.name, data_type);
+    let Some(root) = site.data_dir(data_type) else {
+        return Seen::Refused(format!("{place}: no {data_type} data directory"));
+    };
+    match datadir::walk_dirs(&place, root, dir, &site.link_roots) {
+        Ok(()) => {}
+        Err(datadir::PathError::Missing { .. }) => {
             return Seen::Lost(format!("directory {} is gone", dir.display()))
         }
-        Err(e) => return Seen::Refused(format!("{}: {e}", dir.display())),
+        Err(e) => return Seen::Refused(e.to_string()),
     }
     let mut missing = Vec::new();
     let mut resized = false;
     for f in &run.files {
-        let path = match file_in(&site.name, dir, &f.path) {
+        let path = match datadir::file_in(&place, dir, &f.path) {
             Ok(p) => p,
-            Err(why) => return Seen::Refused(why),
+            Err(why) => return Seen::Refused(why.to_string()),
         };
         match std::fs::symlink_metadata(&path) {
             Ok(m) if m.is_file() => resized |= i64::try_from(m.len()).ok() != Some(f.size),
@@ -600,19 +635,13 @@ fn dark_files(h: &Held, extra: &[String]) -> String {
     )
 }
 
-/// Re-hashes one copy (verify's `rehash`). A `location` must lie inside the site's data
-/// directory (verify's `copy_dir`); a copy without one (written by another tool) is looked
-/// for where the site's layout puts it, which is inside the data directory by construction.
+/// Re-hashes one copy (verify's `rehash`) in the directory [`list`] checked and [`survey`]
+/// walked.
 async fn rehash(ctx: &Context, h: &Held) -> Result<Hashed, String> {
-    let dir = copy_dir(&ctx.site, &h.copy).or_else(|e| {
-        if h.copy.location.is_none() {
-            Ok(h.dir.clone())
-        } else {
-            Err(e)
-        }
-    })?;
-    let (site, files) = (ctx.site.name.clone(), h.run.files.clone());
-    let found = tokio::task::spawn_blocking(move || verify::rehash(&site, &dir, &files))
+    let dir = h.dir.clone();
+    let place = Place::new(&h.run, &ctx.site.name, &h.copy.data_type);
+    let files = h.run.files.clone();
+    let found = tokio::task::spawn_blocking(move || verify::rehash(&place, &dir, &files))
         .await
         .map_err(|e| format!("re-hash task failed: {e}"))?;
     let digest = h.run.digest.clone().unwrap_or_default();
@@ -699,7 +728,8 @@ async fn mark_corrupt(ctx: &Context, h: &Held, found: &Rehash, report: &mut Task
         }
     }
     let problems = if restore {
-        verify::remove_bad(&h.dir, found)
+        let place = Place::new(&h.run, &h.copy.host, &h.copy.data_type);
+        verify::remove_bad(&place, &h.dir, found)
     } else {
         Vec::new()
     };

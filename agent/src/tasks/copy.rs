@@ -30,10 +30,11 @@ use catalog_schema::{want_tag, CopyStatus, RunDoc};
 use tokio_util::sync::CancellationToken;
 
 use super::retry::{Failure, FailureClass};
-use super::{walk, Context, RunScope, TaskReport, WorkList};
+use super::{record, walk, Context, RunScope, TaskReport, WorkList};
 use crate::catalog::{Cas, CatalogError, Claim, ClaimRequest, CopyRef, RunSelector, Transition};
 use crate::checksum::{self, ChecksumError};
-use crate::config::{DestinationVerify, LayoutError, Site, TransferMethod};
+use crate::config::{DestinationVerify, Site, TransferMethod};
+use crate::datadir::{self, PathError};
 use crate::transport::run::{copy_run, FileJob, Progress, RunCopy};
 use crate::transport::{CopyOptions, CopyReport, SshSession, TransportError, Verify};
 
@@ -164,25 +165,11 @@ pub enum CopyError {
         #[source]
         source: Box<TransportError>,
     },
-    /// The destination directory could not be derived from the site's layout.
-    #[error("run {run} at {site}: destination layout: {source}")]
-    Layout {
-        /// The run number.
-        run: i64,
-        /// The destination site.
-        site: String,
-        /// The layout's error.
-        #[source]
-        source: LayoutError,
-    },
-    /// The destination site has no directory for this data type.
-    #[error("site {site} has no {data_type} directory")]
-    NoDataDir {
-        /// The destination site.
-        site: String,
-        /// The data type.
-        data_type: String,
-    },
+    /// A copy's directory was refused or cannot be placed ([`datadir`]): a recorded
+    /// location that is not the run's own directory, a planted link, no data directory, a
+    /// layout that cannot place the run.
+    #[error(transparent)]
+    Path(#[from] PathError),
     /// Files failed to copy; each with the transport's error.
     #[error("{copy}: {} file(s) failed: {}", failed.len(), list_failures(failed))]
     Files {
@@ -247,10 +234,7 @@ impl CopyError {
             CopyError::Session { source, .. } => source.is_retryable(),
             CopyError::Files { failed, .. } => failed.iter().all(|(_, e)| e.is_retryable()),
             CopyError::DigestMismatch { .. } | CopyError::NotVerified { .. } => true,
-            CopyError::Layout { .. }
-            | CopyError::NoDataDir { .. }
-            | CopyError::Manifest { .. }
-            | CopyError::Lost { .. } => false,
+            CopyError::Path(_) | CopyError::Manifest { .. } | CopyError::Lost { .. } => false,
         }
     }
 
@@ -266,10 +250,10 @@ impl CopyError {
                 .unwrap_or(FailureClass::Retryable),
             CopyError::DigestMismatch { .. } => FailureClass::Checksum,
             CopyError::NotVerified { .. } | CopyError::Lost { .. } => FailureClass::Retryable,
+            CopyError::Path(e) if e.is_refusal() => FailureClass::Refused,
             CopyError::Catalog { .. }
             | CopyError::Session { .. }
-            | CopyError::Layout { .. }
-            | CopyError::NoDataDir { .. }
+            | CopyError::Path(_)
             | CopyError::Manifest { .. } => FailureClass::Fatal,
         }
     }
@@ -312,38 +296,44 @@ struct Plan {
     pub label: String,
 }
 
-/// The location of `site`'s verified copy of `run` (`transferred` with the run's digest).
-pub(super) fn verified_location(
+/// The first of `sources` holding a verified copy of `run` (`transferred` with the run's
+/// digest) whose recorded location is the run's own directory there
+/// ([`datadir::check_location`]; this site's own copy is also walked on disk,
+/// [`datadir::copy_dir`]). A verified copy whose location is refused is flagged `[refused]`
+/// and passed over; when it was the only one, the refusal is the error. `Ok(None)`: no
+/// verified copy at any of them.
+pub(super) async fn verified_source<'s>(
+    ctx: &Context,
     run: &RunDoc,
-    site: &str,
+    sources: &[&'s Site],
     data_type: &str,
     digest: &str,
-) -> Option<String> {
-    run.copy(site, data_type)
-        .filter(|c| c.status == CopyStatus::Transferred && c.checksum.as_deref() == Some(digest))
-        .and_then(|c| c.location.clone())
-}
-
-/// The run's directory at `site` for `data_type`, per the site's layout.
-pub(super) fn run_dir(site: &Site, data_type: &str, run: &RunDoc) -> Result<PathBuf, CopyError> {
-    let name = run.name.clone().unwrap_or_else(|| run.number.to_string());
-    let period = run.extra.get_str("period").ok();
-    let layout_err = |source| CopyError::Layout {
-        run: run.number,
-        site: site.name.clone(),
-        source,
-    };
-    let rel = site
-        .layout
-        .render(run.number, &name, period, &run.detector)
-        .map_err(layout_err)?;
-    let root = site
-        .data_dir(data_type)
-        .ok_or_else(|| CopyError::NoDataDir {
-            site: site.name.clone(),
-            data_type: data_type.to_owned(),
-        })?;
-    Ok(root.join(rel))
+) -> Result<Option<(&'s Site, String)>, CopyError> {
+    let mut refused = None;
+    for site in sources {
+        let Some(c) = run.copy(&site.name, data_type).filter(|c| {
+            c.status == CopyStatus::Transferred && c.checksum.as_deref() == Some(digest)
+        }) else {
+            continue;
+        };
+        let checked = if site.name == ctx.site.name {
+            datadir::copy_dir(site, run, c)
+        } else {
+            datadir::check_location(site, data_type, run, c.location.as_deref())
+        };
+        match checked {
+            Ok(dir) => return Ok(Some((site, dir.display().to_string()))),
+            Err(e) if e.is_refusal() => {
+                record::refuse(ctx, run, c, &e).await;
+                refused = Some(e);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    match refused {
+        Some(e) => Err(e.into()),
+        None => Ok(None),
+    }
 }
 
 /// Which way a run goes between this site and its peer.

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::copy::{self, CopyError, Direction, Outcome, Route, Wanted};
 use super::{Context, TaskReport};
 use crate::config::Site;
+use crate::datadir;
 
 /// Runs the task.
 pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
@@ -68,14 +69,13 @@ async fn pull_run(
     let Some(digest) = run.digest.clone() else {
         return Ok(Outcome::Skipped("no manifest yet".into()));
     };
-    let Some((src, src_dir)) = sources.iter().find_map(|s| {
-        copy::verified_location(run, &s.name, data_type, &digest).map(|dir| (*s, dir))
-    }) else {
+    let Some((src, src_dir)) = copy::verified_source(ctx, run, sources, data_type, &digest).await?
+    else {
         return Ok(Outcome::Skipped(
             "no verified copy at a site this site pulls from".into(),
         ));
     };
-    let dst_dir = copy::run_dir(&ctx.site, data_type, run)?;
+    let dst_dir = datadir::run_dir(&ctx.site, data_type, run)?;
     copy::copy_along(
         ctx,
         run,

@@ -38,10 +38,11 @@ use bson::DateTime;
 use catalog_schema::{CopyEntry, CopyStatus, RunDoc};
 use tokio_util::sync::CancellationToken;
 
-use super::verify::{copies_in, copy_dir, file_in, remove_file_in, verified_elsewhere};
-use super::{walk, Context, RunScope, TaskReport, WorkList, MAX_PAGES};
+use super::verify::{copies_in, verified_elsewhere};
+use super::{record, walk, Context, RunScope, TaskReport, WorkList, MAX_PAGES};
 use crate::catalog::{Cas, CopyRef, Protector};
 use crate::config::{CompletionRule, PurgePolicy};
+use crate::datadir::{self, roots, Place};
 
 /// The file system holding a directory, as statvfs sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -371,21 +372,33 @@ async fn purge_one(
     c: &CopyEntry,
     why: &str,
 ) -> Result<Purged, String> {
-    let dir = copy_dir(&ctx.site, c)?;
+    let dir = match datadir::copy_dir(&ctx.site, run, c) {
+        Ok(dir) => dir,
+        Err(e) if e.is_refusal() => return Err(record::refuse(ctx, run, c, &e).await),
+        Err(e) => return Err(e.to_string()),
+    };
+    let place = Place::new(run, &ctx.site.name, &c.data_type);
     let marker = marker(ctx);
+    let protected_by = protectors(run, c, DateTime::now(), ctx.site.purge.max_verify_age);
+    if let Some(host) = same_files(ctx, run, &dir, &protected_by) {
+        return Err(format!(
+            "kept: the copy counted at {host} is this very directory ({}), not another copy; \
+             two sites share a data directory on this machine",
+            dir.display()
+        ));
+    }
     if ctx.dry_run {
         let mut lines = vec![format!(
             "dry run: would remove this copy ({}): {why}",
             dir.display()
         )];
-        for path in planned_deletions(&ctx.site.name, &dir, run, marker.as_deref())? {
+        for path in planned_deletions(&place, &dir, run, marker.as_deref())? {
             lines.push(format!("dry run: would delete {}", path.display()));
         }
         return Ok(Purged::DryRun(lines));
     }
     let copy = CopyRef::new(run.key(), &ctx.site.name, &c.data_type);
     let purge_why = format!("purge: {why}");
-    let protected_by = protectors(run, c, DateTime::now(), ctx.site.purge.max_verify_age);
     if protected_by.is_empty() {
         // `decide` let it through, so this cannot happen; never mark without protection.
         return Err("no copy elsewhere protects it".into());
@@ -431,6 +444,24 @@ async fn purge_one(
     Ok(Purged::Removed)
 }
 
+/// A protector whose copy is, on this machine, the same directory as `dir` (two sites
+/// sharing a data directory): its "other copy" is these very files.
+fn same_files(
+    ctx: &Context,
+    run: &RunDoc,
+    dir: &Path,
+    protected_by: &[Protector],
+) -> Option<String> {
+    protected_by.iter().find_map(|p| {
+        let site = ctx.map.site(&p.host)?;
+        if !roots::on_this_machine(&ctx.site, site) {
+            return None;
+        }
+        let loc = run.copy(&p.host, &p.data_type)?.location.clone()?;
+        roots::same_dir(Path::new(&loc), dir).then(|| p.host.clone())
+    })
+}
+
 /// Other copies of `c`'s type that still protect it: transferred, digest-equal, verified
 /// within `max_age`. Zero when the absolute guard fails.
 fn recheck(run: &RunDoc, c: &CopyEntry, now: DateTime, max_age: Duration) -> usize {
@@ -451,14 +482,14 @@ fn marker(ctx: &Context) -> Option<String> {
 
 /// What deleting the copy would remove: the manifest files present, the marker.
 fn planned_deletions(
-    site: &str,
+    place: &Place,
     dir: &Path,
     run: &RunDoc,
     marker: Option<&str>,
 ) -> Result<Vec<PathBuf>, String> {
     let mut out = Vec::new();
     for rel in run.files.iter().map(|f| f.path.as_str()).chain(marker) {
-        let path = file_in(site, dir, rel)?;
+        let path = datadir::file_in(place, dir, rel).map_err(|e| e.to_string())?;
         if std::fs::symlink_metadata(&path).is_ok() {
             out.push(path);
         }
@@ -482,7 +513,8 @@ async fn delete_and_forget(
         .chain(marker)
         .collect();
     let owned = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || delete_files(&owned, &files))
+    let place = Place::new(run, &copy.host, &copy.data_type);
+    tokio::task::spawn_blocking(move || delete_files(&place, &owned, &files))
         .await
         .map_err(|e| format!("delete task failed: {e}"))??;
     match ctx
@@ -500,12 +532,12 @@ async fn delete_and_forget(
 
 /// Deletes `files` below `dir`, then the directories they leave empty, `dir` last.
 /// A directory still holding something else stays.
-fn delete_files(dir: &Path, files: &[String]) -> Result<(), String> {
+fn delete_files(place: &Place, dir: &Path, files: &[String]) -> Result<(), String> {
     let mut problems = Vec::new();
     let mut parents: Vec<PathBuf> = Vec::new();
     for rel in files {
-        if let Err(e) = remove_file_in(dir, rel) {
-            problems.push(e);
+        if let Err(e) = datadir::remove_file_in(place, dir, rel) {
+            problems.push(e.to_string());
         }
         let mut p = Path::new(rel).parent();
         while let Some(sub) = p.filter(|s| !s.as_os_str().is_empty()) {
@@ -554,16 +586,19 @@ async fn finish_removals(ctx: &Context, token: &CancellationToken, report: &mut 
         }
         let copy = CopyRef::new(run.key(), me, &c.data_type);
         let why = "purge: finishing a removal that was cut short";
-        let outcome = match c.location.as_deref().map(Path::new) {
-            Some(loc) if loc.exists() => match copy_dir(&ctx.site, c) {
-                Ok(dir) => delete_and_forget(ctx, &copy, run, &dir, why).await,
-                Err(e) => Err(e),
-            },
-            _ => match ctx.catalog.remove_copy(&copy, &ctx.owner, why).await {
-                Ok(Cas::Done) => Ok(()),
-                Ok(Cas::Lost) => Err(format!("{copy}: the entry was no longer `removing`")),
-                Err(e) => Err(format!("{copy}: {e}")),
-            },
+        // The location is checked before anything: a `removing` entry whose location is not
+        // the run's own directory is neither deleted from nor forgotten.
+        let outcome = match datadir::copy_dir(&ctx.site, run, c) {
+            Ok(dir) => delete_and_forget(ctx, &copy, run, &dir, why).await,
+            Err(e) if e.is_refusal() => Err(record::refuse(ctx, run, c, &e).await),
+            Err(datadir::PathError::Missing { .. }) => {
+                match ctx.catalog.remove_copy(&copy, &ctx.owner, why).await {
+                    Ok(Cas::Done) => Ok(()),
+                    Ok(Cas::Lost) => Err(format!("{copy}: the entry was no longer `removing`")),
+                    Err(e) => Err(format!("{copy}: {e}")),
+                }
+            }
+            Err(e) => Err(e.to_string()),
         };
         match outcome {
             Ok(()) => report.done.push(format!("{label}: removal finished")),
@@ -593,11 +628,16 @@ mod tests {
         std::fs::write(run.join("a/b/x"), b"x").unwrap();
         std::fs::write(run.join("c/y"), b"y").unwrap();
         std::fs::write(run.join("c/not-in-manifest"), b"z").unwrap();
-        delete_files(&run, &["a/b/x".into(), "c/y".into()]).unwrap();
+        let place = Place {
+            run: 1,
+            data_type: "raw".into(),
+            site: "s".into(),
+        };
+        delete_files(&place, &run, &["a/b/x".into(), "c/y".into()]).unwrap();
         assert!(!run.join("a").exists());
         assert!(run.join("c/not-in-manifest").exists());
         std::fs::remove_file(run.join("c/not-in-manifest")).unwrap();
-        delete_files(&run, &["a/b/x".into(), "c/y".into()]).unwrap();
+        delete_files(&place, &run, &["a/b/x".into(), "c/y".into()]).unwrap();
         assert!(!run.exists());
     }
 }

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::copy::{self, CopyError, Direction, Outcome, Route, Wanted};
 use super::{Context, TaskReport};
 use crate::config::Site;
+use crate::datadir;
 
 pub use super::copy::lease;
 
@@ -57,12 +58,14 @@ async fn push_run(
     let Some(digest) = run.digest.clone() else {
         return Ok(Outcome::Skipped("no manifest yet".into()));
     };
-    let Some(src_dir) = copy::verified_location(run, &ctx.site.name, data_type, &digest) else {
+    let Some((_, src_dir)) =
+        copy::verified_source(ctx, run, &[&ctx.site], data_type, &digest).await?
+    else {
         return Ok(Outcome::Skipped(
             "no verified copy here to copy from".into(),
         ));
     };
-    let dst_dir = copy::run_dir(dest, data_type, run)?;
+    let dst_dir = datadir::run_dir(dest, data_type, run)?;
     copy::copy_along(
         ctx,
         run,

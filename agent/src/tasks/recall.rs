@@ -34,6 +34,7 @@ use super::{copy, owner, record, tape, Context};
 use crate::catalog::{Cas, CatalogError, Claim, ClaimRequest, CopyRef, RunSelector, Transition};
 use crate::checksum::{self, ChecksumError};
 use crate::config::TapeBackendConfig;
+use crate::datadir;
 use crate::tape::{key_of, Receipt, StoredFile, TapeBackend, TapeError};
 
 /// What the operator asked for.
@@ -423,7 +424,7 @@ async fn recall_type(
     sources: &[(&CopyEntry, &TapeBackendConfig)],
 ) -> Result<Recalled, RecallError> {
     let copy = CopyRef::new(run.key(), &ctx.site.name, data_type);
-    let dir = copy::run_dir(&ctx.site, data_type, run)?;
+    let dir = datadir::run_dir(&ctx.site, data_type, run).map_err(copy::CopyError::from)?;
     // A failed copy here (an earlier recall or copy that failed) whose directory is the
     // run's is taken over; any other copy is refused.
     let existing = run.copy(&ctx.site.name, data_type);
@@ -730,13 +731,11 @@ async fn restore(
             source,
         }
     };
-    let root = ctx
-        .site
-        .data_dir(&copy.data_type)
-        .ok_or_else(|| copy::CopyError::NoDataDir {
-            site: ctx.site.name.clone(),
-            data_type: copy.data_type.clone(),
-        })?;
+    let root = ctx.site.data_dir(&copy.data_type).ok_or_else(|| {
+        copy::CopyError::from(datadir::PathError::NoDataDir {
+            place: datadir::Place::new(run, &ctx.site.name, &copy.data_type),
+        })
+    })?;
     let scratch =
         Scratch::create(root, run.number).map_err(io("creating scratch directory in", root))?;
     let work =
@@ -744,11 +743,14 @@ async fn restore(
     let measured = record::with_lease(ctx, copy, copy::lease(ctx), work)
         .await
         .map_err(RecallError::Record)??;
-    move_into_place(scratch.path(), dir, run).map_err(|(what, path, source)| RecallError::Io {
-        copy: copy.clone(),
-        what,
-        path,
-        source,
+    let place = datadir::Place::new(run, &ctx.site.name, &copy.data_type);
+    move_into_place(&place, root, scratch.path(), dir, run).map_err(|(what, path, source)| {
+        RecallError::Io {
+            copy: copy.clone(),
+            what,
+            path,
+            source,
+        }
     })?;
     drop(scratch);
     Ok(measured)
@@ -828,8 +830,16 @@ async fn fetch_and_measure(
 type MoveFailure = (&'static str, PathBuf, std::io::Error);
 
 /// Moves every manifest file from `scratch` into `dir` (same file system: renames), then
-/// fsyncs the directories. A failure puts back nothing but removes what was moved.
-fn move_into_place(scratch: &Path, dir: &Path, run: &RunDoc) -> Result<(), MoveFailure> {
+/// fsyncs the directories. Directories below the data directory `root` are made by
+/// [`datadir::make_dirs`] (a planted link is refused, never followed). A failure puts back
+/// nothing but removes what was moved.
+fn move_into_place(
+    place: &datadir::Place,
+    root: &Path,
+    scratch: &Path,
+    dir: &Path,
+    run: &RunDoc,
+) -> Result<(), MoveFailure> {
     let mut moved: Vec<PathBuf> = Vec::with_capacity(run.files.len());
     let result = (|| -> Result<(), MoveFailure> {
         let mut dirs: Vec<PathBuf> = vec![dir.to_path_buf()];
@@ -837,7 +847,13 @@ fn move_into_place(scratch: &Path, dir: &Path, run: &RunDoc) -> Result<(), MoveF
             let from = scratch.join(&f.path);
             let to = dir.join(&f.path);
             let parent = to.parent().unwrap_or(dir).to_path_buf();
-            std::fs::create_dir_all(&parent).map_err(|e| ("creating", parent.clone(), e))?;
+            datadir::make_dirs(place, root, &parent).map_err(|e| {
+                (
+                    "creating",
+                    parent.clone(),
+                    std::io::Error::other(e.to_string()),
+                )
+            })?;
             if to.symlink_metadata().is_ok() {
                 return Err((
                     "moving into place",
@@ -892,7 +908,12 @@ struct Scratch(PathBuf);
 
 impl Scratch {
     fn create(root: &Path, number: i64) -> std::io::Result<Scratch> {
-        std::fs::create_dir_all(root)?;
+        // The data directory itself is never created here (`datadir::roots` checked it).
+        if !std::fs::metadata(root)?.is_dir() {
+            return Err(std::io::Error::other(
+                "the data directory is not a directory",
+            ));
+        }
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())

@@ -9,10 +9,36 @@
 use std::future::Future;
 use std::time::Duration;
 
-use catalog_schema::CopyStatus;
+use catalog_schema::{can_transition, CopyEntry, CopyStatus, RunDoc};
 
+use super::retry::{Failure, FailureClass};
 use super::Context;
 use crate::catalog::{Cas, CopyRef, Transition};
+use crate::datadir::PathError;
+
+/// Flags a copy whose path was refused ([`crate::datadir`]: a recorded location that is not
+/// the run's own directory, a planted link): `STATUS → error` with a `[refused]` failure
+/// naming the run, the site and the paths, in one conditional update on the status seen.
+/// Nothing on disk is touched. Returns the text for the task report (and logs it loudly).
+pub async fn refuse(ctx: &Context, run: &RunDoc, c: &CopyEntry, e: &PathError) -> String {
+    let copy = CopyRef::new(run.key(), &c.host, &c.data_type);
+    tracing::error!(site = %ctx.site.name, run = run.number, copy = %copy, "{e}");
+    let why = Failure::new(FailureClass::Refused, e.to_string());
+    if ctx.dry_run {
+        return format!("{e} (dry run: not flagged)");
+    }
+    if !can_transition(c.status, CopyStatus::Error) {
+        return format!("{e} (left {}, not flagged)", c.status);
+    }
+    let mut change = Transition::new(c.status, CopyStatus::Error, None, &ctx.owner);
+    change.error = Some(why.to_string());
+    change.reason = Some(why.to_string());
+    match ctx.catalog.transition(&copy, &change).await {
+        Ok(Cas::Done) => format!("{e}; flagged {} -> error [refused]", c.status),
+        Ok(Cas::Lost) => format!("{e} (the copy changed meanwhile; not flagged)"),
+        Err(err) => format!("{e} (cannot flag it: {err})"),
+    }
+}
 
 /// Runs `work` while renewing the copy's lease every third of `lease`.
 pub async fn with_lease<T>(

@@ -57,6 +57,8 @@ pub struct Found {
     pub data_type: String,
     /// The run directory.
     pub dir: PathBuf,
+    /// Why it is refused (a symbolic link not allowed by the site's `link_roots`).
+    pub refused: Option<String>,
 }
 
 /// Why a run directory is not registered (yet).
@@ -164,6 +166,9 @@ async fn recorded(ctx: &Context, run: &Found) -> Result<Option<RunDoc>, String> 
 }
 
 async fn register_one(ctx: &Context, run: &Found) -> Result<Outcome, String> {
+    if let Some(why) = &run.refused {
+        return Err(why.clone());
+    }
     let existing = recorded(ctx, run).await?;
     let key = match (&run.key, &existing) {
         (Some(key), _) => key.clone(),
@@ -360,8 +365,8 @@ pub fn discover(site: &Site) -> Result<Vec<Found>, RegisterError> {
     let mut found = Vec::new();
     for (data_type, root) in &site.data_dirs {
         let mut dirs = Vec::new();
-        collect_dirs(root, root, layout.depth(), &mut dirs)?;
-        for (rel, dir) in dirs {
+        collect_dirs(root, root, layout.depth(), &site.link_roots, &mut dirs)?;
+        for (rel, dir, refused) in dirs {
             let Some(fields) = layout.match_path(&rel) else {
                 continue;
             };
@@ -381,6 +386,7 @@ pub fn discover(site: &Site) -> Result<Vec<Found>, RegisterError> {
                 name,
                 data_type: data_type.clone(),
                 dir,
+                refused,
             });
         }
     }
@@ -388,12 +394,19 @@ pub fn discover(site: &Site) -> Result<Vec<Found>, RegisterError> {
     Ok(found)
 }
 
-/// Directories exactly `depth` levels below `root` (real directories, not links).
+/// A directory found by [`collect_dirs`]: its path relative to the data directory, its
+/// path, and why it is refused (a symbolic link not allowed by `link_roots`).
+type FoundDir = (String, PathBuf, Option<String>);
+
+/// Directories exactly `depth` levels below `root`: real directories, and links into one of
+/// `link_roots` (the site map's); a run directory that is any other link is returned with
+/// why it is refused, so the register task can say so (a link above that depth is skipped).
 fn collect_dirs(
     root: &Path,
     dir: &Path,
     depth: usize,
-    out: &mut Vec<(String, PathBuf)>,
+    link_roots: &[PathBuf],
+    out: &mut Vec<FoundDir>,
 ) -> Result<(), RegisterError> {
     let io = |source| RegisterError::Io {
         path: dir.to_path_buf(),
@@ -401,10 +414,26 @@ fn collect_dirs(
     };
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let entry = entry.map_err(io)?;
-        if !entry.file_type().map_err(io)?.is_dir() {
+        let kind = entry.file_type().map_err(io)?;
+        let path = entry.path();
+        let mut refused = None;
+        if kind.is_symlink() {
+            if crate::datadir::allowed_link(&path, link_roots).is_none() {
+                if depth > 1 {
+                    continue;
+                }
+                let target = std::fs::read_link(&path)
+                    .map(|t| t.display().to_string())
+                    .unwrap_or_else(|_| "?".into());
+                refused = Some(format!(
+                    "{} is a symbolic link to {target}; refused, not followed (list the \
+                     directories run links may point into in the site's \"link_roots\")",
+                    path.display()
+                ));
+            }
+        } else if !kind.is_dir() {
             continue;
         }
-        let path = entry.path();
         if depth <= 1 {
             let Ok(rel) = path.strip_prefix(root) else {
                 continue;
@@ -413,9 +442,9 @@ fn collect_dirs(
                 tracing::warn!(dir = %path.display(), "run directory name is not UTF-8; skipped");
                 continue;
             };
-            out.push((rel.to_string(), path.clone()));
+            out.push((rel.to_string(), path.clone(), refused));
         } else {
-            collect_dirs(root, &path, depth - 1, out)?;
+            collect_dirs(root, &path, depth - 1, link_roots, out)?;
         }
     }
     Ok(())

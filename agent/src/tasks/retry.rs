@@ -64,6 +64,7 @@ use super::verify::copies_in;
 use super::{walk, Context, RunScope, TaskReport, WorkList, MAX_PAGES};
 use crate::catalog::{Cas, Claim, CopyRef, Transition};
 use crate::config::{Site, TransferMethod};
+use crate::datadir;
 use crate::transport::TransportError;
 
 /// Attempts after which a copy is given up.
@@ -87,8 +88,12 @@ pub enum FailureClass {
     /// The bytes did not match the manifest. Copy again from a verified source; suspect the
     /// source after repeats.
     Checksum,
-    /// Needs a person: permission denied, no space, a missing source file, a refused path.
+    /// Needs a person: permission denied, no space, a missing source file.
     Fatal,
+    /// What the catalogue or the disk says was refused ([`crate::datadir`]): a recorded
+    /// location that is not the run's own directory, a planted symbolic link. Nothing was
+    /// touched; never retried on its own (`--run N` after an operator fixed the entry).
+    Refused,
 }
 
 impl FailureClass {
@@ -99,6 +104,7 @@ impl FailureClass {
             Self::Retryable => "[retryable]",
             Self::Checksum => "[checksum]",
             Self::Fatal => "[fatal]",
+            Self::Refused => "[refused]",
         }
     }
 
@@ -115,7 +121,13 @@ impl FailureClass {
     /// [`FailureClass::Retryable`] (the attempt limit still bounds it).
     pub fn classify(last_error: &str) -> Self {
         let text = last_error.trim_start();
-        for class in [Self::Catalog, Self::Retryable, Self::Checksum, Self::Fatal] {
+        for class in [
+            Self::Catalog,
+            Self::Retryable,
+            Self::Checksum,
+            Self::Fatal,
+            Self::Refused,
+        ] {
             if text.starts_with(class.tag()) {
                 return class;
             }
@@ -230,7 +242,9 @@ struct Source {
 }
 
 /// The first of `route.sources` holding a verified copy (transferred, with the run's
-/// digest) of `data_type`.
+/// digest) of `data_type` recorded at the run's own directory there
+/// ([`datadir::check_location`]); one recorded anywhere else is passed over (the push or
+/// pull that reads it flags it `[refused]`).
 fn verified_source(route: &Route<'_>, run: &RunDoc, data_type: &str) -> Option<Source> {
     let digest = run.digest.clone()?;
     route.sources.iter().find_map(|s| {
@@ -238,9 +252,16 @@ fn verified_source(route: &Route<'_>, run: &RunDoc, data_type: &str) -> Option<S
         if c.status != CopyStatus::Transferred || c.checksum.as_deref() != Some(&digest) {
             return None;
         }
+        let dir = match datadir::check_location(s, data_type, run, c.location.as_deref()) {
+            Ok(dir) => dir,
+            Err(e) => {
+                tracing::warn!(run = run.number, "source passed over: {e}");
+                return None;
+            }
+        };
         Some(Source {
             site: s.name.clone(),
-            dir: PathBuf::from(c.location.clone()?),
+            dir,
             digest: digest.clone(),
             verified: c.verified_time,
         })
@@ -434,7 +455,7 @@ async fn copy_again(
     copy: &CopyRef,
     src: &Source,
 ) -> Result<(), String> {
-    let dst_dir = copy::run_dir(route.dest, &copy.data_type, run).map_err(|e| e.to_string())?;
+    let dst_dir = datadir::run_dir(route.dest, &copy.data_type, run).map_err(|e| e.to_string())?;
     // This agent initiates the link: it is the source (a push) or the destination (a pull).
     let (peer, direction) = if src.site == ctx.site.name {
         (route.dest, Direction::Push)
@@ -520,7 +541,7 @@ async fn retry_one(
             c.attempts
         ));
     }
-    if class == FailureClass::Fatal && !asked {
+    if matches!(class, FailureClass::Fatal | FailureClass::Refused) && !asked {
         return Err(format!("not retried (needs an operator: {hint}): {last}"));
     }
     let wait = wait_before_retry(class, c.attempts);

@@ -32,6 +32,7 @@ use super::{copy, record, walk, Context, TaskReport, WorkList, MAX_PAGES};
 use crate::catalog::{Claim, ClaimRequest, CopyRef};
 use crate::checksum;
 use crate::config::{HostKeyPolicy, SshEnvironment, TapeBackendConfig, TapeKind};
+use crate::datadir::{self, Place};
 use crate::tape::{
     build, Batch, BuildContext, Receipt, RunRef, TapeBackend, TapeFile, VerifyKind, VerifyLevel,
     VerifyReport,
@@ -144,12 +145,14 @@ async fn back_up(
     if run.copy(backend.name(), data_type).is_some() {
         return Ok(Some("already has a tape copy".into()));
     }
-    let source = run
-        .copy(&ctx.site.name, data_type)
-        .filter(|c| c.status == CopyStatus::Transferred && c.checksum.as_deref() == Some(&digest));
-    let Some(src_dir) = source.and_then(|c| c.location.clone()).map(PathBuf::from) else {
+    let Some((_, src_dir)) = copy::verified_source(ctx, run, &[&ctx.site], data_type, &digest)
+        .await
+        .map_err(|e| e.to_string())?
+    else {
         return Ok(Some("no verified copy here".into()));
     };
+    let src_dir = PathBuf::from(src_dir);
+    let place = Place::new(run, &ctx.site.name, data_type);
     let run_ref = run_ref(run);
     let name = run_ref.name.clone();
     let mut files = Vec::with_capacity(run.files.len());
@@ -157,9 +160,10 @@ async fn back_up(
         let Some(md5) = f.md5.clone() else {
             return Ok(Some(format!("manifest has no md5 for {}", f.path)));
         };
+        let local = datadir::file_in(&place, &src_dir, &f.path).map_err(|e| e.to_string())?;
         files.push(TapeFile {
             path: f.path.clone(),
-            local: src_dir.join(&f.path),
+            local,
             size: u64::try_from(f.size).unwrap_or(0),
             sha256: f.sha256.clone(),
             md5,

@@ -20,22 +20,23 @@
 //!    only when another verified copy of the run exists to restore them from: the last
 //!    copy of a run is never made smaller, even when it is damaged.
 //!
-//! Tape copies are verified by the tape task, not here. Helpers that find a copy's files
-//! on disk safely (`copy_dir`, `file_in`, `copies_in`) are shared with the purge task.
+//! Tape copies are verified by the tape task, not here. A copy's directory and files are
+//! found through [`crate::datadir`] (its recorded location must be the run's own directory;
+//! a refused one is flagged `[refused]` and never touched); `copies_in` and the re-hash are
+//! shared with the purge and audit tasks.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use bson::DateTime;
 use catalog_schema::{CopyEntry, CopyStatus, FileEntry, RunDoc};
 use tokio_util::sync::CancellationToken;
 
-use super::owner;
 use super::retry::{Failure, FailureClass};
+use super::{owner, record};
 use super::{walk, Context, TaskReport, WorkList, MAX_PAGES};
 use crate::catalog::{Cas, CopyRef, Transition};
 use crate::checksum;
-use crate::config::Site;
-use crate::transport::run::check_relative;
+use crate::datadir::{self, Place};
 
 /// Runs the task.
 pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
@@ -114,7 +115,11 @@ async fn verify_one(ctx: &Context, run: &RunDoc, c: &CopyEntry) -> Result<Verdic
         Ok(owner) => owner,
         Err(why) => return Ok(Verdict::Skipped(why)),
     };
-    let dir = copy_dir(&ctx.site, c)?;
+    let dir = match datadir::copy_dir(&ctx.site, run, c) {
+        Ok(dir) => dir,
+        Err(e) if e.is_refusal() => return Err(record::refuse(ctx, run, c, &e).await),
+        Err(e) => return Err(e.to_string()),
+    };
     if ctx.dry_run {
         return Ok(Verdict::Skipped(format!(
             "dry run: would re-hash {} files in {}",
@@ -123,9 +128,9 @@ async fn verify_one(ctx: &Context, run: &RunDoc, c: &CopyEntry) -> Result<Verdic
         )));
     }
     let files = run.files.clone();
-    let site = ctx.site.name.clone();
+    let place = Place::new(run, &ctx.site.name, &c.data_type);
     let hash_dir = dir.clone();
-    let rehash = tokio::task::spawn_blocking(move || rehash(&site, &hash_dir, &files))
+    let rehash = tokio::task::spawn_blocking(move || rehash(&place, &hash_dir, &files))
         .await
         .map_err(|e| format!("re-hash task failed: {e}"))?;
     let copy = CopyRef::new(run.key(), &ctx.site.name, &c.data_type);
@@ -171,7 +176,8 @@ async fn verify_one(ctx: &Context, run: &RunDoc, c: &CopyEntry) -> Result<Verdic
         ));
     }
     if restorable {
-        let problems = remove_bad(&dir, &rehash);
+        let place = Place::new(run, &ctx.site.name, &c.data_type);
+        let problems = remove_bad(&place, &dir, &rehash);
         if !problems.is_empty() {
             return Ok(Verdict::Bad(format!(
                 "{failure}; but removing failed: {}",
@@ -218,11 +224,12 @@ pub(super) fn mismatch(
 }
 
 /// Removes the bad files a re-hash found below `dir`; returns what could not be removed.
-pub(super) fn remove_bad(dir: &Path, rehash: &Rehash) -> Vec<String> {
+pub(super) fn remove_bad(place: &Place, dir: &Path, rehash: &Rehash) -> Vec<String> {
     rehash
         .bad
         .iter()
-        .filter_map(|b| remove_file_in(dir, &b.path).err())
+        .filter_map(|b| datadir::remove_file_in(place, dir, &b.path).err())
+        .map(|e| e.to_string())
         .collect()
 }
 
@@ -282,7 +289,7 @@ pub(super) struct Rehash {
 }
 
 /// Hashes every manifest file below `dir` and compares it with the manifest. Blocking.
-pub(super) fn rehash(site: &str, dir: &Path, files: &[FileEntry]) -> Rehash {
+pub(super) fn rehash(place: &Place, dir: &Path, files: &[FileEntry]) -> Rehash {
     let mut measured: Vec<(String, u64, String)> = Vec::with_capacity(files.len());
     let mut bad = Vec::new();
     for f in files {
@@ -292,10 +299,10 @@ pub(super) fn rehash(site: &str, dir: &Path, files: &[FileEntry]) -> Rehash {
                 why,
             })
         };
-        let path = match file_in(site, dir, &f.path) {
+        let path = match datadir::file_in(place, dir, &f.path) {
             Ok(p) => p,
             Err(why) => {
-                flag(why);
+                flag(why.to_string());
                 continue;
             }
         };
@@ -332,93 +339,5 @@ pub(super) fn rehash(site: &str, dir: &Path, files: &[FileEntry]) -> Rehash {
     Rehash {
         digest: checksum::run_digest_of(&measured).ok(),
         bad,
-    }
-}
-
-/// The directory of a copy at `site`: its `location`, which must exist, be a real directory
-/// (not a link) and lie strictly inside the site's data directory for its type.
-pub(super) fn copy_dir(site: &Site, c: &CopyEntry) -> Result<PathBuf, String> {
-    let Some(location) = c.location.as_deref() else {
-        return Err("the copy has no location".into());
-    };
-    let Some(root) = site.data_dir(&c.data_type) else {
-        return Err(format!(
-            "{} has no {} data directory for {location}",
-            site.name, c.data_type
-        ));
-    };
-    let dir = PathBuf::from(location);
-    let meta = std::fs::symlink_metadata(&dir).map_err(|e| format!("{location}: {e}"))?;
-    if !meta.is_dir() {
-        return Err(format!("{location}: not a directory (or a symbolic link)"));
-    }
-    let canon = |p: &Path| {
-        p.canonicalize()
-            .map_err(|e| format!("{}: {e}", p.display()))
-    };
-    let (real_dir, real_root) = (canon(&dir)?, canon(root)?);
-    if real_dir == real_root || !real_dir.starts_with(&real_root) {
-        return Err(format!(
-            "{location} is not inside {}'s {} data directory {}; refused",
-            site.name,
-            c.data_type,
-            root.display()
-        ));
-    }
-    Ok(dir)
-}
-
-/// The path of manifest file `rel` below `dir`, refusing a path that leaves `dir` by its
-/// syntax or passes through a symbolic link below `dir`. The file itself may be missing.
-pub(super) fn file_in(site: &str, dir: &Path, rel: &str) -> Result<PathBuf, String> {
-    check_relative(site, rel).map_err(|e| e.to_string())?;
-    let mut path = dir.to_path_buf();
-    let parts: Vec<&str> = rel.split('/').collect();
-    for (i, part) in parts.iter().enumerate() {
-        path.push(part);
-        let last = i + 1 == parts.len();
-        match std::fs::symlink_metadata(&path) {
-            Ok(m) if !last && m.file_type().is_symlink() => {
-                return Err(format!(
-                    "{}: a symbolic link inside the run directory; refused",
-                    path.display()
-                ))
-            }
-            Ok(_) => {}
-            Err(_) => break,
-        }
-    }
-    Ok(dir.join(rel))
-}
-
-/// Removes manifest file `rel` below `dir` (a link is removed itself, never followed); a
-/// file already gone is fine.
-pub(super) fn remove_file_in(dir: &Path, rel: &str) -> Result<(), String> {
-    let path = file_in("local", dir, rel)?;
-    match std::fs::symlink_metadata(&path) {
-        Ok(m) if m.is_dir() => Err(format!("{}: a directory, not removed", path.display())),
-        Ok(_) => std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!("{}: {e}", path.display())),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn file_in_refuses_links_and_escapes() {
-        let d = tempfile::tempdir().unwrap();
-        let run = d.path().join("run");
-        std::fs::create_dir_all(run.join("sub")).unwrap();
-        std::os::unix::fs::symlink(d.path(), run.join("link")).unwrap();
-        assert!(file_in("s", &run, "sub/a").is_ok());
-        assert!(file_in("s", &run, "missing/a").is_ok());
-        assert!(file_in("s", &run, "link/a")
-            .unwrap_err()
-            .contains("symbolic link"));
-        assert!(file_in("s", &run, "../a").is_err());
-        assert!(file_in("s", &run, "/etc/passwd").is_err());
     }
 }
