@@ -777,12 +777,17 @@ impl russh_sftp::server::Handler for Sftp {
         id: u32,
         filename: String,
         pflags: OpenFlags,
-        _attrs: FileAttributes,
+        attrs: FileAttributes,
     ) -> Result<Handle, Self::Error> {
         self.fault(Op::Open, 0).await?;
         let real = self.real(&filename, true)?;
         let writable = pflags.contains(OpenFlags::WRITE);
-        let options: std::fs::OpenOptions = pflags.into();
+        let mut options: std::fs::OpenOptions = pflags.into();
+        // As OpenSSH's sftp-server: a created file gets the permission bits the client sent
+        // (then the umask), 0666 when it sent none.
+        if let Some(mode) = attrs.permissions {
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode & 0o7777);
+        }
         let file = blocking(move || options.open(real)).await?;
         let handle = self.new_handle(Open::File(Arc::new(file)));
         self.opened.insert(handle.clone(), (filename, writable));

@@ -78,6 +78,7 @@ async fn a_run_pushed_and_pulled_back_through_the_fault_server_is_intact() {
             session: session.clone(),
             local_root: src.clone(),
             remote_root: "/runs/Run004711".into(),
+            remote_base: "/".into(),
         };
         for r in copy_run(&push, &jobs, &opts, &gates, |_| {}).await {
             assert!(r.unwrap().verified);
@@ -87,6 +88,7 @@ async fn a_run_pushed_and_pulled_back_through_the_fault_server_is_intact() {
             session: session.clone(),
             remote_root: "/runs/Run004711".into(),
             local_root: back.clone(),
+            local_base: work.path().to_path_buf(),
         };
         for r in copy_run(&pull, &jobs, &opts, &gates, |_| {}).await {
             r.unwrap();
@@ -598,6 +600,7 @@ async fn sftp_channels_are_opened_as_copies_overlap_and_no_further() {
             session: session.clone(),
             local_root: src.clone(),
             remote_root: "/four".into(),
+            remote_base: "/".into(),
         };
         let gates = Gates::new(Limits::default());
         for r in copy_run(&push, &jobs, &opts, &gates, |_| {}).await {
@@ -709,4 +712,105 @@ async fn a_striped_push_cut_mid_file_resumes_before_any_hole() {
     assert_eq!(report.bytes + report.resumed_from, size);
     assert_eq!(digest(&server.local_path("/dst/big.evio")), digest(&src));
     assert!(!exists(&server.local_path("/dst/big.evio.part")));
+}
+
+fn mode_of(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(p)
+        .expect("lstat")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// Found in issue 12: a `.part` was created with the default mode (644) and given the
+/// source's mode only at the end, so a 600 file could be read by anyone while it was copied
+/// and, when the copy failed, after. A stalled push and a cut pull leave their `.part`
+/// behind: its mode is the source's from the first byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_is_created_with_the_source_mode_never_wider() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = FaultServer::start().await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("key");
+    random_file(&src, 4 << 20);
+    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let session = Arc::new(connect(&server).await);
+
+    // Push: the third write never answered; look at the remote `.part` while it hangs.
+    server.set_fault(Fault::on_request(FaultAction::Stall, Op::Write, 3));
+    let push = {
+        let (session, src) = (session.clone(), src.clone());
+        tokio::spawn(async move { session.push(&src, "/dst/key", &in_order()).await })
+    };
+    let part = server.local_path("/dst/key.part");
+    bounded("the stall", async {
+        while server.fired() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(mode_of(&part), 0o600, "the .part while the push hangs");
+    let err = bounded("the stalled push", push)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert_eq!(mode_of(&part), 0o600, "the .part the push left");
+    server.clear_fault();
+
+    // Pull: cut after 1 MiB read; the local `.part` it leaves.
+    let remote = server.local_path("/src/key");
+    std::fs::create_dir_all(remote.parent().unwrap()).unwrap();
+    std::fs::copy(&src, &remote).unwrap();
+    std::fs::set_permissions(&remote, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let local = work.path().join("back/key");
+    server.set_fault(Fault::after_bytes(FaultAction::Cut, Op::Read, 1 << 20));
+    let err = bounded(
+        "the cut pull",
+        session.pull("/src/key", &local, &in_order()),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    let part = work.path().join("back/key.part");
+    assert!(exists(&part), "the cut leaves a .part");
+    assert_eq!(mode_of(&part), 0o600, "the .part the pull left");
+}
+
+/// Found in issue 12 (item 3): a `.part` rejected by the manifest stayed on the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_that_does_not_match_is_removed_after_a_push_to_the_fault_server() {
+    let server = FaultServer::start().await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("run/f");
+    random_file(&src, 1 << 20);
+    let session = Arc::new(connect(&server).await);
+    let push = RunCopy::Push {
+        session,
+        local_root: work.path().join("run"),
+        remote_root: "/data/run".into(),
+        remote_base: "/".into(),
+    };
+    let jobs = [FileJob {
+        path: "f".into(),
+        size: 1 << 20,
+        sha256: Some("11".repeat(32)),
+    }];
+    let gates = Gates::new(Limits::default());
+    let results = bounded(
+        "push",
+        copy_run(&push, &jobs, &CopyOptions::default(), &gates, |_| {}),
+    )
+    .await;
+    assert!(
+        matches!(results[0], Err(TransportError::ChecksumMismatch { .. })),
+        "{:?}",
+        results[0]
+    );
+    assert!(!exists(&server.local_path("/data/run/f")));
+    assert!(
+        !exists(&server.local_path("/data/run/f.part")),
+        "the .part stayed"
+    );
 }

@@ -59,6 +59,7 @@ async fn push_then_pull_many_sizes_and_names_round_trip_with_mode_and_mtime() {
         session: session.clone(),
         local_root: src.clone(),
         remote_root: remote_root.clone(),
+        remote_base: sshd.root().display().to_string(),
     };
     let results = copy_run(&push, &files, &CopyOptions::default(), &gates, |_| {}).await;
     for ((name, size), r) in FILES.iter().zip(&results) {
@@ -85,6 +86,7 @@ async fn push_then_pull_many_sizes_and_names_round_trip_with_mode_and_mtime() {
         session: session.clone(),
         remote_root: remote_root.clone(),
         local_root: back.clone(),
+        local_base: work.path().to_path_buf(),
     };
     let results = copy_run(&pull, &files, &CopyOptions::default(), &gates, |_| {}).await;
     for ((name, _), r) in FILES.iter().zip(&results) {
@@ -421,7 +423,8 @@ async fn pull_refuses_a_symlink_leading_out_of_the_run_directory() {
     let pull = RunCopy::Pull {
         session,
         remote_root: run.display().to_string(),
-        local_root: work.path().to_path_buf(),
+        local_root: work.path().join("run"),
+        local_base: work.path().to_path_buf(),
     };
     let files = ["link", "ok"].map(|p| FileJob {
         path: p.into(),
@@ -441,6 +444,248 @@ async fn pull_refuses_a_symlink_leading_out_of_the_run_directory() {
         "{:?}",
         results[0]
     );
-    assert!(!work.path().join("link").exists());
-    assert_eq!(std::fs::read(work.path().join("ok")).unwrap(), b"data");
+    assert!(!work.path().join("run/link").exists());
+    assert_eq!(std::fs::read(work.path().join("run/ok")).unwrap(), b"data");
+}
+
+/// Push (or pull, `pull: true`) `files` of the run `src` to `dst` below `base` on a session
+/// to `sshd`; for a push `dst` and `base` are on the server, for a pull `src` is.
+async fn sftp_run(
+    session: &Arc<SshSession>,
+    pull: bool,
+    src: &Path,
+    dst: &Path,
+    base: &Path,
+    files: &[FileJob],
+) -> Vec<Result<ferry::transport::CopyReport, TransportError>> {
+    let method = if pull {
+        RunCopy::Pull {
+            session: session.clone(),
+            remote_root: src.display().to_string(),
+            local_root: dst.to_path_buf(),
+            local_base: base.to_path_buf(),
+        }
+    } else {
+        RunCopy::Push {
+            session: session.clone(),
+            local_root: src.to_path_buf(),
+            remote_root: dst.display().to_string(),
+            remote_base: base.display().to_string(),
+        }
+    };
+    let gates = Gates::new(Limits::default());
+    copy_run(&method, files, &CopyOptions::default(), &gates, |_| {}).await
+}
+
+fn file_job(path: &str, sha256: Option<String>) -> FileJob {
+    FileJob {
+        path: path.into(),
+        size: 0,
+        sha256,
+    }
+}
+
+fn refused_as_link(r: &Result<ferry::transport::CopyReport, TransportError>) -> bool {
+    matches!(r, Err(TransportError::UnsafePath { reason, .. }) if reason.contains("symbolic link"))
+}
+
+/// Found in issue 12: when the bytes did not hash to the manifest, the `.part` stayed at the
+/// destination (mode 644 for a 600 file), so one forged catalogue document could copy any
+/// file the agent can read into a peer's data directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_that_does_not_match_is_removed_after_a_push() {
+    let sshd = Sshd::start().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let session = Arc::new(SshSession::connect(&target(&sshd)).await.unwrap());
+    let forged = Some("00".repeat(32));
+    for pull in [false, true] {
+        let (src, base) = if pull {
+            (sshd.root().join("pull src"), work.path().join("data"))
+        } else {
+            (work.path().join("push src"), sshd.root().join("data"))
+        };
+        random_file(&src.join("raw/id_ed25519"), 300_000);
+        std::fs::set_permissions(
+            src.join("raw/id_ed25519"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        std::fs::create_dir_all(&base).unwrap();
+        let dst = base.join("run");
+        let results = sftp_run(
+            &session,
+            pull,
+            &src,
+            &dst,
+            &base,
+            &[file_job("raw/id_ed25519", forged.clone())],
+        )
+        .await;
+        assert!(
+            matches!(results[0], Err(TransportError::ChecksumMismatch { .. })),
+            "pull {pull}: {:?}",
+            results[0]
+        );
+        let landed = dst.join("raw/id_ed25519");
+        assert!(!transport_common::exists(&landed), "pull {pull}");
+        assert!(
+            !transport_common::exists(&PathBuf::from(format!("{}.part", landed.display()))),
+            "pull {pull}: the .part stayed"
+        );
+    }
+}
+
+/// Found in issue 12: writing at a destination followed links planted in its data directory
+/// and wrote outside it. Push and pull; the link at the run directory, at a subdirectory,
+/// at the `.part` and at the final name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planted_symlink_run_directory_at_the_destination_is_refused() {
+    let sshd = Sshd::start().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let session = Arc::new(SshSession::connect(&target(&sshd)).await.unwrap());
+    for pull in [false, true] {
+        let (src, base, outside) = if pull {
+            let s = sshd.root().join("pull src");
+            (s, work.path().join("data"), work.path().join("outside"))
+        } else {
+            let s = work.path().join("push src");
+            (s, sshd.root().join("data"), sshd.root().join("outside"))
+        };
+        random_file(&src.join("sub/f"), 70_000);
+        random_file(&src.join("g"), 70_000);
+        random_file(&outside.join("f"), 10);
+        random_file(&outside.join("sub/f"), 10);
+        std::fs::create_dir_all(&base).unwrap();
+        let before = transport_common::snapshot(&outside);
+        let files = [file_job("sub/f", None), file_job("g", None)];
+
+        let dst = base.join("run1");
+        std::os::unix::fs::symlink(&outside, &dst).unwrap();
+        let results = sftp_run(&session, pull, &src, &dst, &base, &files).await;
+        assert!(
+            results.iter().all(refused_as_link),
+            "pull {pull}: {results:?}"
+        );
+
+        let dst = base.join("run2");
+        std::fs::create_dir(&dst).unwrap();
+        std::os::unix::fs::symlink(outside.join("sub"), dst.join("sub")).unwrap();
+        let results = sftp_run(&session, pull, &src, &dst, &base, &files).await;
+        assert!(
+            refused_as_link(&results[0]),
+            "pull {pull}: {:?}",
+            results[0]
+        );
+        assert_eq!(
+            digest(&dst.join("g")),
+            digest(&src.join("g")),
+            "pull {pull}"
+        );
+
+        let dst = base.join("run3");
+        std::fs::create_dir_all(dst.join("sub")).unwrap();
+        std::os::unix::fs::symlink(outside.join("f"), dst.join("sub/f.part")).unwrap();
+        std::os::unix::fs::symlink(outside.join("f"), dst.join("g")).unwrap();
+        let results = sftp_run(&session, pull, &src, &dst, &base, &files).await;
+        assert!(
+            results.iter().all(refused_as_link),
+            "pull {pull}: {results:?}"
+        );
+        assert!(std::fs::symlink_metadata(dst.join("g"))
+            .unwrap()
+            .is_symlink());
+
+        std::os::unix::fs::symlink(&outside, base.join("2024")).unwrap();
+        let dst = base.join("2024/run4");
+        let results = sftp_run(&session, pull, &src, &dst, &base, &files).await;
+        assert!(
+            results.iter().all(refused_as_link),
+            "pull {pull}: {results:?}"
+        );
+
+        assert_eq!(
+            transport_common::snapshot(&outside),
+            before,
+            "pull {pull}: something was written outside"
+        );
+    }
+}
+
+/// Found in issue 12: a missing destination data directory was created silently (an
+/// unmounted file system means the data lands on the root disk).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_destination_data_directory_is_not_created() {
+    let sshd = Sshd::start().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let session = Arc::new(SshSession::connect(&target(&sshd)).await.unwrap());
+    for pull in [false, true] {
+        let (src, mnt) = if pull {
+            (sshd.root().join("pull src"), work.path().join("mnt"))
+        } else {
+            (work.path().join("push src"), sshd.root().join("mnt"))
+        };
+        random_file(&src.join("f"), 10);
+        let base = mnt.join("data");
+        let results = sftp_run(
+            &session,
+            pull,
+            &src,
+            &base.join("run"),
+            &base,
+            &[file_job("f", None)],
+        )
+        .await;
+        let err = results[0].as_ref().unwrap_err();
+        assert!(
+            matches!(err, TransportError::DataDir { .. }),
+            "pull {pull}: {err}"
+        );
+        assert!(!err.is_retryable());
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&base.display().to_string()) && msg.contains("not created"),
+            "{msg}"
+        );
+        assert!(!transport_common::exists(&mnt), "pull {pull}: created");
+    }
+}
+
+/// Found in issue 12: sources were resolved with `canonicalize` / `realpath`, which follow
+/// links that stay inside the run directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_file_behind_a_symlink_inside_the_run_is_refused() {
+    let sshd = Sshd::start().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let session = Arc::new(SshSession::connect(&target(&sshd)).await.unwrap());
+    for pull in [false, true] {
+        let (src, base) = if pull {
+            (sshd.root().join("pull src"), work.path().join("data"))
+        } else {
+            (work.path().join("push src"), sshd.root().join("data"))
+        };
+        random_file(&src.join("real/f"), 10);
+        std::os::unix::fs::symlink(src.join("real"), src.join("alias")).unwrap();
+        std::os::unix::fs::symlink(src.join("real/f"), src.join("f link")).unwrap();
+        std::fs::create_dir_all(&base).unwrap();
+        let dst = base.join("run");
+        let files = [
+            file_job("alias/f", None),
+            file_job("f link", None),
+            file_job("real/f", None),
+        ];
+        let results = sftp_run(&session, pull, &src, &dst, &base, &files).await;
+        assert!(
+            refused_as_link(&results[0]),
+            "pull {pull}: {:?}",
+            results[0]
+        );
+        assert!(
+            refused_as_link(&results[1]),
+            "pull {pull}: {:?}",
+            results[1]
+        );
+        results[2].as_ref().unwrap();
+        assert!(!transport_common::exists(&dst.join("alias")));
+        assert!(!transport_common::exists(&dst.join("f link")));
+    }
 }

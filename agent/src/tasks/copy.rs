@@ -416,11 +416,21 @@ async fn plan(
         ))));
     }
     let location = dst_dir.display().to_string();
+    // The destination's data directory: the copy checks it exists, never creates it, and
+    // writes nothing below it through a symbolic link.
+    let dst_base = dst_site
+        .data_dir(data_type)
+        .ok_or_else(|| CopyError::NoDataDir {
+            site: dst_site.name.clone(),
+            data_type: data_type.to_owned(),
+        })?
+        .to_path_buf();
     let (method, protocol, pooled) = match &peer.method {
         TransferMethod::Local => (
             RunCopy::Local {
                 src_root: src_dir.into(),
                 dst_root: dst_dir,
+                dst_base,
             },
             "local",
             None,
@@ -432,11 +442,13 @@ async fn plan(
                     session,
                     local_root: src_dir.into(),
                     remote_root: location.clone(),
+                    remote_base: dst_base.display().to_string(),
                 },
                 Direction::Pull => RunCopy::Pull {
                     session,
                     remote_root: src_dir,
                     local_root: dst_dir,
+                    local_base: dst_base,
                 },
             };
             (method, "sftp", Some(peer.name.clone()))
@@ -804,20 +816,24 @@ fn with_session(method: &RunCopy, session: Arc<SshSession>) -> RunCopy {
         RunCopy::Push {
             local_root,
             remote_root,
+            remote_base,
             ..
         } => RunCopy::Push {
             session,
             local_root: local_root.clone(),
             remote_root: remote_root.clone(),
+            remote_base: remote_base.clone(),
         },
         RunCopy::Pull {
             remote_root,
             local_root,
+            local_base,
             ..
         } => RunCopy::Pull {
             session,
             remote_root: remote_root.clone(),
             local_root: local_root.clone(),
+            local_base: local_base.clone(),
         },
         RunCopy::Local { .. } => method.clone(),
     }

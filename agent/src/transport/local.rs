@@ -2,6 +2,11 @@
 //! with the same contract as SFTP (see [`crate::transport`]): `.part`, hashing in the same
 //! read on two threads, resume, fsync, verification, mtime and mode, atomic rename.
 //!
+//! The `.part` is created exclusively with `O_NOFOLLOW` and the source's permission bits
+//! ([`create_part`]); a kept one is reopened with `O_NOFOLLOW` and narrowed to them
+//! ([`open_part`]). A link at the `.part` or at the final name is refused. A `.part` whose
+//! bytes turn out wrong (manifest, verification, a source that changed size) is removed.
+//!
 //! [`copy`] is blocking (a copy thread reads and writes; the hash threads hash);
 //! [`copy_async`] runs it on tokio's blocking pool.
 
@@ -14,8 +19,9 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 
 use crate::checksum::{read_full, StreamHasher, READ_CHUNK};
+use crate::transport::dest::{refuse_local_link, LINK_REFUSED};
 use crate::transport::limits::ThrottledRead;
-use crate::transport::{check_expected, verify, with_restart_blocking, Attempt};
+use crate::transport::{check_expected, verify, with_restart_blocking, Attempt, Parents};
 use crate::transport::{CopyOptions, CopyReport, TransportError, Verify};
 use crate::transport::{LOCAL, PART_SUFFIX};
 
@@ -26,10 +32,90 @@ pub fn part_path(dst: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Copy `src` to `dst` (blocking). See the module docs for the contract.
+/// Open a kept `.part` to go on writing it, never through a link; its permission bits are
+/// narrowed to `mode` (the source's) if they were wider.
+pub(crate) fn open_part(part: &Path, mode: u32) -> Result<File, TransportError> {
+    let f = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(part)
+        .map_err(|e| no_follow_err(part, "open", e))?;
+    let had = f
+        .metadata()
+        .map_err(|e| TransportError::local(part, "stat", e))?
+        .permissions()
+        .mode()
+        & 0o7777;
+    if had & !mode != 0 {
+        f.set_permissions(std::fs::Permissions::from_mode(had & mode))
+            .map_err(|e| TransportError::local(part, "chmod", e))?;
+    }
+    Ok(f)
+}
+
+/// Create a fresh `.part` with `mode` (the source's permission bits; the umask may narrow
+/// them, nothing widens them), exclusively and never through a link. A file left there by an
+/// earlier copy is removed first; a symbolic link there is refused.
+pub(crate) fn create_part(part: &Path, mode: u32) -> Result<File, TransportError> {
+    match std::fs::symlink_metadata(part) {
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(TransportError::UnsafePath {
+                host: LOCAL.into(),
+                path: part.display().to_string(),
+                reason: LINK_REFUSED.into(),
+            })
+        }
+        Ok(_) => {
+            std::fs::remove_file(part).map_err(|e| TransportError::local(part, "remove", e))?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(TransportError::local(part, "lstat", e)),
+    }
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode & 0o777)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(part)
+        .map_err(|e| no_follow_err(part, "create", e))
+}
+
+/// An open error; `ELOOP` (the last component is a link) becomes a refusal.
+fn no_follow_err(path: &Path, op: &'static str, e: std::io::Error) -> TransportError {
+    match e.raw_os_error() {
+        Some(libc::ELOOP) => TransportError::UnsafePath {
+            host: LOCAL.into(),
+            path: path.display().to_string(),
+            reason: LINK_REFUSED.into(),
+        },
+        _ => TransportError::local(path, op, e),
+    }
+}
+
+/// Remove a `.part` whose bytes are not the file's (best effort: the copy fails anyway).
+fn discard(part: &Path) {
+    if let Err(e) = std::fs::remove_file(part) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %part.display(), "cannot remove a bad .part: {e}");
+        }
+    }
+}
+
+/// Copy `src` to `dst` (blocking), creating missing parents of `dst`. See the module docs
+/// for the contract.
 pub fn copy(src: &Path, dst: &Path, opts: &CopyOptions) -> Result<CopyReport, TransportError> {
+    copy_with(src, dst, opts, Parents::Create)
+}
+
+/// [`copy`], with `dst`'s parents seen to as `parents` says.
+pub(crate) fn copy_with(
+    src: &Path,
+    dst: &Path,
+    opts: &CopyOptions,
+    parents: Parents,
+) -> Result<CopyReport, TransportError> {
     with_restart_blocking(&dst.display().to_string(), |resume| {
-        copy_once(src, dst, opts, opts.resume && resume)
+        copy_once(src, dst, opts, opts.resume && resume, parents)
     })
 }
 
@@ -39,8 +125,16 @@ pub async fn copy_async(
     dst: PathBuf,
     opts: CopyOptions,
 ) -> Result<CopyReport, TransportError> {
-    let where_ = dst.clone();
-    tokio::task::spawn_blocking(move || copy(&src, &dst, &opts))
+    blocking(dst.clone(), move || copy(&src, &dst, &opts)).await
+}
+
+/// Run `f` on tokio's blocking pool; `at` names the copy if the task itself fails.
+pub(crate) async fn blocking<T: Send + 'static>(
+    at: PathBuf,
+    f: impl FnOnce() -> Result<T, TransportError> + Send + 'static,
+) -> Result<T, TransportError> {
+    let where_ = at;
+    tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| TransportError::Local {
             path: where_,
@@ -54,6 +148,7 @@ fn copy_once(
     dst: &Path,
     opts: &CopyOptions,
     allow_resume: bool,
+    parents: Parents,
 ) -> Result<Attempt, TransportError> {
     let io = |path: &Path, op: &'static str| {
         let path = path.to_path_buf();
@@ -64,14 +159,7 @@ fn copy_once(
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(src)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => TransportError::UnsafePath {
-                host: LOCAL.into(),
-                path: src.display().to_string(),
-                reason: "is a symbolic link".into(),
-            },
-            _ => TransportError::local(src, "open", e),
-        })?;
+        .map_err(|e| no_follow_err(src, "open", e))?;
     let meta = source.metadata().map_err(io(src, "stat"))?;
     if !meta.is_file() {
         return Err(TransportError::UnsafePath {
@@ -81,34 +169,30 @@ fn copy_once(
         });
     }
     let size = meta.len();
-    if let Some(parent) = dst.parent() {
+    let mode = meta.permissions().mode() & 0o777;
+    if let (Some(parent), Parents::Create) = (dst.parent(), parents) {
         std::fs::create_dir_all(parent).map_err(io(parent, "create directory"))?;
     }
+    refuse_local_link(dst)?;
     let part = part_path(dst);
     let resumed_from = match std::fs::symlink_metadata(&part) {
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(TransportError::UnsafePath {
+                host: LOCAL.into(),
+                path: part.display().to_string(),
+                reason: LINK_REFUSED.into(),
+            })
+        }
         Ok(m) if allow_resume && m.is_file() && m.len() <= size => m.len(),
         _ => 0,
     };
     let mut out = if resumed_from > 0 {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .open(&part)
-            .map_err(io(&part, "open"))?;
+        let mut f = open_part(&part, mode)?;
         f.seek(SeekFrom::Start(resumed_from))
             .map_err(io(&part, "seek"))?;
         f
     } else {
-        // Remove first: the .part could be a symlink planted by someone else.
-        match std::fs::remove_file(&part) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(TransportError::local(&part, "remove", e)),
-        }
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&part)
-            .map_err(io(&part, "create"))?
+        create_part(&part, mode)?
     };
 
     let mut hasher = StreamHasher::new()?;
@@ -119,6 +203,7 @@ fn copy_once(
         let mut buf = vec![0u8; want];
         let n = read_full(&mut source, &mut buf).map_err(io(src, "read"))?;
         if n < want {
+            discard(&part);
             return Err(changed(src, size, resumed_from - remaining + n as u64));
         }
         hasher.blocking_update(Bytes::from(buf))?;
@@ -149,15 +234,26 @@ fn copy_once(
         hasher.blocking_update(Bytes::from(buf))?;
     }
     if resumed_from + sent != size {
+        drop(out);
+        discard(&part);
         return Err(changed(src, size, resumed_from + sent));
     }
     let digest = hasher.blocking_finish()?;
-    check_expected(
+    if let Err(err) = check_expected(
         LOCAL,
         &src.display().to_string(),
         &digest,
         opts.expected_sha256.as_deref(),
-    )?;
+    ) {
+        // Bytes that do not hash to the manifest never stay at the destination; a resumed
+        // `.part` may have had a bad prefix, so that one is copied again from zero.
+        drop(out);
+        discard(&part);
+        if resumed_from > 0 {
+            return Ok(Attempt::BadPrefix(err));
+        }
+        return Err(err);
+    }
     if opts.preserve {
         preserve(&out, &part, &meta)?;
     }
@@ -177,6 +273,12 @@ fn copy_once(
                 other => Err(other),
             };
         }
+    }
+    // Renaming onto a link would replace the link, not write through it; one planted since
+    // the start is still refused.
+    if let Err(err) = refuse_local_link(dst) {
+        discard(&part);
+        return Err(err);
     }
     std::fs::rename(&part, dst).map_err(io(dst, "rename"))?;
     if opts.fsync {

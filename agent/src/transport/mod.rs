@@ -2,15 +2,29 @@
 //!
 //! Every copy follows the same contract, whatever the method:
 //!
-//! 1. the bytes go to `NAME.part` next to the destination (parents created);
-//! 2. SHA-256 and MD5 are computed from the bytes read for sending, on their own threads
+//! 1. the bytes go to `NAME.part` next to the destination, created exclusively, never
+//!    through a symbolic link (`O_NOFOLLOW` locally, exclusive create over SFTP), and with
+//!    the source's permission bits from the start (the umask may narrow them; nothing ever
+//!    makes them wider than the source's). A link at the `.part` or at the final name is
+//!    refused ([`TransportError::UnsafePath`]);
+//! 2. where the parents come from: a run copy ([`run::copy_run`]) names the destination's
+//!    data directory, which must exist and is never created ([`TransportError::DataDir`]),
+//!    and checks or creates every directory below it by `lstat`, refusing links, once per
+//!    run ([`dest`]); the single-file copies (`push`, `pull`, `local::copy`) create missing
+//!    parents. Sources below a run directory are resolved by `lstat` per component, and a
+//!    link anywhere below the run directory is refused;
+//! 3. SHA-256 and MD5 are computed from the bytes read for sending, on their own threads
 //!    ([`crate::checksum::StreamHasher`]);
-//! 3. a `.part` left by an interrupted copy is resumed: its length is taken as done, the
+//! 4. a `.part` left by an interrupted copy is resumed: its length is taken as done, the
 //!    source prefix is hashed locally, and only the rest is sent;
-//! 4. the `.part` is flushed to disk (`fsync`), optionally verified independently of the
+//! 5. the `.part` is flushed to disk (`fsync`), optionally verified independently of the
 //!    sending stream ([`Verify`]), given the source's mtime and mode, then atomically renamed;
-//! 5. a verification mismatch removes the bad `.part` and reports both digests; a mismatch
-//!    after a resume is retried once from zero (the resumed prefix was bad).
+//! 6. a `.part` whose bytes do not match — the manifest's SHA-256, the verification, or a
+//!    source that changed size — is removed at the destination, never left behind (a forged
+//!    manifest must not leave a copy of some readable file in a peer's data directory); the
+//!    error reports both digests. A mismatch after a resume is retried once from zero (the
+//!    resumed prefix was bad). Only an interrupted copy (connection, timeout, I/O error)
+//!    keeps its `.part`, for resume.
 //!
 //! ## Layout
 //!
@@ -20,6 +34,7 @@
 //! | [`sftp`]   | push/pull over SFTP with pipelined requests, `.part`, resume, rename      |
 //! | [`sftp_wire`] | SFTP data packets framed by hand; the channel shared with russh-sftp |
 //! | [`local`]  | the same contract on a shared file system                                |
+//! | [`dest`]   | the destination's data directory and the run's directories, without links |
 //! | [`exec`]   | remote commands as argv (quoted for the remote shell), exit status       |
 //! | [`verify`] | the verification methods (read-back, remote command, deferred)           |
 //! | [`limits`] | files in flight per run / per link / global; bandwidth token bucket       |
@@ -28,6 +43,7 @@
 //! Nothing here reads the site map: callers build [`SshTarget`], [`CopyOptions`] and
 //! [`limits::Limits`] from it.
 
+pub mod dest;
 pub mod exec;
 pub mod limits;
 pub mod local;
@@ -47,6 +63,16 @@ pub use exec::ExecOutput;
 pub use limits::{ByteMeter, Limits, RateLimiter};
 pub use ssh::{HostKeyPolicy, SshSession, SshTarget};
 pub use verify::Verify;
+
+/// Who sees to the parent directories of a copy's destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Parents {
+    /// The copy creates missing ones (the single-file copies: `push`, `pull`, `local::copy`).
+    Create,
+    /// The caller checked or created them below the data directory ([`dest`]); a missing
+    /// one is an error, never created here.
+    Checked,
+}
 
 /// Suffix of files being written.
 pub const PART_SUFFIX: &str = ".part";
@@ -240,9 +266,35 @@ pub enum TransportError {
         path: String,
         reason: String,
     },
+    /// The destination's data directory is missing or not a directory. It is never
+    /// created by a copy: a missing one is most often a file system that is not mounted.
+    #[error("{host}: destination data directory {path} {problem}; not created")]
+    DataDir {
+        host: String,
+        path: String,
+        problem: DataDirProblem,
+    },
     /// Hashing failed.
     #[error(transparent)]
     Checksum(#[from] ChecksumError),
+}
+
+/// What is wrong with a destination data directory ([`TransportError::DataDir`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataDirProblem {
+    /// Nothing at that path.
+    Missing,
+    /// Something that is not a directory.
+    NotADirectory,
+}
+
+impl std::fmt::Display for DataDirProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DataDirProblem::Missing => "does not exist (not mounted?)",
+            DataDirProblem::NotADirectory => "is not a directory",
+        })
+    }
 }
 
 impl TransportError {
@@ -270,7 +322,8 @@ impl TransportError {
             | PermissionDenied { .. }
             | NoSpace { .. }
             | Exec { .. }
-            | UnsafePath { .. } => false,
+            | UnsafePath { .. }
+            | DataDir { .. } => false,
         }
     }
 

@@ -7,16 +7,21 @@
 //! result is returned; one failed file does not stop the others.
 //!
 //! Paths in the manifest are relative to the run directory. A path that is absolute, has a
-//! `..` or empty component, or resolves (through a symlink) outside the run directory is
-//! refused with [`TransportError::UnsafePath`] and never opened.
+//! `..` or empty component, or has a symbolic link anywhere below the run directory is
+//! refused with [`TransportError::UnsafePath`] and never opened. The destination side is
+//! checked by [`crate::transport::dest`]: the data directory must exist (never created),
+//! the run directory lies strictly below it, and nothing is written through a link.
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use futures::stream::{FuturesUnordered, StreamExt};
 
+use crate::transport::dest::{resolve_remote, LocalDest, RemoteDest};
 use crate::transport::limits::{ByteMeter, Gates};
-use crate::transport::{local, CopyOptions, CopyReport, SshSession, TransportError, LOCAL};
+use crate::transport::{
+    local, CopyOptions, CopyReport, Parents, SshSession, TransportError, LOCAL,
+};
 
 /// One file of a run to copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,7 +34,9 @@ pub struct FileJob {
     pub sha256: Option<String>,
 }
 
-/// Which way a run goes.
+/// Which way a run goes. Each names the destination's data directory (its *base*): it must
+/// exist and is never created, the destination run directory must lie strictly below it,
+/// and nothing below it is written through a symbolic link ([`crate::transport::dest`]).
 #[derive(Debug, Clone)]
 pub enum RunCopy {
     /// Local run directory → remote run directory.
@@ -37,17 +44,23 @@ pub enum RunCopy {
         session: Arc<SshSession>,
         local_root: PathBuf,
         remote_root: String,
+        /// The destination site's data directory on the remote host.
+        remote_base: String,
     },
     /// Remote run directory → local run directory.
     Pull {
         session: Arc<SshSession>,
         remote_root: String,
         local_root: PathBuf,
+        /// The destination site's (this site's) data directory.
+        local_base: PathBuf,
     },
     /// Between two directories of a shared file system.
     Local {
         src_root: PathBuf,
         dst_root: PathBuf,
+        /// The destination site's data directory.
+        dst_base: PathBuf,
     },
 }
 
@@ -99,47 +112,50 @@ pub fn check_relative(host: &str, path: &str) -> Result<(), TransportError> {
     Ok(())
 }
 
-/// The local file for a manifest path, refused if symlinks lead it outside `root`.
-pub fn resolve_local(root: &Path, path: &str) -> Result<PathBuf, TransportError> {
-    check_relative(LOCAL, path)?;
-    let joined = root.join(path);
-    let canon_root = root
-        .canonicalize()
-        .map_err(|e| TransportError::local(root, "resolve", e))?;
-    let canon = joined
-        .canonicalize()
-        .map_err(|e| TransportError::local(&joined, "resolve", e))?;
-    if !canon.starts_with(&canon_root) {
-        return Err(TransportError::UnsafePath {
-            host: LOCAL.into(),
-            path: joined.display().to_string(),
-            reason: format!("resolves to {} outside the run directory", canon.display()),
-        });
-    }
-    Ok(joined)
+pub use crate::transport::dest::resolve_local;
+
+/// The destination side of a run copy, checked as its files go ([`crate::transport::dest`]).
+enum Dest {
+    Local(Arc<LocalDest>),
+    Remote(RemoteDest),
+    /// The run directory is not strictly below the data directory: every file is refused.
+    Refused {
+        host: String,
+        path: String,
+        reason: String,
+    },
 }
 
-/// The remote file for a manifest path, refused if symlinks lead it outside `root`.
-async fn resolve_remote(
-    session: &SshSession,
-    root: &str,
-    path: &str,
-) -> Result<String, TransportError> {
-    check_relative(session.host(), path)?;
-    let joined = format!("{}/{}", root.trim_end_matches('/'), path);
-    let canon_root = session.realpath(root).await?;
-    let canon = session.realpath(&joined).await?;
-    let inside = canon
-        .strip_prefix(canon_root.trim_end_matches('/'))
-        .is_some_and(|rest| rest.starts_with('/'));
-    if !inside {
-        return Err(TransportError::UnsafePath {
-            host: session.host().to_owned(),
-            path: joined,
-            reason: format!("resolves to {canon} outside the run directory"),
-        });
+impl Dest {
+    fn of(method: &RunCopy) -> Dest {
+        let made = match method {
+            RunCopy::Push {
+                session,
+                remote_root,
+                remote_base,
+                ..
+            } => RemoteDest::new(session.host(), remote_base, remote_root).map(Dest::Remote),
+            RunCopy::Pull {
+                local_root,
+                local_base,
+                ..
+            } => LocalDest::new(local_base, local_root).map(|d| Dest::Local(Arc::new(d))),
+            RunCopy::Local {
+                dst_root, dst_base, ..
+            } => LocalDest::new(dst_base, dst_root).map(|d| Dest::Local(Arc::new(d))),
+        };
+        match made {
+            Ok(dest) => dest,
+            Err(TransportError::UnsafePath { host, path, reason }) => {
+                Dest::Refused { host, path, reason }
+            }
+            Err(other) => Dest::Refused {
+                host: method.link().to_owned(),
+                path: String::new(),
+                reason: other.to_string(),
+            },
+        }
     }
-    Ok(joined)
 }
 
 impl RunCopy {
@@ -153,34 +169,64 @@ impl RunCopy {
 
     async fn copy_one(
         &self,
+        dest: &Dest,
         job: &FileJob,
         opts: &CopyOptions,
     ) -> Result<CopyReport, TransportError> {
-        match self {
-            RunCopy::Push {
-                session,
-                local_root,
-                remote_root,
-            } => {
+        match (self, dest) {
+            (_, Dest::Refused { host, path, reason }) => Err(TransportError::UnsafePath {
+                host: host.clone(),
+                path: path.clone(),
+                reason: reason.clone(),
+            }),
+            (
+                RunCopy::Push {
+                    session,
+                    local_root,
+                    ..
+                },
+                Dest::Remote(dest),
+            ) => {
                 let src = resolve_local(local_root, &job.path)?;
-                check_relative(session.host(), &job.path)?;
-                let dst = format!("{}/{}", remote_root.trim_end_matches('/'), job.path);
-                session.push(&src, &dst, opts).await
+                let dst = dest.prepare(session, &job.path).await?;
+                session.push_with(&src, &dst, opts, Parents::Checked).await
             }
-            RunCopy::Pull {
-                session,
-                remote_root,
-                local_root,
-            } => {
+            (
+                RunCopy::Pull {
+                    session,
+                    remote_root,
+                    local_root,
+                    ..
+                },
+                Dest::Local(dest),
+            ) => {
                 let src = resolve_remote(session, remote_root, &job.path).await?;
-                check_relative(LOCAL, &job.path)?;
-                session.pull(&src, &local_root.join(&job.path), opts).await
+                let (dest, rel) = (dest.clone(), job.path.clone());
+                let dst =
+                    local::blocking(local_root.join(&job.path), move || dest.prepare(&rel)).await?;
+                session.pull_with(&src, &dst, opts, Parents::Checked).await
             }
-            RunCopy::Local { src_root, dst_root } => {
-                let src = resolve_local(src_root, &job.path)?;
-                check_relative(LOCAL, &job.path)?;
-                local::copy_async(src, dst_root.join(&job.path), opts.clone()).await
+            (
+                RunCopy::Local {
+                    src_root, dst_root, ..
+                },
+                Dest::Local(dest),
+            ) => {
+                let (src_root, dest, rel) = (src_root.clone(), dest.clone(), job.path.clone());
+                let opts = opts.clone();
+                local::blocking(dst_root.join(&job.path), move || {
+                    let src = resolve_local(&src_root, &rel)?;
+                    let dst = dest.prepare(&rel)?;
+                    local::copy_with(&src, &dst, &opts, Parents::Checked)
+                })
+                .await
             }
+            // `Dest::of` pairs each method with its side; nothing else is built.
+            (_, _) => Err(TransportError::UnsafePath {
+                host: self.link().to_owned(),
+                path: String::new(),
+                reason: "destination does not match the copy's method".into(),
+            }),
         }
     }
 }
@@ -205,6 +251,7 @@ pub async fn copy_run(
     }
     let opts = &opts;
     let progress = &progress;
+    let dest = &Dest::of(method);
     // Files in flight and their meters, for the byte-level progress events.
     let in_flight: Mutex<Vec<(usize, ByteMeter)>> = Mutex::new(Vec::new());
     let in_flight = &in_flight;
@@ -227,7 +274,7 @@ pub async fn copy_run(
                 let meter = ByteMeter::new();
                 file_opts.meter = Some(meter.clone());
                 lock(in_flight).push((i, meter));
-                let result = method.copy_one(job, &file_opts).await;
+                let result = method.copy_one(dest, job, &file_opts).await;
                 lock(in_flight).retain(|(j, _)| *j != i);
                 match &result {
                     Ok(report) => progress(Progress::Finished {
@@ -293,6 +340,7 @@ mod tests {
         let method = RunCopy::Local {
             src_root: src.clone(),
             dst_root: dir.path().join("copy"),
+            dst_base: dir.path().to_path_buf(),
         };
         let files = vec![
             FileJob {
@@ -339,6 +387,7 @@ mod tests {
         let method = RunCopy::Local {
             src_root: src,
             dst_root: dir.path().join("copy"),
+            dst_base: dir.path().to_path_buf(),
         };
         let files = vec![FileJob {
             path: "big".into(),

@@ -44,13 +44,14 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::checksum::{FileDigest, StreamHasher};
+use crate::transport::dest::{Kind, LINK_REFUSED};
 use crate::transport::limits::{metered, throttle};
 use crate::transport::local::{part_path, sync_parent};
 use crate::transport::sftp_wire::{Reply, Waiting, WireError, FX_EOF, FX_OK};
 use crate::transport::ssh::SftpChannel;
 use crate::transport::{
-    check_expected, part_name, verify, with_restart, Attempt, CopyOptions, CopyReport, SshSession,
-    TransportError, Verify,
+    check_expected, part_name, verify, with_restart, Attempt, CopyOptions, CopyReport, Parents,
+    SshSession, TransportError, Verify,
 };
 
 /// Payload of the writes one push keeps in flight. A stock sshd grants 2 MiB of window per
@@ -182,9 +183,20 @@ impl SshSession {
         remote: &str,
         opts: &CopyOptions,
     ) -> Result<CopyReport, TransportError> {
+        self.push_with(local, remote, opts, Parents::Create).await
+    }
+
+    /// [`push`](Self::push) whose remote parents were checked by the caller ([`Parents`]).
+    pub(crate) async fn push_with(
+        &self,
+        local: &Path,
+        remote: &str,
+        opts: &CopyOptions,
+        parents: Parents,
+    ) -> Result<CopyReport, TransportError> {
         let ch = self.sftp().await;
         with_restart(remote, |resume| {
-            self.push_once(&ch, local, remote, opts, opts.resume && resume)
+            self.push_once(&ch, local, remote, opts, opts.resume && resume, parents)
         })
         .await
     }
@@ -196,15 +208,79 @@ impl SshSession {
         local: &Path,
         opts: &CopyOptions,
     ) -> Result<CopyReport, TransportError> {
+        self.pull_with(remote, local, opts, Parents::Create).await
+    }
+
+    /// [`pull`](Self::pull) whose local parents were checked by the caller ([`Parents`]).
+    pub(crate) async fn pull_with(
+        &self,
+        remote: &str,
+        local: &Path,
+        opts: &CopyOptions,
+        parents: Parents,
+    ) -> Result<CopyReport, TransportError> {
         let ch = self.sftp().await;
         // A pull's kept prefix never crossed the wire: resume only if something independent
         // of it will check the result.
         let checkable =
             opts.expected_sha256.is_some() || matches!(opts.verify, Verify::RemoteCommand { .. });
         with_restart(remote, |resume| {
-            self.pull_once(&ch, remote, local, opts, opts.resume && checkable && resume)
+            let allow = opts.resume && checkable && resume;
+            self.pull_once(&ch, remote, local, opts, allow, parents)
         })
         .await
+    }
+
+    /// `stat` of `base` (if given, following a link) and `lstat` of each of `paths`, all sent
+    /// at once on one channel: one round trip for the lot.
+    pub(crate) async fn stat_and_lstat(
+        &self,
+        base: Option<&str>,
+        paths: &[&str],
+    ) -> Result<(Option<Kind>, Vec<Kind>), TransportError> {
+        let ch = self.sftp().await;
+        let host = self.host();
+        let kind = |r: Result<russh_sftp::protocol::Attrs, SftpError>, path: &str, op| match r {
+            Ok(a) => Ok(Kind::of_remote(&a.attrs)),
+            Err(SftpError::Status(s)) if s.status_code == StatusCode::NoSuchFile => {
+                Ok(Kind::Missing)
+            }
+            Err(e) => Err(sftp_err(host, path, op, e)),
+        };
+        let base_stat = async {
+            match base {
+                Some(b) => Some(kind(ch.raw.stat(b).await, b, "stat")),
+                None => None,
+            }
+        };
+        let lstats = futures::future::join_all(
+            paths
+                .iter()
+                .map(|p| async { kind(ch.raw.lstat(*p).await, p, "lstat") }),
+        );
+        let (base_kind, kinds) = futures::join!(base_stat, lstats);
+        let base_kind = base_kind.transpose()?;
+        let kinds = kinds.into_iter().collect::<Result<Vec<_>, _>>()?;
+        Ok((base_kind, kinds))
+    }
+
+    /// Create one remote directory whose parent was checked; one that appeared meanwhile is
+    /// fine if it is a real directory.
+    pub(crate) async fn mkdir_below(&self, dir: &str) -> Result<(), TransportError> {
+        let ch = self.sftp().await;
+        let host = self.host();
+        let Err(e) = ch.raw.mkdir(dir, FileAttributes::default()).await else {
+            return Ok(());
+        };
+        match ch.raw.lstat(dir).await.map(|a| Kind::of_remote(&a.attrs)) {
+            Ok(Kind::Dir) => Ok(()),
+            Ok(Kind::Link) => Err(TransportError::UnsafePath {
+                host: host.to_owned(),
+                path: dir.to_owned(),
+                reason: LINK_REFUSED.into(),
+            }),
+            _ => Err(sftp_err(host, dir, "mkdir", e)),
+        }
     }
 
     /// Create a remote directory and its missing parents.
@@ -306,6 +382,7 @@ impl SshSession {
         remote: &str,
         opts: &CopyOptions,
         allow_resume: bool,
+        parents: Parents,
     ) -> Result<Attempt, TransportError> {
         let host = self.host();
         let raw = &ch.raw;
@@ -337,6 +414,7 @@ impl SshSession {
         let stripable = target.channels > 1 && size >= target.stripe_min_size;
         let resumed_from = if allow_resume {
             match raw.lstat(part.as_str()).await {
+                Ok(a) if a.attrs.is_symlink() => return Err(link_refused(host, &part)),
                 Ok(a) if a.attrs.is_regular() && a.attrs.size.unwrap_or(u64::MAX) <= size => {
                     let len = a.attrs.size.unwrap_or(0);
                     // A striped push may leave holes, but only in its last STRIPE_BUDGET
@@ -361,7 +439,13 @@ impl SshSession {
         } else {
             OpenFlags::WRITE
         };
-        let open = |flags| raw.open(part.as_str(), flags, FileAttributes::default());
+        // Created with the source's permission bits (never wider: the server applies its
+        // umask), not with the server's default and narrowed at the end.
+        let create_attrs = FileAttributes {
+            permissions: Some(meta.mode() & 0o777),
+            ..Default::default()
+        };
+        let open = |flags| raw.open(part.as_str(), flags, create_attrs.clone());
         // The writeback channel (first long push of a session: opened while the file is).
         // Background flushes only pay off for files longer than one flush step.
         let want_writeback = opts.fsync && ch.fsync && size - resumed_from > WRITEBACK_STEP;
@@ -371,18 +455,28 @@ impl SshSession {
             let opened = open(flags).await;
             (opened, started.elapsed())
         };
-        let ((opened, rtt), side) = futures::join!(timed_open, async {
-            if want_writeback {
-                self.writeback_channel().await
-            } else {
-                None
-            }
-        });
+        // The final name is looked at beside the open (no round trip of its own): a link
+        // planted there is refused, though the rename would only replace the link itself.
+        let final_name = async { raw.lstat(remote).await.map(|a| a.attrs.is_symlink()) };
+        let ((opened, rtt), side, final_is_link) = futures::join!(
+            timed_open,
+            async {
+                if want_writeback {
+                    self.writeback_channel().await
+                } else {
+                    None
+                }
+            },
+            final_name
+        );
         let handle = match opened {
             Ok(h) => h,
-            // No parent directory: create it and try again. Checking for it first would cost
-            // every file a round trip.
-            Err(SftpError::Status(s)) if s.status_code == StatusCode::NoSuchFile => {
+            // No parent directory: create it and try again (single-file pushes only; a run
+            // copy checked its directories before). Checking for it first would cost every
+            // file a round trip.
+            Err(SftpError::Status(s))
+                if s.status_code == StatusCode::NoSuchFile && parents == Parents::Create =>
+            {
                 if let Some((parent, _)) = remote.rsplit_once('/').filter(|(p, _)| !p.is_empty()) {
                     mkdir_p(ch, host, parent).await?;
                 }
@@ -391,17 +485,28 @@ impl SshSession {
                     .map_err(|e| sftp_err(host, &part, "open", e))?
             }
             // SFTP v3 has no "exists" status: a generic failure of the exclusive create means
-            // a leftover `.part` (or a symlink there) in the usual case. Drop it and create
-            // the file afresh; a real failure shows up again on this second open.
+            // a leftover `.part` in the usual case. A link there is refused; a file is
+            // dropped and the `.part` created afresh, exclusively again; a real failure
+            // shows up again on this second open.
             Err(SftpError::Status(s)) if fresh && s.status_code == StatusCode::Failure => {
+                if let Ok(a) = raw.lstat(part.as_str()).await {
+                    if a.attrs.is_symlink() {
+                        return Err(link_refused(host, &part));
+                    }
+                }
                 let _ = raw.remove(part.as_str()).await;
-                open(OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE)
+                open(OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::EXCLUDE)
                     .await
                     .map_err(|e| sftp_err(host, &part, "open", e))?
             }
             Err(e) => return Err(sftp_err(host, &part, "open", e)),
         }
         .handle;
+        if let Ok(true) = final_is_link {
+            let _ = raw.close(handle.as_str()).await;
+            let _ = raw.remove(part.as_str()).await;
+            return Err(link_refused(host, remote));
+        }
 
         let striped = stripable && rtt >= target.stripe_min_rtt && size - resumed_from > 0;
         let mut lanes = vec![Lane {
@@ -543,13 +648,25 @@ impl SshSession {
             }
         };
         if resumed_from + sent != size {
+            // What was sent is not the file: nothing of it stays.
             let _ = raw.close(handle).await;
+            let _ = raw.remove(part).await;
             return Err(changed(local, size, resumed_from + sent));
         }
         let digest = hasher.finish().await?;
-        let checked = check_expected(host, remote, &digest, opts.expected_sha256.as_deref());
-        if let Err(err) = finish.and(checked) {
+        if let Err(err) = finish {
             let _ = raw.close(handle).await;
+            return Err(err);
+        }
+        if let Err(err) = check_expected(host, remote, &digest, opts.expected_sha256.as_deref()) {
+            // Bytes that do not hash to the manifest never stay at the destination (a forged
+            // manifest must not leave a copy of any readable file there). A resumed one may
+            // have had a bad prefix: copied again from zero.
+            let _ = raw.close(handle).await;
+            let _ = raw.remove(part).await;
+            if resumed_from > 0 {
+                return Ok(Attempt::BadPrefix(err));
+            }
             return Err(err);
         }
 
@@ -663,6 +780,7 @@ impl SshSession {
         local: &Path,
         opts: &CopyOptions,
         allow_resume: bool,
+        parents: Parents,
     ) -> Result<Attempt, TransportError> {
         let host = self.host();
         let raw = &ch.raw;
@@ -683,16 +801,25 @@ impl SshSession {
             });
         }
         let size = attrs.size.unwrap_or(0);
-        if let Some(parent) = local.parent() {
+        if let (Some(parent), Parents::Create) = (local.parent(), parents) {
             tokio::fs::create_dir_all(parent)
                 .await
                 .map_err(|e| TransportError::local(parent, "create directory", e))?;
         }
         let part = part_path(local);
         let resumed_from = match tokio::fs::symlink_metadata(&part).await {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(link_refused(
+                    crate::transport::LOCAL,
+                    &part.display().to_string(),
+                ))
+            }
             Ok(m) if allow_resume && m.is_file() && m.len() <= size => m.len(),
             _ => 0,
         };
+        crate::transport::dest::refuse_local_link(local)?;
+        // Created with the remote file's permission bits (0600 when it gives none).
+        let mode = attrs.permissions.map_or(0o600, |m| m & 0o777);
         let handle = raw
             .open(remote, OpenFlags::READ, FileAttributes::default())
             .await
@@ -700,7 +827,7 @@ impl SshSession {
             .handle;
 
         let mut hasher = StreamHasher::new()?;
-        let (writer, tx) = spawn_writer(part.clone(), resumed_from, opts.fsync)?;
+        let (writer, tx) = spawn_writer(part.clone(), resumed_from, opts.fsync, mode)?;
         // The kept prefix is hashed from the local .part (it is checked later, see module docs).
         let mut prefix = local_chunks_of_part(&part, resumed_from, ch.read_len as usize)?;
         let mut result = async {
@@ -751,6 +878,8 @@ impl SshSession {
             ));
         };
         if resumed_from + sent != size {
+            drop(file);
+            let _ = tokio::fs::remove_file(&part).await;
             return Err(changed_remote(host, remote, size, resumed_from + sent));
         }
         let digest = hasher.finish().await?;
@@ -835,6 +964,14 @@ fn changed(local: &Path, before: u64, after: u64) -> TransportError {
         path: local.display().to_string(),
         before,
         after,
+    }
+}
+
+fn link_refused(host: &str, path: &str) -> TransportError {
+    TransportError::UnsafePath {
+        host: host.to_owned(),
+        path: path.to_owned(),
+        reason: LINK_REFUSED.into(),
     }
 }
 
@@ -1137,6 +1274,7 @@ fn spawn_writer(
     part: PathBuf,
     offset: u64,
     fsync: bool,
+    mode: u32,
 ) -> Result<
     (
         JoinHandle<Result<std::fs::File, TransportError>>,
@@ -1146,26 +1284,14 @@ fn spawn_writer(
 > {
     use std::io::{Seek, SeekFrom, Write};
     let mut file = if offset > 0 {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&part)
-            .map_err(|e| TransportError::local(&part, "open", e))?;
+        let mut f = crate::transport::local::open_part(&part, mode)?;
         f.seek(SeekFrom::Start(offset))
             .map_err(|e| TransportError::local(&part, "seek", e))?;
         f.set_len(offset)
             .map_err(|e| TransportError::local(&part, "truncate", e))?;
         f
     } else {
-        match std::fs::remove_file(&part) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(TransportError::local(&part, "remove", e)),
-        }
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&part)
-            .map_err(|e| TransportError::local(&part, "create", e))?
+        crate::transport::local::create_part(&part, mode)?
     };
     let writeback = if fsync {
         Some(Writeback::start(&file, &part)?)

@@ -120,6 +120,11 @@ async fn main() -> anyhow::Result<()> {
                 session: session.clone(),
                 local_root: args.local.clone(),
                 remote_root: args.remote.clone(),
+                // The remote directory's parent stands for the data directory: it must exist.
+                remote_base: match args.remote.trim_end_matches('/').rsplit_once('/') {
+                    Some((parent, _)) if !parent.is_empty() => parent.to_owned(),
+                    _ => "/".to_owned(),
+                },
             };
             let gates = Gates::new(Limits {
                 files_per_run: args.files,

@@ -63,3 +63,47 @@ impl Drop for SmallTmpfs {
         let _ = std::process::Command::new("umount").arg(&self.0).status();
     }
 }
+
+/// Every entry below `dir` (links not followed): path, kind, permission bits and contents,
+/// to show that nothing there changed.
+pub fn snapshot(dir: &Path) -> std::collections::BTreeMap<PathBuf, (String, u32, Vec<u8>)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).expect("listing for a snapshot") {
+            let path = entry.expect("listing for a snapshot").path();
+            let meta = std::fs::symlink_metadata(&path).expect("lstat for a snapshot");
+            let mode = meta.permissions().mode();
+            let (kind, data) = if meta.file_type().is_symlink() {
+                let to = std::fs::read_link(&path).expect("readlink");
+                ("link".to_owned(), to.into_os_string().into_encoded_bytes())
+            } else if meta.is_dir() {
+                todo.push(path.clone());
+                ("dir".to_owned(), Vec::new())
+            } else {
+                (
+                    "file".to_owned(),
+                    std::fs::read(&path).expect("reading for a snapshot"),
+                )
+            };
+            out.insert(path, (kind, mode, data));
+        }
+    }
+    out
+}
+
+/// Whether anything (a link included) is at `p`.
+pub fn exists(p: &Path) -> bool {
+    p.symlink_metadata().is_ok()
+}
+
+/// Permission bits of `p` (not following a link).
+pub fn mode_of(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(p)
+        .expect("lstat")
+        .permissions()
+        .mode()
+        & 0o7777
+}
