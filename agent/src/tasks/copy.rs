@@ -420,9 +420,8 @@ async fn plan(
     // writes nothing below it through a symbolic link.
     let dst_base = dst_site
         .data_dir(data_type)
-        .ok_or_else(|| CopyError::NoDataDir {
-            site: dst_site.name.clone(),
-            data_type: data_type.to_owned(),
+        .ok_or_else(|| PathError::NoDataDir {
+            place: datadir::Place::new(run, &dst_site.name, data_type),
         })?
         .to_path_buf();
     let (method, protocol, pooled) = match &peer.method {

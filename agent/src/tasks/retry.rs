@@ -112,6 +112,7 @@ impl FailureClass {
     pub fn of_transport(e: &TransportError) -> Self {
         match e {
             TransportError::ChecksumMismatch { .. } => Self::Checksum,
+            TransportError::UnsafePath { .. } => Self::Refused,
             e if e.is_retryable() => Self::Retryable,
             _ => Self::Fatal,
         }
