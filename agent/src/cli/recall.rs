@@ -54,7 +54,7 @@ pub(super) fn run(cli: &Cli, args: &RecallArgs) -> Result<Exit> {
     let outcome = runtime.block_on(async {
         let opened = crate::catalog::open(&catalog)
             .await
-            .map_err(|e| coded(Exit::Catalog, format!("catalogue {catalog}: {e}")))?;
+            .map_err(|e| coded(super::exit::catalog_exit(&e), catalog.scrub(&e.to_string())))?;
         let gates = Gates::new(super::agent::transport_limits(&site_model.limits));
         let ctx = Context {
             map: Arc::new(loaded.map.clone()),
@@ -87,7 +87,7 @@ pub(super) fn run(cli: &Cli, args: &RecallArgs) -> Result<Exit> {
             } else {
                 Exit::Failed
             };
-            Err(coded(code, format!("recall: {e}")))
+            Err(coded(code, catalog.scrub(&format!("recall: {e}"))))
         }
     }
 }

@@ -22,12 +22,15 @@ pub(super) fn run(cli: &Cli, cmd: &RunsCommand) -> Result<Exit> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let out = runtime.block_on(async {
-        match cmd {
-            RunsCommand::List(args) => list(cli, &uri, args).await,
-            RunsCommand::Show(args) => show(&uri, args).await,
-        }
-    })?;
+    let out = runtime
+        .block_on(async {
+            match cmd {
+                RunsCommand::List(args) => list(cli, &uri, args).await,
+                RunsCommand::Show(args) => show(&uri, args).await,
+            }
+        })
+        // A driver may quote what it was given: the password is taken out of every message.
+        .map_err(|e| coded(super::exit::classify(&e), uri.scrub(&format!("{e:#}"))))?;
     print!("{out}");
     Ok(Exit::Ok)
 }
