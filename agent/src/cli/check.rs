@@ -92,7 +92,7 @@ fn check(cli: &Cli, args: &CheckArgs) -> Result<(State, String)> {
     let beat = runtime
         .block_on(async {
             if let CatalogUri::Embedded { path } = &uri {
-                if !path.exists() {
+                if !super::runs::embedded_exists(&uri, path)? {
                     return Ok(None);
                 }
             }
