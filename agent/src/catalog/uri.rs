@@ -62,7 +62,18 @@ pub struct UriParts<'a> {
 /// information ends at the last `@` of the whole remainder, so an `@` (or `/`, `?`, `#`)
 /// inside a password never ends it early: at worst more is hidden, never less.
 pub fn split(uri: &str) -> Option<UriParts<'_>> {
-    let scheme_end = uri.find("://")? + 3;
+    let sep = uri.find("://")?;
+    // A scheme is `[A-Za-z][A-Za-z0-9+.-]*`: anything else before the first `://` (say, a
+    // password followed by `@host://…`) means this is no URI, and nothing of it is shown.
+    let name = uri[..sep].trim_start();
+    let scheme_ok = name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !scheme_ok {
+        return None;
+    }
+    let scheme_end = sep + 3;
     let (scheme, after) = uri.split_at(scheme_end);
     let Some(at) = after.rfind('@') else {
         return Some(UriParts {
@@ -346,6 +357,18 @@ mod tests {
         assert_eq!(uri.to_string(), "mongodb://ferry:****@h/db");
         let driver = "auth failed for p@ss/w0rd (p%40ss%2Fw0rd)";
         assert_eq!(uri.scrub(driver), "auth failed for **** (****)");
+    }
+
+    /// Found by fuzzing: with no scheme in front, everything before a later `://` (here the
+    /// hosts') was taken for the scheme and shown, password included.
+    #[test]
+    fn a_password_before_a_later_scheme_separator_is_not_printed() {
+        let input = " P(POST:%F0%9F%94%91-Secret@eS://:\0\0)";
+        assert_eq!(redact(input), NOT_SHOWN);
+        let e = CatalogUri::parse(input).unwrap_err();
+        assert!(!e.to_string().contains("Secret"), "{e}");
+        assert!(split("x y://u:p@h").is_none());
+        assert!(split("  mongodb://u:p@h").is_some());
     }
 
     #[test]
