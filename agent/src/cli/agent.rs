@@ -137,6 +137,7 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
             match crate::catalog::open(&catalog).await {
                 Ok(opened) => break opened,
                 Err(e) if !cli.once && e.is_retryable() => {
+                    let e = catalog.scrub(&e.to_string());
                     tracing::warn!(%catalog, "catalogue unreachable, retrying in {wait:?}: {e}");
                     tokio::select! {
                         () = tokio::time::sleep(wait) => {}
@@ -145,7 +146,8 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
                     wait = (wait * 2).min(CATALOG_PATIENCE);
                 }
                 Err(e) => {
-                    return Err(coded(Exit::Catalog, format!("catalogue {catalog}: {e}")))
+                    let code = super::exit::catalog_exit(&e);
+                    return Err(coded(code, catalog.scrub(&e.to_string())));
                 }
             }
         };

@@ -54,7 +54,8 @@ pub fn coded(code: Exit, message: impl Into<String>) -> anyhow::Error {
 }
 
 /// Finds the exit code for an error: an explicit [`CodedError`] anywhere in the chain wins;
-/// otherwise library errors are mapped by kind; anything else is [`Exit::Failed`].
+/// otherwise library errors are mapped by kind ([`catalog_exit`]); anything else is
+/// [`Exit::Failed`].
 pub fn classify(err: &anyhow::Error) -> Exit {
     for cause in err.chain() {
         if let Some(c) = cause.downcast_ref::<CodedError>() {
@@ -67,13 +68,58 @@ pub fn classify(err: &anyhow::Error) -> Exit {
             return Exit::Usage;
         }
         if let Some(c) = cause.downcast_ref::<crate::catalog::CatalogError>() {
-            return match c {
-                crate::catalog::CatalogError::Uri(_)
-                | crate::catalog::CatalogError::Config { .. } => Exit::Usage,
-                c if c.is_connection() => Exit::Catalog,
-                _ => Exit::Failed,
-            };
+            return catalog_exit(c);
         }
     }
     Exit::Failed
+}
+
+/// The exit code of a catalogue error, the same in every command: a location that names
+/// no usable catalogue (a bad URI, an unreadable password file, a file that is not an
+/// SQLite catalogue or cannot be opened or created) is bad input (2); an unreachable,
+/// refusing, busy or locked catalogue is 3; anything else (a bad document, a failed
+/// statement) is 1.
+pub fn catalog_exit(e: &crate::catalog::CatalogError) -> Exit {
+    use crate::catalog::CatalogError as E;
+    match e {
+        E::Uri(_) | E::Config { .. } | E::Io { .. } => Exit::Usage,
+        e if e.is_connection() => Exit::Catalog,
+        _ => Exit::Failed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::CatalogError;
+
+    #[test]
+    fn catalogue_errors_map_to_the_documented_codes() {
+        let config = CatalogError::Config {
+            catalog: "sqlite:/x".into(),
+            detail: "file is not a database".into(),
+        };
+        assert_eq!(catalog_exit(&config), Exit::Usage);
+        let io = CatalogError::Io {
+            catalog: "sqlite:/x".into(),
+            op: "create directory /x".into(),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        };
+        assert_eq!(catalog_exit(&io), Exit::Usage);
+        let locked = CatalogError::Database {
+            catalog: "sqlite:/x".into(),
+            op: "open".into(),
+            detail: "database is locked".into(),
+            retryable: true,
+        };
+        assert_eq!(catalog_exit(&locked), Exit::Catalog);
+        let failed = CatalogError::Database {
+            catalog: "sqlite:/x".into(),
+            op: "list".into(),
+            detail: "constraint".into(),
+            retryable: false,
+        };
+        assert_eq!(catalog_exit(&failed), Exit::Failed);
+        assert_eq!(classify(&anyhow::Error::new(locked)), Exit::Catalog);
+    }
 }

@@ -59,7 +59,7 @@ pub(super) fn run(cli: &Cli, args: &RecallArgs) -> Result<Exit> {
         )?;
         let opened = crate::catalog::open(&catalog)
             .await
-            .map_err(|e| coded(Exit::Catalog, format!("catalogue {catalog}: {e}")))?;
+            .map_err(|e| coded(super::exit::catalog_exit(&e), catalog.scrub(&e.to_string())))?;
         if !cli.dry_run {
             super::agent::mark_roots(&mut roots, opened.as_ref(), &site).await?;
         }
@@ -95,7 +95,7 @@ pub(super) fn run(cli: &Cli, args: &RecallArgs) -> Result<Exit> {
             } else {
                 Exit::Failed
             };
-            Err(coded(code, format!("recall: {e}")))
+            Err(coded(code, catalog.scrub(&format!("recall: {e}"))))
         }
     }
 }

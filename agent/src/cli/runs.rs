@@ -22,12 +22,15 @@ pub(super) fn run(cli: &Cli, cmd: &RunsCommand) -> Result<Exit> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let out = runtime.block_on(async {
-        match cmd {
-            RunsCommand::List(args) => list(cli, &uri, args).await,
-            RunsCommand::Show(args) => show(&uri, args).await,
-        }
-    })?;
+    let out = runtime
+        .block_on(async {
+            match cmd {
+                RunsCommand::List(args) => list(cli, &uri, args).await,
+                RunsCommand::Show(args) => show(&uri, args).await,
+            }
+        })
+        // A driver may quote what it was given: the password is taken out of every message.
+        .map_err(|e| coded(super::exit::classify(&e), uri.scrub(&format!("{e:#}"))))?;
     print!("{out}");
     Ok(Exit::Ok)
 }
@@ -35,12 +38,26 @@ pub(super) fn run(cli: &Cli, cmd: &RunsCommand) -> Result<Exit> {
 /// Opens the catalogue, or `None` for an embedded one that does not exist yet.
 async fn open(uri: &CatalogUri) -> Result<Option<Box<dyn Catalog>>> {
     if let CatalogUri::Embedded { path } = uri {
-        if !path.exists() {
+        if !embedded_exists(uri, path)? {
             tracing::info!("no catalogue at {}: nothing recorded yet", path.display());
             return Ok(None);
         }
     }
     Ok(Some(catalog::open_for_reading(uri).await?))
+}
+
+/// Whether an embedded catalogue file exists; a path that cannot name a file at all (below
+/// a file, unreadable directory) is bad input, not an empty catalogue.
+pub(super) fn embedded_exists(uri: &CatalogUri, path: &std::path::Path) -> Result<bool> {
+    match std::fs::metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(catalog::CatalogError::Config {
+            catalog: uri.to_string(),
+            detail: format!("cannot open the file as a catalogue: {e}"),
+        }
+        .into()),
+    }
 }
 
 fn filter_of(cli: &Cli, args: &RunsListArgs) -> Result<RunFilter> {

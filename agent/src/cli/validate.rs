@@ -118,7 +118,7 @@ fn summary_text(loaded: &Loaded, path: &std::path::Path, host: Option<&str>) -> 
             let _ = writeln!(
                 s,
                 "catalogue: {} (database {}, collection {}, password: {})",
-                c.uri,
+                crate::catalog::uri::redact(&c.uri),
                 c.database,
                 c.collection,
                 password_source(&c.password)
@@ -209,7 +209,7 @@ fn summary_json(loaded: &Loaded, host: Option<&str>) -> Value {
         },
         "host_checked": host,
         "catalog": map.catalog.as_ref().map(|c| json!({
-            "uri": c.uri,
+            "uri": crate::catalog::uri::redact(&c.uri),
             "database": c.database,
             "collection": c.collection,
             "password": password_source(&c.password),

@@ -23,7 +23,9 @@ use std::path::PathBuf;
 use super::diag::{did_you_mean, LineCol, Severity};
 use super::model::{LayoutTemplate, Limits, Site, TransferMethod};
 use super::raw::{Node, Value};
-use super::read::{check_hostname, check_name, object, Ctx, Obj, Span, Unknown};
+use super::read::{
+    check_hostname, check_name, check_path, object, path_problem, Ctx, Obj, Span, Unknown,
+};
 use super::validate::{Draft, SiteSpans};
 
 /// Keys cax defined and Ferry maps.
@@ -314,13 +316,10 @@ fn data_dirs(
         let Some(dir) = cx.string(n, &p) else {
             continue;
         };
-        if !dir.starts_with('/') {
+        // Refused on transfer peers; dropped elsewhere (Ferry never reads those).
+        if path_problem(&dir, false).is_some() {
             if peer {
-                cx.error(
-                    n.pos,
-                    &p,
-                    format!("data directory {dir:?} is relative; it must be an absolute path"),
-                );
+                check_path(cx, &dir, n.pos, &p, "data directory", false);
             }
             continue;
         }

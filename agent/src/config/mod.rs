@@ -475,7 +475,7 @@ mod tests {
         );
         assert_eq!(d.len(), 1, "{d:?}");
         assert!(
-            d[0].contains("sites[0].data_dirs.raw: data directory \"r\" is relative"),
+            d[0].contains("sites[0].data_dirs.raw: data directory is relative"),
             "{d:?}"
         );
     }
@@ -488,6 +488,165 @@ mod tests {
         );
         assert_eq!(d.len(), 1, "{d:?}");
         assert!(d[0].ends_with("unknown site \"b\""), "{d:?}");
+    }
+
+    /// Regression: `..`, NUL and control characters in paths were accepted without `--host`.
+    #[test]
+    fn dot_dot_nul_and_control_characters_in_paths_are_errors_without_host() {
+        for (bad, why) in [
+            ("/data/../etc", "has a `..` component"),
+            ("/data/..", "has a `..` component"),
+            ("/data\\u0000raw", "contains a NUL byte"),
+            ("/data\\nraw", "contains a control character"),
+            ("/data\\u001b[2Jraw", "contains a control character"),
+            ("data/raw", "is relative"),
+        ] {
+            for key in [
+                format!(r#""data_dirs": {{"raw": "{bad}"}}"#),
+                format!(r#""data_dirs": {{"raw": "/r"}}, "link_roots": ["{bad}"]"#),
+                format!(r#""data_dirs": {{"raw": "/r"}}, "identity_file": "{bad}""#),
+                format!(
+                    r#""data_dirs": {{"raw": "/r"}}, "tape": [{{"name": "t", "kind": "directory", "path": "{bad}"}}]"#
+                ),
+            ] {
+                let text = format!(
+                    r#"{{"version": 1, "sites": [{{"name": "a", "origin": true, {key}}}]}}"#
+                );
+                let d = diagnostics_of(&text);
+                assert_eq!(d.len(), 1, "{text}: {d:?}");
+                assert!(
+                    d[0].contains(why) && d[0].contains("error: sites[0]."),
+                    "{d:?}"
+                );
+                assert!(d[0].contains("the value given is not shown"), "{d:?}");
+            }
+        }
+        // `/data/..b` and `/data/./raw` are ordinary names.
+        let d = diagnostics_of(
+            r#"{"version": 1, "sites": [{"name": "a", "origin": true, "data_dirs": {"raw": "/data/..b", "p": "/data/./raw"}}]}"#,
+        );
+        assert!(d.is_empty(), "{d:?}");
+    }
+
+    #[test]
+    fn a_secret_pasted_into_password_env_is_not_echoed() {
+        for value in ["hunter2-Secret", "9LIVES", "a b", "p/w?x"] {
+            let text = format!(
+                r#"{{"version": 1, "catalog": {{"uri": "mongodb://ferry@db/", "password_env": "{value}"}},
+                "sites": [{{"name": "a", "origin": true, "data_dirs": {{"raw": "/r"}}}}]}}"#
+            );
+            let d = diagnostics_of(&text);
+            assert_eq!(d.len(), 1, "{d:?}");
+            assert!(d[0].contains(
+                "catalog.password_env: password_env must name an environment variable ([A-Za-z_][A-Za-z0-9_]*); the value given is not shown"
+            ), "{d:?}");
+            assert!(!d[0].contains(value), "{d:?}");
+        }
+        let text = r#"{"version": 1, "catalog": {"uri": "mongodb://ferry@db/", "password_file": "hunter2-Secret"},
+            "sites": [{"name": "a", "origin": true, "data_dirs": {"raw": "/r"}}]}"#;
+        let d = diagnostics_of(text);
+        assert!(
+            d[0].contains("catalog.password_file: password file is relative"),
+            "{d:?}"
+        );
+        assert!(!d[0].contains("hunter2"), "{d:?}");
+    }
+
+    #[test]
+    fn a_password_with_a_slash_in_the_site_maps_uri_is_refused_unprinted() {
+        for uri in [
+            "mongodb://ferry:pa/ss-word@db/run",
+            "mongodb://ferry:pa?ss-word@db/run",
+            "mongodb://ferry:pa#ss-word@db/run",
+            "mongodb://ferry:x@h/y?ss-word@db/run",
+        ] {
+            let text = format!(
+                r#"{{"version": 1, "catalog": {{"uri": "{uri}"}},
+                "sites": [{{"name": "a", "origin": true, "data_dirs": {{"raw": "/r"}}}}]}}"#
+            );
+            let d = diagnostics_of(&text);
+            assert_eq!(d.len(), 1, "{d:?}");
+            assert!(
+                d[0].contains("catalog.uri: the catalogue URI holds a password"),
+                "{d:?}"
+            );
+            assert!(!d[0].contains("ss-word"), "{d:?}");
+        }
+        let d = diagnostics_of(
+            r#"{"version": 1, "catalog": {"uri": "hunter2-Secret"}, "sites": [{"name": "a", "origin": true, "data_dirs": {"raw": "/r"}}]}"#,
+        );
+        assert!(
+            d[0].contains("not a catalogue URI") && !d[0].contains("hunter2"),
+            "{d:?}"
+        );
+    }
+
+    fn two_sites(a: &str, b: &str) -> String {
+        format!(
+            r#"{{"version": 1, "sites": [
+            {{"name": "daq", "origin": true, {a}}},
+            {{"name": "mirror", {b}}}]}}"#
+        )
+    }
+
+    /// Regression: two sites on one machine sharing a data directory passed validation, and
+    /// the push then copied a run onto itself.
+    #[test]
+    fn shared_or_nested_data_dirs_on_one_machine_are_errors() {
+        let same_host = r#""hostname": "box.example""#;
+        let cases = [
+            // Same hostname (case and trailing dot ignored), same path.
+            two_sites(
+                &format!(
+                    r#"{same_host}, "data_dirs": {{"raw": "/data/raw"}}, "push_to": ["mirror"]"#
+                ),
+                r#""hostname": "BOX.example.", "data_dirs": {"raw": "/data/raw/"}"#,
+            ),
+            // Nested, linked over method local (no hostnames).
+            two_sites(
+                r#""method": "local", "data_dirs": {"raw": "/data"}, "push_to": ["mirror"]"#,
+                r#""method": "local", "data_dirs": {"processed": "/data/./mirror"}"#,
+            ),
+            // Mirror's hostname is daq's name.
+            two_sites(
+                r#""data_dirs": {"raw": "/data/mirror/raw"}"#,
+                r#""hostname": "daq", "data_dirs": {"raw": "/data/mirror"}"#,
+            ),
+        ];
+        for text in &cases {
+            let d = diagnostics_of(text);
+            assert_eq!(d.len(), 1, "{text}: {d:?}");
+            let e = &d[0];
+            assert!(e.contains("error: sites[1].data_dirs."), "{e}");
+            assert!(
+                e.contains("of site \"mirror\"") && e.contains("of site \"daq\""),
+                "{e}"
+            );
+            assert!(e.contains("sites[0].data_dirs.raw"), "{e}");
+        }
+        // One site, two data types nested.
+        let d = diagnostics_of(
+            r#"{"version": 1, "sites": [{"name": "a", "origin": true, "data_dirs": {"raw": "/d", "processed": "/d/p"}}]}"#,
+        );
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(
+            d[0].contains("of the same site") && d[0].contains("\"processed\""),
+            "{d:?}"
+        );
+        // Not nested: a sibling with a common prefix; or another machine.
+        for text in [
+            two_sites(
+                r#""method": "local", "data_dirs": {"raw": "/data/a"}, "push_to": ["mirror"]"#,
+                r#""method": "local", "data_dirs": {"raw": "/data/ab"}"#,
+            ),
+            two_sites(
+                r#""hostname": "a.example", "data_dirs": {"raw": "/data/raw"}, "push_to": ["mirror"]"#,
+                r#""hostname": "b.example", "data_dirs": {"raw": "/data/raw"}"#,
+            ),
+        ] {
+            let d = diagnostics_of(&text);
+            assert!(d.iter().all(|x| !x.contains("error")), "{text}: {d:?}");
+        }
     }
 
     #[test]

@@ -79,8 +79,9 @@ pub struct Link {
     pub initiator: String,
 }
 
-/// Where the run catalogue is and how to authenticate to it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the run catalogue is and how to authenticate to it. Its `Debug` shows the URI
+/// redacted, whatever it holds.
+#[derive(Clone, PartialEq, Eq)]
 pub struct CatalogSettings {
     /// `mongodb://…`, `mongodb+srv://…` or `sqlite:PATH`; never holds a password.
     pub uri: String,
@@ -90,6 +91,17 @@ pub struct CatalogSettings {
     pub database: String,
     /// Collection name [default `runs`].
     pub collection: String,
+}
+
+impl fmt::Debug for CatalogSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CatalogSettings")
+            .field("uri", &crate::catalog::uri::redact(&self.uri))
+            .field("password", &self.password)
+            .field("database", &self.database)
+            .field("collection", &self.collection)
+            .finish()
+    }
 }
 
 /// Where the catalogue password comes from (never the site map itself).

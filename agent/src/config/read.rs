@@ -290,33 +290,75 @@ impl Ctx {
         }
     }
 
-    /// An absolute path.
+    /// An absolute path (see [`path_problem`] for what else is refused). The value is never
+    /// echoed: the position and JSON path say where it is, and a secret pasted into the
+    /// wrong key must not reach a terminal or a log.
     pub fn abs_path(&mut self, node: &Node, path: &str, what: &str) -> Option<PathBuf> {
         let s = self.nonempty(node, path)?;
-        if !s.starts_with('/') {
-            self.error_hint(
-                node.pos,
-                path,
-                format!("{what} {s:?} is relative; it must be an absolute path"),
-                Some("start it with /".into()),
-            );
-            return None;
-        }
-        Some(PathBuf::from(s))
+        check_path(self, &s, node.pos, path, what, false).then(|| PathBuf::from(s))
     }
 
-    /// An absolute path or one starting with `~/` (expanded on the host that uses it).
+    /// An absolute path or one starting with `~/` (expanded on the host that uses it). The
+    /// value is never echoed, as with [`Ctx::abs_path`].
     pub fn home_path(&mut self, node: &Node, path: &str, what: &str) -> Option<PathBuf> {
         let s = self.nonempty(node, path)?;
-        if !(s.starts_with('/') || s.starts_with("~/")) {
-            self.error(
-                node.pos,
+        check_path(self, &s, node.pos, path, what, true).then(|| PathBuf::from(s))
+    }
+}
+
+/// What is wrong with a path written in the site map, if anything: a NUL byte or another
+/// control character, a `..` component, or (unless `home_ok` allows `~/…`) not starting with
+/// `/`. Checked for every path on every machine: none of them needs the host to be judged.
+pub(crate) fn path_problem(s: &str, home_ok: bool) -> Option<(&'static str, &'static str)> {
+    if s.contains('\0') {
+        Some(("contains a NUL byte", "remove it"))
+    } else if s.chars().any(char::is_control) {
+        Some((
+            "contains a control character (a newline, tab, escape, …)",
+            "remove it",
+        ))
+    } else if s.split('/').any(|c| c == "..") {
+        Some((
+            "has a `..` component",
+            "name the directory itself, without `..`",
+        ))
+    } else if !(s.starts_with('/') || home_ok && s.starts_with("~/")) {
+        Some(if home_ok {
+            (
+                "is relative; it must be absolute or start with ~/",
+                "start it with / or ~/",
+            )
+        } else {
+            (
+                "is relative; it must be an absolute path",
+                "start it with /",
+            )
+        })
+    } else {
+        None
+    }
+}
+
+/// Reports [`path_problem`] for `s` (never echoing it); true when the path is acceptable.
+pub(crate) fn check_path(
+    cx: &mut Ctx,
+    s: &str,
+    pos: LineCol,
+    path: &str,
+    what: &str,
+    home_ok: bool,
+) -> bool {
+    match path_problem(s, home_ok) {
+        None => true,
+        Some((problem, fix)) => {
+            cx.error_hint(
+                pos,
                 path,
-                format!("{what} {s:?} is relative; it must be absolute or start with ~/"),
+                format!("{what} {problem}; the value given is not shown"),
+                Some(fix.into()),
             );
-            return None;
+            false
         }
-        Some(PathBuf::from(s))
     }
 }
 

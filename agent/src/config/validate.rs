@@ -20,7 +20,7 @@ use super::model::{
     TAPE_PLACEHOLDERS,
 };
 use super::raw::{Node, Value};
-use super::read::{check_hostname, check_name, join, object, Ctx, Obj, Span, Unknown};
+use super::read::{check_hostname, check_name, check_path, join, object, Ctx, Obj, Span, Unknown};
 
 /// The format version this build reads.
 pub const FORMAT_VERSION: i64 = 1;
@@ -197,56 +197,60 @@ pub(crate) fn read_ferry(cx: &mut Ctx, root: &Node) -> Option<Draft> {
     })
 }
 
-/// Checks a catalogue URI's scheme and that it holds no password. Never echoes the URI's
-/// user-info part.
+/// Checks a catalogue URI's scheme and that it holds no password. Parses it as the agent
+/// will ([`crate::catalog::CatalogUri::parse`]: the user information ends at the last `@`),
+/// and never echoes the URI's user information.
 pub(crate) fn check_catalog_uri(cx: &mut Ctx, uri: &str, pos: LineCol, path: &str) -> bool {
+    use crate::catalog::uri::{split, CatalogUri};
     let t = uri.trim();
-    if let Some(rest) = t
-        .strip_prefix("mongodb://")
-        .or_else(|| t.strip_prefix("mongodb+srv://"))
-    {
-        let authority = rest.split(['/', '?']).next().unwrap_or("");
-        if let Some((userinfo, hosts)) = authority.rsplit_once('@') {
-            if userinfo.contains(':') {
-                cx.error_hint(
-                    pos,
-                    path,
-                    "the catalogue URI holds a password; secrets never go in the shared site map",
-                    Some("remove it from the URI and set catalog.password_env or catalog.password_file".into()),
-                );
-                return false;
-            }
-            if hosts.is_empty() {
-                cx.error(
-                    pos,
-                    path,
-                    "no host after the user name in the catalogue URI",
-                );
-                return false;
-            }
-        } else if authority.is_empty() {
-            cx.error(pos, path, "no host after mongodb://");
-            return false;
-        }
-        return true;
+    let mongo = t.starts_with("mongodb://") || t.starts_with("mongodb+srv://");
+    if mongo && split(t).is_some_and(|p| p.password.is_some()) {
+        cx.error_hint(
+            pos,
+            path,
+            "the catalogue URI holds a password; secrets never go in the shared site map",
+            Some(
+                "remove it from the URI and set catalog.password_env or catalog.password_file"
+                    .into(),
+            ),
+        );
+        return false;
     }
-    for prefix in ["sqlite://", "sqlite:", "embedded:"] {
-        if let Some(p) = t.strip_prefix(prefix) {
-            if p.is_empty() {
-                cx.error(pos, path, format!("no file path after {prefix}"));
-                return false;
+    let known = mongo || ["sqlite:", "embedded:"].iter().any(|p| t.starts_with(p));
+    if known {
+        return match CatalogUri::parse(t) {
+            Ok(_) => true,
+            Err(e) => {
+                cx.error(pos, path, e.reason);
+                false
             }
-            return true;
-        }
+        };
     }
-    let scheme = t.split_once(':').map(|(s, _)| s).unwrap_or("");
+    // Name the scheme only when the value has the shape of a URI: anything else may be a
+    // secret pasted into the wrong key.
+    let scheme = t.split_once("://").map(|(s, _)| s).filter(|s| {
+        s.len() <= 32
+            && s.starts_with(|c: char| c.is_ascii_alphabetic())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    });
+    let message = match scheme {
+        Some(scheme) => format!("unknown catalogue scheme {scheme:?}"),
+        None => "not a catalogue URI (the value given is not shown)".to_string(),
+    };
     cx.error_hint(
         pos,
         path,
-        format!("unknown catalogue scheme {scheme:?}"),
+        message,
         Some("use mongodb://HOST/…, mongodb+srv://…, or sqlite:PATH".into()),
     );
     false
+}
+
+/// Whether `s` can be an environment variable's name: `[A-Za-z_][A-Za-z0-9_]*`.
+pub(crate) fn is_env_name(s: &str) -> bool {
+    s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn read_catalog(cx: &mut Ctx, node: &Node, path: &str) -> Option<CatalogSettings> {
@@ -264,11 +268,13 @@ fn read_catalog(cx: &mut Ctx, node: &Node, path: &str) -> Option<CatalogSettings
     });
     let env = o.get("password_env").and_then(|(n, p)| {
         let s = cx.nonempty(n, &p)?;
-        if !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        if !is_env_name(&s) {
+            // Never echoed: a password pasted here instead of a variable's name is common.
             cx.error(
                 n.pos,
                 &p,
-                format!("{s:?} is not an environment variable name"),
+                "password_env must name an environment variable ([A-Za-z_][A-Za-z0-9_]*); \
+                 the value given is not shown",
             );
             return None;
         }
@@ -859,16 +865,7 @@ fn read_command_tape(cx: &mut Ctx, o: &Obj<'_>) -> Option<(TapeKind, Option<Span
     });
     let stage = o.get("stage").map(|(n, p)| {
         let s = cx.nonempty(n, &p)?;
-        if s.starts_with('/') {
-            Some(s)
-        } else {
-            cx.error(
-                n.pos,
-                &p,
-                format!("stage directory {s:?} must be an absolute path"),
-            );
-            None
-        }
+        check_path(cx, &s, n.pos, &p, "stage directory", false).then_some(s)
     });
     let output = match o.get("output") {
         None => Some(CommandOutput::Stub),
@@ -1020,14 +1017,8 @@ fn read_tar_tape(cx: &mut Ctx, o: &Obj<'_>, name: &str) -> Option<TapeKind> {
         }
         let mut out = Vec::new();
         for (s, pos, dp) in list {
-            if s.starts_with('/') {
+            if check_path(cx, &s, pos, &dp, "tape device", false) {
                 out.push(PathBuf::from(s));
-            } else {
-                cx.error(
-                    pos,
-                    &dp,
-                    format!("tape device {s:?} must be an absolute path"),
-                );
             }
         }
         Some(out)
@@ -1370,6 +1361,7 @@ pub(crate) fn finish(cx: &mut Ctx, draft: &mut Draft) {
             }
         }
     }
+    check_shared_data_dirs(cx, draft);
     // (Skipped when there are errors: a bad "origin" value reads as false.)
     if !peers.legacy
         && !cx.has_errors()
@@ -1381,6 +1373,118 @@ pub(crate) fn finish(cx: &mut Ctx, draft: &mut Draft) {
             &draft.sites_span.path,
             "no site has \"origin\": true, so no agent will register new runs",
         );
+    }
+}
+
+/// The machine a site's files are on, as far as the site map tells: its `hostname` (else
+/// its name), compared without case and without a trailing dot.
+fn machine_name(site: &Site) -> String {
+    site.hostname
+        .as_deref()
+        .unwrap_or(&site.name)
+        .trim_end_matches('.')
+        .to_ascii_lowercase()
+}
+
+/// A path lexically normalised into its components (`.` and repeated or trailing `/`
+/// dropped; `..` never reaches here, it is refused when read), so `/data/a` is not inside
+/// `/data/ab` and `/data//a/` is `/data/a`.
+fn components(p: &std::path::Path) -> Vec<std::path::Component<'_>> {
+    p.components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect()
+}
+
+/// Two sites on one machine (or one site) whose data directories are the same directory or
+/// one inside the other would copy a run onto itself and then count it as two copies. One
+/// machine: the same [`machine_name`], or joined (directly or through other sites) by a link
+/// to a site with method `local`. Sites Ferry cannot reach (legacy methods) are left out.
+fn check_shared_data_dirs(cx: &mut Ctx, draft: &Draft) {
+    let sites: Vec<&(Site, SiteSpans)> = draft
+        .sites
+        .iter()
+        .filter(|(s, _)| s.is_transfer_peer())
+        .collect();
+    // Group the sites by machine: union-find over "same host name" and "local link".
+    let mut group: Vec<usize> = (0..sites.len()).collect();
+    fn root(group: &mut [usize], mut i: usize) -> usize {
+        while group[i] != i {
+            group[i] = group[group[i]];
+            i = group[i];
+        }
+        i
+    }
+    let index: HashMap<&str, usize> = sites
+        .iter()
+        .enumerate()
+        .map(|(i, (s, _))| (s.name.as_str(), i))
+        .collect();
+    for (i, (a, _)) in sites.iter().enumerate() {
+        for (j, (b, _)) in sites.iter().enumerate().skip(i + 1) {
+            if machine_name(a) == machine_name(b) {
+                let (ri, rj) = (root(&mut group, i), root(&mut group, j));
+                group[ri] = rj;
+            }
+        }
+        for peer in a.push_to.iter().chain(&a.pull_from) {
+            if let Some(&j) = index.get(peer.as_str()) {
+                if a.method == TransferMethod::Local || sites[j].0.method == TransferMethod::Local {
+                    let (ri, rj) = (root(&mut group, i), root(&mut group, j));
+                    group[ri] = rj;
+                }
+            }
+        }
+    }
+    // Every data directory in file order, with its site's machine group.
+    let mut dirs = Vec::new();
+    for (i, (site, spans)) in sites.iter().enumerate() {
+        let g = root(&mut group, i);
+        for (kind, dir) in &site.data_dirs {
+            if let Some(span) = spans.data_dirs.get(kind) {
+                dirs.push((g, site, kind, dir, span));
+            }
+        }
+    }
+    dirs.sort_by_key(|d| d.4.pos);
+    for (n, &(g, site, kind, dir, span)) in dirs.iter().enumerate() {
+        let mine = components(dir);
+        for &(h, other, okind, odir, ospan) in &dirs[..n] {
+            if g != h {
+                continue;
+            }
+            let theirs = components(odir);
+            let relation = if mine == theirs {
+                "is the same directory as"
+            } else if mine.starts_with(&theirs) {
+                "is inside"
+            } else if theirs.starts_with(&mine) {
+                "contains"
+            } else {
+                continue;
+            };
+            let whose = if other.name == site.name {
+                format!("data type {okind:?} of the same site")
+            } else {
+                format!(
+                    "data type {okind:?} of site {:?} (on the same machine)",
+                    other.name
+                )
+            };
+            cx.error_hint(
+                span.pos,
+                &span.path,
+                format!(
+                    "data directory {} of site {:?}, data type {kind:?}, {relation} {} ({whose}, at {}, line {}); \
+                     two copies there would be one set of files",
+                    dir.display(),
+                    site.name,
+                    odir.display(),
+                    ospan.path,
+                    ospan.pos.line
+                ),
+                Some("give every site and data type a directory of its own, neither inside the other".into()),
+            );
+        }
     }
 }
 

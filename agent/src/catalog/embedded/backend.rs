@@ -64,7 +64,7 @@ impl EmbeddedCatalog {
         })
         .await
         .map_err(|e| join_error(&shown, "open", e))?
-        .map_err(|e| sql_error(&shown, "open", e))?;
+        .map_err(|e| open_error(&shown, e))?;
         Ok(EmbeddedCatalog {
             path: path.to_path_buf(),
             conn: Arc::new(Mutex::new(conn)),
@@ -356,6 +356,22 @@ fn sql_error(catalog: &str, op: &str, e: rusqlite::Error) -> CatalogError {
         op: op.to_string(),
         detail: e.to_string(),
         retryable,
+    }
+}
+
+/// An open refused because the path names no usable catalogue (not an SQLite file, a
+/// directory, no permission, read-only) is bad input ([`CatalogError::Config`]); a busy or
+/// locked file stays a retryable [`CatalogError::Database`].
+fn open_error(catalog: &str, e: rusqlite::Error) -> CatalogError {
+    use rusqlite::ErrorCode as C;
+    match e.sqlite_error_code() {
+        Some(C::NotADatabase | C::CannotOpen | C::PermissionDenied | C::ReadOnly) => {
+            CatalogError::Config {
+                catalog: catalog.to_string(),
+                detail: format!("cannot open the file as a catalogue: {e}"),
+            }
+        }
+        _ => sql_error(catalog, "open", e),
     }
 }
 
