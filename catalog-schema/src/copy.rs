@@ -5,10 +5,10 @@
 //! `attempts`, `last_error` and `tape`. A DAQ-written entry may carry only `type`, `host`,
 //! `location` and `status` (with `checksum: null`); everything else is optional.
 
-use bson::{DateTime, Document};
+use bson::{Bson, DateTime, Document};
 use serde::{Deserialize, Serialize};
 
-use crate::number::int_like;
+use crate::decode::{DecodeError, Fields, Problem};
 use crate::status::CopyStatus;
 
 /// Who holds a copy while it is being written or verified, and until when.
@@ -20,11 +20,12 @@ pub struct Lease {
     pub expires: DateTime,
 }
 
-/// One copy of a run (`data[]` entry).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One copy of a run (`data[]` entry). Decoded as part of its run
+/// ([`crate::RunDoc::from_document`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CopyEntry {
     /// Data type: `raw`, `processed`, … (cax's `type`).
-    #[serde(rename = "type", default = "default_type")]
+    #[serde(rename = "type")]
     pub data_type: String,
     /// The site holding the copy (a site-map name).
     pub host: String,
@@ -52,7 +53,6 @@ pub struct CopyEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<Lease>,
     /// How many times a transfer of this copy was started.
-    #[serde(default, deserialize_with = "int_like")]
     pub attempts: i64,
     /// The last failure, for `error` copies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -65,11 +65,105 @@ pub struct CopyEntry {
     pub extra: Document,
 }
 
-fn default_type() -> String {
-    "raw".to_string()
+/// Inserts `v` under `k` when there is one.
+pub(crate) fn put(d: &mut Document, k: &str, v: Option<Bson>) {
+    if let Some(v) = v {
+        d.insert(k, v);
+    }
 }
 
 impl CopyEntry {
+    /// Decodes one `data[]` entry (see [`crate::decode`] for what is tolerated).
+    pub(crate) fn decode(mut f: Fields<'_>) -> Result<Self, DecodeError> {
+        let data_type = f.opt_string("type")?.unwrap_or_else(|| "raw".to_string());
+        let host = f.string("host")?;
+        let location = f.opt_string("location")?;
+        let protocol = f.opt_string("protocol")?;
+        let status = f.status("status")?;
+        let checksum = f.opt_string("checksum")?;
+        let verified_time = f.opt_date("verified_time")?;
+        let creation_time = f.opt_date_or_list("creation_time")?;
+        let updated_time = f.opt_date("updated_time")?;
+        let lease = match f.opt_document("lease")? {
+            None => None,
+            Some(l) => {
+                let mut lf = Fields::new(f.who(), format!("{}.", f.path("lease")), l);
+                Some(Lease {
+                    owner: lf.string("owner")?,
+                    expires: lf
+                        .opt_date("expires")?
+                        .ok_or_else(|| lf.error("expires", Problem::Missing))?,
+                })
+            }
+        };
+        let attempts = f.opt_int("attempts")?.unwrap_or(0);
+        let last_error = f.opt_string("last_error")?;
+        let tape = f.opt_document("tape")?;
+        Ok(CopyEntry {
+            data_type,
+            host,
+            location,
+            protocol,
+            status,
+            checksum,
+            verified_time,
+            creation_time,
+            updated_time,
+            lease,
+            attempts,
+            last_error,
+            tape,
+            extra: f.rest(),
+        })
+    }
+
+    /// This entry as a BSON document (unknown fields included as they were read).
+    pub fn to_document(&self) -> Document {
+        let mut d = Document::new();
+        d.insert("type", self.data_type.clone());
+        d.insert("host", self.host.clone());
+        put(&mut d, "location", self.location.clone().map(Bson::String));
+        put(&mut d, "protocol", self.protocol.clone().map(Bson::String));
+        d.insert("status", self.status.as_str());
+        d.insert(
+            "checksum",
+            self.checksum.clone().map_or(Bson::Null, Bson::String),
+        );
+        put(
+            &mut d,
+            "verified_time",
+            self.verified_time.map(Bson::DateTime),
+        );
+        put(
+            &mut d,
+            "creation_time",
+            self.creation_time.map(Bson::DateTime),
+        );
+        put(
+            &mut d,
+            "updated_time",
+            self.updated_time.map(Bson::DateTime),
+        );
+        let lease = self
+            .lease
+            .as_ref()
+            .map(|l| Bson::Document(bson::doc! { "owner": l.owner.clone(), "expires": l.expires }));
+        put(&mut d, "lease", lease);
+        d.insert("attempts", self.attempts);
+        put(
+            &mut d,
+            "last_error",
+            self.last_error.clone().map(Bson::String),
+        );
+        put(&mut d, "tape", self.tape.clone().map(Bson::Document));
+        for (k, v) in &self.extra {
+            if !d.contains_key(k) {
+                d.insert(k.clone(), v.clone());
+            }
+        }
+        d
+    }
+
     /// A new entry with only the identifying fields set.
     pub fn new(host: &str, data_type: &str, status: CopyStatus, now: DateTime) -> Self {
         CopyEntry {

@@ -3,14 +3,17 @@
 //! Events are appended with `$push: {events: {$each: [e], $slice: -MAX_EVENTS}}`, so a run
 //! keeps its last [`MAX_EVENTS`] events.
 
-use bson::{DateTime, Document};
-use serde::{Deserialize, Serialize};
+use bson::{Bson, DateTime, Document};
+use serde::Serialize;
+
+use crate::copy::put;
+use crate::decode::{DecodeError, Fields, Problem};
 
 /// How many events a run document keeps.
 pub const MAX_EVENTS: usize = 100;
 
 /// One entry of a run's audit trail.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Event {
     /// When it happened (UTC).
     pub time: DateTime,
@@ -34,6 +37,38 @@ pub struct Event {
 }
 
 impl Event {
+    /// Decodes one `events[]` entry.
+    pub(crate) fn decode(mut f: Fields<'_>) -> Result<Self, DecodeError> {
+        Ok(Event {
+            time: f
+                .opt_date("time")?
+                .ok_or_else(|| f.error("time", Problem::Missing))?,
+            who: f.string("who")?,
+            action: f.string("action")?,
+            host: f.opt_string("host")?,
+            data_type: f.opt_string("type")?,
+            reason: f.opt_string("reason")?,
+            extra: f.rest(),
+        })
+    }
+
+    /// This event as a BSON document (unknown fields included as they were read).
+    pub fn to_document(&self) -> Document {
+        let mut d = Document::new();
+        d.insert("time", self.time);
+        d.insert("who", self.who.clone());
+        d.insert("action", self.action.clone());
+        put(&mut d, "host", self.host.clone().map(Bson::String));
+        put(&mut d, "type", self.data_type.clone().map(Bson::String));
+        put(&mut d, "reason", self.reason.clone().map(Bson::String));
+        for (k, v) in &self.extra {
+            if !d.contains_key(k) {
+                d.insert(k.clone(), v.clone());
+            }
+        }
+        d
+    }
+
     /// An event about a copy.
     pub fn copy(
         who: &str,

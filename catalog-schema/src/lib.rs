@@ -7,16 +7,19 @@
 //! - [`run`]: the run document ([`RunDoc`]), its manifest ([`FileEntry`]) and identity.
 //! - [`copy`]: one copy of a run at a site ([`CopyEntry`]) and its [`Lease`].
 //! - [`status`]: the copy status machine ([`CopyStatus`], [`can_transition`]).
+//! - [`decode`]: the decoding rules: field by field, a [`DecodeError`] naming the document,
+//!   the field's path and what is wrong; what legacy (cax) documents contain is tolerated.
 //! - [`event`]: the bounded audit trail ([`Event`]).
 //! - [`index`]: the index specifications the MongoDB back end creates at start-up.
 //! - [`heartbeat`]: the one-per-agent heartbeat document.
-//! - [`number`]: lenient integer decoding (mongosh writes numbers as doubles).
+//! - [`number`]: lenient integer decoding for serde (mongosh writes numbers as doubles).
 //!
 //! Every struct keeps unknown fields in a flattened `extra` document, so fields written by
 //! other tools survive a read / write round trip. `run.schema.json` (next to this crate's
 //! `Cargo.toml`) is the JSON Schema of the document, for tools that do not read Rust.
 
 pub mod copy;
+pub mod decode;
 pub mod event;
 pub mod heartbeat;
 pub mod index;
@@ -25,6 +28,7 @@ pub mod run;
 pub mod status;
 
 pub use copy::{CopyEntry, Lease};
+pub use decode::{DecodeError, Problem};
 pub use event::{Event, MAX_EVENTS};
 pub use heartbeat::Heartbeat;
 pub use index::{IndexSpec, HEARTBEAT_INDEXES, RUN_INDEXES};
@@ -34,7 +38,7 @@ pub use status::{can_transition, CopyStatus};
 /// The JSON Schema of a run document (`run.schema.json`).
 pub const RUN_SCHEMA_JSON: &str = include_str!("../run.schema.json");
 
-/// A document that does not have the shape of a run document.
+/// A run document that could not be encoded.
 #[derive(Debug, thiserror::Error)]
 #[error("run document {run}: {detail}")]
 pub struct ShapeError {
@@ -42,25 +46,6 @@ pub struct ShapeError {
     pub run: String,
     /// What is wrong, with the field path when the decoder names it.
     pub detail: String,
-}
-
-impl RunDoc {
-    /// Decodes a BSON document, naming the run and the field when the shape is wrong.
-    pub fn from_document(doc: bson::Document) -> Result<Self, ShapeError> {
-        let run = identify(&doc);
-        bson::from_document(doc).map_err(|e| ShapeError {
-            run,
-            detail: e.to_string(),
-        })
-    }
-
-    /// Encodes this run as a BSON document (unknown fields included).
-    pub fn to_document(&self) -> Result<bson::Document, ShapeError> {
-        bson::to_document(self).map_err(|e| ShapeError {
-            run: self.key().to_string(),
-            detail: e.to_string(),
-        })
-    }
 }
 
 /// Names a raw run document as well as possible: `tpc/4711 (170330_1234)`, else its `_id`.

@@ -1,27 +1,22 @@
 //! The run document: identity, manifest, copies and audit trail.
 
 use bson::{Bson, DateTime, Document};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use std::fmt;
 
 use crate::copy::CopyEntry;
+use crate::decode::{DecodeError, Fields, Who};
 use crate::event::Event;
-use crate::number::{int_like, opt_int_like};
 
 /// The detector assumed when a document has none (cax's DAQ wrote TPC runs without one).
 pub const DEFAULT_DETECTOR: &str = "tpc";
 
-fn default_detector() -> String {
-    DEFAULT_DETECTOR.to_string()
-}
-
 /// One file of a run's manifest, set once at the origin.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FileEntry {
     /// Path relative to the run directory, `/`-separated.
     pub path: String,
     /// Size in bytes.
-    #[serde(deserialize_with = "int_like")]
     pub size: i64,
     /// SHA-256, lower-case hex.
     pub sha256: String,
@@ -83,19 +78,20 @@ pub fn want_tag(site: &str, data_type: &str) -> String {
 }
 
 /// One run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Decoded by [`RunDoc::from_document`] (field by field, naming the field that is wrong)
+/// and encoded by [`RunDoc::to_document`]; `Deserialize` goes through the same decoder.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunDoc {
     /// MongoDB's `_id` (an ObjectId when written by the driver; kept as found).
     #[serde(rename = "_id", default, skip_serializing_if = "Option::is_none")]
     pub id: Option<Bson>,
     /// The run number.
-    #[serde(deserialize_with = "int_like")]
     pub number: i64,
     /// The run name (e.g. `170330_1234`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// The detector (default `tpc`).
-    #[serde(default = "default_detector")]
     pub detector: String,
     /// Start of data taking (UTC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -107,17 +103,12 @@ pub struct RunDoc {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<FileEntry>,
     /// Total bytes of the run.
-    #[serde(
-        default,
-        deserialize_with = "opt_int_like",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub size: Option<i64>,
     /// The run digest (SHA-256 over the canonical manifest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
     /// One entry per copy.
-    #[serde(default)]
     pub data: Vec<CopyEntry>,
     /// Copies the collaboration wants that do not exist yet, as `"<site>/<type>"` (see
     /// [`want_tag`]). Absent in documents written by other tools.
@@ -131,7 +122,127 @@ pub struct RunDoc {
     pub extra: Document,
 }
 
+impl FileEntry {
+    fn decode(mut f: Fields<'_>) -> Result<Self, DecodeError> {
+        Ok(FileEntry {
+            path: f.string("path")?,
+            size: f
+                .opt_size("size")?
+                .ok_or_else(|| f.error("size", crate::decode::Problem::Missing))?,
+            sha256: f.string("sha256")?,
+            md5: f.opt_string("md5")?,
+        })
+    }
+
+    /// This entry as a BSON document.
+    pub fn to_document(&self) -> Document {
+        let mut d = Document::new();
+        d.insert("path", self.path.clone());
+        d.insert("size", self.size);
+        d.insert("sha256", self.sha256.clone());
+        if let Some(m) = &self.md5 {
+            d.insert("md5", m.clone());
+        }
+        d
+    }
+}
+
 impl RunDoc {
+    /// Decodes a run document field by field. A field of the wrong type or value is a
+    /// [`DecodeError`] naming the document (`_id`, run number and name as far as readable),
+    /// the field's path (`data[1].status`) and what is wrong. What legacy documents contain
+    /// is tolerated (see [`crate::decode`]); unknown fields are kept in `extra`.
+    pub fn from_document(doc: Document) -> Result<Self, DecodeError> {
+        let who = Who::of(&doc);
+        let mut f = Fields::new(&who, String::new(), doc);
+        let id = f.take_raw("_id");
+        let number = f.int("number")?;
+        let name = f.opt_string("name")?;
+        let detector = f
+            .opt_string("detector")?
+            .unwrap_or_else(|| DEFAULT_DETECTOR.to_string());
+        let start = f.opt_date("start")?;
+        let end = f.opt_date("end")?;
+        let files = f.documents("files", FileEntry::decode)?;
+        let size = f.opt_size("size")?;
+        let digest = f.opt_string("digest")?;
+        let data = f.documents("data", CopyEntry::decode)?;
+        let want = f.strings("want")?;
+        let events = f.documents("events", Event::decode)?;
+        Ok(RunDoc {
+            id,
+            number,
+            name,
+            detector,
+            start,
+            end,
+            files,
+            size,
+            digest,
+            data,
+            want,
+            events,
+            extra: f.rest(),
+        })
+    }
+
+    /// Encodes this run as a BSON document, unknown fields included exactly as they were
+    /// read (no extended-JSON round trip through serde).
+    pub fn to_document(&self) -> Result<Document, crate::ShapeError> {
+        let mut d = Document::new();
+        if let Some(id) = &self.id {
+            d.insert("_id", id.clone());
+        }
+        d.insert("number", self.number);
+        if let Some(n) = &self.name {
+            d.insert("name", n.clone());
+        }
+        d.insert("detector", self.detector.clone());
+        if let Some(t) = self.start {
+            d.insert("start", t);
+        }
+        if let Some(t) = self.end {
+            d.insert("end", t);
+        }
+        if !self.files.is_empty() {
+            let files: Vec<Bson> = self
+                .files
+                .iter()
+                .map(|f| Bson::Document(f.to_document()))
+                .collect();
+            d.insert("files", files);
+        }
+        if let Some(s) = self.size {
+            d.insert("size", s);
+        }
+        if let Some(s) = &self.digest {
+            d.insert("digest", s.clone());
+        }
+        let data: Vec<Bson> = self
+            .data
+            .iter()
+            .map(|c| Bson::Document(c.to_document()))
+            .collect();
+        d.insert("data", data);
+        if !self.want.is_empty() {
+            d.insert("want", self.want.clone());
+        }
+        if !self.events.is_empty() {
+            let events: Vec<Bson> = self
+                .events
+                .iter()
+                .map(|e| Bson::Document(e.to_document()))
+                .collect();
+            d.insert("events", events);
+        }
+        for (k, v) in &self.extra {
+            if !d.contains_key(k) {
+                d.insert(k.clone(), v.clone());
+            }
+        }
+        Ok(d)
+    }
+
     /// A new run with identity only.
     pub fn new(detector: &str, number: i64, name: Option<&str>) -> Self {
         RunDoc {
@@ -182,10 +293,17 @@ impl RunDoc {
     }
 }
 
+impl<'de> Deserialize<'de> for RunDoc {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let doc = Document::deserialize(d)?;
+        RunDoc::from_document(doc).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::CopyStatus;
+    use crate::{CopyStatus, Problem};
     use bson::doc;
 
     #[test]
@@ -259,26 +377,278 @@ mod tests {
     }
 
     #[test]
-    fn wrong_shape_names_run_and_field() {
+    fn wrong_shape_names_document_run_and_field() {
         let mut bad = daq_doc();
+        let id = bad.get_object_id("_id").unwrap();
         bad.insert(
             "data",
-            vec![Bson::Document(doc! {"host": "eb0", "status": "purging"})],
+            vec![
+                Bson::Document(doc! {"host": "eb0", "status": "transferred"}),
+                Bson::Document(doc! {"host": "eb0", "status": "done"}),
+            ],
         );
         let err = RunDoc::from_document(bad).unwrap_err();
-        assert_eq!(err.run, "tpc/4711 (170330_1234)");
-        assert!(err.detail.contains("purging"), "{}", err.detail);
-
-        let err = RunDoc::from_document(doc! {"name": "x", "number": "seven"}).unwrap_err();
-        assert!(err.run.contains("(x)"), "{}", err.run);
+        assert_eq!(err.id, id.to_hex());
+        assert_eq!(err.run.as_deref(), Some("4711 \"170330_1234\""));
+        assert_eq!(err.field, "data[1].status");
+        assert_eq!(err.problem, Problem::UnknownStatus("done".into()));
+        let text = err.to_string();
         assert!(
-            err.detail.contains("number") || err.detail.contains("integer"),
-            "{}",
-            err.detail
+            text.starts_with(&format!(
+                "run document {} (run 4711 \"170330_1234\"): field data[1].status: unknown copy status \"done\"",
+                id.to_hex()
+            )),
+            "{text}"
         );
 
+        let err = RunDoc::from_document(doc! {"name": "x", "number": "seven"}).unwrap_err();
+        assert_eq!(err.field, "number");
+        assert_eq!(err.run.as_deref(), Some("\"seven\" \"x\""));
+        assert_eq!(err.id, "without _id");
+        assert!(err
+            .to_string()
+            .contains("expected an integer, found string \"seven\""));
+
         let err = RunDoc::from_document(doc! {"number": 4.5}).unwrap_err();
-        assert!(err.detail.contains("whole"), "{}", err.detail);
+        assert!(matches!(err.problem, Problem::NotWhole(_)), "{err}");
+    }
+
+    /// One document per kind of damage another tool can do, with the field path and the
+    /// problem the decoder must name.
+    #[test]
+    fn every_malformed_field_is_named() {
+        let f = |files: Bson| doc! {"number": 1, "files": files};
+        let copy = |c: Document| doc! {"number": 1, "data": [c]};
+        let ok_copy = doc! {"host": "eb0", "status": "transferred"};
+        let with = |k: &str, v: Bson| {
+            let mut c = ok_copy.clone();
+            c.insert(k, v);
+            copy(c)
+        };
+        let file = doc! {"path": "a", "size": 1, "sha256": "00"};
+        let cases: Vec<(Document, &str, &str)> = vec![
+            (doc! {"number": "4711"}, "number", "found string \"4711\""),
+            (doc! {"name": "x"}, "number", "missing"),
+            (doc! {"number": Bson::Null}, "number", "missing"),
+            (doc! {"number": [1]}, "number", "expected an integer"),
+            (doc! {"number": 1, "name": 7}, "name", "expected a string"),
+            (
+                doc! {"number": 1, "detector": 7},
+                "detector",
+                "expected a string",
+            ),
+            (
+                doc! {"number": 1, "start": "2017-03-30"},
+                "start",
+                "expected a date",
+            ),
+            (f(Bson::String("a".into())), "files", "expected an array"),
+            (
+                f(Bson::Document(file.clone())),
+                "files",
+                "expected an array",
+            ),
+            (f(bson::bson!([5])), "files[0]", "expected a document"),
+            (
+                f(bson::bson!([{"path": "a", "size": -1, "sha256": "00"}])),
+                "files[0].size",
+                "must not be negative, found -1",
+            ),
+            (
+                f(bson::bson!([{"path": "a", "size": "1", "sha256": "00"}])),
+                "files[0].size",
+                "expected an integer",
+            ),
+            (
+                f(bson::bson!([{"path": "a", "sha256": "00"}])),
+                "files[0].size",
+                "missing",
+            ),
+            (
+                doc! {"number": 1, "size": -5},
+                "size",
+                "must not be negative",
+            ),
+            (
+                doc! {"number": 1, "size": "5 GB"},
+                "size",
+                "expected an integer",
+            ),
+            (
+                doc! {"number": 1, "digest": 5},
+                "digest",
+                "expected a string",
+            ),
+            (
+                doc! {"number": 1, "data": "eb0"},
+                "data",
+                "expected an array",
+            ),
+            (
+                doc! {"number": 1, "data": {"host": "eb0"}},
+                "data",
+                "expected an array",
+            ),
+            (
+                doc! {"number": 1, "data": ["eb0"]},
+                "data[0]",
+                "expected a document",
+            ),
+            (
+                copy(doc! {"status": "transferred"}),
+                "data[0].host",
+                "missing",
+            ),
+            (copy(doc! {"host": "eb0"}), "data[0].status", "missing"),
+            (
+                with("status", Bson::String("done".into())),
+                "data[0].status",
+                "unknown copy status \"done\"",
+            ),
+            (
+                with("status", Bson::String("Transferred".into())),
+                "data[0].status",
+                "unknown copy status",
+            ),
+            (
+                with("status", Bson::Int32(3)),
+                "data[0].status",
+                "expected a string",
+            ),
+            (
+                with("checksum", Bson::Int64(5)),
+                "data[0].checksum",
+                "expected a string",
+            ),
+            (
+                with("checksum", bson::bson!({"sha": "x"})),
+                "data[0].checksum",
+                "expected a string",
+            ),
+            (
+                with("creation_time", Bson::String("2017-03-30".into())),
+                "data[0].creation_time",
+                "expected a date",
+            ),
+            (
+                with("creation_time", bson::bson!(["2017-03-30"])),
+                "data[0].creation_time[0]",
+                "expected a date",
+            ),
+            (
+                with("type", Bson::Int32(1)),
+                "data[0].type",
+                "expected a string",
+            ),
+            (
+                with("location", Bson::Int32(1)),
+                "data[0].location",
+                "expected a string",
+            ),
+            (
+                with("attempts", Bson::String("2".into())),
+                "data[0].attempts",
+                "expected an integer",
+            ),
+            (
+                with("lease", Bson::String("me".into())),
+                "data[0].lease",
+                "expected a document",
+            ),
+            (
+                with("lease", bson::bson!({"owner": "me"})),
+                "data[0].lease.expires",
+                "missing",
+            ),
+            (
+                with("tape", Bson::String("L1".into())),
+                "data[0].tape",
+                "expected a document",
+            ),
+            (
+                doc! {"number": 1, "want": "x/raw"},
+                "want",
+                "expected an array",
+            ),
+            (
+                doc! {"number": 1, "want": [1]},
+                "want[0]",
+                "expected a string",
+            ),
+            (
+                doc! {"number": 1, "events": [{"who": "w", "action": "a"}]},
+                "events[0].time",
+                "missing",
+            ),
+        ];
+        for (doc, field, problem) in cases {
+            let shown = format!("{doc}");
+            let err = RunDoc::from_document(doc).expect_err(&shown);
+            assert_eq!(err.field, field, "{shown}: {err}");
+            assert!(err.to_string().contains(problem), "{shown}: {err}");
+        }
+    }
+
+    /// What cax's DAQ and tools wrote decodes: `checksum: null`, `creation_time` as a list,
+    /// type `untriggered`, `location: "n/a"`, a double run number, nulls for optional fields.
+    #[test]
+    fn legacy_documents_decode() {
+        let t = DateTime::from_millis(1_490_870_000_000);
+        let doc = doc! {
+            "_id": bson::oid::ObjectId::new(),
+            "number": 4711.0, "name": "170330_1234", "detector": Bson::Null,
+            "size": 10.0, "digest": Bson::Null, "files": Bson::Null,
+            "data": [
+                { "type": "raw", "host": "eb0", "location": "/data/170330_1234",
+                  "status": "transferred", "checksum": Bson::Null, "creation_time": [t, t] },
+                { "type": "untriggered", "host": "midway", "location": "n/a",
+                  "status": "transferring", "checksum": Bson::Null, "creation_time": t,
+                  "pax_version": Bson::Null },
+                { "host": "tsm-server", "status": "verifying", "creation_time": [] },
+            ],
+        };
+        let run = RunDoc::from_document(doc).unwrap();
+        assert_eq!((run.number, run.detector.as_str()), (4711, "tpc"));
+        assert_eq!(run.size, Some(10));
+        assert_eq!(run.data[0].creation_time, Some(t));
+        assert_eq!(run.data[1].data_type, "untriggered");
+        assert_eq!(run.data[1].location.as_deref(), Some("n/a"));
+        assert!(run.data[1].extra.contains_key("pax_version"));
+        assert_eq!(run.data[2].data_type, "raw");
+        assert_eq!(run.data[2].creation_time, None);
+        // Encoded and decoded again, the value is the same.
+        let again = RunDoc::from_document(run.to_document().unwrap()).unwrap();
+        assert_eq!(again, run);
+    }
+
+    /// Unknown fields keep their exact BSON value: a field that looks like extended JSON
+    /// (`{"$numberLong": "5"}`) is not turned into a number on the way back.
+    #[test]
+    fn unknown_fields_keep_their_exact_value() {
+        let odd = doc! { "$numberLong": "5" };
+        let doc = doc! { "number": 1, "meta": odd.clone(), "data": [
+        { "host": "a", "status": "error", "note": odd.clone() } ] };
+        let run = RunDoc::from_document(doc).unwrap();
+        let back = run.to_document().unwrap();
+        assert_eq!(back.get_document("meta").unwrap(), &odd);
+        let c = back.get_array("data").unwrap()[0].as_document().unwrap();
+        assert_eq!(c.get_document("note").unwrap(), &odd);
+    }
+
+    /// The encoder Ferry stores with and the serde encoder the MongoDB back end pushes new
+    /// entries with agree.
+    #[test]
+    fn manual_and_serde_encodings_agree() {
+        let run = RunDoc::from_document(daq_doc()).unwrap();
+        let mut run = run;
+        run.files.push(FileEntry {
+            path: "a".into(),
+            size: 3,
+            sha256: "00".into(),
+            md5: Some("11".into()),
+        });
+        run.push_event(Event::run("w", "registered", None));
+        assert_eq!(bson::to_document(&run).unwrap(), run.to_document().unwrap());
     }
 
     #[test]

@@ -830,7 +830,9 @@ async fn foreign_documents_are_read_and_preserved(f: &Fixture) {
     assert_eq!(data.len(), 2);
 }
 
-async fn wrong_shape_is_an_error_naming_run_and_catalogue(f: &Fixture) {
+/// A run asked for by key whose document does not decode is an error naming the document,
+/// the field and the catalogue; a list leaves it out.
+async fn unreadable_document_asked_for_is_an_error_naming_it(f: &Fixture) {
     let c = &*f.catalog;
     f.insert_raw(doc! {
         "number": 13_i64, "name": "bad_run",
@@ -839,13 +841,255 @@ async fn wrong_shape_is_an_error_naming_run_and_catalogue(f: &Fixture) {
     .await;
     let err = c.get_run(&key(13)).await.unwrap_err();
     let text = err.to_string();
-    assert!(matches!(err, CatalogError::BadDocument { .. }), "{text}");
-    assert!(text.contains("tpc/13 (bad_run)"), "{text}");
+    let CatalogError::Unreadable { source, .. } = &err else {
+        panic!("{text}")
+    };
+    assert_eq!(source.field, "data[0].status");
+    assert!(text.contains("(run 13 \"bad_run\")"), "{text}");
     assert!(text.contains("purging"), "{text}");
     assert!(text.contains(&c.describe()), "{text}");
     assert!(!err.is_retryable());
-    let err = c.list_runs(&RunFilter::default()).await.unwrap_err();
-    assert!(err.to_string().contains("bad_run"), "{err}");
+    assert!(c.list_runs(&RunFilter::default()).await.unwrap().is_empty());
+    assert!(c.quarantine().count() >= 2);
+}
+
+/// Damage another tool can do to a run document Ferry wrote: what, the path of the field
+/// the warning must name, and the change.
+type Damage = (&'static str, &'static str, fn(&mut bson::Document));
+
+fn first_copy(d: &mut bson::Document) -> &mut bson::Document {
+    d.get_array_mut("data").unwrap()[0]
+        .as_document_mut()
+        .unwrap()
+}
+
+fn damages() -> Vec<Damage> {
+    vec![
+        ("an unknown status in another copy", "data[1].status", |d| {
+            d.get_array_mut("data").unwrap().push(Bson::Document(
+                doc! {"type": "raw", "host": "x", "status": "done"},
+            ));
+        }),
+        ("a copy that is not a document", "data[1]", |d| {
+            d.get_array_mut("data")
+                .unwrap()
+                .push(Bson::String("eb0".into()));
+        }),
+        ("a copy without host", "data[1].host", |d| {
+            d.get_array_mut("data")
+                .unwrap()
+                .push(Bson::Document(doc! {"status": "transferred"}));
+        }),
+        ("files that is not an array", "files", |d| {
+            d.insert("files", "raw/000.evio");
+        }),
+        ("a negative size", "size", |d| {
+            d.insert("size", -5_i64);
+        }),
+        ("a size written as a string", "size", |d| {
+            d.insert("size", "1024");
+        }),
+        ("a file size written as a string", "files[0].size", |d| {
+            d.get_array_mut("files").unwrap()[0]
+                .as_document_mut()
+                .unwrap()
+                .insert("size", "1024");
+        }),
+        ("a checksum of the wrong type", "data[0].checksum", |d| {
+            first_copy(d).insert("checksum", 5_i32);
+        }),
+        ("creation_time a string", "data[0].creation_time", |d| {
+            first_copy(d).insert("creation_time", "2017-03-30 12:34");
+        }),
+        (
+            "creation_time a list of strings",
+            "data[0].creation_time[0]",
+            |d| {
+                first_copy(d).insert("creation_time", vec!["2017-03-30"]);
+            },
+        ),
+        ("a lease that is not a document", "data[0].lease", |d| {
+            first_copy(d).insert("lease", "agent@daq");
+        }),
+        ("start a string", "start", |d| {
+            d.insert("start", "yesterday");
+        }),
+        ("a name that is a number", "name", |d| {
+            d.insert("name", 17_i32);
+        }),
+        ("want that is not an array", "want", |d| {
+            d.insert("want", "lngs/raw");
+        }),
+        ("an event that is not a document", "events[0]", |d| {
+            d.insert("events", vec![5_i32]);
+        }),
+    ]
+}
+
+/// Every malformed field type in documents Ferry wrote and another tool broke: the work
+/// lists, pages and collaborator lists carry on with the readable runs, each broken
+/// document is counted and named (its field), and no call changes a byte of it.
+async fn malformed_documents_are_skipped_counted_and_never_written(f: &Fixture) {
+    let c = &*f.catalog;
+    let good = [1_i64, 50, 99];
+    for n in good {
+        seed_run(c, n, "daq").await;
+    }
+    let cases = damages();
+    let bad: Vec<i64> = (0..cases.len() as i64).map(|i| 10 + i * 3).collect();
+    for (&n, (what, _, damage)) in bad.iter().zip(&cases) {
+        seed_run(c, n, "daq").await;
+        let mut d = f.read_raw(&key(n)).await;
+        damage(&mut d);
+        f.overwrite_raw(&key(n), d).await;
+        let _ = what;
+    }
+    // Documents no key query can reach: the number written as a string, or missing.
+    f.insert_raw_anyhow(200, doc! {"number": "200", "name": "run200", "data": []})
+        .await;
+    f.insert_raw_anyhow(201, doc! {"name": "run201", "data": []})
+        .await;
+    let before = f.raw_bytes().await;
+
+    let in_status = c
+        .copies_in_status("daq", CopyStatus::Transferred, None, 100)
+        .await
+        .unwrap();
+    assert_eq!(numbers(&in_status), good);
+    // Paged by two: the pages are filled up past the unreadable runs, every good run once.
+    let paged = all_pages(2, |after| async move {
+        c.copies_in_status("daq", CopyStatus::Transferred, after.as_ref(), 2)
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(paged, good.iter().map(|&n| key(n)).collect::<Vec<_>>());
+    let needing = c
+        .runs_needing_copy("lngs", "raw", &["daq".to_string()], None, 100)
+        .await
+        .unwrap();
+    assert_eq!(numbers(&needing), good);
+    assert_eq!(
+        numbers(&c.list_runs(&RunFilter::default()).await.unwrap()),
+        good
+    );
+
+    // Each document is named once, with its field; every skip is counted.
+    let seen = c.quarantine().documents();
+    for (&n, (what, field, _)) in bad.iter().zip(&cases) {
+        let e = seen
+            .iter()
+            .find(|e| {
+                e.run.as_deref() == Some(&format!("{n} \"run{n}\""))
+                    || e.run.as_deref() == Some(&n.to_string())
+            })
+            .unwrap_or_else(|| panic!("{what}: run {n} not quarantined: {seen:?}"));
+        assert_eq!(e.field, *field, "{what}: {e}");
+        assert!(!e.id.is_empty(), "{what}: {e}");
+    }
+    assert!(
+        seen.iter()
+            .any(|e| e.field == "number" && e.run.as_deref() == Some("\"200\" \"run200\"")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|e| e.field == "number" && e.problem == catalog_schema::Problem::Missing),
+        "{seen:?}"
+    );
+    let distinct = seen.len();
+    assert_eq!(distinct, cases.len() + 2, "{seen:?}");
+    let count = c.quarantine().count();
+    let _ = c.list_runs(&RunFilter::default()).await.unwrap();
+    assert!(c.quarantine().count() > count);
+    assert_eq!(c.quarantine().documents().len(), distinct);
+
+    // Nothing Ferry does writes into them.
+    c.adopt_foreign_copies(1000).await.unwrap();
+    for &n in &bad {
+        assert!(matches!(
+            c.get_run(&key(n)).await,
+            Err(CatalogError::Unreadable { .. })
+        ));
+        let at = copy(n, "daq");
+        let t = Transition::new(
+            CopyStatus::Transferred,
+            CopyStatus::Verifying,
+            Some("a"),
+            "a",
+        );
+        assert_eq!(c.transition(&at, &t).await.unwrap(), Cas::Lost, "run {n}");
+        assert_eq!(
+            c.mark_removing(&at, CopyStatus::Transferred, &[], "a", "test")
+                .await
+                .unwrap(),
+            Cas::Lost,
+            "run {n}"
+        );
+        assert_eq!(
+            c.record_checksum(&at, CopyStatus::Transferred, None, "x", DateTime::now())
+                .await
+                .unwrap(),
+            Cas::Lost
+        );
+        assert_eq!(
+            c.claim_copy(&claim(n, "lngs", "a", LEASE)).await.unwrap(),
+            Claim::Lost
+        );
+        assert_eq!(
+            c.request_copy(&key(n), "cnaf", "raw").await.unwrap(),
+            Cas::Lost
+        );
+        let reg = c.register_run(&new_run(n)).await.unwrap();
+        assert!(
+            matches!(reg, Registered::Conflict { .. }),
+            "run {n}: {reg:?}"
+        );
+    }
+    assert_eq!(
+        f.raw_bytes().await,
+        before,
+        "a malformed document was changed"
+    );
+    // The readable runs are still worked on.
+    let t = Transition::new(CopyStatus::Transferred, CopyStatus::Verifying, None, "a");
+    assert_eq!(c.transition(&copy(50, "daq"), &t).await.unwrap(), Cas::Done);
+}
+
+/// Documents as cax's DAQ wrote them still decode and are worked on: `checksum: null`,
+/// `creation_time` as a list, type `untriggered`, `location: "n/a"`, a double number.
+async fn legacy_cax_documents_are_not_quarantined(f: &Fixture) {
+    let c = &*f.catalog;
+    let t = DateTime::from_millis(1_490_870_000_000);
+    f.insert_raw(doc! {
+        "number": 4711.0, "name": "170330_1234",
+        "data": [
+            { "type": "raw", "host": "eb0", "location": "/data/xenon/raw/170330_1234",
+              "status": "transferred", "checksum": Bson::Null, "creation_time": [t] },
+            { "type": "untriggered", "host": "midway", "location": "n/a",
+              "status": "transferring", "checksum": Bson::Null, "creation_time": t },
+        ],
+    })
+    .await;
+    c.adopt_foreign_copies(100).await.unwrap();
+    let listed = c.list_runs(&RunFilter::default()).await.unwrap();
+    assert_eq!(numbers(&listed), vec![4711]);
+    let held = c
+        .copies_in_status("eb0", CopyStatus::Transferred, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(numbers(&held), vec![4711]);
+    assert_eq!(
+        c.quarantine().count(),
+        0,
+        "{:?}",
+        c.quarantine().documents()
+    );
+    // And Ferry may write to it.
+    assert_eq!(
+        c.request_copy(&key(4711), "lngs", "raw").await.unwrap(),
+        Cas::Done
+    );
 }
 
 /// Copies another tool wrote (a DAQ, a script) reach the site work lists once adopted, the
@@ -1374,7 +1618,9 @@ suite!(
     heartbeat_is_replaced,
     events_are_bounded_to_the_last_100,
     foreign_documents_are_read_and_preserved,
-    wrong_shape_is_an_error_naming_run_and_catalogue,
+    unreadable_document_asked_for_is_an_error_naming_it,
+    malformed_documents_are_skipped_counted_and_never_written,
+    legacy_cax_documents_are_not_quarantined,
     want_set_at_registration_and_removed_by_claim,
     lost_claim_leaves_want,
     request_copy_only_when_no_copy_exists,

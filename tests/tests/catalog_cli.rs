@@ -304,23 +304,41 @@ fn wrong_credentials_are_refused_and_right_ones_work() {
     assert!(stderr(&o).contains("/nonexistent/pw"), "{}", stderr(&o));
 }
 
+/// A document of the wrong shape: `runs list` lists the rest (exit 0) with a warning naming
+/// the document and the field; `runs show` of it exits 1 with the reason. It is not changed.
 async fn wrong_shape_is_reported(backend: Backend) {
     let f = Fixture::new(backend, "cli_shape").await;
     f.insert_raw(doc! {"number": 99_i64, "name": "odd", "data": [{"host": "eb0", "status": 7}]})
         .await;
+    seed_run(&*f.catalog, 1, "daq").await;
     let home = tempfile::tempdir().unwrap();
-    for args in [&["runs", "list"][..], &["runs", "show", "99"][..]] {
-        let o = ferry(
-            home.path(),
-            &[args, &["--catalog", &f.uri][..]].concat(),
-            &[],
-        );
-        let err = stderr(&o);
-        assert_eq!(code(&o), 1, "{err}");
-        assert!(err.contains("tpc/99 (odd)"), "{err}");
-        assert!(err.contains(&f.catalog.describe()), "{err}");
-        assert!(!err.contains("panicked"), "{err}");
-    }
+    let list = ferry(home.path(), &["runs", "list", "--catalog", &f.uri], &[]);
+    let err = stderr(&list);
+    assert_eq!(code(&list), 0, "{err}");
+    assert!(stdout(&list).contains("run1"), "{}", stdout(&list));
+    assert!(!stdout(&list).contains("odd"), "{}", stdout(&list));
+    assert!(
+        err.contains("warning: run document") && err.contains("(run 99 \"odd\")"),
+        "{err}"
+    );
+    assert!(
+        err.contains("field data[0].status: expected a string, found int32 7"),
+        "{err}"
+    );
+    assert!(
+        err.contains("1 run document could not be read and was skipped"),
+        "{err}"
+    );
+    let show = ferry(
+        home.path(),
+        &["runs", "show", "99", "--catalog", &f.uri],
+        &[],
+    );
+    let err = stderr(&show);
+    assert_eq!(code(&show), 1, "{err}");
+    assert!(err.contains("run 99: cannot read its document"), "{err}");
+    assert!(err.contains("field data[0].status"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
     let raw = f.read_raw(&key(99)).await;
     assert_eq!(raw.get_array("data").unwrap().len(), 1, "untouched");
 }

@@ -4,7 +4,7 @@
 //! [`super::CatalogUri`]'s `Display`) and, where there is one, the run or the operation.
 //! [`CatalogError::is_retryable`] is what [`super::Retrying`] asks.
 
-use catalog_schema::{CopyStatus, ShapeError};
+use catalog_schema::{CopyStatus, DecodeError, ShapeError};
 
 use super::uri::CatalogUriError;
 
@@ -57,7 +57,7 @@ pub enum CatalogError {
         retryable: bool,
     },
 
-    /// A document in the catalogue does not have the shape of a run document.
+    /// A run document could not be encoded.
     #[error("catalogue {catalog}: {source}")]
     BadDocument {
         /// The catalogue, password redacted.
@@ -65,6 +65,17 @@ pub enum CatalogError {
         /// The run and the field.
         #[source]
         source: ShapeError,
+    },
+
+    /// The run document asked for does not decode (see [`super::Quarantine`]); it was not
+    /// changed.
+    #[error("catalogue {catalog}: {source}; not changed")]
+    Unreadable {
+        /// The catalogue, password redacted.
+        catalog: String,
+        /// The document, the field and what is wrong with it.
+        #[source]
+        source: Box<DecodeError>,
     },
 
     /// A caller asked for a status change the copy state machine forbids.
@@ -105,6 +116,7 @@ impl CatalogError {
             | CatalogError::Config { .. }
             | CatalogError::Auth { .. }
             | CatalogError::BadDocument { .. }
+            | CatalogError::Unreadable { .. }
             | CatalogError::IllegalTransition { .. }
             | CatalogError::Io { .. } => false,
         }

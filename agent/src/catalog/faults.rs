@@ -125,6 +125,10 @@ impl<C: Catalog> Catalog for Faulty<C> {
         self.inner.describe()
     }
 
+    fn quarantine(&self) -> &super::Quarantine {
+        self.inner.quarantine()
+    }
+
     async fn register_run(&self, run: &NewRun) -> Result<Registered, CatalogError> {
         self.call("register", self.inner.register_run(run)).await
     }

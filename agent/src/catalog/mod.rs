@@ -9,6 +9,8 @@
 //!   [`resolve_catalog_uri`] picks flag, then `FERRY_CATALOG`, then the site map's, then the
 //!   embedded default.
 //! - [`error`]: [`CatalogError`] and [`CatalogError::is_retryable`].
+//! - [`quarantine`]: [`Quarantine`], the run documents a back end could not read: skipped
+//!   with one warning each, counted, never written to.
 //!
 //! Every state change is one conditional update whose filter names the state it expects
 //! (status, lease owner). A lost race is an ordinary result ([`Claim::Lost`],
@@ -18,6 +20,7 @@ pub mod embedded;
 pub mod error;
 pub mod faults;
 pub mod mongo;
+pub mod quarantine;
 pub mod retry;
 pub mod uri;
 
@@ -26,10 +29,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bson::DateTime;
 pub use catalog_schema::{
-    want_tag, CopyEntry, CopyStatus, Event, FileEntry, Heartbeat, RunDoc, RunKey,
+    want_tag, CopyEntry, CopyStatus, DecodeError, Event, FileEntry, Heartbeat, RunDoc, RunKey,
 };
 
 pub use error::CatalogError;
+pub use quarantine::Quarantine;
 pub use retry::{Backoff, Retrying};
 pub use uri::{CatalogUri, CatalogUriError};
 
@@ -272,10 +276,22 @@ pub enum RunSelector {
 ///
 /// Every method that changes state is a single conditional update: it names the state it
 /// expects and reports [`Cas::Lost`] / [`Claim::Lost`] when that state no longer holds.
+///
+/// Every read decodes document by document. A run document that does not decode (another
+/// tool wrote a number as a string, an unknown status, …) is left out of lists and pages
+/// (a page is filled up from the documents after it, so it is short only at the end of
+/// the list), handed to [`Catalog::quarantine`], and never written to: the state changes
+/// are made only on runs read and decoded, and their filters also require every copy of
+/// the run to carry a known status. [`Catalog::get_run`] of such a run is
+/// [`CatalogError::Unreadable`].
 #[async_trait]
 pub trait Catalog: Send + Sync + std::fmt::Debug {
     /// Where this catalogue is, password redacted (for messages).
     fn describe(&self) -> String;
+
+    /// The run documents this catalogue could not read since it was opened: how many
+    /// times one was skipped, and which.
+    fn quarantine(&self) -> &Quarantine;
 
     // ---- registration ----
 
@@ -433,7 +449,8 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
 
     // ---- collaborator queries ----
 
-    /// One run by key.
+    /// One run by key. A document that does not decode is [`CatalogError::Unreadable`]
+    /// (and counted in [`Catalog::quarantine`]).
     async fn get_run(&self, key: &RunKey) -> Result<Option<RunDoc>, CatalogError>;
 
     /// Runs by number or name (several when detectors share it).
@@ -507,6 +524,63 @@ pub fn page_after(page: &[RunDoc], limit: u32) -> Option<RunKey> {
         page.last().map(RunDoc::key)
     } else {
         None
+    }
+}
+
+/// One page of readable runs from a back end's raw pages.
+///
+/// `fetch(skip, take)` reads at most `take` documents of the query after the first `skip`
+/// and decodes each. Documents that do not decode go to `quarantine`; the page is then
+/// filled up from the documents after them, so a page shorter than `limit` still means the
+/// end of the list ([`page_after`]). `limit: None` reads everything at once.
+pub(crate) async fn fill_page<F, Fut>(
+    limit: Option<u32>,
+    quarantine: &Quarantine,
+    mut fetch: F,
+) -> Result<Vec<RunDoc>, CatalogError>
+where
+    F: FnMut(u64, Option<u32>) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<Result<RunDoc, DecodeError>>, CatalogError>>,
+{
+    let mut out: Vec<RunDoc> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut skip = 0u64;
+    loop {
+        let take = match limit {
+            Some(l) => {
+                let have = u32::try_from(out.len()).unwrap_or(u32::MAX);
+                Some(l.saturating_sub(have))
+            }
+            None => None,
+        };
+        if take == Some(0) {
+            return Ok(out);
+        }
+        let batch = fetch(skip, take).await?;
+        let read = batch.len();
+        skip = skip.saturating_add(u64::try_from(read).unwrap_or(u64::MAX));
+        let mut skipped = false;
+        for doc in batch {
+            match doc {
+                // A run read twice (documents inserted while the page was read) once.
+                Ok(run) => {
+                    if seen.insert(run.key()) {
+                        out.push(run);
+                    }
+                }
+                Err(e) => {
+                    quarantine.skip(e);
+                    skipped = true;
+                }
+            }
+        }
+        let short = match take {
+            Some(t) => read < usize::try_from(t).unwrap_or(usize::MAX),
+            None => true,
+        };
+        if short || !skipped {
+            return Ok(out);
+        }
     }
 }
 

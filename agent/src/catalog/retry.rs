@@ -175,6 +175,10 @@ impl<C: Catalog> Catalog for Retrying<C> {
         self.inner.describe()
     }
 
+    fn quarantine(&self) -> &super::Quarantine {
+        self.inner.quarantine()
+    }
+
     async fn register_run(&self, run: &NewRun) -> Result<Registered, CatalogError> {
         self.run("register", || self.inner.register_run(run))
             .await

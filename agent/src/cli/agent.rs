@@ -299,7 +299,12 @@ fn record_metrics(metrics: &Metrics, ctx: &Context, report: &CycleReport, took: 
             Some((t.clone(), (d.total_bytes, d.free_bytes)))
         })
         .collect();
-    metrics.record_cycle(took, &tasks, copied, &disks);
+    let quarantine = ctx.catalog.quarantine();
+    let quarantined = metrics::Quarantined {
+        skips: quarantine.count(),
+        documents: n(quarantine.documents().len()),
+    };
+    metrics.record_cycle_with(took, &tasks, copied, &disks, Some(quarantined));
 }
 
 /// The longest wait between two attempts of a daemon to reach its catalogue.
@@ -319,8 +324,12 @@ pub(super) fn transport_limits(l: &config::Limits) -> Limits {
 /// One line per task and per run touched, on stdout: what a person at the terminal asked for.
 fn print_report(report: &CycleReport) {
     for (task, r) in &report.tasks {
+        let unreadable = match r.quarantined {
+            0 => String::new(),
+            n => format!(", {n} unreadable run documents skipped"),
+        };
         println!(
-            "{task:?}: {} done, {} skipped, {} failed",
+            "{task:?}: {} done, {} skipped, {} failed{unreadable}",
             r.done.len(),
             r.skipped.len(),
             r.failed.len()

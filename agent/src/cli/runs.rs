@@ -5,6 +5,11 @@
 //! catalogue that does not exist yet is an empty one (nothing is created). Output is an
 //! aligned table, or JSON (MongoDB relaxed extended JSON, the documents as stored) with
 //! `--json`.
+//!
+//! A run document that does not decode is left out: one `warning:` line per document on
+//! stderr (its `_id`, run, field and what is wrong), then how many were skipped. `list`
+//! still exits 0 when it listed the others; `show` of a run whose document is unreadable
+//! exits 1 with the reason.
 
 use std::fmt::Write as _;
 
@@ -22,20 +27,41 @@ pub(super) fn run(cli: &Cli, cmd: &RunsCommand) -> Result<Exit> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let out = runtime
+    // A driver may quote what it was given: the password is taken out of every message.
+    let scrubbed = |e: anyhow::Error| coded(super::exit::classify(&e), uri.scrub(&format!("{e:#}")));
+    let (out, skipped) = runtime
         .block_on(async {
-            match cmd {
-                RunsCommand::List(args) => list(cli, &uri, args).await,
-                RunsCommand::Show(args) => show(&uri, args).await,
-            }
+            let catalog = open(&uri).await?;
+            let out = match cmd {
+                RunsCommand::List(args) => list(cli, catalog.as_deref(), args).await,
+                RunsCommand::Show(args) => show(&uri, catalog.as_deref(), args).await,
+            };
+            let skipped = catalog
+                .as_ref()
+                .map(|c| c.quarantine().documents())
+                .unwrap_or_default();
+            anyhow::Ok((out, skipped))
         })
-        // A driver may quote what it was given: the password is taken out of every message.
-        .map_err(|e| coded(super::exit::classify(&e), uri.scrub(&format!("{e:#}"))))?;
-    print!("{out}");
+        .map_err(scrubbed)?;
+    warn_unreadable(&skipped);
+    print!("{}", out.map_err(scrubbed)?);
     Ok(Exit::Ok)
 }
 
-/// Opens the catalogue, or `None` for an embedded one that does not exist yet.
+/// One line per unreadable document on stderr, and how many were skipped.
+fn warn_unreadable(skipped: &[catalog::DecodeError]) {
+    for e in skipped {
+        eprintln!("warning: {e}; skipped, not changed");
+    }
+    match skipped.len() {
+        0 => {}
+        1 => eprintln!("1 run document could not be read and was skipped"),
+        n => eprintln!("{n} run documents could not be read and were skipped"),
+    }
+}
+
+/// Opens the catalogue, or `None` for an embedded one that does not exist yet. Unreadable
+/// documents are not logged: [`warn_unreadable`] prints them.
 async fn open(uri: &CatalogUri) -> Result<Option<Box<dyn Catalog>>> {
     if let CatalogUri::Embedded { path } = uri {
         if !embedded_exists(uri, path)? {
@@ -43,7 +69,9 @@ async fn open(uri: &CatalogUri) -> Result<Option<Box<dyn Catalog>>> {
             return Ok(None);
         }
     }
-    Ok(Some(catalog::open_for_reading(uri).await?))
+    let catalog = catalog::open_for_reading(uri).await?;
+    catalog.quarantine().quiet();
+    Ok(Some(catalog))
 }
 
 /// Whether an embedded catalogue file exists; a path that cannot name a file at all (below
@@ -96,9 +124,9 @@ fn parse_date(s: &str) -> Result<DateTime> {
         })
 }
 
-async fn list(cli: &Cli, uri: &CatalogUri, args: &RunsListArgs) -> Result<String> {
+async fn list(cli: &Cli, catalog: Option<&dyn Catalog>, args: &RunsListArgs) -> Result<String> {
     let filter = filter_of(cli, args)?;
-    let runs = match open(uri).await? {
+    let runs = match catalog {
         Some(c) => c.list_runs(&filter).await?,
         None => Vec::new(),
     };
@@ -121,15 +149,40 @@ async fn list(cli: &Cli, uri: &CatalogUri, args: &RunsListArgs) -> Result<String
     Ok(table(&rows))
 }
 
-async fn show(uri: &CatalogUri, args: &RunsShowArgs) -> Result<String> {
+async fn show(
+    uri: &CatalogUri,
+    catalog: Option<&dyn Catalog>,
+    args: &RunsShowArgs,
+) -> Result<String> {
     let sel = match args.run.parse::<i64>() {
         Ok(n) => RunSelector::Number(n),
         Err(_) => RunSelector::Name(args.run.clone()),
     };
-    let runs = match open(uri).await? {
+    let runs = match catalog {
         Some(c) => c.find_runs(&sel).await?,
         None => Vec::new(),
     };
+    let unreadable = catalog
+        .map(|c| c.quarantine().documents())
+        .unwrap_or_default();
+    if let Some(e) = unreadable.first() {
+        // Asked for by name or number, a run that cannot be read is an answer: exit 1.
+        let shown = if runs.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({} other run(s) of that number or name can be read)",
+                runs.len()
+            )
+        };
+        return Err(coded(
+            Exit::Failed,
+            format!(
+                "run {}: cannot read its document in catalogue {uri}{shown}: {e}",
+                args.run
+            ),
+        ));
+    }
     if runs.is_empty() {
         return Err(coded(
             Exit::Failed,

@@ -22,6 +22,15 @@ use tokio::net::TcpListener;
 /// What one task did in a cycle: done, skipped, failed.
 pub type TaskCounts = (u64, u64, u64);
 
+/// Run documents the catalogue could not read ([`crate::catalog::Quarantine`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quarantined {
+    /// Skips since the agent started (every read that left a document out counts).
+    pub skips: u64,
+    /// Distinct documents seen unreadable since the agent started.
+    pub documents: u64,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     cycles: u64,
@@ -31,6 +40,7 @@ struct Inner {
     last_transfer: Option<f64>,
     tasks: BTreeMap<String, TaskCounts>,
     disks: BTreeMap<String, (u64, u64)>,
+    quarantined: Quarantined,
 }
 
 /// The daemon's figures, shared between the cycle loop and the endpoint.
@@ -76,6 +86,19 @@ impl Metrics {
         copied: bool,
         disks: &[(String, (u64, u64))],
     ) {
+        self.record_cycle_with(took, tasks, copied, disks, None);
+    }
+
+    /// [`Metrics::record_cycle`], with the catalogue's unreadable documents as they stand
+    /// at the end of the cycle (totals since start-up, so they replace the last figures).
+    pub fn record_cycle_with(
+        &self,
+        took: Duration,
+        tasks: &[(String, TaskCounts)],
+        copied: bool,
+        disks: &[(String, (u64, u64))],
+        quarantined: Option<Quarantined>,
+    ) {
         let mut m = self.inner();
         let now = unix_now();
         m.cycles += 1;
@@ -95,6 +118,9 @@ impl Metrics {
         }
         for (data_type, sizes) in disks {
             m.disks.insert(data_type.clone(), *sizes);
+        }
+        if let Some(q) = quarantined {
+            m.quarantined = q;
         }
     }
 
@@ -169,6 +195,18 @@ impl Metrics {
                 .collect();
             metric(name, "counter", help, &lines);
         }
+        metric(
+            "ferry_catalog_quarantined_total",
+            "counter",
+            "Reads that skipped a run document that does not decode (never written to).",
+            &[(String::new(), m.quarantined.skips as f64)],
+        );
+        metric(
+            "ferry_catalog_quarantined_documents",
+            "gauge",
+            "Distinct run documents found unreadable since the agent started.",
+            &[(String::new(), m.quarantined.documents as f64)],
+        );
         let free: Vec<(String, f64)> = m
             .disks
             .iter()
@@ -297,6 +335,25 @@ mod tests {
         assert!(text.contains("ferry_last_cycle_seconds{site=\"da\\\"q\"} 0.5"));
         assert!(text.contains("# TYPE ferry_task_done_total counter"));
         assert!(text.contains("ferry_last_transfer_timestamp_seconds"));
+        assert!(text.contains("ferry_catalog_quarantined_total{site=\"da\\\"q\"} 0"));
+    }
+
+    #[test]
+    fn quarantined_documents_are_exported() {
+        let m = Metrics::new("daq");
+        let q = |skips, documents| Some(Quarantined { skips, documents });
+        m.record_cycle_with(Duration::from_secs(1), &[], false, &[], q(3, 2));
+        m.record_cycle_with(Duration::from_secs(1), &[], false, &[], q(5, 2));
+        let text = m.render();
+        assert!(
+            text.contains("ferry_catalog_quarantined_total{site=\"daq\"} 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ferry_catalog_quarantined_documents{site=\"daq\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE ferry_catalog_quarantined_total counter"));
     }
 
     #[tokio::test]

@@ -7,7 +7,9 @@
 //! ```text
 //! { cycle_start: <date>, cycle_end: <date>,
 //!   done: N, skipped: N, failed: N,                       // the cycle so far, all tasks
-//!   tasks: { register: { done, skipped, failed }, … },    // per task that ran
+//!   quarantined: N,              // run documents skipped as unreadable this cycle
+//!   quarantined_documents: N,    // distinct unreadable documents seen since start-up
+//!   tasks: { register: { done, skipped, failed, quarantined }, … },  // per task that ran
 //!   disks: { raw: { path, total_bytes, free_bytes, used_percent } | { path, error } } }
 //! ```
 //!
@@ -74,6 +76,7 @@ pub fn build(ctx: &Context, cycle: &CycleReport, started: DateTime, now: DateTim
         i64::try_from(n).unwrap_or(i64::MAX)
     };
     let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    let quarantined: u64 = cycle.tasks.iter().map(|(_, r)| r.quarantined).sum();
     let mut tasks = Document::new();
     for (task, r) in &cycle.tasks {
         tasks.insert(
@@ -82,6 +85,7 @@ pub fn build(ctx: &Context, cycle: &CycleReport, started: DateTime, now: DateTim
                 "done": as_i64(r.done.len()),
                 "skipped": as_i64(r.skipped.len()),
                 "failed": as_i64(r.failed.len()),
+                "quarantined": i64::try_from(r.quarantined).unwrap_or(i64::MAX),
             },
         );
     }
@@ -117,6 +121,8 @@ pub fn build(ctx: &Context, cycle: &CycleReport, started: DateTime, now: DateTim
             "done": count(|r| r.done.len()),
             "skipped": count(|r| r.skipped.len()),
             "failed": count(|r| r.failed.len()),
+            "quarantined": i64::try_from(quarantined).unwrap_or(i64::MAX),
+            "quarantined_documents": as_i64(ctx.catalog.quarantine().documents().len()),
             "tasks": tasks,
             "disks": disks,
         },

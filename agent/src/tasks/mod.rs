@@ -293,6 +293,9 @@ pub struct TaskReport {
     pub skipped: Vec<String>,
     /// Runs the task failed on, with the cause.
     pub failed: Vec<String>,
+    /// Run documents the task's catalogue reads skipped because they do not decode
+    /// ([`crate::catalog::Quarantine`]; every skip counts). Set by [`run_cycle`].
+    pub quarantined: u64,
 }
 
 /// What one cycle did, task by task.
@@ -340,7 +343,8 @@ pub async fn run_cycle(ctx: &Context, tasks: &[Task], token: &CancellationToken)
         if token.is_cancelled() {
             break;
         }
-        let outcome = match task {
+        let skips_before = ctx.catalog.quarantine().count();
+        let mut outcome = match task {
             Task::Register => register::run(ctx, token).await,
             Task::Verify => verify::run(ctx, token).await,
             Task::Retry => retry::run(ctx, token).await,
@@ -353,11 +357,17 @@ pub async fn run_cycle(ctx: &Context, tasks: &[Task], token: &CancellationToken)
             Task::Audit => audit::run_scheduled(ctx, token).await,
             Task::Heartbeat => heartbeat::run(ctx, token, &report, started).await,
         };
+        outcome.quarantined = ctx
+            .catalog
+            .quarantine()
+            .count()
+            .saturating_sub(skips_before);
         tracing::info!(
             task = ?task,
             done = outcome.done.len(),
             skipped = outcome.skipped.len(),
             failed = outcome.failed.len(),
+            quarantined = outcome.quarantined,
             "task finished"
         );
         report.tasks.push((task, outcome));

@@ -68,7 +68,7 @@ pub struct Fixture {
 
 enum Raw {
     Mongo(mongodb::Collection<Document>),
-    Embedded(EmbeddedCatalog),
+    Embedded(EmbeddedCatalog, PathBuf),
 }
 
 impl Fixture {
@@ -82,7 +82,7 @@ impl Fixture {
                 Fixture {
                     catalog: Box::new(cat.clone()),
                     uri: format!("sqlite:{}", path.display()),
-                    raw: Raw::Embedded(cat),
+                    raw: Raw::Embedded(cat, path),
                     _dir: Some(dir),
                 }
             }
@@ -111,8 +111,97 @@ impl Fixture {
             Raw::Mongo(c) => {
                 c.insert_one(doc).await.unwrap();
             }
-            Raw::Embedded(e) => e.import_document(doc).await.unwrap(),
+            Raw::Embedded(e, _) => e.import_document(doc).await.unwrap(),
         }
+    }
+
+    /// Writes a document as another tool with direct access would, whatever its shape: on
+    /// MongoDB with the driver, in the SQLite file with SQL (filed under `number`).
+    pub async fn insert_raw_anyhow(&self, number: i64, doc: Document) {
+        match &self.raw {
+            Raw::Mongo(c) => {
+                c.insert_one(doc).await.unwrap();
+            }
+            Raw::Embedded(_, path) => {
+                let mut blob = Vec::new();
+                doc.to_writer(&mut blob).unwrap();
+                let db = rusqlite::Connection::open(path).unwrap();
+                db.execute(
+                    "INSERT INTO runs (detector, number, name, start, doc) \
+                     VALUES ('tpc', ?1, NULL, NULL, ?2)",
+                    rusqlite::params![number, blob],
+                )
+                .unwrap();
+            }
+        }
+    }
+
+    /// Replaces the stored document of run `key` as another tool would (MongoDB: the
+    /// driver's `replace_one`; SQLite: an `UPDATE` of the document only, its indexed copies
+    /// left as they were), so the work lists still find it.
+    pub async fn overwrite_raw(&self, key: &RunKey, doc: Document) {
+        match &self.raw {
+            Raw::Mongo(c) => {
+                let r = c
+                    .replace_one(bson::doc! {"number": key.number}, doc)
+                    .await
+                    .unwrap();
+                assert_eq!(r.matched_count, 1);
+            }
+            Raw::Embedded(_, path) => {
+                let mut blob = Vec::new();
+                doc.to_writer(&mut blob).unwrap();
+                let db = rusqlite::Connection::open(path).unwrap();
+                let n = db
+                    .execute(
+                        "UPDATE runs SET doc = ?3 WHERE detector = ?1 AND number = ?2",
+                        rusqlite::params![key.detector, key.number, blob],
+                    )
+                    .unwrap();
+                assert_eq!(n, 1);
+            }
+        }
+    }
+
+    /// The bytes of every stored run document, by number (to show nothing changed).
+    pub async fn raw_bytes(&self) -> Vec<(i64, Vec<u8>)> {
+        let mut out = Vec::new();
+        match &self.raw {
+            Raw::Mongo(c) => {
+                use futures::TryStreamExt;
+                let docs: Vec<Document> = c
+                    .find(bson::doc! {})
+                    .await
+                    .unwrap()
+                    .try_collect()
+                    .await
+                    .unwrap();
+                for d in docs {
+                    let n = match d.get("number") {
+                        Some(bson::Bson::Int64(n)) => *n,
+                        Some(bson::Bson::Int32(n)) => i64::from(*n),
+                        _ => -1,
+                    };
+                    let mut blob = Vec::new();
+                    d.to_writer(&mut blob).unwrap();
+                    out.push((n, blob));
+                }
+            }
+            Raw::Embedded(_, path) => {
+                let db = rusqlite::Connection::open(path).unwrap();
+                let mut st = db
+                    .prepare("SELECT number, doc FROM runs ORDER BY id")
+                    .unwrap();
+                let rows = st
+                    .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))
+                    .unwrap();
+                for r in rows {
+                    out.push(r.unwrap());
+                }
+            }
+        }
+        out.sort();
+        out
     }
 
     /// Reads a run document as stored, bypassing Ferry's types.
@@ -124,7 +213,7 @@ impl Fixture {
                 .await
                 .unwrap()
                 .unwrap(),
-            Raw::Embedded(e) => e.raw_document(key).await.unwrap().unwrap(),
+            Raw::Embedded(e, _) => e.raw_document(key).await.unwrap().unwrap(),
         }
     }
 }

@@ -6,15 +6,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bson::DateTime;
-use catalog_schema::{want_tag, CopyStatus, Heartbeat, Lease, RunDoc, RunKey};
+use catalog_schema::{want_tag, CopyStatus, DecodeError, Heartbeat, Lease, RunDoc, RunKey};
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use super::{apply, schema};
 use crate::catalog::{
-    after, check_registration, missing_wants, new_run_doc, removing_transition, Cas, Catalog,
-    CatalogError, Claim, ClaimRequest, CopyRef, LeaseHeld, NewRun, OriginCopy, Protector,
-    RegisterCheck, Registered, RunFilter, RunSelector, Transition,
+    after, check_registration, fill_page, missing_wants, new_run_doc, removing_transition, Cas,
+    Catalog, CatalogError, Claim, ClaimRequest, CopyRef, LeaseHeld, NewRun, OriginCopy, Protector,
+    Quarantine, RegisterCheck, Registered, RunFilter, RunSelector, Transition,
 };
 
 /// How long a writer waits for another process's transaction before giving up (the error
@@ -26,6 +26,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct EmbeddedCatalog {
     path: PathBuf,
     conn: Arc<Mutex<Connection>>,
+    quarantine: Arc<Quarantine>,
 }
 
 impl std::fmt::Debug for EmbeddedCatalog {
@@ -68,6 +69,7 @@ impl EmbeddedCatalog {
         Ok(EmbeddedCatalog {
             path: path.to_path_buf(),
             conn: Arc::new(Mutex::new(conn)),
+            quarantine: Arc::default(),
         })
     }
 
@@ -218,13 +220,22 @@ impl EmbeddedCatalog {
     {
         let key = key.clone();
         let op_name = format!("{op} {key}");
+        let quarantine = Arc::clone(&self.quarantine);
         self.blocking(op, move |conn, shown| {
             let e = |err| sql_error(shown, &op_name, err);
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(e)?;
-            let Some((id, mut run)) = load(&tx, shown, &key)? else {
+            let Some((id, read)) = load(&tx, shown, &key)? else {
                 return Ok(None);
+            };
+            // A document Ferry cannot read is never written: the change is lost.
+            let mut run = match read {
+                Ok(run) => run,
+                Err(bad) => {
+                    quarantine.skip(bad);
+                    return Ok(None);
+                }
             };
             let out = f(&mut run)?;
             if out.is_some() {
@@ -236,24 +247,53 @@ impl EmbeddedCatalog {
         .await
     }
 
-    /// Reads the run documents a query returns (first column).
+    /// Reads the runs a query returns (columns `doc, id, detector, number`), decoding each
+    /// on its own. `limit`: which argument is the query's `LIMIT`, and its value; a page
+    /// is filled up past documents that do not decode ([`fill_page`]) with `OFFSET`.
     async fn query_docs(
         &self,
         op: &str,
         sql: String,
         args: Vec<Value>,
+        limit: Option<(usize, u32)>,
     ) -> Result<Vec<RunDoc>, CatalogError> {
-        let op = op.to_string();
-        self.blocking(&op.clone(), move |conn, shown| {
-            let mut stmt = conn
-                .prepare_cached(&sql)
-                .map_err(|e| sql_error(shown, &op, e))?;
-            let blobs = stmt
-                .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, Vec<u8>>(0))
-                .map_err(|e| sql_error(shown, &op, e))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| sql_error(shown, &op, e))?;
-            blobs.iter().map(|b| decode(shown, b)).collect()
+        fill_page(limit.map(|(_, n)| n), &self.quarantine, |skip, take| {
+            let mut args = args.clone();
+            if let (Some((at, _)), Some(take)) = (limit, take) {
+                if let Some(slot) = args.get_mut(at) {
+                    *slot = Value::Integer(i64::from(take));
+                }
+            }
+            let sql = if skip > 0 {
+                format!("{sql} OFFSET {skip}")
+            } else {
+                sql.clone()
+            };
+            let op_name = op.to_string();
+            self.blocking(op, move |conn, shown| {
+                let op = op_name;
+                let mut stmt = conn
+                    .prepare_cached(&sql)
+                    .map_err(|e| sql_error(shown, &op, e))?;
+                let rows = stmt
+                    .query_map(rusqlite::params_from_iter(args), |r| {
+                        Ok((
+                            r.get::<_, Vec<u8>>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, i64>(3)?,
+                        ))
+                    })
+                    .map_err(|e| sql_error(shown, &op, e))?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| sql_error(shown, &op, e))?;
+                Ok(rows
+                    .iter()
+                    .map(|(blob, id, detector, number)| {
+                        decode(blob, *id, &RunKey::new(detector, *number))
+                    })
+                    .collect())
+            })
         })
         .await
     }
@@ -384,18 +424,14 @@ fn join_error(catalog: &str, op: &str, e: tokio::task::JoinError) -> CatalogErro
     }
 }
 
-fn decode(catalog: &str, blob: &[u8]) -> Result<RunDoc, CatalogError> {
-    let doc = bson::Document::from_reader(blob).map_err(|e| CatalogError::BadDocument {
-        catalog: catalog.to_string(),
-        source: catalog_schema::ShapeError {
-            run: "<undecodable BSON>".into(),
-            detail: e.to_string(),
-        },
-    })?;
-    RunDoc::from_document(doc).map_err(|source| CatalogError::BadDocument {
-        catalog: catalog.to_string(),
-        source,
-    })
+/// Decodes the document of row `id`, filed under `key`; a document without `_id` (Ferry's
+/// own, here) is named by its row.
+fn decode(blob: &[u8], id: i64, key: &RunKey) -> Result<RunDoc, DecodeError> {
+    let place = format!("row {id}");
+    let run = key.to_string();
+    let doc = bson::Document::from_reader(blob)
+        .map_err(|e| DecodeError::not_bson(place.clone(), Some(run.clone()), &e.to_string()))?;
+    RunDoc::from_document(doc).map_err(|e| e.stored_at(&place, &run))
 }
 
 fn encode(catalog: &str, run: &RunDoc) -> Result<Vec<u8>, CatalogError> {
@@ -412,11 +448,13 @@ fn encode(catalog: &str, run: &RunDoc) -> Result<Vec<u8>, CatalogError> {
     Ok(out)
 }
 
+/// The row and the decoded document of run `key` (the decode error if it does not decode).
+#[allow(clippy::type_complexity)]
 fn load(
     tx: &Transaction<'_>,
     shown: &str,
     key: &RunKey,
-) -> Result<Option<(i64, RunDoc)>, CatalogError> {
+) -> Result<Option<(i64, Result<RunDoc, DecodeError>)>, CatalogError> {
     let row = tx
         .query_row(
             "SELECT id, doc FROM runs WHERE detector = ?1 AND number = ?2",
@@ -425,8 +463,7 @@ fn load(
         )
         .optional()
         .map_err(|e| sql_error(shown, &format!("read {key}"), e))?;
-    row.map(|(id, blob)| Ok((id, decode(shown, &blob)?)))
-        .transpose()
+    Ok(row.map(|(id, blob)| (id, decode(&blob, id, key))))
 }
 
 /// Writes the document and re-projects its copies.
@@ -508,10 +545,12 @@ fn insert(tx: &Transaction<'_>, shown: &str, run: &RunDoc) -> Result<Option<i64>
     Ok(Some(id))
 }
 
-/// Registers one run inside an open transaction.
+/// Registers one run inside an open transaction. A run that is there but does not decode
+/// is a conflict, and is not changed.
 fn register_in(
     tx: &Transaction<'_>,
     shown: &str,
+    quarantine: &Quarantine,
     new: &NewRun,
 ) -> Result<Registered, CatalogError> {
     let doc = new_run_doc(new);
@@ -537,11 +576,20 @@ fn register_in(
                             r.get(0)
                         })
                         .map_err(|e| sql_error(shown, &format!("read {}", new.key), e))?;
-                    Some((id, decode(shown, &blob)?))
+                    Some((id, decode(&blob, id, &new.key)))
                 }
                 None => None,
             }
         }
+    };
+    let existing = match existing {
+        Some((_, Err(bad))) => {
+            let reason = format!("the catalogue's {bad}; not changed");
+            quarantine.skip(bad);
+            return Ok(Registered::Conflict { reason });
+        }
+        Some((id, Ok(run))) => Some((id, run)),
+        None => None,
     };
     let Some((id, mut run)) = existing else {
         return Err(CatalogError::Database {
@@ -604,6 +652,10 @@ impl Catalog for EmbeddedCatalog {
         format!("sqlite:{}", self.path.display())
     }
 
+    fn quarantine(&self) -> &Quarantine {
+        &self.quarantine
+    }
+
     async fn register_run(&self, run: &NewRun) -> Result<Registered, CatalogError> {
         let mut out = self.register_runs(std::slice::from_ref(run)).await?;
         out.pop().ok_or_else(|| CatalogError::Database {
@@ -616,13 +668,14 @@ impl Catalog for EmbeddedCatalog {
 
     async fn register_runs(&self, runs: &[NewRun]) -> Result<Vec<Registered>, CatalogError> {
         let runs = runs.to_vec();
+        let quarantine = Arc::clone(&self.quarantine);
         self.blocking("register", move |conn, shown| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(|e| sql_error(shown, "register", e))?;
             let out = runs
                 .iter()
-                .map(|r| register_in(&tx, shown, r))
+                .map(|r| register_in(&tx, shown, &quarantine, r))
                 .collect::<Result<Vec<_>, _>>()?;
             tx.commit().map_err(|e| sql_error(shown, "register", e))?;
             Ok(out)
@@ -886,8 +939,10 @@ impl Catalog for EmbeddedCatalog {
         args.extend(sources.iter().map(|s| text(s)));
         args.push(text(data_type));
         args.extend(page_args(after));
+        let at = args.len();
         args.push(limit(limit_n));
-        self.query_docs("runs needing copy", sql, args).await
+        self.query_docs("runs needing copy", sql, args, Some((at, limit_n)))
+            .await
     }
 
     async fn copies_in_status(
@@ -899,9 +954,15 @@ impl Catalog for EmbeddedCatalog {
     ) -> Result<Vec<RunDoc>, CatalogError> {
         let mut args = vec![text(host), text(status.as_str())];
         args.extend(page_args(after));
+        let at = args.len();
         args.push(limit(limit_n));
-        self.query_docs("copies in status", schema::COPIES_IN_STATUS.into(), args)
-            .await
+        self.query_docs(
+            "copies in status",
+            schema::COPIES_IN_STATUS.into(),
+            args,
+            Some((at, limit_n)),
+        )
+        .await
     }
 
     async fn purge_candidates(
@@ -912,9 +973,15 @@ impl Catalog for EmbeddedCatalog {
     ) -> Result<Vec<RunDoc>, CatalogError> {
         let mut args = vec![text(host)];
         args.extend(page_args(after));
+        let at = args.len();
         args.push(limit(limit_n));
-        self.query_docs("purge candidates", schema::PURGE_CANDIDATES.into(), args)
-            .await
+        self.query_docs(
+            "purge candidates",
+            schema::PURGE_CANDIDATES.into(),
+            args,
+            Some((at, limit_n)),
+        )
+        .await
     }
 
     async fn stalled_copies(
@@ -926,6 +993,7 @@ impl Catalog for EmbeddedCatalog {
     ) -> Result<Vec<RunDoc>, CatalogError> {
         let mut args = vec![Value::Integer(now.timestamp_millis())];
         args.extend(page_args(after));
+        let at = args.len();
         args.push(limit(limit_n));
         let sql = match host {
             Some(h) => {
@@ -934,13 +1002,36 @@ impl Catalog for EmbeddedCatalog {
             }
             None => schema::STALLED,
         };
-        self.query_docs("stalled copies", sql.into(), args).await
+        self.query_docs("stalled copies", sql.into(), args, Some((at, limit_n)))
+            .await
     }
 
     async fn get_run(&self, key: &RunKey) -> Result<Option<RunDoc>, CatalogError> {
-        let sql = "SELECT doc FROM runs WHERE detector = ?1 AND number = ?2".to_string();
-        let args = vec![text(&key.detector), Value::Integer(key.number)];
-        Ok(self.query_docs("get run", sql, args).await?.pop())
+        let key = key.clone();
+        let read = self
+            .blocking("get run", move |conn, shown| {
+                let row = conn
+                    .query_row(
+                        "SELECT id, doc FROM runs WHERE detector = ?1 AND number = ?2",
+                        params![key.detector, key.number],
+                        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
+                    )
+                    .optional()
+                    .map_err(|e| sql_error(shown, &format!("read {key}"), e))?;
+                Ok(row.map(|(id, blob)| decode(&blob, id, &key)))
+            })
+            .await?;
+        match read {
+            None => Ok(None),
+            Some(Ok(run)) => Ok(Some(run)),
+            Some(Err(bad)) => {
+                self.quarantine.skip(bad.clone());
+                Err(CatalogError::Unreadable {
+                    catalog: self.describe(),
+                    source: Box::new(bad),
+                })
+            }
+        }
     }
 
     async fn find_runs(&self, sel: &RunSelector) -> Result<Vec<RunDoc>, CatalogError> {
@@ -948,8 +1039,9 @@ impl Catalog for EmbeddedCatalog {
             RunSelector::Number(n) => ("number = ?1", Value::Integer(*n)),
             RunSelector::Name(s) => ("name = ?1", text(s)),
         };
-        let sql = format!("SELECT doc FROM runs WHERE {sql} ORDER BY detector");
-        self.query_docs("find runs", sql, vec![arg]).await
+        let sql =
+            format!("SELECT doc, id, detector, number FROM runs WHERE {sql} ORDER BY detector");
+        self.query_docs("find runs", sql, vec![arg], None).await
     }
 
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunDoc>, CatalogError> {
@@ -996,16 +1088,18 @@ impl Catalog for EmbeddedCatalog {
             let a = arg(Value::Integer(since.timestamp_millis()), &mut args);
             conds.push(format!("r.start >= {a}"));
         }
-        let mut sql = "SELECT r.doc FROM runs r".to_string();
+        let mut sql = "SELECT r.doc, r.id, r.detector, r.number FROM runs r".to_string();
         if !conds.is_empty() {
             sql.push_str(" WHERE ");
             sql.push_str(&conds.join(" AND "));
         }
         sql.push_str(" ORDER BY r.number, r.detector");
+        let mut page = None;
         if let Some(n) = filter.limit {
+            page = Some((args.len(), n));
             let a = arg(limit(n), &mut args);
             sql.push_str(&format!(" LIMIT {a}"));
         }
-        self.query_docs("list runs", sql, args).await
+        self.query_docs("list runs", sql, args, page).await
     }
 }

@@ -55,16 +55,18 @@ WITH todo AS (
       AND EXISTS (SELECT 1 FROM copies s
                   WHERE s.run_id = w.run_id AND s.host IN ({sources}) AND s.type = ?
                     AND s.status = 'transferred'))
-SELECT r.doc FROM runs r WHERE r.id IN (SELECT id FROM todo)
+SELECT r.doc, r.id, r.detector, r.number FROM runs r WHERE r.id IN (SELECT id FROM todo)
   AND (? = 0 OR (r.number, r.detector) > (?, ?))
 ORDER BY r.number, r.detector LIMIT ?";
 
 // Every work query is paged: its page arguments are a flag (0: first page) and the
 // (number, detector) of the last run of the previous page; the runs come in that order.
+// Every query reads `doc, id, detector, number`: the row names a document that does not
+// decode. The back end appends `OFFSET n` to read on past such documents.
 
 /// Runs with a copy at a site in a status.
 pub(super) const COPIES_IN_STATUS: &str = "
-SELECT r.doc FROM copies c JOIN runs r ON r.id = c.run_id
+SELECT r.doc, r.id, r.detector, r.number FROM copies c JOIN runs r ON r.id = c.run_id
 WHERE c.host = ?1 AND c.status = ?2
   AND (?3 = 0 OR (r.number, r.detector) > (?4, ?5))
 ORDER BY r.number, r.detector LIMIT ?6";
@@ -74,7 +76,7 @@ ORDER BY r.number, r.detector LIMIT ?6";
 /// index instead, which reads every transferred copy of the catalogue for each candidate
 /// (25 s for a page of 10,000 candidates).
 pub(super) const PURGE_CANDIDATES: &str = "
-SELECT r.doc FROM copies c JOIN runs r ON r.id = c.run_id
+SELECT r.doc, r.id, r.detector, r.number FROM copies c JOIN runs r ON r.id = c.run_id
 WHERE c.host = ?1 AND c.status = 'transferred'
   AND EXISTS (SELECT 1 FROM copies o
               WHERE o.run_id = c.run_id AND o.host <> ?1 AND +o.status = 'transferred')
@@ -83,14 +85,14 @@ ORDER BY r.number, r.detector LIMIT ?5";
 
 /// Runs with a transferring copy whose lease expired (any site).
 pub(super) const STALLED: &str = "
-SELECT DISTINCT r.doc, r.number, r.detector FROM copies c JOIN runs r ON r.id = c.run_id
+SELECT DISTINCT r.doc, r.id, r.detector, r.number FROM copies c JOIN runs r ON r.id = c.run_id
 WHERE c.status = 'transferring' AND c.lease_expires < ?1
   AND (?2 = 0 OR (r.number, r.detector) > (?3, ?4))
 ORDER BY r.number, r.detector LIMIT ?5";
 
 /// Runs with a transferring copy at a site whose lease expired.
 pub(super) const STALLED_AT: &str = "
-SELECT r.doc FROM copies c JOIN runs r ON r.id = c.run_id
+SELECT r.doc, r.id, r.detector, r.number FROM copies c JOIN runs r ON r.id = c.run_id
 WHERE c.host = ?6 AND c.status = 'transferring' AND c.lease_expires < ?1
   AND (?2 = 0 OR (r.number, r.detector) > (?3, ?4))
 ORDER BY r.number, r.detector LIMIT ?5";

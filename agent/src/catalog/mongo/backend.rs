@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bson::{doc, Bson, DateTime, Document};
-use catalog_schema::{want_tag, CopyStatus, Event, Heartbeat, RunDoc, RunKey, MAX_EVENTS};
+use catalog_schema::{
+    want_tag, CopyStatus, DecodeError, Event, Heartbeat, RunDoc, RunKey, MAX_EVENTS,
+};
 use futures::TryStreamExt;
 use mongodb::options::{ClientOptions, Credential, Hint, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
@@ -14,9 +16,10 @@ use mongodb::{Client, Collection, Database, IndexModel};
 use super::config::MongoConfig;
 use super::errors::{classify, is_duplicate_key};
 use crate::catalog::{
-    abandoned_event, after, check_registration, missing_wants, new_run_doc, reclaim_event,
-    removing_transition, Cas, Catalog, CatalogError, Claim, ClaimRequest, CopyRef, LeaseHeld,
-    NewRun, OriginCopy, Protector, RegisterCheck, Registered, RunFilter, RunSelector, Transition,
+    abandoned_event, after, check_registration, fill_page, missing_wants, new_run_doc,
+    reclaim_event, removing_transition, Cas, Catalog, CatalogError, Claim, ClaimRequest, CopyRef,
+    LeaseHeld, NewRun, OriginCopy, Protector, Quarantine, RegisterCheck, Registered, RunFilter,
+    RunSelector, Transition,
 };
 
 /// The per-copy index field Ferry keeps next to `status`: `"<host>/<status>"` (see
@@ -33,6 +36,7 @@ pub struct MongoCatalog {
     runs: Collection<Document>,
     heartbeats: Collection<Document>,
     adoption: Arc<Mutex<Adoption>>,
+    quarantine: Arc<Quarantine>,
 }
 
 /// Where [`Catalog::adopt_foreign_copies`] left off.
@@ -117,6 +121,7 @@ impl MongoCatalog {
             db,
             shown,
             adoption: Arc::default(),
+            quarantine: Arc::default(),
         };
         catalog
             .db
@@ -276,7 +281,8 @@ impl MongoCatalog {
         )
     }
 
-    /// One conditional update; `Done` iff exactly one document changed.
+    /// One conditional update; `Done` iff exactly one document changed. The filter is
+    /// [`guarded`]: it never matches a run with a copy of unknown status.
     async fn update(
         &self,
         op: &str,
@@ -285,7 +291,7 @@ impl MongoCatalog {
     ) -> Result<Cas, CatalogError> {
         let r = self
             .runs
-            .update_one(filter, update)
+            .update_one(guarded(filter), update)
             .await
             .map_err(|e| classify(&self.shown, op, e))?;
         Ok(if r.modified_count == 1 {
@@ -295,13 +301,16 @@ impl MongoCatalog {
         })
     }
 
-    async fn find_docs(
+    /// The documents `filter` finds, in the work lists' order, after the first `skip`, at
+    /// most `take`, each decoded on its own.
+    async fn find_raw(
         &self,
         op: &str,
         filter: Document,
         hint: Option<&str>,
-        limit: Option<u32>,
-    ) -> Result<Vec<RunDoc>, CatalogError> {
+        skip: u64,
+        take: Option<u32>,
+    ) -> Result<Vec<Result<RunDoc, DecodeError>>, CatalogError> {
         let mut find = self
             .runs
             .find(filter)
@@ -309,7 +318,10 @@ impl MongoCatalog {
         if let Some(h) = hint {
             find = find.hint(Hint::Name(h.to_string()));
         }
-        if let Some(n) = limit {
+        if skip > 0 {
+            find = find.skip(skip);
+        }
+        if let Some(n) = take {
             find = find.limit(i64::from(n));
         }
         let docs: Vec<Document> = find
@@ -318,15 +330,22 @@ impl MongoCatalog {
             .try_collect()
             .await
             .map_err(|e| classify(&self.shown, op, e))?;
-        docs.into_iter()
-            .map(|mut d| {
-                strip_host_status(&mut d);
-                RunDoc::from_document(d).map_err(|source| CatalogError::BadDocument {
-                    catalog: self.shown.clone(),
-                    source,
-                })
-            })
-            .collect()
+        Ok(docs.into_iter().map(decode).collect())
+    }
+
+    /// The readable runs `filter` finds, at most `limit`; the others are quarantined and
+    /// the page filled up from the documents after them ([`fill_page`]).
+    async fn find_docs(
+        &self,
+        op: &str,
+        filter: Document,
+        hint: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Vec<RunDoc>, CatalogError> {
+        fill_page(limit, &self.quarantine, |skip, take| {
+            self.find_raw(op, filter.clone(), hint, skip, take)
+        })
+        .await
     }
 
     async fn run_query(&self, op: &str, q: Query, limit: u32) -> Result<Vec<RunDoc>, CatalogError> {
@@ -401,14 +420,25 @@ impl MongoCatalog {
             or.push(Bson::Document(doc! { "name": name }));
         }
         filter.insert("$or", or);
-        let found = self
-            .find_docs("register (read existing)", filter, None, None)
-            .await?;
+        let (found, unreadable): (Vec<_>, Vec<_>) = self
+            .find_raw("register (read existing)", filter, None, 0, None)
+            .await?
+            .into_iter()
+            .partition(Result::is_ok);
+        let found: Vec<RunDoc> = found.into_iter().filter_map(Result::ok).collect();
+        let unreadable: Vec<DecodeError> = unreadable.into_iter().filter_map(Result::err).collect();
         let existing = found
             .iter()
             .find(|r| r.number == new.key.number)
             .or_else(|| found.first());
         let Some(existing) = existing else {
+            if let Some(e) = unreadable.into_iter().next() {
+                // The run is there, but Ferry cannot read it: it is left as it is.
+                self.quarantine.skip(e.clone());
+                return Ok(Registered::Conflict {
+                    reason: format!("the catalogue's {e}; not changed"),
+                });
+            }
             return Err(CatalogError::Database {
                 catalog: self.shown.clone(),
                 op: format!("register {}", new.key),
@@ -674,6 +704,31 @@ fn strip_host_status(d: &mut Document) {
     }
 }
 
+/// Decodes one document as read: the index field removed, then the schema's decoder.
+fn decode(mut d: Document) -> Result<RunDoc, DecodeError> {
+    strip_host_status(&mut d);
+    RunDoc::from_document(d)
+}
+
+/// `filter`, also requiring that the document has the types the decoder needs
+/// ([`catalog_schema::decode::readable_filter`], a `$jsonSchema`).
+///
+/// Every state change is made on a run Ferry read and decoded; this keeps a document that
+/// another tool broke since from being matched by the update, so Ferry never writes into a
+/// document it cannot read. `$jsonSchema` looks at the whole document and sets no array
+/// position: the positional `$` of an update still names the copy the filter's own
+/// `$elemMatch` selects.
+fn guarded(mut filter: Document) -> Document {
+    let guard = catalog_schema::decode::readable_filter();
+    match filter.get_array_mut("$and") {
+        Ok(and) => and.push(Bson::Document(guard)),
+        Err(_) => {
+            filter.insert("$and", vec![guard]);
+        }
+    }
+    filter
+}
+
 /// A new copy entry as stored: the entry plus its index field.
 fn stored_entry(entry: Bson, host: &str, status: CopyStatus) -> Bson {
     match entry {
@@ -689,6 +744,10 @@ fn stored_entry(entry: Bson, host: &str, status: CopyStatus) -> Bson {
 impl Catalog for MongoCatalog {
     fn describe(&self) -> String {
         self.shown.clone()
+    }
+
+    fn quarantine(&self) -> &Quarantine {
+        &self.quarantine
     }
 
     async fn register_run(&self, run: &NewRun) -> Result<Registered, CatalogError> {
@@ -962,7 +1021,7 @@ impl Catalog for MongoCatalog {
         let op = format!("removing {copy}");
         let r = self
             .runs
-            .update_one(filter, update)
+            .update_one(guarded(filter), update)
             .array_filters(vec![array_filter])
             .await
             .map_err(|e| classify(&self.shown, &op, e))?;
@@ -1035,12 +1094,11 @@ impl Catalog for MongoCatalog {
             (false, Some(since)) => adopt_recent_query(since).filter,
             _ => adopt_sweep_query().filter,
         };
+        // Whole documents, not a projection: a run is adopted only if it decodes, so that
+        // Ferry never writes into a document it cannot read.
         let docs: Vec<Document> = self
             .runs
             .find(filter)
-            .projection(
-                doc! { "data.host": 1, "data.status": 1, "data.type": 1, "data.host_status": 1 },
-            )
             .limit(i64::from(limit))
             .await
             .map_err(|e| classify(&self.shown, op, e))?
@@ -1053,6 +1111,10 @@ impl Catalog for MongoCatalog {
             let Some(id) = d.get("_id").cloned() else {
                 continue;
             };
+            if let Err(e) = decode(d.clone()) {
+                self.quarantine.skip(e);
+                continue;
+            }
             let Ok(data) = d.get_array("data") else {
                 continue;
             };
@@ -1157,15 +1219,26 @@ impl Catalog for MongoCatalog {
     }
 
     async fn get_run(&self, key: &RunKey) -> Result<Option<RunDoc>, CatalogError> {
-        Ok(self
-            .find_docs(
+        let found = self
+            .find_raw(
                 &format!("get run {key}"),
                 Self::key_filter(key),
                 None,
+                0,
                 Some(1),
             )
-            .await?
-            .pop())
+            .await?;
+        match found.into_iter().next() {
+            None => Ok(None),
+            Some(Ok(run)) => Ok(Some(run)),
+            Some(Err(e)) => {
+                self.quarantine.skip(e.clone());
+                Err(CatalogError::Unreadable {
+                    catalog: self.shown.clone(),
+                    source: Box::new(e),
+                })
+            }
+        }
     }
 
     async fn find_runs(&self, sel: &RunSelector) -> Result<Vec<RunDoc>, CatalogError> {
