@@ -307,8 +307,12 @@ fn forged_case(w: &World, task: TaskKind, f: Forgery) -> Case {
             2,
             "mirror",
             vec!["--task", "audit"],
-            // A good re-hash of the other copies refreshes their verified_time.
-            vec![Allow::CopyField("verified_time".into())],
+            // A good re-hash of the other copies refreshes their verified_time (and with it
+            // updated_time).
+            vec![
+                Allow::CopyField("verified_time".into()),
+                Allow::CopyField("updated_time".into()),
+            ],
         ),
         TaskKind::Retry => (
             "mirror",
