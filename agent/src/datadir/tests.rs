@@ -24,10 +24,12 @@ fn run(n: i64) -> RunDoc {
 }
 
 fn copy_at(location: &str) -> CopyEntry {
-    bson::from_document(bson::doc! {
-        "host": "m", "type": "raw", "status": "transferred", "location": location
+    let run = RunDoc::from_document(bson::doc! {
+        "number": 7, "detector": "tpc",
+        "data": [{"host": "m", "type": "raw", "status": "transferred", "location": location}],
     })
-    .unwrap()
+    .unwrap();
+    run.data[0].clone()
 }
 
 #[test]
