@@ -28,7 +28,8 @@ pub(super) fn run(cli: &Cli, cmd: &RunsCommand) -> Result<Exit> {
         .build()
         .context("starting the async runtime")?;
     // A driver may quote what it was given: the password is taken out of every message.
-    let scrubbed = |e: anyhow::Error| coded(super::exit::classify(&e), uri.scrub(&format!("{e:#}")));
+    let scrubbed =
+        |e: anyhow::Error| coded(super::exit::classify(&e), uri.scrub(&format!("{e:#}")));
     let (out, skipped) = runtime
         .block_on(async {
             let catalog = open(&uri).await?;

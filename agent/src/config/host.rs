@@ -62,11 +62,24 @@ fn check_data_dirs(cx: &mut Ctx, site: &Site, spans: &SiteSpans) {
         let Some(span) = spans.data_dirs.get(kind) else {
             continue;
         };
+        // A missing directory the site map allows the agent to create is not a problem.
+        if site.create_data_dirs && !dir.exists() {
+            continue;
+        }
         if let Some(problem) = writable_dir_problem(dir) {
+            let hint = if dir.exists() {
+                String::new()
+            } else {
+                format!(
+                    " (not mounted? it is not created on the fly: mount or create it, or set \
+                     \"create_data_dirs\": true for {})",
+                    site.name
+                )
+            };
             cx.error(
                 span.pos,
                 &span.path,
-                format!("data directory {} {problem}", dir.display()),
+                format!("data directory {} {problem}{hint}", dir.display()),
             );
         }
     }

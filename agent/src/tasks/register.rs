@@ -550,7 +550,10 @@ fn list_files(
         if kind.is_symlink() {
             return Err(RegisterError::Refused {
                 dir: root.display().to_string(),
-                why: format!("{rel} is a symbolic link; a run holds regular files only"),
+                why: format!(
+                    "{} is a symbolic link; a run holds regular files only",
+                    path.display()
+                ),
             });
         } else if kind.is_dir() {
             list_files(root, &path, out)?;

@@ -61,7 +61,7 @@ use super::copy::{self, Direction, Outcome};
 use super::owner;
 use super::push::lease;
 use super::verify::copies_in;
-use super::{walk, Context, RunScope, TaskReport, WorkList, MAX_PAGES};
+use super::{record, walk, Context, RunScope, TaskReport, WorkList, MAX_PAGES};
 use crate::catalog::{Cas, Claim, CopyRef, Transition};
 use crate::config::{Site, TransferMethod};
 use crate::datadir;
@@ -244,29 +244,42 @@ struct Source {
 
 /// The first of `route.sources` holding a verified copy (transferred, with the run's
 /// digest) of `data_type` recorded at the run's own directory there
-/// ([`datadir::check_location`]); one recorded anywhere else is passed over (the push or
-/// pull that reads it flags it `[refused]`).
-fn verified_source(route: &Route<'_>, run: &RunDoc, data_type: &str) -> Option<Source> {
-    let digest = run.digest.clone()?;
-    route.sources.iter().find_map(|s| {
-        let c = run.copy(&s.name, data_type)?;
+/// ([`datadir::check_location`]). A verified copy recorded anywhere else is flagged
+/// `[refused]` ([`record::refuse`]) and passed over; when it was the only one, the refusal
+/// is the error.
+async fn verified_source(
+    ctx: &Context,
+    route: &Route<'_>,
+    run: &RunDoc,
+    data_type: &str,
+) -> Result<Option<Source>, String> {
+    let Some(digest) = run.digest.clone() else {
+        return Ok(None);
+    };
+    let mut refused = None;
+    for s in &route.sources {
+        let Some(c) = run.copy(&s.name, data_type) else {
+            continue;
+        };
         if c.status != CopyStatus::Transferred || c.checksum.as_deref() != Some(&digest) {
-            return None;
+            continue;
         }
         let dir = match datadir::check_location(s, data_type, run, c.location.as_deref()) {
             Ok(dir) => dir,
-            Err(e) => {
-                tracing::warn!(run = run.number, "source passed over: {e}");
-                return None;
+            Err(e) if e.is_refusal() => {
+                refused = Some(record::refuse(ctx, run, c, &e).await);
+                continue;
             }
+            Err(e) => return Err(e.to_string()),
         };
-        Some(Source {
+        return Ok(Some(Source {
             site: s.name.clone(),
             dir,
             digest: digest.clone(),
             verified: c.verified_time,
-        })
-    })
+        }));
+    }
+    refused.map_or(Ok(None), Err)
 }
 
 /// Why this version cannot copy between the two sites, if it cannot (a method Ferry does
@@ -398,7 +411,7 @@ async fn reclaim_one(
         return Ok(Step::Skipped("no lease to reclaim".into()));
     };
     let cause = how.cause();
-    let Some(src) = verified_source(route, run, &c.data_type) else {
+    let Some(src) = verified_source(ctx, route, run, &c.data_type).await? else {
         return Ok(Step::Skipped(format!(
             "stalled ({cause}, held by {stale}) but no verified source to copy from"
         )));
@@ -556,7 +569,7 @@ async fn retry_one(
             humantime::format_duration(wait)
         )));
     }
-    let Some(src) = verified_source(route, run, &c.data_type) else {
+    let Some(src) = verified_source(ctx, route, run, &c.data_type).await? else {
         return Ok(Step::Skipped(
             "no verified source to copy from (waiting for one)".into(),
         ));

@@ -993,10 +993,9 @@ impl Snapshot {
 
 /// An [`AGENT_FILES`] file directly in a site's data directory, a file before and after.
 fn agent_file(p: &Path, b: Option<&Entry>, a: Option<&Entry>) -> bool {
-    let named = p
-        .file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| AGENT_FILES.contains(&n));
+    let named = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+        AGENT_FILES.contains(&n) || (n.starts_with(".ferry-") && n.ends_with(".lock"))
+    });
     let in_data_dir = p
         .parent()
         .and_then(Path::parent)
