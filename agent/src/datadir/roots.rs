@@ -78,25 +78,16 @@ pub enum RootError {
     },
     /// Two data directories on this machine are the same or nested.
     #[error(
-        "{a_site}'s {a_type} data directory {} and {b_site}'s {b_type} data directory {} {how} \
-         on this machine (device and inode); each site needs a directory of its own, or a \
-         purge would count one copy twice",
-        a_dir.display(),
-        b_dir.display()
+        "{}'s {} data directory {} and {}'s {} data directory {} {how} on this machine \
+         (device and inode); each site needs a directory of its own, or a purge would count \
+         one copy twice",
+        a.site, a.data_type, a.dir.display(), b.site, b.data_type, b.dir.display()
     )]
     Shared {
-        /// One site.
-        a_site: String,
-        /// Its data type.
-        a_type: String,
-        /// Its directory.
-        a_dir: PathBuf,
-        /// The other site.
-        b_site: String,
-        /// Its data type.
-        b_type: String,
-        /// Its directory.
-        b_dir: PathBuf,
+        /// One of them.
+        a: Box<DirOf>,
+        /// The other.
+        b: Box<DirOf>,
         /// `are the same directory` or `lie one inside the other`.
         how: &'static str,
     },
@@ -135,6 +126,20 @@ impl RootError {
         matches!(self, Self::Locked(e) if e.is_retryable())
     }
 }
+
+/// A site's data directory of one type.
+#[derive(Debug)]
+pub struct DirOf {
+    /// The site.
+    pub site: String,
+    /// The data type.
+    pub data_type: String,
+    /// The directory.
+    pub dir: PathBuf,
+}
+
+/// A data directory with the device and inode of it and of each of its ancestors.
+type Identified<'a> = (&'a Site, &'a String, &'a PathBuf, Vec<(u64, u64)>);
 
 /// One data directory of the site, checked.
 #[derive(Debug)]
@@ -205,6 +210,10 @@ impl SiteRoots {
                         });
                     }
                     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+                    // Created on purpose: marked at once (it is new, not unmounted).
+                    let marker = dir.join(MARKER);
+                    write_marker(&marker, &marker_text(&site.name, data_type))
+                        .map_err(|e| io(&marker, e))?;
                     tracing::info!(site = %site.name, dir = %dir.display(), "created the {data_type} data directory (create_data_dirs)");
                     std::fs::metadata(dir).map_err(|e| io(dir, e))?
                 }
@@ -329,7 +338,7 @@ fn identities(dir: &Path) -> Vec<(u64, u64)> {
 
 /// Step 3: no two of these sites' existing data directories are the same or nested.
 fn check_disjoint(sites: &[&Site]) -> Result<(), RootError> {
-    let dirs: Vec<(&Site, &String, &PathBuf, Vec<(u64, u64)>)> = sites
+    let dirs: Vec<Identified<'_>> = sites
         .iter()
         .flat_map(|s| {
             s.data_dirs
@@ -347,13 +356,16 @@ fn check_disjoint(sites: &[&Site]) -> Result<(), RootError> {
             } else {
                 continue;
             };
+            let of = |s: &Site, t: &String, d: &PathBuf| {
+                Box::new(DirOf {
+                    site: s.name.clone(),
+                    data_type: t.clone(),
+                    dir: d.clone(),
+                })
+            };
             return Err(RootError::Shared {
-                a_site: a.name.clone(),
-                a_type: (*at).clone(),
-                a_dir: (*ad).clone(),
-                b_site: b.name.clone(),
-                b_type: (*bt).clone(),
-                b_dir: (*bd).clone(),
+                a: of(a, at, ad),
+                b: of(b, bt, bd),
                 how,
             });
         }

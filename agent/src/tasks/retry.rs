@@ -540,6 +540,14 @@ async fn retry_one(
     run: &RunDoc,
     c: &CopyEntry,
 ) -> Result<Step, String> {
+    // The failed copy's own recorded location must be its run's directory: a forged one is
+    // refused (never copied over, never "repaired" silently), even when asked for by hand.
+    if let Err(e) = datadir::check_location(route.dest, &c.data_type, run, c.location.as_deref()) {
+        if e.is_refusal() {
+            tracing::error!(site = %ctx.site.name, run = run.number, "{e}");
+            return Err(format!("[refused] {e}"));
+        }
+    }
     let last = c.last_error.clone().unwrap_or_default();
     let class = FailureClass::classify(&last);
     // `--run N` / `--name X`: the operator asks for this run now, past the limit, the
