@@ -15,10 +15,14 @@ fn document(data: &[u8]) -> Option<Document> {
     match data.split_first() {
         Some((b'J', json)) => {
             let value: serde_json::Value = serde_json::from_slice(json).ok()?;
-            match bson::Bson::try_from(value).ok()? {
-                bson::Bson::Document(d) => Some(d),
-                _ => None,
-            }
+            // Only what BSON can hold (JSON allows a NUL in a key, BSON does not): the
+            // document as bytes, read back.
+            let bson::Bson::Document(d) = bson::Bson::try_from(value).ok()? else {
+                return None;
+            };
+            let mut raw = Vec::new();
+            d.to_writer(&mut raw).ok()?;
+            Document::from_reader(raw.as_slice()).ok()
         }
         _ => Document::from_reader(data).ok(),
     }
