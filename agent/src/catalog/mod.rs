@@ -6,8 +6,9 @@
 //! - [`embedded`]: one SQLite file, the zero-setup default.
 //! - [`retry`]: [`Retrying`], a wrapper that retries transient errors with backoff.
 //! - [`uri`]: catalogue locations, parsed once, password redacted in every printout;
-//!   [`resolve_catalog_uri`] picks flag, then `FERRY_CATALOG`, then the site map's, then the
-//!   embedded default.
+//!   [`resolve_catalog`] is the one place that turns `--catalog`, the environment and the
+//!   site map's `catalog` section into a [`CatalogTarget`] (location, password, database,
+//!   collection), which [`open_target`] opens.
 //! - [`error`]: [`CatalogError`] and [`CatalogError::is_retryable`].
 //! - [`quarantine`]: [`Quarantine`], the run documents a back end could not read: skipped
 //!   with one warning each, counted, never written to.
@@ -460,26 +461,42 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunDoc>, CatalogError>;
 }
 
-/// Opens the catalogue at `uri`: MongoDB (with [`mongo::MongoConfig::from_env`] options;
-/// indexes created) or the embedded SQLite file (created when missing), wrapped in
-/// [`Retrying`].
+/// Opens the catalogue at `uri` with the password from the environment only
+/// ([`mongo::MongoConfig::from_env`]; indexes created) or the embedded SQLite file (created
+/// when missing), wrapped in [`Retrying`]. Commands use [`resolve_catalog`] and
+/// [`open_target`], which also honour the site map's catalogue settings.
 pub async fn open(uri: &CatalogUri) -> Result<Box<dyn Catalog>, CatalogError> {
-    open_with(uri, true).await
+    open_target(&resolve_catalog(&CatalogRequest::uri(uri.clone()))?).await
 }
 
 /// Like [`open`] for clients that only read (`ferry runs`): creates no MongoDB indexes, so
 /// a user with the `read` role suffices.
 pub async fn open_for_reading(uri: &CatalogUri) -> Result<Box<dyn Catalog>, CatalogError> {
-    open_with(uri, false).await
+    open_target_for_reading(&resolve_catalog(&CatalogRequest::uri(uri.clone()))?).await
+}
+
+/// Opens a resolved catalogue ([`resolve_catalog`]); MongoDB indexes are created.
+pub async fn open_target(target: &CatalogTarget) -> Result<Box<dyn Catalog>, CatalogError> {
+    open_with(target, true).await
+}
+
+/// Opens a resolved catalogue for reading only (no index creation).
+pub async fn open_target_for_reading(
+    target: &CatalogTarget,
+) -> Result<Box<dyn Catalog>, CatalogError> {
+    open_with(target, false).await
 }
 
 async fn open_with(
-    uri: &CatalogUri,
+    target: &CatalogTarget,
     create_indexes: bool,
 ) -> Result<Box<dyn Catalog>, CatalogError> {
-    match uri {
+    match &target.uri {
         CatalogUri::Mongo { .. } => {
-            let mut config = mongo::MongoConfig::from_env(uri.clone())?;
+            let mut config = mongo::MongoConfig::new(target.uri.clone());
+            config.password.clone_from(&target.password);
+            config.database.clone_from(&target.database);
+            config.collection.clone_from(&target.collection);
             config.create_indexes = create_indexes;
             let backend = mongo::MongoCatalog::connect(config).await?;
             Ok(Box::new(Retrying::new(backend, Backoff::default())))
@@ -491,24 +508,235 @@ async fn open_with(
     }
 }
 
-/// Chooses the catalogue: `--catalog` if given, else `FERRY_CATALOG`, else the site map's
-/// `catalog.uri` (`site_map`), else the embedded default ([`CatalogUri::default_embedded`]).
-/// An empty `FERRY_CATALOG` counts as unset. (The variable is read here rather than through
-/// clap so `--help` never shows its value.)
-pub fn resolve_catalog_uri(
-    flag: Option<&str>,
-    site_map: Option<&str>,
-) -> Result<CatalogUri, CatalogUriError> {
-    if let Some(given) = flag {
-        return CatalogUri::parse(given);
+/// Environment variable holding the catalogue password.
+pub const PASSWORD_ENV: &str = "FERRY_CATALOG_PASSWORD";
+/// Environment variable naming a file whose first line is the catalogue password.
+pub const PASSWORD_FILE_ENV: &str = "FERRY_CATALOG_PASSWORD_FILE";
+
+/// The environment variable cax read the run database's password from; honoured for a
+/// legacy cax.json only, after every Ferry setting.
+pub const LEGACY_PASSWORD_ENV: &str = "MONGO_PASSWORD";
+/// cax's run database and collection (`run.runs_new`): the defaults for a legacy cax.json.
+pub const LEGACY_DATABASE: &str = "run";
+/// See [`LEGACY_DATABASE`].
+pub const LEGACY_COLLECTION: &str = "runs_new";
+
+/// Everything that decides which catalogue a command opens and how it authenticates.
+#[derive(Debug, Clone, Default)]
+pub struct CatalogRequest {
+    /// `--catalog URI`.
+    pub flag: Option<String>,
+    /// The site map's `catalog` section, when a site map was loaded and has one.
+    pub site_map: Option<crate::config::CatalogSettings>,
+    /// The site map is a legacy cax.json (cax's database, collection and `MONGO_PASSWORD`).
+    pub legacy_cax: bool,
+    /// An already chosen location (used instead of `flag`, `FERRY_CATALOG` and the map's).
+    pub fixed: Option<CatalogUri>,
+}
+
+impl CatalogRequest {
+    /// The request of a command: `--catalog` and the loaded site map (if any).
+    pub fn new(flag: Option<&str>, loaded: Option<&crate::config::Loaded>) -> Self {
+        CatalogRequest {
+            flag: flag.map(str::to_string),
+            site_map: loaded.and_then(|l| l.map.catalog.clone()),
+            legacy_cax: loaded.is_some_and(|l| l.format == crate::config::SourceFormat::LegacyCax),
+            fixed: None,
+        }
     }
-    match std::env::var("FERRY_CATALOG") {
-        Ok(v) if !v.trim().is_empty() => CatalogUri::parse(&v),
-        _ => match site_map {
-            Some(uri) => CatalogUri::parse(uri),
-            None => Ok(CatalogUri::default_embedded()),
+
+    /// A location chosen already, with only the environment's password settings.
+    pub fn uri(uri: CatalogUri) -> Self {
+        CatalogRequest {
+            fixed: Some(uri),
+            ..CatalogRequest::default()
+        }
+    }
+}
+
+/// Where the password in use comes from: named in errors and logs, never the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordOrigin {
+    /// This environment variable.
+    Env(String),
+    /// This file (its first line).
+    File(std::path::PathBuf),
+    /// The URI's own user information.
+    Uri,
+    /// No password at all.
+    None,
+}
+
+impl std::fmt::Display for PasswordOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PasswordOrigin::Env(name) => write!(f, "environment variable {name}"),
+            PasswordOrigin::File(path) => write!(f, "file {}", path.display()),
+            PasswordOrigin::Uri => f.write_str("the URI"),
+            PasswordOrigin::None => f.write_str("none"),
+        }
+    }
+}
+
+/// A catalogue ready to open: location, password, database and collection, each taken by
+/// the documented order of precedence ([`resolve_catalog`]). `Display` shows the location
+/// with its password redacted.
+#[derive(Debug, Clone)]
+pub struct CatalogTarget {
+    /// Where it is.
+    pub uri: CatalogUri,
+    /// The password, when it does not come from the URI itself.
+    pub password: Option<mongo::Password>,
+    /// Where the password comes from.
+    pub password_origin: PasswordOrigin,
+    /// The database (`None`: the URI's, else `run`).
+    pub database: Option<String>,
+    /// The collection of run documents.
+    pub collection: String,
+}
+
+impl std::fmt::Display for CatalogTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.uri.fmt(f)
+    }
+}
+
+impl CatalogTarget {
+    /// `text` with the password taken out (see [`CatalogUri::scrub`]), including one that
+    /// came from a variable or a file.
+    pub fn scrub(&self, text: &str) -> String {
+        let mut out = self.uri.scrub(text);
+        if let Some(pw) = &self.password {
+            if pw.expose().chars().count() >= 4 {
+                out = out.replace(pw.expose(), uri::REDACTED);
+            }
+        }
+        out
+    }
+}
+
+/// [`resolve_catalog_with`] reading the process environment.
+pub fn resolve_catalog(req: &CatalogRequest) -> Result<CatalogTarget, CatalogError> {
+    resolve_catalog_with(req, |name| {
+        std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
+    })
+}
+
+/// The one place that turns `--catalog`, the environment and the site map's `catalog`
+/// section into the catalogue to open. Order of precedence (docs/catalog.md):
+///
+/// - location: `--catalog`, else `FERRY_CATALOG`, else the site map's `catalog.uri`, else
+///   the embedded default;
+/// - password: `FERRY_CATALOG_PASSWORD`, else the file named by
+///   `FERRY_CATALOG_PASSWORD_FILE`, else the site map's `password_env` / `password_file`,
+///   else (legacy cax.json) `MONGO_PASSWORD`, else the URI's own user information;
+/// - database: the one the URI names in its path, else the site map's `database`, else
+///   `run`;
+/// - collection: the site map's `collection`, else `runs_new` for a legacy cax.json, else
+///   `runs`.
+///
+/// An empty variable counts as unset. A variable the site map names that is unset or
+/// empty, or a password file that cannot be read or is empty, is a
+/// [`CatalogError::Config`] naming the variable or the path (never the secret); embedded
+/// catalogues take no password, so nothing is read for them.
+pub fn resolve_catalog_with(
+    req: &CatalogRequest,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<CatalogTarget, CatalogError> {
+    let var = |name: &str| env(name).filter(|v| !v.is_empty());
+    let uri = match &req.fixed {
+        Some(uri) => uri.clone(),
+        None => match (
+            &req.flag,
+            var("FERRY_CATALOG").filter(|v| !v.trim().is_empty()),
+        ) {
+            (Some(flag), _) => CatalogUri::parse(flag)?,
+            (None, Some(from_env)) => CatalogUri::parse(&from_env)?,
+            (None, None) => match &req.site_map {
+                Some(s) => CatalogUri::parse(&s.uri)?,
+                None => CatalogUri::default_embedded(),
+            },
         },
+    };
+    let collection = match (&req.site_map, req.legacy_cax) {
+        (Some(s), _) => s.collection.clone(),
+        (None, true) => LEGACY_COLLECTION.to_string(),
+        (None, false) => "runs".to_string(),
+    };
+    if let CatalogUri::Embedded { .. } = uri {
+        return Ok(CatalogTarget {
+            uri,
+            password: None,
+            password_origin: PasswordOrigin::None,
+            database: None,
+            collection,
+        });
     }
+    let database = uri
+        .database()
+        .or_else(|| match (&req.site_map, req.legacy_cax) {
+            (Some(s), _) => Some(s.database.clone()),
+            (None, true) => Some(LEGACY_DATABASE.to_string()),
+            (None, false) => None,
+        });
+    let config_error = |detail: String| CatalogError::Config {
+        catalog: uri.to_string(),
+        detail,
+    };
+    let from_file = |path: &std::path::Path, named_by: &str| {
+        read_password_file(path).map_err(|why| {
+            config_error(format!(
+                "the password file {} ({named_by}) {why}",
+                path.display()
+            ))
+        })
+    };
+    use crate::config::PasswordSource;
+    let (password, origin) = if let Some(pw) = var(PASSWORD_ENV) {
+        (Some(pw), PasswordOrigin::Env(PASSWORD_ENV.into()))
+    } else if let Some(path) = var(PASSWORD_FILE_ENV) {
+        let path = std::path::PathBuf::from(path);
+        let pw = from_file(&path, PASSWORD_FILE_ENV)?;
+        (Some(pw), PasswordOrigin::File(path))
+    } else {
+        match req.site_map.as_ref().map(|s| &s.password) {
+            Some(PasswordSource::Env(name)) => match var(name) {
+                Some(pw) => (Some(pw), PasswordOrigin::Env(name.clone())),
+                None => {
+                    return Err(config_error(format!(
+                        "the site map's catalog.password_env names {name}, which is not set                          (or empty) in this environment"
+                    )))
+                }
+            },
+            Some(PasswordSource::File(path)) => {
+                let pw = from_file(path, "the site map's catalog.password_file")?;
+                (Some(pw), PasswordOrigin::File(path.clone()))
+            }
+            _ => match var(LEGACY_PASSWORD_ENV).filter(|_| req.legacy_cax) {
+                Some(pw) => (Some(pw), PasswordOrigin::Env(LEGACY_PASSWORD_ENV.into())),
+                None if uri.has_password() => (None, PasswordOrigin::Uri),
+                None => (None, PasswordOrigin::None),
+            },
+        }
+    };
+    Ok(CatalogTarget {
+        uri,
+        password: password.map(mongo::Password::new),
+        password_origin: origin,
+        database,
+        collection,
+    })
+}
+
+/// The first line of a password file (trailing newline dropped); the error says why not
+/// (never what the file holds).
+fn read_password_file(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot be read: {e}"))?;
+    let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
+    if line.is_empty() {
+        return Err("is empty".into());
+    }
+    Ok(line.to_string())
 }
 
 /// The `after` key of the page that follows `page` (a page of a work query), or `None`
@@ -756,4 +984,134 @@ pub(crate) fn missing_wants(run: &RunDoc, wanted: &[String]) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod resolve_tests {
+    use super::*;
+    use crate::config::{CatalogSettings, PasswordSource};
+    use std::collections::HashMap;
+
+    fn settings(password: PasswordSource) -> CatalogSettings {
+        CatalogSettings {
+            uri: "mongodb://ferry@db.example/".into(),
+            password,
+            database: "xenon".into(),
+            collection: "runs_ferry".into(),
+        }
+    }
+
+    fn resolve(req: &CatalogRequest, vars: &[(&str, &str)]) -> Result<CatalogTarget, CatalogError> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect();
+        resolve_catalog_with(req, |n| vars.get(n).cloned())
+    }
+
+    fn map_request(password: PasswordSource) -> CatalogRequest {
+        CatalogRequest {
+            site_map: Some(settings(password)),
+            ..CatalogRequest::default()
+        }
+    }
+
+    #[test]
+    fn the_site_maps_password_env_database_and_collection_are_used() {
+        let t = resolve(
+            &map_request(PasswordSource::Env("XENON_DB_PW".into())),
+            &[("XENON_DB_PW", "s3cret-pw")],
+        )
+        .unwrap();
+        assert_eq!(t.password.as_ref().unwrap().expose(), "s3cret-pw");
+        assert_eq!(t.password_origin, PasswordOrigin::Env("XENON_DB_PW".into()));
+        assert_eq!(t.database.as_deref(), Some("xenon"));
+        assert_eq!(t.collection, "runs_ferry");
+    }
+
+    #[test]
+    fn an_unset_password_env_is_named_and_no_secret_shown() {
+        let e = resolve(&map_request(PasswordSource::Env("XENON_DB_PW".into())), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("XENON_DB_PW") && e.contains("not set"), "{e}");
+    }
+
+    #[test]
+    fn an_unreadable_password_file_is_named() {
+        let path = std::path::PathBuf::from("/nonexistent/ferry-pw");
+        let e = resolve(&map_request(PasswordSource::File(path)), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/nonexistent/ferry-pw") && e.contains("cannot be read"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_password_file_gives_its_first_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw");
+        std::fs::write(&path, "from-the-file\nsecond line\n").unwrap();
+        let t = resolve(&map_request(PasswordSource::File(path.clone())), &[]).unwrap();
+        assert_eq!(t.password.unwrap().expose(), "from-the-file");
+        assert_eq!(t.password_origin, PasswordOrigin::File(path));
+    }
+
+    #[test]
+    fn the_environment_password_wins_over_the_site_map() {
+        let t = resolve(
+            &map_request(PasswordSource::Env("UNSET_HERE".into())),
+            &[("FERRY_CATALOG_PASSWORD", "env-pw")],
+        )
+        .unwrap();
+        assert_eq!(t.password.unwrap().expose(), "env-pw");
+    }
+
+    #[test]
+    fn the_flag_wins_over_the_environment_and_the_site_map_and_its_database_wins() {
+        let req = CatalogRequest {
+            flag: Some("mongodb://ferry@other.example/named".into()),
+            ..map_request(PasswordSource::None)
+        };
+        let t = resolve(&req, &[("FERRY_CATALOG", "mongodb://env.example/")]).unwrap();
+        assert!(t.uri.to_string().contains("other.example"));
+        assert_eq!(t.database.as_deref(), Some("named"));
+        assert_eq!(t.collection, "runs_ferry");
+    }
+
+    #[test]
+    fn a_legacy_cax_json_reads_cax_database_collection_and_mongo_password() {
+        let req = CatalogRequest {
+            flag: Some("mongodb://eb@daq.example/".into()),
+            legacy_cax: true,
+            ..CatalogRequest::default()
+        };
+        let t = resolve(&req, &[("MONGO_PASSWORD", "cax-pw")]).unwrap();
+        assert_eq!(t.password.unwrap().expose(), "cax-pw");
+        assert_eq!(t.database.as_deref(), Some("run"));
+        assert_eq!(t.collection, "runs_new");
+        // Ferry's own map does not read cax's variable.
+        let req = CatalogRequest {
+            legacy_cax: false,
+            ..req
+        };
+        assert!(resolve(&req, &[("MONGO_PASSWORD", "cax-pw")])
+            .unwrap()
+            .password
+            .is_none());
+    }
+
+    #[test]
+    fn an_embedded_catalogue_reads_no_password() {
+        let req = CatalogRequest {
+            site_map: Some(CatalogSettings {
+                uri: "sqlite:/tmp/x.sqlite".into(),
+                ..settings(PasswordSource::Env("UNSET_HERE".into()))
+            }),
+            ..CatalogRequest::default()
+        };
+        assert!(resolve(&req, &[]).unwrap().password.is_none());
+    }
 }

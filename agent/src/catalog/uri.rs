@@ -209,6 +209,26 @@ impl CatalogUri {
         ))
     }
 
+    /// The database a MongoDB URI names in its path (`mongodb://h/DB?…`), if any.
+    pub fn database(&self) -> Option<String> {
+        let Self::Mongo { raw } = self else {
+            return None;
+        };
+        let rest = split(raw)?.rest;
+        let (_, path) = rest.split_once('/')?;
+        let db = path.split('?').next().unwrap_or("");
+        let db = percent_decode_str(db).decode_utf8_lossy().into_owned();
+        (!db.is_empty()).then_some(db)
+    }
+
+    /// Whether the URI's own user information carries a password.
+    pub fn has_password(&self) -> bool {
+        match self {
+            Self::Mongo { raw } => split(raw).is_some_and(|p| p.password.is_some()),
+            Self::Embedded { .. } => false,
+        }
+    }
+
     /// The full connection string, password included: for the driver only.
     pub fn expose(&self) -> String {
         match self {

@@ -7,7 +7,7 @@ use super::Cli;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::catalog::resolve_catalog_uri;
+use crate::catalog::{resolve_catalog, CatalogRequest, CatalogTarget};
 use crate::config::{self, LoadOptions, SshEnvironment};
 use crate::daemon::lock::SiteLock;
 use crate::daemon::metrics::{self, Metrics};
@@ -46,6 +46,16 @@ pub(super) fn site_identity(flag: Option<&str>) -> Result<String> {
 /// Loads the site map with the host-local checks for `site`. Every problem is printed; a
 /// bad site map is a usage error and nothing runs.
 pub(super) fn load_site_map(cli: &Cli, site: &str) -> Result<config::Loaded> {
+    load_with(cli, Some(site))
+}
+
+/// Loads the site map's shared part only (no host-local checks), for commands that need
+/// just its catalogue settings (`ferry runs`).
+pub(super) fn load_shared_site_map(cli: &Cli) -> Result<config::Loaded> {
+    load_with(cli, None)
+}
+
+fn load_with(cli: &Cli, site: Option<&str>) -> Result<config::Loaded> {
     let Some(path) = &cli.config else {
         return Err(coded(
             Exit::Usage,
@@ -53,7 +63,7 @@ pub(super) fn load_site_map(cli: &Cli, site: &str) -> Result<config::Loaded> {
         ));
     };
     let opts = LoadOptions {
-        host: Some(site.to_string()),
+        host: site.map(str::to_string),
         ssh_config: None,
     };
     match config::load(path, &opts) {
@@ -67,12 +77,20 @@ pub(super) fn load_site_map(cli: &Cli, site: &str) -> Result<config::Loaded> {
     }
 }
 
+/// The catalogue a command opens, from `--catalog`, the environment and the site map's
+/// `catalog` section ([`resolve_catalog`], the one place that decides). An unset variable
+/// or an unreadable password file is bad input (exit 2), named in the message.
+pub(super) fn catalog_target(cli: &Cli, loaded: Option<&config::Loaded>) -> Result<CatalogTarget> {
+    resolve_catalog(&CatalogRequest::new(cli.catalog.as_deref(), loaded))
+        .map_err(|e| coded(super::exit::catalog_exit(&e), e.to_string()))
+}
+
 /// What a command that runs as one site needs: the site's name, the site map (checked for
 /// this host), the catalogue to use, and the site's model.
 pub(super) struct AsSite {
     pub site: String,
     pub loaded: config::Loaded,
-    pub catalog: crate::catalog::CatalogUri,
+    pub catalog: CatalogTarget,
     pub model: config::Site,
 }
 
@@ -80,10 +98,7 @@ pub(super) struct AsSite {
 pub(super) fn as_site(cli: &Cli) -> Result<AsSite> {
     let site = site_identity(cli.host.as_deref())?;
     let loaded = load_site_map(cli, &site)?;
-    let catalog = resolve_catalog_uri(
-        cli.catalog.as_deref(),
-        loaded.map.catalog.as_ref().map(|c| c.uri.as_str()),
-    )?;
+    let catalog = catalog_target(cli, Some(&loaded))?;
     let Some(model) = loaded.map.site(&site).cloned() else {
         return Err(coded(
             Exit::Usage,
@@ -134,7 +149,7 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
         // instead waits for it, alive and saying why, until it answers or is stopped.
         let mut wait = Duration::from_secs(2);
         let opened = loop {
-            match crate::catalog::open(&catalog).await {
+            match crate::catalog::open_target(&catalog).await {
                 Ok(opened) => break opened,
                 Err(e) if !cli.once && e.is_retryable() => {
                     let e = catalog.scrub(&e.to_string());

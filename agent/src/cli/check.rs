@@ -71,14 +71,12 @@ pub(super) fn run(cli: &Cli, args: &CheckArgs) -> std::process::ExitCode {
 
 fn check(cli: &Cli, args: &CheckArgs) -> Result<(State, String)> {
     let site = super::agent::site_identity(cli.host.as_deref())?;
-    let map_uri = match &cli.config {
-        Some(_) => super::agent::load_site_map(cli, &site)?
-            .map
-            .catalog
-            .map(|c| c.uri),
+    let loaded = match &cli.config {
+        Some(_) => Some(super::agent::load_site_map(cli, &site)?),
         None => None,
     };
-    let uri = catalog::resolve_catalog_uri(cli.catalog.as_deref(), map_uri.as_deref())?;
+    let target = super::agent::catalog_target(cli, loaded.as_ref())?;
+    let uri = target.uri.clone();
     let limits = Limits {
         max_age: args.max_age,
         warn_free: args.warn_free,
@@ -96,7 +94,7 @@ fn check(cli: &Cli, args: &CheckArgs) -> Result<(State, String)> {
                     return Ok(None);
                 }
             }
-            let cat = catalog::open_for_reading(&uri)
+            let cat = catalog::open_target_for_reading(&target)
                 .await
                 .with_context(|| format!("catalogue {uri}"))?;
             cat.read_heartbeat(&site)
@@ -104,7 +102,7 @@ fn check(cli: &Cli, args: &CheckArgs) -> Result<(State, String)> {
                 .with_context(|| format!("reading the heartbeat of {site} from {uri}"))
         })
         // A driver may quote what it was given: the password is taken out of every message.
-        .map_err(|e| anyhow::anyhow!(uri.scrub(&format!("{e:#}"))))?;
+        .map_err(|e| anyhow::anyhow!(target.scrub(&format!("{e:#}"))))?;
     Ok(judge(&site, beat.as_ref(), DateTime::now(), &limits))
 }
 

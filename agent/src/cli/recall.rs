@@ -57,7 +57,7 @@ pub(super) fn run(cli: &Cli, args: &RecallArgs) -> Result<Exit> {
             &site_model,
             crate::datadir::roots::Locking::Skip,
         )?;
-        let opened = crate::catalog::open(&catalog)
+        let opened = crate::catalog::open_target(&catalog)
             .await
             .map_err(|e| coded(super::exit::catalog_exit(&e), catalog.scrub(&e.to_string())))?;
         if !cli.dry_run {

@@ -1,7 +1,8 @@
 //! `ferry runs list|show`: the collaborator's view of the catalogue.
 //!
 //! Needs no site map: the catalogue comes from `--catalog`, else `FERRY_CATALOG`, else the
-//! embedded default ([`crate::catalog::resolve_catalog_uri`]). Only reads; an embedded
+//! site map's when `--config` (or `FERRY_CONFIG`) names one, with its password, database
+//! and collection settings, else the embedded default ([`crate::catalog::resolve_catalog`]). Only reads; an embedded
 //! catalogue that does not exist yet is an empty one (nothing is created). Output is an
 //! aligned table, or JSON (MongoDB relaxed extended JSON, the documents as stored) with
 //! `--json`.
@@ -22,17 +23,22 @@ use super::Cli;
 use crate::catalog::{self, Catalog, CatalogUri, CopyStatus, RunDoc, RunFilter, RunSelector};
 
 pub(super) fn run(cli: &Cli, cmd: &RunsCommand) -> Result<Exit> {
-    let uri = catalog::resolve_catalog_uri(cli.catalog.as_deref(), None)?;
+    let loaded = match &cli.config {
+        Some(_) => Some(super::agent::load_shared_site_map(cli)?),
+        None => None,
+    };
+    let target = super::agent::catalog_target(cli, loaded.as_ref())?;
+    let uri = target.uri.clone();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     // A driver may quote what it was given: the password is taken out of every message.
     let scrubbed =
-        |e: anyhow::Error| coded(super::exit::classify(&e), uri.scrub(&format!("{e:#}")));
+        |e: anyhow::Error| coded(super::exit::classify(&e), target.scrub(&format!("{e:#}")));
     let (out, skipped) = runtime
         .block_on(async {
-            let catalog = open(&uri).await?;
+            let catalog = open(&target).await?;
             let out = match cmd {
                 RunsCommand::List(args) => list(cli, catalog.as_deref(), args).await,
                 RunsCommand::Show(args) => show(&uri, catalog.as_deref(), args).await,
@@ -63,14 +69,14 @@ fn warn_unreadable(skipped: &[catalog::DecodeError]) {
 
 /// Opens the catalogue, or `None` for an embedded one that does not exist yet. Unreadable
 /// documents are not logged: [`warn_unreadable`] prints them.
-async fn open(uri: &CatalogUri) -> Result<Option<Box<dyn Catalog>>> {
-    if let CatalogUri::Embedded { path } = uri {
-        if !embedded_exists(uri, path)? {
+async fn open(target: &catalog::CatalogTarget) -> Result<Option<Box<dyn Catalog>>> {
+    if let CatalogUri::Embedded { path } = &target.uri {
+        if !embedded_exists(&target.uri, path)? {
             tracing::info!("no catalogue at {}: nothing recorded yet", path.display());
             return Ok(None);
         }
     }
-    let catalog = catalog::open_for_reading(uri).await?;
+    let catalog = catalog::open_target_for_reading(target).await?;
     catalog.quarantine().quiet();
     Ok(Some(catalog))
 }

@@ -124,6 +124,16 @@ fn summary_text(loaded: &Loaded, path: &std::path::Path, host: Option<&str>) -> 
                 password_source(&c.password)
             );
         }
+        None if loaded.format == crate::config::SourceFormat::LegacyCax => {
+            let _ = writeln!(
+                s,
+                "catalogue: not set (use --catalog or FERRY_CATALOG; as cax: database {}, \
+                 collection {}, password from FERRY_CATALOG_PASSWORD(_FILE), else {})",
+                crate::catalog::LEGACY_DATABASE,
+                crate::catalog::LEGACY_COLLECTION,
+                crate::catalog::LEGACY_PASSWORD_ENV
+            );
+        }
         None => {
             let _ = writeln!(
                 s,
