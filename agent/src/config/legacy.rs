@@ -15,7 +15,12 @@
 //!
 //! A key repeated inside an entry keeps its last value, as Python's `json` module did, with
 //! a warning naming it. Links to cax's `tsm` tape entry are dropped with a warning (tape is
-//! a tape backend in Ferry); links to other non-transfer sites are errors.
+//! a tape backend in Ferry); links to `gfal-copy`, `lcg-cp` and `rucio` sites are skipped
+//! with a warning at the link (site, method, position), and the rest of the map is used.
+//!
+//! cax.json holds no catalogue: the run database comes from `--catalog`/`FERRY_CATALOG`,
+//! with cax's database `run`, collection `runs_new` and password variable `MONGO_PASSWORD`
+//! as defaults (`crate::catalog::resolve_catalog`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -1488,6 +1488,10 @@ fn check_shared_data_dirs(cx: &mut Ctx, draft: &Draft) {
     }
 }
 
+/// cax transfer methods whose links a legacy cax.json may name: warned about and skipped,
+/// not refused.
+const LEGACY_SKIPPED_METHODS: &[&str] = &["gfal-copy", "lcg-cp", "rucio"];
+
 /// What the link checks need to know about every site.
 struct Peers {
     /// Site names in file order (for did-you-mean).
@@ -1532,6 +1536,21 @@ impl Peers {
                     format!(
                         "{peer:?} is cax's TSM tape entry, not a transfer peer; link dropped \
                          (configure TSM as a \"command\" tape backend running dsmc)"
+                    ),
+                );
+                false
+            }
+            Some(TransferMethod::Unsupported(m))
+                if self.legacy && LEGACY_SKIPPED_METHODS.contains(&m.as_str()) =>
+            {
+                // cax copied there with grid tools; Ferry does not (yet): the rest of the
+                // map still works, this one link does not.
+                cx.warn(
+                    span.pos,
+                    &span.path,
+                    format!(
+                        "{site:?} would {verb} {peer:?}, whose method {m:?} Ferry does not \
+                         implement; link skipped (the rest of the site map is used)"
                     ),
                 );
                 false
