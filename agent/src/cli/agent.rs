@@ -85,6 +85,24 @@ pub(super) fn catalog_target(cli: &Cli, loaded: Option<&config::Loaded>) -> Resu
         .map_err(|e| coded(super::exit::catalog_exit(&e), e.to_string()))
 }
 
+/// The runs this invocation works on: `--run`, `--name`, or `--from-run`/`--to-run` (clap
+/// keeps them apart), else all.
+pub(super) fn run_scope(cli: &Cli) -> Result<RunScope> {
+    let to = cli.to_run.filter(|t| *t >= 0);
+    Ok(match (&cli.run, &cli.name, cli.from_run, to) {
+        (Some(n), _, _, _) => RunScope::Number(*n),
+        (None, Some(name), _, _) => RunScope::Name(name.clone()),
+        (None, None, Some(f), Some(t)) if f > t => {
+            return Err(coded(
+                Exit::Usage,
+                format!("--from-run {f} is after --to-run {t}: no run is in that range"),
+            ))
+        }
+        (None, None, None, None) => RunScope::All,
+        (None, None, from, to) => RunScope::Range(tasks::RunRange { from, to }),
+    })
+}
+
 /// What a command that runs as one site needs: the site's name, the site map (checked for
 /// this host), the catalogue to use, and the site's model.
 pub(super) struct AsSite {
@@ -114,6 +132,7 @@ pub(super) fn as_site(cli: &Cli) -> Result<AsSite> {
 }
 
 pub(super) fn run(cli: &Cli) -> Result<Exit> {
+    let scope = run_scope(cli)?;
     let AsSite {
         site,
         loaded,
@@ -128,11 +147,6 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let scope = match (&cli.run, &cli.name) {
-        (Some(n), _) => RunScope::Number(*n),
-        (None, Some(name)) => RunScope::Name(name.clone()),
-        (None, None) => RunScope::All,
-    };
     let (stopped, report) = runtime.block_on(async {
         let shutdown = shutdown_signal().context("cannot install the SIGTERM/SIGINT handlers")?;
         let state_dir = SiteLock::default_dir();

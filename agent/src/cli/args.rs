@@ -43,6 +43,18 @@ pub struct Cli {
     #[arg(long, value_name = "NAME", value_parser = run_name)]
     pub name: Option<String>,
 
+    /// Work on runs numbered N and above only (with --to-run: a range, as massive-cax's).
+    #[arg(long, value_name = "N", conflicts_with_all = ["run", "name"],
+          value_parser = clap::value_parser!(i64).range(0..))]
+    pub from_run: Option<i64>,
+
+    /// Work on runs numbered M and below only (inclusive); -1 = no upper end, as
+    /// massive-ruciax took it.
+    #[arg(long, value_name = "M", conflicts_with_all = ["run", "name"],
+          allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i64).range(-1..))]
+    pub to_run: Option<i64>,
+
     /// Run only these tasks (repeatable), in the cycle's order. cax task names are accepted.
     #[arg(long = "task", value_enum, value_name = "TASK")]
     pub tasks: Vec<Task>,

@@ -23,11 +23,19 @@ pub enum LogFormat {
 /// Logging flags, shared by every command.
 #[derive(Debug, Clone, Args)]
 pub struct LogArgs {
-    /// Append log lines to this file instead of stderr.
-    #[arg(long, global = true, value_name = "FILE")]
+    /// Append log lines to this file instead of stderr (cax's `--log-file`; `--logfile`,
+    /// massive-tsm's spelling, also works).
+    #[arg(long, global = true, value_name = "FILE", alias = "logfile")]
     pub log_file: Option<PathBuf>,
-    /// error, warn, info, debug or trace; or a tracing filter such as `ferry=debug`.
-    #[arg(long, global = true, value_name = "LEVEL", default_value = "info")]
+    /// error, warn, info, debug or trace; or a tracing filter such as `ferry=debug`
+    /// (cax's `--log LEVEL` also works).
+    #[arg(
+        long,
+        global = true,
+        value_name = "LEVEL",
+        default_value = "info",
+        alias = "log"
+    )]
     pub log_level: String,
     /// Log line format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]

@@ -500,7 +500,7 @@ pub(super) async fn for_each_wanted(
     } = wanted;
     // One run asked for by hand is looked up by itself: it may lie beyond the first batch.
     let selector = match &ctx.scope {
-        RunScope::All => None,
+        RunScope::All | RunScope::Range(_) => None,
         RunScope::Number(n) => Some(RunSelector::Number(*n)),
         RunScope::Name(name) => Some(RunSelector::Name(name.clone())),
     };

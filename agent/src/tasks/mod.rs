@@ -91,6 +91,24 @@ pub enum RunScope {
     Number(i64),
     /// One run name.
     Name(String),
+    /// Run numbers in a range (`--from-run N --to-run M`, as massive-cax took).
+    Range(RunRange),
+}
+
+/// Run numbers `from..=to`, either end open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunRange {
+    /// The first run number in scope (`None`: from the first).
+    pub from: Option<i64>,
+    /// The last run number in scope, inclusive (`None`: to the last).
+    pub to: Option<i64>,
+}
+
+impl RunRange {
+    /// Whether `number` is in the range.
+    pub fn contains(&self, number: i64) -> bool {
+        self.from.is_none_or(|f| number >= f) && self.to.is_none_or(|t| number <= t)
+    }
 }
 
 impl RunScope {
@@ -100,6 +118,7 @@ impl RunScope {
             Self::All => true,
             Self::Number(n) => *n == number,
             Self::Name(want) => name == Some(want.as_str()),
+            Self::Range(range) => range.contains(number),
         }
     }
 }
@@ -237,6 +256,9 @@ pub async fn walk(
     list: WorkList<'_>,
     max_pages: usize,
 ) -> Result<Vec<RunDoc>, CatalogError> {
+    if let RunScope::Range(range) = &ctx.scope {
+        return walk_range(ctx, &list, *range, max_pages).await;
+    }
     let name = list.name();
     let start = ctx.cursors.get(&name);
     let mut after = start.clone();
@@ -269,6 +291,37 @@ pub async fn walk(
         }
     }
     ctx.cursors.set(&name, after);
+    Ok(out)
+}
+
+/// [`walk`] for a range of runs: the pages of the list from the range's first run (the
+/// catalogue is asked from there on, in run order) until past its last run, at most
+/// `max_pages` pages, from the start of the range every cycle (the cursor of the whole
+/// list is neither read nor moved).
+async fn walk_range(
+    ctx: &Context,
+    list: &WorkList<'_>,
+    range: RunRange,
+    max_pages: usize,
+) -> Result<Vec<RunDoc>, CatalogError> {
+    // The key just before the range's first run: every detector of the run before it.
+    let mut after = range.from.map(|f| RunKey {
+        number: f.saturating_sub(1),
+        detector: char::MAX.to_string(),
+    });
+    let mut out = Vec::new();
+    for _ in 0..max_pages.max(1) {
+        let page = list.page(ctx.catalog.as_ref(), after.as_ref()).await?;
+        let next = page_after(&page, PAGE);
+        let past_end = page
+            .last()
+            .is_some_and(|r| range.to.is_some_and(|t| r.number > t));
+        out.extend(page.into_iter().filter(|r| range.contains(r.number)));
+        match next {
+            Some(k) if !past_end => after = Some(k),
+            _ => break,
+        }
+    }
     Ok(out)
 }
 
@@ -382,7 +435,7 @@ pub async fn run_cycle(ctx: &Context, tasks: &[Task], token: &CancellationToken)
 /// (asked for by hand, doing nothing must not look like success).
 async fn missing_run(ctx: &Context) -> Option<String> {
     let sel = match &ctx.scope {
-        RunScope::All => return None,
+        RunScope::All | RunScope::Range(_) => return None,
         RunScope::Number(n) => RunSelector::Number(*n),
         RunScope::Name(name) => RunSelector::Name(name.clone()),
     };
