@@ -41,10 +41,10 @@ fn site(alias: &str) -> Site {
 fn known_hosts(dir: &Path, servers: &[&Sshd]) -> std::path::PathBuf {
     let mut text = String::new();
     for s in servers {
-        text.push_str(&std::fs::read_to_string(s.known_hosts_path()).unwrap());
+        text.push_str(&std::fs::read_to_string(s.known_hosts_path()).expect("test setup"));
     }
     let path = dir.join("known_hosts");
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, text).expect("test setup");
     path
 }
 
@@ -60,12 +60,12 @@ fn host_block(alias: &str, s: &Sshd, known: &Path, extra: &str) -> String {
     )
 }
 
-/// Runs `cat FILE | sha256sum` on the far side: proves the session reached that server.
+/// Runs `sha256sum FILE` on the far side: proves the session reached that server.
 async fn remote_sha(session: &SshSession, file: &Path) -> String {
     let out = session
         .exec(&["sha256sum".to_string(), file.display().to_string()])
         .await
-        .unwrap();
+        .expect("sha256sum over SSH");
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .next()
