@@ -145,6 +145,19 @@ fn check_peer_ssh(
 ) {
     let settings = ssh.resolve(peer);
     let name = &peer.name;
+    let alias = peer.hostname.as_deref().unwrap_or(name);
+    for k in ssh.unhonoured(alias) {
+        cx.warn(
+            spans.site.pos,
+            &spans.site.path,
+            format!(
+                "{}:{}: `{}` applies to `ssh {alias}` (site {name:?}) and is not honoured by Ferry",
+                k.file.display(),
+                k.line,
+                k.keyword
+            ),
+        );
+    }
     let (pos, path) = match (&settings.identity_source, &spans.identity_file) {
         (SettingSource::SiteMap, Some(span)) => (span.pos, span.path.as_str()),
         _ => (spans.site.pos, spans.site.path.as_str()),

@@ -38,7 +38,7 @@ pub use model::{
     TemplatePiece, TransferMethod, CHANGER_MOVE_PLACEHOLDERS, CHANGER_STATUS_PLACEHOLDERS,
     TAPE_PLACEHOLDERS,
 };
-pub use ssh::{SettingSource, SshConfigError, SshEnvironment, SshSettings};
+pub use ssh::{SettingSource, SshConfigError, SshEnvironment, SshRoute, SshSettings};
 pub use validate::FORMAT_VERSION;
 
 use raw::Value;

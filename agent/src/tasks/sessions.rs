@@ -16,7 +16,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::config::{HostKeyPolicy as SiteHostKeyPolicy, Site, SshEnvironment};
+use crate::config::{
+    HostKeyPolicy as SiteHostKeyPolicy, Site, SshEnvironment, SshRoute, SshSettings,
+};
+use crate::transport::ssh::Route;
 use crate::transport::{HostKeyPolicy, SshSession, SshTarget, TransportError};
 
 /// The transport target for `site`, resolved as `ssh` would (site map, then
@@ -26,20 +29,39 @@ use crate::transport::{HostKeyPolicy, SshSession, SshTarget, TransportError};
 /// refuses a *changed* host key: it is taken as `accept-new` (unknown keys are recorded, a
 /// changed key is still refused) and a warning says so.
 pub fn target_for(env: &SshEnvironment, site: &Site) -> SshTarget {
-    let settings = env.resolve(site);
+    target_from(env.resolve(site), &site.name)
+}
+
+/// The transport target for resolved settings (the route's hops too).
+fn target_from(settings: SshSettings, site: &str) -> SshTarget {
     let mut target = SshTarget::new(settings.hostname, settings.port, settings.user);
     target.identity_files = settings.identity_files;
     target.known_hosts_files = settings.known_hosts;
+    target.use_agent = !settings.identities_only;
+    if let Some(t) = settings.connect_timeout.filter(|t| !t.is_zero()) {
+        target.connect_timeout = t;
+    }
+    if let Some(k) = settings.server_alive_interval {
+        target.keepalive_interval = (!k.is_zero()).then_some(k);
+    }
     target.host_key_policy = match settings.host_key_policy {
         SiteHostKeyPolicy::Strict => HostKeyPolicy::Strict,
         SiteHostKeyPolicy::AcceptNew => HostKeyPolicy::AcceptNew,
         SiteHostKeyPolicy::No => {
             tracing::warn!(
-                site = %site.name,
+                site = %site,
+                host = %target.host,
                 "host-key policy `no` is applied as `accept-new`: a changed host key is refused"
             );
             HostKeyPolicy::AcceptNew
         }
+    };
+    target.route = match settings.route {
+        SshRoute::Direct => Route::Direct,
+        SshRoute::Jump(hops) => {
+            Route::Jump(hops.into_iter().map(|h| target_from(h, site)).collect())
+        }
+        SshRoute::Command(argv) => Route::Command(argv),
     };
     target
 }

@@ -31,13 +31,12 @@ use super::retry::{Failure, FailureClass};
 use super::{copy, record, walk, Context, TaskReport, WorkList, MAX_PAGES};
 use crate::catalog::{Claim, ClaimRequest, CopyRef};
 use crate::checksum;
-use crate::config::{HostKeyPolicy, SshEnvironment, TapeBackendConfig, TapeKind};
+use crate::config::{SshEnvironment, TapeBackendConfig, TapeKind};
 use crate::datadir::{self, Place};
 use crate::tape::{
     build, Batch, BuildContext, Receipt, RunRef, TapeBackend, TapeFile, VerifyKind, VerifyLevel,
     VerifyReport,
 };
-use crate::transport::SshTarget;
 
 /// How long a claim lasts without renewal; renewed every third of it.
 pub const LEASE: Duration = Duration::from_secs(1800);
@@ -103,16 +102,7 @@ pub(super) fn open(ctx: &Context, cfg: &TapeBackendConfig) -> Result<Box<dyn Tap
                 .site(name)
                 .ok_or_else(|| format!("gateway site {name:?} is not in the site map"))?;
             let env = SshEnvironment::load(None).map_err(|e| e.to_string())?;
-            let s = env.resolve(site);
-            let mut t = SshTarget::new(s.hostname, s.port, s.user);
-            t.identity_files = s.identity_files;
-            t.known_hosts_files = s.known_hosts;
-            t.host_key_policy = match s.host_key_policy {
-                HostKeyPolicy::Strict => crate::transport::HostKeyPolicy::Strict,
-                HostKeyPolicy::AcceptNew | HostKeyPolicy::No => {
-                    crate::transport::HostKeyPolicy::AcceptNew
-                }
-            };
+            let t = crate::tasks::sessions::target_for(&env, site);
             Some(t)
         }
         _ => None,

@@ -41,9 +41,27 @@ pub enum HostKeyPolicy {
     AcceptNew,
 }
 
+/// How the connection reaches the target.
+#[derive(Debug, Clone, Default)]
+pub enum Route {
+    /// A TCP connection to `host:port`.
+    #[default]
+    Direct,
+    /// Through each bastion in turn (OpenSSH `ProxyJump`): the first is reached directly,
+    /// each next one and then the target through a `direct-tcpip` channel of the one
+    /// before. Every hop's host key is checked against its known_hosts and every hop
+    /// authenticates with its own keys, as a direct connection would.
+    Jump(Vec<SshTarget>),
+    /// A command whose stdin and stdout carry the connection (OpenSSH `ProxyCommand`):
+    /// the argv, placeholders already expanded, started without a shell.
+    Command(Vec<String>),
+}
+
 /// Where and how to connect.
 #[derive(Debug, Clone)]
 pub struct SshTarget {
+    /// How the connection reaches `host:port`.
+    pub route: Route,
     /// Host name or address, as written in known_hosts.
     pub host: String,
     /// TCP port.
@@ -90,6 +108,7 @@ impl SshTarget {
     /// A target with the defaults: strict host keys, 4 channels, 16 MiB window.
     pub fn new(host: impl Into<String>, port: u16, user: impl Into<String>) -> Self {
         SshTarget {
+            route: Route::Direct,
             host: host.into(),
             port,
             user: user.into(),
@@ -129,6 +148,9 @@ pub(crate) struct SftpChannel {
 pub struct SshSession {
     target: Arc<SshTarget>,
     handle: client::Handle<Client>,
+    /// What carries the connection besides TCP: the bastions' sessions (a `ProxyJump`) or
+    /// the proxy command's child; kept for as long as the session.
+    _carrier: Carrier,
     /// The SFTP channels opened so far (at least one).
     sftp: Mutex<Vec<Arc<SftpChannel>>>,
     /// Extra channels being opened right now (counted against [`SshTarget::channels`]).
@@ -181,42 +203,26 @@ impl SshSession {
     }
 
     async fn connect_inner(target: Arc<SshTarget>) -> Result<SshSession, TransportError> {
-        let config = client::Config {
-            window_size: target.window_size,
-            // The largest russh accepts without logging an error on every connection.
-            maximum_packet_size: 65_535,
-            inactivity_timeout: target.idle_timeout,
-            keepalive_interval: target.keepalive_interval,
-            keepalive_max: 3,
-            nodelay: true,
-            preferred: russh::Preferred {
-                cipher: Cow::Owned(cipher_preference(&target)?),
-                ..russh::Preferred::DEFAULT
-            },
-            ..Default::default()
-        };
-        let rejection = Arc::new(Mutex::new(None));
-        let handler = Client {
-            target: target.clone(),
-            rejection: rejection.clone(),
-        };
-        let addr = (target.host.as_str(), target.port);
-        let mut handle = match client::connect(Arc::new(config), addr, handler).await {
-            Ok(h) => h,
-            Err(e) => {
-                let taken = match rejection.lock() {
-                    Ok(mut g) => g.take(),
-                    Err(p) => p.into_inner().take(),
+        let (mut handle, carrier) = match &target.route {
+            Route::Direct => (open_direct(&target).await?, Carrier::None),
+            Route::Jump(hops) => {
+                let mut held: Vec<client::Handle<Client>> = Vec::with_capacity(hops.len());
+                for hop in hops {
+                    let hop = Arc::new(hop.clone());
+                    let mut next = match held.last() {
+                        None => open_direct(&hop).await?,
+                        Some(via) => open_through(via, &hop).await?,
+                    };
+                    authenticate(&mut next, &hop).await?;
+                    held.push(next);
+                }
+                let handle = match held.last() {
+                    None => open_direct(&target).await?,
+                    Some(via) => open_through(via, &target).await?,
                 };
-                return Err(taken.unwrap_or_else(|| match e {
-                    russh::Error::IO(source) => TransportError::Connect {
-                        host: target.host.clone(),
-                        port: target.port,
-                        source,
-                    },
-                    other => ssh_error(&target.host, "connecting", other),
-                }));
+                (handle, Carrier::Jump(held))
             }
+            Route::Command(argv) => open_command(&target, argv).await?,
         };
         authenticate(&mut handle, &target).await?;
         // One channel now; more when copies overlap (see `sftp`).
@@ -224,6 +230,7 @@ impl SshSession {
         Ok(SshSession {
             target,
             handle,
+            _carrier: carrier,
             sftp: Mutex::new(vec![first]),
             opening: AtomicUsize::new(0),
             next: AtomicUsize::new(0),
@@ -486,6 +493,162 @@ pub fn check_host_key(target: &SshTarget, key: &PublicKey) -> Result<(), Transpo
             fingerprint: presented,
             known_hosts: target.known_hosts_files.clone(),
         }),
+    }
+}
+
+/// What carries a session's connection besides its own TCP socket.
+enum Carrier {
+    /// Nothing: a direct connection.
+    None,
+    /// The bastions' sessions, first hop first (their channels carry the connection).
+    Jump(#[allow(dead_code)] Vec<client::Handle<Client>>),
+    /// The proxy command's child (killed when the session is dropped).
+    Command(#[allow(dead_code)] tokio::process::Child),
+}
+
+fn client_config(target: &SshTarget) -> Result<Arc<client::Config>, TransportError> {
+    Ok(Arc::new(client::Config {
+        window_size: target.window_size,
+        // The largest russh accepts without logging an error on every connection.
+        maximum_packet_size: 65_535,
+        inactivity_timeout: target.idle_timeout,
+        keepalive_interval: target.keepalive_interval,
+        keepalive_max: 3,
+        nodelay: true,
+        preferred: russh::Preferred {
+            cipher: Cow::Owned(cipher_preference(target)?),
+            ..russh::Preferred::DEFAULT
+        },
+        ..Default::default()
+    }))
+}
+
+/// The handler for `target` and the slot where it leaves why it refused a host key.
+fn handler_for(target: &Arc<SshTarget>) -> (Client, Arc<Mutex<Option<TransportError>>>) {
+    let rejection = Arc::new(Mutex::new(None));
+    let handler = Client {
+        target: target.clone(),
+        rejection: rejection.clone(),
+    };
+    (handler, rejection)
+}
+
+/// The error for a failed handshake: the host-key refusal if there was one.
+fn handshake_error(
+    target: &SshTarget,
+    rejection: &Mutex<Option<TransportError>>,
+    e: russh::Error,
+) -> TransportError {
+    let taken = match rejection.lock() {
+        Ok(mut g) => g.take(),
+        Err(p) => p.into_inner().take(),
+    };
+    taken.unwrap_or_else(|| match e {
+        russh::Error::IO(source) => TransportError::Connect {
+            host: target.host.clone(),
+            port: target.port,
+            source,
+        },
+        other => ssh_error(&target.host, "connecting", other),
+    })
+}
+
+/// A TCP connection to `target` and the SSH handshake on it (host key checked).
+async fn open_direct(target: &Arc<SshTarget>) -> Result<client::Handle<Client>, TransportError> {
+    let (handler, rejection) = handler_for(target);
+    let addr = (target.host.as_str(), target.port);
+    client::connect(client_config(target)?, addr, handler)
+        .await
+        .map_err(|e| handshake_error(target, &rejection, e))
+}
+
+/// A `direct-tcpip` channel of `via` to `target`, and the SSH handshake over it.
+async fn open_through(
+    via: &client::Handle<Client>,
+    target: &Arc<SshTarget>,
+) -> Result<client::Handle<Client>, TransportError> {
+    let channel = via
+        .channel_open_direct_tcpip(target.host.clone(), u32::from(target.port), "127.0.0.1", 0)
+        .await
+        .map_err(|e| TransportError::Ssh {
+            host: target.host.clone(),
+            what: format!(
+                "opening a ProxyJump channel to {}:{}",
+                target.host, target.port
+            ),
+            message: e.to_string(),
+        })?;
+    let (handler, rejection) = handler_for(target);
+    client::connect_stream(client_config(target)?, channel.into_stream(), handler)
+        .await
+        .map_err(|e| handshake_error(target, &rejection, e))
+}
+
+/// Starts the proxy command (no shell) and makes the SSH handshake over its stdin/stdout.
+/// A failure names the argv and ends with the tail of the command's stderr.
+async fn open_command(
+    target: &Arc<SshTarget>,
+    argv: &[String],
+) -> Result<(client::Handle<Client>, Carrier), TransportError> {
+    use tokio::io::AsyncReadExt;
+    let failed = |message: String| TransportError::Ssh {
+        host: target.host.clone(),
+        what: format!("running ProxyCommand {argv:?}"),
+        message,
+    };
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| failed("the command is empty".into()))?;
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| failed(format!("cannot start it: {e}")))?;
+    let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        return Err(failed("its stdin/stdout are not pipes".into()));
+    };
+    let mut stderr = child.stderr.take();
+    let (handler, rejection) = handler_for(target);
+    let stream = tokio::io::join(stdout, stdin);
+    match client::connect_stream(client_config(target)?, stream, handler).await {
+        Ok(handle) => {
+            // Keep its stderr drained so that a chatty command never blocks on it.
+            if let Some(mut err) = stderr {
+                tokio::spawn(async move {
+                    let mut sink = tokio::io::sink();
+                    let _ = tokio::io::copy(&mut err, &mut sink).await;
+                });
+            }
+            Ok((handle, Carrier::Command(child)))
+        }
+        Err(e) => {
+            let refused = match rejection.lock() {
+                Ok(mut g) => g.take(),
+                Err(p) => p.into_inner().take(),
+            };
+            if let Some(refused) = refused {
+                return Err(refused);
+            }
+            let _ = child.start_kill();
+            let mut tail = Vec::new();
+            if let Some(err) = stderr.as_mut() {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(2), err.read_to_end(&mut tail)).await;
+            }
+            let tail = String::from_utf8_lossy(&tail);
+            let tail: String = {
+                let t = tail.trim();
+                let start = t.len().saturating_sub(2000);
+                let start = (start..t.len())
+                    .find(|i| t.is_char_boundary(*i))
+                    .unwrap_or(t.len());
+                t[start..].to_string()
+            };
+            Err(failed(format!("{e}; its stderr: {tail:?}")))
+        }
     }
 }
 
