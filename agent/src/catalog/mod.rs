@@ -704,7 +704,8 @@ pub fn resolve_catalog_with(
                 Some(pw) => (Some(pw), PasswordOrigin::Env(name.clone())),
                 None => {
                     return Err(config_error(format!(
-                        "the site map's catalog.password_env names {name}, which is not set                          (or empty) in this environment"
+                        "the site map's catalog.password_env names {name}, which is not set \
+                         (or empty) in this environment"
                     )))
                 }
             },
@@ -1035,6 +1036,20 @@ mod resolve_tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("XENON_DB_PW") && e.contains("not set"), "{e}");
+    }
+
+    #[test]
+    fn the_unset_password_env_message_reads_as_documented() {
+        let e = resolve(&map_request(PasswordSource::Env("XENON_DB_PW".into())), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.ends_with(
+                "the site map's catalog.password_env names XENON_DB_PW, which is not set \
+                 (or empty) in this environment"
+            ),
+            "{e}"
+        );
     }
 
     #[test]
