@@ -21,6 +21,10 @@
 //! origin copy. Nothing copies such a run before that: the copy tasks only take runs with a
 //! `transferred` copy that carries the run's digest, and only runs with a `want`.
 //!
+//! Before discovery, at every site (origin or not), the task runs [`super::adopt`]: copies at
+//! this site that a DAQ or cax recorded without Ferry's manifest get it from this agent,
+//! found through the catalogue, so a cax collaboration, which has no origin, moves.
+//!
 //! Registration also records which copies the collaboration wants ([`wanted_sites`]): every
 //! site the site map's links reach from this origin, through sites that hold the data type.
 //! The copy tasks find their work through those wants.

@@ -13,7 +13,10 @@
 //!    [`Catalog::reclaim_abandoned`], so a restart after `kill -9` does not wait out the
 //!    lease (`limits.lease`, 10 min by default); so are **orphaned** copies, held by this
 //!    very agent, which an earlier cycle could not finish recording (the catalogue was
-//!    unreachable): nothing of the agent's own is in flight while retry runs;
+//!    unreachable): nothing of the agent's own is in flight while retry runs; copies left
+//!    `transferring` with **no lease** (cax's pending entries, a cax that died) are taken
+//!    with [`Catalog::reclaim_unleased`] once idle longer than `limits.lease`, cleared
+//!    (`error → removing`, entry removed) and wanted again, so the copy is made afresh;
 //! 2. **failed** copies (`error`) are classified from `last_error` ([`FailureClass`], as
 //!    FTS3 does) and
 //!    - `[retryable]` (connection cut, timeout, catalogue, a lost lease) and `[checksum]`
