@@ -77,9 +77,10 @@ impl CopyEntry {
     pub(crate) fn decode(mut f: Fields<'_>) -> Result<Self, DecodeError> {
         let data_type = f.opt_string("type")?.unwrap_or_else(|| "raw".to_string());
         let host = f.string("host")?;
-        let location = f.opt_string("location")?;
+        // cax wrote `"n/a"` while a copy was pending: no location yet.
+        let location = f.opt_string("location")?.filter(|l| l != "n/a");
         let protocol = f.opt_string("protocol")?;
-        let status = f.status("status")?;
+        let (status, legacy) = f.status_as_written("status")?;
         let checksum = f.opt_string("checksum")?;
         let verified_time = f.opt_date("verified_time")?;
         let creation_time = f.opt_date_or_list("creation_time")?;
@@ -97,7 +98,10 @@ impl CopyEntry {
             }
         };
         let attempts = f.opt_int("attempts")?.unwrap_or(0);
-        let last_error = f.opt_string("last_error")?;
+        let mut last_error = f.opt_string("last_error")?;
+        if let (Some(name), None) = (&legacy, &last_error) {
+            last_error = Some(format!("[retryable] recorded by cax as status {name:?}"));
+        }
         let tape = f.opt_document("tape")?;
         Ok(CopyEntry {
             data_type,

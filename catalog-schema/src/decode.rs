@@ -9,9 +9,12 @@
 //! What is tolerated, because real documents written by cax's DAQ contain it: a run number
 //! or size written as a whole double (mongosh), `checksum: null`, `creation_time` stored as
 //! a list (cax issue #40: its first element is the time), `null` for any optional field, a
-//! copy without `type` (`raw`), any data type (`untriggered`) and any `location` string
-//! (`"n/a"`). What is not: a field of the wrong type, a copy status that is not one of the
-//! five, a negative size, a missing `number`, `host` or `status`.
+//! copy without `type` (`raw`), any data type (`untriggered`), any `location` string
+//! (cax's `"n/a"` for a pending copy is read as no location), and the copy statuses cax and its Rucio tools wrote (`failed`, `RSEreupload`,
+//! `RSEquota`: read as `error`, with a `last_error` saying so when there is none; see
+//! [`crate::status::LEGACY_STATUSES`]). What is not: a field of the wrong type, a copy
+//! status that is neither Ferry's nor cax's, a negative size, a missing `number`, `host` or
+//! `status`.
 
 use bson::{Bson, DateTime, Document};
 use std::fmt;
@@ -406,12 +409,20 @@ impl<'a> Fields<'a> {
             .collect()
     }
 
-    pub(crate) fn status(&mut self, key: &str) -> Result<CopyStatus, DecodeError> {
+    /// A copy status, and the legacy (cax) name it was written as, if it was one
+    /// ([`crate::status::legacy_status`]).
+    pub(crate) fn status_as_written(
+        &mut self,
+        key: &str,
+    ) -> Result<(CopyStatus, Option<String>), DecodeError> {
         let s = self.string(key)?;
-        CopyStatus::ALL
-            .into_iter()
-            .find(|c| c.as_str() == s)
-            .ok_or_else(|| self.error(key, Problem::UnknownStatus(s)))
+        if let Some(c) = CopyStatus::ALL.into_iter().find(|c| c.as_str() == s) {
+            return Ok((c, None));
+        }
+        match crate::status::legacy_status(&s) {
+            Some(c) => Ok((c, Some(s))),
+            None => Err(self.error(key, Problem::UnknownStatus(s))),
+        }
     }
 
     /// What is left: fields Ferry does not know, kept as they are.
@@ -435,7 +446,11 @@ pub fn readable_filter() -> Document {
     let opt = |t: &str| bson::bson!([t, "null"]);
     let size =
         || doc! { "bsonType": ["int", "long", "double", "null"], "minimum": 0, "multipleOf": 1 };
-    let statuses: Vec<&str> = CopyStatus::ALL.iter().map(|s| s.as_str()).collect();
+    let statuses: Vec<&str> = CopyStatus::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .chain(crate::status::LEGACY_STATUSES.iter().map(|(n, _)| *n))
+        .collect();
     let file = doc! {
         "bsonType": "object",
         "required": ["path", "size", "sha256"],

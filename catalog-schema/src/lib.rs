@@ -33,7 +33,7 @@ pub use event::{Event, MAX_EVENTS};
 pub use heartbeat::Heartbeat;
 pub use index::{IndexSpec, HEARTBEAT_INDEXES, RUN_INDEXES};
 pub use run::{check_run_name, want_tag, FileEntry, RunDoc, RunKey, DEFAULT_DETECTOR};
-pub use status::{can_transition, CopyStatus};
+pub use status::{can_transition, legacy_status, CopyStatus, LEGACY_STATUSES};
 
 /// The JSON Schema of a run document (`run.schema.json`).
 pub const RUN_SCHEMA_JSON: &str = include_str!("../run.schema.json");

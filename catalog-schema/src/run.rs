@@ -612,13 +612,30 @@ mod tests {
         assert_eq!(run.size, Some(10));
         assert_eq!(run.data[0].creation_time, Some(t));
         assert_eq!(run.data[1].data_type, "untriggered");
-        assert_eq!(run.data[1].location.as_deref(), Some("n/a"));
+        // cax's "n/a" while pending: no location yet.
+        assert_eq!(run.data[1].location, None);
         assert!(run.data[1].extra.contains_key("pax_version"));
         assert_eq!(run.data[2].data_type, "raw");
         assert_eq!(run.data[2].creation_time, None);
         // Encoded and decoded again, the value is the same.
         let again = RunDoc::from_document(run.to_document().unwrap()).unwrap();
         assert_eq!(again, run);
+    }
+
+    #[test]
+    fn cax_statuses_decode_as_failed_copies_and_others_are_refused() {
+        for name in ["failed", "RSEreupload", "RSEquota"] {
+            let doc = doc! { "number": 1, "data": [ { "host": "midway", "status": name } ] };
+            let run = RunDoc::from_document(doc).unwrap();
+            assert_eq!(run.data[0].status, CopyStatus::Error, "{name}");
+            let why = run.data[0].last_error.as_deref().unwrap();
+            assert!(
+                why.starts_with("[retryable]") && why.contains(name),
+                "{why}"
+            );
+        }
+        let doc = doc! { "number": 1, "data": [ { "host": "midway", "status": "done" } ] };
+        assert!(RunDoc::from_document(doc).is_err());
     }
 
     /// Unknown fields keep their exact BSON value: a field that looks like extended JSON

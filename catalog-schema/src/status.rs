@@ -84,6 +84,25 @@ impl fmt::Display for CopyStatus {
     }
 }
 
+/// Copy statuses cax and its Rucio tools wrote that are not Ferry's, and the Ferry status
+/// each stands for: `failed` (an unreachable copy), `RSEreupload` and `RSEquota` (a Rucio
+/// upload to do again, or refused for quota) are all a failed copy, `error`, to be retried
+/// by the retry task like any other. The decoder maps them ([`legacy_status`]) rather than
+/// quarantining the whole run.
+pub const LEGACY_STATUSES: [(&str, CopyStatus); 3] = [
+    ("failed", CopyStatus::Error),
+    ("RSEreupload", CopyStatus::Error),
+    ("RSEquota", CopyStatus::Error),
+];
+
+/// The Ferry status a legacy (cax) status name stands for, if `name` is one.
+pub fn legacy_status(name: &str) -> Option<CopyStatus> {
+    LEGACY_STATUSES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, s)| *s)
+}
+
 /// A status name that is not one of the five.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
@@ -160,5 +179,14 @@ mod tests {
             assert_eq!(b, bson::Bson::String(s.as_str().into()));
         }
         assert!("purging".parse::<CopyStatus>().is_err());
+    }
+
+    #[test]
+    fn cax_statuses_are_failed_copies() {
+        for name in ["failed", "RSEreupload", "RSEquota"] {
+            assert_eq!(legacy_status(name), Some(Error), "{name}");
+        }
+        assert_eq!(legacy_status("done"), None);
+        assert_eq!(legacy_status("transferred"), None);
     }
 }

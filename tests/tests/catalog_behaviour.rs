@@ -1092,6 +1092,55 @@ async fn legacy_cax_documents_are_not_quarantined(f: &Fixture) {
     );
 }
 
+/// A copy cax left `transferring` with no lease is taken only once idle past the cutoff,
+/// by exactly one reclaimer; cax's `failed` status is a failed copy Ferry can write to.
+async fn a_dead_caxs_transferring_entry_is_reclaimed_once_after_the_grace(f: &Fixture) {
+    let c = &*f.catalog;
+    let old = DateTime::from_millis(1_490_870_000_000);
+    f.insert_raw(doc! {
+        "number": 4712_i64, "name": "170330_1235",
+        "data": [
+            { "type": "raw", "host": "midway", "location": "n/a", "status": "transferring",
+              "checksum": Bson::Null, "creation_time": [old, old] },
+            { "type": "raw", "host": "stash", "location": "n/a", "status": "failed",
+              "checksum": Bson::Null },
+        ],
+    })
+    .await;
+    c.adopt_foreign_copies(100).await.unwrap();
+    let copy = CopyRef::new(key(4712), "midway", "raw");
+    let lease = Duration::from_secs(60);
+    let before_it = DateTime::from_millis(old.timestamp_millis() - 1);
+    assert_eq!(
+        c.reclaim_unleased(&copy, before_it, "a", lease)
+            .await
+            .unwrap(),
+        Claim::Lost,
+        "not idle long enough"
+    );
+    let now = DateTime::now();
+    assert!(matches!(
+        c.reclaim_unleased(&copy, now, "a", lease).await.unwrap(),
+        Claim::Won(_)
+    ));
+    assert_eq!(
+        c.reclaim_unleased(&copy, now, "b", lease).await.unwrap(),
+        Claim::Lost,
+        "leased now"
+    );
+    let run = c.get_run(&key(4712)).await.unwrap().unwrap();
+    let m = run.copy("midway", "raw").unwrap();
+    assert!(m.leased_by("a"), "{m:?}");
+    assert_eq!(m.attempts, 1);
+    let s = run.copy("stash", "raw").unwrap();
+    assert_eq!(s.status, CopyStatus::Error);
+    assert_eq!(c.quarantine().count(), 0);
+    // The failed copy is Ferry's to move: error -> transferring by a retry.
+    let stash = CopyRef::new(key(4712), "stash", "raw");
+    let t = Transition::new(CopyStatus::Error, CopyStatus::Transferring, Some("a"), "a");
+    assert_eq!(c.transition(&stash, &t).await.unwrap(), Cas::Done);
+}
+
 /// Copies another tool wrote (a DAQ, a script) reach the site work lists once adopted, the
 /// adoption changes nothing a collaborator reads, and Ferry's own writes keep them there.
 async fn foreign_copies_reach_work_lists_after_adoption(f: &Fixture) {
@@ -1621,6 +1670,7 @@ suite!(
     unreadable_document_asked_for_is_an_error_naming_it,
     malformed_documents_are_skipped_counted_and_never_written,
     legacy_cax_documents_are_not_quarantined,
+    a_dead_caxs_transferring_entry_is_reclaimed_once_after_the_grace,
     want_set_at_registration_and_removed_by_claim,
     lost_claim_leaves_want,
     request_copy_only_when_no_copy_exists,

@@ -210,6 +210,19 @@ impl<C: Catalog> Catalog for Faulty<C> {
         self.call("reclaim abandoned", f).await
     }
 
+    async fn reclaim_unleased(
+        &self,
+        copy: &CopyRef,
+        idle_before: DateTime,
+        new_owner: &str,
+        lease_for: Duration,
+    ) -> Result<Claim, CatalogError> {
+        let f = self
+            .inner
+            .reclaim_unleased(copy, idle_before, new_owner, lease_for);
+        self.call("reclaim unleased", f).await
+    }
+
     async fn mark_removing(
         &self,
         copy: &CopyRef,

@@ -364,6 +364,19 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
         lease_for: Duration,
     ) -> Result<Claim, CatalogError>;
 
+    /// Takes over a copy left `transferring` with **no lease** (cax wrote such entries, and a
+    /// cax that died left them there): only while it still has none, and only when its last
+    /// recorded activity (`updated_time`, `creation_time`; its first element when a list) is
+    /// before `idle_before` (nothing recorded counts as idle). Exactly one reclaimer wins;
+    /// `attempts` goes up by one.
+    async fn reclaim_unleased(
+        &self,
+        copy: &CopyRef,
+        idle_before: DateTime,
+        new_owner: &str,
+        lease_for: Duration,
+    ) -> Result<Claim, CatalogError>;
+
     /// Moves a copy to `removing` (from `transferred` or `error`), with an audit event, only
     /// while every copy in `protected_by` is still there as counted (see [`Protector`]);
     /// all checked in the same conditional update. [`Cas::Lost`] when the copy is not in
@@ -902,6 +915,26 @@ pub(crate) fn reclaim_event(copy: &CopyRef, stale_owner: &str, new_owner: &str) 
 }
 
 /// The event of a takeover of an abandoned copy (its holder's process is gone).
+pub(crate) fn unleased_event(copy: &CopyRef, new_owner: &str) -> Event {
+    Event::copy(
+        new_owner,
+        "reclaimed",
+        &copy.host,
+        &copy.data_type,
+        Some("left transferring with no lease (by cax?) and idle past the grace period".into()),
+    )
+}
+
+/// Whether a `transferring` copy without a lease has been idle since before `idle_before`.
+pub fn unleased_and_idle(c: &catalog_schema::CopyEntry, idle_before: DateTime) -> bool {
+    c.status == catalog_schema::CopyStatus::Transferring
+        && c.lease.is_none()
+        && [c.updated_time, c.creation_time]
+            .into_iter()
+            .flatten()
+            .all(|t| t < idle_before)
+}
+
 pub(crate) fn abandoned_event(copy: &CopyRef, dead_owner: &str, new_owner: &str) -> Event {
     Event::copy(
         new_owner,

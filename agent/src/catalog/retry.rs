@@ -290,6 +290,22 @@ impl<C: Catalog> Catalog for Retrying<C> {
         self.settle_claim(r, copy, new_owner).await
     }
 
+    async fn reclaim_unleased(
+        &self,
+        copy: &CopyRef,
+        idle_before: DateTime,
+        new_owner: &str,
+        lease_for: Duration,
+    ) -> Result<Claim, CatalogError> {
+        let r = self
+            .run("reclaim unleased", || {
+                self.inner
+                    .reclaim_unleased(copy, idle_before, new_owner, lease_for)
+            })
+            .await;
+        self.settle_claim(r, copy, new_owner).await
+    }
+
     async fn mark_removing(
         &self,
         copy: &CopyRef,

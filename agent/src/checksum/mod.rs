@@ -31,7 +31,7 @@ use std::thread::JoinHandle;
 
 use bytes::Bytes;
 use sha2::digest::{self, Digest};
-use sha2::Sha256;
+use sha2::{Sha256, Sha512};
 use tokio::sync::mpsc;
 
 mod fast_md5;
@@ -279,6 +279,56 @@ pub fn hash_file(path: &Path) -> Result<FileDigest, ChecksumError> {
     hasher.blocking_finish()
 }
 
+/// [`hash_file`] plus the file's SHA-512, in the same read: the bytes go to a third hashing
+/// thread beside SHA-256 and MD5. This is what a copy recorded by cax needs to be adopted:
+/// its `checksum` is a [`dirhash`] over per-file SHA-512s, the manifest Ferry's SHA-256s, and
+/// both come from one read of the copy.
+pub fn hash_file_with_sha512(path: &Path) -> Result<(FileDigest, [u8; 64]), ChecksumError> {
+    let read_err = |source| ChecksumError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(read_err)?;
+    let mut hasher = StreamHasher::new()?;
+    let sha512 = Worker::<64>::spawn::<Sha512>("sha512")?;
+    loop {
+        let mut buf = vec![0u8; READ_CHUNK];
+        let n = read_full(&mut file, &mut buf).map_err(read_err)?;
+        if n == 0 {
+            break;
+        }
+        buf.truncate(n);
+        let chunk = Bytes::from(buf);
+        sha512
+            .tx
+            .blocking_send(chunk.clone())
+            .map_err(|_| sha512.dead())?;
+        hasher.blocking_update(chunk)?;
+    }
+    let digest = hasher.blocking_finish()?;
+    Ok((digest, sha512.join()?))
+}
+
+/// cax's directory checksum (`checksumdir.dirhash(dir, 'sha512')`, as cax's `AddChecksum`
+/// recorded it): the SHA-512 of every file as lowercase hex, the hex digests sorted, and the
+/// SHA-512 of their concatenation (UTF-8), as lowercase hex. File names and layout are not
+/// part of it. `files` are the per-file SHA-512s, in any order.
+pub fn dirhash(files: &[[u8; 64]]) -> String {
+    let mut hexes: Vec<String> = files.iter().map(hex::encode).collect();
+    hexes.sort_unstable();
+    let mut outer = Sha512::new();
+    for h in &hexes {
+        outer.update(h.as_bytes());
+    }
+    hex::encode(outer.finalize())
+}
+
+/// Whether `checksum` has the shape of a cax [`dirhash`] (128 hex digits) rather than a
+/// Ferry run digest (64).
+pub fn is_dirhash(checksum: &str) -> bool {
+    checksum.len() == 128 && checksum.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// Read until `buf` is full or end of file; returns the number of bytes read.
 pub(crate) fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;
@@ -364,6 +414,28 @@ mod tests {
             h.blocking_update(Bytes::copy_from_slice(c)).unwrap();
         }
         h.blocking_finish().unwrap()
+    }
+
+    #[test]
+    fn dirhash_is_checksumdirs_sha512_of_sorted_file_digests() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("b"), b"bbb").unwrap();
+        std::fs::write(dir.path().join("a"), vec![b'a'; 100_000]).unwrap();
+        let mut sums = Vec::new();
+        for name in ["b", "a"] {
+            let path = dir.path().join(name);
+            let (d, sha512) = hash_file_with_sha512(&path).unwrap();
+            assert_eq!(d, hash_file(&path).unwrap());
+            sums.push(sha512);
+        }
+        // python: checksumdir.dirhash(dir, 'sha512') (hashlib, as in reference/cax.md §4)
+        let want = "584cfde4f3c85bb39856688567aa5136e6bb3a8a534ea854542f8627d6e7bd46994b6d9986bf11993618ee67ce1ff88b34f6bfecd92f728be1a3e4766df0c6b7";
+        assert_eq!(dirhash(&sums), want);
+        sums.reverse();
+        assert_eq!(dirhash(&sums), want);
+        assert!(is_dirhash(want));
+        assert!(dirhash(&[]).starts_with("cf83e135"));
+        assert!(!is_dirhash(&"0".repeat(64)));
     }
 
     #[test]

@@ -23,6 +23,7 @@
 //! reason, or is listed in the report's failures with the run and the cause; the next task
 //! still runs. A lost race in the catalogue is an ordinary outcome, not a failure.
 
+pub mod adopt;
 pub mod audit;
 pub mod copy;
 pub mod heartbeat;

@@ -21,6 +21,10 @@
 //! origin copy. Nothing copies such a run before that: the copy tasks only take runs with a
 //! `transferred` copy that carries the run's digest, and only runs with a `want`.
 //!
+//! Before discovery, at every site (origin or not), the task runs [`super::adopt`]: copies at
+//! this site that a DAQ or cax recorded without Ferry's manifest get it from this agent,
+//! found through the catalogue, so a cax collaboration, which has no origin, moves.
+//!
 //! Registration also records which copies the collaboration wants ([`wanted_sites`]): every
 //! site the site map's links reach from this origin, through sites that hold the data type.
 //! The copy tasks find their work through those wants.
@@ -95,7 +99,9 @@ pub enum RegisterError {
 
 /// Runs the task for `ctx.site` (does nothing at sites that are not origins).
 pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
-    let mut report = TaskReport::default();
+    // Copies at this site that another tool recorded without a Ferry manifest (a DAQ's
+    // entry, a copy cax made), at origins and elsewhere alike.
+    let mut report = super::adopt::run(ctx, token).await;
     if !ctx.site.origin {
         return report;
     }
@@ -457,6 +463,25 @@ pub fn build_manifest(
     marker: Option<&str>,
     quiet: Option<Duration>,
 ) -> Result<Manifest, RegisterError> {
+    hash_run(dir, marker, quiet, false).map(|(m, _)| m)
+}
+
+/// [`build_manifest`] and cax's [`checksum::dirhash`] of the same files, from one read of
+/// each file (SHA-512 on a third hashing thread): what adopting a copy cax recorded needs.
+pub fn build_manifest_and_dirhash(
+    dir: &Path,
+    marker: Option<&str>,
+    quiet: Option<Duration>,
+) -> Result<(Manifest, String), RegisterError> {
+    hash_run(dir, marker, quiet, true).map(|(m, d)| (m, d.unwrap_or_default()))
+}
+
+fn hash_run(
+    dir: &Path,
+    marker: Option<&str>,
+    quiet: Option<Duration>,
+    with_dirhash: bool,
+) -> Result<(Manifest, Option<String>), RegisterError> {
     let shown = dir.display().to_string();
     let mut files = Vec::new();
     list_files(dir, dir, &mut files)?;
@@ -492,8 +517,15 @@ pub fn build_manifest(
     }
     let mut entries = Vec::with_capacity(files.len());
     let mut total: u64 = 0;
+    let mut sha512s = Vec::new();
     for (rel, path) in &files {
-        let digest = checksum::hash_file(path)?;
+        let digest = if with_dirhash {
+            let (digest, sha512) = checksum::hash_file_with_sha512(path)?;
+            sha512s.push(sha512);
+            digest
+        } else {
+            checksum::hash_file(path)?
+        };
         total = total.saturating_add(digest.size);
         entries.push(FileEntry {
             path: rel.clone(),
@@ -518,11 +550,12 @@ pub fn build_manifest(
         })
         .collect();
     let digest = checksum::run_digest(&lines)?;
-    Ok(Manifest {
+    let manifest = Manifest {
         files: entries,
         size: i64::try_from(total).unwrap_or(i64::MAX),
         digest,
-    })
+    };
+    Ok((manifest, with_dirhash.then(|| checksum::dirhash(&sha512s))))
 }
 
 fn list_files(

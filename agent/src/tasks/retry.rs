@@ -13,7 +13,10 @@
 //!    [`Catalog::reclaim_abandoned`], so a restart after `kill -9` does not wait out the
 //!    lease (`limits.lease`, 10 min by default); so are **orphaned** copies, held by this
 //!    very agent, which an earlier cycle could not finish recording (the catalogue was
-//!    unreachable): nothing of the agent's own is in flight while retry runs;
+//!    unreachable): nothing of the agent's own is in flight while retry runs; copies left
+//!    `transferring` with **no lease** (cax's pending entries, a cax that died) are taken
+//!    with [`Catalog::reclaim_unleased`] once idle longer than `limits.lease`, cleared
+//!    (`error → removing`, entry removed) and wanted again, so the copy is made afresh;
 //! 2. **failed** copies (`error`) are classified from `last_error` ([`FailureClass`], as
 //!    FTS3 does) and
 //!    - `[retryable]` (connection cut, timeout, catalogue, a lost lease) and `[checksum]`
@@ -354,6 +357,8 @@ async fn reclaim_abandoned(
             return;
         }
         let Some(holder) = c.lease.as_ref().map(|l| l.owner.as_str()) else {
+            let outcome = clear_unleased(ctx, run, c, now).await;
+            note(ctx, report, run, c, outcome);
             continue;
         };
         let how = if c.is_stalled(now) {
@@ -371,6 +376,89 @@ async fn reclaim_abandoned(
         let outcome = reclaim_one(ctx, route, run, c, how).await;
         note(ctx, report, run, c, outcome);
     }
+}
+
+/// A copy left `transferring` with no lease (cax wrote its pending copies so, and a cax that
+/// died left them there), idle for longer than the lease (`limits.lease`, the grace a live
+/// holder would have to renew it): taken with [`Catalog::reclaim_unleased`] (one winner),
+/// then cleared as cax's `RetryStalledTransfer` did, so the copy is made afresh by the
+/// normal path: `transferring → error → removing`, the entry removed and the copy wanted
+/// again (`request_copy`). Its files are left alone; the new copy replaces them. An entry
+/// still inside its grace is left for a later cycle.
+async fn clear_unleased(
+    ctx: &Context,
+    run: &RunDoc,
+    c: &CopyEntry,
+    now: DateTime,
+) -> Result<Step, String> {
+    let grace = lease(ctx);
+    let idle_before = DateTime::from_millis(
+        now.timestamp_millis()
+            .saturating_sub(i64::try_from(grace.as_millis()).unwrap_or(i64::MAX)),
+    );
+    if !crate::catalog::unleased_and_idle(c, idle_before) {
+        return Ok(Step::Skipped(format!(
+            "transferring with no lease (left by cax?); cleared once idle for {}",
+            humantime::format_duration(grace)
+        )));
+    }
+    if ctx.dry_run {
+        return Ok(Step::Skipped(
+            "dry run: would clear a transferring entry with no lease and copy it again".into(),
+        ));
+    }
+    let copy = CopyRef::new(run.key(), &c.host, &c.data_type);
+    match ctx
+        .catalog
+        .reclaim_unleased(&copy, idle_before, &ctx.owner, grace)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        Claim::Won(_) => {}
+        Claim::Lost => return Ok(Step::Skipped("reclaimed by another agent".into())),
+    }
+    let why = Failure::new(
+        FailureClass::Retryable,
+        format!(
+            "left transferring with no lease (a cax that died?), idle for more than {}; \
+             cleared to be copied again",
+            humantime::format_duration(grace)
+        ),
+    );
+    let mut to_error = Transition::new(
+        CopyStatus::Transferring,
+        CopyStatus::Error,
+        Some(&ctx.owner),
+        &ctx.owner,
+    );
+    to_error.error = Some(why.to_string());
+    to_error.reason = Some(why.to_string());
+    record::cas(ctx, &copy, &to_error).await?;
+    let cleared = why.to_string();
+    match ctx
+        .catalog
+        .mark_removing(&copy, CopyStatus::Error, &[], &ctx.owner, &cleared)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        Cas::Done => {}
+        Cas::Lost => return Ok(Step::Skipped("the copy changed meanwhile".into())),
+    }
+    let _removed: Cas = ctx
+        .catalog
+        .remove_copy(&copy, &ctx.owner, &cleared)
+        .await
+        .map_err(|e| e.to_string())?;
+    // Lost: the copy is wanted already (or another agent claimed it meanwhile).
+    let _wanted: Cas = ctx
+        .catalog
+        .request_copy(&copy.run, &copy.host, &copy.data_type)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Step::Done(format!(
+        "cleared a transferring entry with no lease (idle past {}); wanted again",
+        humantime::format_duration(grace)
+    )))
 }
 
 /// Why a `transferring` copy may be taken from its holder.

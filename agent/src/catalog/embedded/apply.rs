@@ -9,7 +9,8 @@ use bson::DateTime;
 use catalog_schema::{want_tag, CopyEntry, CopyStatus, Event, Lease, RunDoc};
 
 use crate::catalog::{
-    abandoned_event, after, reclaim_event, ClaimRequest, CopyRef, Manifest, OriginCopy, Transition,
+    abandoned_event, after, reclaim_event, unleased_event, ClaimRequest, CopyRef, Manifest,
+    OriginCopy, Transition,
 };
 
 /// Sets the manifest if the run has none; `false` if it has a different one.
@@ -193,6 +194,24 @@ pub(super) fn reclaim_abandoned(
     }
     let lease = hand_over(c, new_owner, expires, now);
     run.push_event(abandoned_event(copy, dead, new_owner));
+    Some(lease)
+}
+
+/// Takes over a `transferring` copy with no lease, idle since before `idle_before`.
+pub(super) fn reclaim_unleased(
+    run: &mut RunDoc,
+    copy: &CopyRef,
+    idle_before: DateTime,
+    new_owner: &str,
+    expires: DateTime,
+    now: DateTime,
+) -> Option<Lease> {
+    let c = run.copy_mut(&copy.host, &copy.data_type)?;
+    if !crate::catalog::unleased_and_idle(c, idle_before) {
+        return None;
+    }
+    let lease = hand_over(c, new_owner, expires, now);
+    run.push_event(unleased_event(copy, new_owner));
     Some(lease)
 }
 

@@ -811,6 +811,29 @@ impl Catalog for EmbeddedCatalog {
         .map(claim)
     }
 
+    async fn reclaim_unleased(
+        &self,
+        copy: &CopyRef,
+        idle_before: DateTime,
+        new_owner: &str,
+        lease_for: Duration,
+    ) -> Result<Claim, CatalogError> {
+        let (c, n) = (copy.clone(), new_owner.to_string());
+        let now = DateTime::now();
+        self.mutate("reclaim unleased", &copy.run, move |run| {
+            Ok(apply::reclaim_unleased(
+                run,
+                &c,
+                idle_before,
+                &n,
+                after(now, lease_for),
+                now,
+            ))
+        })
+        .await
+        .map(claim)
+    }
+
     async fn mark_removing(
         &self,
         copy: &CopyRef,

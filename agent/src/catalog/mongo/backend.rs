@@ -17,9 +17,9 @@ use super::config::MongoConfig;
 use super::errors::{classify, is_duplicate_key};
 use crate::catalog::{
     abandoned_event, after, check_registration, fill_page, missing_wants, new_run_doc,
-    reclaim_event, removing_transition, Cas, Catalog, CatalogError, Claim, ClaimRequest, CopyRef,
-    LeaseHeld, NewRun, OriginCopy, Protector, Quarantine, RegisterCheck, Registered, RunFilter,
-    RunSelector, Transition,
+    reclaim_event, removing_transition, unleased_and_idle, unleased_event, Cas, Catalog,
+    CatalogError, Claim, ClaimRequest, CopyRef, LeaseHeld, NewRun, OriginCopy, Protector,
+    Quarantine, RegisterCheck, Registered, RunFilter, RunSelector, Transition,
 };
 
 /// The per-copy index field Ferry keeps next to `status`: `"<host>/<status>"` (see
@@ -988,6 +988,43 @@ impl Catalog for MongoCatalog {
         .await
     }
 
+    async fn reclaim_unleased(
+        &self,
+        copy: &CopyRef,
+        idle_before: DateTime,
+        new_owner: &str,
+        lease_for: Duration,
+    ) -> Result<Claim, CatalogError> {
+        let now = DateTime::now();
+        // The copy as read must be idle; the update is conditional on it still having no
+        // lease (the first reclaimer gives it one), and on the times read.
+        let Some(run) = self.get_run(&copy.run).await? else {
+            return Ok(Claim::Lost);
+        };
+        let Some(c) = run.copy(&copy.host, &copy.data_type) else {
+            return Ok(Claim::Lost);
+        };
+        if !unleased_and_idle(c, idle_before) {
+            return Ok(Claim::Lost);
+        }
+        let mut elem = doc! { "status": "transferring", "lease": Bson::Null };
+        elem.insert(
+            "updated_time",
+            c.updated_time.map_or(Bson::Null, Bson::DateTime),
+        );
+        let ev = unleased_event(copy, new_owner);
+        self.take_lease(
+            copy,
+            elem,
+            new_owner,
+            lease_for,
+            now,
+            &ev,
+            "reclaim unleased",
+        )
+        .await
+    }
+
     async fn mark_removing(
         &self,
         copy: &CopyRef,
@@ -1134,7 +1171,22 @@ impl Catalog for MongoCatalog {
                     elem.insert("type", t.clone());
                 }
                 // Conditional on the status read: a concurrent change makes this a no-op.
-                let set = doc! { "$set": { "data.$.host_status": format!("{host}/{status}") } };
+                let mut set = doc! { "data.$.host_status": format!("{host}/{status}") };
+                // A status cax wrote (`failed`, `RSEquota`…) becomes Ferry's, as the decoder
+                // reads it, so the conditional updates that name Ferry's status match it;
+                // the name cax wrote is kept beside it.
+                if let Some(mapped) = catalog_schema::legacy_status(status) {
+                    set.insert("data.$.status", mapped.as_str());
+                    set.insert("data.$.cax_status", status);
+                    set.insert("data.$.host_status", host_status(host, mapped));
+                    if e.get_str("last_error").is_err() {
+                        set.insert(
+                            "data.$.last_error",
+                            format!("[retryable] recorded by cax as status {status:?}"),
+                        );
+                    }
+                }
+                let set = doc! { "$set": set };
                 let filter = doc! { "_id": id.clone(), "data": { "$elemMatch": elem } };
                 if self.update(op, filter, set).await? == Cas::Done {
                     adopted += 1;
