@@ -187,10 +187,15 @@ pub fn backoff(attempts: i64) -> Duration {
 }
 
 /// How long after its last failure a copy of `class` is retried: [`backoff`], except for
-/// `[catalogue]` failures, retried as soon as the catalogue answers (the cause is gone then).
+/// `[catalogue]` failures, retried as soon as the catalogue answers (the cause is gone then),
+/// and for copies no attempt of Ferry's has failed yet (`attempts` 0: every claim counts one):
+/// a copy another tool recorded and that was found bad (adoption measured bytes that do not
+/// match cax's dirhash, or cax recorded it `failed`) is copied again at once, as Rucio
+/// recovers a replica declared bad; backoff spaces Ferry's own failed attempts.
 pub fn wait_before_retry(class: FailureClass, attempts: i64) -> Duration {
     match class {
         FailureClass::Catalog => Duration::ZERO,
+        _ if attempts <= 0 => Duration::ZERO,
         _ => backoff(attempts),
     }
 }
@@ -826,9 +831,17 @@ mod tests {
     }
 
     #[test]
+    fn a_rotted_cax_copy_is_copied_again_without_waiting_for_a_backoff() {
+        // adoption found it bad; Ferry never tried to copy it (no claim: attempts 0)
+        assert_eq!(wait_before_retry(FailureClass::Checksum, 0), Duration::ZERO);
+        assert_eq!(wait_before_retry(FailureClass::Retryable, 0), Duration::ZERO);
+        assert_eq!(wait_before_retry(FailureClass::Checksum, 1), backoff(1));
+    }
+
+    #[test]
     fn a_copy_failed_only_by_the_catalogue_is_retried_without_backoff() {
         assert_eq!(wait_before_retry(FailureClass::Catalog, 3), Duration::ZERO);
-        assert_eq!(wait_before_retry(FailureClass::Retryable, 0), backoff(0));
+        assert_eq!(wait_before_retry(FailureClass::Retryable, 1), backoff(1));
         assert_eq!(wait_before_retry(FailureClass::Checksum, 2), backoff(2));
         let recorded = Failure::new(
             copy::CopyError::Catalog {
