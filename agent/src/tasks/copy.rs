@@ -35,6 +35,7 @@ use crate::catalog::{Cas, CatalogError, Claim, ClaimRequest, CopyRef, RunSelecto
 use crate::checksum::{self, ChecksumError};
 use crate::config::{DestinationVerify, Site, TransferMethod};
 use crate::datadir::{self, PathError};
+use crate::transport::dest;
 use crate::transport::run::{copy_run, FileJob, Progress, RunCopy};
 use crate::transport::{CopyOptions, CopyReport, SshSession, TransportError, Verify};
 
@@ -319,7 +320,12 @@ pub(super) async fn verified_source<'s>(
         let checked = if site.name == ctx.site.name {
             datadir::copy_dir(site, run, c)
         } else {
-            datadir::check_location(site, data_type, run, c.location.as_deref())
+            match datadir::check_location(site, data_type, run, c.location.as_deref()) {
+                Ok(dir) if site.method == TransferMethod::Sftp => {
+                    remote_copy_dir(ctx, site, run, data_type, dir).await?
+                }
+                other => other,
+            }
         };
         match checked {
             Ok(dir) => return Ok(Some((site, dir.display().to_string()))),
@@ -334,6 +340,28 @@ pub(super) async fn verified_source<'s>(
         Some(e) => Err(e.into()),
         None => Ok(None),
     }
+}
+
+/// A peer's run directory `dir` (its location checked), walked over SFTP from the peer's
+/// data directory down with `lstat` ([`dest::check_remote_run_dir`]): a planted link is
+/// refused like one at this site.
+async fn remote_copy_dir(
+    ctx: &Context,
+    site: &Site,
+    run: &RunDoc,
+    data_type: &str,
+    dir: PathBuf,
+) -> Result<Result<PathBuf, PathError>, CopyError> {
+    let place = datadir::Place::new(run, &site.name, data_type);
+    let Some(base) = site.data_dir(data_type) else {
+        return Ok(Err(PathError::NoDataDir { place }));
+    };
+    let session = session_for(ctx, site).await?;
+    Ok(
+        dest::check_remote_run_dir(&session, &place, base, &dir, &site.link_roots)
+            .await
+            .map(|()| dir),
+    )
 }
 
 /// Which way a run goes between this site and its peer.

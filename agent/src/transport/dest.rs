@@ -30,6 +30,7 @@ use std::collections::HashSet;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
 
+use crate::datadir::{PathError, Place};
 use crate::transport::run::check_relative;
 use crate::transport::{DataDirProblem, SshSession, TransportError, LOCAL};
 
@@ -158,6 +159,55 @@ impl LocalDest {
         }
         refuse_local_link(&dst)?;
         Ok(dst)
+    }
+}
+
+impl LocalDest {
+    /// Checks, before any file of the run is written, every directory the manifest paths
+    /// `rels` need below the base and every `.part` and final name: a link or a
+    /// non-directory there refuses the whole run copy, so a refused copy writes nothing.
+    /// Nothing is created; what is missing is created later by [`prepare`](Self::prepare).
+    /// I/O errors other than a refusal are left to `prepare` (blocking).
+    pub(crate) fn precheck<'a>(
+        &self,
+        rels: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), TransportError> {
+        let mut seen = HashSet::new();
+        for rel in rels {
+            if check_relative(LOCAL, rel).is_err() {
+                continue;
+            }
+            let mut dir = self.base.clone();
+            let parents = Path::new(rel).parent().unwrap_or(Path::new(""));
+            let mut present = true;
+            for c in self.below.components().chain(parents.components()) {
+                dir.push(c);
+                if !seen.insert(dir.clone()) {
+                    continue;
+                }
+                match local_kind(&dir) {
+                    Ok(Kind::Dir) => {}
+                    Ok(Kind::Link) => return Err(unsafe_path(LOCAL, dir.display(), LINK_REFUSED)),
+                    Ok(Kind::File | Kind::Other) => {
+                        return Err(unsafe_path(
+                            LOCAL,
+                            dir.display(),
+                            "is not a directory; refused",
+                        ))
+                    }
+                    Ok(Kind::Missing) | Err(_) => {
+                        present = false;
+                        break;
+                    }
+                }
+            }
+            if present {
+                let dst = self.root.join(rel);
+                refuse_local_link(&crate::transport::local::part_path(&dst))?;
+                refuse_local_link(&dst)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -358,6 +408,57 @@ impl RemoteDest {
     }
 }
 
+impl RemoteDest {
+    /// As [`LocalDest::precheck`], over SFTP: the `lstat`s of every directory the manifest
+    /// paths `rels` need, and of every `.part` and final name, sent together (one round
+    /// trip). A link or a non-directory there refuses the whole run copy before any file is
+    /// written; errors other than a refusal are left to [`prepare`](Self::prepare).
+    pub(crate) async fn precheck<'a>(
+        &self,
+        session: &SshSession,
+        rels: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), TransportError> {
+        let host = session.host();
+        let mut seen = HashSet::new();
+        let mut dirs = Vec::new();
+        let mut names = Vec::new();
+        for rel in rels {
+            if check_relative(host, rel).is_err() {
+                continue;
+            }
+            let mut dir = self.base.trim_end_matches('/').to_owned();
+            let parents = rel.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
+            for c in self
+                .below
+                .iter()
+                .map(String::as_str)
+                .chain(parents.split('/').filter(|c| !c.is_empty()))
+            {
+                dir = remote_join(&dir, c);
+                if seen.insert(dir.clone()) {
+                    dirs.push(dir.clone());
+                }
+            }
+            let dst = remote_join(&self.root, rel);
+            names.push(crate::transport::part_name(&dst));
+            names.push(dst);
+        }
+        let all: Vec<&str> = dirs.iter().chain(&names).map(String::as_str).collect();
+        let kinds = session.lstat_each(&all).await;
+        for (i, (path, kind)) in all.iter().zip(kinds).enumerate() {
+            let is_dir = i < dirs.len();
+            match kind {
+                Ok(Kind::Link) => return Err(unsafe_path(host, path, LINK_REFUSED)),
+                Ok(Kind::File | Kind::Other) if is_dir => {
+                    return Err(unsafe_path(host, path, "is not a directory; refused"))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The remote source file for a manifest path below `root`: every component's `lstat` sent
 /// together, a link refused, the file a regular file.
 pub(crate) async fn resolve_remote(
@@ -394,6 +495,93 @@ pub(crate) async fn resolve_remote(
         }
     }
     Ok(at)
+}
+
+/// A peer's run directory `dir` read over SFTP: every component from the peer's data
+/// directory `base` (exclusive) down to `dir` `lstat`ed, all in one round trip, each a real
+/// directory. A symbolic link is refused ([`PathError::Symlink`]) unless the peer lists
+/// `link_roots` and the link resolves (by `realpath` on the peer) to a directory strictly
+/// inside one of them, as [`crate::datadir::copy_dir`] does for local copies.
+pub(crate) async fn check_remote_run_dir(
+    session: &SshSession,
+    place: &Place,
+    base: &Path,
+    dir: &Path,
+    link_roots: &[PathBuf],
+) -> Result<(), PathError> {
+    let io = |path: &str, e: TransportError| PathError::Io {
+        place: place.clone(),
+        path: PathBuf::from(path),
+        message: e.to_string(),
+    };
+    let host = session.host();
+    let below =
+        remote_below(host, &base.to_string_lossy(), &dir.to_string_lossy()).map_err(|_| {
+            PathError::WrongKind {
+                place: place.clone(),
+                path: dir.to_path_buf(),
+                expected: "directory below the data directory",
+            }
+        })?;
+    let mut at = base.to_string_lossy().trim_end_matches('/').to_owned();
+    let chain: Vec<String> = below
+        .iter()
+        .map(|c| {
+            at = remote_join(&at, c);
+            at.clone()
+        })
+        .collect();
+    let refs: Vec<&str> = chain.iter().map(String::as_str).collect();
+    for (path, kind) in chain.iter().zip(session.lstat_each(&refs).await) {
+        match kind.map_err(|e| io(path, e))? {
+            Kind::Dir => {}
+            Kind::Missing => {
+                return Err(PathError::Missing {
+                    place: place.clone(),
+                    path: PathBuf::from(path),
+                })
+            }
+            Kind::Link => {
+                let real = session.realpath(path).await.map_err(|e| io(path, e))?;
+                if !remote_link_allowed(session, &real, link_roots).await {
+                    return Err(PathError::Symlink {
+                        place: place.clone(),
+                        path: PathBuf::from(path),
+                        target: Some(PathBuf::from(real)),
+                    });
+                }
+            }
+            Kind::File | Kind::Other => {
+                return Err(PathError::WrongKind {
+                    place: place.clone(),
+                    path: PathBuf::from(path),
+                    expected: "directory",
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `real` (a link's `realpath` on the peer) is a directory strictly inside one of
+/// the peer's `link_roots` (each resolved on the peer too).
+async fn remote_link_allowed(session: &SshSession, real: &str, link_roots: &[PathBuf]) -> bool {
+    for root in link_roots {
+        let Ok(root) = session.realpath(&root.to_string_lossy()).await else {
+            continue;
+        };
+        let inside = Path::new(real)
+            .strip_prefix(&root)
+            .is_ok_and(|rest| !rest.as_os_str().is_empty());
+        if inside {
+            let (_, kinds) = match session.stat_and_lstat(None, &[real]).await {
+                Ok(k) => k,
+                Err(_) => return false,
+            };
+            return kinds.first() == Some(&Kind::Dir);
+        }
+    }
+    false
 }
 
 #[cfg(test)]

@@ -10,7 +10,10 @@
 //! `..` or empty component, or has a symbolic link anywhere below the run directory is
 //! refused with [`TransportError::UnsafePath`] and never opened. The destination side is
 //! checked by [`crate::transport::dest`]: the data directory must exist (never created),
-//! the run directory lies strictly below it, and nothing is written through a link.
+//! the run directory lies strictly below it, and nothing is written through a link. That
+//! whole chain (every directory the manifest needs, every `.part` and final name) is
+//! checked before the first file is sent, so a run copy refused at a planted link writes
+//! nothing at all.
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -158,6 +161,35 @@ impl Dest {
     }
 }
 
+impl Dest {
+    /// The whole destination chain of `files` checked before any of them is sent
+    /// ([`LocalDest::precheck`], [`RemoteDest::precheck`]): a link or a non-directory
+    /// anywhere refuses every file, so a refused run copy writes nothing.
+    async fn prechecked(self, method: &RunCopy, files: &[FileJob]) -> Dest {
+        let found = match (&self, method) {
+            (Dest::Local(dest), _) => {
+                let (dest, rels) = (
+                    dest.clone(),
+                    files.iter().map(|f| f.path.clone()).collect::<Vec<_>>(),
+                );
+                let at = PathBuf::from(method.link());
+                local::blocking(at, move || dest.precheck(rels.iter().map(String::as_str))).await
+            }
+            (Dest::Remote(dest), RunCopy::Push { session, .. }) => {
+                dest.precheck(session, files.iter().map(|f| f.path.as_str()))
+                    .await
+            }
+            _ => Ok(()),
+        };
+        match found {
+            Err(TransportError::UnsafePath { host, path, reason }) => {
+                Dest::Refused { host, path, reason }
+            }
+            _ => self,
+        }
+    }
+}
+
 impl RunCopy {
     /// Host name used to pick the link's gates and bandwidth limiter.
     pub fn link(&self) -> &str {
@@ -251,7 +283,7 @@ pub async fn copy_run(
     }
     let opts = &opts;
     let progress = &progress;
-    let dest = &Dest::of(method);
+    let dest = &Dest::of(method).prechecked(method, files).await;
     // Files in flight and their meters, for the byte-level progress events.
     let in_flight: Mutex<Vec<(usize, ByteMeter)>> = Mutex::new(Vec::new());
     let in_flight = &in_flight;

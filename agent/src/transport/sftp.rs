@@ -264,6 +264,26 @@ impl SshSession {
         Ok((base_kind, kinds))
     }
 
+    /// `lstat` each of `paths`, all sent together (one round trip); each answer on its own
+    /// (a missing path is [`Kind::Missing`]).
+    pub(crate) async fn lstat_each(&self, paths: &[&str]) -> Vec<Result<Kind, TransportError>> {
+        let ch = self.sftp().await;
+        let host = self.host();
+        futures::future::join_all(paths.iter().map(|p| {
+            let ch = &ch;
+            async move {
+                match ch.raw.lstat(*p).await {
+                    Ok(a) => Ok(Kind::of_remote(&a.attrs)),
+                    Err(SftpError::Status(s)) if s.status_code == StatusCode::NoSuchFile => {
+                        Ok(Kind::Missing)
+                    }
+                    Err(e) => Err(sftp_err(host, p, "lstat", e)),
+                }
+            }
+        }))
+        .await
+    }
+
     /// Create one remote directory whose parent was checked; one that appeared meanwhile is
     /// fine if it is a real directory.
     pub(crate) async fn mkdir_below(&self, dir: &str) -> Result<(), TransportError> {

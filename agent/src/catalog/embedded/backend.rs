@@ -435,6 +435,14 @@ fn decode(blob: &[u8], id: i64, key: &RunKey) -> Result<RunDoc, DecodeError> {
 }
 
 fn encode(catalog: &str, run: &RunDoc) -> Result<Vec<u8>, CatalogError> {
+    encode_over(catalog, run, None)
+}
+
+/// [`encode`], over the document stored before (`old`, when it parses): its fields keep
+/// their order, and an array there that the new document leaves out because it is empty
+/// (`want`, which [`RunDoc::to_document`] omits when empty) stays, as `[]`: the same
+/// document MongoDB's `$pull` leaves.
+fn encode_over(catalog: &str, run: &RunDoc, old: Option<&[u8]>) -> Result<Vec<u8>, CatalogError> {
     let bad = |detail: String| CatalogError::BadDocument {
         catalog: catalog.to_string(),
         source: catalog_schema::ShapeError {
@@ -442,7 +450,24 @@ fn encode(catalog: &str, run: &RunDoc) -> Result<Vec<u8>, CatalogError> {
             detail,
         },
     };
-    let doc = run.to_document().map_err(|e| bad(e.detail))?;
+    let mut doc = run.to_document().map_err(|e| bad(e.detail))?;
+    if let Some(old) = old.and_then(|b| bson::Document::from_reader(b).ok()) {
+        let mut merged = bson::Document::new();
+        for (k, v) in old {
+            match doc.remove(&k) {
+                Some(new) => {
+                    merged.insert(k, new);
+                }
+                // An array emptied (or left empty) stays, empty, as `$pull` leaves it.
+                None if matches!(v, bson::Bson::Array(_)) => {
+                    merged.insert(k, bson::Bson::Array(Vec::new()));
+                }
+                None => {}
+            }
+        }
+        merged.extend(doc);
+        doc = merged;
+    }
     let mut out = Vec::new();
     doc.to_writer(&mut out).map_err(|e| bad(e.to_string()))?;
     Ok(out)
@@ -470,13 +495,19 @@ fn load(
 fn store(tx: &Transaction<'_>, shown: &str, id: i64, run: &RunDoc) -> Result<(), CatalogError> {
     let op = format!("write {}", run.key());
     let e = |err| sql_error(shown, &op, err);
+    let old: Option<Vec<u8>> = tx
+        .query_row("SELECT doc FROM runs WHERE id = ?1", params![id], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(e)?;
     tx.prepare_cached("UPDATE runs SET name = ?2, start = ?3, doc = ?4 WHERE id = ?1")
         .and_then(|mut s| {
             s.execute(params![
                 id,
                 run.name,
                 run.start.map(|d| d.timestamp_millis()),
-                encode(shown, run)
+                encode_over(shown, run, old.as_deref())
                     .map_err(|x| rusqlite::Error::ToSqlConversionFailure(x.into()))?
             ])
         })
@@ -1124,5 +1155,36 @@ impl Catalog for EmbeddedCatalog {
             sql.push_str(&format!(" LIMIT {a}"));
         }
         self.query_docs("list runs", sql, args, page).await
+    }
+}
+
+#[cfg(test)]
+mod write_tests {
+    use super::*;
+
+    #[test]
+    fn a_write_to_a_run_leaves_its_want_array_in_place() {
+        let run = RunDoc::from_document(bson::doc! {
+            "number": 2, "detector": "tpc", "data": [], "want": [],
+        })
+        .unwrap();
+        let mut old = Vec::new();
+        bson::doc! { "number": 2, "want": [], "detector": "tpc", "data": [] }
+            .to_writer(&mut old)
+            .unwrap();
+        let out = encode_over("c", &run, Some(&old)).unwrap();
+        let doc = bson::Document::from_reader(out.as_slice()).unwrap();
+        let keys: Vec<&str> = doc.keys().map(String::as_str).collect();
+        assert_eq!(keys[..4], ["number", "want", "detector", "data"], "{doc}");
+        assert_eq!(doc.get_array("want").unwrap().len(), 0);
+
+        // The last want taken away: `want: []`, not a vanished field.
+        let mut old = Vec::new();
+        bson::doc! { "number": 2, "detector": "tpc", "data": [], "want": ["b/raw"] }
+            .to_writer(&mut old)
+            .unwrap();
+        let out = encode_over("c", &run, Some(&old)).unwrap();
+        let doc = bson::Document::from_reader(out.as_slice()).unwrap();
+        assert_eq!(doc.get_array("want").unwrap().len(), 0, "{doc}");
     }
 }
