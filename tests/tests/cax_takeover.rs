@@ -505,7 +505,10 @@ fn a_cax_collaboration_switches_to_ferry_with_nothing_changed() {
         .iter()
         .map(|(_, p)| inode(p))
         .collect();
-    assert_eq!(midway_before, midway_after, "midway's cax copy was rewritten");
+    assert_eq!(
+        midway_before, midway_after,
+        "midway's cax copy was rewritten"
+    );
     // Counted at the servers: the sources' sshd sent every wanted copy once (1000 to midway
     // and tegner, 1001 to tegner, 1002 to midway and again to tegner for the rotted copy),
     // plus protocol overhead; pulling 1001 to midway again would add 677 kB.

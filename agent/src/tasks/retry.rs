@@ -834,7 +834,10 @@ mod tests {
     fn a_rotted_cax_copy_is_copied_again_without_waiting_for_a_backoff() {
         // adoption found it bad; Ferry never tried to copy it (no claim: attempts 0)
         assert_eq!(wait_before_retry(FailureClass::Checksum, 0), Duration::ZERO);
-        assert_eq!(wait_before_retry(FailureClass::Retryable, 0), Duration::ZERO);
+        assert_eq!(
+            wait_before_retry(FailureClass::Retryable, 0),
+            Duration::ZERO
+        );
         assert_eq!(wait_before_retry(FailureClass::Checksum, 1), backoff(1));
     }
 
