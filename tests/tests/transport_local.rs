@@ -11,7 +11,7 @@ use ferry::transport::limits::{Gates, Limits};
 use ferry::transport::local::{copy, part_path};
 use ferry::transport::run::{copy_run, FileJob, RunCopy};
 use ferry::transport::{CopyOptions, CopyReport, TransportError};
-use transport_common::{digest, exists, mode_of, random_file, snapshot, SmallTmpfs};
+use transport_common::{exists, mode_of, random_file, snapshot, SmallTmpfs};
 
 /// Copy `files` of the run at `src` to `dst` below the data directory `base`.
 async fn local_run(
