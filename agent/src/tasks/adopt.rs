@@ -28,10 +28,10 @@
 use catalog_schema::{CopyEntry, CopyStatus, RunDoc};
 use tokio_util::sync::CancellationToken;
 
-use super::register::{build_manifest_and_dirhash, wanted_sites};
+use super::register::{build_manifest_and_dirhash, wants};
 use super::retry::{Failure, FailureClass};
 use super::{record, walk, Context, TaskReport, WorkList, MAX_PAGES};
-use crate::catalog::{want_tag, Cas, CopyRef, Manifest, NewRun, Registered, Transition};
+use crate::catalog::{Cas, CopyRef, Manifest, NewRun, Registered, Transition};
 use crate::checksum;
 use crate::datadir;
 
@@ -75,11 +75,7 @@ pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
                 match adopt_one(ctx, &run, &c).await {
                     Ok(Outcome::Adopted(why)) => report.done.push(format!("{label}: {why}")),
                     Ok(Outcome::Skipped(why)) => report.skipped.push(format!("{label}: {why}")),
-                    Ok(Outcome::Bad(why)) => {
-                        tracing::error!(site = %ctx.site.name, run = run.number, "{why}");
-                        report.failed.push(format!("{label}: {why}"));
-                    }
-                    Err(why) => {
+                    Ok(Outcome::Bad(why)) | Err(why) => {
                         tracing::error!(site = %ctx.site.name, run = run.number, "{why}");
                         report.failed.push(format!("{label}: {why}"));
                     }
@@ -210,10 +206,7 @@ async fn register(
         start: None,
         end: None,
         manifest: Some(manifest.clone()),
-        want: wanted_sites(&ctx.map, &ctx.site.name, &c.data_type)
-            .iter()
-            .map(|site| want_tag(site, &c.data_type))
-            .collect(),
+        want: wants(&ctx.map, &ctx.site.name, &c.data_type),
         who: ctx.owner.clone(),
     };
     match ctx

@@ -249,10 +249,7 @@ async fn register_one(ctx: &Context, run: &Found) -> Result<Outcome, String> {
         start: None,
         end: None,
         manifest: Some(manifest.clone()),
-        want: wanted_sites(&ctx.map, &ctx.site.name, &run.data_type)
-            .iter()
-            .map(|site| want_tag(site, &run.data_type))
-            .collect(),
+        want: wants(&ctx.map, &ctx.site.name, &run.data_type),
         who: ctx.owner.clone(),
     };
     match ctx
@@ -322,6 +319,15 @@ async fn checksum_daq_entry(
             "the DAQ's entry changed while it was hashed; next cycle".into(),
         )),
     }
+}
+
+/// The `want` tags (`"<site>/<type>"`) of [`wanted_sites`]: what registration and adoption
+/// write so that the copy tasks find the run.
+pub fn wants(map: &SiteMap, origin: &str, data_type: &str) -> Vec<String> {
+    wanted_sites(map, origin, data_type)
+        .iter()
+        .map(|site| want_tag(site, data_type))
+        .collect()
 }
 
 /// The sites that should end up with a copy of `data_type` from `origin`: every site the
