@@ -8,6 +8,7 @@
 #   mongod or secantusd-rs            MongoDB-wire server (DESIGN.md §9); mongod cannot be
 #                                     installed from this machine's registries, so secantusd-rs
 #                                     is built with cargo (about 7 minutes on 2 cores)
+#   iproute2, util-linux             ss, ip, unshare, nsenter (a host behind a firewall: tests/src/netns.rs)
 #   python3 + pymongo                 a catalogue test reads documents back with pymongo
 #
 # Idempotent: what is already there is skipped (a second run takes seconds), and apt-get update
@@ -74,7 +75,9 @@ ensure_apt sshd openssh-server test -x /usr/sbin/sshd
 ensure_apt ssh openssh-client have ssh ssh-keygen ssh-keyscan ssh-agent ssh-add
 # Tools the tests run as processes: `ss` finds a test sshd's connections to cut them; `kill`
 # (not the shell builtin) sends SIGTERM/SIGKILL to agents under test.
-ensure_apt ss iproute2 have ss
+ensure_apt ss iproute2 have ss ip
+# A firewalled host in its own network namespace (tests/src/netns.rs; needs root).
+ensure_apt unshare util-linux have unshare nsenter
 ensure_apt kill procps test -x /usr/bin/kill
 
 if [ -d /run/sshd ]; then

@@ -28,6 +28,7 @@ pub mod binaries;
 pub mod fault_server;
 pub mod keys;
 pub mod mongo;
+pub mod netns;
 pub mod ports;
 mod process;
 pub mod sshd;

@@ -25,6 +25,7 @@ use std::io::{self, Read, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
@@ -32,12 +33,15 @@ use tempfile::TempDir;
 
 use crate::binaries::sshd_binary;
 use crate::keys::{KeyPair, KeyType};
+use crate::netns::{Netns, Published};
 use crate::ports::LOOPBACK;
 use crate::process::{restart_on_port, run_tool, start_on_free_port, ServerProcess, StartError};
 use crate::tempdirs::server_temp_dir;
 
 /// Debian's sshd refuses to start as root without this directory.
 const PRIVSEP_DIR: &str = "/run/sshd";
+/// How long a readiness probe waits for the TCP connection.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// How to set up an [`Sshd`]. `SshdOptions::default()` is what [`Sshd::start`] uses.
 #[derive(Debug, Clone)]
@@ -57,6 +61,19 @@ pub struct SshdOptions {
     pub sshd_path: Option<PathBuf>,
     /// How long to wait for the banner after spawning sshd.
     pub start_timeout: Duration,
+    /// Run sshd inside this private network namespace: unreachable from the test's own
+    /// 127.0.0.1 unless [`InNetns::publish`] is set.
+    pub netns: Option<InNetns>,
+}
+
+/// Where an sshd in a private network namespace is reachable from.
+#[derive(Debug, Clone)]
+pub struct InNetns {
+    /// The namespace.
+    pub netns: Arc<Netns>,
+    /// Also publish its port on the host's 127.0.0.1 (a bastion); off: reachable only from
+    /// inside the namespace (a host behind the bastion).
+    pub publish: bool,
 }
 
 impl Default for SshdOptions {
@@ -68,6 +85,7 @@ impl Default for SshdOptions {
             sftp_start_in_root: false,
             sshd_path: None,
             start_timeout: Duration::from_secs(10),
+            netns: None,
         }
     }
 }
@@ -87,6 +105,8 @@ pub struct Sshd {
     root: PathBuf,
     options: SshdOptions,
     process: Option<ServerProcess>,
+    /// The host-side relay of a published sshd in a namespace.
+    published: Option<Published>,
     // Last field: dropped after `process` is stopped in `Drop`.
     dir: TempDir,
 }
@@ -140,6 +160,7 @@ impl Sshd {
             root,
             options,
             process: None,
+            published: None,
             dir,
         };
         sshd.port = start_on_free_port("sshd", |port| {
@@ -288,6 +309,7 @@ impl Sshd {
     /// Stops sshd (SIGTERM to it and its session processes, SIGKILL after a grace period).
     /// Keys, files and port number stay; [`Sshd::restart`] brings it back. Idempotent.
     pub fn stop(&mut self) {
+        self.published = None;
         if let Some(mut process) = self.process.take() {
             process.stop();
         }
@@ -306,16 +328,54 @@ impl Sshd {
         fs::write(&self.config, self.config_text())
             .with_context(|| format!("writing {}", self.config.display()))
             .map_err(StartError::Failed)?;
-        let args = [
+        let address = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let sshd_args = [
             "-D".as_ref(),
             "-e".as_ref(),
             "-f".as_ref(),
             self.config.as_os_str(),
         ];
-        let mut process = ServerProcess::spawn("sshd", &self.sshd_path, &args, &self.log)
-            .map_err(StartError::Failed)?;
-        let address = SocketAddr::from(([127, 0, 0, 1], self.port));
-        process.wait_ready(self.options.start_timeout, || read_ssh_banner(address))?;
+        let Some(inside) = self.options.netns.clone() else {
+            let mut process = ServerProcess::spawn("sshd", &self.sshd_path, &sshd_args, &self.log)
+                .map_err(StartError::Failed)?;
+            process.wait_ready(self.options.start_timeout, || {
+                read_ssh_banner(
+                    address,
+                    TcpStream::connect_timeout(&address, PROBE_TIMEOUT)?,
+                )
+            })?;
+            self.process = Some(process);
+            return Ok(());
+        };
+        // `nsenter --net=NS -- sshd …`: nsenter joins the namespace and execs sshd.
+        let mut argv: Vec<std::ffi::OsString> = inside
+            .netns
+            .enter_argv()
+            .into_iter()
+            .map(Into::into)
+            .collect();
+        argv.push(self.sshd_path.clone().into_os_string());
+        argv.extend(sshd_args.iter().map(|a| a.to_os_string()));
+        let program = PathBuf::from(argv.remove(0));
+        let rest: Vec<&std::ffi::OsStr> = argv.iter().map(|a| a.as_os_str()).collect();
+        let mut process =
+            ServerProcess::spawn("sshd", &program, &rest, &self.log).map_err(StartError::Failed)?;
+        process.wait_ready(self.options.start_timeout, || {
+            read_ssh_banner(address, inside.netns.connect(address, PROBE_TIMEOUT)?)
+        })?;
+        if inside.publish {
+            match inside.netns.publish(self.port) {
+                Ok(published) => self.published = Some(published),
+                Err(e) => {
+                    process.stop();
+                    return Err(if e.kind() == io::ErrorKind::AddrInUse {
+                        StartError::AddrInUse
+                    } else {
+                        StartError::Failed(anyhow!("publishing port {}: {e}", self.port))
+                    });
+                }
+            }
+        }
         self.process = Some(process);
         Ok(())
     }
@@ -377,8 +437,7 @@ impl Drop for Sshd {
 }
 
 /// Connects and reads the server's identification line; ready once it starts `SSH-2.0-`.
-fn read_ssh_banner(address: SocketAddr) -> anyhow::Result<()> {
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_millis(500))?;
+fn read_ssh_banner(address: SocketAddr, mut stream: TcpStream) -> anyhow::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     let mut banner = Vec::new();
     let mut byte = [0u8; 1];

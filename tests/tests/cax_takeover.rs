@@ -6,8 +6,10 @@
 //!   site named in an `upload_options`, keys Ferry ignores;
 //! - `~/.ssh/config` aliases as the transfer account has them: the site map's `hostname` is
 //!   an alias whose `HostName`, `Port`, `User` and `IdentityFile` only the SSH config knows,
-//!   and the DAQ host is reached through a `ProxyJump` bastion (a second real sshd; the
-//!   bastion's log must show the forwarded connection);
+//!   and the DAQ host is reached through a `ProxyJump` bastion. Both are real sshd in a
+//!   private network namespace: the DAQ host refuses a direct connection from the test (and
+//!   from every agent), only the bastion's port is published on 127.0.0.1, and the bastion's
+//!   log must show the forwarded connection;
 //! - run documents written with pymongo as XENON1T's DAQ wrote them (`checksum: null`,
 //!   `status: transferred`, naive datetimes, `end` set, `creation_time` sometimes a list);
 //! - copies recorded earlier by cax with SHA-512 dirhashes (checksumdir), one whose bytes
@@ -26,6 +28,11 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ferry_tests::netns::{assert_unreachable, Netns};
+use ferry_tests::sshd::InNetns;
 use ferry_tests::{unique_db_name, MongoServer, Sshd, SshdOptions};
 use sha2::{Digest, Sha256, Sha512};
 
@@ -40,6 +47,8 @@ struct World {
     sites: BTreeMap<&'static str, Sshd>,
     /// The bastion in front of the DAQ host (`ProxyJump gateway` in the SSH config).
     gateway: Sshd,
+    /// The firewalled network the DAQ host and the bastion live in (dropped last).
+    _behind_firewall: Arc<Netns>,
     home: tempfile::TempDir,
     uri: String,
     db: String,
@@ -47,8 +56,12 @@ struct World {
 
 /// sshd for a site; its log (`LogLevel VERBOSE`) ends every connection with the bytes it
 /// sent, so the test counts bytes at the server.
-fn counting_sshd() -> Sshd {
-    Sshd::start_with(SshdOptions::default()).unwrap()
+fn counting_sshd(netns: Option<InNetns>) -> Sshd {
+    Sshd::start_with(SshdOptions {
+        netns,
+        ..SshdOptions::default()
+    })
+    .unwrap()
 }
 
 impl World {
@@ -62,19 +75,29 @@ impl World {
         let home = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(home.path().join("state")).unwrap();
         std::fs::create_dir_all(home.path().join(".ssh")).unwrap();
+        let firewall = Netns::create().unwrap();
+        let inside = |publish| {
+            Some(InNetns {
+                netns: Arc::clone(&firewall),
+                publish,
+            })
+        };
         let mut sites = BTreeMap::new();
         for name in [DAQ, MIDWAY, TEGNER] {
-            let sshd = counting_sshd();
+            let sshd = counting_sshd(if name == DAQ { inside(false) } else { None });
             std::fs::create_dir_all(sshd.root().join("raw")).unwrap();
             sites.insert(name, sshd);
         }
         let world = World {
             sites,
-            gateway: Sshd::start().unwrap(),
+            gateway: counting_sshd(inside(true)),
+            _behind_firewall: Arc::clone(&firewall),
             home,
             uri,
             db,
         };
+        // The DAQ host is behind the firewall: a direct connection is refused.
+        assert_unreachable(SocketAddr::from(([127, 0, 0, 1], world.sites[DAQ].port()))).unwrap();
         world.write_ssh_config();
         world.write_cax_json();
         world

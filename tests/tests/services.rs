@@ -217,6 +217,43 @@ fn openssh_client_runs_a_command_with_ssh_argv() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ferry-ok");
 }
 
+/// The firewall the cax takeover test builds: an sshd in a private namespace refuses the
+/// test's direct connection; a published bastion in the same namespace reaches it.
+#[test]
+fn an_sshd_behind_the_firewall_is_reached_only_through_the_published_bastion() {
+    use ferry_tests::netns::{assert_unreachable, Netns};
+    use ferry_tests::sshd::InNetns;
+    let netns = Netns::create().unwrap();
+    let inside = |publish| SshdOptions {
+        netns: Some(InNetns {
+            netns: Arc::clone(&netns),
+            publish,
+        }),
+        ..SshdOptions::default()
+    };
+    let hidden = Sshd::start_with(inside(false)).unwrap();
+    let bastion = Sshd::start_with(inside(true)).unwrap();
+    assert_unreachable(std::net::SocketAddr::from(([127, 0, 0, 1], hidden.port()))).unwrap();
+    // Through the bastion, as OpenSSH's client does it: `ProxyCommand ssh … -W %h:%p`.
+    let mut proxy = bastion.ssh_argv();
+    let destination = proxy.pop().unwrap();
+    proxy.extend(["-W".to_owned(), "%h:%p".to_owned(), destination]);
+    let mut argv = hidden.ssh_argv();
+    argv.splice(
+        1..1,
+        ["-o".to_owned(), format!("ProxyCommand={}", proxy.join(" "))],
+    );
+    argv.extend(["echo".to_owned(), "behind-ok".to_owned()]);
+    let out = Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{argv:?} failed: {}\nbastion log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        bastion.log_tail()
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "behind-ok");
+}
+
 #[test]
 fn openssh_sftp_scp_and_rclone_reach_the_server() {
     let sshd = Sshd::start().unwrap();
