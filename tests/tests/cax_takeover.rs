@@ -18,7 +18,7 @@
 //! Every run must end `transferred` at every site with the run digest this test computes from
 //! the DAQ's files, read back with pymongo; the rotted copy is found and copied again; the good
 //! cax copy is adopted without its bytes being sent again (bytes counted from the sources'
-//! sshd logs).
+//! sshd logs). A second test drives massive-cax's `--from-run/--to-run` through the same world.
 
 // Test bodies and helpers.
 #![allow(clippy::unwrap_used)]
@@ -542,4 +542,80 @@ fn a_cax_collaboration_switches_to_ferry_with_nothing_changed() {
         "the servers sent {sent} bytes; the wanted copies are {wanted} bytes, run 1001 {}",
         size[&1001]
     );
+}
+
+/// massive-cax's habit: `--from-run N --to-run M` at every site moves the runs in the range
+/// and leaves the others as the DAQ wrote them, through the real catalogue.
+#[test]
+fn a_run_range_moves_the_runs_in_it_and_leaves_the_rest_untouched() {
+    let world = World::new("cax_run_range");
+    let mut digest = BTreeMap::new();
+    let mut docs = Vec::new();
+    for number in 2000..2004_i64 {
+        let name = format!("170201_{:04}", number - 2000);
+        let dir = world.raw(DAQ).join(&name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..2 {
+            let bytes = pseudo_random((number as u64) << 8 | i, 100_000);
+            std::fs::write(dir.join(format!("XENON1T-{number}-{i:09}.zip")), bytes).unwrap();
+        }
+        digest.insert(number, run_digest(&dir));
+        docs.push(serde_json::json!({
+            "number": number, "name": name, "detector": "tpc",
+            "start": "2017-02-01T00:00:00", "end": "2017-02-01T00:59:59",
+            "data": [{ "type": "raw", "host": DAQ, "status": "transferred", "checksum": null,
+                       "location": dir, "creation_time": "2017-02-01T03:00:00" }],
+        }));
+    }
+    assert_eq!(
+        world.python(INSERT, &serde_json::Value::Array(docs)).trim(),
+        "4"
+    );
+    let range = ["--from-run", "2001", "--to-run", "2002"];
+    for round in 0..3 {
+        for site in [DAQ, MIDWAY, TEGNER] {
+            let out = world.once(site, &range);
+            assert!(
+                matches!(out.status.code(), Some(0) | Some(1)),
+                "{site}, round {round}: {}",
+                text(&out)
+            );
+        }
+    }
+    let state: serde_json::Value =
+        serde_json::from_str(&world.python(READ, &serde_json::json!({}))).unwrap();
+    for number in 2000..2004_i64 {
+        let copies = state[number.to_string()].as_array().unwrap();
+        if (2001..=2002).contains(&number) {
+            for site in [DAQ, MIDWAY, TEGNER] {
+                assert!(
+                    copies.iter().any(|c| c["host"] == site
+                        && c["status"] == "transferred"
+                        && c["checksum"] == digest[&number].as_str()),
+                    "run {number} in the range is not verified at {site}: {copies:#?}"
+                );
+            }
+        } else {
+            // Outside the range: the DAQ's entry as written, no copy anywhere else.
+            assert_eq!(
+                copies.len(),
+                1,
+                "run {number} outside the range: {copies:#?}"
+            );
+            assert_eq!(
+                copies[0]["checksum"],
+                serde_json::Value::Null,
+                "run {number}"
+            );
+            for site in [MIDWAY, TEGNER] {
+                assert!(
+                    !world
+                        .raw(site)
+                        .join(format!("170201_{:04}", number - 2000))
+                        .exists(),
+                    "run {number} outside the range reached {site}"
+                );
+            }
+        }
+    }
 }
