@@ -19,7 +19,7 @@
 #
 # Like the systemd unit, the session restarts the agent after exit codes 1 (some work
 # failed) and 3 (catalogue unreachable), after 30 s; it ends on 0 (stopped), 2 (bad site
-# map or flags), 4 (another agent holds the lock) and 5 (unsupported request).
+# map or flags) and 4 (another agent holds the lock).
 set -euo pipefail
 
 usage() {

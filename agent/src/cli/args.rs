@@ -103,6 +103,26 @@ pub enum Command {
     /// Nagios/Icinga plugin: is this site's agent alive and well? (heartbeat age, failed
     /// work, free disk, last copy made). Exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
     Check(CheckArgs),
+    /// Print the man page (roff) or a shell's completion script, for packagers and source
+    /// installs: `ferry generate bash > /usr/share/bash-completion/completions/ferry`.
+    Generate {
+        /// What to print.
+        #[arg(value_enum)]
+        what: Generated,
+    },
+}
+
+/// What `ferry generate` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Generated {
+    /// The man page, `ferry(1)`, in roff.
+    Man,
+    /// Bash completions.
+    Bash,
+    /// Zsh completions.
+    Zsh,
+    /// Fish completions.
+    Fish,
 }
 
 /// `ferry check`

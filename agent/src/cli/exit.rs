@@ -18,6 +18,24 @@ pub enum Exit {
     Locked = 4,
 }
 
+impl Exit {
+    /// Every exit code, in order.
+    pub const ALL: [Exit; 5] = [
+        Exit::Ok,
+        Exit::Failed,
+        Exit::Usage,
+        Exit::Catalog,
+        Exit::Locked,
+    ];
+
+    /// Whether a supervisor (the systemd unit, `deploy/ferry-screen.sh`) should start the
+    /// agent again after this exit: work that failed or a catalogue that went away may
+    /// succeed later; bad input and a held lock need a person, and 0 is a requested stop.
+    pub fn worth_a_restart(self) -> bool {
+        matches!(self, Exit::Failed | Exit::Catalog)
+    }
+}
+
 impl From<Exit> for ExitCode {
     fn from(e: Exit) -> Self {
         ExitCode::from(e as u8)

@@ -4,12 +4,13 @@
 //! - [`exit`]: the documented exit codes and how errors map onto them.
 //! - [`logging`]: tracing set-up (text or JSON, stderr or an appended file).
 //! - [`progress`]: progress bars for `--once` on a terminal, log lines otherwise.
-//! - `agent`, `validate`, `runs`, `recall`, `check`: one file per command.
+//! - `agent`, `validate`, `runs`, `recall`, `check`, `generate`: one file per command.
 
 mod agent;
 pub mod args;
 mod check;
 pub mod exit;
+mod generate;
 pub mod logging;
 pub mod progress;
 mod recall;
@@ -45,6 +46,7 @@ pub fn main() -> ExitCode {
         Some(args::Command::Runs { command }) => runs::run(&cli, command),
         Some(args::Command::Recall(r)) => recall::run(&cli, r),
         Some(args::Command::Check(_)) => Ok(Exit::Ok), // handled above
+        Some(args::Command::Generate { what }) => generate::run(*what),
         None => agent::run(&cli),
     };
     match outcome {
