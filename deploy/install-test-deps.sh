@@ -9,6 +9,8 @@
 #                                     installed from this machine's registries, so secantusd-rs
 #                                     is built with cargo (about 7 minutes on 2 cores)
 #   iproute2, util-linux             ss, ip, unshare, nsenter (a host behind a firewall: tests/src/netns.rs)
+#   cargo-deb, dpkg-dev, systemd,    the package test: build the .deb, verify the unit, read the
+#   man-db                           man page (deploy/package-test.sh)
 #   python3 + pymongo                 a catalogue test reads documents back with pymongo
 #
 # Idempotent: what is already there is skipped (a second run takes seconds), and apt-get update
@@ -18,6 +20,8 @@ set -euo pipefail
 
 SECANTUS_CRATE=secantus-mdb
 SECANTUS_VERSION=0.5.3-beta.196
+# `--profile dev` (the package test reuses the tests' build) is deprecated in later versions.
+CARGO_DEB_VERSION="cargo-deb 3.8.0"
 CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
 export PATH="$CARGO_BIN:$PATH"
 
@@ -88,6 +92,20 @@ else
 fi
 
 ensure_apt rclone rclone have rclone
+
+# The package test (deploy/package-test.sh): cargo-deb builds the .deb, dpkg-shlibdeps (in
+# dpkg-dev) finds its library dependencies, systemd-analyze verifies the unit, man reads the
+# page.
+ensure_apt dpkg-shlibdeps dpkg-dev have dpkg-shlibdeps
+ensure_apt systemd-analyze systemd have systemd-analyze
+ensure_apt man man-db have man
+if have cargo-deb && [ "$(cargo-deb --version 2>/dev/null)" = "$CARGO_DEB_VERSION" ]; then
+    report cargo-deb "already there"
+else
+    report cargo-deb "building $CARGO_DEB_VERSION (a few minutes)..."
+    cargo install cargo-deb --version "=${CARGO_DEB_VERSION#cargo-deb }" --locked --quiet
+    report cargo-deb "installed"
+fi
 
 if have mongod; then
     report mongo-wire-server "already there (mongod: $(command -v mongod))"
