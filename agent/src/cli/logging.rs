@@ -3,6 +3,7 @@
 //! types that hold them (e.g. [`crate::catalog::CatalogUri`]) redact themselves.
 
 use std::fs::OpenOptions;
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -42,6 +43,13 @@ pub struct LogArgs {
     pub log_format: LogFormat,
 }
 
+/// Whether log lines on stderr carry colour: only on a terminal, and never when `NO_COLOR`
+/// is set to anything but the empty string (<https://no-color.org>). A pipe, a file or
+/// journald gets plain text.
+fn colour(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 /// Keeps logging alive until dropped (nothing to flush today; the type keeps the door open).
 pub struct LogGuard;
 
@@ -72,7 +80,13 @@ pub fn init(args: &LogArgs) -> anyhow::Result<LogGuard> {
             }
         }
         // Through `progress::Stderr`, which keeps log lines and progress bars apart.
-        (None, LogFormat::Text) => builder.with_writer(super::progress::Stderr).try_init(),
+        (None, LogFormat::Text) => builder
+            .with_ansi(colour(
+                std::io::stderr().is_terminal(),
+                std::env::var_os("NO_COLOR"),
+            ))
+            .with_writer(super::progress::Stderr)
+            .try_init(),
         (None, LogFormat::Json) => builder
             .json()
             .with_writer(super::progress::Stderr)
@@ -81,4 +95,17 @@ pub fn init(args: &LogArgs) -> anyhow::Result<LogGuard> {
     // A second init (only possible in tests) keeps the first subscriber.
     drop(result);
     Ok(LogGuard)
+}
+
+#[cfg(test)]
+mod colour_tests {
+    use super::colour;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some("".into())));
+        assert!(!colour(true, Some("1".into())));
+        assert!(!colour(false, None));
+    }
 }
