@@ -365,6 +365,19 @@ fn a_wrong_password_is_exit_3_and_never_shown() {
         &[("XENON_RUNDB_PW", wrong)],
     );
     refused(&c, 3, "127.0.0.1", Some(wrong));
+    // The message says who was refused and what to check, with no driver text.
+    let out = c.ferry(&["runs", "list"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(
+        first.contains(&format!("authentication failed for user {USER}"))
+            && first.contains("check the password"),
+        "{stderr}"
+    );
+    assert!(
+        !first.contains("Kind:"),
+        "driver text on the first line: {first}"
+    );
 }
 
 #[test]

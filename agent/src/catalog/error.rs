@@ -24,8 +24,14 @@ pub enum CatalogError {
         detail: String,
     },
 
-    /// The server could not be reached within the timeout.
-    #[error("catalogue {catalog}: unreachable during {op}: {detail}")]
+    /// The server could not be reached within the timeout. The message says why in a few
+    /// words ([`unreachable_reason`]) and what to check; the driver's own text is in
+    /// `detail`, logged at debug level where it was classified.
+    #[error(
+        "catalogue {catalog} is unreachable ({}) during {op}: check that the server runs \
+         and that this host can reach its address and port",
+        unreachable_reason(detail)
+    )]
     Unreachable {
         /// The catalogue, password redacted.
         catalog: String,
@@ -35,12 +41,14 @@ pub enum CatalogError {
         detail: String,
     },
 
-    /// The server refused our credentials.
-    #[error("catalogue {catalog}: authentication failed: {detail}")]
+    /// The server refused our credentials, or the user lacks a privilege.
+    #[error("catalogue {catalog}: {denied}")]
     Auth {
         /// The catalogue, password redacted.
         catalog: String,
-        /// The server's message.
+        /// What was refused, in words for people.
+        denied: Denied,
+        /// The server's message (logged at debug level where it was classified).
         detail: String,
     },
 
@@ -102,6 +110,78 @@ pub enum CatalogError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Why the server said no.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denied {
+    /// The user name or password was refused.
+    Credentials {
+        /// The user the URI names, if any.
+        user: Option<String>,
+        /// The database the user was authenticated against (`authSource`, else the URI's).
+        source_db: Option<String>,
+    },
+    /// Logged in, but the user may not run `command`.
+    Privilege {
+        /// The command refused (`createIndexes`, `find`, …), when the server named it.
+        command: Option<String>,
+    },
+}
+
+impl std::fmt::Display for Denied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Denied::Credentials { user, source_db } => {
+                write!(f, "authentication failed")?;
+                if let Some(u) = user {
+                    write!(f, " for user {u}")?;
+                }
+                if let Some(db) = source_db {
+                    write!(f, " on database {db}")?;
+                }
+                write!(
+                    f,
+                    ": check the password (FERRY_CATALOG_PASSWORD(_FILE), or the site map's \
+                     catalog.password_env / password_file) and the URI's authSource"
+                )
+            }
+            Denied::Privilege { command } => {
+                write!(f, "the catalogue user is not authorised")?;
+                if let Some(c) = command {
+                    write!(f, " to run {c}")?;
+                }
+                write!(
+                    f,
+                    ": an agent needs the role readWrite on the catalogue's database \
+                     (docs/catalog.md, \"Roles\")"
+                )
+            }
+        }
+    }
+}
+
+/// A few words on why a server could not be reached, from the driver's text (the driver
+/// gives no structured cause for a failed server selection).
+pub fn unreachable_reason(detail: &str) -> &'static str {
+    let d = detail.to_ascii_lowercase();
+    if d.contains("connection refused") {
+        "connection refused"
+    } else if d.contains("failed to lookup")
+        || d.contains("dns")
+        || d.contains("name or service not known")
+        || d.contains("no such host")
+    {
+        "the host name does not resolve"
+    } else if d.contains("certificate") || d.contains("tls") || d.contains("ssl") {
+        "the TLS handshake failed"
+    } else if d.contains("reset") || d.contains("broken pipe") || d.contains("closed") {
+        "the connection was cut"
+    } else if d.contains("timed out") || d.contains("timeout") {
+        "no answer in time"
+    } else {
+        "no answer"
+    }
 }
 
 impl CatalogError {

@@ -94,9 +94,8 @@ fn check(cli: &Cli, args: &CheckArgs) -> Result<(State, String)> {
                     return Ok(None);
                 }
             }
-            let cat = catalog::open_target_for_reading(&target)
-                .await
-                .with_context(|| format!("catalogue {uri}"))?;
+            // The error names the catalogue itself.
+            let cat = catalog::open_target_for_reading(&target).await?;
             cat.read_heartbeat(&site)
                 .await
                 .with_context(|| format!("reading the heartbeat of {site} from {uri}"))

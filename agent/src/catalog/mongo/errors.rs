@@ -2,13 +2,16 @@
 
 use mongodb::error::{Error, ErrorKind, WriteFailure};
 
+use crate::catalog::error::Denied;
 use crate::catalog::CatalogError;
 
 /// MongoDB's duplicate-key error code.
 pub(super) const DUPLICATE_KEY: i32 = 11000;
 
-/// Server codes for refused credentials or permissions.
-const AUTH_CODES: [i32; 2] = [18, 13];
+/// Server code for refused credentials.
+const AUTHENTICATION_FAILED: i32 = 18;
+/// Server code for a missing privilege.
+const UNAUTHORIZED: i32 = 13;
 
 /// Whether `e` is a duplicate-key write error.
 pub(super) fn is_duplicate_key(e: &Error) -> bool {
@@ -21,15 +24,43 @@ pub(super) fn is_duplicate_key(e: &Error) -> bool {
 /// Maps a driver error for operation `op` on `catalog`.
 pub(super) fn classify(catalog: &str, op: &str, e: Error) -> CatalogError {
     let detail = e.to_string();
+    tracing::debug!(catalog, op, "the MongoDB driver said: {detail}");
     let lower = detail.to_ascii_lowercase();
+    let credentials = || Denied::Credentials {
+        user: uri_user(catalog),
+        source_db: uri_auth_db(catalog),
+    };
     let catalog = catalog.to_string();
     match e.kind.as_ref() {
-        ErrorKind::Authentication { .. } => return CatalogError::Auth { catalog, detail },
-        ErrorKind::Command(c) if AUTH_CODES.contains(&c.code) => {
-            return CatalogError::Auth { catalog, detail }
+        ErrorKind::Authentication { .. } => {
+            return CatalogError::Auth {
+                denied: credentials(),
+                catalog,
+                detail,
+            }
+        }
+        ErrorKind::Command(c) if c.code == AUTHENTICATION_FAILED => {
+            return CatalogError::Auth {
+                denied: credentials(),
+                catalog,
+                detail,
+            }
+        }
+        ErrorKind::Command(c) if c.code == UNAUTHORIZED => {
+            return CatalogError::Auth {
+                denied: Denied::Privilege {
+                    command: refused_command(&c.message),
+                },
+                catalog,
+                detail,
+            }
         }
         ErrorKind::ServerSelection { .. } if lower.contains("authentication failed") => {
-            return CatalogError::Auth { catalog, detail }
+            return CatalogError::Auth {
+                denied: credentials(),
+                catalog,
+                detail,
+            }
         }
         ErrorKind::ServerSelection { .. }
         | ErrorKind::Io(_)
@@ -51,5 +82,72 @@ pub(super) fn classify(catalog: &str, op: &str, e: Error) -> CatalogError {
         op: op.to_string(),
         detail,
         retryable,
+    }
+}
+
+/// The user a (password-redacted) catalogue URI names: `mongodb://USER:****@host/…`.
+fn uri_user(catalog: &str) -> Option<String> {
+    let rest = catalog.split_once("://")?.1;
+    let (userinfo, _) = rest.split_once('@')?;
+    let user = userinfo.split(':').next()?;
+    let user = percent_encoding::percent_decode_str(user)
+        .decode_utf8()
+        .ok()?;
+    (!user.is_empty()).then(|| user.into_owned())
+}
+
+/// The database users are authenticated against: `authSource`, else the URI's database,
+/// else `admin` (the driver's default).
+fn uri_auth_db(catalog: &str) -> Option<String> {
+    let rest = catalog.split_once("://")?.1;
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    };
+    if let Some(src) = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("authSource="))
+    {
+        return Some(src.to_string());
+    }
+    match path.split_once('/') {
+        Some((_, db)) if !db.is_empty() => Some(db.to_string()),
+        _ => Some("admin".to_string()),
+    }
+}
+
+/// The command a server refused: "not authorized on run to execute command { createIndexes: …".
+fn refused_command(message: &str) -> Option<String> {
+    let after = message.split_once("execute command {")?.1.trim_start();
+    let name: String = after
+        .trim_start_matches('"')
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    (!name.is_empty()).then_some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_user_and_auth_database_come_from_the_redacted_uri() {
+        let uri = "mongodb://ferry:****@db.example:27017/run?authSource=admin";
+        assert_eq!(uri_user(uri).as_deref(), Some("ferry"));
+        assert_eq!(uri_auth_db(uri).as_deref(), Some("admin"));
+        assert_eq!(
+            uri_auth_db("mongodb://u:****@h/xenon").as_deref(),
+            Some("xenon")
+        );
+        assert_eq!(uri_user("mongodb://h:27017/run"), None);
+    }
+
+    #[test]
+    fn the_refused_command_is_named() {
+        let m = "not authorized on run to execute command { createIndexes: \"runs\", indexes: [] }";
+        assert_eq!(refused_command(m).as_deref(), Some("createIndexes"));
+        assert_eq!(refused_command("something else"), None);
     }
 }
