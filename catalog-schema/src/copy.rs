@@ -117,7 +117,10 @@ impl CopyEntry {
                 format!("recorded by cax as status {name:?}"),
             );
             last_error = Some(failure.to_string());
-            error_class = error_class.or(Some(failure.class));
+            // Unless another tool wrote a class of its own (kept in `extra`).
+            if error_class.is_none() && !f.has(ERROR_CLASS_FIELD) {
+                error_class = Some(failure.class);
+            }
         }
         let tape = f.opt_document("tape")?;
         Ok(CopyEntry {

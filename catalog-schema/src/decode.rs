@@ -280,6 +280,11 @@ impl<'a> Fields<'a> {
         )
     }
 
+    /// Whether `key` is still there (not taken).
+    pub(crate) fn has(&self, key: &str) -> bool {
+        self.rest.contains_key(key)
+    }
+
     /// Removes `key`; `null` counts as absent.
     pub(crate) fn take(&mut self, key: &str) -> Option<Bson> {
         match self.rest.remove(key) {

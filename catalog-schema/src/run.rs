@@ -714,6 +714,13 @@ mod tests {
         let doc = doc! { "number": 1, "data": [ { "host": "midway", "status": "failed" } ] };
         let run = RunDoc::from_document(doc).unwrap();
         assert_eq!(run.data[0].error_class, Some(FailureClass::Retryable));
+        // With a class name of another tool's: kept, and the serde encoding agrees.
+        let doc = doc! { "number": 1, "data": [
+        { "host": "midway", "status": "RSEquota", "error_class": "quota" } ] };
+        let run = RunDoc::from_document(doc).unwrap();
+        assert_eq!(run.data[0].error_class, None);
+        assert_eq!(run.data[0].failure_class(), FailureClass::Retryable);
+        assert_eq!(bson::to_document(&run).unwrap(), run.to_document().unwrap());
     }
 
     /// A class name this version does not know (a newer agent's) is kept as written and

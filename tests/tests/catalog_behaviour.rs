@@ -1288,6 +1288,8 @@ async fn a_dead_caxs_transferring_entry_is_reclaimed_once_after_the_grace(f: &Fi
     assert_eq!(m.attempts, 1);
     let s = run.copy("stash", "raw").unwrap();
     assert_eq!(s.status, CopyStatus::Error);
+    assert_eq!(s.error_class, Some(FailureClass::Retryable));
+    assert!(s.last_error.as_deref().unwrap().starts_with("[retryable]"));
     assert_eq!(c.quarantine().count(), 0);
     // The failed copy is Ferry's to move: error -> transferring by a retry.
     let stash = CopyRef::new(key(4712), "stash", "raw");

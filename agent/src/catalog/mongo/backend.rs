@@ -1192,7 +1192,9 @@ impl Catalog for MongoCatalog {
                             format!("recorded by cax as status {status:?}"),
                         );
                         set.insert("data.$.last_error", failure.to_string());
-                        set.insert("data.$.error_class", failure.class.as_str());
+                        if !e.contains_key("error_class") {
+                            set.insert("data.$.error_class", failure.class.as_str());
+                        }
                     }
                 }
                 let set = doc! { "$set": set };
