@@ -24,7 +24,8 @@ use std::time::Duration;
 use ferry::catalog::embedded::EmbeddedCatalog;
 use ferry::catalog::faults::Faulty;
 use ferry::catalog::{
-    Cas, Claim, ClaimRequest, CopyRef, CopyStatus, Manifest, NewRun, OriginCopy, RunKey, Transition,
+    Cas, Claim, ClaimRequest, CopyRef, CopyStatus, Failure, FailureClass, Manifest, NewRun,
+    OriginCopy, RunKey, Transition,
 };
 use ferry::config::PurgePolicy;
 use ferry::daemon::CancellationToken;
@@ -211,7 +212,8 @@ async fn retry_waits_for_the_backoff_then_copies_again_to_transferred() {
     assert_eq!(c.checksum, run.digest);
 }
 
-/// An `error` copy written through the Catalog API: claimed, then failed with `why`.
+/// An `error` copy written through the Catalog API: claimed, then failed with `why`
+/// (`[class] text`), recorded as an agent records it: the class typed, the text tagged.
 async fn failed_copy(w: &World, number: i64, why: &str) {
     let claim = ClaimRequest {
         copy: mirror_copy(number),
@@ -233,8 +235,9 @@ async fn failed_copy(w: &World, number: i64, why: &str) {
         Some("test"),
         "test",
     );
-    fail.error = Some(why.into());
-    fail.reason = Some(why.into());
+    let class = FailureClass::classify(why);
+    let text = why.strip_prefix(class.tag()).unwrap_or(why).trim_start();
+    fail.record_failure(&Failure::new(class, text.into()));
     assert_eq!(
         w.catalog
             .transition(&mirror_copy(number), &fail)
@@ -488,7 +491,10 @@ async fn purge_never_removes_the_last_verified_copy_even_with_min_copies_zero() 
         Cas::Done
     );
     let mut m = Transition::new(CopyStatus::Transferred, CopyStatus::Error, None, "test");
-    m.error = Some("[fatal] test: the mirror's raw copy is gone".into());
+    m.record_failure(&Failure::new(
+        FailureClass::Fatal,
+        "test: the mirror's raw copy is gone".into(),
+    ));
     assert_eq!(
         w.catalog.transition(&mirror_copy(9), &m).await.unwrap(),
         Cas::Done
@@ -839,7 +845,10 @@ async fn purge_finishes_a_removal_cut_short_but_never_the_last_copy() {
         Cas::Done
     );
     let mut m = Transition::new(CopyStatus::Transferred, CopyStatus::Error, None, "test");
-    m.error = Some("[checksum] test: the mirror's copy rotted".into());
+    m.record_failure(&Failure::new(
+        FailureClass::Checksum,
+        "test: the mirror's copy rotted".into(),
+    ));
     assert_eq!(
         w.catalog.transition(&mirror_copy(15), &m).await.unwrap(),
         Cas::Done

@@ -2,14 +2,19 @@
 //!
 //! Field names are cax's (`type`, `host`, `location`, `status`, `checksum`,
 //! `creation_time`); Ferry adds `protocol`, `verified_time`, `updated_time`, `lease`,
-//! `attempts`, `last_error` and `tape`. A DAQ-written entry may carry only `type`, `host`,
+//! `attempts`, `last_error`, `error_class` and `tape`. A DAQ-written entry may carry only `type`, `host`,
 //! `location` and `status` (with `checksum: null`); everything else is optional.
 
 use bson::{Bson, DateTime, Document};
 use serde::{Deserialize, Serialize};
 
 use crate::decode::{DecodeError, Fields, Problem};
+use crate::failure::{Failure, FailureClass};
+use crate::protocol::Protocol;
 use crate::status::CopyStatus;
+
+/// The field holding a copy's [`FailureClass`].
+pub const ERROR_CLASS_FIELD: &str = "error_class";
 
 /// Who holds a copy while it is being written or verified, and until when.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,9 +37,9 @@ pub struct CopyEntry {
     /// Directory path at the site, or a tape reference.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
-    /// `sftp`, `local` or `tape`.
+    /// `sftp`, `local` or `tape` (another tool's name kept as [`Protocol::Other`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub protocol: Option<String>,
+    pub protocol: Option<Protocol>,
     /// Where the copy is in its life.
     pub status: CopyStatus,
     /// The run digest as measured at this copy (`null` until verified).
@@ -57,6 +62,12 @@ pub struct CopyEntry {
     /// The last failure, for `error` copies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The class of the failure Ferry recorded (with `last_error`, in the same update);
+    /// cleared by the next transition that records none. `None` for a failure only another
+    /// tool recorded (its class is read from the text: [`CopyEntry::failure_class`]). A value
+    /// this version does not know stays in `extra`, as written, and counts as absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_class: Option<FailureClass>,
     /// Tape back-end details (opaque to the catalogue).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tape: Option<Document>,
@@ -79,7 +90,7 @@ impl CopyEntry {
         let host = f.string("host")?;
         // cax wrote `"n/a"` while a copy was pending: no location yet.
         let location = f.opt_string("location")?.filter(|l| l != "n/a");
-        let protocol = f.opt_string("protocol")?;
+        let protocol = f.opt_string("protocol")?.map(Protocol::from);
         let (status, legacy) = f.status_as_written("status")?;
         let checksum = f.opt_string("checksum")?;
         let verified_time = f.opt_date("verified_time")?;
@@ -99,8 +110,17 @@ impl CopyEntry {
         };
         let attempts = f.opt_int("attempts")?.unwrap_or(0);
         let mut last_error = f.opt_string("last_error")?;
+        let mut error_class = f.opt_known(ERROR_CLASS_FIELD)?;
         if let (Some(name), None) = (&legacy, &last_error) {
-            last_error = Some(format!("[retryable] recorded by cax as status {name:?}"));
+            let failure = Failure::new(
+                FailureClass::Retryable,
+                format!("recorded by cax as status {name:?}"),
+            );
+            last_error = Some(failure.to_string());
+            // Unless another tool wrote a class of its own (kept in `extra`).
+            if error_class.is_none() && !f.has(ERROR_CLASS_FIELD) {
+                error_class = Some(failure.class);
+            }
         }
         let tape = f.opt_document("tape")?;
         Ok(CopyEntry {
@@ -116,6 +136,7 @@ impl CopyEntry {
             lease,
             attempts,
             last_error,
+            error_class,
             tape,
             extra: f.rest(),
         })
@@ -127,7 +148,13 @@ impl CopyEntry {
         d.insert("type", self.data_type.clone());
         d.insert("host", self.host.clone());
         put(&mut d, "location", self.location.clone().map(Bson::String));
-        put(&mut d, "protocol", self.protocol.clone().map(Bson::String));
+        put(
+            &mut d,
+            "protocol",
+            self.protocol
+                .as_ref()
+                .map(|p| Bson::String(p.as_str().into())),
+        );
         d.insert("status", self.status.as_str());
         d.insert(
             "checksum",
@@ -159,6 +186,11 @@ impl CopyEntry {
             "last_error",
             self.last_error.clone().map(Bson::String),
         );
+        put(
+            &mut d,
+            ERROR_CLASS_FIELD,
+            self.error_class.map(|c| Bson::String(c.as_str().into())),
+        );
         put(&mut d, "tape", self.tape.clone().map(Bson::Document));
         for (k, v) in &self.extra {
             if !d.contains_key(k) {
@@ -183,9 +215,34 @@ impl CopyEntry {
             lease: None,
             attempts: 0,
             last_error: None,
+            error_class: None,
             tape: None,
             extra: Document::new(),
         }
+    }
+
+    /// Records `failure` (`last_error` and `error_class`), or with `None` clears the class
+    /// (the text stays, as history), as a transition does. A class this version does not
+    /// know (kept in `extra`) goes either way.
+    pub fn record_failure(&mut self, failure: Option<&Failure>) {
+        self.extra.remove(ERROR_CLASS_FIELD);
+        self.error_class = failure.map(|f| f.class);
+        if let Some(f) = failure {
+            self.last_error = Some(f.to_string());
+        }
+    }
+
+    /// How this failed copy may be retried: the recorded `error_class`, else (a failure
+    /// only another tool recorded) the class read from `last_error`.
+    pub fn failure_class(&self) -> FailureClass {
+        self.error_class.unwrap_or_else(|| {
+            FailureClass::classify(self.last_error.as_deref().unwrap_or_default())
+        })
+    }
+
+    /// Whether this copy is held by a tape back end (`protocol: tape`).
+    pub fn is_tape(&self) -> bool {
+        self.protocol == Some(Protocol::Tape)
     }
 
     /// Whether this entry is the copy of `data_type` at `host`.

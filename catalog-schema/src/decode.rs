@@ -10,10 +10,14 @@
 //! or size written as a whole double (mongosh), `checksum: null`, `creation_time` stored as
 //! a list (cax issue #40: its first element is the time), `null` for any optional field, a
 //! copy without `type` (`raw`), any data type (`untriggered`), any `location` string
-//! (cax's `"n/a"` for a pending copy is read as no location), and the copy statuses cax and its Rucio tools wrote (`failed`, `RSEreupload`,
-//! `RSEquota`: read as `error`, with a `last_error` saying so when there is none; see
-//! [`crate::status::LEGACY_STATUSES`]). What is not: a field of the wrong type, a copy
-//! status that is neither Ferry's nor cax's, a negative size, a missing `number`, `host` or
+//! (cax's `"n/a"` for a pending copy is read as no location), the copy statuses cax and its
+//! Rucio tools wrote (`failed`, `RSEreupload`, `RSEquota`: read as `error`, with a
+//! `[retryable]` failure saying so when there is no `last_error`; see
+//! [`crate::status::LEGACY_STATUSES`]), any `protocol` name (kept as
+//! [`crate::Protocol::Other`]), and an `error_class` name this version does not know (kept
+//! as written, counted as absent: the class is then read from `last_error`). What is not: a
+//! field of the wrong type (an `error_class` that is not a string included), a copy status
+//! that is neither Ferry's nor cax's, a negative size, a missing `number`, `host` or
 //! `status`.
 
 use bson::{Bson, DateTime, Document};
@@ -276,6 +280,11 @@ impl<'a> Fields<'a> {
         )
     }
 
+    /// Whether `key` is still there (not taken).
+    pub(crate) fn has(&self, key: &str) -> bool {
+        self.rest.contains_key(key)
+    }
+
     /// Removes `key`; `null` counts as absent.
     pub(crate) fn take(&mut self, key: &str) -> Option<Bson> {
         match self.rest.remove(key) {
@@ -352,6 +361,30 @@ impl<'a> Fields<'a> {
         match self.opt_int(key)? {
             Some(n) if n < 0 => Err(self.error(key, Problem::Negative(n))),
             other => Ok(other),
+        }
+    }
+
+    /// A name out of a known set (`T::from_str`): `None` when absent; a string that is not
+    /// one of the names is left in place (kept in `extra` as written) and is `None` too;
+    /// anything but a string is a wrong type.
+    pub(crate) fn opt_known<T: std::str::FromStr>(
+        &mut self,
+        key: &str,
+    ) -> Result<Option<T>, DecodeError> {
+        match self.rest.get(key) {
+            None => Ok(None),
+            Some(Bson::Null) => {
+                self.rest.remove(key);
+                Ok(None)
+            }
+            Some(Bson::String(s)) => match s.parse() {
+                Ok(v) => {
+                    self.rest.remove(key);
+                    Ok(Some(v))
+                }
+                Err(_) => Ok(None),
+            },
+            Some(other) => Err(self.wrong(key, "a string", &other.clone())),
         }
     }
 
@@ -487,6 +520,7 @@ pub fn readable_filter() -> Document {
             },
             "attempts": { "bsonType": ["int", "long", "double", "null"], "multipleOf": 1 },
             "last_error": { "bsonType": opt("string") },
+            "error_class": { "bsonType": opt("string") },
             "tape": { "bsonType": opt("object") },
         },
     };
@@ -500,6 +534,7 @@ pub fn readable_filter() -> Document {
             "host": { "bsonType": opt("string") },
             "type": { "bsonType": opt("string") },
             "reason": { "bsonType": opt("string") },
+            "error_class": { "bsonType": opt("string") },
         },
     };
     doc! { "$jsonSchema": {

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::copy::put;
 use crate::decode::{DecodeError, Fields, Problem};
+use crate::failure::FailureClass;
 
 /// How many events a run document keeps.
 pub const MAX_EVENTS: usize = 100;
@@ -31,6 +32,9 @@ pub struct Event {
     /// Why, or further detail (`transferring -> verifying`, a purge reason, an error).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The class of the failure this event recorded (a move to `error`), as on the copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_class: Option<FailureClass>,
     /// Fields written by other tools.
     #[serde(flatten)]
     pub extra: Document,
@@ -48,6 +52,7 @@ impl Event {
             host: f.opt_string("host")?,
             data_type: f.opt_string("type")?,
             reason: f.opt_string("reason")?,
+            error_class: f.opt_known(crate::copy::ERROR_CLASS_FIELD)?,
             extra: f.rest(),
         })
     }
@@ -61,6 +66,11 @@ impl Event {
         put(&mut d, "host", self.host.clone().map(Bson::String));
         put(&mut d, "type", self.data_type.clone().map(Bson::String));
         put(&mut d, "reason", self.reason.clone().map(Bson::String));
+        put(
+            &mut d,
+            crate::copy::ERROR_CLASS_FIELD,
+            self.error_class.map(|c| Bson::String(c.as_str().into())),
+        );
         for (k, v) in &self.extra {
             if !d.contains_key(k) {
                 d.insert(k.clone(), v.clone());
@@ -84,6 +94,7 @@ impl Event {
             host: Some(host.to_string()),
             data_type: Some(data_type.to_string()),
             reason,
+            error_class: None,
             extra: Document::new(),
         }
     }
@@ -97,6 +108,7 @@ impl Event {
             host: None,
             data_type: None,
             reason,
+            error_class: None,
             extra: Document::new(),
         }
     }

@@ -6,6 +6,8 @@
 //!
 //! - [`run`]: the run document ([`RunDoc`]), its manifest ([`FileEntry`]) and identity.
 //! - [`copy`]: one copy of a run at a site ([`CopyEntry`]) and its [`Lease`].
+//! - [`failure`]: why a copy failed ([`Failure`]: its [`FailureClass`] and text).
+//! - [`protocol`]: how a copy is reached ([`Protocol`]).
 //! - [`status`]: the copy status machine ([`CopyStatus`], [`can_transition`]).
 //! - [`decode`]: the decoding rules: field by field, a [`DecodeError`] naming the document,
 //!   the field's path and what is wrong; what legacy (cax) documents contain is tolerated.
@@ -21,17 +23,21 @@
 pub mod copy;
 pub mod decode;
 pub mod event;
+pub mod failure;
 pub mod heartbeat;
 pub mod index;
 pub mod number;
+pub mod protocol;
 pub mod run;
 pub mod status;
 
-pub use copy::{CopyEntry, Lease};
+pub use copy::{CopyEntry, Lease, ERROR_CLASS_FIELD};
 pub use decode::{DecodeError, Problem};
 pub use event::{Event, MAX_EVENTS};
+pub use failure::{Failure, FailureClass, UnknownClass};
 pub use heartbeat::Heartbeat;
 pub use index::{IndexSpec, HEARTBEAT_INDEXES, RUN_INDEXES};
+pub use protocol::Protocol;
 pub use run::{check_run_name, want_tag, FileEntry, RunDoc, RunKey, DEFAULT_DETECTOR};
 pub use status::{can_transition, legacy_status, CopyStatus, LEGACY_STATUSES};
 
@@ -97,17 +103,19 @@ mod schema_tests {
         });
         let mut copy = CopyEntry::new("h", "raw", CopyStatus::Transferring, now);
         copy.location = Some("/x".into());
-        copy.protocol = Some("sftp".into());
+        copy.protocol = Some(Protocol::Sftp);
         copy.checksum = Some("c".into());
         copy.verified_time = Some(now);
         copy.lease = Some(Lease {
             owner: "o".into(),
             expires: now,
         });
-        copy.last_error = Some("e".into());
+        copy.record_failure(Some(&Failure::new(FailureClass::Fatal, "e".into())));
         copy.tape = Some(bson::doc! {"backend": "dir"});
         run.data.push(copy);
-        run.push_event(Event::copy("w", "status", "h", "raw", Some("r".into())));
+        let mut event = Event::copy("w", "status", "h", "raw", Some("r".into()));
+        event.error_class = Some(FailureClass::Fatal);
+        run.push_event(event);
         let doc = run.to_document().unwrap();
         let check = |d: &bson::Document, ptr: &str| {
             let known = props(ptr);

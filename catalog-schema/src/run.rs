@@ -546,6 +546,21 @@ mod tests {
                 "expected a string",
             ),
             (
+                with("error_class", Bson::Int32(3)),
+                "data[0].error_class",
+                "expected a string",
+            ),
+            (
+                with("error_class", bson::bson!({"class": "fatal"})),
+                "data[0].error_class",
+                "expected a string",
+            ),
+            (
+                with("protocol", Bson::Boolean(true)),
+                "data[0].protocol",
+                "expected a string",
+            ),
+            (
                 with("attempts", Bson::String("2".into())),
                 "data[0].attempts",
                 "expected an integer",
@@ -636,6 +651,98 @@ mod tests {
         }
         let doc = doc! { "number": 1, "data": [ { "host": "midway", "status": "done" } ] };
         assert!(RunDoc::from_document(doc).is_err());
+    }
+
+    #[test]
+    fn the_failure_class_is_read_from_its_field_before_the_text() {
+        use crate::{Failure, FailureClass, Protocol};
+        // Ferry's record: the typed class wins over what the text would say.
+        let doc = doc! { "number": 1, "data": [ {
+            "host": "midway", "status": "error", "protocol": "sftp",
+            "last_error": "[retryable] permission denied", "error_class": "fatal",
+        } ] };
+        let run = RunDoc::from_document(doc).unwrap();
+        let c = &run.data[0];
+        assert_eq!(c.error_class, Some(FailureClass::Fatal));
+        assert_eq!(c.failure_class(), FailureClass::Fatal);
+        assert_eq!(c.protocol, Some(Protocol::Sftp));
+        assert!(!c.extra.contains_key("error_class"));
+        let again = RunDoc::from_document(run.to_document().unwrap()).unwrap();
+        assert_eq!(again, run);
+        let back = run.to_document().unwrap();
+        let entry = back.get_array("data").unwrap()[0].as_document().unwrap();
+        assert_eq!(entry.get_str("error_class").unwrap(), "fatal");
+
+        // Recording clears what another tool left and writes both fields; a transition
+        // without a failure clears the class and keeps the text.
+        let mut c = c.clone();
+        c.extra.insert("error_class", "stale");
+        let f = Failure::new(FailureClass::Checksum, "from daq: digest differs".into());
+        c.record_failure(Some(&f));
+        assert_eq!(c.error_class, Some(FailureClass::Checksum));
+        assert_eq!(
+            c.last_error.as_deref(),
+            Some("[checksum] from daq: digest differs")
+        );
+        assert!(!c.extra.contains_key("error_class"));
+        c.record_failure(None);
+        assert_eq!(c.error_class, None);
+        assert!(c.last_error.is_some());
+    }
+
+    #[test]
+    fn a_cax_last_error_with_no_class_is_classified_by_its_text() {
+        use crate::FailureClass;
+        for (text, class) in [
+            (
+                "rsync: write failed: No space left on device (28)",
+                FailureClass::Fatal,
+            ),
+            ("Checksum mismatch for raw/000.evio", FailureClass::Checksum),
+            (
+                "ssh: connect to host midway: Connection timed out",
+                FailureClass::Retryable,
+            ),
+        ] {
+            let doc = doc! { "number": 1, "data": [
+            { "host": "midway", "status": "error", "last_error": text } ] };
+            let run = RunDoc::from_document(doc).unwrap();
+            assert_eq!(run.data[0].error_class, None, "{text}");
+            assert_eq!(run.data[0].failure_class(), class, "{text}");
+        }
+        // cax's own status names are a typed retryable failure.
+        let doc = doc! { "number": 1, "data": [ { "host": "midway", "status": "failed" } ] };
+        let run = RunDoc::from_document(doc).unwrap();
+        assert_eq!(run.data[0].error_class, Some(FailureClass::Retryable));
+        // With a class name of another tool's: kept, and the serde encoding agrees.
+        let doc = doc! { "number": 1, "data": [
+        { "host": "midway", "status": "RSEquota", "error_class": "quota" } ] };
+        let run = RunDoc::from_document(doc).unwrap();
+        assert_eq!(run.data[0].error_class, None);
+        assert_eq!(run.data[0].failure_class(), FailureClass::Retryable);
+        assert_eq!(bson::to_document(&run).unwrap(), run.to_document().unwrap());
+    }
+
+    /// A class name this version does not know (a newer agent's) is kept as written and
+    /// counts as absent: the text decides, and a round trip does not lose it.
+    #[test]
+    fn an_unknown_failure_class_is_kept_and_the_text_decides() {
+        use crate::{FailureClass, Protocol};
+        let doc = doc! { "number": 1, "data": [ {
+            "host": "midway", "status": "error", "protocol": "rsync",
+            "last_error": "Permission denied", "error_class": "quota",
+        } ] };
+        let run = RunDoc::from_document(doc).unwrap();
+        let c = &run.data[0];
+        assert_eq!(c.error_class, None);
+        assert_eq!(c.failure_class(), FailureClass::Fatal);
+        assert_eq!(c.protocol, Some(Protocol::Other("rsync".into())));
+        assert!(!c.is_tape());
+        let back = run.to_document().unwrap();
+        let entry = back.get_array("data").unwrap()[0].as_document().unwrap();
+        assert_eq!(entry.get_str("error_class").unwrap(), "quota");
+        assert_eq!(entry.get_str("protocol").unwrap(), "rsync");
+        assert_eq!(bson::to_document(&run).unwrap(), back);
     }
 
     /// Unknown fields keep their exact BSON value: a field that looks like extended JSON

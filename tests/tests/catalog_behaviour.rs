@@ -14,8 +14,9 @@ use std::time::Duration;
 use bson::{doc, Bson, DateTime};
 use catalog_common::{claim, key, manifest, new_run, origin, seed_run, Backend, Fixture};
 use ferry::catalog::{
-    page_after, Cas, Catalog, CatalogError, Claim, CopyRef, CopyStatus, Heartbeat, NewRun,
-    OriginCopy, Protector, Registered, RunDoc, RunFilter, RunKey, RunSelector, Transition,
+    page_after, Cas, Catalog, CatalogError, Claim, CopyRef, CopyStatus, Failure, FailureClass,
+    Heartbeat, NewRun, OriginCopy, Protector, Protocol, Registered, RunDoc, RunFilter, RunKey,
+    RunSelector, Transition,
 };
 
 const LEASE: Duration = Duration::from_secs(300);
@@ -124,7 +125,7 @@ async fn origin_copy_is_added_once(f: &Fixture) {
     assert_eq!(copy.status, CopyStatus::Transferred);
     assert_eq!(copy.checksum, run.digest);
     assert!(copy.verified_time.is_some() && copy.creation_time.is_some());
-    assert_eq!(copy.protocol.as_deref(), Some("local"));
+    assert_eq!(copy.protocol, Some(Protocol::Local));
 }
 
 async fn claim_fails_when_any_copy_exists(f: &Fixture) {
@@ -271,15 +272,32 @@ async fn transitions_compare_status_and_owner(f: &Fixture) {
 
     // Error, then retry: attempts go up, the retrier holds the lease.
     let mut failed = Transition::new(CopyStatus::Transferred, CopyStatus::Error, None, "audit");
-    failed.error = Some("bit rot in raw/000.evio".into());
+    failed.record_failure(&Failure::new(
+        FailureClass::Checksum,
+        "bit rot in raw/000.evio".into(),
+    ));
     assert_eq!(c.transition(&dest, &failed).await.unwrap(), Cas::Done);
+    let run = c.get_run(&key(1)).await.unwrap().unwrap();
+    let cp = run.copy("lngs", "raw").unwrap();
+    assert_eq!(cp.error_class, Some(FailureClass::Checksum));
+    assert_eq!(
+        run.events.last().unwrap().reason.as_deref(),
+        Some("transferred -> error: [checksum] bit rot in raw/000.evio")
+    );
     let retry = Transition::new(CopyStatus::Error, CopyStatus::Transferring, Some("c"), "c");
     assert_eq!(c.transition(&dest, &retry).await.unwrap(), Cas::Done);
     let run = c.get_run(&key(1)).await.unwrap().unwrap();
     let cp = run.copy("lngs", "raw").unwrap();
     assert_eq!(cp.attempts, 2);
     assert!(cp.leased_by("c"));
-    assert_eq!(cp.last_error.as_deref(), Some("bit rot in raw/000.evio"));
+    assert_eq!(
+        cp.last_error.as_deref(),
+        Some("[checksum] bit rot in raw/000.evio")
+    );
+    assert_eq!(
+        cp.error_class, None,
+        "a transition recording no failure clears it"
+    );
 }
 
 async fn tape_details_are_set_with_the_final_transition(f: &Fixture) {
@@ -342,11 +360,11 @@ async fn tape_details_are_set_with_the_final_transition(f: &Fixture) {
     assert_eq!(cp.status, CopyStatus::Transferred);
     assert_eq!(cp.tape.as_ref(), Some(&details));
     assert_eq!(cp.location.as_deref(), Some("lto:run1/"));
-    assert_eq!(cp.protocol.as_deref(), Some("tape"));
+    assert_eq!(cp.protocol, Some(Protocol::Tape));
 
     // Later transitions without tape details leave them alone.
     let mut failed = Transition::new(CopyStatus::Transferred, CopyStatus::Error, None, "audit");
-    failed.error = Some("tape lost".into());
+    failed.record_failure(&Failure::new(FailureClass::Retryable, "tape lost".into()));
     assert_eq!(c.transition(&tape_copy, &failed).await.unwrap(), Cas::Done);
     let run = c.get_run(&key(1)).await.unwrap().unwrap();
     assert_eq!(
@@ -908,6 +926,23 @@ fn damages() -> Vec<Damage> {
                 first_copy(d).insert("creation_time", vec!["2017-03-30"]);
             },
         ),
+        (
+            "an error_class that is a number",
+            "data[0].error_class",
+            |d| {
+                first_copy(d).insert("error_class", 3_i32);
+            },
+        ),
+        (
+            "an error_class that is a document",
+            "data[0].error_class",
+            |d| {
+                first_copy(d).insert("error_class", doc! {"class": "retryable"});
+            },
+        ),
+        ("a protocol that is not a string", "data[0].protocol", |d| {
+            first_copy(d).insert("protocol", true);
+        }),
         ("a lease that is not a document", "data[0].lease", |d| {
             first_copy(d).insert("lease", "agent@daq");
         }),
@@ -1056,6 +1091,125 @@ async fn malformed_documents_are_skipped_counted_and_never_written(f: &Fixture) 
     assert_eq!(c.transition(&copy(50, "daq"), &t).await.unwrap(), Cas::Done);
 }
 
+/// Every kind of failure is stored with its class, in the same update as its text, and read
+/// back as it was written; the next transition that records no failure clears the class.
+async fn the_failure_class_is_stored_with_the_failure_and_cleared_after(f: &Fixture) {
+    let c = &*f.catalog;
+    for (i, class) in FailureClass::ALL.into_iter().enumerate() {
+        let n = 10 + i64::try_from(i).unwrap();
+        seed_run(c, n, "daq").await;
+        let _ = c.claim_copy(&claim(n, "lngs", "a", LEASE)).await.unwrap();
+        let mut t = Transition::new(CopyStatus::Transferring, CopyStatus::Error, Some("a"), "a");
+        let failure = Failure::new(class, format!("from daq: failure {class}"));
+        t.record_failure(&failure);
+        assert_eq!(c.transition(&copy(n, "lngs"), &t).await.unwrap(), Cas::Done);
+        let raw = f.read_raw(&key(n)).await;
+        let entry = raw
+            .get_array("data")
+            .unwrap()
+            .iter()
+            .filter_map(|e| e.as_document())
+            .find(|e| e.get_str("host") == Ok("lngs"))
+            .unwrap();
+        assert_eq!(entry.get_str("error_class").unwrap(), class.as_str());
+        assert_eq!(entry.get_str("last_error").unwrap(), failure.to_string());
+        let run = c.get_run(&key(n)).await.unwrap().unwrap();
+        let cp = run.copy("lngs", "raw").unwrap();
+        assert_eq!(cp.error_class, Some(class));
+        assert_eq!(cp.failure_class(), class);
+        assert_eq!(run.events.last().unwrap().error_class, Some(class));
+        // Retried, verified, transferred: no failure any more.
+        let retry = Transition::new(CopyStatus::Error, CopyStatus::Transferring, Some("b"), "b");
+        assert_eq!(
+            c.transition(&copy(n, "lngs"), &retry).await.unwrap(),
+            Cas::Done
+        );
+        let run = c.get_run(&key(n)).await.unwrap().unwrap();
+        assert_eq!(run.copy("lngs", "raw").unwrap().error_class, None);
+        assert_eq!(run.events.last().unwrap().error_class, None);
+        let raw = f.read_raw(&key(n)).await;
+        assert!(
+            raw.get_array("data")
+                .unwrap()
+                .iter()
+                .filter_map(|e| e.as_document())
+                .all(|e| !e.contains_key("error_class")),
+            "{raw}"
+        );
+    }
+}
+
+/// Failures another tool recorded: cax's `last_error` with no class is classified by its
+/// text; a class name this version does not know is kept as written, counts as absent
+/// (the text decides) and goes when Ferry records a failure of its own.
+async fn failures_other_tools_recorded_keep_their_text_and_class(f: &Fixture) {
+    let c = &*f.catalog;
+    seed_run(c, 1, "daq").await;
+    seed_run(c, 2, "daq").await;
+    let cax = |d: &mut bson::Document, extra: Option<(&str, Bson)>| {
+        let mut e = doc! {
+            "type": "raw", "host": "midway", "location": "/data/run1", "protocol": "rsync",
+            "status": "error", "checksum": Bson::Null,
+            "last_error": "rsync: write failed on \"/data/run1\": No space left on device (28)",
+        };
+        if let Some((k, v)) = extra {
+            e.insert(k, v);
+        }
+        d.get_array_mut("data").unwrap().push(Bson::Document(e));
+    };
+    let mut d = f.read_raw(&key(1)).await;
+    cax(&mut d, None);
+    f.overwrite_raw(&key(1), d).await;
+    let mut d = f.read_raw(&key(2)).await;
+    cax(&mut d, Some(("error_class", Bson::String("quota".into()))));
+    f.overwrite_raw(&key(2), d).await;
+    c.adopt_foreign_copies(1000).await.unwrap();
+    for n in [1, 2] {
+        let run = c.get_run(&key(n)).await.unwrap().unwrap();
+        let cp = run.copy("midway", "raw").unwrap();
+        assert_eq!(cp.error_class, None, "run {n}");
+        assert_eq!(cp.failure_class(), FailureClass::Fatal, "run {n}");
+        assert_eq!(cp.protocol, Some(Protocol::Other("rsync".into())));
+    }
+    // A change Ferry makes elsewhere in the run keeps the unknown name as written.
+    let t = Transition::new(CopyStatus::Transferred, CopyStatus::Verifying, None, "a");
+    assert_eq!(c.transition(&copy(2, "daq"), &t).await.unwrap(), Cas::Done);
+    let raw = f.read_raw(&key(2)).await;
+    let midway = |raw: &bson::Document| {
+        raw.get_array("data")
+            .unwrap()
+            .iter()
+            .filter_map(|e| e.as_document())
+            .find(|e| e.get_str("host") == Ok("midway"))
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(midway(&raw).get_str("error_class").unwrap(), "quota");
+    assert_eq!(midway(&raw).get_str("protocol").unwrap(), "rsync");
+    // Ferry's own failure replaces it.
+    let retry = Transition::new(CopyStatus::Error, CopyStatus::Transferring, Some("a"), "a");
+    assert_eq!(
+        c.transition(&copy(2, "midway"), &retry).await.unwrap(),
+        Cas::Done
+    );
+    let mut t = Transition::new(CopyStatus::Transferring, CopyStatus::Error, Some("a"), "a");
+    t.record_failure(&Failure::new(
+        FailureClass::Checksum,
+        "from daq: digest".into(),
+    ));
+    assert_eq!(
+        c.transition(&copy(2, "midway"), &t).await.unwrap(),
+        Cas::Done
+    );
+    let raw = f.read_raw(&key(2)).await;
+    assert_eq!(midway(&raw).get_str("error_class").unwrap(), "checksum");
+    let run = c.get_run(&key(2)).await.unwrap().unwrap();
+    assert_eq!(
+        run.copy("midway", "raw").unwrap().error_class,
+        Some(FailureClass::Checksum)
+    );
+}
+
 /// Documents as cax's DAQ wrote them still decode and are worked on: `checksum: null`,
 /// `creation_time` as a list, type `untriggered`, `location: "n/a"`, a double number.
 async fn legacy_cax_documents_are_not_quarantined(f: &Fixture) {
@@ -1134,6 +1288,8 @@ async fn a_dead_caxs_transferring_entry_is_reclaimed_once_after_the_grace(f: &Fi
     assert_eq!(m.attempts, 1);
     let s = run.copy("stash", "raw").unwrap();
     assert_eq!(s.status, CopyStatus::Error);
+    assert_eq!(s.error_class, Some(FailureClass::Retryable));
+    assert!(s.last_error.as_deref().unwrap().starts_with("[retryable]"));
     assert_eq!(c.quarantine().count(), 0);
     // The failed copy is Ferry's to move: error -> transferring by a retry.
     let stash = CopyRef::new(key(4712), "stash", "raw");
@@ -1331,7 +1487,7 @@ async fn request_copy_only_when_no_copy_exists(f: &Fixture) {
 
     // After the lngs copy is removed, it can be wanted again.
     let mut t = Transition::new(CopyStatus::Transferring, CopyStatus::Error, Some("a"), "a");
-    t.error = Some("disk full".into());
+    t.record_failure(&Failure::new(FailureClass::Fatal, "disk full".into()));
     assert_eq!(c.transition(&copy(1, "lngs"), &t).await.unwrap(), Cas::Done);
     assert_eq!(
         c.mark_removing(&copy(1, "lngs"), CopyStatus::Error, &[], "a", "give up")
@@ -1678,4 +1834,6 @@ suite!(
     concurrent_purges_of_one_run_mark_exactly_one_removing,
     mark_removing_loses_when_a_protector_is_gone_or_stale,
     work_queries_page_through_every_run_once,
+    the_failure_class_is_stored_with_the_failure_and_cleared_after,
+    failures_other_tools_recorded_keep_their_text_and_class,
 );

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use catalog_common::{claim, key, manifest, seed_run, Backend, Fixture};
-use ferry::catalog::{Cas, CopyRef, CopyStatus, Transition};
+use ferry::catalog::{Cas, CopyRef, CopyStatus, Failure, FailureClass, Transition};
 
 /// Copies run N to `site` the way an agent does: claim, verify, transferred.
 async fn copy_to(f: &Fixture, n: i64, site: &str) {
@@ -49,6 +49,30 @@ async fn documented_pymongo_queries_answer_correctly() {
     }
     copy_to(&f, 4711, "lngs").await;
     copy_to(&f, 4713, "lngs").await;
+    // A copy of 4712 at lngs failed for want of space: it waits for an operator.
+    let owner = "agent@lngs";
+    let _ = f
+        .catalog
+        .claim_copy(&claim(4712, "lngs", owner, Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let mut t = Transition::new(
+        CopyStatus::Transferring,
+        CopyStatus::Error,
+        Some(owner),
+        owner,
+    );
+    t.record_failure(&Failure::new(
+        FailureClass::Fatal,
+        "lngs: /data: no space left on device".into(),
+    ));
+    assert_eq!(
+        f.catalog
+            .transition(&CopyRef::new(key(4712), "lngs", "raw"), &t)
+            .await
+            .unwrap(),
+        Cas::Done
+    );
     let daq = CopyRef::new(key(4713), "daq", "raw");
     let c = &*f.catalog;
     assert_eq!(
@@ -121,6 +145,13 @@ async fn documented_pymongo_queries_answer_correctly() {
     assert_eq!(
         bytes,
         vec![("daq".into(), 2048, 2), ("lngs".into(), 2048, 2)]
+    );
+
+    let waiting =
+        &answers["Which copies failed and wait for an operator (class fatal or refused)?"];
+    assert_eq!(
+        waiting,
+        &serde_json::json!([[4712, "lngs", "[fatal] lngs: /data: no space left on device"]])
     );
 
     let deleted = answers["What was deleted in the last week, by whom and why?"]

@@ -338,6 +338,7 @@ fn forged_case(w: &World, task: TaskKind, f: Forgery) -> Case {
             TaskKind::Retry => {
                 c.insert("status", "error");
                 c.insert("last_error", "[retryable] connection reset by peer");
+                c.insert("error_class", "retryable");
                 c.insert("attempts", 1);
                 c.remove("lease");
                 // An hour ago: past any backoff.
@@ -553,7 +554,7 @@ fn first_copy(d: &mut Document) -> &mut Document {
 }
 
 /// The malformed-document rows: (name, the field a warning must name).
-const DEFECTS: [(&str, &str); 19] = [
+const DEFECTS: [(&str, &str); 22] = [
     ("number_string", "number"),
     ("status_unknown", "status"),
     ("files_not_array", "files"),
@@ -573,6 +574,9 @@ const DEFECTS: [(&str, &str); 19] = [
     ("digest_number", "digest"),
     ("attempts_string", "attempts"),
     ("verified_time_string", "verified_time"),
+    ("error_class_number", "error_class"),
+    ("error_class_document", "error_class"),
+    ("protocol_number", "protocol"),
 ];
 
 /// Applies the defect `name` of [`DEFECTS`] to a good document.
@@ -645,6 +649,15 @@ fn apply_defect(name: &str, d: &mut Document) {
         }
         "verified_time_string" => {
             first_copy(d).insert("verified_time", "last week");
+        }
+        "error_class_number" => {
+            first_copy(d).insert("error_class", 2);
+        }
+        "error_class_document" => {
+            first_copy(d).insert("error_class", doc! {"class": "retryable"});
+        }
+        "protocol_number" => {
+            first_copy(d).insert("protocol", 22);
         }
         other => panic!("unknown defect {other}"),
     }

@@ -30,7 +30,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bson::DateTime;
 pub use catalog_schema::{
-    want_tag, CopyEntry, CopyStatus, DecodeError, Event, FileEntry, Heartbeat, RunDoc, RunKey,
+    want_tag, CopyEntry, CopyStatus, DecodeError, Event, Failure, FailureClass, FileEntry,
+    Heartbeat, Protocol, RunDoc, RunKey,
 };
 
 pub use error::CatalogError;
@@ -120,7 +121,7 @@ pub struct OriginCopy {
     /// Directory at the site.
     pub location: String,
     /// `local` usually.
-    pub protocol: String,
+    pub protocol: Protocol,
     /// The manifest measured at the origin.
     pub manifest: Manifest,
     /// Who adds it.
@@ -135,7 +136,7 @@ pub struct ClaimRequest {
     /// Target directory or tape reference.
     pub location: String,
     /// `sftp`, `local` or `tape`.
-    pub protocol: String,
+    pub protocol: Protocol,
     /// The claimer's owner id.
     pub owner: String,
     /// How long the lease lasts before it must be renewed.
@@ -219,8 +220,10 @@ pub struct Transition {
     pub lease_for: Duration,
     /// Checksum measured (sets `checksum` and `verified_time`).
     pub checksum: Option<String>,
-    /// Failure text (sets `last_error`; required context for `error`).
-    pub error: Option<String>,
+    /// The failure to record (sets `last_error` and `error_class`; required context for
+    /// `error`). `None` clears `error_class` (the text stays, as history). Set it with
+    /// [`Transition::record_failure`].
+    pub error: Option<Failure>,
     /// Tape details to record on the copy (sets `tape`, replacing what was there): the tape
     /// task's `{ backend, reference, volumes, verified }` on `verifying → transferred`.
     pub tape: Option<bson::Document>,
@@ -244,6 +247,14 @@ impl Transition {
             who: who.to_string(),
             reason: None,
         }
+    }
+
+    /// Records `failure` with this transition: its class in `error_class`, its text (class
+    /// tag first) in `last_error` and as the audit reason. Every place that fails a copy
+    /// records it this way.
+    pub fn record_failure(&mut self, failure: &Failure) {
+        self.error = Some(failure.clone());
+        self.reason = Some(failure.to_string());
     }
 }
 
@@ -899,7 +910,9 @@ impl Transition {
             Some(r) => format!("{} -> {}: {r}", self.from, self.to),
             None => format!("{} -> {}", self.from, self.to),
         };
-        Event::copy(&self.who, action, &copy.host, &copy.data_type, Some(reason))
+        let mut event = Event::copy(&self.who, action, &copy.host, &copy.data_type, Some(reason));
+        event.error_class = self.error.as_ref().map(|f| f.class);
+        event
     }
 }
 

@@ -165,7 +165,10 @@ fn shows_transition(entry: Option<&CopyEntry>, t: &Transition) -> bool {
     e.status == t.to
         && lease_ok
         && (t.checksum.is_none() || e.checksum == t.checksum)
-        && (t.error.is_none() || e.last_error == t.error)
+        && match &t.error {
+            Some(f) => e.error_class == Some(f.class) && e.last_error == Some(f.to_string()),
+            None => e.error_class.is_none(),
+        }
         && (t.tape.is_none() || e.tape == t.tape)
 }
 

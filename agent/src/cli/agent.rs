@@ -290,7 +290,7 @@ pub(super) async fn mark_roots(
                 c.host == site
                     && c.data_type == root.data_type
                     && c.status == CopyStatus::Transferred
-                    && c.protocol.as_deref() != Some("tape")
+                    && !c.is_tape()
             })
         });
         if here {

@@ -237,8 +237,7 @@ async fn mark_bad(
         )));
     }
     let mut t = Transition::new(c.status, CopyStatus::Error, None, &ctx.owner);
-    t.error = Some(failure.to_string());
-    t.reason = Some(failure.to_string());
+    t.record_failure(&failure);
     match ctx.catalog.transition(copy, &t).await {
         Ok(Cas::Done) => Ok(Outcome::Bad(failure.to_string())),
         Ok(Cas::Lost) => Ok(Outcome::Skipped(

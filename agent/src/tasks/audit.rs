@@ -398,7 +398,7 @@ async fn list(ctx: &Context) -> Result<Listed, String> {
                 .cloned()
                 .collect();
             for c in here {
-                if c.protocol.as_deref() == Some("tape") {
+                if c.is_tape() {
                     continue;
                 }
                 let in_scope = ctx.scope.admits(run.number, run.name.as_deref());
@@ -656,8 +656,7 @@ async fn rehash(ctx: &Context, h: &Held) -> Result<Hashed, String> {
 async fn to_error(ctx: &Context, h: &Held, failure: &Failure) -> Result<bool, String> {
     let copy = CopyRef::new(h.run.key(), &h.copy.host, &h.copy.data_type);
     let mut change = Transition::new(CopyStatus::Transferred, CopyStatus::Error, None, &ctx.owner);
-    change.error = Some(failure.to_string());
-    change.reason = Some(failure.to_string());
+    change.record_failure(failure);
     match ctx.catalog.transition(&copy, &change).await {
         Ok(Cas::Done) => Ok(true),
         Ok(Cas::Lost) => Ok(false),

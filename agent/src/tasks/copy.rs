@@ -246,7 +246,7 @@ impl CopyError {
             CopyError::Session { source, .. } if source.is_retryable() => FailureClass::Retryable,
             CopyError::Files { failed, .. } => failed
                 .iter()
-                .map(|(_, e)| FailureClass::of_transport(e))
+                .map(|(_, e)| super::retry::class_of_transport(e))
                 .max()
                 .unwrap_or(FailureClass::Retryable),
             CopyError::DigestMismatch { .. } => FailureClass::Checksum,
@@ -285,7 +285,7 @@ struct Plan {
     /// The destination directory, as recorded in the catalogue.
     pub location: String,
     /// `sftp` or `local`.
-    pub protocol: &'static str,
+    pub protocol: crate::catalog::Protocol,
     /// How the bytes go.
     pub method: RunCopy,
     /// The site whose SSH session `method` uses, if any (dropped from the pool when the
@@ -459,7 +459,7 @@ async fn plan(
                 dst_root: dst_dir,
                 dst_base,
             },
-            "local",
+            crate::catalog::Protocol::Local,
             None,
         ),
         TransferMethod::Sftp => {
@@ -478,7 +478,11 @@ async fn plan(
                     local_base: dst_base,
                 },
             };
-            (method, "sftp", Some(peer.name.clone()))
+            (
+                method,
+                crate::catalog::Protocol::Sftp,
+                Some(peer.name.clone()),
+            )
         }
         TransferMethod::Unsupported(m) => {
             return Ok(Err(Outcome::Skipped(format!(
@@ -592,7 +596,7 @@ async fn execute(
     let claim = ClaimRequest {
         copy: copy.clone(),
         location: plan.location.clone(),
-        protocol: plan.protocol.into(),
+        protocol: plan.protocol.clone(),
         owner: ctx.owner.clone(),
         lease_for: lease(ctx),
     };
@@ -902,8 +906,7 @@ pub(super) async fn fail(ctx: &Context, copy: &CopyRef, why: &Failure) {
         Some(&ctx.owner),
         &ctx.owner,
     );
-    change.error = Some(why.to_string());
-    change.reason = Some(why.to_string());
+    change.record_failure(why);
     if let Err(e) = ctx.catalog.transition(copy, &change).await {
         tracing::warn!(%copy, "cannot record the failure ({why}): {e}");
     }

@@ -125,10 +125,7 @@ pub fn decide(
             verified_elsewhere(run, c, digest).count()
         ));
     }
-    let tape = fresh
-        .iter()
-        .filter(|o| o.protocol.as_deref() == Some("tape"))
-        .count();
+    let tape = fresh.iter().filter(|o| o.is_tape()).count();
     let min_tape = usize::try_from(policy.min_tape_copies).unwrap_or(usize::MAX);
     if tape < min_tape {
         return Err(format!("{tape} of them on tape, policy needs {min_tape}"));
@@ -250,11 +247,11 @@ pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
         if !ctx.scope.admits(run.number, run.name.as_deref()) {
             continue;
         }
-        for c in run.data.iter().filter(|c| {
-            c.host == *me
-                && c.status == CopyStatus::Transferred
-                && c.protocol.as_deref() != Some("tape")
-        }) {
+        for c in run
+            .data
+            .iter()
+            .filter(|c| c.host == *me && c.status == CopyStatus::Transferred && !c.is_tape())
+        {
             if token.is_cancelled() {
                 return report;
             }

@@ -410,9 +410,7 @@ pub async fn recall(ctx: &Context, req: &Request) -> Result<Vec<Recalled>, Recal
 
 /// A tape copy that holds the run: `transferred`, on tape, with the run's digest.
 fn is_verified_tape_copy(c: &CopyEntry, digest: &str) -> bool {
-    c.status == CopyStatus::Transferred
-        && c.protocol.as_deref() == Some("tape")
-        && c.checksum.as_deref() == Some(digest)
+    c.status == CopyStatus::Transferred && c.is_tape() && c.checksum.as_deref() == Some(digest)
 }
 
 /// Restores one data type, from the first of `sources` that works.
@@ -581,7 +579,7 @@ async fn take(ctx: &Context, copy: &CopyRef, dir: &Path, how: &Take) -> Result<(
         let claim = ClaimRequest {
             copy: copy.clone(),
             location: dir.display().to_string(),
-            protocol: "local".into(),
+            protocol: crate::catalog::Protocol::Local,
             owner: ctx.owner.clone(),
             lease_for: copy::lease(ctx),
         };

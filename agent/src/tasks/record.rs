@@ -31,8 +31,7 @@ pub async fn refuse(ctx: &Context, run: &RunDoc, c: &CopyEntry, e: &PathError) -
         return format!("{e} (left {}, not flagged)", c.status);
     }
     let mut change = Transition::new(c.status, CopyStatus::Error, None, &ctx.owner);
-    change.error = Some(why.to_string());
-    change.reason = Some(why.to_string());
+    change.record_failure(&why);
     match ctx.catalog.transition(&copy, &change).await {
         Ok(Cas::Done) => format!("{e}; flagged {} -> error [refused]", c.status),
         Ok(Cas::Lost) => format!("{e} (the copy changed meanwhile; not flagged)"),

@@ -273,7 +273,7 @@ async fn register_one(ctx: &Context, run: &Found) -> Result<Outcome, String> {
     let origin = OriginCopy {
         copy,
         location: run.dir.display().to_string(),
-        protocol: "local".into(),
+        protocol: crate::catalog::Protocol::Local,
         manifest,
         who: ctx.owner.clone(),
     };

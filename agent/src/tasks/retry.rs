@@ -17,8 +17,8 @@
 //!    `transferring` with **no lease** (cax's pending entries, a cax that died) are taken
 //!    with [`Catalog::reclaim_unleased`] once idle longer than `limits.lease`, cleared
 //!    (`error → removing`, entry removed) and wanted again, so the copy is made afresh;
-//! 2. **failed** copies (`error`) are classified from `last_error` ([`FailureClass`], as
-//!    FTS3 does) and
+//! 2. **failed** copies (`error`) are classified by the class recorded with the failure
+//!    (the copy's `error_class`, a [`FailureClass`], as FTS3 classifies) and
 //!    - `[retryable]` (connection cut, timeout, catalogue, a lost lease) and `[checksum]`
 //!      (the bytes at the destination did not match) are retried once their backoff has
 //!      passed: [`backoff`] after `updated_time`, doubling with each attempt;
@@ -42,9 +42,11 @@
 //! kept (not removed and requested again), so `attempts` and the audit trail of earlier
 //! failures survive: the limit and the suspect-source rule are counted from them.
 //!
-//! The classes are written by push (and verify) as a stable prefix of `last_error`:
-//! `[retryable] …`, `[checksum] …`, `[fatal] …`. Text without a prefix (an older agent,
-//! another tool) is classified by the same words FTS3 looks for, else taken as retryable.
+//! The class is written with the failure, in the same conditional update, by every task that
+//! fails a copy ([`Transition::record_failure`]); `last_error` carries the text, prefixed with
+//! the class tag (`[retryable] …`, `[checksum] …`, `[fatal] …`) for people. A failure with no
+//! class (recorded by cax, another tool, an older agent) is classified from its text: the
+//! tag, else the words FTS3 looks for, else retryable ([`FailureClass::classify`]).
 //! Both methods (`local`, `sftp`) are retried, in either direction (this site pushing to the
 //! destination, or the destination pulling).
 //!
@@ -52,7 +54,6 @@
 //! [`Catalog::reclaim_stalled`]: crate::catalog::Catalog::reclaim_stalled
 //! [`Catalog::reclaim_abandoned`]: crate::catalog::Catalog::reclaim_abandoned
 
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -79,101 +80,15 @@ pub const BACKOFF_CAP: Duration = Duration::from_secs(3600);
 /// Checksum mismatches from one source (since it was last verified) that make it suspect.
 pub const SUSPECT_SOURCE_AFTER: usize = 2;
 
-/// How a failed copy may be retried (FTS3's classification).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum FailureClass {
-    /// The copy itself went fine or was cut only because the catalogue did not answer
-    /// (its end could not be recorded). Nothing is wrong with the link or the bytes: retried
-    /// at the first cycle the catalogue answers again, without backoff (attempts still count).
-    Catalog,
-    /// Transient: a cut connection, a timeout, a lost lease. Retry later.
-    Retryable,
-    /// The bytes did not match the manifest. Copy again from a verified source; suspect the
-    /// source after repeats.
-    Checksum,
-    /// Needs a person: permission denied, no space, a missing source file.
-    Fatal,
-    /// What the catalogue or the disk says was refused ([`crate::datadir`]): a recorded
-    /// location that is not the run's own directory, a planted symbolic link. Nothing was
-    /// touched; never retried on its own (`--run N` after an operator fixed the entry).
-    Refused,
-}
+pub use catalog_schema::{Failure, FailureClass};
 
-impl FailureClass {
-    /// The stable prefix stored at the start of `last_error`.
-    pub fn tag(self) -> &'static str {
-        match self {
-            Self::Catalog => "[catalogue]",
-            Self::Retryable => "[retryable]",
-            Self::Checksum => "[checksum]",
-            Self::Fatal => "[fatal]",
-            Self::Refused => "[refused]",
-        }
-    }
-
-    /// The class of a transport failure.
-    pub fn of_transport(e: &TransportError) -> Self {
-        match e {
-            TransportError::ChecksumMismatch { .. } => Self::Checksum,
-            TransportError::UnsafePath { .. } => Self::Refused,
-            e if e.is_retryable() => Self::Retryable,
-            _ => Self::Fatal,
-        }
-    }
-
-    /// The class of a stored `last_error`: its prefix, else the words FTS3 looks for, else
-    /// [`FailureClass::Retryable`] (the attempt limit still bounds it).
-    pub fn classify(last_error: &str) -> Self {
-        let text = last_error.trim_start();
-        for class in [
-            Self::Catalog,
-            Self::Retryable,
-            Self::Checksum,
-            Self::Fatal,
-            Self::Refused,
-        ] {
-            if text.starts_with(class.tag()) {
-                return class;
-            }
-        }
-        let lower = text.to_lowercase();
-        const FATAL: [&str; 6] = [
-            "permission denied",
-            "no space left",
-            "no such file",
-            "authentication failed",
-            "host key",
-            "refused:",
-        ];
-        if FATAL.iter().any(|w| lower.contains(w)) {
-            Self::Fatal
-        } else if lower.contains("checksum mismatch") || lower.contains("digest") {
-            Self::Checksum
-        } else {
-            Self::Retryable
-        }
-    }
-}
-
-/// A failure as recorded in `last_error`: `[class] text`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    /// How it may be retried.
-    pub class: FailureClass,
-    /// What happened, with the site and the files concerned.
-    pub text: String,
-}
-
-impl Failure {
-    /// A failure of this class.
-    pub fn new(class: FailureClass, text: String) -> Self {
-        Failure { class, text }
-    }
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.class.tag(), self.text)
+/// The class of a transport failure.
+pub fn class_of_transport(e: &TransportError) -> FailureClass {
+    match e {
+        TransportError::ChecksumMismatch { .. } => FailureClass::Checksum,
+        TransportError::UnsafePath { .. } => FailureClass::Refused,
+        e if e.is_retryable() => FailureClass::Retryable,
+        _ => FailureClass::Fatal,
     }
 }
 
@@ -436,8 +351,7 @@ async fn clear_unleased(
         Some(&ctx.owner),
         &ctx.owner,
     );
-    to_error.error = Some(why.to_string());
-    to_error.reason = Some(why.to_string());
+    to_error.record_failure(&why);
     record::cas(ctx, &copy, &to_error).await?;
     let cleared = why.to_string();
     match ctx
@@ -642,7 +556,8 @@ async fn retry_one(
         }
     }
     let last = c.last_error.clone().unwrap_or_default();
-    let class = FailureClass::classify(&last);
+    // The class recorded with the failure; text only for what another tool wrote.
+    let class = c.failure_class();
     // `--run N` / `--name X`: the operator asks for this run now, past the limit, the
     // class and the backoff (once per invocation).
     let asked = !matches!(ctx.scope, RunScope::All);
@@ -727,7 +642,9 @@ async fn retry_one(
 }
 
 /// Checksum failures of copy `c` recorded in the run's audit trail after `since` (the
-/// source's last verification; all of them when it was never verified).
+/// source's last verification; all of them when it was never verified): events whose
+/// `error_class` is `checksum`, and events written before the class was (no class) whose
+/// reason carries the tag.
 fn mismatches_since(run: &RunDoc, c: &CopyEntry, since: Option<DateTime>) -> usize {
     let marker = format!("-> error: {}", FailureClass::Checksum.tag());
     run.events
@@ -735,7 +652,10 @@ fn mismatches_since(run: &RunDoc, c: &CopyEntry, since: Option<DateTime>) -> usi
         .filter(|e| {
             e.host.as_deref() == Some(c.host.as_str())
                 && e.data_type.as_deref() == Some(c.data_type.as_str())
-                && e.reason.as_deref().is_some_and(|r| r.contains(&marker))
+                && match e.error_class {
+                    Some(class) => class == FailureClass::Checksum,
+                    None => e.reason.as_deref().is_some_and(|r| r.contains(&marker)),
+                }
                 && since.is_none_or(|t| e.time > t)
         })
         .count()
@@ -784,6 +704,75 @@ async fn suspect_source(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The typed class decides; the text is read only when no class was recorded (cax).
+    #[test]
+    fn the_recorded_class_wins_over_the_text() {
+        let now = DateTime::now();
+        let mut c = CopyEntry::new("mirror", "raw", CopyStatus::Error, now);
+        c.record_failure(Some(&Failure::new(
+            FailureClass::Checksum,
+            "from daq: connection reset by peer".into(),
+        )));
+        assert_eq!(c.failure_class(), FailureClass::Checksum);
+        // A class recorded with text that reads otherwise (no prefix, other words).
+        c.last_error = Some("permission denied".into());
+        assert_eq!(c.failure_class(), FailureClass::Checksum);
+        // The same text as cax wrote it, no class: read from the words.
+        c.error_class = None;
+        assert_eq!(c.failure_class(), FailureClass::Fatal);
+        c.last_error = None;
+        assert_eq!(c.failure_class(), FailureClass::Retryable);
+    }
+
+    #[test]
+    fn transport_failures_have_their_class() {
+        let cut = TransportError::ConnectionLost {
+            host: "mirror".into(),
+            path: "/data/Run000001/a".into(),
+            what: "writing".into(),
+        };
+        assert_eq!(class_of_transport(&cut), FailureClass::Retryable);
+        let denied = TransportError::PermissionDenied {
+            host: "mirror".into(),
+            path: "/data/Run000001/b".into(),
+            op: "open",
+        };
+        assert_eq!(class_of_transport(&denied), FailureClass::Fatal);
+    }
+
+    /// Checksum failures are counted by the class recorded on the event; an event from
+    /// before the field, by its reason's tag.
+    #[test]
+    fn checksum_mismatches_are_counted_by_their_recorded_class() {
+        let mut run = RunDoc::new("tpc", 1, None);
+        let c = CopyEntry::new("mirror", "raw", CopyStatus::Error, DateTime::now());
+        let event = |class: Option<FailureClass>, reason: &str| {
+            let mut e = catalog_schema::Event::copy(
+                "a",
+                "status",
+                "mirror",
+                "raw",
+                Some(reason.to_string()),
+            );
+            e.error_class = class;
+            e
+        };
+        run.push_event(event(
+            Some(FailureClass::Checksum),
+            "verifying -> error: bad",
+        ));
+        run.push_event(event(
+            Some(FailureClass::Retryable),
+            "transferring -> error: [checksum] text that says otherwise",
+        ));
+        run.push_event(event(
+            None,
+            "verifying -> error: [checksum] from an older agent",
+        ));
+        run.push_event(event(None, "error -> transferring: retry after [checksum]"));
+        assert_eq!(mismatches_since(&run, &c, None), 2);
+    }
 
     #[test]
     fn prefixes_round_trip_and_win_over_words() {

@@ -176,7 +176,7 @@ async fn back_up(
     let claim = ClaimRequest {
         copy: copy.clone(),
         location: format!("{}:{name}/", backend.name()),
-        protocol: "tape".into(),
+        protocol: crate::catalog::Protocol::Tape,
         owner: ctx.owner.clone(),
         lease_for: LEASE,
     };

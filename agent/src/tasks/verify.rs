@@ -103,7 +103,7 @@ enum Verdict {
 }
 
 async fn verify_one(ctx: &Context, run: &RunDoc, c: &CopyEntry) -> Result<Verdict, String> {
-    if c.protocol.as_deref() == Some("tape") {
+    if c.is_tape() {
         return Ok(Verdict::Skipped(
             "a tape copy: verified by the tape task".into(),
         ));
@@ -168,8 +168,7 @@ async fn verify_one(ctx: &Context, run: &RunDoc, c: &CopyEntry) -> Result<Verdic
         restorable,
     );
     let mut change = Transition::new(CopyStatus::Verifying, CopyStatus::Error, owner, &ctx.owner);
-    change.error = Some(failure.to_string());
-    change.reason = Some(failure.to_string());
+    change.record_failure(&failure);
     if record(ctx, &copy, &change).await? == Cas::Lost {
         return Ok(Verdict::Skipped(
             "changed by another agent while it was hashed".into(),

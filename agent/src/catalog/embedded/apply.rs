@@ -108,9 +108,7 @@ pub(super) fn transition(
         c.checksum = Some(sum.clone());
         c.verified_time = Some(now);
     }
-    if let Some(e) = &t.error {
-        c.last_error = Some(e.clone());
-    }
+    c.record_failure(t.error.as_ref());
     if let Some(tape) = &t.tape {
         c.tape = Some(tape.clone());
     }

@@ -380,23 +380,30 @@ impl MongoCatalog {
             set.insert("data.$.checksum", sum);
             set.insert("data.$.verified_time", now);
         }
-        if let Some(e) = &t.error {
-            set.insert("data.$.last_error", e);
+        let mut unset = doc! { "data.$.lease": "" };
+        match &t.error {
+            Some(f) => {
+                set.insert("data.$.last_error", f.to_string());
+                set.insert("data.$.error_class", f.class.as_str());
+            }
+            // A transition that records no failure clears the class (the text stays).
+            None => {
+                unset.insert("data.$.error_class", "");
+            }
         }
         if let Some(tape) = &t.tape {
             set.insert("data.$.tape", tape.clone());
         }
         let mut update = Document::new();
-        match (&t.owner, t.to.is_leased()) {
-            (Some(owner), true) => {
-                set.insert(
-                    "data.$.lease",
-                    doc! { "owner": owner, "expires": after(now, t.lease_for) },
-                );
-            }
-            _ => {
-                update.insert("$unset", doc! { "data.$.lease": "" });
-            }
+        if let (Some(owner), true) = (&t.owner, t.to.is_leased()) {
+            set.insert(
+                "data.$.lease",
+                doc! { "owner": owner, "expires": after(now, t.lease_for) },
+            );
+            unset.remove("data.$.lease");
+        }
+        if !unset.is_empty() {
+            update.insert("$unset", unset);
         }
         update.insert("$set", set);
         if t.to == CopyStatus::Transferring {
@@ -1180,10 +1187,14 @@ impl Catalog for MongoCatalog {
                     set.insert("data.$.cax_status", status);
                     set.insert("data.$.host_status", host_status(host, mapped));
                     if e.get_str("last_error").is_err() {
-                        set.insert(
-                            "data.$.last_error",
-                            format!("[retryable] recorded by cax as status {status:?}"),
+                        let failure = catalog_schema::Failure::new(
+                            catalog_schema::FailureClass::Retryable,
+                            format!("recorded by cax as status {status:?}"),
                         );
+                        set.insert("data.$.last_error", failure.to_string());
+                        if !e.contains_key("error_class") {
+                            set.insert("data.$.error_class", failure.class.as_str());
+                        }
                     }
                 }
                 let set = doc! { "$set": set };
