@@ -247,9 +247,6 @@ pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
     let asked = !matches!(ctx.scope, RunScope::All);
     let mut disks: BTreeMap<String, Option<u8>> = BTreeMap::new();
     for run in &runs {
-        if !ctx.scope.admits(run.number, run.name.as_deref()) {
-            continue;
-        }
         for c in run.data.iter().filter(|c| {
             c.host == *me
                 && c.status == CopyStatus::Transferred

@@ -71,9 +71,6 @@ pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
             if token.is_cancelled() {
                 return report;
             }
-            if !ctx.scope.admits(run.number, run.name.as_deref()) {
-                continue;
-            }
             for data_type in ctx.site.data_dirs.keys() {
                 let label = format!("run {} {data_type} to tape {}", run.number, cfg.name);
                 match back_up(ctx, backend.as_ref(), data_type, run).await {
