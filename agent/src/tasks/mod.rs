@@ -109,6 +109,9 @@ pub struct Context {
     /// Where each work list's walk stopped, so the next cycle goes on from there
     /// ([`walk`]). Shared by clones of the context.
     pub cursors: Arc<Cursors>,
+    /// The data directories the purge is taking down to their low-water mark
+    /// ([`purge::Purging`]). Shared by clones of the context.
+    pub purging: Arc<purge::Purging>,
 }
 
 /// Runs asked of the catalogue per page of a work list.
