@@ -385,6 +385,7 @@ fn allowed_policy() -> PurgePolicy {
         max_verify_age: Duration::from_secs(30 * 86_400),
         retention: Duration::from_secs(7 * 86_400),
         high_water_mark: 100,
+        low_water_mark: 100,
     }
 }
 

@@ -227,6 +227,8 @@ fn bad_cases() -> Vec<Bad> {
         bad("min_copies 0", good_with("\"origin\": true", "\"origin\": true, \"purge\": {\"min_copies\": 0}"), &["sites[0].purge.min_copies: min_copies 0 would allow deleting the last copy"]),
         bad("min_tape_copies above min_copies", good_with("\"origin\": true", "\"origin\": true, \"purge\": {\"min_copies\": 1, \"min_tape_copies\": 2}"), &["sites[0].purge.min_tape_copies: min_tape_copies 2 is more than min_copies 1"]),
         bad("high-water mark over 100", good_with("\"origin\": true", "\"origin\": true, \"purge\": {\"high_water_mark\": 101}"), &["sites[0].purge.high_water_mark: 101 is out of range; expected 1 to 100"]),
+        bad("low-water mark above the high-water mark", good_with("\"origin\": true", "\"origin\": true, \"purge\": {\"high_water_mark\": 80, \"low_water_mark\": 85}"), &["sites[0].purge.low_water_mark: low_water_mark 85 is above high_water_mark 80"]),
+        bad("low-water mark over 100", good_with("\"origin\": true", "\"origin\": true, \"purge\": {\"low_water_mark\": 101}"), &["sites[0].purge.low_water_mark: 101 is out of range; expected 0 to 100"]),
         bad("password in catalogue URI", good_with("mongodb://ferry@", "mongodb://ferry:hunter2@"), &[":3:22: error: catalog.uri: the catalogue URI holds a password"]),
         bad("unknown catalogue scheme", good_with("mongodb://ferry@db.example:27017/", "postgres://db.example/run"), &[":3:22: error: catalog.uri: unknown catalogue scheme \"postgres\""]),
         bad("both password sources", good_with("\"password_env\": \"FERRY_DB_PW\"", "\"password_env\": \"FERRY_DB_PW\", \"password_file\": \"/etc/pw\""), &[":3:14: error: catalog: give password_env or password_file, not both"]),

@@ -16,7 +16,7 @@ use catalog_common::{claim, key, manifest, new_run, origin, seed_run, Backend, F
 use ferry::catalog::{
     page_after, Cas, Catalog, CatalogError, Claim, CopyRef, CopyStatus, Failure, FailureClass,
     Heartbeat, NewRun, OriginCopy, Protector, Protocol, Registered, RunDoc, RunFilter, RunKey,
-    RunSelector, Transition,
+    RunRange, RunScope, RunSelector, Transition,
 };
 
 const LEASE: Duration = Duration::from_secs(300);
@@ -1783,6 +1783,94 @@ async fn work_queries_page_through_every_run_once(f: &Fixture) {
         .is_empty());
 }
 
+/// Every work query takes the runs asked for into the query: run 601 behind 600 others on
+/// every list is the whole first page, by number, by name and in a range, on both back ends
+/// (before, the tasks read the first pages and filtered, and never reached it).
+async fn scoped_work_queries_reach_a_run_behind_600_others(f: &Fixture) {
+    let c = &*f.catalog;
+    let runs: Vec<NewRun> = (1..=601)
+        .map(|n| {
+            let mut r = new_run(n);
+            r.want.push("nikhef/raw".into());
+            r
+        })
+        .collect();
+    c.register_runs(&runs).await.unwrap();
+    for n in 1..=601 {
+        assert_eq!(
+            c.add_origin_copy(&origin(n, "daq")).await.unwrap(),
+            Cas::Done
+        );
+        verified_copy_at(c, n, "lngs").await;
+        let _ = c
+            .claim_copy(&claim(n, "cern", "dead", Duration::from_millis(1)))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let now = DateTime::now();
+    let daq = vec!["daq".to_string()];
+    let range = |from, to| RunScope::Range(RunRange { from, to });
+    let cases: Vec<(RunScope, Vec<i64>)> = vec![
+        (RunScope::Number(601), vec![601]),
+        (RunScope::Name("run601".into()), vec![601]),
+        (range(Some(598), Some(600)), vec![598, 599, 600]),
+        (range(Some(600), None), vec![600, 601]),
+        (range(None, Some(2)), vec![1, 2]),
+        (RunScope::Number(700), vec![]),
+    ];
+    for (scope, want) in cases {
+        let lists = [
+            (
+                "copies in status",
+                c.copies_in_status_scoped("daq", CopyStatus::Transferred, &scope, None, 100)
+                    .await
+                    .unwrap(),
+            ),
+            (
+                "purge candidates",
+                c.purge_candidates_scoped("daq", &scope, None, 100)
+                    .await
+                    .unwrap(),
+            ),
+            (
+                "stalled copies",
+                c.stalled_copies_scoped(None, now, &scope, None, 100)
+                    .await
+                    .unwrap(),
+            ),
+            (
+                "stalled copies at cern",
+                c.stalled_copies_scoped(Some("cern"), now, &scope, None, 100)
+                    .await
+                    .unwrap(),
+            ),
+            (
+                "runs needing copy",
+                c.runs_needing_copy_scoped("nikhef", "raw", &daq, &scope, None, 100)
+                    .await
+                    .unwrap(),
+            ),
+        ];
+        for (list, got) in lists {
+            assert_eq!(numbers(&got), want, "{list} in {scope:?}");
+        }
+    }
+    // A range is paged like the whole list: after its first page, the rest of it.
+    let scope = range(Some(10), Some(14));
+    let first = c
+        .copies_in_status_scoped("daq", CopyStatus::Transferred, &scope, None, 3)
+        .await
+        .unwrap();
+    assert_eq!(numbers(&first), vec![10, 11, 12]);
+    let after = page_after(&first, 3);
+    let rest = c
+        .copies_in_status_scoped("daq", CopyStatus::Transferred, &scope, after.as_ref(), 3)
+        .await
+        .unwrap();
+    assert_eq!(numbers(&rest), vec![13, 14]);
+}
+
 macro_rules! suite {
     ($($case:ident),* $(,)?) => {
         mod embedded {
@@ -1836,4 +1924,5 @@ suite!(
     work_queries_page_through_every_run_once,
     the_failure_class_is_stored_with_the_failure_and_cleared_after,
     failures_other_tools_recorded_keep_their_text_and_class,
+    scoped_work_queries_reach_a_run_behind_600_others,
 );

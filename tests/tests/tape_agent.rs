@@ -142,3 +142,125 @@ fn tape_task_backs_up_verifies_and_records_and_a_failing_backend_records_an_erro
         text(&out)
     );
 }
+
+/// Ages a tape copy's verification by `days` through the catalogue's own update.
+fn age_tape_copy(lab: &Lab, number: i64, host: &str, days: i64) {
+    use ferry::catalog::{Catalog, CopyRef, CopyStatus, RunKey};
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let c = ferry::catalog::embedded::EmbeddedCatalog::open(&lab.path().join("catalog.sqlite"))
+            .await
+            .expect("catalogue");
+        let key = RunKey::new("tpc", number);
+        let run = c.get_run(&key).await.expect("read").expect("run");
+        let at = bson::DateTime::from_millis(
+            bson::DateTime::now().timestamp_millis() - days * 86_400_000,
+        );
+        let cas = c
+            .record_checksum(
+                &CopyRef::new(key, host, "raw"),
+                CopyStatus::Transferred,
+                None,
+                run.digest.as_deref().expect("digest"),
+                at,
+            )
+            .await
+            .expect("update");
+        assert_eq!(cas, ferry::catalog::Cas::Done);
+    });
+}
+
+/// A tape copy verified longer ago than the purge's `max_verify_age` no longer protects
+/// its run; the tape task's schedule re-verifies it (stat of every file, then the
+/// backend's sample read-back) and the run can then be purged. A tape copy whose files
+/// are gone from the tape side goes to `error` instead.
+#[test]
+fn a_tape_copy_older_than_max_verify_age_is_reverified_and_the_run_can_then_be_purged() {
+    let lab = Lab::new();
+    for d in ["state", "tape"] {
+        std::fs::create_dir_all(lab.path().join(d)).expect("test setup");
+    }
+    let raw = lab.path().join("daq/raw");
+    write_run(&raw.join("Run000007"));
+    write_run(&raw.join("Run000008"));
+    let map = json!({
+        "version": 1,
+        "catalog": { "uri": format!("sqlite:{}", lab.path().join("catalog.sqlite").display()) },
+        "sites": [{
+            "name": "daq", "method": "local", "origin": true,
+            "data_dirs": { "raw": raw },
+            "layout": "Run{number:06}", "completion": { "marker": "RUN_COMPLETE" },
+            "tape": [
+                { "name": "dir-tape", "kind": "directory", "path": lab.path().join("tape") }
+            ],
+            "purge": { "enabled": true, "min_copies": 1, "min_tape_copies": 1,
+                       "max_verify_age": "1h", "retention": "1s", "high_water_mark": 100 }
+        }]
+    });
+    std::fs::write(lab.path().join("map.json"), map.to_string()).expect("test setup");
+    let out = ferry(&lab, &["--once", "--task", "register"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = ferry(&lab, &["--once", "--task", "tape"]);
+    assert!(out.status.success(), "{}", text(&out));
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+
+    // Verified two days ago: over max_verify_age, the purge keeps the run.
+    age_tape_copy(&lab, 7, "dir-tape", 2);
+    age_tape_copy(&lab, 8, "dir-tape", 2);
+    let out = ferry(&lab, &["--once", "--task", "purge", "--run", "7"]);
+    let kept = String::from_utf8_lossy(&out.stdout).to_string() + &text(&out);
+    assert!(
+        kept.contains("0 verified copies elsewhere within 1h"),
+        "{kept}"
+    );
+    assert!(raw.join("Run000007/sub dir/000.evio").exists());
+
+    // Run 8's files are gone from the tape side.
+    std::fs::remove_dir_all(lab.path().join("tape/Run000008")).expect("setup");
+    let out = ferry(&lab, &["--once", "--task", "tape"]);
+    assert!(
+        !out.status.success(),
+        "the lost tape copy is reported: {}",
+        text(&out)
+    );
+    let all = runs(&lab);
+    let by = |n: i64| {
+        all.as_array()
+            .expect("list")
+            .iter()
+            .find(|r| r["number"] == n)
+            .unwrap_or_else(|| panic!("run {n}: {all:#}"))
+            .clone()
+    };
+    let good = by(7);
+    let tape7 = copy(&good, "dir-tape").expect("tape copy");
+    assert_eq!(tape7["status"], "transferred", "{tape7:#}");
+    let lost = by(8);
+    let tape8 = copy(&lost, "dir-tape").expect("tape copy");
+    assert_eq!(tape8["status"], "error", "{tape8:#}");
+    assert!(
+        tape8["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no longer on tape"),
+        "{tape8:#}"
+    );
+
+    // Fresh again: the purge now counts the tape copy.
+    let out = ferry(&lab, &["--once", "--task", "purge", "--run", "7"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        !raw.join("Run000007/sub dir/000.evio").exists(),
+        "{}",
+        text(&out)
+    );
+    let after = runs(&lab);
+    let seven = after
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|r| r["number"] == 7)
+        .expect("run 7")
+        .clone();
+    assert!(copy(&seven, "daq").is_none(), "{seven:#}");
+}

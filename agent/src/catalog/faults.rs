@@ -23,7 +23,8 @@ use bson::DateTime;
 
 use super::{
     Cas, Catalog, CatalogError, Claim, ClaimRequest, CopyRef, CopyStatus, Heartbeat, NewRun,
-    OriginCopy, Protector, Registered, RunDoc, RunFilter, RunKey, RunSelector, Transition,
+    OriginCopy, Protector, Registered, RunDoc, RunFilter, RunKey, RunScope, RunSelector,
+    Transition,
 };
 
 /// One injected failure.
@@ -267,52 +268,61 @@ impl<C: Catalog> Catalog for Faulty<C> {
             .await
     }
 
-    async fn runs_needing_copy(
+    async fn runs_needing_copy_scoped(
         &self,
         dest: &str,
         data_type: &str,
         sources: &[String],
+        scope: &RunScope,
         after: Option<&RunKey>,
         limit: u32,
     ) -> Result<Vec<RunDoc>, CatalogError> {
         let f = self
             .inner
-            .runs_needing_copy(dest, data_type, sources, after, limit);
+            .runs_needing_copy_scoped(dest, data_type, sources, scope, after, limit);
         self.call("runs needing copy", f).await
     }
 
-    async fn copies_in_status(
+    async fn copies_in_status_scoped(
         &self,
         host: &str,
         status: CopyStatus,
+        scope: &RunScope,
         after: Option<&RunKey>,
         limit: u32,
     ) -> Result<Vec<RunDoc>, CatalogError> {
-        let f = self.inner.copies_in_status(host, status, after, limit);
+        let f = self
+            .inner
+            .copies_in_status_scoped(host, status, scope, after, limit);
         self.call("copies in status", f).await
     }
 
-    async fn purge_candidates(
+    async fn purge_candidates_scoped(
         &self,
         host: &str,
+        scope: &RunScope,
         after: Option<&RunKey>,
         limit: u32,
     ) -> Result<Vec<RunDoc>, CatalogError> {
         self.call(
             "purge candidates",
-            self.inner.purge_candidates(host, after, limit),
+            self.inner
+                .purge_candidates_scoped(host, scope, after, limit),
         )
         .await
     }
 
-    async fn stalled_copies(
+    async fn stalled_copies_scoped(
         &self,
         host: Option<&str>,
         now: DateTime,
+        scope: &RunScope,
         after: Option<&RunKey>,
         limit: u32,
     ) -> Result<Vec<RunDoc>, CatalogError> {
-        let f = self.inner.stalled_copies(host, now, after, limit);
+        let f = self
+            .inner
+            .stalled_copies_scoped(host, now, scope, after, limit);
         self.call("stalled copies", f).await
     }
 

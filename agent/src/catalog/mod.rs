@@ -284,6 +284,50 @@ pub enum RunSelector {
     Name(String),
 }
 
+/// Which runs a work query returns, and which a cycle may touch (`--run N`, `--name X`,
+/// `--from-run N --to-run M`). Part of the query on every back end, so one run asked for
+/// is found however many runs come before it in a work list.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum RunScope {
+    /// Every run.
+    #[default]
+    All,
+    /// One run number.
+    Number(i64),
+    /// One run name.
+    Name(String),
+    /// Run numbers in a range (`--from-run N --to-run M`, as massive-cax took).
+    Range(RunRange),
+}
+
+/// Run numbers `from..=to`, either end open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunRange {
+    /// The first run number in scope (`None`: from the first).
+    pub from: Option<i64>,
+    /// The last run number in scope, inclusive (`None`: to the last).
+    pub to: Option<i64>,
+}
+
+impl RunRange {
+    /// Whether `number` is in the range.
+    pub fn contains(&self, number: i64) -> bool {
+        self.from.is_none_or(|f| number >= f) && self.to.is_none_or(|t| number <= t)
+    }
+}
+
+impl RunScope {
+    /// Whether a run with this number and name is in scope.
+    pub fn admits(&self, number: i64, name: Option<&str>) -> bool {
+        match self {
+            Self::All => true,
+            Self::Number(n) => *n == number,
+            Self::Name(want) => name == Some(want.as_str()),
+            Self::Range(range) => range.contains(number),
+        }
+    }
+}
+
 /// The run catalogue.
 ///
 /// Every method that changes state is a single conditional update: it names the state it
@@ -430,11 +474,56 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     //
     // Each returns one page: at most `limit` runs in (number, detector) order, starting
     // after the run `after` (the key of the last run of the previous page; `None`: from
-    // the start). A page shorter than `limit` is the last. See [`page_after`].
+    // the start). A page shorter than `limit` is the last. See [`page_after`]. The
+    // `_scoped` forms take the runs asked for (`--run`, `--name`, a range) into the query
+    // itself; the short forms ask for every run.
 
     /// Runs that want a copy of `data_type` at `dest` (`want` holds `"<dest>/<type>"`) and
-    /// have a `transferred` copy of that type at one of `sources`. At most `limit`, lowest
-    /// number first. Served by the `want` index; runs without `want` are never offered.
+    /// have a `transferred` copy of that type at one of `sources`, in `scope`. At most
+    /// `limit`, lowest number first. Served by the `want` index; runs without `want` are
+    /// never offered.
+    async fn runs_needing_copy_scoped(
+        &self,
+        dest: &str,
+        data_type: &str,
+        sources: &[String],
+        scope: &RunScope,
+        after: Option<&RunKey>,
+        limit: u32,
+    ) -> Result<Vec<RunDoc>, CatalogError>;
+
+    /// Runs in `scope` with a copy at `host` in `status` (e.g. `verifying` copies to hash).
+    async fn copies_in_status_scoped(
+        &self,
+        host: &str,
+        status: CopyStatus,
+        scope: &RunScope,
+        after: Option<&RunKey>,
+        limit: u32,
+    ) -> Result<Vec<RunDoc>, CatalogError>;
+
+    /// Runs in `scope` with a `transferred` copy at `host` and at least one `transferred`
+    /// copy elsewhere: the candidates the purge task checks against its safety rules.
+    async fn purge_candidates_scoped(
+        &self,
+        host: &str,
+        scope: &RunScope,
+        after: Option<&RunKey>,
+        limit: u32,
+    ) -> Result<Vec<RunDoc>, CatalogError>;
+
+    /// Runs in `scope` with a `transferring` copy whose lease expired before `now` (at
+    /// `host` when given).
+    async fn stalled_copies_scoped(
+        &self,
+        host: Option<&str>,
+        now: DateTime,
+        scope: &RunScope,
+        after: Option<&RunKey>,
+        limit: u32,
+    ) -> Result<Vec<RunDoc>, CatalogError>;
+
+    /// [`Catalog::runs_needing_copy_scoped`] over every run.
     async fn runs_needing_copy(
         &self,
         dest: &str,
@@ -442,35 +531,45 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
         sources: &[String],
         after: Option<&RunKey>,
         limit: u32,
-    ) -> Result<Vec<RunDoc>, CatalogError>;
+    ) -> Result<Vec<RunDoc>, CatalogError> {
+        self.runs_needing_copy_scoped(dest, data_type, sources, &RunScope::All, after, limit)
+            .await
+    }
 
-    /// Runs with a copy at `host` in `status` (e.g. `verifying` copies to hash).
+    /// [`Catalog::copies_in_status_scoped`] over every run.
     async fn copies_in_status(
         &self,
         host: &str,
         status: CopyStatus,
         after: Option<&RunKey>,
         limit: u32,
-    ) -> Result<Vec<RunDoc>, CatalogError>;
+    ) -> Result<Vec<RunDoc>, CatalogError> {
+        self.copies_in_status_scoped(host, status, &RunScope::All, after, limit)
+            .await
+    }
 
-    /// Runs with a `transferred` copy at `host` and at least one `transferred` copy
-    /// elsewhere: the candidates the purge task checks against its safety rules.
+    /// [`Catalog::purge_candidates_scoped`] over every run.
     async fn purge_candidates(
         &self,
         host: &str,
         after: Option<&RunKey>,
         limit: u32,
-    ) -> Result<Vec<RunDoc>, CatalogError>;
+    ) -> Result<Vec<RunDoc>, CatalogError> {
+        self.purge_candidates_scoped(host, &RunScope::All, after, limit)
+            .await
+    }
 
-    /// Runs with a `transferring` copy whose lease expired before `now` (at `host` when
-    /// given).
+    /// [`Catalog::stalled_copies_scoped`] over every run.
     async fn stalled_copies(
         &self,
         host: Option<&str>,
         now: DateTime,
         after: Option<&RunKey>,
         limit: u32,
-    ) -> Result<Vec<RunDoc>, CatalogError>;
+    ) -> Result<Vec<RunDoc>, CatalogError> {
+        self.stalled_copies_scoped(host, now, &RunScope::All, after, limit)
+            .await
+    }
 
     // ---- collaborator queries ----
 

@@ -21,7 +21,8 @@ use catalog_schema::CopyEntry;
 
 use super::{
     Cas, Catalog, CatalogError, Claim, ClaimRequest, CopyRef, CopyStatus, Heartbeat, LeaseHeld,
-    NewRun, OriginCopy, Protector, Registered, RunDoc, RunFilter, RunKey, RunSelector, Transition,
+    NewRun, OriginCopy, Protector, Registered, RunDoc, RunFilter, RunKey, RunScope, RunSelector,
+    Transition,
 };
 
 /// How often and how patiently to retry.
@@ -366,58 +367,65 @@ impl<C: Catalog> Catalog for Retrying<C> {
             .0
     }
 
-    async fn runs_needing_copy(
+    async fn runs_needing_copy_scoped(
         &self,
         dest: &str,
         data_type: &str,
         sources: &[String],
+        scope: &RunScope,
         after: Option<&RunKey>,
         limit: u32,
     ) -> Result<Vec<RunDoc>, CatalogError> {
         self.run("runs needing copy", || {
             self.inner
-                .runs_needing_copy(dest, data_type, sources, after, limit)
+                .runs_needing_copy_scoped(dest, data_type, sources, scope, after, limit)
         })
         .await
         .0
     }
 
-    async fn copies_in_status(
+    async fn copies_in_status_scoped(
         &self,
         host: &str,
         status: CopyStatus,
+        scope: &RunScope,
         after: Option<&RunKey>,
         limit: u32,
     ) -> Result<Vec<RunDoc>, CatalogError> {
         self.run("copies in status", || {
-            self.inner.copies_in_status(host, status, after, limit)
+            self.inner
+                .copies_in_status_scoped(host, status, scope, after, limit)
         })
         .await
         .0
     }
 
-    async fn purge_candidates(
+    async fn purge_candidates_scoped(
         &self,
         host: &str,
+        scope: &RunScope,
         after: Option<&RunKey>,
         limit: u32,
     ) -> Result<Vec<RunDoc>, CatalogError> {
         self.run("purge candidates", || {
-            self.inner.purge_candidates(host, after, limit)
+            self.inner
+                .purge_candidates_scoped(host, scope, after, limit)
         })
         .await
         .0
     }
 
-    async fn stalled_copies(
+    async fn stalled_copies_scoped(
         &self,
         host: Option<&str>,
         now: DateTime,
+        scope: &RunScope,
         after: Option<&RunKey>,
         limit: u32,
     ) -> Result<Vec<RunDoc>, CatalogError> {
         self.run("stalled copies", || {
-            self.inner.stalled_copies(host, now, after, limit)
+            self.inner
+                .stalled_copies_scoped(host, now, scope, after, limit)
         })
         .await
         .0

@@ -199,6 +199,7 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
                 ..tasks::audit::Settings::default()
             },
             cursors: Arc::default(),
+            purging: Arc::default(),
         };
         let metrics = Metrics::new(&site);
         let stop_metrics = CancellationToken::new();

@@ -76,6 +76,7 @@ pub(super) fn run(cli: &Cli, args: &RecallArgs) -> Result<Exit> {
             progress: Arc::new(LogProgress::new()),
             audit: tasks::audit::Settings::default(),
             cursors: Arc::default(),
+            purging: Arc::default(),
         };
         tracing::info!(%site, %catalog, ?request, "ferry recall starting");
         anyhow::Ok(recall::recall(&ctx, &request).await)

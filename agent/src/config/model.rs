@@ -305,6 +305,9 @@ pub struct PurgePolicy {
     pub retention: Duration,
     /// Purge only when the disk is fuller than this percentage [default 90, 1..=100].
     pub high_water_mark: u8,
+    /// Once over the high-water mark, purge (oldest runs first) until the disk is at most
+    /// this full [default: the high-water mark, 0..=high_water_mark].
+    pub low_water_mark: u8,
 }
 
 impl Default for PurgePolicy {
@@ -316,6 +319,7 @@ impl Default for PurgePolicy {
             max_verify_age: Duration::from_secs(30 * 86_400),
             retention: Duration::from_secs(7 * 86_400),
             high_water_mark: 90,
+            low_water_mark: 90,
         }
     }
 }

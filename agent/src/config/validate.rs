@@ -94,6 +94,7 @@ const PURGE_KEYS: &[&str] = &[
     "max_verify_age",
     "retention",
     "high_water_mark",
+    "low_water_mark",
 ];
 const LIMIT_KEYS: &[&str] = &[
     "files_in_flight",
@@ -685,6 +686,25 @@ fn read_purge(cx: &mut Ctx, node: &Node, path: &str) -> Option<PurgePolicy> {
         .get("high_water_mark")
         .map(|(n, p)| cx.int(n, &p, 1, 100).and_then(|v| u8::try_from(v).ok()))
         .unwrap_or(Some(d.high_water_mark));
+    let high_water_mark = high_water_mark?;
+    let low_water_mark = match o.get("low_water_mark") {
+        None => high_water_mark,
+        Some((n, p)) => {
+            let low = cx.int(n, &p, 0, 100).and_then(|v| u8::try_from(v).ok())?;
+            if low > high_water_mark {
+                cx.error(
+                    n.pos,
+                    &p,
+                    format!(
+                        "low_water_mark {low} is above high_water_mark {high_water_mark}; \
+                         purging starts above the high-water mark and stops at the low-water mark"
+                    ),
+                );
+                return None;
+            }
+            low
+        }
+    };
     let (min_copies, min_tape_copies) = (min_copies?, min_tape_copies?);
     if min_tape_copies > min_copies {
         if let Some((n, p)) = o.get("min_tape_copies") {
@@ -702,7 +722,8 @@ fn read_purge(cx: &mut Ctx, node: &Node, path: &str) -> Option<PurgePolicy> {
         min_tape_copies,
         max_verify_age: max_verify_age?,
         retention: retention?,
-        high_water_mark: high_water_mark?,
+        high_water_mark,
+        low_water_mark,
     })
 }
 

@@ -48,6 +48,7 @@ use catalog_schema::{CopyStatus, RunDoc, RunKey};
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{page_after, Catalog, CatalogError, RunSelector};
+pub use crate::catalog::{RunRange, RunScope};
 use crate::config::{Site, SiteMap};
 use crate::transport::limits::Gates;
 
@@ -82,48 +83,6 @@ pub enum Task {
     Heartbeat,
 }
 
-/// Which runs a cycle may touch (`--run N` / `--name X`).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum RunScope {
-    /// Every run.
-    #[default]
-    All,
-    /// One run number.
-    Number(i64),
-    /// One run name.
-    Name(String),
-    /// Run numbers in a range (`--from-run N --to-run M`, as massive-cax took).
-    Range(RunRange),
-}
-
-/// Run numbers `from..=to`, either end open.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RunRange {
-    /// The first run number in scope (`None`: from the first).
-    pub from: Option<i64>,
-    /// The last run number in scope, inclusive (`None`: to the last).
-    pub to: Option<i64>,
-}
-
-impl RunRange {
-    /// Whether `number` is in the range.
-    pub fn contains(&self, number: i64) -> bool {
-        self.from.is_none_or(|f| number >= f) && self.to.is_none_or(|t| number <= t)
-    }
-}
-
-impl RunScope {
-    /// Whether a run with this number and name is in scope.
-    pub fn admits(&self, number: i64, name: Option<&str>) -> bool {
-        match self {
-            Self::All => true,
-            Self::Number(n) => *n == number,
-            Self::Name(want) => name == Some(want.as_str()),
-            Self::Range(range) => range.contains(number),
-        }
-    }
-}
-
 /// Everything a task needs, built once per agent.
 #[derive(Clone)]
 pub struct Context {
@@ -150,6 +109,9 @@ pub struct Context {
     /// Where each work list's walk stopped, so the next cycle goes on from there
     /// ([`walk`]). Shared by clones of the context.
     pub cursors: Arc<Cursors>,
+    /// The data directories the purge is taking down to their low-water mark
+    /// ([`purge::Purging`]). Shared by clones of the context.
+    pub purging: Arc<purge::Purging>,
 }
 
 /// Runs asked of the catalogue per page of a work list.
@@ -196,25 +158,36 @@ impl WorkList<'_> {
         }
     }
 
-    /// One page.
+    /// One page of the runs in `scope`.
     async fn page(
         &self,
         catalog: &dyn Catalog,
+        scope: &RunScope,
         after: Option<&RunKey>,
     ) -> Result<Vec<RunDoc>, CatalogError> {
         match *self {
             Self::InStatus(host, status) => {
-                catalog.copies_in_status(host, status, after, PAGE).await
+                catalog
+                    .copies_in_status_scoped(host, status, scope, after, PAGE)
+                    .await
             }
-            Self::PurgeCandidates(host) => catalog.purge_candidates(host, after, PAGE).await,
-            Self::Stalled(host, now) => catalog.stalled_copies(host, now, after, PAGE).await,
+            Self::PurgeCandidates(host) => {
+                catalog
+                    .purge_candidates_scoped(host, scope, after, PAGE)
+                    .await
+            }
+            Self::Stalled(host, now) => {
+                catalog
+                    .stalled_copies_scoped(host, now, scope, after, PAGE)
+                    .await
+            }
             Self::NeedingCopy {
                 dest,
                 data_type,
                 sources,
             } => {
                 catalog
-                    .runs_needing_copy(dest, data_type, sources, after, PAGE)
+                    .runs_needing_copy_scoped(dest, data_type, sources, scope, after, PAGE)
                     .await
             }
         }
@@ -245,7 +218,9 @@ fn not_after(a: &RunKey, b: &RunKey) -> bool {
     (a.number, a.detector.as_str()) <= (b.number, b.detector.as_str())
 }
 
-/// The runs of a work list this cycle, page by page: at most `max_pages` pages, starting
+/// The runs of a work list in the cycle's scope (`--run`, `--name`, a range: part of the
+/// catalogue query, so a run asked for is found however many runs come before it), page
+/// by page: at most `max_pages` pages, starting
 /// where the previous cycle's walk of the same list stopped and wrapping around to the
 /// first run at the end, never reading a run twice in one walk. So runs that stay on a
 /// list (copies given up, runs too young to purge) cannot hide the runs after them: a list
@@ -257,16 +232,18 @@ pub async fn walk(
     list: WorkList<'_>,
     max_pages: usize,
 ) -> Result<Vec<RunDoc>, CatalogError> {
-    if let RunScope::Range(range) = &ctx.scope {
-        return walk_range(ctx, &list, *range, max_pages).await;
-    }
-    let name = list.name();
+    let name = match &ctx.scope {
+        RunScope::All => list.name(),
+        scope => format!("{} in {scope:?}", list.name()),
+    };
     let start = ctx.cursors.get(&name);
     let mut after = start.clone();
     let mut wrapped = start.is_none();
     let mut out = Vec::new();
     for _ in 0..max_pages.max(1) {
-        let mut page = list.page(ctx.catalog.as_ref(), after.as_ref()).await?;
+        let mut page = list
+            .page(ctx.catalog.as_ref(), &ctx.scope, after.as_ref())
+            .await?;
         let next = page_after(&page, PAGE);
         if let (true, Some(s)) = (wrapped, &start) {
             // Second lap: stop at the runs the first lap began after.
@@ -292,37 +269,6 @@ pub async fn walk(
         }
     }
     ctx.cursors.set(&name, after);
-    Ok(out)
-}
-
-/// [`walk`] for a range of runs: the pages of the list from the range's first run (the
-/// catalogue is asked from there on, in run order) until past its last run, at most
-/// `max_pages` pages, from the start of the range every cycle (the cursor of the whole
-/// list is neither read nor moved).
-async fn walk_range(
-    ctx: &Context,
-    list: &WorkList<'_>,
-    range: RunRange,
-    max_pages: usize,
-) -> Result<Vec<RunDoc>, CatalogError> {
-    // The key just before the range's first run: every detector of the run before it.
-    let mut after = range.from.map(|f| RunKey {
-        number: f.saturating_sub(1),
-        detector: char::MAX.to_string(),
-    });
-    let mut out = Vec::new();
-    for _ in 0..max_pages.max(1) {
-        let page = list.page(ctx.catalog.as_ref(), after.as_ref()).await?;
-        let next = page_after(&page, PAGE);
-        let past_end = page
-            .last()
-            .is_some_and(|r| range.to.is_some_and(|t| r.number > t));
-        out.extend(page.into_iter().filter(|r| range.contains(r.number)));
-        match next {
-            Some(k) if !past_end => after = Some(k),
-            _ => break,
-        }
-    }
     Ok(out)
 }
 

@@ -30,8 +30,9 @@
 //!
 //! `--dry-run` reports every file it would delete and why, and changes nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use bson::DateTime;
@@ -51,8 +52,26 @@ pub struct DiskUsage {
     pub total_bytes: u64,
     /// Bytes an unprivileged user may still write.
     pub free_bytes: u64,
+    /// Bytes in use.
+    pub used_bytes: u64,
     /// Percentage used, as `df` shows it: used / (used + available), rounded up.
     pub used_percent: u8,
+}
+
+impl DiskUsage {
+    /// The percentage used once `freed` more bytes are free (`df`'s rounding).
+    pub fn used_after(&self, freed: u64) -> u8 {
+        if freed == 0 {
+            return self.used_percent;
+        }
+        let used = self.used_bytes.saturating_sub(freed);
+        let base = self.used_bytes.saturating_add(self.free_bytes);
+        if base == 0 {
+            return 0;
+        }
+        let pct = used.saturating_mul(100).div_ceil(base);
+        u8::try_from(pct.min(100)).unwrap_or(100)
+    }
 }
 
 /// statvfs of `path`.
@@ -69,6 +88,7 @@ pub fn disk_usage(path: &Path) -> std::io::Result<DiskUsage> {
     Ok(DiskUsage {
         total_bytes: st.f_blocks.saturating_mul(unit),
         free_bytes: st.f_bavail.saturating_mul(unit),
+        used_bytes: used.saturating_mul(unit),
         used_percent: u8::try_from(pct.min(100)).unwrap_or(100),
     })
 }
@@ -76,7 +96,8 @@ pub fn disk_usage(path: &Path) -> std::io::Result<DiskUsage> {
 /// Why the disk permits a purge, if it does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pressure {
-    /// The disk is this full (percent).
+    /// The disk is this full (percent): over the high-water mark, or still over the
+    /// low-water mark in a purge that started over the high-water mark.
     Used(u8),
     /// The operator asked for this run.
     Asked,
@@ -92,6 +113,24 @@ pub fn decide(
     now: DateTime,
     used_percent: Option<u8>,
     asked: bool,
+) -> Result<String, String> {
+    let why = eligible(policy, run, c, now)?;
+    let pressure = match used_percent {
+        _ if asked => Pressure::Asked,
+        Some(used) if used > policy.high_water_mark => Pressure::Used(used),
+        Some(used) => return Err(not_over(policy, used)),
+        None => return Err("disk usage unknown and the run was not asked for".into()),
+    };
+    Ok(with_pressure(policy, &why, pressure))
+}
+
+/// Every rule but the disk's: `Ok(why)` (the copies that protect it, the run's age) or
+/// `Err(why not)`.
+pub fn eligible(
+    policy: &PurgePolicy,
+    run: &RunDoc,
+    c: &CopyEntry,
+    now: DateTime,
 ) -> Result<String, String> {
     let Some(digest) = run.digest.as_deref() else {
         return Err("the run has no manifest digest".into());
@@ -141,33 +180,41 @@ pub fn decide(
             humantime::format_duration(policy.retention)
         ));
     }
-    let pressure = match used_percent {
-        _ if asked => Pressure::Asked,
-        Some(used) if used > policy.high_water_mark => Pressure::Used(used),
-        Some(used) => {
-            return Err(format!(
-                "disk {used}% used, not above the high-water mark {}%, and the run was not \
-                 asked for",
-                policy.high_water_mark
-            ))
-        }
-        None => return Err("disk usage unknown and the run was not asked for".into()),
-    };
     let hosts: Vec<&str> = fresh.iter().map(|o| o.host.as_str()).collect();
     Ok(format!(
-        "{} verified copies elsewhere ({}; {tape} on tape), run age {} over retention {}, {}",
+        "{} verified copies elsewhere ({}; {tape} on tape), run age {} over retention {}",
         fresh.len(),
         hosts.join(", "),
         humantime::format_duration(whole_seconds(age)),
         humantime::format_duration(policy.retention),
-        match pressure {
-            Pressure::Asked => "asked for by the operator".to_string(),
-            Pressure::Used(u) => format!(
-                "disk {u}% used over the high-water mark {}%",
-                policy.high_water_mark
-            ),
-        }
     ))
+}
+
+/// The reason of [`eligible`] with the disk's part.
+fn with_pressure(policy: &PurgePolicy, why: &str, pressure: Pressure) -> String {
+    match pressure {
+        Pressure::Asked => format!("{why}, asked for by the operator"),
+        Pressure::Used(u) if u > policy.high_water_mark => format!(
+            "{why}, disk {u}% used over the high-water mark {}%",
+            policy.high_water_mark
+        ),
+        Pressure::Used(u) => format!(
+            "{why}, disk {u}% used, purging down to the low-water mark {}%",
+            low_water(policy)
+        ),
+    }
+}
+
+fn not_over(policy: &PurgePolicy, used: u8) -> String {
+    format!(
+        "disk {used}% used, not above the high-water mark {}%, and the run was not asked for",
+        policy.high_water_mark
+    )
+}
+
+/// The low-water mark in force: never above the high-water mark.
+fn low_water(policy: &PurgePolicy) -> u8 {
+    policy.low_water_mark.min(policy.high_water_mark)
 }
 
 /// The absolute guard: at least one *other* copy of the type is `transferred` with the
@@ -242,52 +289,169 @@ pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
         }
     };
     let asked = !matches!(ctx.scope, RunScope::All);
-    let mut disks: BTreeMap<String, Option<u8>> = BTreeMap::new();
+    let now = DateTime::now();
+    // Runs asked for go at once; the others wait, per data type, for the disk's verdict.
+    let mut waiting: BTreeMap<String, Vec<Eligible<'_>>> = BTreeMap::new();
     for run in &runs {
-        if !ctx.scope.admits(run.number, run.name.as_deref()) {
-            continue;
-        }
-        for c in run
-            .data
-            .iter()
-            .filter(|c| c.host == *me && c.status == CopyStatus::Transferred && !c.is_tape())
-        {
+        for c in run.data.iter().filter(|c| {
+            c.host == *me
+                && c.status == CopyStatus::Transferred
+                && !c.is_tape()
+        }) {
             if token.is_cancelled() {
                 return report;
             }
             let label = format!("run {} {}@{me}", run.number, c.data_type);
-            let used = *disks
-                .entry(c.data_type.clone())
-                .or_insert_with(|| used_percent(ctx, &c.data_type));
-            let why = match decide(&ctx.site.purge, run, c, DateTime::now(), used, asked) {
+            let why = match eligible(&ctx.site.purge, run, c, now) {
                 Ok(why) => why,
                 Err(why_not) => {
                     report.skipped.push(format!("{label}: kept: {why_not}"));
                     continue;
                 }
             };
-            match purge_one(ctx, run, c, &why).await {
-                Ok(Purged::DryRun(lines)) => report
-                    .skipped
-                    .extend(lines.into_iter().map(|l| format!("{label}: {l}"))),
-                Ok(Purged::Kept(why_not)) => {
-                    report.skipped.push(format!("{label}: kept: {why_not}"));
-                }
-                Ok(Purged::Removed) => report.done.push(format!("{label}: removed: {why}")),
-                Err(e) => {
-                    tracing::error!(site = %me, run = run.number, "purge: {e}");
-                    report.failed.push(format!("{label}: {e}"));
-                }
+            if asked {
+                let why = with_pressure(&ctx.site.purge, &why, Pressure::Asked);
+                let _ = purge_and_report(ctx, run, c, &label, &why, &mut report).await;
+                continue;
             }
+            waiting
+                .entry(c.data_type.clone())
+                .or_default()
+                .push(Eligible { run, c, label, why });
         }
+    }
+    for (data_type, mut queue) in waiting {
+        // Oldest runs first (their time as the retention rule reads it, then number).
+        queue.sort_by_key(|e| (run_time(e.run).map(|t| t.timestamp_millis()), e.run.number));
+        drain(ctx, token, &data_type, queue, &mut report).await;
     }
     report
 }
 
-fn used_percent(ctx: &Context, data_type: &str) -> Option<u8> {
+/// A copy every rule but the disk's allows to go.
+struct Eligible<'r> {
+    run: &'r RunDoc,
+    c: &'r CopyEntry,
+    label: String,
+    why: String,
+}
+
+/// The data directories being purged down to their low-water mark: a purge that starts
+/// over the high-water mark goes on, cycle after cycle, until the disk is at most at the
+/// low-water mark (kept for the agent's life in [`Context::purging`]).
+#[derive(Debug, Default)]
+pub struct Purging(Mutex<BTreeSet<String>>);
+
+impl Purging {
+    fn get(&self, data_type: &str) -> bool {
+        let set = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        set.contains(data_type)
+    }
+
+    fn set(&self, data_type: &str, on: bool) {
+        let mut set = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if on {
+            set.insert(data_type.to_string());
+        } else {
+            set.remove(data_type);
+        }
+    }
+}
+
+/// Removes the copies of `queue` (oldest first) while the disk of `data_type` is over its
+/// mark: over the high-water mark to start, then over the low-water mark, the disk's
+/// usage read again after every removal. What is left is kept, with the disk's reason.
+async fn drain(
+    ctx: &Context,
+    token: &CancellationToken,
+    data_type: &str,
+    queue: Vec<Eligible<'_>>,
+    report: &mut TaskReport,
+) {
+    let policy = &ctx.site.purge;
+    let low = low_water(policy);
+    let mut disk = disk_of(ctx, data_type);
+    // A dry run removes nothing: the usage it reports is projected from the runs' sizes.
+    let mut freed: u64 = 0;
+    let mut draining = ctx.purging.get(data_type);
+    for e in queue {
+        if token.is_cancelled() {
+            return;
+        }
+        let Some(d) = disk else {
+            let line = "kept: disk usage unknown and the run was not asked for";
+            report.skipped.push(format!("{}: {line}", e.label));
+            continue;
+        };
+        let used = d.used_after(freed);
+        draining = if draining {
+            used > low
+        } else {
+            used > policy.high_water_mark
+        };
+        if !ctx.dry_run {
+            ctx.purging.set(data_type, draining);
+        }
+        if !draining {
+            let why_not = if used > low || low == policy.high_water_mark {
+                not_over(policy, used)
+            } else {
+                format!(
+                    "disk {used}% used, at or below the low-water mark {low}% (high-water \
+                     mark {}%), and the run was not asked for",
+                    policy.high_water_mark
+                )
+            };
+            report.skipped.push(format!("{}: kept: {why_not}", e.label));
+            continue;
+        }
+        let why = with_pressure(policy, &e.why, Pressure::Used(used));
+        let removed = purge_and_report(ctx, e.run, e.c, &e.label, &why, report).await;
+        if ctx.dry_run {
+            freed = freed.saturating_add(u64::try_from(e.run.size.unwrap_or(0)).unwrap_or(0));
+        } else if removed {
+            disk = disk_of(ctx, data_type);
+        }
+    }
+}
+
+/// Purges one copy and files the outcome in `report`; `true` when it was removed (or, in
+/// a dry run, would be).
+async fn purge_and_report(
+    ctx: &Context,
+    run: &RunDoc,
+    c: &CopyEntry,
+    label: &str,
+    why: &str,
+    report: &mut TaskReport,
+) -> bool {
+    match purge_one(ctx, run, c, why).await {
+        Ok(Purged::DryRun(lines)) => {
+            report
+                .skipped
+                .extend(lines.into_iter().map(|l| format!("{label}: {l}")));
+            true
+        }
+        Ok(Purged::Kept(why_not)) => {
+            report.skipped.push(format!("{label}: kept: {why_not}"));
+            false
+        }
+        Ok(Purged::Removed) => {
+            report.done.push(format!("{label}: removed: {why}"));
+            true
+        }
+        Err(e) => {
+            tracing::error!(site = %ctx.site.name, run = run.number, "purge: {e}");
+            report.failed.push(format!("{label}: {e}"));
+            false
+        }
+    }
+}
+
+fn disk_of(ctx: &Context, data_type: &str) -> Option<DiskUsage> {
     let dir = ctx.site.data_dir(data_type)?;
     match disk_usage(dir) {
-        Ok(d) => Some(d.used_percent),
+        Ok(d) => Some(d),
         Err(e) => {
             tracing::warn!(dir = %dir.display(), "cannot read the disk usage: {e}");
             None

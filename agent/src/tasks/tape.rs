@@ -19,29 +19,44 @@
 //!    the audit reason.
 //!
 //! Any failure moves the copy to `error` with the backend's message.
+//!
+//! **Re-verification.** A purge counts a tape copy only while its `verified_time` is within
+//! the purge policy's `max_verify_age`, so each cycle the task also re-verifies, per
+//! backend, the `transferred` tape copies verified longer ago than [`reverify_every`]
+//! (half the shortest `max_verify_age` of the sites that purge; least recently verified
+//! first, at most [`REVERIFY_PER_CYCLE`] a cycle): every manifest file is `stat`ed at the
+//! backend and must agree with the manifest, then the backend verifies the rebuilt receipt
+//! at the same level as a backup ([`level_for`]). Success refreshes `verified_time`
+//! (conditional on the copy still being `transferred`); a file missing or different on
+//! tape moves the copy to `error`; a backend that cannot be reached changes nothing and
+//! is reported.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bson::{doc, Bson, Document};
-use catalog_schema::{CopyStatus, RunDoc};
+use bson::{doc, Bson, DateTime, Document};
+use catalog_schema::{CopyEntry, CopyStatus, RunDoc};
 use tokio_util::sync::CancellationToken;
 
 use super::retry::{Failure, FailureClass};
 use super::{copy, record, walk, Context, TaskReport, WorkList, MAX_PAGES};
-use crate::catalog::{Claim, ClaimRequest, CopyRef};
+use crate::catalog::{Cas, Claim, ClaimRequest, CopyRef, Transition};
 use crate::checksum;
-use crate::config::{SshEnvironment, TapeBackendConfig, TapeKind};
+use crate::config::{SiteMap, SshEnvironment, TapeBackendConfig, TapeKind};
 use crate::datadir::{self, Place};
 use crate::tape::{
-    build, Batch, BuildContext, Receipt, RunRef, TapeBackend, TapeFile, VerifyKind, VerifyLevel,
-    VerifyReport,
+    build, key_of, Batch, BuildContext, Receipt, RunRef, StoredFile, TapeBackend, TapeFile,
+    VerifyKind, VerifyLevel, VerifyReport,
 };
 
 /// How long a claim lasts without renewal; renewed every third of it.
 pub const LEASE: Duration = Duration::from_secs(1800);
 /// Share of files read back when the backend offers sampled verification.
 const SAMPLE_FRACTION: f64 = 0.1;
+/// Tape copies re-verified per backend and cycle at most (each may read back from tape).
+pub const REVERIFY_PER_CYCLE: usize = 20;
+/// How often a tape copy is re-verified when no site of the map purges.
+const REVERIFY_DEFAULT: Duration = Duration::from_secs(15 * 86_400);
 
 /// Runs the task.
 pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
@@ -71,9 +86,6 @@ pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
             if token.is_cancelled() {
                 return report;
             }
-            if !ctx.scope.admits(run.number, run.name.as_deref()) {
-                continue;
-            }
             for data_type in ctx.site.data_dirs.keys() {
                 let label = format!("run {} {data_type} to tape {}", run.number, cfg.name);
                 match back_up(ctx, backend.as_ref(), data_type, run).await {
@@ -86,8 +98,232 @@ pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
                 }
             }
         }
+        reverify(ctx, backend.as_ref(), token, &mut report).await;
     }
     report
+}
+
+/// How long a tape copy's verification lasts before the tape task verifies it again: half
+/// the shortest `purge.max_verify_age` of the sites in the map that purge (so a copy is
+/// fresh for every purge that counts it, with half the age to spare for a backend that is
+/// down), else [`REVERIFY_DEFAULT`].
+pub fn reverify_every(map: &SiteMap) -> Duration {
+    map.sites
+        .iter()
+        .filter(|s| s.purge.enabled)
+        .map(|s| s.purge.max_verify_age / 2)
+        .min()
+        .unwrap_or(REVERIFY_DEFAULT)
+}
+
+/// Re-verifies the tape copies on `backend` that are due (see the module docs).
+async fn reverify(
+    ctx: &Context,
+    backend: &dyn TapeBackend,
+    token: &CancellationToken,
+    report: &mut TaskReport,
+) {
+    let name = backend.name();
+    let list = WorkList::InStatus(name, CopyStatus::Transferred);
+    let runs = match walk(ctx, list, MAX_PAGES).await {
+        Ok(runs) => runs,
+        Err(e) => {
+            report
+                .failed
+                .push(format!("tape {name}: re-verification: catalogue: {e}"));
+            return;
+        }
+    };
+    let now = DateTime::now();
+    let every = i64::try_from(reverify_every(&ctx.map).as_millis()).unwrap_or(i64::MAX);
+    let due_before = now.timestamp_millis().saturating_sub(every);
+    let mut due: Vec<(&RunDoc, &CopyEntry)> = runs
+        .iter()
+        .flat_map(|run| run.data.iter().map(move |c| (run, c)))
+        .filter(|(_, c)| {
+            c.host == name
+                && c.status == CopyStatus::Transferred
+                && c.is_tape()
+                && c.verified_time
+                    .is_none_or(|t| t.timestamp_millis() < due_before)
+        })
+        .collect();
+    due.sort_by_key(|(_, c)| c.verified_time.map(|t| t.timestamp_millis()));
+    for (run, c) in due.into_iter().take(REVERIFY_PER_CYCLE) {
+        if token.is_cancelled() {
+            return;
+        }
+        let label = format!("run {} {} on tape {name}", run.number, c.data_type);
+        match reverify_one(ctx, backend, run, c).await {
+            Ok(Reverified::Good(line)) => report.done.push(format!("{label}: {line}")),
+            Ok(Reverified::Skipped(line)) => report.skipped.push(format!("{label}: {line}")),
+            Err(e) => {
+                tracing::error!(site = %ctx.site.name, run = run.number, tape = %name, "re-verification: {e}");
+                report.failed.push(format!("{label}: re-verification: {e}"));
+            }
+        }
+    }
+}
+
+/// What re-verifying one tape copy did (a failure is an `Err`).
+enum Reverified {
+    /// Verified again; `verified_time` refreshed.
+    Good(String),
+    /// Left alone.
+    Skipped(String),
+}
+
+/// Re-verifies one tape copy: `stat` of every manifest file, then the backend's own
+/// verification of the rebuilt receipt at [`level_for`].
+async fn reverify_one(
+    ctx: &Context,
+    backend: &dyn TapeBackend,
+    run: &RunDoc,
+    c: &CopyEntry,
+) -> Result<Reverified, String> {
+    let Some(digest) = run.digest.clone() else {
+        return Ok(Reverified::Skipped("no manifest to verify against".into()));
+    };
+    if c.checksum.as_deref() != Some(digest.as_str()) {
+        return Ok(Reverified::Skipped(
+            "its checksum is not the run digest; left for an operator".into(),
+        ));
+    }
+    let level = level_for(backend);
+    if ctx.dry_run {
+        return Ok(Reverified::Skipped(format!(
+            "dry run: would re-verify {} files at level {:?}",
+            run.files.len(),
+            level.kind()
+        )));
+    }
+    let copy = CopyRef::new(run.key(), backend.name(), &c.data_type);
+    let receipt = match stored_receipt(backend, run, c).await {
+        Ok(r) => r,
+        Err(Bad::Unreachable(why)) => return Err(why),
+        Err(Bad::Wrong(why)) => return Err(to_error(ctx, &copy, why).await),
+    };
+    let verified = match backend.verify(&receipt, level).await {
+        Ok(v) => v,
+        Err(e) if e.is_retryable() => return Err(e.to_string()),
+        Err(e) => return Err(to_error(ctx, &copy, e.to_string()).await),
+    };
+    match ctx
+        .catalog
+        .record_checksum(
+            &copy,
+            CopyStatus::Transferred,
+            None,
+            &digest,
+            DateTime::now(),
+        )
+        .await
+        .map_err(|e| format!("{copy}: {e}"))?
+    {
+        Cas::Done => Ok(Reverified::Good(format!(
+            "re-verified at level {:?} ({} files checked, {} bytes read)",
+            verified.level.kind(),
+            verified.checked.len(),
+            verified.bytes_read
+        ))),
+        Cas::Lost => Ok(Reverified::Skipped(
+            "changed while it was re-verified".into(),
+        )),
+    }
+}
+
+/// Why a tape copy's receipt could not be rebuilt.
+enum Bad {
+    /// The backend did not answer; nothing is known about the copy.
+    Unreachable(String),
+    /// The tape side lacks a file or holds different bytes.
+    Wrong(String),
+}
+
+/// The receipt of a tape copy as the backend holds it now: each manifest file `stat`ed and
+/// compared with the manifest (size, SHA-256, MD5 where the tape side records them), the
+/// manifest's SHA-256 attached for read-back checks, reference and volumes from the copy's
+/// `tape` field where recorded.
+async fn stored_receipt(
+    backend: &dyn TapeBackend,
+    run: &RunDoc,
+    c: &CopyEntry,
+) -> Result<Receipt, Bad> {
+    let name = backend.name();
+    let run_ref = run_ref(run);
+    let mut files = Vec::with_capacity(run.files.len());
+    for f in &run.files {
+        let key = key_of(&run_ref.name, &f.path);
+        let stored = match backend.stat(&run_ref, &f.path).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return Err(Bad::Wrong(format!("{key} is no longer on tape {name}"))),
+            Err(e) if e.is_retryable() => return Err(Bad::Unreachable(e.to_string())),
+            Err(e) => return Err(Bad::Wrong(e.to_string())),
+        };
+        let size = u64::try_from(f.size).unwrap_or(0);
+        let differs = |what: &str, want: &str, found: &str| {
+            Bad::Wrong(format!(
+                "{key} on tape {name}: {what} {found}, manifest {want}"
+            ))
+        };
+        if let Some(s) = stored.size.filter(|s| *s != size) {
+            return Err(differs("size", &size.to_string(), &s.to_string()));
+        }
+        if let Some(sha) = stored
+            .sha256
+            .as_deref()
+            .filter(|s| !s.eq_ignore_ascii_case(&f.sha256))
+        {
+            return Err(differs("sha256", &f.sha256, sha));
+        }
+        if let (Some(md5), Some(want)) = (stored.md5.as_deref(), f.md5.as_deref()) {
+            if !md5.eq_ignore_ascii_case(want) {
+                return Err(differs("md5", want, md5));
+            }
+        }
+        files.push(StoredFile {
+            source_sha256: Some(f.sha256.clone()),
+            ..stored
+        });
+    }
+    let recorded = c.tape.as_ref();
+    let reference = recorded
+        .and_then(|t| t.get_str("reference").ok())
+        .map(str::to_owned)
+        .or_else(|| c.location.clone())
+        .unwrap_or_else(|| format!("{name}:{}/", run_ref.name));
+    let volumes = recorded
+        .and_then(|t| t.get_array("volumes").ok())
+        .map(|v| {
+            v.iter()
+                .filter_map(|b| b.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Receipt {
+        backend: name.to_owned(),
+        run: run_ref,
+        reference,
+        volumes,
+        files,
+        written: 0,
+    })
+}
+
+/// `transferred → error` with a `[checksum]` failure naming what the tape side holds;
+/// returns the failure's text for the report.
+async fn to_error(ctx: &Context, copy: &CopyRef, why: String) -> String {
+    let failure = Failure::new(
+        FailureClass::Checksum,
+        format!("re-verification of the tape copy: {why}"),
+    );
+    let mut change = Transition::new(CopyStatus::Transferred, CopyStatus::Error, None, &ctx.owner);
+    change.record_failure(&failure);
+    match ctx.catalog.transition(copy, &change).await {
+        Ok(Cas::Done) => failure.to_string(),
+        Ok(Cas::Lost) => format!("{failure} (the copy changed meanwhile; not recorded)"),
+        Err(e) => format!("{failure}; recording it failed: {copy}: {e}"),
+    }
 }
 
 /// The backend, with its gateway resolved as `ssh` would (site map, then `~/.ssh/config`).

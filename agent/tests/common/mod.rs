@@ -92,6 +92,7 @@ impl World {
             progress: Arc::new(LogProgress::new()),
             audit: Default::default(),
             cursors: Default::default(),
+            purging: Default::default(),
         }
     }
 

@@ -14,7 +14,7 @@ use super::{apply, schema};
 use crate::catalog::{
     after, check_registration, fill_page, missing_wants, new_run_doc, removing_transition, Cas,
     Catalog, CatalogError, Claim, ClaimRequest, CopyRef, LeaseHeld, NewRun, OriginCopy, Protector,
-    Quarantine, RegisterCheck, Registered, RunFilter, RunSelector, Transition,
+    Quarantine, RegisterCheck, Registered, RunFilter, RunScope, RunSelector, Transition,
 };
 
 /// How long a writer waits for another process's transaction before giving up (the error
@@ -80,7 +80,9 @@ impl EmbeddedCatalog {
 
     /// `EXPLAIN QUERY PLAN` of every query the daemon issues, joined per query (for tests).
     pub async fn explain_daemon_queries(&self) -> Result<Vec<(String, String)>, CatalogError> {
-        let needing = schema::RUNS_NEEDING_COPY.replace("{sources}", "?,?");
+        let needing = schema::RUNS_NEEDING_COPY
+            .replace("{sources}", "?,?")
+            .replace("{scope}", "");
         let key = RunKey::new("tpc", 10);
         let mut queries: Vec<(String, String, Vec<Value>)> = Vec::new();
         for (paged, at) in [("", None), ("_paged", Some(&key))] {
@@ -99,22 +101,22 @@ impl EmbeddedCatalog {
                 ),
                 (
                     format!("copies_in_status{paged}"),
-                    schema::COPIES_IN_STATUS.to_string(),
+                    schema::COPIES_IN_STATUS.replace("{scope}", ""),
                     with(vec![text("a"), text("verifying")], vec![Value::Integer(10)]),
                 ),
                 (
                     format!("purge_candidates{paged}"),
-                    schema::PURGE_CANDIDATES.to_string(),
+                    schema::PURGE_CANDIDATES.replace("{scope}", ""),
                     with(vec![text("a")], vec![Value::Integer(10)]),
                 ),
                 (
                     format!("stalled_copies{paged}"),
-                    schema::STALLED.to_string(),
+                    schema::STALLED.replace("{scope}", ""),
                     with(vec![Value::Integer(0)], vec![Value::Integer(10)]),
                 ),
                 (
                     format!("stalled_copies_at{paged}"),
-                    schema::STALLED_AT.to_string(),
+                    schema::STALLED_AT.replace("{scope}", ""),
                     with(vec![Value::Integer(0)], vec![Value::Integer(10), text("a")]),
                 ),
             ]);
@@ -380,6 +382,42 @@ fn page_args(after: Option<&RunKey>) -> [Value; 3] {
         ],
         None => [Value::Integer(0), Value::Integer(0), text("")],
     }
+}
+
+/// A work query with the condition on the runs in `scope` put in its `{scope}` slot, and
+/// that condition's arguments appended to `args`, numbered after the `args` already there
+/// (`?N`: the query's own arguments keep their numbers; a later anonymous `?` takes the
+/// next number).
+fn with_scope(sql: &str, scope: &RunScope, args: &mut Vec<Value>) -> String {
+    let next = |v: Value, args: &mut Vec<Value>| {
+        args.push(v);
+        format!("?{}", args.len())
+    };
+    let cond = match scope {
+        RunScope::All => String::new(),
+        RunScope::Number(n) => format!("AND r.number = {}", next(Value::Integer(*n), args)),
+        RunScope::Name(name) => format!("AND r.name = {}", next(text(name), args)),
+        RunScope::Range(r) => {
+            let mut c = String::new();
+            if let Some(f) = r.from {
+                c.push_str(&format!(
+                    "AND r.number >= {}",
+                    next(Value::Integer(f), args)
+                ));
+            }
+            if let Some(t) = r.to {
+                if !c.is_empty() {
+                    c.push(' ');
+                }
+                c.push_str(&format!(
+                    "AND r.number <= {}",
+                    next(Value::Integer(t), args)
+                ));
+            }
+            c
+        }
+    };
+    sql.replace("{scope}", &cond)
 }
 
 fn limit(n: u32) -> Value {
@@ -976,11 +1014,12 @@ impl Catalog for EmbeddedCatalog {
         .transpose()
     }
 
-    async fn runs_needing_copy(
+    async fn runs_needing_copy_scoped(
         &self,
         dest: &str,
         data_type: &str,
         sources: &[String],
+        scope: &RunScope,
         after: Option<&RunKey>,
         limit_n: u32,
     ) -> Result<Vec<RunDoc>, CatalogError> {
@@ -993,16 +1032,18 @@ impl Catalog for EmbeddedCatalog {
         args.extend(sources.iter().map(|s| text(s)));
         args.push(text(data_type));
         args.extend(page_args(after));
+        let sql = with_scope(&sql, scope, &mut args);
         let at = args.len();
         args.push(limit(limit_n));
         self.query_docs("runs needing copy", sql, args, Some((at, limit_n)))
             .await
     }
 
-    async fn copies_in_status(
+    async fn copies_in_status_scoped(
         &self,
         host: &str,
         status: CopyStatus,
+        scope: &RunScope,
         after: Option<&RunKey>,
         limit_n: u32,
     ) -> Result<Vec<RunDoc>, CatalogError> {
@@ -1010,18 +1051,15 @@ impl Catalog for EmbeddedCatalog {
         args.extend(page_args(after));
         let at = args.len();
         args.push(limit(limit_n));
-        self.query_docs(
-            "copies in status",
-            schema::COPIES_IN_STATUS.into(),
-            args,
-            Some((at, limit_n)),
-        )
-        .await
+        let sql = with_scope(schema::COPIES_IN_STATUS, scope, &mut args);
+        self.query_docs("copies in status", sql, args, Some((at, limit_n)))
+            .await
     }
 
-    async fn purge_candidates(
+    async fn purge_candidates_scoped(
         &self,
         host: &str,
+        scope: &RunScope,
         after: Option<&RunKey>,
         limit_n: u32,
     ) -> Result<Vec<RunDoc>, CatalogError> {
@@ -1029,19 +1067,16 @@ impl Catalog for EmbeddedCatalog {
         args.extend(page_args(after));
         let at = args.len();
         args.push(limit(limit_n));
-        self.query_docs(
-            "purge candidates",
-            schema::PURGE_CANDIDATES.into(),
-            args,
-            Some((at, limit_n)),
-        )
-        .await
+        let sql = with_scope(schema::PURGE_CANDIDATES, scope, &mut args);
+        self.query_docs("purge candidates", sql, args, Some((at, limit_n)))
+            .await
     }
 
-    async fn stalled_copies(
+    async fn stalled_copies_scoped(
         &self,
         host: Option<&str>,
         now: DateTime,
+        scope: &RunScope,
         after: Option<&RunKey>,
         limit_n: u32,
     ) -> Result<Vec<RunDoc>, CatalogError> {
@@ -1056,7 +1091,8 @@ impl Catalog for EmbeddedCatalog {
             }
             None => schema::STALLED,
         };
-        self.query_docs("stalled copies", sql.into(), args, Some((at, limit_n)))
+        let sql = with_scope(sql, scope, &mut args);
+        self.query_docs("stalled copies", sql, args, Some((at, limit_n)))
             .await
     }
 

@@ -57,6 +57,7 @@ WITH todo AS (
                     AND s.status = 'transferred'))
 SELECT r.doc, r.id, r.detector, r.number FROM runs r WHERE r.id IN (SELECT id FROM todo)
   AND (? = 0 OR (r.number, r.detector) > (?, ?))
+  {scope}
 ORDER BY r.number, r.detector LIMIT ?";
 
 // Every work query is paged: its page arguments are a flag (0: first page) and the
@@ -69,6 +70,7 @@ pub(super) const COPIES_IN_STATUS: &str = "
 SELECT r.doc, r.id, r.detector, r.number FROM copies c JOIN runs r ON r.id = c.run_id
 WHERE c.host = ?1 AND c.status = ?2
   AND (?3 = 0 OR (r.number, r.detector) > (?4, ?5))
+  {scope}
 ORDER BY r.number, r.detector LIMIT ?6";
 
 /// Runs with a transferred copy here and another transferred copy elsewhere. The other copy
@@ -81,6 +83,7 @@ WHERE c.host = ?1 AND c.status = 'transferred'
   AND EXISTS (SELECT 1 FROM copies o
               WHERE o.run_id = c.run_id AND o.host <> ?1 AND +o.status = 'transferred')
   AND (?2 = 0 OR (r.number, r.detector) > (?3, ?4))
+  {scope}
 ORDER BY r.number, r.detector LIMIT ?5";
 
 /// Runs with a transferring copy whose lease expired (any site).
@@ -88,6 +91,7 @@ pub(super) const STALLED: &str = "
 SELECT DISTINCT r.doc, r.id, r.detector, r.number FROM copies c JOIN runs r ON r.id = c.run_id
 WHERE c.status = 'transferring' AND c.lease_expires < ?1
   AND (?2 = 0 OR (r.number, r.detector) > (?3, ?4))
+  {scope}
 ORDER BY r.number, r.detector LIMIT ?5";
 
 /// Runs with a transferring copy at a site whose lease expired.
@@ -95,4 +99,5 @@ pub(super) const STALLED_AT: &str = "
 SELECT r.doc, r.id, r.detector, r.number FROM copies c JOIN runs r ON r.id = c.run_id
 WHERE c.host = ?6 AND c.status = 'transferring' AND c.lease_expires < ?1
   AND (?2 = 0 OR (r.number, r.detector) > (?3, ?4))
+  {scope}
 ORDER BY r.number, r.detector LIMIT ?5";

@@ -19,7 +19,7 @@ use crate::catalog::{
     abandoned_event, after, check_registration, fill_page, missing_wants, new_run_doc,
     reclaim_event, removing_transition, unleased_and_idle, unleased_event, Cas, Catalog,
     CatalogError, Claim, ClaimRequest, CopyRef, LeaseHeld, NewRun, OriginCopy, Protector,
-    Quarantine, RegisterCheck, Registered, RunFilter, RunSelector, Transition,
+    Quarantine, RegisterCheck, Registered, RunFilter, RunScope, RunSelector, Transition,
 };
 
 /// The per-copy index field Ferry keeps next to `status`: `"<host>/<status>"` (see
@@ -164,29 +164,36 @@ impl MongoCatalog {
         let sources = ["a".to_string(), "b".to_string()];
         let key = RunKey::new("tpc", 10);
         let at = Some(&key);
+        let all = &RunScope::All;
         let queries = [
             (
                 "runs_needing_copy",
-                needing_copy_query("c", "raw", &sources, None),
+                needing_copy_query("c", "raw", &sources, all, None),
             ),
             (
                 "runs_needing_copy_paged",
-                needing_copy_query("c", "raw", &sources, at),
+                needing_copy_query("c", "raw", &sources, all, at),
             ),
             (
                 "copies_in_status",
-                in_status_query("a", CopyStatus::Verifying, None),
+                in_status_query("a", CopyStatus::Verifying, all, None),
             ),
             (
                 "copies_in_status_paged",
-                in_status_query("a", CopyStatus::Verifying, at),
+                in_status_query("a", CopyStatus::Verifying, all, at),
             ),
-            ("purge_candidates", purge_query("a", None)),
-            ("purge_candidates_paged", purge_query("a", at)),
-            ("stalled_copies", stalled_query(None, now, None)),
-            ("stalled_copies_paged", stalled_query(None, now, at)),
-            ("stalled_copies_at", stalled_query(Some("a"), now, None)),
-            ("stalled_copies_at_paged", stalled_query(Some("a"), now, at)),
+            ("purge_candidates", purge_query("a", all, None)),
+            ("purge_candidates_paged", purge_query("a", all, at)),
+            ("stalled_copies", stalled_query(None, now, all, None)),
+            ("stalled_copies_paged", stalled_query(None, now, all, at)),
+            (
+                "stalled_copies_at",
+                stalled_query(Some("a"), now, all, None),
+            ),
+            (
+                "stalled_copies_at_paged",
+                stalled_query(Some("a"), now, all, at),
+            ),
             ("adopt_foreign_copies_recent", adopt_recent_query(now)),
             ("adopt_foreign_copies_sweep", adopt_sweep_query()),
         ];
@@ -533,7 +540,8 @@ fn type_match(data_type: &str) -> Bson {
 /// order, `(number, detector)`. Documents without `detector` (`tpc` runs a DAQ wrote) sort
 /// first among their number's runs on the server but carry the key `tpc`: a page ending
 /// on one continues after `(number, "tpc")` (see docs/architecture.md).
-fn paged(mut filter: Document, after: Option<&RunKey>) -> Document {
+fn paged(filter: Document, scope: &RunScope, after: Option<&RunKey>) -> Document {
+    let mut filter = scoped(filter, scope);
     if let Some(k) = after {
         filter.insert(
             "$or",
@@ -546,10 +554,47 @@ fn paged(mut filter: Document, after: Option<&RunKey>) -> Document {
     filter
 }
 
+/// Adds the runs asked for to a work query's filter: `number` (an equality or a range) or
+/// `name`, which the `number` and `name` indexes serve.
+fn scoped(mut filter: Document, scope: &RunScope) -> Document {
+    match scope {
+        RunScope::All => {}
+        RunScope::Number(n) => {
+            filter.insert("number", *n);
+        }
+        RunScope::Name(name) => {
+            filter.insert("name", name.as_str());
+        }
+        RunScope::Range(r) => {
+            let mut range = Document::new();
+            if let Some(f) = r.from {
+                range.insert("$gte", f);
+            }
+            if let Some(t) = r.to {
+                range.insert("$lte", t);
+            }
+            if !range.is_empty() {
+                filter.insert("number", range);
+            }
+        }
+    }
+    filter
+}
+
+/// A query's index hint, dropped when one run is asked for: the `number` or `name` index
+/// then finds it among however many runs the hinted index would gather.
+fn hint_for(scope: &RunScope, hint: &'static str) -> Option<&'static str> {
+    match scope {
+        RunScope::Number(_) | RunScope::Name(_) => None,
+        RunScope::All | RunScope::Range(_) => Some(hint),
+    }
+}
+
 fn needing_copy_query(
     dest: &str,
     data_type: &str,
     sources: &[String],
+    scope: &RunScope,
     after: Option<&RunKey>,
 ) -> Query {
     Query {
@@ -560,6 +605,7 @@ fn needing_copy_query(
                     "host": { "$in": sources }, "status": "transferred",
                     "type": type_match(data_type) } },
             },
+            scope,
             after,
         ),
         // No hint: the stand-in server is slow with one, and an equality on `want` leaves
@@ -568,20 +614,26 @@ fn needing_copy_query(
     }
 }
 
-fn in_status_query(host: &str, status: CopyStatus, after: Option<&RunKey>) -> Query {
+fn in_status_query(
+    host: &str,
+    status: CopyStatus,
+    scope: &RunScope,
+    after: Option<&RunKey>,
+) -> Query {
     Query {
         filter: paged(
             doc! {
                 "data.host_status": host_status(host, status),
                 "data": { "$elemMatch": { "host": host, "status": status.as_str() } },
             },
+            scope,
             after,
         ),
         hint: None,
     }
 }
 
-fn purge_query(host: &str, after: Option<&RunKey>) -> Query {
+fn purge_query(host: &str, scope: &RunScope, after: Option<&RunKey>) -> Query {
     Query {
         filter: paged(
             doc! {
@@ -592,13 +644,19 @@ fn purge_query(host: &str, after: Option<&RunKey>) -> Query {
                         "host": { "$ne": host }, "status": "transferred" } } },
                 ],
             },
+            scope,
             after,
         ),
         hint: None,
     }
 }
 
-fn stalled_query(host: Option<&str>, now: DateTime, after: Option<&RunKey>) -> Query {
+fn stalled_query(
+    host: Option<&str>,
+    now: DateTime,
+    scope: &RunScope,
+    after: Option<&RunKey>,
+) -> Query {
     let mut elem = doc! { "status": "transferring", "lease.expires": { "$lt": now } };
     match host {
         Some(h) => {
@@ -609,14 +667,15 @@ fn stalled_query(host: Option<&str>, now: DateTime, after: Option<&RunKey>) -> Q
                         "data.host_status": host_status(h, CopyStatus::Transferring),
                         "data": { "$elemMatch": elem },
                     },
+                    scope,
                     after,
                 ),
                 hint: None,
             }
         }
         None => Query {
-            filter: paged(doc! { "data": { "$elemMatch": elem } }, after),
-            hint: Some(STATUS_EXPIRES),
+            filter: paged(doc! { "data": { "$elemMatch": elem } }, scope, after),
+            hint: hint_for(scope, STATUS_EXPIRES),
         },
     }
 }
@@ -1234,51 +1293,55 @@ impl Catalog for MongoCatalog {
             .transpose()
     }
 
-    async fn runs_needing_copy(
+    async fn runs_needing_copy_scoped(
         &self,
         dest: &str,
         data_type: &str,
         sources: &[String],
+        scope: &RunScope,
         after: Option<&RunKey>,
         limit: u32,
     ) -> Result<Vec<RunDoc>, CatalogError> {
         if sources.is_empty() {
             return Ok(Vec::new());
         }
-        let q = needing_copy_query(dest, data_type, sources, after);
+        let q = needing_copy_query(dest, data_type, sources, scope, after);
         self.run_query("runs needing copy", q, limit).await
     }
 
-    async fn copies_in_status(
+    async fn copies_in_status_scoped(
         &self,
         host: &str,
         status: CopyStatus,
+        scope: &RunScope,
         after: Option<&RunKey>,
         limit: u32,
     ) -> Result<Vec<RunDoc>, CatalogError> {
-        let q = in_status_query(host, status, after);
+        let q = in_status_query(host, status, scope, after);
         self.run_query("copies in status", q, limit).await
     }
 
-    async fn purge_candidates(
+    async fn purge_candidates_scoped(
         &self,
         host: &str,
+        scope: &RunScope,
         after: Option<&RunKey>,
         limit: u32,
     ) -> Result<Vec<RunDoc>, CatalogError> {
-        self.run_query("purge candidates", purge_query(host, after), limit)
+        self.run_query("purge candidates", purge_query(host, scope, after), limit)
             .await
     }
 
-    async fn stalled_copies(
+    async fn stalled_copies_scoped(
         &self,
         host: Option<&str>,
         now: DateTime,
+        scope: &RunScope,
         after: Option<&RunKey>,
         limit: u32,
     ) -> Result<Vec<RunDoc>, CatalogError> {
-        self.run_query("stalled copies", stalled_query(host, now, after), limit)
-            .await
+        let q = stalled_query(host, now, scope, after);
+        self.run_query("stalled copies", q, limit).await
     }
 
     async fn get_run(&self, key: &RunKey) -> Result<Option<RunDoc>, CatalogError> {
