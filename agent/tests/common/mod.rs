@@ -92,6 +92,10 @@ impl World {
             progress: Arc::new(LogProgress::new()),
             audit: Default::default(),
             cursors: Default::default(),
+            journal: Some(Arc::new(ferry::journal::Journal::open(
+                &self.path("state"),
+                site,
+            ))),
         }
     }
 
