@@ -89,6 +89,10 @@ pub struct Stamp {
     pub size: u64,
     /// Modification time, seconds since the epoch (`None`: not known).
     pub mtime: Option<i64>,
+    /// Modification and status-change times in nanoseconds, where the file is on this
+    /// host's disk (SFTP gives whole seconds only, and no status-change time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_ns: Option<(i64, i64)>,
 }
 
 /// One record the catalogue could not take.
@@ -584,6 +588,7 @@ mod tests {
                 path: "a.evio".into(),
                 size: 14,
                 mtime: Some(1_700_000_000),
+                local_ns: Some((1_700_000_000_000_000_001, 1_700_000_000_000_000_002)),
             }],
         }
     }

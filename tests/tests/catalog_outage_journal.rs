@@ -260,6 +260,8 @@ fn kill_9_during_journal_replay_never_records_a_false_copy() {
     eprintln!("FERRY_CRASH_SEED={seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut false_records = 0;
+    let (mut kills_total, mut mid_replay, mut restarts) = (0u32, 0u32, 0u32);
+    let started = Instant::now();
     for trial in 0..trials {
         let mut w = World::new(&format!("journal_kill{trial}"));
         w.push_through_an_outage();
@@ -285,6 +287,11 @@ fn kill_9_during_journal_replay_never_records_a_false_copy() {
             std::thread::sleep(delay);
             let _ = child.kill();
             child.wait().unwrap();
+            kills_total += 1;
+            // Killed before the replay finished: the entry is still there.
+            if !w.entries().is_empty() {
+                mid_replay += 1;
+            }
             if let Some(c) = w.mirror_copy() {
                 if c["status"] == "transferred"
                     && sha256_hex(&w.mirror_file()) != w.run()["files"][0]["sha256"]
@@ -298,6 +305,7 @@ fn kill_9_during_journal_replay_never_records_a_false_copy() {
         let t0 = Instant::now();
         loop {
             let _ = w.once(&["--run", "1"]);
+            restarts += 1;
             let c = w.mirror_copy().unwrap();
             if c["status"] == "transferred" {
                 break;
@@ -324,5 +332,12 @@ fn kill_9_during_journal_replay_never_records_a_false_copy() {
             );
         }
     }
+    // Summed by deploy/crash-trials.sh with the other phases.
+    eprintln!(
+        "crash-summary phase=journal-replay seed={seed} trials={trials} kills={kills_total} \
+         kills_mid_work={mid_replay} kills_left_part=0 recovered={trials} restarts={restarts} \
+         dead_holder_reclaims=0 violations={false_records} secs={:.1}",
+        started.elapsed().as_secs_f64()
+    );
     assert_eq!(false_records, 0, "seed {seed}");
 }

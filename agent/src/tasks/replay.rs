@@ -98,13 +98,18 @@ pub(super) fn local_stamps(dir: &Path, files: &[FileEntry]) -> Vec<Stamp> {
     files
         .iter()
         .map(|f| {
-            let meta = std::fs::symlink_metadata(dir.join(&f.path)).ok();
+            use std::os::unix::fs::MetadataExt as _;
+            let meta = std::fs::symlink_metadata(dir.join(&f.path))
+                .ok()
+                .filter(std::fs::Metadata::is_file);
+            let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
             Stamp {
                 path: f.path.clone(),
-                size: meta
+                size: meta.as_ref().map_or(0, |m| m.size()),
+                mtime: meta.as_ref().map(|m| m.mtime()),
+                local_ns: meta
                     .as_ref()
-                    .map_or(0, std::os::unix::fs::MetadataExt::size),
-                mtime: meta.as_ref().map(std::os::unix::fs::MetadataExt::mtime),
+                    .map(|m| (ns(m.mtime(), m.mtime_nsec()), ns(m.ctime(), m.ctime_nsec()))),
             }
         })
         .collect()
@@ -127,6 +132,7 @@ pub(super) async fn remote_stamps(
                 path: f.path.clone(),
                 size,
                 mtime,
+                local_ns: None,
             }
         })
         .collect()
@@ -269,7 +275,11 @@ impl Bytes for SiteBytes<'_> {
         };
         let same = now.len() == entry.files.len()
             && now.iter().zip(&entry.files).all(|(a, b)| {
-                a.path == b.path && a.size == b.size && a.mtime.is_some() && a.mtime == b.mtime
+                a.path == b.path
+                    && a.size == b.size
+                    && a.mtime.is_some()
+                    && a.mtime == b.mtime
+                    && a.local_ns == b.local_ns
             });
         if same {
             return BytesCheck::Unchanged;
