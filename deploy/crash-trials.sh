@@ -2,9 +2,10 @@
 # Crash trials at scale (issue 5, "Crashes"): runs the kill -9 trials of
 # tests/tests/agent_crash.rs (both sites `local`: copy, verify, purge) and
 # tests/tests/agent_crash_sftp.rs (both sites behind OpenSSH sshd: push, pull, verify by
-# the destination agent, push with the MongoDB-wire catalogue) with N trials in all
-# (default 100, split evenly over the 7 phases), with a fresh random seed per phase, and
-# prints a summary.
+# the destination agent, push with the MongoDB-wire catalogue) and
+# tests/tests/catalog_outage_journal.rs (kills during the replay of a record journaled while
+# the catalogue was down, push over SFTP) with N trials in all (default 100, split evenly
+# over the 8 phases), with a fresh random seed per phase, and prints a summary.
 #
 #   deploy/crash-trials.sh [N]          # from the workspace root
 #
@@ -12,7 +13,7 @@
 # mid-work, kills that left a .part file, recoveries, restarts, dead-holder reclaims,
 # violations); a failing phase prints
 # every violation with its seed (replay: FERRY_CRASH_SEED=S FERRY_CRASH_TRIALS=T cargo test
-# -p ferry-tests --test agent_crash, or --test agent_crash_sftp). Exit status: 0 when
+# -p ferry-tests --test agent_crash, --test agent_crash_sftp or --test catalog_outage_journal). Exit status: 0 when
 # every trial kept every invariant. The SFTP trials need sshd and secantusd-rs (or mongod)
 # as the test suite does (deploy/install-test-deps.sh; PATH with ~/.cargo/bin).
 set -euo pipefail
@@ -21,7 +22,7 @@ total="${1:-100}"
 case "$total" in
   '' | *[!0-9]*) echo "usage: $0 [N]  (N trials in all, a positive integer)" >&2; exit 2 ;;
 esac
-phases=7
+phases=8
 per_phase=$(( (total + phases - 1) / phases ))
 cd "$(dirname "$0")/.."
 
@@ -31,7 +32,7 @@ started=$(date +%s)
 load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 status=0
 FERRY_CRASH_TRIALS="$per_phase" cargo test -q --no-fail-fast -p ferry-tests \
-  --test agent_crash --test agent_crash_sftp -- --nocapture >"$log" 2>&1 || status=$?
+  --test agent_crash --test agent_crash_sftp --test catalog_outage_journal -- --nocapture >"$log" 2>&1 || status=$?
 elapsed=$(( $(date +%s) - started ))
 load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
 

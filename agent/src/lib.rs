@@ -16,6 +16,7 @@
 //! | [`transport`]| SSH sessions, SFTP copies, local copies, remote commands        | `checksum`      |
 //! | [`tape`]    | the `TapeBackend` trait; `directory`, `command`, `tar` backends   | `transport`, `checksum` |
 //! | [`daemon`]  | the cycle loop, shutdown, the single-instance site lock       | nothing         |
+//! | [`journal`] | verified copies whose record the catalogue could not take, replayed later | `catalog` |
 //! | [`datadir`] | paths below data directories (exact locations, no links); data-directory identity and locks | `config`, `daemon::lock` |
 //! | [`cli`]     | the command line: argument parsing, logging, exit codes          | everything      |
 //!
@@ -28,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod datadir;
+pub mod journal;
 pub mod tape;
 pub mod tasks;
 pub mod transport;

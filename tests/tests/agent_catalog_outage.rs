@@ -183,14 +183,15 @@ fn a_catalogue_lost_in_the_middle_of_a_copy_costs_time_not_the_copy_nor_a_false_
 }
 
 #[test]
-fn a_copy_whose_end_could_not_be_recorded_is_taken_back_by_its_own_agent_at_once() {
-    // Away until after the copy gave up: not even its failure could be recorded, so the copy
-    // stays `transferring` under the daemon's own lease (10 min); the daemon's next cycle
-    // takes it back at once.
+fn a_copy_whose_end_could_not_be_recorded_is_recorded_from_the_journal_not_copied_again() {
+    // Away until after the copy's bytes were verified: its record goes to the journal and
+    // the copy stays `transferring` under the daemon's own lease; the first cycle that
+    // reaches the catalogue again replays the record instead of copying the run again.
     let log = catalogue_lost_mid_copy(Duration::from_secs(14));
-    assert!(log.contains("cannot record the failure"), "{log}");
+    assert!(log.contains("kept in the journal"), "{log}");
+    assert!(log.contains("recorded from the journal"), "{log}");
     assert!(
-        log.contains("left by an earlier cycle of this agent"),
+        !log.contains("left by an earlier cycle of this agent"),
         "{log}"
     );
 }

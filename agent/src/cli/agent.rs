@@ -193,6 +193,7 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
             gates: Gates::new(transport_limits(&site_model_limits)),
             sessions: Arc::new(SessionPool::new(ssh)),
             progress,
+            journal: Some(Arc::new(crate::journal::Journal::open(&state_dir, &site))),
             audit: tasks::audit::Settings {
                 every: cli.audit_every,
                 state_dir: Some(state_dir),

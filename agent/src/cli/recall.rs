@@ -77,6 +77,11 @@ pub(super) fn run(cli: &Cli, args: &RecallArgs) -> Result<Exit> {
             audit: tasks::audit::Settings::default(),
             cursors: Arc::default(),
             purging: Arc::default(),
+            // The site's own journal: the agent replays what a recall could not record.
+            journal: Some(Arc::new(crate::journal::Journal::in_state_dir(
+                &crate::daemon::lock::SiteLock::default_dir(),
+                &site,
+            ))),
         };
         tracing::info!(%site, %catalog, ?request, "ferry recall starting");
         anyhow::Ok(recall::recall(&ctx, &request).await)

@@ -30,7 +30,7 @@ use catalog_schema::{want_tag, CopyStatus, RunDoc};
 use tokio_util::sync::CancellationToken;
 
 use super::retry::{Failure, FailureClass};
-use super::{record, walk, Context, RunScope, TaskReport, WorkList};
+use super::{record, replay, walk, Context, RunScope, TaskReport, WorkList};
 use crate::catalog::{Cas, CatalogError, Claim, ClaimRequest, CopyRef, RunSelector, Transition};
 use crate::checksum::{self, ChecksumError};
 use crate::config::{DestinationVerify, Site, TransferMethod};
@@ -206,6 +206,18 @@ pub enum CopyError {
         #[source]
         source: ChecksumError,
     },
+    /// The bytes were verified but the catalogue did not take the record; it is kept in
+    /// the journal ([`crate::journal`]) and replayed when the catalogue answers.
+    #[error("{copy}: verified, but the catalogue did not take the record ({source}); kept in the journal {}, replayed when the catalogue answers", entry.display())]
+    Journaled {
+        /// The destination copy.
+        copy: String,
+        /// The journal entry.
+        entry: PathBuf,
+        /// The catalogue's error.
+        #[source]
+        source: CatalogError,
+    },
     /// Another agent changed the copy under us (our lease expired and was taken over).
     #[error("{copy}: {from} -> {to} lost: the copy changed under us (lease expired?)")]
     Lost {
@@ -232,6 +244,7 @@ impl CopyError {
     pub fn is_retryable(&self) -> bool {
         match self {
             CopyError::Catalog { source, .. } => source.is_retryable(),
+            CopyError::Journaled { .. } => true,
             CopyError::Session { source, .. } => source.is_retryable(),
             CopyError::Files { failed, .. } => failed.iter().all(|(_, e)| e.is_retryable()),
             CopyError::DigestMismatch { .. } | CopyError::NotVerified { .. } => true,
@@ -243,6 +256,7 @@ impl CopyError {
     pub fn class(&self) -> FailureClass {
         match self {
             CopyError::Catalog { source, .. } if source.is_retryable() => FailureClass::Catalog,
+            CopyError::Journaled { .. } => FailureClass::Catalog,
             CopyError::Session { source, .. } if source.is_retryable() => FailureClass::Retryable,
             CopyError::Files { failed, .. } => failed
                 .iter()
@@ -593,6 +607,10 @@ async fn execute(
     plan: Plan,
 ) -> Result<Outcome, CopyError> {
     let copy = plan.copy.clone();
+    // A verified copy whose record waits in the journal is recorded, not copied again.
+    if let Some(why) = replay::before_claim(ctx, &copy).await {
+        return Ok(Outcome::Skipped(why));
+    }
     let claim = ClaimRequest {
         copy: copy.clone(),
         location: plan.location.clone(),
@@ -633,7 +651,11 @@ async fn run_claimed(
     ctx.progress
         .run_started(&plan.label, run.files.len(), bytes);
     let result = copy_and_record(ctx, run, digest, plan).await;
-    if let Err(e) = &result {
+    if let Some(e) = result
+        .as_ref()
+        .err()
+        .filter(|e| !matches!(e, CopyError::Journaled { .. }))
+    {
         let why = Failure::new(e.class(), format!("from {}: {e}", plan.source));
         fail(ctx, copy, &why).await;
         if let (true, Some(peer)) = (e.connection_failed(), &plan.peer) {
@@ -675,14 +697,13 @@ async fn copy_and_record(
             "sent; {} verifies it with its own agent (site map: verify = \"agent\")",
             copy.host
         ));
-        cas(ctx, copy, &to_verifying).await?;
+        record_or_journal(ctx, plan, run, &[&to_verifying]).await?;
         if let Err(e) = ctx.catalog.release_lease(copy, &ctx.owner).await {
             // The lease then runs out by itself; the destination's verify waits for that.
             tracing::warn!(%copy, "cannot release the lease: {e}");
         }
         return Ok(());
     }
-    cas(ctx, copy, &to_verifying).await?;
     let mut to_done = Transition::new(
         CopyStatus::Verifying,
         CopyStatus::Transferred,
@@ -697,7 +718,71 @@ async fn copy_and_record(
         ),
         _ => "every file read back at the destination matched the manifest".into(),
     });
-    cas(ctx, copy, &to_done).await
+    record_or_journal(ctx, plan, run, &[&to_verifying, &to_done]).await
+}
+
+/// The record's conditional updates, in order. When the catalogue does not answer one of
+/// them, the rest of the record (from the state that step expected) goes to the journal
+/// with the destination files' stamps, and the copy is left as it is for the replay.
+async fn record_or_journal(
+    ctx: &Context,
+    plan: &Plan,
+    run: &RunDoc,
+    steps: &[&Transition],
+) -> Result<(), CopyError> {
+    let copy = &plan.copy;
+    for step in steps {
+        let source = match ctx.catalog.transition(copy, step).await {
+            Ok(Cas::Done) => continue,
+            Ok(Cas::Lost) => {
+                return Err(CopyError::Lost {
+                    copy: copy.to_string(),
+                    from: step.from,
+                    to: step.to,
+                })
+            }
+            Err(source) => source,
+        };
+        let last = steps.last().copied().unwrap_or(step);
+        if !source.is_retryable() {
+            return Err(CopyError::Catalog {
+                copy: copy.to_string(),
+                source,
+            });
+        }
+        let files = match &plan.method {
+            RunCopy::Push {
+                session,
+                remote_root,
+                ..
+            } => replay::remote_stamps(session, remote_root, &run.files).await,
+            RunCopy::Pull { local_root, .. } => replay::local_stamps(local_root, &run.files),
+            RunCopy::Local { dst_root, .. } => replay::local_stamps(dst_root, &run.files),
+        };
+        let record = replay::Record {
+            copy,
+            location: &plan.location,
+            from: step.from,
+            to: last.to,
+            checksum: last.checksum.as_deref().unwrap_or_default(),
+            reason: last.reason.as_deref().unwrap_or_default(),
+            lease: lease(ctx),
+            tape: None,
+            files,
+        };
+        return match replay::keep(ctx, record, &source) {
+            Ok(entry) => Err(CopyError::Journaled {
+                copy: copy.to_string(),
+                entry,
+                source,
+            }),
+            Err(_) => Err(CopyError::Catalog {
+                copy: copy.to_string(),
+                source,
+            }),
+        };
+    }
+    Ok(())
 }
 
 /// Copies every file, renewing the lease meanwhile; returns the run digest measured from
@@ -879,21 +964,6 @@ fn is_connection_error(e: &TransportError) -> bool {
             | TransportError::Ssh { .. }
             | TransportError::Timeout { .. }
     )
-}
-
-async fn cas(ctx: &Context, copy: &CopyRef, change: &Transition) -> Result<(), CopyError> {
-    match ctx.catalog.transition(copy, change).await {
-        Ok(Cas::Done) => Ok(()),
-        Ok(Cas::Lost) => Err(CopyError::Lost {
-            copy: copy.to_string(),
-            from: change.from,
-            to: change.to,
-        }),
-        Err(source) => Err(CopyError::Catalog {
-            copy: copy.to_string(),
-            source,
-        }),
-    }
 }
 
 /// Records a failed copy as `error`, the classified text in `last_error` and in the audit

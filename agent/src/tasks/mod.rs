@@ -34,6 +34,7 @@ pub mod push;
 pub mod recall;
 pub mod record;
 pub mod register;
+pub mod replay;
 pub mod retry;
 pub mod sessions;
 pub mod tape;
@@ -112,6 +113,10 @@ pub struct Context {
     /// The data directories the purge is taking down to their low-water mark
     /// ([`purge::Purging`]). Shared by clones of the context.
     pub purging: Arc<purge::Purging>,
+    /// Where verified copies go whose record the catalogue could not take
+    /// ([`crate::journal`]); replayed at the start of every cycle. `None`: no journal (the
+    /// record then fails as the catalogue does).
+    pub journal: Option<Arc<crate::journal::Journal>>,
 }
 
 /// Runs asked of the catalogue per page of a work list.
@@ -329,6 +334,8 @@ const ADOPT_BATCH: u32 = 1000;
 pub async fn run_cycle(ctx: &Context, tasks: &[Task], token: &CancellationToken) -> CycleReport {
     let mut report = CycleReport::default();
     let started = bson::DateTime::now();
+    // Records of verified copies the catalogue could not take, before anything claims.
+    report.failed.extend(replay::run(ctx, token).await);
     // Copies other tools wrote (a DAQ's own entry) join the work lists before any task
     // asks for them. A failure here is logged; the tasks still run on what is indexed.
     match ctx.catalog.adopt_foreign_copies(ADOPT_BATCH).await {

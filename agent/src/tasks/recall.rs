@@ -503,7 +503,8 @@ async fn recall_type(
                     backend.name(),
                     receipt.reference
                 );
-                record::finish(ctx, &copy, measured, copy::lease(ctx), reason, None)
+                let here = Some((dir.as_path(), run.files.as_slice()));
+                record::finish_in(ctx, &copy, measured, copy::lease(ctx), reason, None, here)
                     .await
                     .map_err(RecallError::Record)?;
                 return Ok(Recalled {

@@ -7,12 +7,13 @@
 //! module once these steps return `CopyError`.)
 
 use std::future::Future;
+use std::path::Path;
 use std::time::Duration;
 
-use catalog_schema::{can_transition, CopyEntry, CopyStatus, RunDoc};
+use catalog_schema::{can_transition, CopyEntry, CopyStatus, FileEntry, RunDoc};
 
 use super::retry::{Failure, FailureClass};
-use super::Context;
+use super::{replay, Context};
 use crate::catalog::{Cas, CopyRef, Transition};
 use crate::datadir::PathError;
 
@@ -77,7 +78,8 @@ pub async fn cas(ctx: &Context, copy: &CopyRef, change: &Transition) -> Result<(
 
 /// `transferring → verifying → transferred` with the digest measured at the copy; `tape`
 /// (a tape copy's `{ backend, reference, volumes, verified }`) is set by the last step, in
-/// the same conditional update.
+/// the same conditional update. A catalogue that does not answer sends the record to the
+/// journal ([`super::replay`]); the error then says so.
 pub async fn finish(
     ctx: &Context,
     copy: &CopyRef,
@@ -85,6 +87,20 @@ pub async fn finish(
     lease: Duration,
     reason: String,
     tape: Option<bson::Document>,
+) -> Result<(), String> {
+    finish_in(ctx, copy, measured, lease, reason, tape, None).await
+}
+
+/// [`finish`] for a copy on disk here, in `dir` (a recall): a journaled record carries the
+/// stamps of the run's files there, so the replay can tell whether they changed.
+pub async fn finish_in(
+    ctx: &Context,
+    copy: &CopyRef,
+    measured: String,
+    lease: Duration,
+    reason: String,
+    tape: Option<bson::Document>,
+    dir: Option<(&Path, &[FileEntry])>,
 ) -> Result<(), String> {
     let owner = Some(ctx.owner.as_str());
     let mut to_verifying = Transition::new(
@@ -95,15 +111,50 @@ pub async fn finish(
     );
     to_verifying.checksum = Some(measured.clone());
     to_verifying.lease_for = lease;
-    cas(ctx, copy, &to_verifying).await?;
     let mut to_done = Transition::new(
         CopyStatus::Verifying,
         CopyStatus::Transferred,
         owner,
         &ctx.owner,
     );
-    to_done.checksum = Some(measured);
+    to_done.checksum = Some(measured.clone());
     to_done.reason = Some(reason);
     to_done.tape = tape;
-    cas(ctx, copy, &to_done).await
+    for step in [&to_verifying, &to_done] {
+        match ctx.catalog.transition(copy, step).await {
+            Ok(Cas::Done) => {}
+            Ok(Cas::Lost) => {
+                return Err(format!(
+                    "{copy}: {} -> {} lost: the copy changed under us (lease expired?)",
+                    step.from, step.to
+                ))
+            }
+            Err(e) if e.is_retryable() => {
+                let (location, files) = match dir {
+                    Some((d, files)) => (d.display().to_string(), replay::local_stamps(d, files)),
+                    None => ("tape".to_string(), Vec::new()),
+                };
+                let record = replay::Record {
+                    copy,
+                    location: &location,
+                    from: step.from,
+                    to: CopyStatus::Transferred,
+                    checksum: &measured,
+                    reason: to_done.reason.as_deref().unwrap_or_default(),
+                    lease,
+                    tape: to_done.tape.as_ref(),
+                    files,
+                };
+                return Err(match replay::keep(ctx, record, &e) {
+                    Ok(entry) => format!(
+                        "{copy}: verified, but the catalogue did not take the record ({e}); kept in the journal {}, replayed when the catalogue answers",
+                        entry.display()
+                    ),
+                    Err(_) => format!("{copy}: {e}"),
+                });
+            }
+            Err(e) => return Err(format!("{copy}: {e}")),
+        }
+    }
+    Ok(())
 }

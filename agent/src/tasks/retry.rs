@@ -433,6 +433,10 @@ async fn reclaim_one(
         )));
     }
     let copy = CopyRef::new(run.key(), &route.dest.name, &c.data_type);
+    // Verified bytes whose record waits in the journal are recorded, not copied again.
+    if let Some(why) = super::replay::before_claim(ctx, &copy).await {
+        return Ok(Step::Skipped(why));
+    }
     let taken = match how {
         Reclaim::Expired => {
             ctx.catalog

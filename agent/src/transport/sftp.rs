@@ -284,6 +284,33 @@ impl SshSession {
         .await
     }
 
+    /// Size and modification time (seconds) of each of `paths` if it is a regular file
+    /// (`lstat`, all sent together: one round trip); `None` when missing or not a file.
+    pub async fn file_stamps(
+        &self,
+        paths: &[String],
+    ) -> Vec<Result<Option<(u64, Option<i64>)>, TransportError>> {
+        let ch = self.sftp().await;
+        let host = self.host();
+        futures::future::join_all(paths.iter().map(|p| {
+            let ch = &ch;
+            async move {
+                match ch.raw.lstat(p.as_str()).await {
+                    Ok(a) if a.attrs.is_regular() && !a.attrs.is_symlink() => Ok(Some((
+                        a.attrs.size.unwrap_or(0),
+                        a.attrs.mtime.map(i64::from),
+                    ))),
+                    Ok(_) => Ok(None),
+                    Err(SftpError::Status(s)) if s.status_code == StatusCode::NoSuchFile => {
+                        Ok(None)
+                    }
+                    Err(e) => Err(sftp_err(host, p, "lstat", e)),
+                }
+            }
+        }))
+        .await
+    }
+
     /// Create one remote directory whose parent was checked; one that appeared meanwhile is
     /// fine if it is a real directory.
     pub(crate) async fn mkdir_below(&self, dir: &str) -> Result<(), TransportError> {

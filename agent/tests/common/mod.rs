@@ -93,6 +93,10 @@ impl World {
             audit: Default::default(),
             cursors: Default::default(),
             purging: Default::default(),
+            journal: Some(Arc::new(ferry::journal::Journal::open(
+                &self.path("state"),
+                site,
+            ))),
         }
     }
 
