@@ -259,6 +259,15 @@ pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
                 return report;
             }
             let label = format!("run {} {}@{me}", run.number, c.data_type);
+            if ctx
+                .scheduler
+                .reads(&CopyRef::new(run.key(), me, &c.data_type))
+            {
+                report
+                    .skipped
+                    .push(format!("{label}: kept: this agent is copying from it"));
+                continue;
+            }
             let used = *disks
                 .entry(c.data_type.clone())
                 .or_insert_with(|| used_percent(ctx, &c.data_type));
