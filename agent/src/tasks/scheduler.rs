@@ -13,9 +13,10 @@
 //!   once (`min(files_in_flight, its files)`); a link opens another run while its open
 //!   runs weigh less than `transfers_per_link + files_in_flight` (enough to fill the link,
 //!   plus one run's worth waiting, so the link does not idle while a run is claimed or
-//!   recorded), and the agent while all open runs weigh less than `global_transfers +
-//!   files_in_flight`. A run that is not started is not claimed: it stays wanted, for this
-//!   agent's next start or any other agent.
+//!   recorded), and the agent while what the open runs can move (each link's weight, at
+//!   most its `transfers_per_link`) is less than `global_transfers + files_in_flight`. A
+//!   run that is not started is not claimed: it stays wanted, for this agent's next start
+//!   or any other agent.
 //! - **Fairness.** Across links: the link whose open runs weigh least starts next (ties
 //!   in turn). Within a link: the oldest run first (run number, then detector).
 //! - **A failing link is paused** (Rucio's RSE exclusion): after [`PAUSE_AFTER`] failed jobs
@@ -301,8 +302,10 @@ impl Scheduler {
         let now = Instant::now();
         let per_link = self.limits.transfers_per_link.max(1) + self.limits.files_per_run.max(1);
         let global = self.limits.global.max(1) + self.limits.files_per_run.max(1);
+        let link_slots = self.limits.transfers_per_link.max(1);
         loop {
-            let total: usize = st.links.values().map(|l| l.weight).sum();
+            // What the open runs can move at once: a link never more than its transfers.
+            let total: usize = st.links.values().map(|l| l.weight.min(link_slots)).sum();
             if total >= global {
                 return;
             }
@@ -626,12 +629,12 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
         assert!(s.load().running > 0, "the slow link is still copying");
         s.wait_for(&all).await;
-        // Two runs of weight 2 open per link (2 transfers + one run's worth waiting), and
-        // at most 7 slots' worth (global 5 + 2) in all: 4 runs.
+        // Two runs of weight 2 open per link (2 transfers + one run's worth waiting); in
+        // all, links count what they can move (2 each): 6 < 7 (global 5 + 2), so 6 runs.
         let peak = m.peak.lock().unwrap().clone();
         assert_eq!(peak["fast-a"], 2, "{peak:?}");
         assert_eq!(peak["slow"], 2, "{peak:?}");
-        assert_eq!(m.peak_total.load(Ordering::SeqCst), 4);
+        assert_eq!(m.peak_total.load(Ordering::SeqCst), 6);
         // Handed over newest first: run 6 (and on some links 5) starts at once, the links
         // being idle; the runs that waited go oldest first.
         let order = m.order.lock().unwrap().clone();
