@@ -53,7 +53,10 @@ impl Bucket {
 
     async fn take(&self, n: usize) {
         let wait = {
-            let mut s = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut s = self
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let now = Instant::now();
             let refill = now.duration_since(s.1).as_secs_f64() * self.rate;
             s.0 = (s.0 + refill).min(self.rate / 10.0);

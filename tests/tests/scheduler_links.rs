@@ -10,7 +10,9 @@
 //!   order the servers handle the requests). A file is in flight at the server from its
 //!   first open to its last close; the peaks are exactly the site map's limits: never
 //!   above, and reached.
-//! - SIGTERM with nothing in flight: the daemon exits 0.
+//! - SIGTERM with nothing in flight: the daemon exits 0. SIGTERM with copies in flight: no
+//!   copy starts after it, the running ones are finished and recorded, the others stay
+//!   wanted, and the daemon exits 0.
 
 // Test bodies and helpers.
 #![allow(clippy::unwrap_used)]
@@ -84,7 +86,11 @@ impl World {
         let key = std::fs::read_to_string(slow.known_hosts_path()).unwrap();
         let key = key.split_once(' ').unwrap().1.trim().to_string();
         let proxied_hosts = home.path().join("known_hosts_slow");
-        std::fs::write(&proxied_hosts, format!("[127.0.0.1]:{} {key}\n", proxy.port())).unwrap();
+        std::fs::write(
+            &proxied_hosts,
+            format!("[127.0.0.1]:{} {key}\n", proxy.port()),
+        )
+        .unwrap();
         let mut json = Vec::new();
         for (name, sshd) in &sites {
             let (port, known_hosts) = if name == "slow" {
@@ -165,7 +171,11 @@ impl World {
         std::fs::create_dir_all(&dir).unwrap();
         for i in 0..FILES_PER_RUN {
             let bytes: Vec<u8> = (0..FILE_SIZE)
-                .map(|j| (j as u32).wrapping_mul(2_654_435_761).wrapping_add(number * 97 + i as u32) as u8)
+                .map(|j| {
+                    (j as u32)
+                        .wrapping_mul(2_654_435_761)
+                        .wrapping_add(number * 97 + i as u32) as u8
+                })
                 .collect();
             std::fs::write(dir.join(format!("f{i}.evio")), bytes).unwrap();
         }
@@ -187,8 +197,21 @@ impl World {
                 .unwrap();
             let mut out = HashMap::new();
             for run in runs {
-                let number = run.get_i64("number").or_else(|_| run.get_i32("number").map(i64::from)).unwrap();
+                let number = run
+                    .get_i64("number")
+                    .or_else(|_| run.get_i32("number").map(i64::from))
+                    .unwrap();
                 out.insert((number, "registered".to_string()), String::new());
+                for tag in run
+                    .get_array("want")
+                    .map(|a| a.to_vec())
+                    .unwrap_or_default()
+                {
+                    out.insert(
+                        (number, format!("want {}", tag.as_str().unwrap())),
+                        String::new(),
+                    );
+                }
                 for c in run.get_array("data").unwrap() {
                     let c = c.as_document().unwrap();
                     out.insert(
@@ -316,9 +339,12 @@ fn fast_mirrors_get_every_run_while_the_slow_link_is_busy_within_the_limits() {
     let fast = ["fast-a", "fast-b"];
 
     // Every run at both fast mirrors while the slow mirror still copies.
-    let s = wait_for(&w, "runs 1-4 at the fast mirrors", Duration::from_secs(60), |s| {
-        (1..=4).all(|r| fast.iter().all(|m| transferred(s, r, m)))
-    });
+    let s = wait_for(
+        &w,
+        "runs 1-4 at the fast mirrors",
+        Duration::from_secs(60),
+        |s| (1..=4).all(|r| fast.iter().all(|m| transferred(s, r, m))),
+    );
     let fast_done = started.elapsed();
     let slow_left: Vec<i64> = (1..=4).filter(|r| !transferred(&s, *r, "slow")).collect();
     assert!(
@@ -327,7 +353,8 @@ fn fast_mirrors_get_every_run_while_the_slow_link_is_busy_within_the_limits() {
          ({fast_done:?}); not yet there: {slow_left:?}"
     );
     assert!(
-        (1..=4).any(|r| s.get(&(r, "slow".to_string())).map(String::as_str) == Some("transferring")),
+        (1..=4)
+            .any(|r| s.get(&(r, "slow".to_string())).map(String::as_str) == Some("transferring")),
         "a slow copy in flight: {s:?}"
     );
 
@@ -339,9 +366,12 @@ fn fast_mirrors_get_every_run_while_the_slow_link_is_busy_within_the_limits() {
     });
     let t_registered = Instant::now();
     assert!(registered.contains_key(&(5, "registered".to_string())));
-    let s = wait_for(&w, "run 5 started at the fast mirrors", Duration::from_secs(10), |s| {
-        fast.iter().all(|m| s.contains_key(&(5, m.to_string())))
-    });
+    let s = wait_for(
+        &w,
+        "run 5 started at the fast mirrors",
+        Duration::from_secs(10),
+        |s| fast.iter().all(|m| s.contains_key(&(5, m.to_string()))),
+    );
     let waited = t_registered.elapsed();
     assert!(
         waited <= INTERVAL,
@@ -353,9 +383,12 @@ fn fast_mirrors_get_every_run_while_the_slow_link_is_busy_within_the_limits() {
     );
 
     // Everything arrives everywhere.
-    wait_for(&w, "every run at every mirror", Duration::from_secs(120), |s| {
-        (1..=5).all(|r| MIRRORS.iter().all(|m| transferred(s, r, m)))
-    });
+    wait_for(
+        &w,
+        "every run at every mirror",
+        Duration::from_secs(120),
+        |s| (1..=5).all(|r| MIRRORS.iter().all(|m| transferred(s, r, m))),
+    );
     let total = started.elapsed();
     for m in MIRRORS {
         for number in 1..=5u32 {
@@ -378,17 +411,18 @@ fn fast_mirrors_get_every_run_while_the_slow_link_is_busy_within_the_limits() {
         if let Some(status) = daemon.try_wait().unwrap() {
             break status;
         }
-        assert!(stop.elapsed() < Duration::from_secs(30), "the daemon did not stop");
+        assert!(
+            stop.elapsed() < Duration::from_secs(30),
+            "the daemon did not stop"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(status.code(), Some(0), "log:\n{}", w.daq_log());
 
     // The limits, counted at the servers.
     let log = std::fs::read_to_string(&w.sftp_log).unwrap();
-    let roots: BTreeMap<String, PathBuf> = MIRRORS
-        .iter()
-        .map(|m| (m.to_string(), w.root(m)))
-        .collect();
+    let roots: BTreeMap<String, PathBuf> =
+        MIRRORS.iter().map(|m| (m.to_string(), w.root(m))).collect();
     let p = peaks(&log, &roots);
     eprintln!(
         "fast mirrors done after {fast_done:?}, all after {total:?}; run 5 started {waited:?} \
@@ -396,9 +430,17 @@ fn fast_mirrors_get_every_run_while_the_slow_link_is_busy_within_the_limits() {
          ({} files)",
         p.per_link, p.per_run, p.global, p.files
     );
-    assert_eq!(p.files, MIRRORS.len() * 5 * FILES_PER_RUN, "files seen at the servers");
+    assert_eq!(
+        p.files,
+        MIRRORS.len() * 5 * FILES_PER_RUN,
+        "files seen at the servers"
+    );
     for m in MIRRORS {
-        assert_eq!(p.per_link[m], PER_LINK, "{m}: transfers_per_link: {:?}", p.per_link);
+        assert_eq!(
+            p.per_link[m], PER_LINK,
+            "{m}: transfers_per_link: {:?}",
+            p.per_link
+        );
     }
     assert_eq!(p.per_run, FILES_IN_FLIGHT, "files_in_flight");
     assert_eq!(p.global, GLOBAL, "global_transfers: {:?}", p.per_link);
@@ -411,4 +453,61 @@ fn kill_term(pid: u32) {
         .status()
         .unwrap();
     assert!(status.success());
+}
+
+#[test]
+fn sigterm_finishes_the_running_copies_and_leaves_the_rest_wanted() {
+    let w = World::new();
+    for number in 1..=4 {
+        w.run(number);
+    }
+    let mut daemon = w.daemon();
+    // The fast mirrors are done at once; the slow link has its first runs in flight.
+    wait_for(&w, "a slow copy in flight", Duration::from_secs(30), |s| {
+        (1..=4).any(|r| s.get(&(r, "slow".to_string())).map(String::as_str) == Some("transferring"))
+    });
+    // The link's first runs are claimed together; the next starts only when one ends.
+    std::thread::sleep(Duration::from_millis(300));
+    let s = w.statuses();
+    let in_flight: Vec<i64> = (1..=4)
+        .filter(|r| s.contains_key(&(*r, "slow".to_string())))
+        .collect();
+    kill_term(daemon.id());
+    let stop = Instant::now();
+    let status = loop {
+        if let Some(status) = daemon.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            stop.elapsed() < Duration::from_secs(60),
+            "the daemon did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0), "log:\n{}", w.daq_log());
+    let s = w.statuses();
+    let started: Vec<i64> = (1..=4)
+        .filter(|r| s.contains_key(&(*r, "slow".to_string())))
+        .collect();
+    assert_eq!(
+        started, in_flight,
+        "no slow copy started after SIGTERM: {s:?}"
+    );
+    for r in &started {
+        assert!(
+            transferred(&s, *r, "slow"),
+            "run {r}: finished within the grace period: {s:?}"
+        );
+    }
+    let left: Vec<i64> = (1..=4).filter(|r| !started.contains(r)).collect();
+    assert!(
+        !left.is_empty(),
+        "some slow copies should not have started: {s:?}"
+    );
+    for r in left {
+        assert!(
+            s.contains_key(&(r, "want slow/raw".to_string())),
+            "run {r}: still wanted at the slow mirror: {s:?}"
+        );
+    }
 }

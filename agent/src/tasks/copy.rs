@@ -5,8 +5,11 @@
 //!
 //! ```text
 //! for_each_wanted   runs_needing_copy(dest, type, sources) → scope filter → per run:
-//!   (task)          pick the verified source copy, render the destination directory
-//!   copy_along      the peer's method: local copy, or SFTP on the pooled session → a Plan
+//!   (task)          pick the verified source copy, render the destination directory →
+//!                   a job for the agent's scheduler (`scheduler.rs`), which runs it when
+//!                   its link has room; `settle` reports the jobs finished
+//!   copy_along      (the job) the peer's method: local copy, or SFTP on the pooled
+//!                   session → a Plan
 //!   execute         claim (conditional) → copy_run (`.part`, hashed while read, read back
 //!                   at the destination, rename) with lease renewal; files cut off by a
 //!                   failed connection are copied again on a new session (their `.part`

@@ -242,14 +242,11 @@ impl Scheduler {
     /// Whether a job waiting or running reads `copy`: purge keeps it meanwhile.
     pub fn reads(&self, copy: &CopyRef) -> bool {
         let st = self.state();
-        st.running
-            .values()
-            .any(|r| r.source.as_ref() == Some(copy))
-            || st.links.values().any(|l| {
-                l.queue
-                    .values()
-                    .any(|j| j.source.as_ref() == Some(copy))
-            })
+        st.running.values().any(|r| r.source.as_ref() == Some(copy))
+            || st
+                .links
+                .values()
+                .any(|l| l.queue.values().any(|j| j.source.as_ref() == Some(copy)))
     }
 
     /// Jobs waiting and running.
@@ -626,7 +623,11 @@ mod tests {
         let fast: Vec<CopyRef> = all.iter().filter(|c| c.host != "slow").cloned().collect();
         let started = Instant::now();
         s.wait_for(&fast).await;
-        assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
         assert!(s.load().running > 0, "the slow link is still copying");
         s.wait_for(&all).await;
         // Two runs of weight 2 open per link (2 transfers + one run's worth waiting); in
@@ -639,7 +640,11 @@ mod tests {
         // being idle; the runs that waited go oldest first.
         let order = m.order.lock().unwrap().clone();
         for link in ["fast-a", "fast-b", "slow"] {
-            let runs: Vec<i64> = order.iter().filter(|(l, _)| l == link).map(|x| x.1).collect();
+            let runs: Vec<i64> = order
+                .iter()
+                .filter(|(l, _)| l == link)
+                .map(|x| x.1)
+                .collect();
             assert_eq!(runs[0], 6, "{link}: {runs:?}");
             let waited: Vec<i64> = runs.iter().copied().filter(|r| *r < 5).collect();
             assert_eq!(waited, vec![1, 2, 3, 4], "{link}: {runs:?}");
@@ -658,16 +663,33 @@ mod tests {
         };
         for run in 1..=7 {
             s.submit(job(&m, run, "down", 1, Duration::from_millis(10), bad()));
-            s.submit(job(&m, run, "up", 1, Duration::from_millis(10), JobEnd::Done));
+            s.submit(job(
+                &m,
+                run,
+                "up",
+                1,
+                Duration::from_millis(10),
+                JobEnd::Done,
+            ));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         // Two at a time: the third failure pauses it with the fourth job in flight; nothing
         // more starts on it. The other link is done.
-        let started = |l: &str| m.order.lock().unwrap().iter().filter(|(x, _)| x == l).count();
+        let started = |l: &str| {
+            m.order
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(x, _)| x == l)
+                .count()
+        };
         assert_eq!(started("down"), 4);
         assert_eq!(started("up"), 7);
         let why = s.paused("down").unwrap();
-        assert!(why.contains("4 failed copies in a row") && why.contains("3 waiting"), "{why}");
+        assert!(
+            why.contains("4 failed copies in a row") && why.contains("3 waiting"),
+            "{why}"
+        );
         assert!(s.paused("up").is_none());
         // After the pause one job probes; it fails again: paused for twice as long.
         tokio::time::sleep(PAUSE_BASE).await;
@@ -689,13 +711,23 @@ mod tests {
             s.submit(job(&m, run, "l", 1, Duration::from_secs(60), JobEnd::Done));
         }
         tokio::task::yield_now().await;
-        assert_eq!(s.load(), Load { pending: 1, running: 2 });
+        assert_eq!(
+            s.load(),
+            Load {
+                pending: 1,
+                running: 2
+            }
+        );
         assert!(s.holds(&copy(1, "l")) && !s.holds(&copy(3, "l")));
         assert!(s.reads(&copy(3, "daq")), "a waiting job's source is kept");
         let cut = s.shutdown(Duration::from_secs(10)).await;
         assert_eq!(cut.len(), 2);
         assert_eq!(s.load(), Load::default());
-        let ends: Vec<JobEnd> = s.take_finished(Task::Push).into_iter().map(|f| f.end).collect();
+        let ends: Vec<JobEnd> = s
+            .take_finished(Task::Push)
+            .into_iter()
+            .map(|f| f.end)
+            .collect();
         assert_eq!(
             ends,
             vec![JobEnd::Skipped("not started: the agent is stopping".into())]
