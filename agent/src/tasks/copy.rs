@@ -523,7 +523,7 @@ pub(super) enum Step {
     /// Nothing to copy now.
     Now(Outcome),
     /// A copy from `src_dir` to `dst_dir` along the link to `peer`.
-    Copy(Planned),
+    Copy(Box<Planned>),
 }
 
 /// A copy planned in the cycle, made by a scheduler job ([`copy_along`]).
@@ -607,7 +607,7 @@ pub(super) async fn for_each_wanted(
         let planned = match one(&run).await {
             Ok(Step::Now(outcome)) => Ok(outcome),
             Ok(Step::Copy(planned)) if ctx.dry_run => {
-                copy_planned(ctx, &run, data_type, planned).await
+                copy_planned(ctx, &run, data_type, *planned).await
             }
             Ok(Step::Copy(planned)) => {
                 let link = planned.peer.name.clone();
@@ -626,7 +626,7 @@ pub(super) async fn for_each_wanted(
                     task,
                     line: line.clone(),
                     files: run.files.len(),
-                    start: job_start(ctx, run, data_type, line, planned),
+                    start: job_start(ctx, run, data_type, line, *planned),
                 };
                 if ctx.scheduler.submit(job) {
                     submitted.push(copy);

@@ -82,11 +82,11 @@ async fn pull_run(
         )));
     };
     let dst_dir = datadir::run_dir(&ctx.site, data_type, run)?;
-    Ok(Step::Copy(Planned {
+    Ok(Step::Copy(Box::new(Planned {
         peer: src.clone(),
         direction: Direction::Pull,
         src_dir,
         dst_dir,
         digest,
-    }))
+    })))
 }

@@ -75,11 +75,11 @@ async fn push_run(
         )));
     };
     let dst_dir = datadir::run_dir(dest, data_type, run)?;
-    Ok(Step::Copy(Planned {
+    Ok(Step::Copy(Box::new(Planned {
         peer: dest.clone(),
         direction: Direction::Push,
         src_dir,
         dst_dir,
         digest,
-    }))
+    })))
 }

@@ -312,10 +312,8 @@ impl Scheduler {
                 .links
                 .iter()
                 .filter(|(_, l)| {
-                    !l.queue.is_empty()
-                        && !l.paused(now)
-                        && l.weight < per_link
-                        && !(l.probing() && l.running > 0)
+                    let busy = l.weight >= per_link || (l.probing() && l.running > 0);
+                    !(l.queue.is_empty() || l.paused(now) || busy)
                 })
                 .min_by_key(|(name, l)| {
                     let after_last = last.as_deref().is_none_or(|x| name.as_str() > x);
