@@ -41,6 +41,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -348,7 +349,14 @@ impl Scheduler {
             let me = Arc::clone(self);
             let key = copy.clone();
             let handle = tokio::spawn(async move {
-                let end = future.await;
+                // A job that panics still ends: its slot is freed and its task told.
+                let end = std::panic::AssertUnwindSafe(future)
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|_| JobEnd::Failed {
+                        error: "the copy job panicked (a bug; the copy's lease expires)".into(),
+                        link_fault: false,
+                    });
                 me.finish(key, task, line, end);
             });
             st.running.insert(
@@ -731,5 +739,18 @@ mod tests {
             vec![JobEnd::Skipped("not started: the agent is stopping".into())]
         );
         assert!(!s.submit(job(&m, 9, "l", 1, Duration::ZERO, JobEnd::Done)));
+    }
+
+    #[tokio::test]
+    async fn a_job_that_panics_frees_its_slot_and_is_reported() {
+        let s = Arc::new(Scheduler::new(limits(1, 1, 1), Mode::Waiting));
+        let mut job = job(&Arc::default(), 1, "l", 1, Duration::ZERO, JobEnd::Done);
+        job.start = Box::new(|| Box::pin(async { panic!("bug") }));
+        let c = job.copy.clone();
+        assert!(s.submit(job));
+        s.wait_for(&[c]).await;
+        assert_eq!(s.load(), Load::default());
+        let ends = s.take_finished(Task::Push);
+        assert!(matches!(&ends[0].end, JobEnd::Failed { error, link_fault: false } if error.contains("panicked")), "{ends:?}");
     }
 }
