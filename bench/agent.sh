@@ -156,12 +156,15 @@ echo "| 3 x rclone copy --transfers 4, side by side | $RCLONE | $(awk -v m=$((3 
 
 # --- a late run, the agent as a daemon ------------------------------------------------------
 fresh late
-ferry all late --interval "${INTERVAL}s" --task register --task push --log-format json \
+# Not through the `ferry` function: $! must be the agent itself, for the SIGTERM below.
+"$BIN/ferry" --config "$WORK/state/all.json" --host daq --catalog "sqlite:$WORK/state/late.sqlite" \
+  --interval "${INTERVAL}s" --task register --task push --log-format json \
   > logs/late.out 2> logs/late.log &
 DAEMON=$!
 sleep "$WRITE_AT"
 make_run "$LATE"
 t_written=$(now)
+busy=$(grep -c '"copy finished"' logs/late.log || true)
 t_registered=
 until [ -n "$t_registered" ]; do
   if ferry all late runs show "$LATE" > /dev/null 2>&1; then t_registered=$(now); else sleep 0.1; fi
@@ -175,7 +178,6 @@ until [ -n "$t_first" ]; do
     sleep 0.1
   fi
 done
-busy=$(grep -c '"copy finished"' logs/late.log || true)
 echo
 echo "Late run $LATE (daemon, --interval ${INTERVAL}s), written ${WRITE_AT}s after start while $((3 * RUNS - busy)) of the $((3 * RUNS)) older copies were still to finish:"
 echo "registered $(secs "$t_written" "$t_registered") s after its marker; its first copy started $(secs "$t_written" "$t_first") s after its marker, $(secs "$t_registered" "$t_first") s after its registration."
