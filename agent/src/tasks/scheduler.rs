@@ -751,6 +751,9 @@ mod tests {
         s.wait_for(&[c]).await;
         assert_eq!(s.load(), Load::default());
         let ends = s.take_finished(Task::Push);
-        assert!(matches!(&ends[0].end, JobEnd::Failed { error, link_fault: false } if error.contains("panicked")), "{ends:?}");
+        assert!(
+            matches!(&ends[0].end, JobEnd::Failed { error, link_fault: false } if error.contains("panicked")),
+            "{ends:?}"
+        );
     }
 }
