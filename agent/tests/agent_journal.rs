@@ -87,7 +87,10 @@ async fn a_copy_changed_meanwhile_is_not_overwritten_by_the_replay() {
         None,
         "mirror@elsewhere:1",
     );
-    change.error = Some("[retryable] someone else".into());
+    change.record_failure(&ferry::catalog::Failure::new(
+        ferry::catalog::FailureClass::Retryable,
+        "someone else".into(),
+    ));
     let taken = w
         .catalog
         .transition(&mirror_copy(1), &change)

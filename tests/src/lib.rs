@@ -6,6 +6,8 @@
 //!   readiness probe speaks the wire protocol through `wire.rs`).
 //! - [`SshAgent`] — OpenSSH `ssh-agent` on a socket of its own, holding encrypted keys
 //!   (`agent.rs`).
+//! - [`ThrottleProxy`] — a TCP proxy pacing a link to a bandwidth, optionally delayed
+//!   (`throttle.rs`).
 //! - [`unique_db_name`] — a database name no other test uses.
 //!
 //! Servers listen on free ports (`ports.rs`), are ready when their constructor returns, and
@@ -33,6 +35,7 @@ pub mod ports;
 mod process;
 pub mod sshd;
 mod tempdirs;
+pub mod throttle;
 pub mod wire;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -43,6 +46,7 @@ pub use fault_server::{Fault, FaultAction, FaultServer, FsyncSeen, Op, Trigger};
 pub use keys::{KeyPair, KeyType};
 pub use mongo::MongoServer;
 pub use sshd::{Sshd, SshdOptions};
+pub use throttle::{Shape, ThrottleProxy};
 
 /// MongoDB limits database names to 63 bytes.
 const MAX_DB_NAME: usize = 63;

@@ -57,6 +57,10 @@ pub struct SshdOptions {
     /// Start SFTP sessions in [`Sshd::root`] (`internal-sftp -d ROOT`), so relative paths
     /// land in the test site's directory. Off: sessions start in the user's home.
     pub sftp_start_in_root: bool,
+    /// The `Subsystem sftp` command, run by the login shell (so it may redirect), e.g.
+    /// `/usr/lib/openssh/sftp-server -e -l INFO 2>>LOG` to log every open and close;
+    /// `None`: `internal-sftp`.
+    pub sftp_command: Option<String>,
     /// The sshd binary; `None`: `$FERRY_TEST_SSHD`, else `/usr/sbin/sshd`.
     pub sshd_path: Option<PathBuf>,
     /// How long to wait for the banner after spawning sshd.
@@ -83,6 +87,7 @@ impl Default for SshdOptions {
             user_key_type: KeyType::Ed25519,
             extra_config: Vec::new(),
             sftp_start_in_root: false,
+            sftp_command: None,
             sshd_path: None,
             start_timeout: Duration::from_secs(10),
             netns: None,
@@ -382,7 +387,9 @@ impl Sshd {
 
     fn config_text(&self) -> String {
         let base = self.dir.path();
-        let sftp = if self.options.sftp_start_in_root {
+        let sftp = if let Some(command) = &self.options.sftp_command {
+            command.clone()
+        } else if self.options.sftp_start_in_root {
             format!("internal-sftp -d {}", self.root.display())
         } else {
             "internal-sftp".to_owned()

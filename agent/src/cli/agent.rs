@@ -13,6 +13,7 @@ use crate::daemon::lock::SiteLock;
 use crate::daemon::metrics::{self, Metrics};
 use crate::daemon::{run_cycles, shutdown_signal, CancellationToken, LoopOptions, Stopped};
 use crate::datadir::roots::{Locking, SiteRoots};
+use crate::tasks::scheduler::{Mode, Scheduler};
 use crate::tasks::sessions::SessionPool;
 use crate::tasks::{self, Context, CycleReport, RunScope, Task};
 use crate::transport::limits::{Gates, Limits};
@@ -183,6 +184,11 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
         if !cli.dry_run {
             mark_roots(&mut roots, opened.as_ref(), &site).await?;
         }
+        let limits = transport_limits(&site_model_limits);
+        // The daemon plans copies each cycle and lets them run behind it; `--once` waits for
+        // the copies it started before the cycle goes on.
+        let mode = if cli.once { Mode::Waiting } else { Mode::Background };
+        let scheduler = Arc::new(Scheduler::new(limits, mode));
         let ctx = Context {
             map: Arc::new(loaded.map.clone()),
             site: site_model,
@@ -190,10 +196,11 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
             owner: tasks::owner::owner_id(&site),
             scope,
             dry_run: cli.dry_run,
-            gates: Gates::new(transport_limits(&site_model_limits)),
+            gates: Gates::new(limits),
             sessions: Arc::new(SessionPool::new(ssh)),
             progress,
             journal: Some(Arc::new(crate::journal::Journal::open(&state_dir, &site))),
+            scheduler: Arc::clone(&scheduler),
             audit: tasks::audit::Settings {
                 every: cli.audit_every,
                 state_dir: Some(state_dir),
@@ -217,7 +224,14 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
         let opts = LoopOptions {
             interval: cli.interval,
             once: cli.once,
-            grace: Duration::from_secs(300),
+            grace: GRACE,
+        };
+        // Once shutdown is asked for, no copy starts, not even one a finishing copy would
+        // make room for.
+        let closing = Arc::clone(&scheduler);
+        let shutdown = async move {
+            shutdown.await;
+            closing.close();
         };
         let (stopped, last) = run_cycles(
             opts,
@@ -233,9 +247,16 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
                     report
                 }
             },
-            &mut shutdown,
+            shutdown,
         )
         .await;
+        // Copies still running (the daemon's, or `--once`'s after a signal) get the grace
+        // period; one cut off keeps its lease, which the next agent here takes back at once.
+        let grace = if stopped == Stopped::GraceExpired { Duration::ZERO } else { GRACE };
+        let cut = scheduler.shutdown(grace).await;
+        if !cut.is_empty() {
+            tracing::warn!(copies = cut.len(), "copies stopped at the end of the grace period");
+        }
         stop_metrics.cancel();
         drop(lock);
         drop(roots);
@@ -337,6 +358,9 @@ fn record_metrics(metrics: &Metrics, ctx: &Context, report: &CycleReport, took: 
     };
     metrics.record_cycle_with(took, &tasks, copied, &disks, Some(quarantined));
 }
+
+/// How long running copies (and a running cycle) may go on after shutdown was asked for.
+const GRACE: Duration = Duration::from_secs(300);
 
 /// The longest wait between two attempts of a daemon to reach its catalogue.
 const CATALOG_PATIENCE: Duration = Duration::from_secs(60);

@@ -15,6 +15,7 @@ use crate::catalog::RunSelector;
 use crate::config::SshEnvironment;
 use crate::tasks::copy::LogProgress;
 use crate::tasks::recall::{self, Request};
+use crate::tasks::scheduler::{Mode, Scheduler};
 use crate::tasks::sessions::SessionPool;
 use crate::tasks::{self, Context, RunScope};
 use crate::transport::limits::Gates;
@@ -63,7 +64,8 @@ pub(super) fn run(cli: &Cli, args: &RecallArgs) -> Result<Exit> {
         if !cli.dry_run {
             super::agent::mark_roots(&mut roots, opened.as_ref(), &site).await?;
         }
-        let gates = Gates::new(super::agent::transport_limits(&site_model.limits));
+        let limits = super::agent::transport_limits(&site_model.limits);
+        let gates = Gates::new(limits);
         let ctx = Context {
             map: Arc::new(loaded.map.clone()),
             site: site_model,
@@ -74,6 +76,7 @@ pub(super) fn run(cli: &Cli, args: &RecallArgs) -> Result<Exit> {
             gates,
             sessions: Arc::new(SessionPool::new(ssh)),
             progress: Arc::new(LogProgress::new()),
+            scheduler: Arc::new(Scheduler::new(limits, Mode::Waiting)),
             audit: tasks::audit::Settings::default(),
             cursors: Arc::default(),
             purging: Arc::default(),

@@ -8,6 +8,10 @@
 //!   [`CancellationToken`] cancelled and should finish what it has begun; if it is still
 //!   running after `grace`, it is dropped — every state change is a conditional catalogue
 //!   update, so what was cut short is picked up again by the next agent's retry task.
+//!   Copies are not part of the cycle: the agent's transfer scheduler
+//!   (`tasks::scheduler`) runs them behind it, so a cycle stays short while copies are in
+//!   flight; the CLI closes the scheduler when the shutdown future fires and gives its
+//!   running copies the same grace period after the loop has returned.
 
 pub mod lock;
 pub mod metrics;

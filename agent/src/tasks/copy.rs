@@ -5,8 +5,11 @@
 //!
 //! ```text
 //! for_each_wanted   runs_needing_copy(dest, type, sources) → scope filter → per run:
-//!   (task)          pick the verified source copy, render the destination directory
-//!   copy_along      the peer's method: local copy, or SFTP on the pooled session → a Plan
+//!   (task)          pick the verified source copy, render the destination directory →
+//!                   a job for the agent's scheduler (`scheduler.rs`), which runs it when
+//!                   its link has room; `settle` reports the jobs finished
+//!   copy_along      (the job) the peer's method: local copy, or SFTP on the pooled
+//!                   session → a Plan
 //!   execute         claim (conditional) → copy_run (`.part`, hashed while read, read back
 //!                   at the destination, rename) with lease renewal; files cut off by a
 //!                   failed connection are copied again on a new session (their `.part`
@@ -30,13 +33,14 @@ use catalog_schema::{want_tag, CopyStatus, RunDoc};
 use tokio_util::sync::CancellationToken;
 
 use super::retry::{Failure, FailureClass};
-use super::{record, replay, walk, Context, RunScope, TaskReport, WorkList};
+use super::scheduler::{Job, JobEnd, JobFuture, Mode};
+use super::{record, replay, walk, Context, RunScope, Task, TaskReport, WorkList};
 use crate::catalog::{Cas, CatalogError, Claim, ClaimRequest, CopyRef, RunSelector, Transition};
 use crate::checksum::{self, ChecksumError};
 use crate::config::{DestinationVerify, Site, TransferMethod};
 use crate::datadir::{self, PathError};
 use crate::transport::dest;
-use crate::transport::run::{copy_run, FileJob, Progress, RunCopy};
+use crate::transport::run::{copy_run_on, FileJob, Progress, RunCopy};
 use crate::transport::{CopyOptions, CopyReport, SshSession, TransportError, Verify};
 
 /// How long a claim lasts without renewal (the site map's `limits.lease`, 10 min by
@@ -305,6 +309,8 @@ struct Plan {
     /// The site whose SSH session `method` uses, if any (dropped from the pool when the
     /// connection fails).
     pub peer: Option<String>,
+    /// The link the files' gates count on: the peer site.
+    pub link: String,
     /// The site the bytes come from (named in a recorded failure).
     pub source: String,
     /// For messages: `site:path` of the source and the destination.
@@ -511,6 +517,7 @@ async fn plan(
         protocol,
         method,
         peer: pooled,
+        link: peer.name.clone(),
         source: src_site.name.clone(),
         label: format!("run {} {from} -> {to}", run.number),
     }))
@@ -528,15 +535,44 @@ pub(super) struct Wanted<'a> {
     pub label: &'a str,
 }
 
-/// Runs every run that `wanted` names through `one`, adding each outcome to `report`.
-/// Stops early when cancelled, or when the peer cannot be reached at all (the rest would
-/// only wait for the same timeout).
+/// What the cycle found for one wanted run: nothing to copy (and why), or a copy planned
+/// for the scheduler.
+pub(super) enum Step {
+    /// Nothing to copy now.
+    Now(Outcome),
+    /// A copy from `src_dir` to `dst_dir` along the link to `peer`.
+    Copy(Box<Planned>),
+}
+
+/// A copy planned in the cycle, made by a scheduler job ([`copy_along`]).
+pub(super) struct Planned {
+    /// The other site: the link.
+    pub peer: Site,
+    /// Which way.
+    pub direction: Direction,
+    /// The source copy's directory.
+    pub src_dir: String,
+    /// The destination directory.
+    pub dst_dir: PathBuf,
+    /// The run digest the copy must have.
+    pub digest: String,
+}
+
+/// Hands every run that `wanted` names to `one`, which plans it: a planned copy becomes a
+/// job for the agent's [`Scheduler`](super::scheduler::Scheduler), which starts it as soon
+/// as its link has room (every link at once) and returns; a run already in the scheduler
+/// is passed over. Runs left alone go to `report` at once; the copies of the jobs handed
+/// over are added to `submitted` for [`settle`]. Stops early when cancelled, or when the
+/// peer cannot be reached at all (the rest would only wait for the same timeout). A dry run
+/// plans and reports inline.
 pub(super) async fn for_each_wanted(
     ctx: &Context,
+    task: Task,
     wanted: Wanted<'_>,
     token: &CancellationToken,
     report: &mut TaskReport,
-    mut one: impl AsyncFnMut(&RunDoc) -> Result<Outcome, CopyError>,
+    submitted: &mut Vec<CopyRef>,
+    mut one: impl AsyncFnMut(&RunDoc) -> Result<Step, CopyError>,
 ) {
     let Wanted {
         dest,
@@ -573,6 +609,7 @@ pub(super) async fn for_each_wanted(
             return;
         }
     };
+    let waiting = ctx.scheduler.mode() == Mode::Waiting;
     for run in runs {
         if token.is_cancelled() {
             break;
@@ -580,8 +617,43 @@ pub(super) async fn for_each_wanted(
         if !ctx.scope.admits(run.number, run.name.as_deref()) {
             continue;
         }
+        let copy = CopyRef::new(run.key(), dest, data_type);
+        if ctx.scheduler.knows(&copy) {
+            continue;
+        }
         let line = format!("run {} {data_type} {label}", run.number);
-        match one(&run).await {
+        let planned = match one(&run).await {
+            Ok(Step::Now(outcome)) => Ok(outcome),
+            Ok(Step::Copy(planned)) if ctx.dry_run => {
+                copy_planned(ctx, &run, data_type, *planned).await
+            }
+            Ok(Step::Copy(planned)) => {
+                let link = planned.peer.name.clone();
+                if let (true, Some(why)) = (waiting, ctx.scheduler.paused(&link)) {
+                    report.skipped.push(format!("{line}: not started: {why}"));
+                    continue;
+                }
+                let source = match planned.direction {
+                    Direction::Push => ctx.site.name.clone(),
+                    Direction::Pull => planned.peer.name.clone(),
+                };
+                let job = Job {
+                    copy: copy.clone(),
+                    source: Some(CopyRef::new(run.key(), &source, data_type)),
+                    link,
+                    task,
+                    line: line.clone(),
+                    files: run.files.len(),
+                    start: job_start(ctx, run, data_type, line, *planned),
+                };
+                if ctx.scheduler.submit(job) {
+                    submitted.push(copy);
+                }
+                continue;
+            }
+            Err(e) => Err(e),
+        };
+        match planned {
             Ok(Outcome::Copied) => report.done.push(line),
             Ok(Outcome::Skipped(why)) => report.skipped.push(format!("{line}: {why}")),
             Err(e) => {
@@ -595,6 +667,109 @@ pub(super) async fn for_each_wanted(
                     break;
                 }
             }
+        }
+    }
+}
+
+/// The future a scheduler job runs: [`copy_along`] on its own clone of the context, so
+/// the job (and its lease renewal) lives apart from the cycle that planned it.
+fn job_start(
+    ctx: &Context,
+    run: RunDoc,
+    data_type: &str,
+    line: String,
+    planned: Planned,
+) -> Box<dyn FnOnce() -> JobFuture + Send> {
+    let ctx = ctx.clone();
+    let data_type = data_type.to_owned();
+    Box::new(move || {
+        Box::pin(async move {
+            let result = copy_planned(&ctx, &run, &data_type, planned).await;
+            match result {
+                Ok(Outcome::Copied) => JobEnd::Done,
+                Ok(Outcome::Skipped(why)) => JobEnd::Skipped(why),
+                Err(e) => {
+                    tracing::error!(site = %ctx.site.name, run = run.number, retryable = e.is_retryable(), "{line}: {e}");
+                    JobEnd::Failed {
+                        link_fault: counts_against_link(&e),
+                        error: e.to_string(),
+                    }
+                }
+            }
+        })
+    })
+}
+
+async fn copy_planned(
+    ctx: &Context,
+    run: &RunDoc,
+    data_type: &str,
+    planned: Planned,
+) -> Result<Outcome, CopyError> {
+    let Planned {
+        peer,
+        direction,
+        src_dir,
+        dst_dir,
+        digest,
+    } = planned;
+    let route = Route {
+        peer: &peer,
+        direction,
+        src_dir,
+        dst_dir,
+    };
+    copy_along(ctx, run, &digest, data_type, route).await
+}
+
+/// Whether a failed copy counts towards pausing its link: the session, the transfer, the
+/// destination's bytes or disk; not the catalogue, a lost race or a bad manifest.
+fn counts_against_link(e: &CopyError) -> bool {
+    match e {
+        CopyError::Session { .. }
+        | CopyError::Files { .. }
+        | CopyError::NotVerified { .. }
+        | CopyError::DigestMismatch { .. }
+        | CopyError::Path(_) => true,
+        CopyError::Catalog { .. }
+        | CopyError::Journaled { .. }
+        | CopyError::Lost { .. }
+        | CopyError::Manifest { .. } => false,
+    }
+}
+
+/// After a copy task handed its jobs over: in [`Mode::Waiting`] waits for them (when
+/// `token` is cancelled the scheduler starts nothing more and only running jobs are waited
+/// for); then adds every job of `task` that finished since the last report, and a failed
+/// line for each of `links` that is paused.
+pub(super) async fn settle(
+    ctx: &Context,
+    task: Task,
+    links: &[String],
+    submitted: &[CopyRef],
+    token: &CancellationToken,
+    report: &mut TaskReport,
+) {
+    if ctx.scheduler.mode() == Mode::Waiting && !submitted.is_empty() {
+        tokio::select! {
+            () = ctx.scheduler.wait_for(submitted) => {}
+            () = token.cancelled() => {
+                ctx.scheduler.close();
+                ctx.scheduler.wait_for(submitted).await;
+            }
+        }
+    }
+    for done in ctx.scheduler.take_finished(task) {
+        let line = done.line;
+        match done.end {
+            JobEnd::Done => report.done.push(line),
+            JobEnd::Skipped(why) => report.skipped.push(format!("{line}: {why}")),
+            JobEnd::Failed { error, .. } => report.failed.push(format!("{line}: {error}")),
+        }
+    }
+    for link in links {
+        if let Some(why) = ctx.scheduler.paused(link) {
+            report.failed.push(why);
         }
     }
 }
@@ -891,7 +1066,7 @@ async fn copy_files(
     };
     let progress = Arc::clone(&ctx.progress);
     let label = plan.label.as_str();
-    let copying = copy_run(method, jobs, &opts, &ctx.gates, |event| {
+    let copying = copy_run_on(&plan.link, method, jobs, &opts, &ctx.gates, |event| {
         progress.file(label, &event);
     });
     let mut copying = std::pin::pin!(copying);

@@ -15,7 +15,9 @@
 //! | heartbeat  | `heartbeat.rs`| one document per agent: cycle, counts, free disk  |
 //!
 //! Push, pull and retry share `copy.rs` (claim → copy → read back → record) and the agent's
-//! SSH sessions, one per peer site (`sessions.rs`); the tape task shares `record.rs`.
+//! SSH sessions, one per peer site (`sessions.rs`); the tape task shares `record.rs`. Push
+//! and pull hand their copies to `scheduler.rs`, which runs them on every link at once,
+//! behind the cycle.
 //! `recall.rs` is not a cycle task: `ferry recall` restores one run from tape with the
 //! same claim and lifecycle (`copy.rs`, `record.rs`) and the tape task's backends.
 //!
@@ -36,6 +38,7 @@ pub mod record;
 pub mod register;
 pub mod replay;
 pub mod retry;
+pub mod scheduler;
 pub mod sessions;
 pub mod tape;
 pub mod verify;
@@ -105,6 +108,8 @@ pub struct Context {
     pub sessions: Arc<sessions::SessionPool>,
     /// Where copies report their progress (log lines, or bars on a terminal).
     pub progress: Arc<dyn copy::CopyProgress>,
+    /// Runs the copies of push and pull as jobs, every link at once ([`scheduler`]).
+    pub scheduler: Arc<scheduler::Scheduler>,
     /// The audit's schedule, byte budget and alarm thresholds.
     pub audit: audit::Settings,
     /// Where each work list's walk stopped, so the next cycle goes on from there

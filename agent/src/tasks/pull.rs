@@ -10,19 +10,21 @@
 //! wins), written to `.part`, hashed while received, flushed, **re-read and hashed from the
 //! local disk**, renamed, and recorded `verifying` then `transferred` only when the digest
 //! measured from those local bytes is the run's — the lifecycle shared with push, in
-//! [`super::copy`].
+//! [`super::copy`]. As for push, the copies are jobs of the agent's scheduler
+//! ([`super::scheduler`]), from every source at once.
 
 use catalog_schema::RunDoc;
 use tokio_util::sync::CancellationToken;
 
-use super::copy::{self, CopyError, Direction, Outcome, Route, Wanted};
-use super::{Context, TaskReport};
+use super::copy::{self, CopyError, Direction, Outcome, Planned, Step, Wanted};
+use super::{Context, Task, TaskReport};
 use crate::config::Site;
 use crate::datadir;
 
 /// Runs the task.
 pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
     let mut report = TaskReport::default();
+    let mut submitted = Vec::new();
     let sources: Vec<&Site> = ctx
         .site
         .pull_from
@@ -45,6 +47,7 @@ pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
         let label = format!("from {}", names.join("|"));
         copy::for_each_wanted(
             ctx,
+            Task::Pull,
             Wanted {
                 dest: &ctx.site.name,
                 data_type,
@@ -53,10 +56,13 @@ pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
             },
             token,
             &mut report,
+            &mut submitted,
             async |run: &RunDoc| pull_run(ctx, &holders, data_type, run).await,
         )
         .await;
     }
+    let links = &ctx.site.pull_from;
+    copy::settle(ctx, Task::Pull, links, &submitted, token, &mut report).await;
     report
 }
 
@@ -65,28 +71,22 @@ async fn pull_run(
     sources: &[&Site],
     data_type: &str,
     run: &RunDoc,
-) -> Result<Outcome, CopyError> {
+) -> Result<Step, CopyError> {
     let Some(digest) = run.digest.clone() else {
-        return Ok(Outcome::Skipped("no manifest yet".into()));
+        return Ok(Step::Now(Outcome::Skipped("no manifest yet".into())));
     };
     let Some((src, src_dir)) = copy::verified_source(ctx, run, sources, data_type, &digest).await?
     else {
-        return Ok(Outcome::Skipped(
+        return Ok(Step::Now(Outcome::Skipped(
             "no verified copy at a site this site pulls from".into(),
-        ));
+        )));
     };
     let dst_dir = datadir::run_dir(&ctx.site, data_type, run)?;
-    copy::copy_along(
-        ctx,
-        run,
-        &digest,
-        data_type,
-        Route {
-            peer: src,
-            direction: Direction::Pull,
-            src_dir,
-            dst_dir,
-        },
-    )
-    .await
+    Ok(Step::Copy(Box::new(Planned {
+        peer: src.clone(),
+        direction: Direction::Pull,
+        src_dir,
+        dst_dir,
+        digest,
+    })))
 }

@@ -293,15 +293,24 @@ pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
     // Runs asked for go at once; the others wait, per data type, for the disk's verdict.
     let mut waiting: BTreeMap<String, Vec<Eligible<'_>>> = BTreeMap::new();
     for run in &runs {
-        for c in run.data.iter().filter(|c| {
-            c.host == *me
-                && c.status == CopyStatus::Transferred
-                && !c.is_tape()
-        }) {
+        for c in run
+            .data
+            .iter()
+            .filter(|c| c.host == *me && c.status == CopyStatus::Transferred && !c.is_tape())
+        {
             if token.is_cancelled() {
                 return report;
             }
             let label = format!("run {} {}@{me}", run.number, c.data_type);
+            if ctx
+                .scheduler
+                .reads(&CopyRef::new(run.key(), me, &c.data_type))
+            {
+                report
+                    .skipped
+                    .push(format!("{label}: kept: this agent is copying from it"));
+                continue;
+            }
             let why = match eligible(&ctx.site.purge, run, c, now) {
                 Ok(why) => why,
                 Err(why_not) => {

@@ -7,12 +7,16 @@
 //! Everything from the claim on — `.part`, hashing while reading, read-back **at the
 //! destination** (over SFTP for a push), rename, `transferring → verifying → transferred`,
 //! lease renewal, `error` on failure — is the shared lifecycle in [`super::copy`].
+//!
+//! The task plans each wanted copy and hands it to the agent's scheduler
+//! ([`super::scheduler`]), which copies to every destination at once; in the daemon the
+//! task returns at once and reports the copies finished since the previous cycle.
 
 use catalog_schema::RunDoc;
 use tokio_util::sync::CancellationToken;
 
-use super::copy::{self, CopyError, Direction, Outcome, Route, Wanted};
-use super::{Context, TaskReport};
+use super::copy::{self, CopyError, Direction, Outcome, Planned, Step, Wanted};
+use super::{Context, Task, TaskReport};
 use crate::config::Site;
 use crate::datadir;
 
@@ -21,6 +25,7 @@ pub use super::copy::lease;
 /// Runs the task.
 pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
     let mut report = TaskReport::default();
+    let mut submitted = Vec::new();
     let sources = [ctx.site.name.clone()];
     for dest_name in &ctx.site.push_to {
         let Some(dest) = ctx.map.site(dest_name) else {
@@ -33,6 +38,7 @@ pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
             let label = format!("to {}", dest.name);
             copy::for_each_wanted(
                 ctx,
+                Task::Push,
                 Wanted {
                     dest: &dest.name,
                     data_type,
@@ -41,11 +47,14 @@ pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
                 },
                 token,
                 &mut report,
+                &mut submitted,
                 async |run: &RunDoc| push_run(ctx, dest, data_type, run).await,
             )
             .await;
         }
     }
+    let links = &ctx.site.push_to;
+    copy::settle(ctx, Task::Push, links, &submitted, token, &mut report).await;
     report
 }
 
@@ -54,29 +63,23 @@ async fn push_run(
     dest: &Site,
     data_type: &str,
     run: &RunDoc,
-) -> Result<Outcome, CopyError> {
+) -> Result<Step, CopyError> {
     let Some(digest) = run.digest.clone() else {
-        return Ok(Outcome::Skipped("no manifest yet".into()));
+        return Ok(Step::Now(Outcome::Skipped("no manifest yet".into())));
     };
     let Some((_, src_dir)) =
         copy::verified_source(ctx, run, &[&ctx.site], data_type, &digest).await?
     else {
-        return Ok(Outcome::Skipped(
+        return Ok(Step::Now(Outcome::Skipped(
             "no verified copy here to copy from".into(),
-        ));
+        )));
     };
     let dst_dir = datadir::run_dir(dest, data_type, run)?;
-    copy::copy_along(
-        ctx,
-        run,
-        &digest,
-        data_type,
-        Route {
-            peer: dest,
-            direction: Direction::Push,
-            src_dir,
-            dst_dir,
-        },
-    )
-    .await
+    Ok(Step::Copy(Box::new(Planned {
+        peer: dest.clone(),
+        direction: Direction::Push,
+        src_dir,
+        dst_dir,
+        digest,
+    })))
 }

@@ -12,8 +12,8 @@
 //!    process is provably gone: [`owner::is_dead_predecessor`]) are taken back at once with
 //!    [`Catalog::reclaim_abandoned`], so a restart after `kill -9` does not wait out the
 //!    lease (`limits.lease`, 10 min by default); so are **orphaned** copies, held by this
-//!    very agent, which an earlier cycle could not finish recording (the catalogue was
-//!    unreachable): nothing of the agent's own is in flight while retry runs; copies left
+//!    very agent, which an earlier copy could not finish recording (the catalogue was
+//!    unreachable) and no job of the agent's scheduler is copying now; copies left
 //!    `transferring` with **no lease** (cax's pending entries, a cax that died) are taken
 //!    with [`Catalog::reclaim_unleased`] once idle longer than `limits.lease`, cleared
 //!    (`error → removing`, entry removed) and wanted again, so the copy is made afresh;
@@ -284,9 +284,9 @@ async fn reclaim_abandoned(
         let how = if c.is_stalled(now) {
             continue; // `reclaim_stalled` takes it
         } else if holder == ctx.owner {
-            // Ours, yet nothing of ours is in flight while retry runs (a cycle's tasks run
-            // one after the other): an earlier cycle could not record its end (the
-            // catalogue was unreachable), so the copy would otherwise wait out its lease.
+            // Ours, and no job of the scheduler copies it (`reclaim_one` checks): an
+            // earlier copy could not record its end (the catalogue was unreachable), so
+            // the copy would otherwise wait out its lease.
             Reclaim::Orphaned
         } else if owner::is_dead_predecessor(holder, &ctx.owner) {
             Reclaim::Abandoned
@@ -417,6 +417,12 @@ async fn reclaim_one(
     let Some(stale) = c.lease.as_ref().map(|l| l.owner.clone()) else {
         return Ok(Step::Skipped("no lease to reclaim".into()));
     };
+    if ctx
+        .scheduler
+        .holds(&CopyRef::new(run.key(), &route.dest.name, &c.data_type))
+    {
+        return Ok(Step::Skipped("being copied by this agent".into()));
+    }
     let cause = how.cause();
     let Some(src) = verified_source(ctx, route, run, &c.data_type).await? else {
         return Ok(Step::Skipped(format!(

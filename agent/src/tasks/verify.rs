@@ -108,6 +108,12 @@ async fn verify_one(ctx: &Context, run: &RunDoc, c: &CopyEntry) -> Result<Verdic
     let Some(digest) = run.digest.clone() else {
         return Ok(Verdict::Skipped("no manifest to verify against".into()));
     };
+    if ctx
+        .scheduler
+        .holds(&CopyRef::new(run.key(), &c.host, &c.data_type))
+    {
+        return Ok(Verdict::Skipped("being copied by this agent".into()));
+    }
     let lease_owner = match may_take(ctx, c, DateTime::now()) {
         Ok(owner) => owner,
         Err(why) => return Ok(Verdict::Skipped(why)),

@@ -267,7 +267,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Copy the files of a run; returns each file's result in the order of `files`.
+/// Copy the files of a run; returns each file's result in the order of `files`. The
+/// files count on the link named by the method's host ([`RunCopy::link`]).
 pub async fn copy_run(
     method: &RunCopy,
     files: &[FileJob],
@@ -275,8 +276,21 @@ pub async fn copy_run(
     gates: &Gates,
     progress: impl Fn(Progress<'_>),
 ) -> Vec<Result<CopyReport, TransportError>> {
+    copy_run_on(method.link(), method, files, opts, gates, progress).await
+}
+
+/// [`copy_run`] with the files counted on the gates (transfers, bandwidth) of `link`: the
+/// agent names a link by its peer site, so two sites on one host are two links.
+pub async fn copy_run_on(
+    link: &str,
+    method: &RunCopy,
+    files: &[FileJob],
+    opts: &CopyOptions,
+    gates: &Gates,
+    progress: impl Fn(Progress<'_>),
+) -> Vec<Result<CopyReport, TransportError>> {
     let run_gate = gates.run_gate();
-    let link = method.link().to_owned();
+    let link = link.to_owned();
     let mut opts = opts.clone();
     if opts.bandwidth.is_none() {
         opts.bandwidth = gates.bandwidth(&link);

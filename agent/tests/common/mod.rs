@@ -15,6 +15,7 @@ use ferry::catalog::{Catalog, CopyRef, RunDoc, RunKey};
 use ferry::config::{LoadOptions, SshEnvironment};
 use ferry::daemon::CancellationToken;
 use ferry::tasks::copy::LogProgress;
+use ferry::tasks::scheduler::{Mode, Scheduler};
 use ferry::tasks::sessions::SessionPool;
 use ferry::tasks::{self, Context, RunScope, TaskReport};
 use ferry::transport::limits::{Gates, Limits};
@@ -90,6 +91,7 @@ impl World {
                 SshEnvironment::from_text("", self.dir.path(), "ferry").unwrap(),
             )),
             progress: Arc::new(LogProgress::new()),
+            scheduler: Arc::new(Scheduler::new(Limits::default(), Mode::Waiting)),
             audit: Default::default(),
             cursors: Default::default(),
             purging: Default::default(),
