@@ -1181,6 +1181,7 @@ fn rows() -> Vec<Row> {
             .env("FERRY_STATE_DIR", Some(&p(&a)));
             // Ready when its first cycle has ended (the heartbeat is its last task).
             let (pid, _) = w.spawn(&daemon, |out| out.contains("Heartbeat:"));
+            w.wait_until_no_copy_in_flight();
             let cmd = match second {
                 Some(dir) => {
                     let d = w.agent_dir().join(dir);

@@ -560,6 +560,35 @@ impl World {
         (pid, out)
     }
 
+    /// Waits until no copy is `transferring` or `verifying`: a daemon's copies run behind
+    /// its cycle (the transfer scheduler), so "its first cycle has ended" is not "it is
+    /// idle".
+    pub fn wait_until_no_copy_in_flight(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let busy = self.raw_docs().iter().any(|(_, d)| {
+                let Ok(doc) = d.to_document() else {
+                    return false;
+                };
+                doc.get_array("data").is_ok_and(|data| {
+                    data.iter().any(|c| {
+                        c.as_document()
+                            .and_then(|c| c.get_str("status").ok())
+                            .is_some_and(|s| s == "transferring" || s == "verifying")
+                    })
+                })
+            });
+            if !busy {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "copies still in flight after 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     // ---- the catalogue -----------------------------------------------------------------
 
     fn raw_collection(&self) -> mongodb::Collection<RawDocumentBuf> {
