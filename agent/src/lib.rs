@@ -18,11 +18,13 @@
 //! | [`daemon`]  | the cycle loop, shutdown, the single-instance site lock       | nothing         |
 //! | [`journal`] | verified copies whose record the catalogue could not take, replayed later | `catalog` |
 //! | [`datadir`] | paths below data directories (exact locations, no links); data-directory identity and locks | `config`, `daemon::lock` |
+//! | [`agent`]   | the one place an agent is assembled (`Agent::build`) and run    | `tasks`, `daemon` |
 //! | [`cli`]     | the command line: argument parsing, logging, exit codes          | everything      |
 //!
 //! `config`, `checksum`, `catalog` and `transport` know nothing of the agent's tasks or of
 //! the command line. The binary (`src/main.rs`) is a thin shell over [`cli::main`].
 
+pub mod agent;
 pub mod catalog;
 pub mod checksum;
 pub mod cli;

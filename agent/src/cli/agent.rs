@@ -7,16 +7,15 @@ use super::Cli;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::agent::{Agent, AgentSpec};
 use crate::catalog::{resolve_catalog, CatalogRequest, CatalogTarget};
 use crate::config::{self, LoadOptions, SshEnvironment};
 use crate::daemon::lock::SiteLock;
 use crate::daemon::metrics::{self, Metrics};
-use crate::daemon::{run_cycles, shutdown_signal, CancellationToken, LoopOptions, Stopped};
+use crate::daemon::{shutdown_signal, CancellationToken, LoopOptions, Stopped};
 use crate::datadir::roots::{Locking, SiteRoots};
-use crate::tasks::scheduler::{Mode, Scheduler};
-use crate::tasks::sessions::SessionPool;
+use crate::tasks::scheduler::Mode;
 use crate::tasks::{self, Context, CycleReport, RunScope, Task};
-use crate::transport::limits::{Gates, Limits};
 use catalog_schema::CopyStatus;
 
 /// The site this agent runs as: `--host`, else `$FERRY_SITE`, else the short host name
@@ -140,7 +139,6 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
         catalog,
         model: site_model,
     } = as_site(cli)?;
-    let site_model_limits = site_model.limits.clone();
     let asked: Vec<Task> = cli.tasks.clone();
     let ssh = SshEnvironment::load(None).map_err(|e| coded(Exit::Usage, e.to_string()))?;
     let (progress, bars) = super::progress::for_agent(cli.once);
@@ -184,31 +182,22 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
         if !cli.dry_run {
             mark_roots(&mut roots, opened.as_ref(), &site).await?;
         }
-        let limits = transport_limits(&site_model_limits);
         // The daemon plans copies each cycle and lets them run behind it; `--once` waits for
         // the copies it started before the cycle goes on.
         let mode = if cli.once { Mode::Waiting } else { Mode::Background };
-        let scheduler = Arc::new(Scheduler::new(limits, mode));
-        let ctx = Context {
+        let agent = Agent::build(AgentSpec {
             map: Arc::new(loaded.map.clone()),
             site: site_model,
             catalog: Arc::from(opened),
             owner: tasks::owner::owner_id(&site),
             scope,
             dry_run: cli.dry_run,
-            gates: Gates::new(limits),
-            sessions: Arc::new(SessionPool::new(ssh)),
+            mode,
+            ssh,
             progress,
-            journal: Some(Arc::new(crate::journal::Journal::open(&state_dir, &site))),
-            scheduler: Arc::clone(&scheduler),
-            audit: tasks::audit::Settings {
-                every: cli.audit_every,
-                state_dir: Some(state_dir),
-                ..tasks::audit::Settings::default()
-            },
-            cursors: Arc::default(),
-            purging: Arc::default(),
-        };
+            state_dir: Some(state_dir),
+            audit_every: Some(cli.audit_every),
+        });
         let metrics = Metrics::new(&site);
         let stop_metrics = CancellationToken::new();
         if let Some(addr) = cli.metrics_listen {
@@ -227,33 +216,15 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
             grace: GRACE,
         };
         // Once shutdown is asked for, no copy starts, not even one a finishing copy would
-        // make room for.
-        let closing = Arc::clone(&scheduler);
-        let shutdown = async move {
-            shutdown.await;
-            closing.close();
-        };
-        let (stopped, last) = run_cycles(
-            opts,
-            |token| {
-                let ctx = ctx.clone();
-                let asked = asked.clone();
-                let metrics = Arc::clone(&metrics);
-                async move {
-                    let began = std::time::Instant::now();
-                    let report = tasks::run_cycle(&ctx, &asked, &token).await;
-                    print_report(&report);
-                    record_metrics(&metrics, &ctx, &report, began.elapsed());
-                    report
-                }
-            },
-            shutdown,
-        )
-        .await;
-        // Copies still running (the daemon's, or `--once`'s after a signal) get the grace
-        // period; one cut off keeps its lease, which the next agent here takes back at once.
-        let grace = if stopped == Stopped::GraceExpired { Duration::ZERO } else { GRACE };
-        let cut = scheduler.shutdown(grace).await;
+        // make room for; copies still running (the daemon's, or `--once`'s after a signal)
+        // get the grace period; one cut off keeps its lease, which the next agent here takes
+        // back at once.
+        let (stopped, last, cut) = agent
+            .run(opts, &asked, shutdown, |ctx, report, took| {
+                print_report(report);
+                record_metrics(&metrics, ctx, report, took);
+            })
+            .await;
         if !cut.is_empty() {
             tracing::warn!(copies = cut.len(), "copies stopped at the end of the grace period");
         }
@@ -366,16 +337,6 @@ const GRACE: Duration = Duration::from_secs(300);
 const CATALOG_PATIENCE: Duration = Duration::from_secs(60);
 
 /// The site map's limits as the transport's gates take them.
-pub(super) fn transport_limits(l: &config::Limits) -> Limits {
-    let n = |v: u32| usize::try_from(v.max(1)).unwrap_or(1);
-    Limits {
-        files_per_run: n(l.files_in_flight),
-        transfers_per_link: n(l.transfers_per_link),
-        global: n(l.global_transfers),
-        bandwidth_per_link: l.bandwidth_per_link,
-    }
-}
-
 /// One line per task and per run touched, on stdout: what a person at the terminal asked for.
 fn print_report(report: &CycleReport) {
     for (task, r) in &report.tasks {

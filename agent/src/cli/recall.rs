@@ -11,14 +11,13 @@ use anyhow::{Context as _, Result};
 use super::args::RecallArgs;
 use super::exit::{coded, Exit};
 use super::Cli;
+use crate::agent::{Agent, AgentSpec};
 use crate::catalog::RunSelector;
 use crate::config::SshEnvironment;
 use crate::tasks::copy::LogProgress;
 use crate::tasks::recall::{self, Request};
-use crate::tasks::scheduler::{Mode, Scheduler};
-use crate::tasks::sessions::SessionPool;
-use crate::tasks::{self, Context, RunScope};
-use crate::transport::limits::Gates;
+use crate::tasks::scheduler::Mode;
+use crate::tasks::{self, RunScope};
 
 pub(super) fn run(cli: &Cli, args: &RecallArgs) -> Result<Exit> {
     let selector = match (
@@ -64,30 +63,23 @@ pub(super) fn run(cli: &Cli, args: &RecallArgs) -> Result<Exit> {
         if !cli.dry_run {
             super::agent::mark_roots(&mut roots, opened.as_ref(), &site).await?;
         }
-        let limits = super::agent::transport_limits(&site_model.limits);
-        let gates = Gates::new(limits);
-        let ctx = Context {
+        // The site's own journal: the agent replays what a recall could not record.
+        let agent = Agent::build(AgentSpec {
             map: Arc::new(loaded.map.clone()),
             site: site_model,
             catalog: Arc::from(opened),
             owner: tasks::owner::owner_id(&site),
             scope,
             dry_run: cli.dry_run,
-            gates,
-            sessions: Arc::new(SessionPool::new(ssh)),
+            mode: Mode::Waiting,
+            ssh,
             progress: Arc::new(LogProgress::new()),
-            scheduler: Arc::new(Scheduler::new(limits, Mode::Waiting)),
-            audit: tasks::audit::Settings::default(),
-            cursors: Arc::default(),
-            purging: Arc::default(),
-            // The site's own journal: the agent replays what a recall could not record.
-            journal: Some(Arc::new(crate::journal::Journal::in_state_dir(
-                &crate::daemon::lock::SiteLock::default_dir(),
-                &site,
-            ))),
-        };
+            state_dir: Some(crate::daemon::lock::SiteLock::default_dir()),
+            audit_every: None,
+        });
+        let ctx = agent.context();
         tracing::info!(%site, %catalog, ?request, "ferry recall starting");
-        anyhow::Ok(recall::recall(&ctx, &request).await)
+        anyhow::Ok(recall::recall(ctx, &request).await)
     })?;
     match outcome {
         Ok(done) => {

@@ -10,15 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bson::DateTime;
+use ferry::agent::{Agent, AgentSpec};
 use ferry::catalog::embedded::EmbeddedCatalog;
 use ferry::catalog::{Catalog, CopyRef, RunDoc, RunKey};
 use ferry::config::{LoadOptions, SshEnvironment};
 use ferry::daemon::CancellationToken;
 use ferry::tasks::copy::LogProgress;
-use ferry::tasks::scheduler::{Mode, Scheduler};
-use ferry::tasks::sessions::SessionPool;
+use ferry::tasks::scheduler::Mode;
 use ferry::tasks::{self, Context, RunScope, TaskReport};
-use ferry::transport::limits::{Gates, Limits};
 
 /// A pid no Linux process can have (above the kernel's hard `pid_max`).
 pub const DEAD_PID: u32 = 4_194_305;
@@ -78,28 +77,22 @@ impl World {
         )
         .unwrap();
         let site_model = loaded.map.site(site).unwrap().clone();
-        Context {
+        Agent::build(AgentSpec {
             map: Arc::new(loaded.map),
             site: site_model,
             catalog: self.catalog.clone(),
             owner: owner(site, pid),
             scope: RunScope::All,
             dry_run: false,
-            gates: Gates::new(Limits::default()),
+            mode: Mode::Waiting,
             // Local sites only: no SSH session is ever opened.
-            sessions: Arc::new(SessionPool::new(
-                SshEnvironment::from_text("", self.dir.path(), "ferry").unwrap(),
-            )),
+            ssh: SshEnvironment::from_text("", self.dir.path(), "ferry").unwrap(),
             progress: Arc::new(LogProgress::new()),
-            scheduler: Arc::new(Scheduler::new(Limits::default(), Mode::Waiting)),
-            audit: Default::default(),
-            cursors: Default::default(),
-            purging: Default::default(),
-            journal: Some(Arc::new(ferry::journal::Journal::open(
-                &self.path("state"),
-                site,
-            ))),
-        }
+            state_dir: Some(self.path("state")),
+            audit_every: None,
+        })
+        .context()
+        .clone()
     }
 
     /// A complete run at the DAQ site: files `a.evio` and `sub/b.evio`.
