@@ -685,20 +685,7 @@ async fn prepare(
             ..stored
         });
     }
-    let recorded = tape_copy.tape.as_ref();
-    let reference = recorded
-        .and_then(|t| t.get_str("reference").ok())
-        .map(str::to_owned)
-        .or_else(|| tape_copy.location.clone())
-        .unwrap_or_else(|| format!("{name}:{}/", run_ref.name));
-    let volumes = recorded
-        .and_then(|t| t.get_array("volumes").ok())
-        .map(|v| {
-            v.iter()
-                .filter_map(|b| b.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
+    let (reference, volumes) = super::tape::recorded_place(tape_copy, &name, &run_ref.name);
     let receipt = Receipt {
         backend: name,
         run: run_ref,

@@ -286,20 +286,7 @@ async fn stored_receipt(
             ..stored
         });
     }
-    let recorded = c.tape.as_ref();
-    let reference = recorded
-        .and_then(|t| t.get_str("reference").ok())
-        .map(str::to_owned)
-        .or_else(|| c.location.clone())
-        .unwrap_or_else(|| format!("{name}:{}/", run_ref.name));
-    let volumes = recorded
-        .and_then(|t| t.get_array("volumes").ok())
-        .map(|v| {
-            v.iter()
-                .filter_map(|b| b.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
+    let (reference, volumes) = recorded_place(c, name, &run_ref.name);
     Ok(Receipt {
         backend: name.to_owned(),
         run: run_ref,
@@ -535,4 +522,28 @@ fn tape_digest(batch: &Batch, receipt: &Receipt) -> Result<String, String> {
         lines.push((f.path.clone(), s.size.unwrap_or(f.size), sha));
     }
     checksum::run_digest_of(&lines).map_err(|e| e.to_string())
+}
+
+/// Where a tape copy's bytes are, as its entry recorded them: the backend's reference
+/// (else the entry's location, else `BACKEND:RUN/`) and the volumes.
+pub(super) fn recorded_place(
+    c: &CopyEntry,
+    backend: &str,
+    run_name: &str,
+) -> (String, Vec<String>) {
+    let recorded = c.tape.as_ref();
+    let reference = recorded
+        .and_then(|t| t.get_str("reference").ok())
+        .map(str::to_owned)
+        .or_else(|| c.location.clone())
+        .unwrap_or_else(|| format!("{backend}:{run_name}/"));
+    let volumes = recorded
+        .and_then(|t| t.get_array("volumes").ok())
+        .map(|v| {
+            v.iter()
+                .filter_map(|b| b.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    (reference, volumes)
 }
