@@ -3,6 +3,7 @@
 use mongodb::error::{Error, ErrorKind, WriteFailure};
 
 use crate::catalog::error::Denied;
+use crate::catalog::uri::split;
 use crate::catalog::CatalogError;
 
 /// MongoDB's duplicate-key error code.
@@ -87,9 +88,7 @@ pub(super) fn classify(catalog: &str, op: &str, e: Error) -> CatalogError {
 
 /// The user a (password-redacted) catalogue URI names: `mongodb://USER:****@host/…`.
 fn uri_user(catalog: &str) -> Option<String> {
-    let rest = catalog.split_once("://")?.1;
-    let (userinfo, _) = rest.split_once('@')?;
-    let user = userinfo.split(':').next()?;
+    let user = split(catalog)?.user?;
     let user = percent_encoding::percent_decode_str(user)
         .decode_utf8()
         .ok()?;
@@ -99,14 +98,10 @@ fn uri_user(catalog: &str) -> Option<String> {
 /// The database users are authenticated against: `authSource`, else the URI's database,
 /// else `admin` (the driver's default).
 fn uri_auth_db(catalog: &str) -> Option<String> {
-    let rest = catalog.split_once("://")?.1;
-    let (path, query) = match rest.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (rest, None),
-    };
+    let rest = split(catalog)?.rest;
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
     if let Some(src) = query
-        .into_iter()
-        .flat_map(|q| q.split('&'))
+        .split('&')
         .find_map(|kv| kv.strip_prefix("authSource="))
     {
         return Some(src.to_string());
