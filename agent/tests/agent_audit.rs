@@ -46,9 +46,9 @@ async fn retry_now(w: &World, number: i64) -> TaskReport {
     retry::run(&w.ctx("daq"), &CancellationToken::new()).await
 }
 
-fn dark_lines(r: &TaskReport) -> Vec<&String> {
-    r.skipped
-        .iter()
+fn dark_lines(r: &TaskReport) -> Vec<String> {
+    r.skipped()
+        .into_iter()
         .filter(|l| l.contains("dark data"))
         .collect()
 }
@@ -63,7 +63,7 @@ async fn flipped_byte_in_a_mirror_is_error_with_both_digests_then_recopied_from_
     flip_byte(&mirror_file, 17);
 
     let r = audit_as(&w.ctx("mirror")).await;
-    assert_eq!(r.failed.len(), 1, "{}", joined(&r));
+    assert_eq!(r.failed().len(), 1, "{}", joined(&r));
     let (status, _, err) = mirror_state(&w, 1).await;
     assert_eq!(status, CopyStatus::Error);
     let err = err.unwrap();
@@ -85,8 +85,8 @@ async fn flipped_byte_in_a_mirror_is_error_with_both_digests_then_recopied_from_
 
     // The next retry cycle re-copies it from the origin.
     let r = retry_now(&w, 1).await;
-    assert_eq!(r.done.len(), 1, "{}", joined(&r));
-    assert!(r.done[0].contains("[checksum]"), "{}", joined(&r));
+    assert_eq!(r.done().len(), 1, "{}", joined(&r));
+    assert!(r.done()[0].contains("[checksum]"), "{}", joined(&r));
     let (status, checksum, _) = mirror_state(&w, 1).await;
     assert_eq!(status, CopyStatus::Transferred);
     assert_eq!(checksum.as_deref(), Some(digest.as_str()));
@@ -102,8 +102,8 @@ async fn flipped_byte_in_a_mirror_is_error_with_both_digests_then_recopied_from_
     // Audited again: good, and its verification time is refreshed.
     let before = copy_at(&w.get(1).await, "mirror").verified_time.unwrap();
     let r = audit_as(&w.ctx("mirror")).await;
-    assert!(r.failed.is_empty(), "{}", joined(&r));
-    assert_eq!(r.done.len(), 1, "{}", joined(&r));
+    assert!(r.failed().is_empty(), "{}", joined(&r));
+    assert_eq!(r.done().len(), 1, "{}", joined(&r));
     assert!(copy_at(&w.get(1).await, "mirror").verified_time.unwrap() >= before);
 }
 
@@ -115,15 +115,15 @@ async fn origin_copy_with_no_other_verified_copy_is_reported_loudly_and_never_de
     let t = CancellationToken::new();
     assert!(ferry::tasks::register::run(&daq, &t)
         .await
-        .failed
+        .failed()
         .is_empty());
     let file = w.path("daq/raw/Run000002/sub/b.evio");
     flip_byte(&file, 0);
 
     let r = audit_as(&daq).await;
-    assert_eq!(r.failed.len(), 1, "{}", joined(&r));
+    assert_eq!(r.failed().len(), 1, "{}", joined(&r));
     assert!(
-        r.failed[0].contains("bad files kept: no other verified copy"),
+        r.failed()[0].contains("bad files kept: no other verified copy"),
         "{}",
         joined(&r)
     );
@@ -144,7 +144,7 @@ async fn lost_run_dir_and_lost_file_are_error_lost_then_recopied() {
     std::fs::remove_file(w.path("mirror/raw/Run000004/sub/b.evio")).unwrap();
 
     let r = audit_as(&w.ctx("mirror")).await;
-    assert_eq!(r.failed.len(), 2, "{}", joined(&r));
+    assert_eq!(r.failed().len(), 2, "{}", joined(&r));
     let (status, _, err) = mirror_state(&w, 3).await;
     assert_eq!(status, CopyStatus::Error);
     let err = err.unwrap();
@@ -161,7 +161,7 @@ async fn lost_run_dir_and_lost_file_are_error_lost_then_recopied() {
     assert!(err.contains("sub/b.evio"), "{err}");
 
     let r = retry_now(&w, 3).await;
-    assert_eq!(r.done.len(), 1, "{}", joined(&r));
+    assert_eq!(r.done().len(), 1, "{}", joined(&r));
     let (status, checksum, _) = mirror_state(&w, 3).await;
     assert_eq!(status, CopyStatus::Transferred);
     assert_eq!(checksum, run.digest);
@@ -182,7 +182,7 @@ async fn dark_run_dir_and_extra_file_are_reported_and_left_alone() {
     std::fs::write(&stray, b"operator notes").unwrap();
 
     let r = audit_as(&w.ctx("mirror")).await;
-    assert!(r.failed.is_empty(), "{}", joined(&r));
+    assert!(r.failed().is_empty(), "{}", joined(&r));
     let dark = dark_lines(&r);
     assert_eq!(dark.len(), 2, "{}", joined(&r));
     assert!(
@@ -197,7 +197,7 @@ async fn dark_run_dir_and_extra_file_are_reported_and_left_alone() {
     );
     assert!(unknown.join("x.evio").exists() && stray.exists());
     assert_eq!(mirror_state(&w, 5).await.0, CopyStatus::Transferred);
-    assert_eq!(r.done.len(), 1, "{}", joined(&r));
+    assert_eq!(r.done().len(), 1, "{}", joined(&r));
 }
 
 /// Every mirror copy's status and the number of audit-trail events of each run.
@@ -223,8 +223,8 @@ async fn emptied_data_dir_raises_the_mismount_alarm_and_changes_nothing() {
     }
 
     let r = audit_as(&w.ctx("mirror")).await;
-    assert_eq!(r.failed.len(), 1, "{}", joined(&r));
-    let alarm = &r.failed[0];
+    assert_eq!(r.failed().len(), 1, "{}", joined(&r));
+    let alarm = &r.failed()[0];
     assert!(
         alarm.contains("ALARM") && alarm.contains("mis-mounted disk?"),
         "{alarm}"
@@ -251,13 +251,13 @@ async fn most_copies_lost_at_once_raise_the_threshold_alarm_and_change_nothing()
     }
 
     let r = audit_as(&w.ctx("mirror")).await;
-    assert_eq!(r.failed.len(), 1, "{}", joined(&r));
+    assert_eq!(r.failed().len(), 1, "{}", joined(&r));
     assert!(
-        r.failed[0].contains("5 of 6 transferred copies look lost or corrupt"),
+        r.failed()[0].contains("5 of 6 transferred copies look lost or corrupt"),
         "{}",
         joined(&r)
     );
-    assert!(r.failed[0].contains("mis-mounted disk?"), "{}", joined(&r));
+    assert!(r.failed()[0].contains("mis-mounted disk?"), "{}", joined(&r));
     assert_eq!(snapshot(&w, &numbers).await, before);
 }
 
@@ -278,9 +278,9 @@ async fn dry_run_reports_and_changes_nothing() {
     ctx.dry_run = true;
     ctx.audit.state_dir = Some(w.path("state"));
     let r = audit_as(&ctx).await;
-    assert_eq!(r.failed.len(), 2, "{}", joined(&r));
+    assert_eq!(r.failed().len(), 2, "{}", joined(&r));
     assert!(
-        r.failed.iter().all(|l| l.contains("dry run: would record")),
+        r.failed().iter().all(|l| l.contains("dry run: would record")),
         "{}",
         joined(&r)
     );
@@ -301,7 +301,7 @@ async fn second_audit_is_skipped_in_daemon_mode_and_forced_with_task_audit() {
     // exits 5 while some tasks are not built; the audit's own line is what counts here.)
     let out = w.ferry(&mirror);
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("Audit: 1 done, 0 skipped, 0 failed"),
+        String::from_utf8_lossy(&out.stdout).contains("audit: 1 done, 0 skipped, 0 failed"),
         "{}",
         text(&out)
     );
@@ -312,7 +312,7 @@ async fn second_audit_is_skipped_in_daemon_mode_and_forced_with_task_audit() {
     let out = w.ferry(&mirror);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("Audit: 0 done, 1 skipped, 0 failed"),
+        stdout.contains("audit: 0 done, 1 skipped, 0 failed"),
         "{}",
         text(&out)
     );
@@ -323,7 +323,7 @@ async fn second_audit_is_skipped_in_daemon_mode_and_forced_with_task_audit() {
     let out = w.ferry(&["--host", "mirror", "--once", "--task", "audit"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("Audit: 0 done, 0 skipped, 1 failed"),
+        String::from_utf8_lossy(&out.stdout).contains("audit: 0 done, 0 skipped, 1 failed"),
         "{}",
         text(&out)
     );
@@ -353,10 +353,10 @@ async fn byte_budget_splits_a_pass_least_recently_verified_first() {
     // complete, so nothing is remembered and the next cycle goes on.
     for expected in ["run 40 ", "run 41 "] {
         let r = audit_as(&ctx).await;
-        assert_eq!(r.done.len(), 1, "{}", joined(&r));
-        assert!(r.done[0].starts_with(expected), "{}", joined(&r));
+        assert_eq!(r.done().len(), 1, "{}", joined(&r));
+        assert!(r.done()[0].starts_with(expected), "{}", joined(&r));
         assert!(
-            r.skipped.iter().any(|l| l.contains("1 copies wait")),
+            r.skipped().iter().any(|l| l.contains("1 copies wait")),
             "{}",
             joined(&r)
         );
@@ -367,10 +367,10 @@ async fn byte_budget_splits_a_pass_least_recently_verified_first() {
     ctx.audit.byte_budget = audit::Settings::default().byte_budget;
     ctx.scope = RunScope::Number(40);
     let r = audit_as(&ctx).await;
-    assert_eq!(r.done.len(), 1, "{}", joined(&r));
+    assert_eq!(r.done().len(), 1, "{}", joined(&r));
     assert!(!remembered.exists());
     ctx.scope = RunScope::All;
     let r = audit_as(&ctx).await;
-    assert_eq!(r.done.len(), 2, "{}", joined(&r));
+    assert_eq!(r.done().len(), 2, "{}", joined(&r));
     assert!(remembered.exists());
 }

@@ -22,7 +22,7 @@ async fn world(plan: &[Fault]) -> (World, Context) {
     w.run_files(1);
     let t = CancellationToken::new();
     let r = tasks::register::run(&w.ctx("daq"), &t).await;
-    assert!(r.failed.is_empty(), "{r:?}");
+    assert!(r.failed().is_empty(), "{r:?}");
     let faulty = Faulty::new(
         EmbeddedCatalog::open(&w.path("catalog.sqlite"))
             .await
@@ -46,7 +46,7 @@ fn entries(w: &World) -> usize {
 async fn push_journaled(w: &World, ctx: &Context) {
     let p = tasks::push::run(ctx, &CancellationToken::new()).await;
     assert!(
-        p.failed.iter().any(|l| l.contains("kept in the journal")),
+        p.failed().iter().any(|l| l.contains("kept in the journal")),
         "{p:?}"
     );
     assert_eq!(entries(w), 1);

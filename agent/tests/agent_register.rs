@@ -159,7 +159,7 @@ fn register_records_complete_runs_with_independently_checked_digests() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("Register: 2 done, 1 skipped, 0 failed"),
+        stdout.contains("register: 2 done, 1 skipped, 0 failed"),
         "{}",
         text(&out)
     );
@@ -183,7 +183,7 @@ fn register_records_complete_runs_with_independently_checked_digests() {
     // Idempotent: a second cycle changes nothing and reads no file again.
     let out = sb.once(&["--task", "register"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("Register: 0 done, 3 skipped"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("register: 0 done, 3 skipped"));
     assert_eq!(sb.runs_json().as_array().unwrap().len(), 2);
 }
 
@@ -250,7 +250,7 @@ fn push_local_copies_verify_and_record_the_mirror() {
     let out = sb.once(&["--task", "register", "--task", "push"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("Push: 1 done"),
+        String::from_utf8_lossy(&out.stdout).contains("push: 1 done"),
         "{}",
         text(&out)
     );
@@ -347,8 +347,8 @@ fn daq_written_runs_get_manifest_digest_and_copies() {
     assert!(
         // The holder's adoption pass computes both manifests (and reports the DAQ run still
         // without `end`); discovery then finds their directories already registered.
-        stdout.contains("Register: 2 done, 5 skipped, 0 failed")
-            && stdout.contains("run 4711 raw: manifest computed where the copy is"),
+        stdout.contains("register: 2 done, 5 skipped, 0 failed")
+            && stdout.contains("run 4711 raw@daq: manifest computed where the copy is"),
         "{}",
         text(&out)
     );

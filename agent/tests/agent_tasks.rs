@@ -64,8 +64,8 @@ async fn verify_marks_a_good_copy_transferred_and_leaves_a_live_lease_alone() {
     // Held by a live process (this one, as another site's agent): not taken.
     to_verifying(&w, 1, &owner("daq", std::process::id())).await;
     let r = tasks::verify::run(&w.ctx("mirror"), &t).await;
-    assert!(r.done.is_empty(), "{}", joined(&r));
-    assert!(r.skipped[0].contains("held by daq@"), "{}", joined(&r));
+    assert!(r.done().is_empty(), "{}", joined(&r));
+    assert!(r.skipped()[0].contains("held by daq@"), "{}", joined(&r));
     assert_eq!(
         copy_at(&w.get(1).await, "mirror").status,
         CopyStatus::Verifying
@@ -81,7 +81,7 @@ async fn verify_marks_a_good_copy_transferred_and_leaves_a_live_lease_alone() {
     to_verifying(&w, 1, &owner("audit", DEAD_PID)).await;
     let before = copy_at(&w.get(1).await, "mirror").verified_time.unwrap();
     let r = tasks::verify::run(&w.ctx("mirror"), &t).await;
-    assert_eq!(r.done.len(), 1, "{}", joined(&r));
+    assert_eq!(r.done().len(), 1, "{}", joined(&r));
     let after = w.get(1).await;
     let c = copy_at(&after, "mirror");
     assert_eq!(c.status, CopyStatus::Transferred);
@@ -101,7 +101,7 @@ async fn verify_flipped_byte_is_error_with_both_digests_and_the_bad_file_removed
     to_verifying(&w, 2, &owner("audit", DEAD_PID)).await;
 
     let r = tasks::verify::run(&w.ctx("mirror"), &w_token()).await;
-    assert_eq!(r.failed.len(), 1, "{}", joined(&r));
+    assert_eq!(r.failed().len(), 1, "{}", joined(&r));
     let after = w.get(2).await;
     let c = copy_at(&after, "mirror");
     assert_eq!(c.status, CopyStatus::Error);
@@ -129,7 +129,7 @@ async fn retry_reclaims_a_stalled_copy_exactly_once_and_finishes_it() {
     w.run_files(3);
     let daq = w.ctx("daq");
     let r = tasks::register::run(&daq, &w_token()).await;
-    assert!(r.failed.is_empty(), "{r:?}");
+    assert!(r.failed().is_empty(), "{r:?}");
     // A push that claimed the mirror copy and died: its lease is already over.
     let claim = ClaimRequest {
         copy: mirror_copy(3),
@@ -148,11 +148,11 @@ async fn retry_reclaims_a_stalled_copy_exactly_once_and_finishes_it() {
     let (a, b) = (w.ctx_as("daq", 1), w.ctx_as("daq", 2));
     let t = w_token();
     let (ra, rb) = tokio::join!(retry::run(&a, &t), retry::run(&b, &t));
-    let done: Vec<&String> = ra.done.iter().chain(&rb.done).collect();
+    let done: Vec<String> = ra.done().into_iter().chain(rb.done()).collect();
     assert_eq!(done.len(), 1, "{ra:#?} {rb:#?}");
     assert!(done[0].contains("reclaimed from daq@"), "{done:?}");
     assert!(
-        ra.failed.is_empty() && rb.failed.is_empty(),
+        ra.failed().is_empty() && rb.failed().is_empty(),
         "{ra:#?} {rb:#?}"
     );
 
@@ -176,11 +176,11 @@ async fn retry_waits_for_the_backoff_then_copies_again_to_transferred() {
     let src = w.run_files(4);
     let daq = w.ctx("daq");
     let t = w_token();
-    assert!(tasks::register::run(&daq, &t).await.failed.is_empty());
+    assert!(tasks::register::run(&daq, &t).await.failed().is_empty());
     // Bit rot at the origin after registration: the push fails with a checksum error.
     flip_byte(&src.join("a.evio"), 10);
     let p = tasks::push::run(&daq, &t).await;
-    assert_eq!(p.failed.len(), 1, "{p:?}");
+    assert_eq!(p.failed().len(), 1, "{p:?}");
     let c = copy_at(&w.get(4).await, "mirror").clone();
     assert_eq!(c.status, CopyStatus::Error);
     assert!(
@@ -195,16 +195,16 @@ async fn retry_waits_for_the_backoff_then_copies_again_to_transferred() {
 
     // Within the backoff: left alone, with when it will be tried.
     let r = retry::run(&daq, &t).await;
-    assert!(r.done.is_empty(), "{}", joined(&r));
-    assert!(r.skipped[0].contains("backoff"), "{}", joined(&r));
+    assert!(r.done().is_empty(), "{}", joined(&r));
+    assert!(r.skipped()[0].contains("backoff"), "{}", joined(&r));
 
     // The failure an hour ago: retried now, and the copy completes.
     w.edit_run(4, |run| {
         run.copy_mut("mirror", "raw").unwrap().updated_time = Some(hours_ago(1));
     });
     let r = retry::run(&daq, &t).await;
-    assert_eq!(r.done.len(), 1, "{}", joined(&r));
-    assert!(r.done[0].contains("attempt 2"), "{}", joined(&r));
+    assert_eq!(r.done().len(), 1, "{}", joined(&r));
+    assert!(r.done()[0].contains("attempt 2"), "{}", joined(&r));
     let run = w.get(4).await;
     let c = copy_at(&run, "mirror");
     assert_eq!(c.status, CopyStatus::Transferred);
@@ -254,7 +254,7 @@ async fn retry_never_hammers_a_permission_error_and_gives_up_loudly_at_the_limit
     w.run_files(6);
     let daq = w.ctx("daq");
     let t = w_token();
-    assert!(tasks::register::run(&daq, &t).await.failed.is_empty());
+    assert!(tasks::register::run(&daq, &t).await.failed().is_empty());
     failed_copy(
         &w,
         5,
@@ -277,16 +277,16 @@ async fn retry_never_hammers_a_permission_error_and_gives_up_loudly_at_the_limit
     });
     for _cycle in 0..2 {
         let r = retry::run(&daq, &t).await;
-        assert!(r.done.is_empty(), "{}", joined(&r));
-        assert_eq!(r.failed.len(), 2, "reported every cycle: {}", joined(&r));
-        assert!(r.failed[0].contains("run 5") && r.failed[0].contains("not retried"));
+        assert!(r.done().is_empty(), "{}", joined(&r));
+        assert_eq!(r.failed().len(), 2, "reported every cycle: {}", joined(&r));
+        assert!(r.failed()[0].contains("run 5") && r.failed()[0].contains("not retried"));
         assert!(
-            r.failed[0].contains("--task retry --run 5"),
+            r.failed()[0].contains("--task retry --run 5"),
             "{}",
             joined(&r)
         );
-        assert!(r.failed[0].contains("permission denied"), "{}", joined(&r));
-        assert!(r.failed[1].contains("run 6") && r.failed[1].contains("gave up after 5"));
+        assert!(r.failed()[0].contains("permission denied"), "{}", joined(&r));
+        assert!(r.failed()[1].contains("run 6") && r.failed()[1].contains("gave up after 5"));
     }
     for (n, attempts) in [(5, 1), (6, retry::MAX_ATTEMPTS)] {
         let c = copy_at(&w.get(n).await, "mirror").clone();
@@ -302,7 +302,7 @@ async fn retry_never_hammers_a_permission_error_and_gives_up_loudly_at_the_limit
     let mut asked = w.ctx("daq");
     asked.scope = RunScope::Number(5);
     let r = retry::run(&asked, &t).await;
-    assert_eq!(r.done.len(), 1, "{}", joined(&r));
+    assert_eq!(r.done().len(), 1, "{}", joined(&r));
     let c = copy_at(&w.get(5).await, "mirror").clone();
     assert_eq!(
         (c.status, c.attempts),
@@ -317,27 +317,27 @@ async fn repeated_checksum_mismatches_send_the_source_to_verifying() {
     let src = w.run_files(7);
     let daq = w.ctx("daq");
     let t = w_token();
-    assert!(tasks::register::run(&daq, &t).await.failed.is_empty());
+    assert!(tasks::register::run(&daq, &t).await.failed().is_empty());
     flip_byte(&src.join("a.evio"), 1); // the source rots and stays rotten
-    assert_eq!(tasks::push::run(&daq, &t).await.failed.len(), 1);
+    assert_eq!(tasks::push::run(&daq, &t).await.failed().len(), 1);
     for _ in 0..2 {
         w.edit_run(7, |run| {
             run.copy_mut("mirror", "raw").unwrap().updated_time = Some(hours_ago(24));
         });
         let r = retry::run(&daq, &t).await;
-        if r.failed.is_empty() {
+        if r.failed().is_empty() {
             // The second pass: two mismatches from the origin make it suspect.
-            assert!(r.skipped[0].contains("source suspected"), "{}", joined(&r));
+            assert!(r.skipped()[0].contains("source suspected"), "{}", joined(&r));
         } else {
-            assert!(r.failed[0].contains("checksum"), "{}", joined(&r));
+            assert!(r.failed()[0].contains("checksum"), "{}", joined(&r));
         }
     }
     let run = w.get(7).await;
     assert_eq!(copy_at(&run, "daq").status, CopyStatus::Verifying);
     // The origin's own verify finds the rot, and keeps the only copy's files.
     let r = tasks::verify::run(&daq, &t).await;
-    assert_eq!(r.failed.len(), 1, "{}", joined(&r));
-    assert!(r.failed[0].contains("bad files kept"), "{}", joined(&r));
+    assert_eq!(r.failed().len(), 1, "{}", joined(&r));
+    assert!(r.failed()[0].contains("bad files kept"), "{}", joined(&r));
     assert!(src.join("a.evio").exists());
     assert_eq!(copy_at(&w.get(7).await, "daq").status, CopyStatus::Error);
 }
@@ -360,16 +360,16 @@ async fn retry_reaches_a_new_failure_behind_a_hundred_and_one_given_up_copies() 
     w.run_files(102);
     let daq = w.ctx("daq");
     let t = w_token();
-    assert!(tasks::register::run(&daq, &t).await.failed.is_empty());
+    assert!(tasks::register::run(&daq, &t).await.failed().is_empty());
     failed_copy(&w, 102, "[retryable] from daq: mirror: connection lost").await;
     w.edit_run(102, |run| {
         run.copy_mut("mirror", "raw").unwrap().updated_time = Some(hours_ago(1));
     });
 
     let r = retry::run(&daq, &t).await;
-    assert_eq!(r.done.len(), 1, "{}", joined(&r));
-    assert!(r.done[0].contains("run 102"), "{}", joined(&r));
-    let gave_up = r.failed.iter().filter(|l| l.contains("gave up")).count();
+    assert_eq!(r.done().len(), 1, "{}", joined(&r));
+    assert!(r.done()[0].contains("run 102"), "{}", joined(&r));
+    let gave_up = r.failed().iter().filter(|l| l.contains("gave up")).count();
     assert_eq!(gave_up, 101, "{}", joined(&r));
     let run = w.get(102).await;
     assert_eq!(copy_at(&run, "mirror").status, CopyStatus::Transferred);
@@ -426,9 +426,9 @@ async fn purge_each_safety_condition_on_its_own_keeps_the_copy() {
     ];
     for (expect, policy, asked) in cases {
         let r = tasks::purge::run(&purger(&w, policy, 8, asked), &t).await;
-        assert!(r.done.is_empty(), "{expect}: {}", joined(&r));
+        assert!(r.done().is_empty(), "{expect}: {}", joined(&r));
         assert!(
-            r.skipped
+            r.skipped()
                 .iter()
                 .any(|l| l.contains("kept") && l.contains(expect)),
             "{expect}: {}",
@@ -443,7 +443,7 @@ async fn purge_each_safety_condition_on_its_own_keeps_the_copy() {
     });
     let r = tasks::purge::run(&purger(&w, allowed_policy(), 8, true), &t).await;
     assert!(
-        r.skipped
+        r.skipped()
             .iter()
             .any(|l| l.contains("0 verified copies elsewhere within 30days")),
         "{}",
@@ -457,7 +457,7 @@ async fn purge_each_safety_condition_on_its_own_keeps_the_copy() {
     });
     let r = tasks::purge::run(&purger(&w, allowed_policy(), 8, true), &t).await;
     assert!(
-        r.skipped
+        r.skipped()
             .iter()
             .any(|l| l.contains("copies disagree: mirror")),
         "{}",
@@ -505,9 +505,9 @@ async fn purge_never_removes_the_last_verified_copy_even_with_min_copies_zero() 
     reckless.min_copies = 0;
     reckless.retention = Duration::ZERO;
     let r = tasks::purge::run(&purger(&w, reckless, 9, true), &w_token()).await;
-    assert!(r.done.is_empty(), "{}", joined(&r));
+    assert!(r.done().is_empty(), "{}", joined(&r));
     assert!(
-        r.skipped.iter().any(|l| l.contains("last verified copy")),
+        r.skipped().iter().any(|l| l.contains("last verified copy")),
         "{}",
         joined(&r)
     );
@@ -573,9 +573,9 @@ async fn purge_removes_files_and_entry_with_an_audit_event_when_every_rule_holds
     std::fs::write(&stray, b"operator notes").unwrap();
 
     let r = tasks::purge::run(&purger(&w, allowed_policy(), 11, true), &w_token()).await;
-    assert_eq!(r.done.len(), 1, "{}", joined(&r));
+    assert_eq!(r.done().len(), 1, "{}", joined(&r));
     assert!(
-        r.done[0].contains("1 verified copies elsewhere (mirror"),
+        r.done()[0].contains("1 verified copies elsewhere (mirror"),
         "{}",
         joined(&r)
     );
@@ -599,7 +599,7 @@ async fn purge_removes_files_and_entry_with_an_audit_event_when_every_rule_holds
     w.registered_and_pushed(12).await;
     w.edit_run(12, |run| run.end = Some(hours_ago(8 * 24)));
     let r = tasks::purge::run(&purger(&w, allowed_policy(), 12, true), &w_token()).await;
-    assert_eq!(r.done.len(), 1, "{}", joined(&r));
+    assert_eq!(r.done().len(), 1, "{}", joined(&r));
     assert!(!w.path("daq/raw/Run000012").exists());
 }
 
@@ -634,20 +634,20 @@ async fn two_sites_purging_one_run_at_once_remove_one_copy_and_leave_none_removi
     .await
     .expect("both purges reach the mark");
     let both = format!("daq: {}\nmirror: {}", joined(&a), joined(&b));
-    assert!(a.failed.is_empty() && b.failed.is_empty(), "{both}");
+    assert!(a.failed().is_empty() && b.failed().is_empty(), "{both}");
     assert_eq!(
-        a.done.len() + b.done.len(),
+        a.done().len() + b.done().len(),
         1,
         "exactly one removed: {both}"
     );
-    let (winner, loser) = if a.done.len() == 1 {
+    let (winner, loser) = if a.done().len() == 1 {
         ("daq", &b)
     } else {
         ("mirror", &a)
     };
     assert!(
         loser
-            .skipped
+            .skipped()
             .iter()
             .any(|l| l.contains("kept: another site is removing its copy")),
         "{both}"
@@ -720,11 +720,11 @@ async fn purge_reaches_an_old_run_behind_a_hundred_young_ones() {
     let mut policy = allowed_policy();
     policy.high_water_mark = 0;
     let r = tasks::purge::run(&purger(&w, policy, 101, false), &w_token()).await;
-    assert!(r.failed.is_empty(), "{}", joined(&r));
-    assert_eq!(r.done.len(), 1, "{}", joined(&r));
-    assert!(r.done[0].starts_with("run 101 "), "{}", joined(&r));
+    assert!(r.failed().is_empty(), "{}", joined(&r));
+    assert_eq!(r.done().len(), 1, "{}", joined(&r));
+    assert!(r.done()[0].starts_with("run 101 "), "{}", joined(&r));
     let young = r
-        .skipped
+        .skipped()
         .iter()
         .filter(|l| l.contains("under the retention"))
         .count();
@@ -752,31 +752,31 @@ async fn purge_walk_goes_on_next_cycle_where_the_last_stopped() {
     // One agent, its cursors kept from cycle to cycle.
     let ctx = purger(&w, policy, 0, false);
     let young = |r: &tasks::TaskReport| {
-        r.skipped
+        r.skipped()
             .iter()
             .filter(|l| l.contains("under the retention"))
             .count()
     };
 
     let first = tasks::purge::run(&ctx, &w_token()).await;
-    assert!(first.done.is_empty(), "{}", joined(&first));
+    assert!(first.done().is_empty(), "{}", joined(&first));
     assert_eq!(young(&first), 500, "the budget: {}", joined(&first));
 
     let second = tasks::purge::run(&ctx, &w_token()).await;
-    assert_eq!(second.done.len(), 1, "{}", joined(&second));
-    assert!(second.done[0].starts_with(&format!("run {old} ")));
+    assert_eq!(second.done().len(), 1, "{}", joined(&second));
+    assert!(second.done()[0].starts_with(&format!("run {old} ")));
     // After the old run, the walk wrapped around to the first runs with what was left of
     // the budget (4 pages).
     assert_eq!(young(&second), 400, "{}", joined(&second));
-    assert!(second.skipped.iter().any(|l| l.starts_with("run 1 ")));
-    assert!(!second.skipped.iter().any(|l| l.starts_with("run 401 ")));
+    assert!(second.skipped().iter().any(|l| l.starts_with("run 1 ")));
+    assert!(!second.skipped().iter().any(|l| l.starts_with("run 401 ")));
 
     // The third cycle goes on at run 401, reaches the end (an empty page: the old run is
     // gone from the list) and wraps again: 401–500, then 1–300.
     let third = tasks::purge::run(&ctx, &w_token()).await;
-    assert!(third.skipped.iter().any(|l| l.starts_with("run 401 ")));
-    assert!(third.skipped.iter().any(|l| l.starts_with("run 1 ")));
-    assert!(!third.skipped.iter().any(|l| l.starts_with("run 301 ")));
+    assert!(third.skipped().iter().any(|l| l.starts_with("run 401 ")));
+    assert!(third.skipped().iter().any(|l| l.starts_with("run 1 ")));
+    assert!(!third.skipped().iter().any(|l| l.starts_with("run 301 ")));
     assert_eq!(young(&third), 400, "{}", joined(&third));
 }
 
@@ -859,13 +859,13 @@ async fn purge_finishes_a_removal_cut_short_but_never_the_last_copy() {
     let mut ctx = w.ctx("daq");
     ctx.site.purge.enabled = false;
     let r = tasks::purge::run(&ctx, &t).await;
-    assert_eq!(r.done.len(), 1, "{}", joined(&r));
-    assert!(r.done[0].contains("run 14") && r.done[0].contains("removal finished"));
+    assert_eq!(r.done().len(), 1, "{}", joined(&r));
+    assert!(r.done()[0].contains("run 14") && r.done()[0].contains("removal finished"));
     assert!(!w.path("daq/raw/Run000014").exists());
     assert!(w.get(14).await.copy("daq", "raw").is_none());
 
-    assert_eq!(r.failed.len(), 1, "{}", joined(&r));
-    assert!(r.failed[0].contains("run 15") && r.failed[0].contains("last verified copy"));
+    assert_eq!(r.failed().len(), 1, "{}", joined(&r));
+    assert!(r.failed()[0].contains("run 15") && r.failed()[0].contains("last verified copy"));
     assert!(w.path("daq/raw/Run000015/a.evio").exists());
     assert_eq!(
         copy_at(&w.get(15).await, "daq").status,
@@ -882,7 +882,7 @@ async fn verify_and_retry_dry_runs_change_nothing() {
     let daq = w.ctx("daq");
     assert!(tasks::register::run(&daq, &w_token())
         .await
-        .failed
+        .failed()
         .is_empty());
     failed_copy(&w, 17, "[retryable] from daq: mirror: timed out").await;
     w.edit_run(17, |run| {
@@ -894,7 +894,7 @@ async fn verify_and_retry_dry_runs_change_nothing() {
     mirror.dry_run = true;
     let r = tasks::verify::run(&mirror, &w_token()).await;
     assert!(
-        r.skipped[0].contains("dry run: would re-hash 2 files"),
+        r.skipped()[0].contains("dry run: would re-hash 2 files"),
         "{}",
         joined(&r)
     );
@@ -902,7 +902,7 @@ async fn verify_and_retry_dry_runs_change_nothing() {
     daq.dry_run = true;
     let r = retry::run(&daq, &w_token()).await;
     assert!(
-        r.skipped[0].contains("dry run: would retry"),
+        r.skipped()[0].contains("dry run: would retry"),
         "{}",
         joined(&r)
     );

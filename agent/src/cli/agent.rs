@@ -15,7 +15,7 @@ use crate::daemon::metrics::{self, Metrics};
 use crate::daemon::{shutdown_signal, CancellationToken, LoopOptions, Stopped};
 use crate::datadir::roots::{Locking, SiteRoots};
 use crate::tasks::scheduler::Mode;
-use crate::tasks::{self, Context, CycleReport, RunScope, Task};
+use crate::tasks::{self, report, Context, CycleReport, Outcome, RunScope, Task};
 use catalog_schema::CopyStatus;
 
 /// The site this agent runs as: `--host`, else `$FERRY_SITE`, else the short host name
@@ -219,9 +219,14 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
         // make room for; copies still running (the daemon's, or `--once`'s after a signal)
         // get the grace period; one cut off keeps its lease, which the next agent here takes
         // back at once.
+        let once = cli.once;
         let (stopped, last, cut) = agent
             .run(opts, &asked, shutdown, |ctx, report, took| {
-                print_report(report);
+                if once {
+                    print_report(report);
+                } else {
+                    log_report(report);
+                }
                 record_metrics(&metrics, ctx, report, took);
             })
             .await;
@@ -241,7 +246,7 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
     Ok(match report {
         // A daemon asked to stop, stopping cleanly, did what it was asked.
         _ if stopped == Stopped::Shutdown && !cli.once => Exit::Ok,
-        Some(r) if !r.failed.is_empty() || r.tasks.iter().any(|(_, t)| !t.failed.is_empty()) => {
+        Some(r) if !r.failed.is_empty() || r.tasks.iter().any(|(_, t)| t.has_failures()) => {
             Exit::Failed
         }
         Some(_) => Exit::Ok,
@@ -304,15 +309,19 @@ fn record_metrics(metrics: &Metrics, ctx: &Context, report: &CycleReport, took: 
         .iter()
         .map(|(t, r)| {
             (
-                format!("{t:?}").to_lowercase(),
-                (n(r.done.len()), n(r.skipped.len()), n(r.failed.len())),
+                t.name().to_string(),
+                (
+                    n(r.count(Outcome::Done)),
+                    n(r.count(Outcome::Skipped)),
+                    n(r.count(Outcome::Failed)),
+                ),
             )
         })
         .collect();
     let copied = report
         .tasks
         .iter()
-        .any(|(t, r)| matches!(t, Task::Push | Task::Pull | Task::Retry) && !r.done.is_empty());
+        .any(|(t, r)| matches!(t, Task::Push | Task::Pull | Task::Retry) && r.count(Outcome::Done) > 0);
     let disks: Vec<(String, (u64, u64))> = ctx
         .site
         .data_dirs
@@ -345,22 +354,34 @@ fn print_report(report: &CycleReport) {
             n => format!(", {n} unreadable run documents skipped"),
         };
         println!(
-            "{task:?}: {} done, {} skipped, {} failed{unreadable}",
-            r.done.len(),
-            r.skipped.len(),
-            r.failed.len()
+            "{task}: {} done, {} skipped, {} failed{unreadable}",
+            r.count(Outcome::Done),
+            r.count(Outcome::Skipped),
+            r.count(Outcome::Failed)
         );
-        for line in &r.done {
-            println!("  done     {line}");
-        }
-        for line in &r.skipped {
-            println!("  skipped  {line}");
-        }
-        for line in &r.failed {
-            println!("  FAILED   {line}");
+        for outcome in [Outcome::Done, Outcome::Skipped, Outcome::Failed] {
+            let word = match outcome {
+                Outcome::Done => "done",
+                Outcome::Skipped => "skipped",
+                Outcome::Failed => "FAILED",
+            };
+            for entry in r.with(outcome) {
+                println!("  {word:<8} {entry}");
+            }
         }
     }
-    for line in &report.failed {
-        println!("FAILED   {line}");
+    for entry in &report.failed {
+        println!("FAILED   {entry}");
+    }
+}
+
+/// The daemon's report of one cycle, for journald and log files ([`report::log`]): a
+/// summary line per task, a line per run done or failed; what was left alone at debug.
+fn log_report(report: &CycleReport) {
+    for (task, r) in &report.tasks {
+        report::log(*task, r);
+    }
+    for entry in &report.failed {
+        tracing::warn!(outcome = "failed", "{entry}");
     }
 }

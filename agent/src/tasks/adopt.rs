@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::register::{build_manifest_and_dirhash, wants};
 use super::retry::{Failure, FailureClass};
-use super::{record, walk, Context, TaskReport, WorkList, MAX_PAGES};
+use super::{record, walk, Context, Subject, TaskReport, WorkList, MAX_PAGES};
 use crate::catalog::{Cas, CopyRef, Manifest, NewRun, Registered, Transition};
 use crate::checksum;
 use crate::datadir;
@@ -49,9 +49,10 @@ pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
         let runs = match walk(ctx, WorkList::InStatus(&ctx.site.name, status), MAX_PAGES).await {
             Ok(runs) => runs,
             Err(e) => {
-                report
-                    .failed
-                    .push(format!("{status} copies at {}: {e}", ctx.site.name));
+                report.fail(
+                    Subject::Whole,
+                    format!("{status} copies at {}: {e}", ctx.site.name),
+                );
                 continue;
             }
         };
@@ -71,14 +72,11 @@ pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
                 .cloned()
                 .collect();
             for c in entries {
-                let label = format!("run {} {}", run.number, c.data_type);
+                let subject = Subject::copy(&run, &c.data_type, &c.host);
                 match adopt_one(ctx, &run, &c).await {
-                    Ok(Outcome::Adopted(why)) => report.done.push(format!("{label}: {why}")),
-                    Ok(Outcome::Skipped(why)) => report.skipped.push(format!("{label}: {why}")),
-                    Ok(Outcome::Bad(why)) | Err(why) => {
-                        tracing::error!(site = %ctx.site.name, run = run.number, "{why}");
-                        report.failed.push(format!("{label}: {why}"));
-                    }
+                    Ok(Outcome::Adopted(why)) => report.did(subject, why),
+                    Ok(Outcome::Skipped(why)) => report.skip(subject, why),
+                    Ok(Outcome::Bad(why)) | Err(why) => report.fail(subject, why),
                 }
             }
         }

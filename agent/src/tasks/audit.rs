@@ -53,7 +53,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::retry::{Failure, FailureClass};
 use super::verify::{self, verified_elsewhere, Rehash};
-use super::{record, register, Context, RunScope, TaskReport};
+use super::{record, register, Context, RunScope, Subject, TaskReport};
 use crate::catalog::{Cas, CopyRef, Transition};
 use crate::config::{CompletionRule, Site};
 use crate::datadir::{self, Place};
@@ -175,16 +175,18 @@ pub async fn run_scheduled(ctx: &Context, token: &CancellationToken) -> TaskRepo
             Ok(Some(last)) => {
                 let next = last + settings.every;
                 if SystemTime::now() < next {
-                    return TaskReport {
-                        skipped: vec![format!(
+                    let mut report = TaskReport::default();
+                    report.skip(
+                        Subject::Site(ctx.site.name.clone()),
+                        format!(
                             "not due: last complete audit {}, next after {} (every {}; \
                              `--task audit` runs it now)",
                             humantime::format_rfc3339_seconds(last),
                             humantime::format_rfc3339_seconds(next),
                             humantime::format_duration(settings.every)
-                        )],
-                        ..TaskReport::default()
-                    };
+                        ),
+                    );
+                    return report;
                 }
             }
             Ok(None) => {}
@@ -202,7 +204,7 @@ fn finish(ctx: &Context, pass: Pass, started: SystemTime) -> TaskReport {
         if let Some(dir) = &ctx.audit.state_dir {
             if let Err(e) = remember(dir, &ctx.site.name, started) {
                 tracing::warn!("{e}: the next cycle audits again");
-                report.failed.push(e.to_string());
+                report.fail(Subject::Whole, e.to_string());
             }
         }
     }
@@ -223,11 +225,8 @@ struct Held {
 }
 
 impl Held {
-    fn label(&self) -> String {
-        format!(
-            "run {} {}@{}",
-            self.run.number, self.copy.data_type, self.copy.host
-        )
+    fn subject(&self) -> Subject {
+        Subject::copy(&self.run, &self.copy.data_type, &self.copy.host)
     }
 }
 
@@ -257,7 +256,7 @@ async fn audit(ctx: &Context, token: &CancellationToken) -> Pass {
     let (held, known, cut_off, misplaced) = match list(ctx).await {
         Ok(listed) => listed,
         Err(e) => {
-            report.failed.push(e);
+            report.fail(Subject::Whole, e);
             return incomplete(report);
         }
     };
@@ -266,8 +265,7 @@ async fn audit(ctx: &Context, token: &CancellationToken) -> Pass {
     }
     // 2. mount check
     if let Some(alarm) = mount_alarm(&ctx.site, &held) {
-        tracing::error!(site = %ctx.site.name, "{alarm}");
-        report.failed.push(alarm);
+        report.fail(Subject::Site(ctx.site.name.clone()), alarm);
         return incomplete(report);
     }
     // 3. survey (stat only) and dark run directories
@@ -285,7 +283,7 @@ async fn audit(ctx: &Context, token: &CancellationToken) -> Pass {
     {
         Ok(seen) => seen,
         Err(e) => {
-            report.failed.push(format!("audit survey task failed: {e}"));
+            report.fail(Subject::Whole, format!("audit survey task failed: {e}"));
             return incomplete(report);
         }
     };
@@ -295,7 +293,7 @@ async fn audit(ctx: &Context, token: &CancellationToken) -> Pass {
     for (h, s) in held.iter().zip(seen) {
         match s {
             Seen::Lost(why) => lost.push((h, why)),
-            Seen::Refused(why) => report.failed.push(format!("{}: {why}", h.label())),
+            Seen::Refused(why) => report.fail(h.subject(), why),
             Seen::Present {
                 dark: extra,
                 resized,
@@ -309,7 +307,7 @@ async fn audit(ctx: &Context, token: &CancellationToken) -> Pass {
     }
     let total = held.len();
     if let Some(alarm) = threshold_alarm(ctx, total, lost.len()) {
-        report.failed.push(alarm);
+        report.fail(Subject::Site(ctx.site.name.clone()), alarm);
         return incomplete(report);
     }
     // 4. re-hash within the byte budget
@@ -325,12 +323,12 @@ async fn audit(ctx: &Context, token: &CancellationToken) -> Pass {
         read = read.saturating_add(u64::try_from(h.run.size.unwrap_or(0)).unwrap_or(0));
         match rehash(ctx, h).await {
             Ok(outcome) => hashed.push((h, outcome)),
-            Err(e) => report.failed.push(format!("{}: {e}", h.label())),
+            Err(e) => report.fail(h.subject(), e),
         }
     }
     let left = held.len().saturating_sub(lost.len() + hashed.len());
     if !complete {
-        report.skipped.push(format!(
+        report.skip(Subject::Site(ctx.site.name.clone()), format!(
             "re-hash budget of {} bytes used ({read} bytes read): {left} copies wait for the \
              next cycle (least recently verified first)",
             ctx.audit.byte_budget
@@ -341,17 +339,16 @@ async fn audit(ctx: &Context, token: &CancellationToken) -> Pass {
         .filter(|(_, o)| matches!(o, Hashed::Corrupt(_)))
         .count();
     if let Some(alarm) = threshold_alarm(ctx, total, lost.len() + corrupt) {
-        report.failed.push(alarm);
+        report.fail(Subject::Site(ctx.site.name.clone()), alarm);
         return incomplete(report);
     }
     // 5. record
     for (run, c, e) in &misplaced {
         let line = record::refuse(ctx, run, c, e).await;
-        report.failed.push(line);
+        report.fail(Subject::copy(run, &c.data_type, &c.host), line);
     }
-    for line in dark {
-        tracing::warn!(site = %ctx.site.name, "{line}");
-        report.skipped.push(line);
+    for (subject, line) in dark {
+        report.skip(subject, line);
     }
     for (h, why) in lost {
         mark_lost(ctx, h, &why, &mut report).await;
@@ -578,21 +575,23 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) -> std::io::Result<()> 
 }
 
 /// Run directories on disk that belong to no copy here (only when auditing every run).
-fn dark_runs(ctx: &Context, known: &HashSet<PathBuf>, cut_off: bool) -> Vec<String> {
+fn dark_runs(ctx: &Context, known: &HashSet<PathBuf>, cut_off: bool) -> Vec<(Subject, String)> {
     if ctx.scope != RunScope::All {
         return Vec::new();
     }
     let me = &ctx.site.name;
     if cut_off {
-        return vec![format!(
-            "dark data at {me}: not looked for (a catalogue listing reached {LIST_LIMIT} runs)"
+        return vec![(
+            Subject::Site(me.clone()),
+            format!("dark data: not looked for (a catalogue listing reached {LIST_LIMIT} runs)"),
         )];
     }
     let found = match register::discover(&ctx.site) {
         Ok(found) => found,
         Err(e) => {
-            return vec![format!(
-                "dark data at {me}: run directories not walked: {e}"
+            return vec![(
+                Subject::Site(me.clone()),
+                format!("dark data: run directories not walked: {e}"),
             )]
         }
     };
@@ -600,25 +599,25 @@ fn dark_runs(ctx: &Context, known: &HashSet<PathBuf>, cut_off: bool) -> Vec<Stri
         .iter()
         .filter(|f| !known.contains(&canonical(&f.dir)))
         .map(|f| {
-            format!(
-                "dark data at {me}: run directory {} ({} {}) is not in the catalogue at this \
-                 site; left alone",
+            let line = format!(
+                "dark data: run directory {} ({} {}) is not in the catalogue at this site; \
+                 left alone",
                 f.dir.display(),
                 f.data_type,
                 f.name
-            )
+            );
+            (Subject::Site(me.clone()), line)
         })
         .collect()
 }
 
 /// The report line for files in a copy's directory that its manifest does not list.
-fn dark_files(h: &Held, extra: &[String]) -> String {
+fn dark_files(h: &Held, extra: &[String]) -> (Subject, String) {
     let shown: Vec<&str> = extra.iter().take(SHOW_FILES).map(String::as_str).collect();
     let more = extra.len().saturating_sub(SHOW_FILES);
     let parts = extra.iter().any(|p| p.ends_with(PART_SUFFIX));
-    format!(
-        "dark data: {}: {} files in {} not in the manifest: {}{}{}; left alone",
-        h.label(),
+    let line = format!(
+        "dark data: {} files in {} not in the manifest: {}{}{}; left alone",
         extra.len(),
         h.dir.display(),
         shown.join(", "),
@@ -632,7 +631,8 @@ fn dark_files(h: &Held, extra: &[String]) -> String {
         } else {
             ""
         }
-    )
+    );
+    (h.subject(), line)
 }
 
 /// Re-hashes one copy (verify's `rehash`) in the directory [`list`] checked and [`survey`]
@@ -670,10 +670,9 @@ fn restorable(h: &Held) -> bool {
     verified_elsewhere(&h.run, &h.copy, digest).next().is_some()
 }
 
-/// Files a lost or corrupt copy in the report, loudly.
-fn bad(ctx: &Context, h: &Held, line: String, report: &mut TaskReport) {
-    tracing::error!(site = %ctx.site.name, run = h.run.number, "{line}");
-    report.failed.push(format!("{}: {line}", h.label()));
+/// Files a lost or corrupt copy in the report (logged loudly where the report is shown).
+fn bad(h: &Held, line: String, report: &mut TaskReport) {
+    report.fail(h.subject(), line);
 }
 
 async fn mark_lost(ctx: &Context, h: &Held, why: &str, report: &mut TaskReport) {
@@ -687,15 +686,13 @@ async fn mark_lost(ctx: &Context, h: &Held, why: &str, report: &mut TaskReport) 
         format!("lost: audit at {}: {why}; {restore}", ctx.site.name),
     );
     if ctx.dry_run {
-        bad(ctx, h, format!("dry run: would record {failure}"), report);
+        bad(h, format!("dry run: would record {failure}"), report);
         return;
     }
     match to_error(ctx, h, &failure).await {
-        Ok(true) => bad(ctx, h, failure.to_string(), report),
-        Ok(false) => report
-            .skipped
-            .push(format!("{}: changed while it was audited", h.label())),
-        Err(e) => report.failed.push(format!("{}: {e}", h.label())),
+        Ok(true) => bad(h, failure.to_string(), report),
+        Ok(false) => report.skip(h.subject(), "changed while it was audited"),
+        Err(e) => report.fail(h.subject(), e),
     }
 }
 
@@ -710,19 +707,17 @@ async fn mark_corrupt(ctx: &Context, h: &Held, found: &Rehash, report: &mut Task
         restore,
     );
     if ctx.dry_run {
-        bad(ctx, h, format!("dry run: would record {failure}"), report);
+        bad(h, format!("dry run: would record {failure}"), report);
         return;
     }
     match to_error(ctx, h, &failure).await {
         Ok(true) => {}
         Ok(false) => {
-            report
-                .skipped
-                .push(format!("{}: changed while it was audited", h.label()));
+            report.skip(h.subject(), "changed while it was audited");
             return;
         }
         Err(e) => {
-            report.failed.push(format!("{}: {e}", h.label()));
+            report.fail(h.subject(), e);
             return;
         }
     }
@@ -733,23 +728,22 @@ async fn mark_corrupt(ctx: &Context, h: &Held, found: &Rehash, report: &mut Task
         Vec::new()
     };
     if problems.is_empty() {
-        bad(ctx, h, failure.to_string(), report);
+        bad(h, failure.to_string(), report);
     } else {
         let line = format!("{failure}; but removing failed: {}", problems.join("; "));
-        bad(ctx, h, line, report);
+        bad(h, line, report);
     }
 }
 
 /// A good re-hash: the copy's `verified_time` becomes now.
 async fn refresh(ctx: &Context, h: &Held, digest: &str, report: &mut TaskReport) {
     let line = format!(
-        "{}: {} files re-hashed in {}, digest matches",
-        h.label(),
+        "{} files re-hashed in {}, digest matches",
         h.run.files.len(),
         h.dir.display()
     );
     if ctx.dry_run {
-        report.done.push(line);
+        report.did(h.subject(), line);
         return;
     }
     let copy = CopyRef::new(h.run.key(), &h.copy.host, &h.copy.data_type);
@@ -764,11 +758,9 @@ async fn refresh(ctx: &Context, h: &Held, digest: &str, report: &mut TaskReport)
         )
         .await
     {
-        Ok(Cas::Done) => report.done.push(line),
-        Ok(Cas::Lost) => report
-            .skipped
-            .push(format!("{}: changed while it was audited", h.label())),
-        Err(e) => report.failed.push(format!("{copy}: {e}")),
+        Ok(Cas::Done) => report.did(h.subject(), line),
+        Ok(Cas::Lost) => report.skip(h.subject(), "changed while it was audited"),
+        Err(e) => report.fail(h.subject(), e.to_string()),
     }
 }
 

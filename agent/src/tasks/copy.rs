@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::retry::{Failure, FailureClass};
 use super::scheduler::{Job, JobEnd, JobFuture, Mode};
-use super::{record, replay, walk, Context, RunScope, Task, TaskReport, WorkList};
+use super::{record, replay, walk, Context, RunScope, Subject, Task, TaskReport, WorkList};
 use crate::catalog::{Cas, CatalogError, Claim, ClaimRequest, CopyRef, RunSelector, Transition};
 use crate::checksum::{self, ChecksumError};
 use crate::config::{DestinationVerify, Site, TransferMethod};
@@ -531,8 +531,6 @@ pub(super) struct Wanted<'a> {
     pub data_type: &'a str,
     /// Sites whose verified copy may be the source.
     pub sources: &'a [String],
-    /// For the report, e.g. `to mirror` or `from daq`.
-    pub label: &'a str,
 }
 
 /// What the cycle found for one wanted run: nothing to copy (and why), or a copy planned
@@ -578,8 +576,8 @@ pub(super) async fn for_each_wanted(
         dest,
         data_type,
         sources,
-        label,
     } = wanted;
+    let from = sources.join("|");
     // One run asked for by hand is looked up by itself: it may lie beyond the first batch.
     let selector = match &ctx.scope {
         RunScope::All | RunScope::Range(_) => None,
@@ -603,9 +601,10 @@ pub(super) async fn for_each_wanted(
     let runs = match found {
         Ok(runs) => runs,
         Err(e) => {
-            report
-                .failed
-                .push(format!("{data_type} {label}: catalogue: {e}"));
+            report.fail(
+                Subject::Whole,
+                format!("{data_type} for {dest} from {from}: catalogue: {e}"),
+            );
             return;
         }
     };
@@ -621,7 +620,7 @@ pub(super) async fn for_each_wanted(
         if ctx.scheduler.knows(&copy) {
             continue;
         }
-        let line = format!("run {} {data_type} {label}", run.number);
+        let subject = Subject::transfer(&run, data_type, &from, dest);
         let planned = match one(&run).await {
             Ok(Step::Now(outcome)) => Ok(outcome),
             Ok(Step::Copy(planned)) if ctx.dry_run => {
@@ -630,21 +629,22 @@ pub(super) async fn for_each_wanted(
             Ok(Step::Copy(planned)) => {
                 let link = planned.peer.name.clone();
                 if let (true, Some(why)) = (waiting, ctx.scheduler.paused(&link)) {
-                    report.skipped.push(format!("{line}: not started: {why}"));
+                    report.skip(subject, format!("not started: {why}"));
                     continue;
                 }
                 let source = match planned.direction {
                     Direction::Push => ctx.site.name.clone(),
                     Direction::Pull => planned.peer.name.clone(),
                 };
+                let subject = Subject::transfer(&run, data_type, &source, dest);
                 let job = Job {
                     copy: copy.clone(),
                     source: Some(CopyRef::new(run.key(), &source, data_type)),
                     link,
                     task,
-                    line: line.clone(),
+                    subject,
                     files: run.files.len(),
-                    start: job_start(ctx, run, data_type, line, *planned),
+                    start: job_start(ctx, run, data_type, *planned),
                 };
                 if ctx.scheduler.submit(job) {
                     submitted.push(copy);
@@ -654,16 +654,19 @@ pub(super) async fn for_each_wanted(
             Err(e) => Err(e),
         };
         match planned {
-            Ok(Outcome::Copied) => report.done.push(line),
-            Ok(Outcome::Skipped(why)) => report.skipped.push(format!("{line}: {why}")),
+            Ok(Outcome::Copied) => report.did(subject, "copied, verified and recorded"),
+            Ok(Outcome::Skipped(why)) => report.skip(subject, why),
             Err(e) => {
-                tracing::error!(site = %ctx.site.name, run = run.number, retryable = e.is_retryable(), "{line}: {e}");
                 let stop = matches!(e, CopyError::Session { .. });
-                report.failed.push(format!("{line}: {e}"));
+                report.fail_as(subject, e.class(), e.to_string());
                 if stop {
-                    report.skipped.push(format!(
-                        "{data_type} {label}: remaining runs left for the next cycle (peer unreachable)"
-                    ));
+                    report.skip(
+                        Subject::Whole,
+                        format!(
+                            "{data_type} for {dest} from {from}: remaining runs left for the \
+                             next cycle (peer unreachable)"
+                        ),
+                    );
                     break;
                 }
             }
@@ -677,7 +680,6 @@ fn job_start(
     ctx: &Context,
     run: RunDoc,
     data_type: &str,
-    line: String,
     planned: Planned,
 ) -> Box<dyn FnOnce() -> JobFuture + Send> {
     let ctx = ctx.clone();
@@ -688,13 +690,11 @@ fn job_start(
             match result {
                 Ok(Outcome::Copied) => JobEnd::Done,
                 Ok(Outcome::Skipped(why)) => JobEnd::Skipped(why),
-                Err(e) => {
-                    tracing::error!(site = %ctx.site.name, run = run.number, retryable = e.is_retryable(), "{line}: {e}");
-                    JobEnd::Failed {
-                        link_fault: counts_against_link(&e),
-                        error: e.to_string(),
-                    }
-                }
+                Err(e) => JobEnd::Failed {
+                    link_fault: counts_against_link(&e),
+                    class: e.class(),
+                    error: e.to_string(),
+                },
             }
         })
     })
@@ -760,16 +760,16 @@ pub(super) async fn settle(
         }
     }
     for done in ctx.scheduler.take_finished(task) {
-        let line = done.line;
+        let subject = done.subject;
         match done.end {
-            JobEnd::Done => report.done.push(line),
-            JobEnd::Skipped(why) => report.skipped.push(format!("{line}: {why}")),
-            JobEnd::Failed { error, .. } => report.failed.push(format!("{line}: {error}")),
+            JobEnd::Done => report.did(subject, "copied, verified and recorded"),
+            JobEnd::Skipped(why) => report.skip(subject, why),
+            JobEnd::Failed { error, class, .. } => report.fail_as(subject, class, error),
         }
     }
     for link in links {
         if let Some(why) = ctx.scheduler.paused(link) {
-            report.failed.push(why);
+            report.fail(Subject::Site(link.clone()), why);
         }
     }
 }

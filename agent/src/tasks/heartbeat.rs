@@ -20,7 +20,7 @@ use bson::{doc, DateTime, Document};
 use tokio_util::sync::CancellationToken;
 
 use super::purge::disk_usage;
-use super::{Context, CycleReport, Task, TaskReport};
+use super::{Context, CycleReport, Outcome, Subject, Task, TaskReport};
 use crate::catalog::Heartbeat;
 
 /// Runs the task: `cycle` is what the cycle did so far, `started` when it began.
@@ -38,7 +38,7 @@ pub async fn run(
     let copied = cycle
         .tasks
         .iter()
-        .any(|(t, r)| matches!(t, Task::Push | Task::Pull | Task::Retry) && !r.done.is_empty());
+        .any(|(t, r)| matches!(t, Task::Push | Task::Pull | Task::Retry) && r.count(Outcome::Done) > 0);
     let last = if copied {
         Some(now)
     } else {
@@ -54,25 +54,26 @@ pub async fn run(
         beat.stats.insert("last_transfer", at);
     }
     if ctx.dry_run {
-        report.skipped.push(format!(
-            "dry run: would write the heartbeat of {}",
-            ctx.site.name
-        ));
+        report.skip(
+            Subject::Site(ctx.site.name.clone()),
+            "dry run: would write the heartbeat",
+        );
         return report;
     }
     match ctx.catalog.heartbeat(&beat).await {
-        Ok(()) => report
-            .done
-            .push(format!("heartbeat of {} written", ctx.site.name)),
-        Err(e) => report.failed.push(format!("heartbeat: catalogue: {e}")),
+        Ok(()) => report.did(Subject::Site(ctx.site.name.clone()), "heartbeat written"),
+        Err(e) => report.fail(
+            Subject::Site(ctx.site.name.clone()),
+            format!("heartbeat not written: catalogue: {e}"),
+        ),
     }
     report
 }
 
 /// The heartbeat document for a cycle that began at `started` and ends at `now`.
 pub fn build(ctx: &Context, cycle: &CycleReport, started: DateTime, now: DateTime) -> Heartbeat {
-    let count = |f: fn(&TaskReport) -> usize| -> i64 {
-        let n: usize = cycle.tasks.iter().map(|(_, r)| f(r)).sum();
+    let count = |outcome: Outcome| -> i64 {
+        let n: usize = cycle.tasks.iter().map(|(_, r)| r.count(outcome)).sum();
         i64::try_from(n).unwrap_or(i64::MAX)
     };
     let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
@@ -80,11 +81,11 @@ pub fn build(ctx: &Context, cycle: &CycleReport, started: DateTime, now: DateTim
     let mut tasks = Document::new();
     for (task, r) in &cycle.tasks {
         tasks.insert(
-            format!("{task:?}").to_lowercase(),
+            task.name(),
             doc! {
-                "done": as_i64(r.done.len()),
-                "skipped": as_i64(r.skipped.len()),
-                "failed": as_i64(r.failed.len()),
+                "done": as_i64(r.count(Outcome::Done)),
+                "skipped": as_i64(r.count(Outcome::Skipped)),
+                "failed": as_i64(r.count(Outcome::Failed)),
                 "quarantined": i64::try_from(r.quarantined).unwrap_or(i64::MAX),
             },
         );
@@ -118,9 +119,9 @@ pub fn build(ctx: &Context, cycle: &CycleReport, started: DateTime, now: DateTim
         stats: doc! {
             "cycle_start": started,
             "cycle_end": now,
-            "done": count(|r| r.done.len()),
-            "skipped": count(|r| r.skipped.len()),
-            "failed": count(|r| r.failed.len()),
+            "done": count(Outcome::Done),
+            "skipped": count(Outcome::Skipped),
+            "failed": count(Outcome::Failed),
             "quarantined": i64::try_from(quarantined).unwrap_or(i64::MAX),
             "quarantined_documents": as_i64(ctx.catalog.quarantine().documents().len()),
             "tasks": tasks,

@@ -23,7 +23,8 @@
 //!
 //! A task never fails the cycle: each run it touches either succeeds, is skipped with a
 //! reason, or is listed in the report's failures with the run and the cause; the next task
-//! still runs. A lost race in the catalogue is an ordinary outcome, not a failure.
+//! still runs. Reports are typed entries ([`report`]), made into text only where they are
+//! shown. A lost race in the catalogue is an ordinary outcome, not a failure.
 
 pub mod adopt;
 pub mod audit;
@@ -37,6 +38,7 @@ pub mod recall;
 pub mod record;
 pub mod register;
 pub mod replay;
+pub mod report;
 pub mod retry;
 pub mod scheduler;
 pub mod sessions;
@@ -55,6 +57,7 @@ use crate::catalog::{page_after, Catalog, CatalogError, RunSelector};
 pub use crate::catalog::{RunRange, RunScope};
 use crate::config::{Site, SiteMap};
 use crate::transport::limits::Gates;
+pub use report::{Entry, Outcome, Subject, TaskReport};
 
 /// The agent's tasks, in cycle order (DESIGN §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
@@ -85,6 +88,29 @@ pub enum Task {
     Audit,
     /// Write this agent's heartbeat document.
     Heartbeat,
+}
+
+impl Task {
+    /// The task's name as `--task` takes it (`push`, `tape`…).
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::Register => "register",
+            Task::Verify => "verify",
+            Task::Retry => "retry",
+            Task::Push => "push",
+            Task::Pull => "pull",
+            Task::Tape => "tape",
+            Task::Purge => "purge",
+            Task::Audit => "audit",
+            Task::Heartbeat => "heartbeat",
+        }
+    }
+}
+
+impl fmt::Display for Task {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// Everything a task needs, built once per agent.
@@ -294,28 +320,14 @@ impl fmt::Debug for Context {
     }
 }
 
-/// What one task did in one cycle.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TaskReport {
-    /// Runs the task completed work on.
-    pub done: Vec<String>,
-    /// Runs left alone, with why (already done, incomplete, lost a race…).
-    pub skipped: Vec<String>,
-    /// Runs the task failed on, with the cause.
-    pub failed: Vec<String>,
-    /// Run documents the task's catalogue reads skipped because they do not decode
-    /// ([`crate::catalog::Quarantine`]; every skip counts). Set by [`run_cycle`].
-    pub quarantined: u64,
-}
-
 /// What one cycle did, task by task.
 #[derive(Debug, Clone, Default)]
 pub struct CycleReport {
     /// In the order the tasks ran.
     pub tasks: Vec<(Task, TaskReport)>,
-    /// What the cycle as a whole could not do: `--run N` / `--name X` naming a run that is
-    /// not in the catalogue (nor registered by this cycle).
-    pub failed: Vec<String>,
+    /// What the cycle as a whole could not do: journal entries still waiting, `--run N` /
+    /// `--name X` naming a run that is not in the catalogue (nor registered by this cycle).
+    pub failed: Vec<Entry>,
 }
 
 /// Tasks in cycle order (DESIGN §5).
@@ -340,7 +352,9 @@ pub async fn run_cycle(ctx: &Context, tasks: &[Task], token: &CancellationToken)
     let mut report = CycleReport::default();
     let started = bson::DateTime::now();
     // Records of verified copies the catalogue could not take, before anything claims.
-    report.failed.extend(replay::run(ctx, token).await);
+    report
+        .failed
+        .extend(replay::run(ctx, token).await.into_iter().map(Entry::failure));
     // Copies other tools wrote (a DAQ's own entry) join the work lists before any task
     // asks for them. A failure here is logged; the tasks still run on what is indexed.
     match ctx.catalog.adopt_foreign_copies(ADOPT_BATCH).await {
@@ -374,18 +388,10 @@ pub async fn run_cycle(ctx: &Context, tasks: &[Task], token: &CancellationToken)
             .quarantine()
             .count()
             .saturating_sub(skips_before);
-        tracing::info!(
-            task = ?task,
-            done = outcome.done.len(),
-            skipped = outcome.skipped.len(),
-            failed = outcome.failed.len(),
-            quarantined = outcome.quarantined,
-            "task finished"
-        );
         report.tasks.push((task, outcome));
     }
     if let Some(missing) = missing_run(ctx).await {
-        report.failed.push(missing);
+        report.failed.push(Entry::failure(missing));
     }
     report
 }

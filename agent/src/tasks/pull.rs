@@ -44,7 +44,6 @@ pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
             continue;
         }
         let names: Vec<String> = holders.iter().map(|s| s.name.clone()).collect();
-        let label = format!("from {}", names.join("|"));
         copy::for_each_wanted(
             ctx,
             Task::Pull,
@@ -52,7 +51,6 @@ pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
                 dest: &ctx.site.name,
                 data_type,
                 sources: &names,
-                label: &label,
             },
             token,
             &mut report,

@@ -40,7 +40,7 @@ use catalog_schema::{CopyEntry, CopyStatus, RunDoc};
 use tokio_util::sync::CancellationToken;
 
 use super::verify::{copies_in, verified_elsewhere};
-use super::{record, walk, Context, RunScope, TaskReport, WorkList, MAX_PAGES};
+use super::{record, walk, Context, RunScope, Subject, TaskReport, WorkList, MAX_PAGES};
 use crate::catalog::{Cas, CopyRef, Protector};
 use crate::config::{CompletionRule, PurgePolicy};
 use crate::datadir::{self, roots, Place};
@@ -272,19 +272,17 @@ pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
     let mut report = TaskReport::default();
     finish_removals(ctx, token, &mut report).await;
     if !ctx.site.purge.enabled {
-        report.skipped.push(format!(
-            "purging is disabled for {} in the site map",
-            ctx.site.name
-        ));
+        report.skip(
+            Subject::Site(ctx.site.name.clone()),
+            "purging is disabled for this site in the site map",
+        );
         return report;
     }
     let me = &ctx.site.name;
     let runs = match walk(ctx, WorkList::PurgeCandidates(me), MAX_PAGES).await {
         Ok(runs) => runs,
         Err(e) => {
-            report
-                .failed
-                .push(format!("purge candidates: catalogue: {e}"));
+            report.fail(Subject::Whole, format!("purge candidates: catalogue: {e}"));
             return report;
         }
     };
@@ -301,20 +299,18 @@ pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
             if token.is_cancelled() {
                 return report;
             }
-            let label = format!("run {} {}@{me}", run.number, c.data_type);
+            let label = Subject::copy(run, &c.data_type, me);
             if ctx
                 .scheduler
                 .reads(&CopyRef::new(run.key(), me, &c.data_type))
             {
-                report
-                    .skipped
-                    .push(format!("{label}: kept: this agent is copying from it"));
+                report.skip(label, "kept: this agent is copying from it");
                 continue;
             }
             let why = match eligible(&ctx.site.purge, run, c, now) {
                 Ok(why) => why,
                 Err(why_not) => {
-                    report.skipped.push(format!("{label}: kept: {why_not}"));
+                    report.skip(label, format!("kept: {why_not}"));
                     continue;
                 }
             };
@@ -341,7 +337,7 @@ pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
 struct Eligible<'r> {
     run: &'r RunDoc,
     c: &'r CopyEntry,
-    label: String,
+    label: Subject,
     why: String,
 }
 
@@ -389,7 +385,7 @@ async fn drain(
         }
         let Some(d) = disk else {
             let line = "kept: disk usage unknown and the run was not asked for";
-            report.skipped.push(format!("{}: {line}", e.label));
+            report.skip(e.label, line);
             continue;
         };
         let used = d.used_after(freed);
@@ -411,7 +407,7 @@ async fn drain(
                     policy.high_water_mark
                 )
             };
-            report.skipped.push(format!("{}: kept: {why_not}", e.label));
+            report.skip(e.label, format!("kept: {why_not}"));
             continue;
         }
         let why = with_pressure(policy, &e.why, Pressure::Used(used));
@@ -430,28 +426,27 @@ async fn purge_and_report(
     ctx: &Context,
     run: &RunDoc,
     c: &CopyEntry,
-    label: &str,
+    label: &Subject,
     why: &str,
     report: &mut TaskReport,
 ) -> bool {
     match purge_one(ctx, run, c, why).await {
         Ok(Purged::DryRun(lines)) => {
-            report
-                .skipped
-                .extend(lines.into_iter().map(|l| format!("{label}: {l}")));
+            for line in lines {
+                report.skip(label.clone(), line);
+            }
             true
         }
         Ok(Purged::Kept(why_not)) => {
-            report.skipped.push(format!("{label}: kept: {why_not}"));
+            report.skip(label.clone(), format!("kept: {why_not}"));
             false
         }
         Ok(Purged::Removed) => {
-            report.done.push(format!("{label}: removed: {why}"));
+            report.did(label.clone(), format!("removed: {why}"));
             true
         }
         Err(e) => {
-            tracing::error!(site = %ctx.site.name, run = run.number, "purge: {e}");
-            report.failed.push(format!("{label}: {e}"));
+            report.fail(label.clone(), e.to_string());
             false
         }
     }
@@ -733,7 +728,7 @@ async fn finish_removals(ctx: &Context, token: &CancellationToken, report: &mut 
     let copies = match copies_in(ctx, me, CopyStatus::Removing).await {
         Ok(copies) => copies,
         Err(e) => {
-            report.failed.push(e);
+            report.fail(Subject::Whole, e);
             return;
         }
     };
@@ -741,17 +736,16 @@ async fn finish_removals(ctx: &Context, token: &CancellationToken, report: &mut 
         if token.is_cancelled() {
             return;
         }
-        let label = format!("run {} {}@{me}", run.number, c.data_type);
+        let label = Subject::copy(run, &c.data_type, me);
         if let Err(why) = last_copy_guard(run, c) {
-            report.failed.push(format!(
-                "{label}: left in `removing` with its files: {why}; an operator must check"
-            ));
+            report.fail(
+                label,
+                format!("left in `removing` with its files: {why}; an operator must check"),
+            );
             continue;
         }
         if ctx.dry_run {
-            report
-                .skipped
-                .push(format!("{label}: dry run: would finish removing this copy"));
+            report.skip(label, "dry run: would finish removing this copy");
             continue;
         }
         let copy = CopyRef::new(run.key(), me, &c.data_type);
@@ -771,8 +765,8 @@ async fn finish_removals(ctx: &Context, token: &CancellationToken, report: &mut 
             Err(e) => Err(e.to_string()),
         };
         match outcome {
-            Ok(()) => report.done.push(format!("{label}: removal finished")),
-            Err(e) => report.failed.push(format!("{label}: {e}")),
+            Ok(()) => report.did(label, "removal finished"),
+            Err(e) => report.fail(label, e),
         }
     }
 }

@@ -35,7 +35,6 @@ pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
             if dest.data_dir(data_type).is_none() {
                 continue;
             }
-            let label = format!("to {}", dest.name);
             copy::for_each_wanted(
                 ctx,
                 Task::Push,
@@ -43,7 +42,6 @@ pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
                     dest: &dest.name,
                     data_type,
                     sources: &sources,
-                    label: &label,
                 },
                 token,
                 &mut report,

@@ -36,7 +36,7 @@ use bson::DateTime;
 use catalog_schema::{CopyStatus, FileEntry, RunDoc, RunKey};
 use tokio_util::sync::CancellationToken;
 
-use super::{Context, TaskReport};
+use super::{Context, Subject, TaskReport};
 use crate::catalog::{
     want_tag, Cas, CopyRef, Manifest, NewRun, OriginCopy, Registered, RunSelector, Transition,
 };
@@ -108,7 +108,7 @@ pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
     let found = match discover(&ctx.site) {
         Ok(found) => found,
         Err(err) => {
-            report.failed.push(format!("site {}: {err}", ctx.site.name));
+            report.fail(Subject::Site(ctx.site.name.clone()), err.to_string());
             return report;
         }
     };
@@ -121,18 +121,15 @@ pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
                 continue;
             }
         }
-        let number = run
-            .key
-            .as_ref()
-            .map_or_else(|| "?".into(), |k| k.number.to_string());
-        let label = format!("run {number} ({}) {}", run.name, run.data_type);
+        let subject = Subject::Run {
+            number: run.key.as_ref().map(|k| k.number),
+            name: Some(run.name.clone()),
+            data_type: run.data_type.clone(),
+        };
         match register_one(ctx, &run).await {
-            Ok(Outcome::Registered) => report.done.push(label),
-            Ok(Outcome::Skipped(why)) => report.skipped.push(format!("{label}: {why}")),
-            Err(why) => {
-                tracing::error!(site = %ctx.site.name, run = %number, name = %run.name, "{why}");
-                report.failed.push(format!("{label}: {why}"));
-            }
+            Ok(Outcome::Registered) => report.did(subject, "registered"),
+            Ok(Outcome::Skipped(why)) => report.skip(subject, why),
+            Err(why) => report.fail(subject, why),
         }
     }
     report

@@ -65,7 +65,7 @@ use super::copy::{self, Direction, Outcome};
 use super::owner;
 use super::push::lease;
 use super::verify::copies_in;
-use super::{record, walk, Context, RunScope, TaskReport, WorkList, MAX_PAGES};
+use super::{record, walk, Context, RunScope, Subject, TaskReport, WorkList, MAX_PAGES};
 use crate::catalog::{Cas, Claim, CopyRef, Transition};
 use crate::config::{Site, TransferMethod};
 use crate::datadir;
@@ -232,9 +232,10 @@ async fn reclaim_stalled(
     let runs = match walk(ctx, WorkList::Stalled(Some(dest.as_str()), now), MAX_PAGES).await {
         Ok(runs) => runs,
         Err(e) => {
-            report
-                .failed
-                .push(format!("stalled copies at {dest}: catalogue: {e}"));
+            report.fail(
+                Subject::Whole,
+                format!("stalled copies at {dest}: catalogue: {e}"),
+            );
             return;
         }
     };
@@ -251,7 +252,7 @@ async fn reclaim_stalled(
                 return;
             }
             let outcome = reclaim_one(ctx, route, run, c, Reclaim::Expired).await;
-            note(ctx, report, run, c, outcome);
+            note(report, run, c, outcome);
         }
     }
 }
@@ -267,7 +268,7 @@ async fn reclaim_abandoned(
     let copies = match copies_in(ctx, &route.dest.name, CopyStatus::Transferring).await {
         Ok(copies) => copies,
         Err(e) => {
-            report.failed.push(e);
+            report.fail(Subject::Whole, e);
             return;
         }
     };
@@ -278,7 +279,7 @@ async fn reclaim_abandoned(
         }
         let Some(holder) = c.lease.as_ref().map(|l| l.owner.as_str()) else {
             let outcome = clear_unleased(ctx, run, c, now).await;
-            note(ctx, report, run, c, outcome);
+            note(report, run, c, outcome);
             continue;
         };
         let how = if c.is_stalled(now) {
@@ -294,7 +295,7 @@ async fn reclaim_abandoned(
             continue;
         };
         let outcome = reclaim_one(ctx, route, run, c, how).await;
-        note(ctx, report, run, c, outcome);
+        note(report, run, c, outcome);
     }
 }
 
@@ -519,7 +520,7 @@ async fn retry_failed(
     let copies = match copies_in(ctx, &route.dest.name, CopyStatus::Error).await {
         Ok(copies) => copies,
         Err(e) => {
-            report.failed.push(e);
+            report.fail(Subject::Whole, e);
             return;
         }
     };
@@ -528,26 +529,22 @@ async fn retry_failed(
             return;
         }
         let outcome = retry_one(ctx, route, run, c).await;
-        note(ctx, report, run, c, outcome);
+        note(report, run, c, outcome);
     }
 }
 
-/// Files one copy's outcome in the report (and logs a failure).
+/// Files one copy's outcome in the report.
 fn note(
-    ctx: &Context,
     report: &mut TaskReport,
     run: &RunDoc,
     c: &CopyEntry,
     outcome: Result<Step, String>,
 ) {
-    let label = format!("run {} {} at {}", run.number, c.data_type, c.host);
+    let subject = Subject::copy(run, &c.data_type, &c.host);
     match outcome {
-        Ok(Step::Done(what)) => report.done.push(format!("{label}: {what}")),
-        Ok(Step::Skipped(why)) => report.skipped.push(format!("{label}: {why}")),
-        Err(e) => {
-            tracing::error!(site = %ctx.site.name, run = run.number, dest = %c.host, "{e}");
-            report.failed.push(format!("{label}: {e}"));
-        }
+        Ok(Step::Done(what)) => report.did(subject, what),
+        Ok(Step::Skipped(why)) => report.skip(subject, why),
+        Err(e) => report.fail(subject, e),
     }
 }
 

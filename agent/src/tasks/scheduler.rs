@@ -46,7 +46,9 @@ use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use super::Task;
+use catalog_schema::FailureClass;
+
+use super::{Subject, Task};
 use crate::catalog::CopyRef;
 use crate::transport::limits::Limits;
 
@@ -78,8 +80,8 @@ pub struct Job {
     pub link: String,
     /// The task whose report gets the outcome.
     pub task: Task,
-    /// The report line's start, e.g. `run 7 raw to mirror`.
-    pub line: String,
+    /// What the report entry is about (the run on its way, e.g. `run 7 raw daq -> mirror`).
+    pub subject: Subject,
     /// Files in the run.
     pub files: usize,
     /// Makes the job's future when the job starts.
@@ -97,6 +99,8 @@ pub enum JobEnd {
     Failed {
         /// The error, as text for the report.
         error: String,
+        /// How the retry task treats it.
+        class: FailureClass,
         /// Whether the failure counts against the link.
         link_fault: bool,
     },
@@ -109,8 +113,8 @@ pub struct Finished {
     pub task: Task,
     /// The destination copy.
     pub copy: CopyRef,
-    /// The report line's start.
-    pub line: String,
+    /// What the report entry is about.
+    pub subject: Subject,
     /// How it ended.
     pub end: JobEnd,
 }
@@ -340,7 +344,7 @@ impl Scheduler {
                 source,
                 link: link_name,
                 task,
-                line,
+                subject,
                 start,
                 ..
             } = job;
@@ -355,9 +359,10 @@ impl Scheduler {
                     .await
                     .unwrap_or_else(|_| JobEnd::Failed {
                         error: "the copy job panicked (a bug; the copy's lease expires)".into(),
+                        class: FailureClass::Retryable,
                         link_fault: false,
                     });
-                me.finish(key, task, line, end);
+                me.finish(key, task, subject, end);
             });
             st.running.insert(
                 copy,
@@ -371,7 +376,7 @@ impl Scheduler {
         }
     }
 
-    fn finish(self: &Arc<Self>, copy: CopyRef, task: Task, line: String, end: JobEnd) {
+    fn finish(self: &Arc<Self>, copy: CopyRef, task: Task, subject: Subject, end: JobEnd) {
         let mut wake_at = None;
         {
             let mut st = self.state();
@@ -395,6 +400,7 @@ impl Scheduler {
                     JobEnd::Failed {
                         error,
                         link_fault: true,
+                        ..
                     } => {
                         link.failures += 1;
                         link.last_error = Some(error.clone());
@@ -419,7 +425,7 @@ impl Scheduler {
             st.finished.push(Finished {
                 task,
                 copy,
-                line,
+                subject,
                 end,
             });
             for job in dropped {
@@ -428,7 +434,7 @@ impl Scheduler {
                 st.finished.push(Finished {
                     task: job.task,
                     copy: job.copy,
-                    line: job.line,
+                    subject: job.subject,
                     end: JobEnd::Skipped(why),
                 });
             }
@@ -513,7 +519,7 @@ impl Scheduler {
                 st.finished.push(Finished {
                     task: job.task,
                     copy: job.copy,
-                    line: job.line,
+                    subject: job.subject,
                     end: JobEnd::Skipped("not started: the agent is stopping".into()),
                 });
             }
@@ -589,7 +595,12 @@ mod tests {
             source: Some(copy(run, "daq")),
             link: link.into(),
             task: Task::Push,
-            line: format!("run {run} raw to {link}"),
+            subject: Subject::Copy {
+                number: run,
+                data_type: "raw".into(),
+                host: link.into(),
+                tape: false,
+            },
             files,
             start: Box::new(move || {
                 Box::pin(async move {
@@ -665,6 +676,7 @@ mod tests {
         let m = Arc::new(Meter::default());
         let bad = || JobEnd::Failed {
             error: "connection refused".into(),
+            class: FailureClass::Retryable,
             link_fault: true,
         };
         for run in 1..=7 {
@@ -752,7 +764,7 @@ mod tests {
         assert_eq!(s.load(), Load::default());
         let ends = s.take_finished(Task::Push);
         assert!(
-            matches!(&ends[0].end, JobEnd::Failed { error, link_fault: false } if error.contains("panicked")),
+            matches!(&ends[0].end, JobEnd::Failed { error, link_fault: false, .. } if error.contains("panicked")),
             "{ends:?}"
         );
     }

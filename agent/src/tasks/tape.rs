@@ -39,7 +39,7 @@ use catalog_schema::{CopyEntry, CopyStatus, RunDoc};
 use tokio_util::sync::CancellationToken;
 
 use super::retry::{Failure, FailureClass};
-use super::{copy, record, walk, Context, TaskReport, WorkList, MAX_PAGES};
+use super::{copy, record, walk, Context, Subject, TaskReport, WorkList, MAX_PAGES};
 use crate::catalog::{Cas, Claim, ClaimRequest, CopyRef, Transition};
 use crate::checksum;
 use crate::config::{SiteMap, SshEnvironment, TapeBackendConfig, TapeKind};
@@ -68,7 +68,7 @@ pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
     let runs = match walk(ctx, list, MAX_PAGES).await {
         Ok(runs) => runs,
         Err(e) => {
-            report.failed.push(format!("tape: catalogue: {e}"));
+            report.fail(Subject::Whole, format!("tape: catalogue: {e}"));
             return report;
         }
     };
@@ -76,9 +76,7 @@ pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
         let backend = match open(ctx, cfg) {
             Ok(b) => b,
             Err(e) => {
-                report
-                    .failed
-                    .push(format!("tape backend {}: {e}", cfg.name));
+                report.fail(Subject::Whole, format!("tape backend {}: {e}", cfg.name));
                 continue;
             }
         };
@@ -87,14 +85,11 @@ pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
                 return report;
             }
             for data_type in ctx.site.data_dirs.keys() {
-                let label = format!("run {} {data_type} to tape {}", run.number, cfg.name);
+                let subject = Subject::tape(run, data_type, &cfg.name);
                 match back_up(ctx, backend.as_ref(), data_type, run).await {
-                    Ok(Some(skip)) => report.skipped.push(format!("{label}: {skip}")),
-                    Ok(None) => report.done.push(label),
-                    Err(e) => {
-                        tracing::error!(site = %ctx.site.name, run = run.number, tape = %cfg.name, "{e}");
-                        report.failed.push(format!("{label}: {e}"));
-                    }
+                    Ok(Some(skip)) => report.skip(subject, skip),
+                    Ok(None) => report.did(subject, "written, verified on tape and recorded"),
+                    Err(e) => report.fail(subject, e),
                 }
             }
         }
@@ -128,9 +123,10 @@ async fn reverify(
     let runs = match walk(ctx, list, MAX_PAGES).await {
         Ok(runs) => runs,
         Err(e) => {
-            report
-                .failed
-                .push(format!("tape {name}: re-verification: catalogue: {e}"));
+            report.fail(
+                Subject::Whole,
+                format!("tape {name}: re-verification: catalogue: {e}"),
+            );
             return;
         }
     };
@@ -153,14 +149,11 @@ async fn reverify(
         if token.is_cancelled() {
             return;
         }
-        let label = format!("run {} {} on tape {name}", run.number, c.data_type);
+        let subject = Subject::tape(run, &c.data_type, name);
         match reverify_one(ctx, backend, run, c).await {
-            Ok(Reverified::Good(line)) => report.done.push(format!("{label}: {line}")),
-            Ok(Reverified::Skipped(line)) => report.skipped.push(format!("{label}: {line}")),
-            Err(e) => {
-                tracing::error!(site = %ctx.site.name, run = run.number, tape = %name, "re-verification: {e}");
-                report.failed.push(format!("{label}: re-verification: {e}"));
-            }
+            Ok(Reverified::Good(line)) => report.did(subject, line),
+            Ok(Reverified::Skipped(line)) => report.skip(subject, line),
+            Err(e) => report.fail(subject, format!("re-verification: {e}")),
         }
     }
 }

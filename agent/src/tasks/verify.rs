@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::retry::{Failure, FailureClass};
 use super::{owner, record};
-use super::{walk, Context, TaskReport, WorkList, MAX_PAGES};
+use super::{walk, Context, Subject, TaskReport, WorkList, MAX_PAGES};
 use crate::catalog::{Cas, CopyRef, Transition};
 use crate::checksum;
 use crate::datadir::{self, Place};
@@ -45,7 +45,7 @@ pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
     let copies = match copies_in(ctx, me, CopyStatus::Verifying).await {
         Ok(copies) => copies,
         Err(e) => {
-            report.failed.push(e);
+            report.fail(Subject::Whole, e);
             return report;
         }
     };
@@ -53,14 +53,11 @@ pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
         if token.is_cancelled() {
             break;
         }
-        let label = format!("run {} {}@{me}", run.number, c.data_type);
+        let subject = Subject::copy(run, &c.data_type, me);
         match verify_one(ctx, run, c).await {
-            Ok(Verdict::Good(what)) => report.done.push(format!("{label}: {what}")),
-            Ok(Verdict::Skipped(why)) => report.skipped.push(format!("{label}: {why}")),
-            Ok(Verdict::Bad(why)) | Err(why) => {
-                tracing::error!(site = %me, run = run.number, "{why}");
-                report.failed.push(format!("{label}: {why}"));
-            }
+            Ok(Verdict::Good(what)) => report.did(subject, what),
+            Ok(Verdict::Skipped(why)) => report.skip(subject, why),
+            Ok(Verdict::Bad(why)) | Err(why) => report.fail(subject, why),
         }
     }
     report

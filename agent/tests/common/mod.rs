@@ -111,9 +111,9 @@ impl World {
         let daq = self.ctx("daq");
         let t = CancellationToken::new();
         let r = tasks::register::run(&daq, &t).await;
-        assert!(r.failed.is_empty(), "{r:?}");
+        assert!(r.failed().is_empty(), "{r:?}");
         let p = tasks::push::run(&daq, &t).await;
-        assert!(p.failed.is_empty(), "{p:?}");
+        assert!(p.failed().is_empty(), "{p:?}");
         self.get(i64::from(number)).await
     }
 
@@ -190,7 +190,11 @@ pub fn mirror_copy(number: i64) -> CopyRef {
 }
 
 pub fn joined(r: &TaskReport) -> String {
-    format!("{r:#?}")
+    r.entries
+        .iter()
+        .map(|e| format!("{} {e}", e.outcome))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 pub fn flip_byte(file: &Path, at: usize) {
