@@ -87,6 +87,14 @@ pub enum Task {
     Heartbeat,
 }
 
+/// The task's name as the command line takes it: `register`, `push`, ….
+impl fmt::Display for Task {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let value = clap::ValueEnum::to_possible_value(self);
+        f.write_str(value.as_ref().map_or("task", |v| v.get_name()))
+    }
+}
+
 /// Everything a task needs, built once per agent.
 #[derive(Clone)]
 pub struct Context {
@@ -375,7 +383,7 @@ pub async fn run_cycle(ctx: &Context, tasks: &[Task], token: &CancellationToken)
             .count()
             .saturating_sub(skips_before);
         tracing::info!(
-            task = ?task,
+            task = %task,
             done = outcome.done.len(),
             skipped = outcome.skipped.len(),
             failed = outcome.failed.len(),
