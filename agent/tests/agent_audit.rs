@@ -257,7 +257,11 @@ async fn most_copies_lost_at_once_raise_the_threshold_alarm_and_change_nothing()
         "{}",
         joined(&r)
     );
-    assert!(r.failed()[0].contains("mis-mounted disk?"), "{}", joined(&r));
+    assert!(
+        r.failed()[0].contains("mis-mounted disk?"),
+        "{}",
+        joined(&r)
+    );
     assert_eq!(snapshot(&w, &numbers).await, before);
 }
 
@@ -280,7 +284,9 @@ async fn dry_run_reports_and_changes_nothing() {
     let r = audit_as(&ctx).await;
     assert_eq!(r.failed().len(), 2, "{}", joined(&r));
     assert!(
-        r.failed().iter().all(|l| l.contains("dry run: would record")),
+        r.failed()
+            .iter()
+            .all(|l| l.contains("dry run: would record")),
         "{}",
         joined(&r)
     );

@@ -285,7 +285,11 @@ async fn retry_never_hammers_a_permission_error_and_gives_up_loudly_at_the_limit
             "{}",
             joined(&r)
         );
-        assert!(r.failed()[0].contains("permission denied"), "{}", joined(&r));
+        assert!(
+            r.failed()[0].contains("permission denied"),
+            "{}",
+            joined(&r)
+        );
         assert!(r.failed()[1].contains("run 6") && r.failed()[1].contains("gave up after 5"));
     }
     for (n, attempts) in [(5, 1), (6, retry::MAX_ATTEMPTS)] {
@@ -327,7 +331,11 @@ async fn repeated_checksum_mismatches_send_the_source_to_verifying() {
         let r = retry::run(&daq, &t).await;
         if r.failed().is_empty() {
             // The second pass: two mismatches from the origin make it suspect.
-            assert!(r.skipped()[0].contains("source suspected"), "{}", joined(&r));
+            assert!(
+                r.skipped()[0].contains("source suspected"),
+                "{}",
+                joined(&r)
+            );
         } else {
             assert!(r.failed()[0].contains("checksum"), "{}", joined(&r));
         }

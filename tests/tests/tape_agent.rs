@@ -102,8 +102,9 @@ fn tape_task_backs_up_verifies_and_records_and_a_failing_backend_records_an_erro
         "the jput failure is reported: {}",
         text(&out)
     );
+    // The report on stdout names the failure, with the backend's own words.
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("tape library offline"),
+        String::from_utf8_lossy(&out.stdout).contains("tape library offline"),
         "{}",
         text(&out)
     );

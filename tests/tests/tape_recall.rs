@@ -203,6 +203,22 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// What people read carries no Rust debug text: `verified Sample { fraction: 0.1, seed:
+/// Some(…) }` and `request=Request { run: Number(7), … }` were printed.
+fn assert_no_rust_debug(o: &Output) {
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for debug in ["Some(", "None", "Sample {", "Request {", "Number(", "{ "] {
+        assert!(
+            !all.contains(debug),
+            "{debug:?} in what ferry printed: {all}"
+        );
+    }
+}
+
 fn copy<'a>(run: &'a Value, host: &str) -> Option<&'a Value> {
     run["data"].as_array()?.iter().find(|c| c["host"] == host)
 }
@@ -228,6 +244,7 @@ fn scenario(cat: Cat, kind: Kind, test: &str) {
     assert!(out.status.success(), "{}", text(&out));
     let out = s.ferry(&["--once", "--task", "tape", "--run", "7"]);
     assert!(out.status.success(), "{}", text(&out));
+    assert_no_rust_debug(&out);
 
     // The tape copy carries where the receipt put the run and how it was verified.
     let run = s.run_doc(7);
@@ -254,6 +271,7 @@ fn scenario(cat: Cat, kind: Kind, test: &str) {
     }
     let out = s.ferry(&["runs", "show", "7"]);
     assert!(out.status.success(), "{}", text(&out));
+    assert_no_rust_debug(&out);
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(
         shown.contains(&format!("tape {}: reference ", s.tape))
@@ -307,6 +325,12 @@ fn scenario(cat: Cat, kind: Kind, test: &str) {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let out = s.ferry(&["recall", "--run", "7", "--dry-run"]);
     assert!(out.status.success(), "{}", text(&out));
+    assert_no_rust_debug(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("run=run 7"),
+        "the recall names its run in words: {}",
+        text(&out)
+    );
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("dry run: would restore"),
         "{}",

@@ -284,6 +284,16 @@ pub enum RunSelector {
     Name(String),
 }
 
+/// "run 101", "run named 170501_1200".
+impl std::fmt::Display for RunSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Number(n) => write!(f, "run {n}"),
+            Self::Name(name) => write!(f, "run named {name}"),
+        }
+    }
+}
+
 /// Which runs a work query returns, and which a cycle may touch (`--run N`, `--name X`,
 /// `--from-run N --to-run M`). Part of the query on every back end, so one run asked for
 /// is found however many runs come before it in a work list.
@@ -313,6 +323,30 @@ impl RunRange {
     /// Whether `number` is in the range.
     pub fn contains(&self, number: i64) -> bool {
         self.from.is_none_or(|f| number >= f) && self.to.is_none_or(|t| number <= t)
+    }
+}
+
+/// "every run", "run 101", "runs 100 to 200", "runs from 100".
+impl std::fmt::Display for RunScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::All => f.write_str("every run"),
+            Self::Number(n) => write!(f, "run {n}"),
+            Self::Name(name) => write!(f, "run named {name}"),
+            Self::Range(range) => range.fmt(f),
+        }
+    }
+}
+
+/// "runs 100 to 200", "runs from 100", "runs up to 200".
+impl std::fmt::Display for RunRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.from, self.to) {
+            (Some(from), Some(to)) => write!(f, "runs {from} to {to}"),
+            (Some(from), None) => write!(f, "runs from {from}"),
+            (None, Some(to)) => write!(f, "runs up to {to}"),
+            (None, None) => f.write_str("every run"),
+        }
     }
 }
 
@@ -1273,5 +1307,44 @@ mod resolve_tests {
             ..CatalogRequest::default()
         };
         assert!(resolve(&req, &[]).unwrap().password.is_none());
+    }
+}
+
+#[cfg(test)]
+mod text_tests {
+    use super::*;
+
+    /// `ferry recall` logged `request=Request { run: Number(101), to: None, from: None }`.
+    #[test]
+    fn a_recalled_run_and_a_scope_read_as_words_not_rust_debug() {
+        let shown = [
+            (RunSelector::Number(101).to_string(), "run 101"),
+            (
+                RunSelector::Name("170501_1200".into()).to_string(),
+                "run named 170501_1200",
+            ),
+            (RunScope::All.to_string(), "every run"),
+            (RunScope::Number(7).to_string(), "run 7"),
+            (
+                RunScope::Range(RunRange {
+                    from: Some(100),
+                    to: Some(200),
+                })
+                .to_string(),
+                "runs 100 to 200",
+            ),
+            (
+                RunScope::Range(RunRange {
+                    from: None,
+                    to: Some(200),
+                })
+                .to_string(),
+                "runs up to 200",
+            ),
+        ];
+        for (text, words) in shown {
+            assert_eq!(text, words);
+            assert!(!text.contains(['{', '(']), "{text}");
+        }
     }
 }

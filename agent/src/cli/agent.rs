@@ -318,10 +318,9 @@ fn record_metrics(metrics: &Metrics, ctx: &Context, report: &CycleReport, took: 
             )
         })
         .collect();
-    let copied = report
-        .tasks
-        .iter()
-        .any(|(t, r)| matches!(t, Task::Push | Task::Pull | Task::Retry) && r.count(Outcome::Done) > 0);
+    let copied = report.tasks.iter().any(|(t, r)| {
+        matches!(t, Task::Push | Task::Pull | Task::Retry) && r.count(Outcome::Done) > 0
+    });
     let disks: Vec<(String, (u64, u64))> = ctx
         .site
         .data_dirs

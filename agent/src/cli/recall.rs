@@ -78,7 +78,8 @@ pub(super) fn run(cli: &Cli, args: &RecallArgs) -> Result<Exit> {
             audit_every: None,
         });
         let ctx = agent.context();
-        tracing::info!(%site, %catalog, ?request, "ferry recall starting");
+        tracing::info!(%site, %catalog, run = %request.run, to = request.to.as_deref(),
+            from = request.from.as_deref(), "ferry recall starting");
         anyhow::Ok(recall::recall(ctx, &request).await)
     })?;
     match outcome {

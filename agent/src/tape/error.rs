@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::checksum::ChecksumError;
-use crate::transport::TransportError;
+use crate::transport::{command_line, exit_text, TransportError};
 
 /// A command that ran and how it ended, for errors.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,8 +26,10 @@ impl std::fmt::Display for CommandRun {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "command {:?} exit status {:?}: {}",
-            self.argv, self.status, self.stderr_tail
+            "command `{}` ended with {}: {}",
+            command_line(&self.argv),
+            exit_text(self.status),
+            self.stderr_tail
         )
     }
 }
@@ -82,7 +84,7 @@ pub enum TapeError {
         source: std::io::Error,
     },
     /// The program of a command is not installed (exit 127, or not found locally).
-    #[error("tape backend {backend}: {context}: program {program:?} is not installed (argv {argv:?}){stderr}")]
+    #[error("tape backend {backend}: {context}: program {program:?} is not installed (command `{}`){stderr}", command_line(.argv))]
     NotInstalled {
         backend: String,
         context: String,
@@ -91,7 +93,7 @@ pub enum TapeError {
         stderr: String,
     },
     /// A command ended with an exit status not configured as success.
-    #[error("tape backend {backend}: {context}: command {argv:?} failed with exit status {status:?}: {stderr_tail}")]
+    #[error("tape backend {backend}: {context}: command `{}` failed with {}: {stderr_tail}", command_line(.argv), exit_text(*.status))]
     Command {
         backend: String,
         /// Run and key, or what the command was for.
@@ -104,7 +106,7 @@ pub enum TapeError {
         retryable: bool,
     },
     /// A command ran past its timeout and was killed.
-    #[error("tape backend {backend}: {context}: command {argv:?} timed out after {after:?}")]
+    #[error("tape backend {backend}: {context}: command `{}` timed out after {after:?}", command_line(.argv))]
     Timeout {
         backend: String,
         context: String,
@@ -112,7 +114,7 @@ pub enum TapeError {
         after: Duration,
     },
     /// A tool's output could not be understood (a stub file that does not parse).
-    #[error("tape backend {backend}: {context}: cannot parse {what} from {argv:?}: {reason}")]
+    #[error("tape backend {backend}: {context}: cannot parse {what} from `{}`: {reason}", command_line(.argv))]
     Parse {
         backend: String,
         context: String,

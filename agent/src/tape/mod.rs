@@ -183,6 +183,39 @@ pub enum VerifyKind {
     Full,
 }
 
+/// Human words for reports and logs: "a 10% sample (seed 42)", "every file read back".
+impl std::fmt::Display for VerifyLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Metadata => f.write_str("the tape system's metadata (no data read)"),
+            Self::Sample { fraction, seed } => {
+                let percent = fraction * 100.0;
+                if (percent - percent.round()).abs() < 1e-9 {
+                    write!(f, "a {percent:.0}% sample")?;
+                } else {
+                    write!(f, "a {percent:.1}% sample")?;
+                }
+                match seed {
+                    Some(seed) => write!(f, " (seed {seed})"),
+                    None => f.write_str(" (seed drawn at random)"),
+                }
+            }
+            Self::Full => f.write_str("every file read back"),
+        }
+    }
+}
+
+/// The level's name as the site map spells it: `metadata`, `sample`, `full`.
+impl std::fmt::Display for VerifyKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Metadata => "metadata",
+            Self::Sample => "sample",
+            Self::Full => "full",
+        })
+    }
+}
+
 impl VerifyLevel {
     /// The level without its parameters.
     pub fn kind(&self) -> VerifyKind {
@@ -322,8 +355,8 @@ pub(crate) fn check_existing(
             backend: backend.to_owned(),
             key: key.to_owned(),
             stored: format!(
-                "{:?} bytes, no checksum recorded by the tape system",
-                stored.size
+                "{}, no checksum recorded by the tape system",
+                size_text(stored.size)
             ),
             offered: describe(Some(file.size), Some(&file.sha256), Some(&file.md5)),
         }),
@@ -331,11 +364,22 @@ pub(crate) fn check_existing(
 }
 
 fn describe(size: Option<u64>, sha256: Option<&str>, md5: Option<&str>) -> String {
+    let size = size_text(size);
     match (sha256, md5) {
-        (Some(s), _) => format!("{size:?} bytes, sha256 {s}"),
-        (None, Some(m)) => format!("{size:?} bytes, md5 {m}"),
-        (None, None) => format!("{size:?} bytes"),
+        (Some(s), _) => format!("{size}, sha256 {s}"),
+        (None, Some(m)) => format!("{size}, md5 {m}"),
+        (None, None) => size,
     }
+}
+
+/// A size the tape side may not report: "1234 bytes", or "size unknown".
+pub(crate) fn size_text(size: Option<u64>) -> String {
+    size.map_or_else(|| "size unknown".to_owned(), |s| format!("{s} bytes"))
+}
+
+/// A checksum the tape side may not report: the hex digits, or "none recorded".
+pub(crate) fn hash_text(hash: Option<&str>) -> &str {
+    hash.unwrap_or("none recorded")
 }
 
 /// Compare a read-back digest with what a receipt says of a file.
@@ -430,4 +474,76 @@ pub(crate) async fn blocking<T: Send + 'static>(
             backend: backend.to_owned(),
             reason: format!("blocking task: {e}"),
         })?
+}
+
+#[cfg(test)]
+mod text_tests {
+    use super::*;
+
+    /// Reports said `verified Sample { fraction: 0.1, seed: Some(42) }`.
+    #[test]
+    fn a_verification_level_reads_as_words_not_rust_debug() {
+        let shown = [
+            (
+                VerifyLevel::Sample {
+                    fraction: 0.1,
+                    seed: Some(42),
+                },
+                "a 10% sample (seed 42)",
+            ),
+            (
+                VerifyLevel::Sample {
+                    fraction: 0.125,
+                    seed: None,
+                },
+                "a 12.5% sample (seed drawn at random)",
+            ),
+            (VerifyLevel::Full, "every file read back"),
+            (
+                VerifyLevel::Metadata,
+                "the tape system's metadata (no data read)",
+            ),
+        ];
+        for (level, words) in shown {
+            let text = level.to_string();
+            assert_eq!(text, words);
+            assert!(!text.contains('{') && !text.contains("Some("), "{text}");
+            assert!(!level.kind().to_string().contains(['{', ' ']));
+        }
+        assert_eq!(VerifyKind::Sample.to_string(), "sample");
+    }
+
+    #[test]
+    fn a_conflict_with_an_unknown_size_says_so_in_words() {
+        let text = describe(None, None, Some("abc"));
+        assert_eq!(text, "size unknown, md5 abc");
+        assert_eq!(describe(Some(5), Some("ff"), None), "5 bytes, sha256 ff");
+    }
+
+    #[test]
+    fn a_failed_command_names_its_command_line_and_exit_status_in_words() {
+        let err = TapeError::Command {
+            backend: "tsm".into(),
+            context: "run 7: put".into(),
+            argv: vec!["dsmc".into(), "archive".into(), "/data/run 7/a".into()],
+            status: Some(12),
+            stderr_tail: "ANS1017E".into(),
+            retryable: false,
+        };
+        let text = err.to_string();
+        assert!(
+            text.contains("command `dsmc archive '/data/run 7/a'` failed with exit status 12"),
+            "{text}"
+        );
+        assert!(!text.contains("Some(") && !text.contains("[\""), "{text}");
+        let run = CommandRun {
+            argv: vec!["mt".into(), "status".into()],
+            status: None,
+            stderr_tail: String::new(),
+        };
+        assert_eq!(
+            run.to_string(),
+            "command `mt status` ended with no exit status: "
+        );
+    }
 }

@@ -328,11 +328,14 @@ async fn audit(ctx: &Context, token: &CancellationToken) -> Pass {
     }
     let left = held.len().saturating_sub(lost.len() + hashed.len());
     if !complete {
-        report.skip(Subject::Site(ctx.site.name.clone()), format!(
-            "re-hash budget of {} bytes used ({read} bytes read): {left} copies wait for the \
+        report.skip(
+            Subject::Site(ctx.site.name.clone()),
+            format!(
+                "re-hash budget of {} bytes used ({read} bytes read): {left} copies wait for the \
              next cycle (least recently verified first)",
-            ctx.audit.byte_budget
-        ));
+                ctx.audit.byte_budget
+            ),
+        );
     }
     let corrupt = hashed
         .iter()

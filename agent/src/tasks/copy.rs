@@ -184,7 +184,7 @@ pub enum CopyError {
         failed: Vec<(String, TransportError)>,
     },
     /// The transport copied files without verifying them at the destination.
-    #[error("{copy}: not verified at the destination: {paths:?}")]
+    #[error("{copy}: not verified at the destination: {}", paths.join(", "))]
     NotVerified {
         /// The destination copy.
         copy: String,

@@ -35,10 +35,9 @@ pub async fn run(
     let mut beat = build(ctx, cycle, started, now);
     // When this agent last made a copy (for `ferry check --max-since-transfer`): now, if
     // this cycle made one, else carried over from the previous heartbeat.
-    let copied = cycle
-        .tasks
-        .iter()
-        .any(|(t, r)| matches!(t, Task::Push | Task::Pull | Task::Retry) && r.count(Outcome::Done) > 0);
+    let copied = cycle.tasks.iter().any(|(t, r)| {
+        matches!(t, Task::Push | Task::Pull | Task::Retry) && r.count(Outcome::Done) > 0
+    });
     let last = if copied {
         Some(now)
     } else {

@@ -352,9 +352,12 @@ pub async fn run_cycle(ctx: &Context, tasks: &[Task], token: &CancellationToken)
     let mut report = CycleReport::default();
     let started = bson::DateTime::now();
     // Records of verified copies the catalogue could not take, before anything claims.
-    report
-        .failed
-        .extend(replay::run(ctx, token).await.into_iter().map(Entry::failure));
+    report.failed.extend(
+        replay::run(ctx, token)
+            .await
+            .into_iter()
+            .map(Entry::failure),
+    );
     // Copies other tools wrote (a DAQ's own entry) join the work lists before any task
     // asks for them. A failure here is logged; the tasks still run on what is indexed.
     match ctx.catalog.adopt_foreign_copies(ADOPT_BATCH).await {

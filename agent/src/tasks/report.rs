@@ -136,8 +136,7 @@ impl Subject {
     pub fn run_number(&self) -> Option<i64> {
         match self {
             Subject::Run { number, .. } => *number,
-            Subject::Copy { number, .. }
-            | Subject::Transfer { number, .. } => Some(*number),
+            Subject::Copy { number, .. } | Subject::Transfer { number, .. } => Some(*number),
             Subject::Whole | Subject::Site(_) => None,
         }
     }
@@ -314,9 +313,23 @@ pub fn log(task: Task, r: &TaskReport) {
     let task = task.name();
     let summary = format!("{task}: {done} done, {skipped} left alone, {failed} failed");
     if failed > 0 {
-        tracing::warn!(task, done, skipped, failed, quarantined = r.quarantined, "{summary}");
+        tracing::warn!(
+            task,
+            done,
+            skipped,
+            failed,
+            quarantined = r.quarantined,
+            "{summary}"
+        );
     } else {
-        tracing::info!(task, done, skipped, failed, quarantined = r.quarantined, "{summary}");
+        tracing::info!(
+            task,
+            done,
+            skipped,
+            failed,
+            quarantined = r.quarantined,
+            "{summary}"
+        );
     }
     for e in &r.entries {
         let run = e.subject.run_number();

@@ -534,12 +534,7 @@ async fn retry_failed(
 }
 
 /// Files one copy's outcome in the report.
-fn note(
-    report: &mut TaskReport,
-    run: &RunDoc,
-    c: &CopyEntry,
-    outcome: Result<Step, String>,
-) {
+fn note(report: &mut TaskReport, run: &RunDoc, c: &CopyEntry, outcome: Result<Step, String>) {
     let subject = Subject::copy(run, &c.data_type, &c.host);
     match outcome {
         Ok(Step::Done(what)) => report.did(subject, what),

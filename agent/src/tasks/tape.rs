@@ -185,7 +185,7 @@ async fn reverify_one(
     let level = level_for(backend);
     if ctx.dry_run {
         return Ok(Reverified::Skipped(format!(
-            "dry run: would re-verify {} files at level {:?}",
+            "dry run: would re-verify {} files at level {}",
             run.files.len(),
             level.kind()
         )));
@@ -214,7 +214,7 @@ async fn reverify_one(
         .map_err(|e| format!("{copy}: {e}"))?
     {
         Cas::Done => Ok(Reverified::Good(format!(
-            "re-verified at level {:?} ({} files checked, {} bytes read)",
+            "re-verified at level {} ({} files checked, {} bytes read)",
             verified.level.kind(),
             verified.checked.len(),
             verified.bytes_read
@@ -440,7 +440,7 @@ async fn back_up(
         }
     };
     let reason = format!(
-        "on tape {}: reference {}, volumes [{}], {} of {} files written; verified {:?} ({} files checked, {} bytes read)",
+        "on tape {}: reference {}, volumes [{}], {} of {} files written; verified {} ({} files checked, {} bytes read)",
         backend.name(),
         receipt.reference,
         receipt.volumes.join(", "),

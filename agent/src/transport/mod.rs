@@ -167,7 +167,7 @@ pub enum TransportError {
         what: String,
     },
     /// The server's host key is not in known_hosts and the policy is strict.
-    #[error("host key for {host}:{port} ({fingerprint}) is not in {known_hosts:?}; add it, or use host-key policy accept-new")]
+    #[error("host key for {host}:{port} ({fingerprint}) is not in {}; add it, or use host-key policy accept-new", paths_text(.known_hosts))]
     HostKeyUnknown {
         host: String,
         port: u16,
@@ -191,7 +191,7 @@ pub enum TransportError {
     #[error("identity {path:?}: {reason}")]
     Key { path: PathBuf, reason: String },
     /// The server refused every key offered.
-    #[error("{host}: authentication failed for user {user}; tried {tried:?}")]
+    #[error("{host}: authentication failed for user {user}; tried {}", list_text(.tried))]
     AuthFailed {
         host: String,
         user: String,
@@ -212,7 +212,7 @@ pub enum TransportError {
         op: &'static str,
     },
     /// The destination file system is full.
-    #[error("{host}: {path}: no space left on device (need {needed} more bytes, {available:?} available)")]
+    #[error("{host}: {path}: no space left on device (need {needed} more bytes, {} available)", .available.map_or_else(|| "unknown".to_owned(), |a| a.to_string()))]
     NoSpace {
         host: String,
         path: String,
@@ -236,7 +236,7 @@ pub enum TransportError {
         source: std::io::Error,
     },
     /// A remote command failed; `stderr_tail` holds the last lines it printed.
-    #[error("{host}: command {argv:?} failed (exit status {status:?}): {stderr_tail}")]
+    #[error("{host}: command `{}` failed ({}): {stderr_tail}", command_line(.argv), exit_text(*.status))]
     Exec {
         host: String,
         argv: Vec<String>,
@@ -416,6 +416,35 @@ pub(crate) fn with_restart_blocking(
 }
 
 /// `NAME.part` for a destination path string.
+/// A command line as a person would type it: words shell-quoted where needed.
+pub(crate) fn command_line(argv: &[String]) -> String {
+    shlex::try_join(argv.iter().map(String::as_str)).unwrap_or_else(|_| argv.join(" "))
+}
+
+/// How a command ended, in words: "exit status 2", or "no exit status" (killed by a
+/// signal, or never started).
+pub(crate) fn exit_text<T: std::fmt::Display>(status: Option<T>) -> String {
+    status.map_or_else(
+        || "no exit status".to_owned(),
+        |s| format!("exit status {s}"),
+    )
+}
+
+/// Items of a list for a message: "a, b", or "nothing" when empty.
+fn list_text(items: &[String]) -> String {
+    if items.is_empty() {
+        "nothing".to_owned()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// Paths for a message, separated by commas.
+fn paths_text(paths: &[PathBuf]) -> String {
+    let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    list_text(&shown)
+}
+
 pub(crate) fn part_name(dest: &str) -> String {
     format!("{dest}{PART_SUFFIX}")
 }
@@ -479,5 +508,45 @@ mod tests {
         let err = check_expected("h", "p", &d, Some(&"00".repeat(32))).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains(&d.sha256_hex()) && msg.contains(&"00".repeat(32)));
+    }
+}
+
+#[cfg(test)]
+mod text_tests {
+    use super::*;
+
+    /// Messages showed `Some(…)` for an optional number and `["a", "b"]` for lists.
+    #[test]
+    fn errors_show_optional_numbers_and_lists_in_words() {
+        let full = TransportError::NoSpace {
+            host: "mirror".into(),
+            path: "raw/Run7/a".into(),
+            needed: 10,
+            available: Some(3),
+        };
+        assert!(full
+            .to_string()
+            .ends_with("(need 10 more bytes, 3 available)"));
+        let exec = TransportError::Exec {
+            host: "mirror".into(),
+            argv: vec!["sha256sum".into(), "--".into(), "a b".into()],
+            status: Some(1),
+            stderr_tail: "no such file".into(),
+        };
+        assert_eq!(
+            exec.to_string(),
+            "mirror: command `sha256sum -- 'a b'` failed (exit status 1): no such file"
+        );
+        let auth = TransportError::AuthFailed {
+            host: "mirror".into(),
+            user: "ferry".into(),
+            tried: vec!["publickey /k/id_ed25519".into(), "agent".into()],
+        };
+        assert!(auth
+            .to_string()
+            .ends_with("tried publickey /k/id_ed25519, agent"));
+        for text in [full.to_string(), exec.to_string(), auth.to_string()] {
+            assert!(!text.contains("Some(") && !text.contains("[\""), "{text}");
+        }
     }
 }

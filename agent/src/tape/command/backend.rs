@@ -310,8 +310,10 @@ impl CommandBackend {
                     file.size, file.md5, file.sha256
                 ),
                 found: format!(
-                    "{:?} bytes md5 {:?} sha256 {:?}",
-                    stored.size, stored.md5, stored.sha256
+                    "{} md5 {} sha256 {}",
+                    crate::tape::size_text(stored.size),
+                    crate::tape::hash_text(stored.md5.as_deref()),
+                    crate::tape::hash_text(stored.sha256.as_deref())
                 ),
             });
         }
@@ -509,9 +511,9 @@ impl TapeBackend for CommandBackend {
             Ok(out) => Ok(Health {
                 ok: false,
                 detail: format!(
-                    "{program} not found on {} (exit {:?})",
+                    "{program} not found on {} ({})",
                     self.runner.place(),
-                    out.status
+                    crate::transport::exit_text(out.status)
                 ),
             }),
             Err(e) if !e.is_retryable() => Ok(Health {

@@ -94,8 +94,8 @@ impl CommandBackend {
                     return Err(mismatch(what, w.clone(), g.clone()));
                 }
             }
-            if w.is_some() && g.is_none() {
-                return Err(mismatch(what, format!("{w:?}"), "none reported".into()));
+            if let (Some(w), None) = (w, g) {
+                return Err(mismatch(what, w.clone(), "none reported".into()));
             }
         }
         // CRC-32 as numbers: JLab stubs drop leading zeros.

@@ -28,8 +28,16 @@ impl DirectoryBackend {
                     backend: name.clone(),
                     key: want.key.clone(),
                     what: "sidecar",
-                    expected: format!("{:?} bytes sha256 {:?}", want.size, want.sha256),
-                    found: format!("{:?} bytes sha256 {:?}", got.size, got.sha256),
+                    expected: format!(
+                        "{} sha256 {}",
+                        crate::tape::size_text(want.size),
+                        crate::tape::hash_text(want.sha256.as_deref())
+                    ),
+                    found: format!(
+                        "{} sha256 {}",
+                        crate::tape::size_text(got.size),
+                        crate::tape::hash_text(got.sha256.as_deref())
+                    ),
                 });
             }
         }

@@ -77,7 +77,11 @@ impl TarBackend {
                         backend: self.cfg.name.clone(),
                         key: want.key.clone(),
                         what: "label store entry",
-                        expected: format!("{:?} bytes md5 {:?}", want.size, want.md5),
+                        expected: format!(
+                            "{} md5 {}",
+                            crate::tape::size_text(want.size),
+                            crate::tape::hash_text(want.md5.as_deref())
+                        ),
                         found: format!("{} bytes md5 {} on {label}", m.size, m.md5),
                     });
                 }
