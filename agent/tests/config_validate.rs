@@ -557,3 +557,52 @@ fn host_unknown_site_lists_known_sites() {
         &[":4:12: error: sites: --host \"mirorr\" is not a site in this site map; known sites: daq, mirror (did you mean \"mirror\"?)"],
     );
 }
+
+/// Started with no `--host` (nor FERRY_SITE), the agent tries the machine's host name; that
+/// it was tried, and what to do, must be said: it used to read `--host "vm" is not a site`.
+#[test]
+fn an_agent_started_without_host_says_the_host_name_was_tried() {
+    let (dir, path) = write_map("site-map.json", GOOD);
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let short = host.split('.').next().unwrap_or_default().to_string();
+    assert!(
+        !["daq", "mirror"].contains(&short.as_str()),
+        "this machine is named like a site of the test map"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["--once", "--config"])
+        .arg(&path)
+        .env("HOME", dir.path())
+        .env_remove("FERRY_CONFIG")
+        .env_remove("FERRY_SITE")
+        .output()
+        .expect("run ferry");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "no --host given (nor FERRY_SITE), so this machine's host name {short:?} was tried"
+        )) && stderr.contains("known sites: daq, mirror")
+            && stderr.contains("pass --host SITE"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(&format!("--host {short:?} is not a site")),
+        "{stderr}"
+    );
+
+    // From FERRY_SITE: that variable is named.
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["--once", "--config"])
+        .arg(&path)
+        .env("HOME", dir.path())
+        .env_remove("FERRY_CONFIG")
+        .env("FERRY_SITE", "mirrror")
+        .output()
+        .expect("run ferry");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("FERRY_SITE=\"mirrror\" is not a site"),
+        "{stderr}"
+    );
+}

@@ -1180,7 +1180,10 @@ fn rows() -> Vec<Row> {
             ])
             .env("FERRY_STATE_DIR", Some(&p(&a)));
             // Ready when its first cycle has ended (the heartbeat is its last task).
-            let (pid, _) = w.spawn(&daemon, |out| out.contains("Heartbeat:"));
+            // The daemon logs a summary line per task; the heartbeat's ends its first cycle.
+            let (pid, _) = w.spawn(&daemon, |out| {
+                out.contains("heartbeat: 0 done") || out.contains("heartbeat: 1 done")
+            });
             w.wait_until_no_copy_in_flight();
             let cmd = match second {
                 Some(dir) => {

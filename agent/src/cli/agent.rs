@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::agent::{Agent, AgentSpec};
 use crate::catalog::{resolve_catalog, CatalogRequest, CatalogTarget};
-use crate::config::{self, LoadOptions, SshEnvironment};
+use crate::config::{self, HostSource, LoadOptions, SshEnvironment};
 use crate::daemon::lock::SiteLock;
 use crate::daemon::metrics::{self, Metrics};
 use crate::daemon::{shutdown_signal, CancellationToken, LoopOptions, Stopped};
@@ -20,13 +20,13 @@ use catalog_schema::CopyStatus;
 
 /// The site this agent runs as: `--host`, else `$FERRY_SITE`, else the short host name
 /// (as cax did).
-pub(super) fn site_identity(flag: Option<&str>) -> Result<String> {
+pub(super) fn site_identity(flag: Option<&str>) -> Result<(String, HostSource)> {
     if let Some(site) = flag {
-        return Ok(site.to_string());
+        return Ok((site.to_string(), HostSource::Flag));
     }
     if let Ok(site) = std::env::var("FERRY_SITE") {
         if !site.trim().is_empty() {
-            return Ok(site.trim().to_string());
+            return Ok((site.trim().to_string(), HostSource::Environment));
         }
     }
     let host = gethostname::gethostname();
@@ -40,12 +40,12 @@ pub(super) fn site_identity(flag: Option<&str>) -> Result<String> {
             "cannot tell which site this is: pass --host SITE or set FERRY_SITE",
         ));
     }
-    Ok(short.to_string())
+    Ok((short.to_string(), HostSource::Hostname))
 }
 
 /// Loads the site map with the host-local checks for `site`. Every problem is printed; a
 /// bad site map is a usage error and nothing runs.
-pub(super) fn load_site_map(cli: &Cli, site: &str) -> Result<config::Loaded> {
+pub(super) fn load_site_map(cli: &Cli, site: &(String, HostSource)) -> Result<config::Loaded> {
     load_with(cli, Some(site))
 }
 
@@ -55,7 +55,7 @@ pub(super) fn load_shared_site_map(cli: &Cli) -> Result<config::Loaded> {
     load_with(cli, None)
 }
 
-fn load_with(cli: &Cli, site: Option<&str>) -> Result<config::Loaded> {
+fn load_with(cli: &Cli, site: Option<&(String, HostSource)>) -> Result<config::Loaded> {
     let Some(path) = &cli.config else {
         return Err(coded(
             Exit::Usage,
@@ -63,7 +63,8 @@ fn load_with(cli: &Cli, site: Option<&str>) -> Result<config::Loaded> {
         ));
     };
     let opts = LoadOptions {
-        host: site.map(str::to_string),
+        host: site.map(|(name, _)| name.clone()),
+        host_source: site.map_or(HostSource::Flag, |(_, from)| *from),
         ssh_config: None,
     };
     match config::load(path, &opts) {
@@ -114,8 +115,9 @@ pub(super) struct AsSite {
 
 /// Resolves [`AsSite`] from `--host`, `--config` and `--catalog` (bad input: exit 2).
 pub(super) fn as_site(cli: &Cli) -> Result<AsSite> {
-    let site = site_identity(cli.host.as_deref())?;
-    let loaded = load_site_map(cli, &site)?;
+    let identity = site_identity(cli.host.as_deref())?;
+    let loaded = load_site_map(cli, &identity)?;
+    let site = identity.0;
     let catalog = catalog_target(cli, Some(&loaded))?;
     let Some(model) = loaded.map.site(&site).cloned() else {
         return Err(coded(
@@ -223,6 +225,10 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
         let (stopped, last, cut) = agent
             .run(opts, &asked, shutdown, |ctx, report, took| {
                 if once {
+                    // The bars leave the screen first: nothing is drawn after the report.
+                    if let Some(bars) = &bars {
+                        bars.finish();
+                    }
                     print_report(report);
                 } else {
                     log_report(report);

@@ -70,11 +70,12 @@ pub(super) fn run(cli: &Cli, args: &CheckArgs) -> std::process::ExitCode {
 }
 
 fn check(cli: &Cli, args: &CheckArgs) -> Result<(State, String)> {
-    let site = super::agent::site_identity(cli.host.as_deref())?;
+    let identity = super::agent::site_identity(cli.host.as_deref())?;
     let loaded = match &cli.config {
-        Some(_) => Some(super::agent::load_site_map(cli, &site)?),
+        Some(_) => Some(super::agent::load_site_map(cli, &identity)?),
         None => None,
     };
+    let site = identity.0;
     let target = super::agent::catalog_target(cli, loaded.as_ref())?;
     let uri = target.uri.clone();
     let limits = Limits {

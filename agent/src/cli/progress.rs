@@ -62,13 +62,25 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn style(template: &str) -> ProgressStyle {
     // The templates are constants; a bad one falls back to the default style.
-    ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar())
+    ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .with_key("eta_known", eta_known)
+}
+
+/// The time left, or `-` while nothing moves (indicatif's `{eta}` says `0s` at 0 B/s).
+fn eta_known(state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write) {
+    let rate = state.per_sec();
+    let _ = if rate.is_finite() && rate > 0.0 && state.pos() > 0 {
+        write!(w, "{:#}", indicatif::HumanDuration(state.eta()))
+    } else {
+        write!(w, "-")
+    };
 }
 
 const TOTAL_STYLE: &str =
-    "{prefix:>8} [{wide_bar}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}";
+    "{prefix:>8} [{wide_bar}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta_known}";
 const FILE_STYLE: &str =
-    "  {msg:30!} [{bar:25}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}";
+    "  {msg:30!} [{bar:25}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta_known}";
 
 impl Bars {
     /// Bars drawn to `target` (stderr, or hidden in tests).
@@ -80,18 +92,29 @@ impl Bars {
         }
     }
 
-    /// The total bar, `more` bytes longer (created, with that length, on first use).
+    /// The total bar, `more` bytes longer (created, with that length, on first use; drawn
+    /// only from the first byte moved, [`Self::show_total`], so no empty total line stands
+    /// above the first run's header).
     fn total(&self, more: u64) -> ProgressBar {
         let mut total = lock(&self.total);
         if let Some(bar) = total.as_ref() {
             bar.inc_length(more);
             return bar.clone();
         }
-        let bar = ProgressBar::new(more).with_style(style(TOTAL_STYLE).progress_chars("=> "));
+        let bar = ProgressBar::with_draw_target(Some(more), ProgressDrawTarget::hidden())
+            .with_style(style(TOTAL_STYLE).progress_chars("=> "));
         bar.set_prefix("total");
-        let bar = self.multi.add(bar);
         *total = Some(bar.clone());
         bar
+    }
+
+    /// The total bar, drawn (above the files in flight) once bytes move; `gained` more.
+    fn show_total(&self, gained: u64) {
+        let bar = self.total(0);
+        if bar.is_hidden() && !self.multi.is_hidden() {
+            let _ = self.multi.insert(0, bar.clone());
+        }
+        bar.inc(gained);
     }
 
     /// Bytes done and bytes expected so far (for tests and the final line).
@@ -106,11 +129,25 @@ impl Bars {
         lock(&self.files).len()
     }
 
-    /// Leaves the total bar's last state on screen.
+    /// Takes every bar off the screen, so that what is printed next (the cycle's report)
+    /// is not followed by a bar drawn again: a line with the total moved stays instead.
     pub fn finish(&self) {
-        if let Some(bar) = lock(&self.total).as_ref() {
-            bar.finish();
+        for (_, bar) in lock(&self.files).drain() {
+            bar.finish_and_clear();
+            self.multi.remove(&bar);
         }
+        if let Some(bar) = lock(&self.total).take() {
+            if bar.position() > 0 {
+                self.println(format!(
+                    "   total {} of {}",
+                    ByteSize(bar.position()),
+                    ByteSize(bar.length().unwrap_or(0))
+                ));
+            }
+            bar.finish_and_clear();
+            self.multi.remove(&bar);
+        }
+        let _ = self.multi.clear();
     }
 
     fn println(&self, line: String) {
@@ -146,7 +183,7 @@ impl CopyProgress for Bars {
                     done.saturating_sub(before)
                 });
                 if let Some(gained) = gained.filter(|g| *g > 0) {
-                    self.total(0).inc(gained);
+                    self.show_total(gained);
                 }
             }
             Progress::Finished { path, report } => {
@@ -157,8 +194,7 @@ impl CopyProgress for Bars {
                     self.multi.remove(&bar);
                     counted
                 });
-                self.total(0)
-                    .inc(report.digest.size.saturating_sub(counted));
+                self.show_total(report.digest.size.saturating_sub(counted));
                 let secs = report.elapsed.as_secs_f64().max(1e-3);
                 self.println(format!(
                     "  ok    {path} ({}, {}/s)",
@@ -246,6 +282,28 @@ mod tests {
             elapsed: Duration::from_millis(10),
             verified: true,
         }
+    }
+
+    #[test]
+    fn finishing_takes_every_bar_off_the_screen_before_the_report() {
+        let bars = Bars::new(ProgressDrawTarget::hidden());
+        bars.run_started("run 1", 2, 1_000);
+        // No byte moved yet: the total exists (its length is known) but is not drawn.
+        assert!(lock(&bars.total)
+            .as_ref()
+            .is_some_and(ProgressBar::is_hidden));
+        for (path, size) in [("a", 600), ("b", 400)] {
+            bars.file("run 1", &Progress::Started { path, size });
+        }
+        let (path, done, size) = ("a", 100, 600);
+        bars.file("run 1", &Progress::Bytes { path, done, size });
+        bars.finish();
+        assert_eq!(bars.in_flight(), 0, "a file bar would be drawn again");
+        assert_eq!(
+            bars.position(),
+            (0, 0),
+            "the total bar would be drawn again"
+        );
     }
 
     #[test]

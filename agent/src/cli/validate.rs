@@ -27,6 +27,7 @@ pub(super) fn run(cli: &Cli, args: &ValidateArgs) -> Result<Exit> {
     let opts = LoadOptions {
         host: cli.host.clone(),
         ssh_config: None,
+        ..LoadOptions::default()
     };
     match config::load(path, &opts) {
         Ok(loaded) => {

@@ -15,18 +15,22 @@ use super::model::{HostKeyPolicy, Site, TapeKind, TransferMethod};
 use super::read::Ctx;
 use super::ssh::{SettingSource, SshEnvironment};
 use super::validate::{Draft, SiteSpans};
+use super::HostSource;
 
 /// Runs the host-local checks for site `host`.
-pub(crate) fn check_host(cx: &mut Ctx, draft: &Draft, host: &str, ssh: &SshEnvironment) {
+pub(crate) fn check_host(
+    cx: &mut Ctx,
+    draft: &Draft,
+    host: &str,
+    source: HostSource,
+    ssh: &SshEnvironment,
+) {
     let Some((site, spans)) = draft.sites.iter().find(|(s, _)| s.name == host) else {
         let names: Vec<&str> = draft.sites.iter().map(|(s, _)| s.name.as_str()).collect();
         cx.error_hint(
             draft.sites_span.pos,
             &draft.sites_span.path,
-            format!(
-                "--host {host:?} is not a site in this site map; known sites: {}",
-                names.join(", ")
-            ),
+            not_a_site(host, source, &names.join(", ")),
             did_you_mean(host, names.iter().copied()),
         );
         return;
@@ -53,6 +57,24 @@ pub(crate) fn check_host(cx: &mut Ctx, draft: &Draft, host: &str, ssh: &SshEnvir
                 check_peer_ssh(cx, ps, pspans, ssh, &mut checked_keys);
             }
         }
+    }
+}
+
+/// What to say when the site asked for is not in the map, by where its name came from.
+fn not_a_site(host: &str, source: HostSource, known: &str) -> String {
+    match source {
+        HostSource::Flag => {
+            format!("--host {host:?} is not a site in this site map; known sites: {known}")
+        }
+        HostSource::Environment => format!(
+            "FERRY_SITE={host:?} is not a site in this site map; known sites: {known}; set \
+             FERRY_SITE to one of them or pass --host SITE"
+        ),
+        HostSource::Hostname => format!(
+            "no --host given (nor FERRY_SITE), so this machine's host name {host:?} was tried, \
+             and it is not a site in this site map; known sites: {known}; pass --host SITE \
+             (under systemd, the unit's instance name: ferry@SITE)"
+        ),
     }
 }
 

@@ -49,8 +49,22 @@ use read::Ctx;
 pub struct LoadOptions {
     /// Run the host-local checks (data directories, private keys) for this site.
     pub host: Option<String>,
+    /// Where `host` came from, so that a name that is not a site is explained.
+    pub host_source: HostSource,
     /// The SSH config to resolve peers' settings with [default `~/.ssh/config`].
     pub ssh_config: Option<PathBuf>,
+}
+
+/// Where the name of the site an agent runs as came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HostSource {
+    /// `--host SITE` (or the unit's instance name, which the unit passes as `--host`).
+    #[default]
+    Flag,
+    /// `$FERRY_SITE`.
+    Environment,
+    /// Neither was given: the machine's short host name, as cax did.
+    Hostname,
 }
 
 /// The format a site map was written in.
@@ -197,7 +211,7 @@ pub fn parse_str(text: &str, file: &Path, opts: &LoadOptions) -> Result<Loaded, 
     validate::finish(&mut cx, &mut draft);
     if let Some(host) = &opts.host {
         match SshEnvironment::load(opts.ssh_config.as_deref()) {
-            Ok(ssh) => host::check_host(&mut cx, &draft, host, &ssh),
+            Ok(ssh) => host::check_host(&mut cx, &draft, host, opts.host_source, &ssh),
             Err(e) => cx.diags.push(Diagnostic {
                 severity: Severity::Error,
                 file: match &e {
@@ -433,6 +447,7 @@ mod tests {
         let opts = LoadOptions {
             host: Some("a".into()),
             ssh_config: Some(ssh_config),
+            ..LoadOptions::default()
         };
         let e = parse_str(&text, Path::new("m.json"), &opts).unwrap_err();
         std::fs::remove_dir_all(&dir).unwrap();

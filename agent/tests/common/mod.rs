@@ -73,6 +73,7 @@ impl World {
             &LoadOptions {
                 host: Some(site.into()),
                 ssh_config: None,
+                ..LoadOptions::default()
             },
         )
         .unwrap();

@@ -531,14 +531,15 @@ impl World {
     }
 
     /// Starts `cmd` in the background (stopped by `reset`); returns its pid and the path of its
-    /// stdout, once `ready(stdout)` holds (or panics after 60 s).
+    /// stdout, once `ready(stdout and stderr)` holds (or panics after 60 s).
     pub fn spawn(&self, cmd: &Cmd, ready: impl Fn(&str) -> bool) -> (u32, PathBuf) {
         let (mut c, out, err) = self.command(cmd, "bg");
         let mut child = c.spawn().unwrap();
         let pid = child.id();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            let mut text = std::fs::read_to_string(&out).unwrap_or_default();
+            text.push_str(&std::fs::read_to_string(&err).unwrap_or_default());
             if ready(&text) {
                 break;
             }
@@ -565,6 +566,9 @@ impl World {
     /// idle".
     pub fn wait_until_no_copy_in_flight(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
+        // Quiet for a second: a job the cycle planned may claim its copy just after the
+        // cycle's last line, so one idle look is not enough.
+        let mut idle_since: Option<Instant> = None;
         loop {
             let busy = self.raw_docs().iter().any(|(_, d)| {
                 let Ok(doc) = d.to_document() else {
@@ -578,7 +582,11 @@ impl World {
                     })
                 })
             });
-            if !busy {
+            if busy {
+                idle_since = None;
+            } else if idle_since.get_or_insert_with(Instant::now).elapsed()
+                >= Duration::from_secs(1)
+            {
                 return;
             }
             assert!(
