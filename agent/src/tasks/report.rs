@@ -12,7 +12,6 @@ use std::fmt;
 use catalog_schema::{FailureClass, RunDoc};
 
 use super::Task;
-use crate::catalog::CopyRef;
 
 /// How one piece of work ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -83,15 +82,6 @@ pub enum Subject {
 }
 
 impl Subject {
-    /// `run`'s data of type `data_type`, at this site.
-    pub fn run(run: &RunDoc, data_type: &str) -> Self {
-        Subject::Run {
-            number: Some(run.number),
-            name: run.name.clone(),
-            data_type: data_type.to_string(),
-        }
-    }
-
     /// A copy of `run` at a site.
     pub fn copy(run: &RunDoc, data_type: &str, host: &str) -> Self {
         Subject::Copy {
@@ -109,16 +99,6 @@ impl Subject {
             data_type: data_type.to_string(),
             host: backend.to_string(),
             tape: true,
-        }
-    }
-
-    /// The copy `copy` names (a site's copy).
-    pub fn of_copy(copy: &CopyRef) -> Self {
-        Subject::Copy {
-            number: copy.run.number,
-            data_type: copy.data_type.clone(),
-            host: copy.host.clone(),
-            tape: false,
         }
     }
 
@@ -379,6 +359,14 @@ mod tests {
         assert!(r.has_failures());
         let classes: Vec<_> = r.with(Outcome::Failed).map(|e| e.class).collect();
         assert_eq!(classes, [Some(FailureClass::Checksum), None]);
+    }
+
+    #[test]
+    fn task_names_are_the_ones_the_command_line_takes() {
+        for task in super::super::CYCLE_ORDER {
+            let value = clap::ValueEnum::to_possible_value(&task);
+            assert_eq!(value.as_ref().map(|v| v.get_name()), Some(task.name()));
+        }
     }
 
     #[test]
