@@ -29,11 +29,11 @@ use catalog_schema::{CopyEntry, CopyStatus, RunDoc};
 use tokio_util::sync::CancellationToken;
 
 use super::register::{build_manifest_and_dirhash, wants};
-use super::retry::{Failure, FailureClass};
-use super::{record, walk, Context, Subject, TaskReport, WorkList, MAX_PAGES};
+use super::{lifecycle, walk, Context, Subject, TaskReport, WorkList, MAX_PAGES};
 use crate::catalog::{Cas, CopyRef, Manifest, NewRun, Registered, Transition};
 use crate::checksum;
 use crate::datadir;
+use catalog_schema::{Failure, FailureClass};
 
 /// What adopting one copy did.
 enum Outcome {
@@ -116,7 +116,7 @@ async fn adopt_one(ctx: &Context, run: &RunDoc, c: &CopyEntry) -> Result<Outcome
     }
     let dir = match datadir::copy_dir(&ctx.site, run, c) {
         Ok(dir) => dir,
-        Err(e) if e.is_refusal() => return Err(record::refuse(ctx, run, c, &e).await),
+        Err(e) if e.is_refusal() => return Err(lifecycle::refuse(ctx, run, c, &e).await),
         Err(e) => return Ok(Outcome::Skipped(e.to_string())),
     };
     let shown = dir.display().to_string();

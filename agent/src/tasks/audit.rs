@@ -26,7 +26,7 @@
 //!    data directories).
 //! 6. **record**: a corrupt copy goes `transferred → error` with a `[checksum]` failure
 //!    naming both run digests and the bad files (so the retry task re-copies it from a
-//!    verified copy through `push::transfer_claimed`, after its backoff); the bad files are
+//!    verified copy through a retry job of the scheduler, after its backoff); the bad files are
 //!    removed only when another verified copy of the run exists. A lost copy goes
 //!    `transferred → error` with `[retryable] lost: …` (re-copied the same way). A copy with
 //!    no other verified copy (the origin's, usually) is marked too but keeps its files, and
@@ -51,13 +51,14 @@ use bson::DateTime;
 use catalog_schema::{CopyEntry, CopyStatus, RunDoc};
 use tokio_util::sync::CancellationToken;
 
-use super::retry::{Failure, FailureClass};
-use super::verify::{self, verified_elsewhere, Rehash};
-use super::{record, register, Context, RunScope, Subject, TaskReport};
+use super::rehash::Rehash;
+use super::verify::{self, verified_elsewhere};
+use super::{lifecycle, register, Context, RunScope, Subject, TaskReport};
 use crate::catalog::{Cas, CopyRef, Transition};
 use crate::config::{CompletionRule, Site};
 use crate::datadir::{self, Place};
 use crate::transport::PART_SUFFIX;
+use catalog_schema::{Failure, FailureClass};
 
 /// Runs asked of the catalogue per copy status. A listing this long is taken as cut off:
 /// the dark-data walk is then skipped rather than report known runs as dark.
@@ -347,7 +348,7 @@ async fn audit(ctx: &Context, token: &CancellationToken) -> Pass {
     }
     // 5. record
     for (run, c, e) in &misplaced {
-        let line = record::refuse(ctx, run, c, e).await;
+        let line = lifecycle::refuse(ctx, run, c, e).await;
         report.fail(Subject::copy(run, &c.data_type, &c.host), line);
     }
     for (subject, line) in dark {
@@ -644,7 +645,7 @@ async fn rehash(ctx: &Context, h: &Held) -> Result<Hashed, String> {
     let dir = h.dir.clone();
     let place = Place::new(&h.run, &ctx.site.name, &h.copy.data_type);
     let files = h.run.files.clone();
-    let found = tokio::task::spawn_blocking(move || verify::rehash(&place, &dir, &files))
+    let found = tokio::task::spawn_blocking(move || super::rehash::rehash(&place, &dir, &files))
         .await
         .map_err(|e| format!("re-hash task failed: {e}"))?;
     let digest = h.run.digest.clone().unwrap_or_default();

@@ -10,7 +10,8 @@
 //!                   its link has room; `settle` reports the jobs finished
 //!   copy_along      (the job) the peer's method: local copy, or SFTP on the pooled
 //!                   session → a Plan
-//!   execute         claim (conditional) → copy_run (`.part`, hashed while read, read back
+//!   execute         take the copy (`lifecycle::Held::take`: a claim, or for the retry
+//!                   task's jobs a reclaim or `error → transferring`) → copy_run (`.part`, hashed while read, read back
 //!                   at the destination, rename) with lease renewal; files cut off by a
 //!                   failed connection are copied again on a new session (their `.part`
 //!                   resumed), up to RECONNECTS times, still under the claim → transferring →
@@ -18,8 +19,8 @@
 //!                   when that digest is the run's; any failure → error, with the cause
 //!                   classified (`[retryable]`, `[checksum]`, `[fatal]`: [`FailureClass`])
 //!                   and the source named (`from SITE: …`), for the retry task
-//! transfer_claimed  the same from "claim" on, for a copy the retry task already holds
-//!                   (reclaimed, or moved `error → transferring`)
+//! job               the scheduler job of one planned copy: push, pull and retry (whose
+//!                   `Planned::take` says how the job takes the copy when it starts)
 //! ```
 //!
 //! Progress goes to a [`CopyProgress`] held by the [`Context`]: plain log lines by default
@@ -32,16 +33,18 @@ use std::time::Duration;
 use catalog_schema::{want_tag, CopyStatus, RunDoc};
 use tokio_util::sync::CancellationToken;
 
-use super::retry::{Failure, FailureClass};
+use super::lifecycle::{self, Held, RecordError, Take, Taken};
 use super::scheduler::{Job, JobEnd, JobFuture, Mode};
-use super::{record, replay, walk, Context, RunScope, Subject, Task, TaskReport, WorkList};
-use crate::catalog::{Cas, CatalogError, Claim, ClaimRequest, CopyRef, RunSelector, Transition};
+use super::{replay, walk, Context, RunScope, Subject, Task, TaskReport, WorkList};
+use crate::catalog::{CopyRef, RunSelector};
 use crate::checksum::{self, ChecksumError};
 use crate::config::{DestinationVerify, Site, TransferMethod};
 use crate::datadir::{self, PathError};
+use crate::journal::Stamp;
 use crate::transport::dest;
 use crate::transport::run::{copy_run_on, FileJob, Progress, RunCopy};
 use crate::transport::{CopyOptions, CopyReport, SshSession, TransportError, Verify};
+use catalog_schema::{Failure, FailureClass};
 
 /// How long a claim lasts without renewal (the site map's `limits.lease`, 10 min by
 /// default); renewed every third of it while copying.
@@ -152,15 +155,10 @@ impl CopyProgress for LogProgress {
 /// may succeed in a later cycle.
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
-    /// The catalogue failed during the copy's lifecycle.
-    #[error("{copy}: catalogue: {source}")]
-    Catalog {
-        /// The destination copy.
-        copy: String,
-        /// The catalogue's error.
-        #[source]
-        source: CatalogError,
-    },
+    /// Taking or recording the copy failed: the catalogue did not answer (the record then
+    /// waits in the journal), or another agent changed the copy.
+    #[error(transparent)]
+    Record(#[from] RecordError),
     /// No SSH session to the peer site.
     #[error("site {site}: no SSH session: {source}")]
     Session {
@@ -210,28 +208,6 @@ pub enum CopyError {
         #[source]
         source: ChecksumError,
     },
-    /// The bytes were verified but the catalogue did not take the record; it is kept in
-    /// the journal ([`crate::journal`]) and replayed when the catalogue answers.
-    #[error("{copy}: verified, but the catalogue did not take the record ({source}); kept in the journal {}, replayed when the catalogue answers", entry.display())]
-    Journaled {
-        /// The destination copy.
-        copy: String,
-        /// The journal entry.
-        entry: PathBuf,
-        /// The catalogue's error.
-        #[source]
-        source: CatalogError,
-    },
-    /// Another agent changed the copy under us (our lease expired and was taken over).
-    #[error("{copy}: {from} -> {to} lost: the copy changed under us (lease expired?)")]
-    Lost {
-        /// The destination copy.
-        copy: String,
-        /// The state we expected.
-        from: CopyStatus,
-        /// The state we wanted.
-        to: CopyStatus,
-    },
 }
 
 fn list_failures(failed: &[(String, TransportError)]) -> String {
@@ -247,33 +223,30 @@ impl CopyError {
     /// fresh copy may fix); not for bad layouts, refused keys, a full disk or a lost race.
     pub fn is_retryable(&self) -> bool {
         match self {
-            CopyError::Catalog { source, .. } => source.is_retryable(),
-            CopyError::Journaled { .. } => true,
+            CopyError::Record(e) => e.is_retryable(),
             CopyError::Session { source, .. } => source.is_retryable(),
             CopyError::Files { failed, .. } => failed.iter().all(|(_, e)| e.is_retryable()),
             CopyError::DigestMismatch { .. } | CopyError::NotVerified { .. } => true,
-            CopyError::Path(_) | CopyError::Manifest { .. } | CopyError::Lost { .. } => false,
+            CopyError::Path(_) | CopyError::Manifest { .. } => false,
         }
     }
 
     /// How the retry task should treat the failed copy (FTS3's classes).
     pub fn class(&self) -> FailureClass {
         match self {
-            CopyError::Catalog { source, .. } if source.is_retryable() => FailureClass::Catalog,
-            CopyError::Journaled { .. } => FailureClass::Catalog,
+            CopyError::Record(e) => e.class(),
             CopyError::Session { source, .. } if source.is_retryable() => FailureClass::Retryable,
             CopyError::Files { failed, .. } => failed
                 .iter()
-                .map(|(_, e)| super::retry::class_of_transport(e))
+                .map(|(_, e)| super::lifecycle::class_of_transport(e))
                 .max()
                 .unwrap_or(FailureClass::Retryable),
             CopyError::DigestMismatch { .. } => FailureClass::Checksum,
-            CopyError::NotVerified { .. } | CopyError::Lost { .. } => FailureClass::Retryable,
+            CopyError::NotVerified { .. } => FailureClass::Retryable,
             CopyError::Path(e) if e.is_refusal() => FailureClass::Refused,
-            CopyError::Catalog { .. }
-            | CopyError::Session { .. }
-            | CopyError::Path(_)
-            | CopyError::Manifest { .. } => FailureClass::Fatal,
+            CopyError::Session { .. } | CopyError::Path(_) | CopyError::Manifest { .. } => {
+                FailureClass::Fatal
+            }
         }
     }
 
@@ -350,7 +323,7 @@ pub(super) async fn verified_source<'s>(
         match checked {
             Ok(dir) => return Ok(Some((site, dir.display().to_string()))),
             Err(e) if e.is_refusal() => {
-                record::refuse(ctx, run, c, &e).await;
+                lifecycle::refuse(ctx, run, c, &e).await;
                 refused = Some(e);
             }
             Err(e) => return Err(e.into()),
@@ -413,26 +386,10 @@ pub(super) async fn copy_along(
     digest: &str,
     data_type: &str,
     route: Route<'_>,
+    take: Option<Take>,
 ) -> Result<Outcome, CopyError> {
     match plan(ctx, run, data_type, route).await? {
-        Ok(plan) => execute(ctx, run, digest, plan).await,
-        Err(skipped) => Ok(skipped),
-    }
-}
-
-/// [`copy_along`] for a copy this agent already holds in `transferring` (the retry task
-/// reclaimed it, or moved it `error → transferring`): no claim, the rest the same.
-pub(super) async fn transfer_claimed(
-    ctx: &Context,
-    run: &RunDoc,
-    digest: &str,
-    data_type: &str,
-    route: Route<'_>,
-) -> Result<Outcome, CopyError> {
-    match plan(ctx, run, data_type, route).await? {
-        Ok(plan) => run_claimed(ctx, run, digest, &plan)
-            .await
-            .map(|()| Outcome::Copied),
+        Ok(plan) => execute(ctx, run, digest, plan, take).await,
         Err(skipped) => Ok(skipped),
     }
 }
@@ -554,6 +511,9 @@ pub(super) struct Planned {
     pub dst_dir: PathBuf,
     /// The run digest the copy must have.
     pub digest: String,
+    /// How the job takes the copy when it starts (`None`: a new claim; the retry task's
+    /// reclaims and `error → transferring`).
+    pub take: Option<Take>,
 }
 
 /// Hands every run that `wanted` names to `one`, which plans it: a planned copy becomes a
@@ -632,20 +592,14 @@ pub(super) async fn for_each_wanted(
                     report.skip(subject, format!("not started: {why}"));
                     continue;
                 }
-                let source = match planned.direction {
-                    Direction::Push => ctx.site.name.clone(),
-                    Direction::Pull => planned.peer.name.clone(),
-                };
-                let subject = Subject::transfer(&run, data_type, &source, dest);
-                let job = Job {
-                    copy: copy.clone(),
-                    source: Some(CopyRef::new(run.key(), &source, data_type)),
-                    link,
+                let job = job(
+                    ctx,
                     task,
-                    subject,
-                    files: run.files.len(),
-                    start: job_start(ctx, run, data_type, *planned),
-                };
+                    run,
+                    data_type,
+                    *planned,
+                    "copied, verified and recorded",
+                );
                 if ctx.scheduler.submit(job) {
                     submitted.push(copy);
                 }
@@ -674,6 +628,35 @@ pub(super) async fn for_each_wanted(
     }
 }
 
+/// The scheduler job of `task` that makes the copy `planned` of `run`; `done` is the
+/// report's line when it is copied, verified and recorded.
+pub(super) fn job(
+    ctx: &Context,
+    task: Task,
+    run: RunDoc,
+    data_type: &str,
+    planned: Planned,
+    done: impl Into<String>,
+) -> Job {
+    let dest = match planned.direction {
+        Direction::Push => planned.peer.name.clone(),
+        Direction::Pull => ctx.site.name.clone(),
+    };
+    let source = match planned.direction {
+        Direction::Push => ctx.site.name.clone(),
+        Direction::Pull => planned.peer.name.clone(),
+    };
+    Job {
+        copy: CopyRef::new(run.key(), &dest, data_type),
+        source: Some(CopyRef::new(run.key(), &source, data_type)),
+        link: planned.peer.name.clone(),
+        task,
+        subject: Subject::transfer(&run, data_type, &source, &dest),
+        files: run.files.len(),
+        start: job_start(ctx, run, data_type, planned, done.into()),
+    }
+}
+
 /// The future a scheduler job runs: [`copy_along`] on its own clone of the context, so
 /// the job (and its lease renewal) lives apart from the cycle that planned it.
 fn job_start(
@@ -681,6 +664,7 @@ fn job_start(
     run: RunDoc,
     data_type: &str,
     planned: Planned,
+    done: String,
 ) -> Box<dyn FnOnce() -> JobFuture + Send> {
     let ctx = ctx.clone();
     let data_type = data_type.to_owned();
@@ -688,7 +672,7 @@ fn job_start(
         Box::pin(async move {
             let result = copy_planned(&ctx, &run, &data_type, planned).await;
             match result {
-                Ok(Outcome::Copied) => JobEnd::Done,
+                Ok(Outcome::Copied) => JobEnd::Done(done),
                 Ok(Outcome::Skipped(why)) => JobEnd::Skipped(why),
                 Err(e) => JobEnd::Failed {
                     link_fault: counts_against_link(&e),
@@ -712,6 +696,7 @@ async fn copy_planned(
         src_dir,
         dst_dir,
         digest,
+        take,
     } = planned;
     let route = Route {
         peer: &peer,
@@ -719,7 +704,7 @@ async fn copy_planned(
         src_dir,
         dst_dir,
     };
-    copy_along(ctx, run, &digest, data_type, route).await
+    copy_along(ctx, run, &digest, data_type, route, take).await
 }
 
 /// Whether a failed copy counts towards pausing its link: the session, the transfer, the
@@ -731,10 +716,7 @@ fn counts_against_link(e: &CopyError) -> bool {
         | CopyError::NotVerified { .. }
         | CopyError::DigestMismatch { .. }
         | CopyError::Path(_) => true,
-        CopyError::Catalog { .. }
-        | CopyError::Journaled { .. }
-        | CopyError::Lost { .. }
-        | CopyError::Manifest { .. } => false,
+        CopyError::Record(_) | CopyError::Manifest { .. } => false,
     }
 }
 
@@ -762,7 +744,7 @@ pub(super) async fn settle(
     for done in ctx.scheduler.take_finished(task) {
         let subject = done.subject;
         match done.end {
-            JobEnd::Done => report.did(subject, "copied, verified and recorded"),
+            JobEnd::Done(what) => report.did(subject, what),
             JobEnd::Skipped(why) => report.skip(subject, why),
             JobEnd::Failed { error, class, .. } => report.fail_as(subject, class, error),
         }
@@ -774,50 +756,40 @@ pub(super) async fn settle(
     }
 }
 
-/// Claims the destination copy and carries it to `transferred` (or `error`).
+/// Takes the destination copy (`take`; `None`: a new claim) and carries it to
+/// `transferred` (or `error`).
 async fn execute(
     ctx: &Context,
     run: &RunDoc,
     digest: &str,
     plan: Plan,
+    take: Option<Take>,
 ) -> Result<Outcome, CopyError> {
-    let copy = plan.copy.clone();
-    // A verified copy whose record waits in the journal is recorded, not copied again.
-    if let Some(why) = replay::before_claim(ctx, &copy).await {
-        return Ok(Outcome::Skipped(why));
-    }
-    let claim = ClaimRequest {
-        copy: copy.clone(),
+    let how = take.unwrap_or_else(|| Take::Claim {
         location: plan.location.clone(),
         protocol: plan.protocol.clone(),
-        owner: ctx.owner.clone(),
-        lease_for: lease(ctx),
+    });
+    let lost = how.lost();
+    // A verified copy whose record waits in the journal is recorded, not copied again.
+    let held = match Held::take(ctx, plan.copy.clone(), how, lease(ctx)).await? {
+        Taken::Held(held) => held,
+        Taken::Lost => return Ok(Outcome::Skipped(lost.into())),
+        Taken::Journaled(why) => return Ok(Outcome::Skipped(why)),
     };
-    let claimed = ctx
-        .catalog
-        .claim_copy(&claim)
-        .await
-        .map_err(|source| CopyError::Catalog {
-            copy: copy.to_string(),
-            source,
-        })?;
-    if let Claim::Lost = claimed {
-        return Ok(Outcome::Skipped("claimed by another agent".into()));
-    }
-    run_claimed(ctx, run, digest, &plan)
+    run_held(ctx, &held, run, digest, &plan)
         .await
         .map(|()| Outcome::Copied)
 }
 
 /// Copies and records a copy this agent holds in `transferring`; on failure records `error`
 /// with the classified cause.
-async fn run_claimed(
+async fn run_held(
     ctx: &Context,
+    held: &Held<'_>,
     run: &RunDoc,
     digest: &str,
     plan: &Plan,
 ) -> Result<(), CopyError> {
-    let copy = &plan.copy;
     let bytes: u64 = run
         .files
         .iter()
@@ -825,14 +797,14 @@ async fn run_claimed(
         .sum();
     ctx.progress
         .run_started(&plan.label, run.files.len(), bytes);
-    let result = copy_and_record(ctx, run, digest, plan).await;
+    let result = copy_and_record(ctx, held, run, digest, plan).await;
     if let Some(e) = result
         .as_ref()
         .err()
-        .filter(|e| !matches!(e, CopyError::Journaled { .. }))
+        .filter(|e| !matches!(e, CopyError::Record(r) if r.is_journaled()))
     {
         let why = Failure::new(e.class(), format!("from {}: {e}", plan.source));
-        fail(ctx, copy, &why).await;
+        held.fail(&why).await;
         if let (true, Some(peer)) = (e.connection_failed(), &plan.peer) {
             ctx.sessions.forget(peer).await;
         }
@@ -843,12 +815,13 @@ async fn run_claimed(
 
 async fn copy_and_record(
     ctx: &Context,
+    held: &Held<'_>,
     run: &RunDoc,
     digest: &str,
     plan: &Plan,
 ) -> Result<(), CopyError> {
     let copy = &plan.copy;
-    let measured = copy_and_measure(ctx, plan, run).await?;
+    let measured = copy_and_measure(ctx, held, plan, run).await?;
     if measured != digest {
         return Err(CopyError::DigestMismatch {
             copy: copy.to_string(),
@@ -856,15 +829,9 @@ async fn copy_and_record(
             expected: digest.to_owned(),
         });
     }
-    let owner = Some(ctx.owner.as_str());
-    let mut to_verifying = Transition::new(
-        CopyStatus::Transferring,
-        CopyStatus::Verifying,
-        owner,
-        &ctx.owner,
-    );
+    let mut to_verifying = held.change(CopyStatus::Transferring, CopyStatus::Verifying);
     to_verifying.checksum = Some(measured.clone());
-    to_verifying.lease_for = lease(ctx);
+    let stamps = stamps(plan, run);
     if destination_check(ctx, plan) == Verify::Deferred {
         // The destination's agent re-hashes its files (its `verify` task) and only it moves
         // the copy to `transferred`; the digest recorded here is what was sent.
@@ -872,19 +839,13 @@ async fn copy_and_record(
             "sent; {} verifies it with its own agent (site map: verify = \"agent\")",
             copy.host
         ));
-        record_or_journal(ctx, plan, run, &[&to_verifying]).await?;
-        if let Err(e) = ctx.catalog.release_lease(copy, &ctx.owner).await {
-            // The lease then runs out by itself; the destination's verify waits for that.
-            tracing::warn!(%copy, "cannot release the lease: {e}");
-        }
+        held.record(&[&to_verifying], &plan.location, stamps)
+            .await?;
+        // The destination's verify waits for the lease (or for it to run out).
+        held.release().await;
         return Ok(());
     }
-    let mut to_done = Transition::new(
-        CopyStatus::Verifying,
-        CopyStatus::Transferred,
-        owner,
-        &ctx.owner,
-    );
+    let mut to_done = held.change(CopyStatus::Verifying, CopyStatus::Transferred);
     to_done.checksum = Some(measured);
     to_done.reason = Some(match destination_check(ctx, plan) {
         Verify::RemoteCommand { argv } => format!(
@@ -893,76 +854,33 @@ async fn copy_and_record(
         ),
         _ => "every file read back at the destination matched the manifest".into(),
     });
-    record_or_journal(ctx, plan, run, &[&to_verifying, &to_done]).await
+    held.record(&[&to_verifying, &to_done], &plan.location, stamps)
+        .await?;
+    Ok(())
 }
 
-/// The record's conditional updates, in order. When the catalogue does not answer one of
-/// them, the rest of the record (from the state that step expected) goes to the journal
-/// with the destination files' stamps, and the copy is left as it is for the replay.
-async fn record_or_journal(
-    ctx: &Context,
-    plan: &Plan,
-    run: &RunDoc,
-    steps: &[&Transition],
-) -> Result<(), CopyError> {
-    let copy = &plan.copy;
-    for step in steps {
-        let source = match ctx.catalog.transition(copy, step).await {
-            Ok(Cas::Done) => continue,
-            Ok(Cas::Lost) => {
-                return Err(CopyError::Lost {
-                    copy: copy.to_string(),
-                    from: step.from,
-                    to: step.to,
-                })
-            }
-            Err(source) => source,
-        };
-        let last = steps.last().copied().unwrap_or(step);
-        if !source.is_retryable() {
-            return Err(CopyError::Catalog {
-                copy: copy.to_string(),
-                source,
-            });
-        }
-        let files = match &plan.method {
-            RunCopy::Push {
-                session,
-                remote_root,
-                ..
-            } => replay::remote_stamps(session, remote_root, &run.files).await,
-            RunCopy::Pull { local_root, .. } => replay::local_stamps(local_root, &run.files),
-            RunCopy::Local { dst_root, .. } => replay::local_stamps(dst_root, &run.files),
-        };
-        let record = replay::Record {
-            copy,
-            location: &plan.location,
-            from: step.from,
-            to: last.to,
-            checksum: last.checksum.as_deref().unwrap_or_default(),
-            reason: last.reason.as_deref().unwrap_or_default(),
-            lease: lease(ctx),
-            tape: None,
-            files,
-        };
-        return match replay::keep(ctx, record, &source) {
-            Ok(entry) => Err(CopyError::Journaled {
-                copy: copy.to_string(),
-                entry,
-                source,
-            }),
-            Err(_) => Err(CopyError::Catalog {
-                copy: copy.to_string(),
-                source,
-            }),
-        };
+/// The destination files' stamps for a journaled record (read only when the record goes to
+/// the journal).
+async fn stamps(plan: &Plan, run: &RunDoc) -> Vec<Stamp> {
+    match &plan.method {
+        RunCopy::Push {
+            session,
+            remote_root,
+            ..
+        } => replay::remote_stamps(session, remote_root, &run.files).await,
+        RunCopy::Pull { local_root, .. } => replay::local_stamps(local_root, &run.files),
+        RunCopy::Local { dst_root, .. } => replay::local_stamps(dst_root, &run.files),
     }
-    Ok(())
 }
 
 /// Copies every file, renewing the lease meanwhile; returns the run digest measured from
 /// the destination's read-back.
-async fn copy_and_measure(ctx: &Context, plan: &Plan, run: &RunDoc) -> Result<String, CopyError> {
+async fn copy_and_measure(
+    ctx: &Context,
+    held: &Held<'_>,
+    plan: &Plan,
+    run: &RunDoc,
+) -> Result<String, CopyError> {
     let copy = &plan.copy;
     let files: Vec<FileJob> = run
         .files
@@ -979,7 +897,7 @@ async fn copy_and_measure(ctx: &Context, plan: &Plan, run: &RunDoc) -> Result<St
     let mut method = plan.method.clone();
     for attempt in 0..=RECONNECTS {
         let jobs: Vec<FileJob> = pending.iter().map(|&i| files[i].clone()).collect();
-        let outcome = copy_files(ctx, plan, &method, &jobs).await?;
+        let outcome = copy_files(ctx, held, plan, &method, &jobs).await?;
         let mut cut = Vec::new();
         for (&i, result) in pending.iter().zip(outcome) {
             if matches!(&result, Err(e) if is_connection_error(e)) {
@@ -1055,11 +973,11 @@ fn destination_check(ctx: &Context, plan: &Plan) -> Verify {
 /// Copies `jobs` with `method` while renewing the lease; each file's result, in order.
 async fn copy_files(
     ctx: &Context,
+    held: &Held<'_>,
     plan: &Plan,
     method: &RunCopy,
     jobs: &[FileJob],
 ) -> Result<Vec<Result<CopyReport, TransportError>>, CopyError> {
-    let copy = &plan.copy;
     let opts = CopyOptions {
         verify: destination_check(ctx, plan),
         ..CopyOptions::default()
@@ -1069,25 +987,7 @@ async fn copy_files(
     let copying = copy_run_on(&plan.link, method, jobs, &opts, &ctx.gates, |event| {
         progress.file(label, &event);
     });
-    let mut copying = std::pin::pin!(copying);
-    let mut renew = tokio::time::interval(lease(ctx) / 3);
-    renew.tick().await;
-    loop {
-        tokio::select! {
-            results = &mut copying => return Ok(results),
-            _ = renew.tick() => {
-                match ctx.catalog.renew_lease(copy, &ctx.owner, lease(ctx)).await {
-                    Ok(Cas::Done) => {}
-                    Ok(Cas::Lost) => return Err(CopyError::Lost {
-                        copy: copy.to_string(),
-                        from: CopyStatus::Transferring,
-                        to: CopyStatus::Transferring,
-                    }),
-                    Err(e) => tracing::warn!(%copy, "cannot renew the lease: {e}"),
-                }
-            }
-        }
-    }
+    held.work(async { Ok::<_, CopyError>(copying.await) }).await
 }
 
 /// The pooled session to `peer`.
@@ -1141,22 +1041,6 @@ fn is_connection_error(e: &TransportError) -> bool {
     )
 }
 
-/// Records a failed copy as `error`, the classified text in `last_error` and in the audit
-/// trail (where the retry task counts checksum mismatches). Best effort: if this fails too,
-/// the lease expires and the retry task reclaims the copy.
-pub(super) async fn fail(ctx: &Context, copy: &CopyRef, why: &Failure) {
-    let mut change = Transition::new(
-        CopyStatus::Transferring,
-        CopyStatus::Error,
-        Some(&ctx.owner),
-        &ctx.owner,
-    );
-    change.record_failure(why);
-    if let Err(e) = ctx.catalog.transition(copy, &change).await {
-        tracing::warn!(%copy, "cannot record the failure ({why}): {e}");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1185,11 +1069,11 @@ mod tests {
             failed: vec![("b".into(), denied)],
         };
         assert!(!mixed.is_retryable() && !mixed.connection_failed());
-        let lost = CopyError::Lost {
-            copy: "c".into(),
+        let lost = CopyError::Record(RecordError::Lost {
+            copy: CopyRef::new(catalog_schema::RunKey::new("tpc", 1), "mirror", "raw"),
             from: CopyStatus::Transferring,
             to: CopyStatus::Verifying,
-        };
+        });
         assert!(!lost.is_retryable());
     }
 }

@@ -15,11 +15,12 @@
 //! | heartbeat  | `heartbeat.rs`| one document per agent: cycle, counts, free disk  |
 //!
 //! Push, pull and retry share `copy.rs` (claim → copy → read back → record) and the agent's
-//! SSH sessions, one per peer site (`sessions.rs`); the tape task shares `record.rs`. Push
-//! and pull hand their copies to `scheduler.rs`, which runs them on every link at once,
+//! SSH sessions, one per peer site (`sessions.rs`); every task that works on a copy (copy, tape, recall, verify) takes, renews, records and
+//! fails it through one lifecycle, `lifecycle.rs`, which builds on no task. Push, pull and
+//! retry hand their copies to `scheduler.rs`, which runs them on every link at once,
 //! behind the cycle.
 //! `recall.rs` is not a cycle task: `ferry recall` restores one run from tape with the
-//! same claim and lifecycle (`copy.rs`, `record.rs`) and the tape task's backends.
+//! same lifecycle (`lifecycle.rs`) and the tape task's backends.
 //!
 //! A task never fails the cycle: each run it touches either succeeds, is skipped with a
 //! reason, or is listed in the report's failures with the run and the cause; the next task
@@ -30,13 +31,14 @@ pub mod adopt;
 pub mod audit;
 pub mod copy;
 pub mod heartbeat;
+pub mod lifecycle;
 pub mod owner;
 pub mod pull;
 pub mod purge;
 pub mod push;
 pub mod recall;
-pub mod record;
 pub mod register;
+pub mod rehash;
 pub mod replay;
 pub mod report;
 pub mod retry;
@@ -50,7 +52,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bson::DateTime;
-use catalog_schema::{CopyStatus, RunDoc, RunKey};
+use catalog_schema::{CopyEntry, CopyStatus, RunDoc, RunKey};
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{page_after, Catalog, CatalogError, RunSelector};
@@ -423,4 +425,27 @@ async fn missing_run(ctx: &Context) -> Option<String> {
         Ok(_) => None,
         Err(e) => Some(format!("looking up the run asked for: {e}")),
     }
+}
+
+/// The copies at `host` in `status` of the runs in scope, each with its run (the indexed
+/// work list, walked page by page: [`walk`]).
+pub(crate) async fn copies_in(
+    ctx: &Context,
+    host: &str,
+    status: CopyStatus,
+) -> Result<Vec<(RunDoc, CopyEntry)>, String> {
+    let runs = walk(ctx, WorkList::InStatus(host, status), MAX_PAGES)
+        .await
+        .map_err(|e| format!("{status} copies at {host}: catalogue: {e}"))?;
+    let mut out = Vec::new();
+    for run in runs {
+        for c in run
+            .data
+            .iter()
+            .filter(|c| c.host == host && c.status == status)
+        {
+            out.push((run.clone(), c.clone()));
+        }
+    }
+    Ok(out)
 }

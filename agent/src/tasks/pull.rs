@@ -86,5 +86,6 @@ async fn pull_run(
         src_dir,
         dst_dir,
         digest,
+        take: None,
     })))
 }

@@ -39,8 +39,9 @@ use bson::DateTime;
 use catalog_schema::{CopyEntry, CopyStatus, RunDoc};
 use tokio_util::sync::CancellationToken;
 
-use super::verify::{copies_in, verified_elsewhere};
-use super::{record, walk, Context, RunScope, Subject, TaskReport, WorkList, MAX_PAGES};
+use super::copies_in;
+use super::verify::verified_elsewhere;
+use super::{lifecycle, walk, Context, RunScope, Subject, TaskReport, WorkList, MAX_PAGES};
 use crate::catalog::{Cas, CopyRef, Protector};
 use crate::config::{CompletionRule, PurgePolicy};
 use crate::datadir::{self, roots, Place};
@@ -539,7 +540,7 @@ async fn purge_one(
 ) -> Result<Purged, String> {
     let dir = match datadir::copy_dir(&ctx.site, run, c) {
         Ok(dir) => dir,
-        Err(e) if e.is_refusal() => return Err(record::refuse(ctx, run, c, &e).await),
+        Err(e) if e.is_refusal() => return Err(lifecycle::refuse(ctx, run, c, &e).await),
         Err(e) => return Err(e.to_string()),
     };
     let place = Place::new(run, &ctx.site.name, &c.data_type);
@@ -754,7 +755,7 @@ async fn finish_removals(ctx: &Context, token: &CancellationToken, report: &mut 
         // the run's own directory is neither deleted from nor forgotten.
         let outcome = match datadir::copy_dir(&ctx.site, run, c) {
             Ok(dir) => delete_and_forget(ctx, &copy, run, &dir, why).await,
-            Err(e) if e.is_refusal() => Err(record::refuse(ctx, run, c, &e).await),
+            Err(e) if e.is_refusal() => Err(lifecycle::refuse(ctx, run, c, &e).await),
             Err(datadir::PathError::Missing { .. }) => {
                 match ctx.catalog.remove_copy(&copy, &ctx.owner, why).await {
                     Ok(Cas::Done) => Ok(()),

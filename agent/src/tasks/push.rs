@@ -79,5 +79,6 @@ async fn push_run(
         src_dir,
         dst_dir,
         digest,
+        take: None,
     })))
 }

@@ -19,7 +19,7 @@
 //!    the next one holding the run;
 //! 5. only then move the files into the run directory (the layout template, as push and
 //!    pull place runs: [`copy::run_dir`]) and `transferring → verifying → transferred` with
-//!    the measured digest ([`record::finish`]).
+//!    the measured digest ([`Held::finish`]).
 //!
 //! Any failure after the claim records the copy as `error` (the retry task's classes), the
 //! scratch directory and any file already moved are removed, and the error is returned.
@@ -29,13 +29,14 @@ use std::path::{Path, PathBuf};
 use bson::DateTime;
 use catalog_schema::{CopyEntry, CopyStatus, RunDoc};
 
-use super::retry::{Failure, FailureClass};
-use super::{copy, owner, record, tape, Context};
-use crate::catalog::{Cas, CatalogError, Claim, ClaimRequest, CopyRef, RunSelector, Transition};
+use super::lifecycle::{Held, RecordError, Take, Taken};
+use super::{copy, owner, replay, tape, Context};
+use crate::catalog::{CatalogError, CopyRef, RunSelector};
 use crate::checksum::{self, ChecksumError};
 use crate::config::TapeBackendConfig;
 use crate::datadir;
 use crate::tape::{key_of, Receipt, StoredFile, TapeBackend, TapeError};
+use catalog_schema::{Failure, FailureClass};
 
 /// What the operator asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,9 +254,18 @@ pub enum RecallError {
         #[source]
         source: CatalogError,
     },
-    /// Recording the copy's progress failed (a lost lease, a lost transition).
-    #[error("{0}")]
-    Record(String),
+    /// Taking or recording the copy failed (a lost lease, a lost transition, the
+    /// catalogue).
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// The copy's verified record waits in the journal: it is replayed, not recalled.
+    #[error("{copy}: not recalled: {why}")]
+    Journaled {
+        /// The copy here.
+        copy: CopyRef,
+        /// What the journal said.
+        why: String,
+    },
     /// Every backend holding the run failed.
     #[error("{copy}: every tape copy failed: {}", failures.join("; "))]
     AllFailed {
@@ -299,7 +309,7 @@ impl RecallError {
             } => FailureClass::Checksum,
             Self::Tape { source, .. } if source.is_retryable() => FailureClass::Retryable,
             Self::Catalog { source, .. } if source.is_retryable() => FailureClass::Retryable,
-            Self::Record(_) => FailureClass::Retryable,
+            Self::Record(e) => e.class(),
             Self::AllFailed { class, .. } => *class,
             _ => FailureClass::Fatal,
         }
@@ -426,24 +436,34 @@ async fn recall_type(
     // A failed copy here (an earlier recall or copy that failed) whose directory is the
     // run's is taken over; any other copy is refused.
     let existing = run.copy(&ctx.site.name, data_type);
-    let mut how = Take::Claim;
+    let location = dir.display().to_string();
+    let mut how = Take::Claim {
+        location: location.clone(),
+        protocol: crate::catalog::Protocol::Local,
+    };
     if let Some(c) = existing {
-        let here = c.location.as_deref() == Some(dir.display().to_string().as_str());
-        how = match (c.status, c.lease.as_ref()) {
-            (CopyStatus::Error, _) if here => Take::Failed,
+        let here = c.location.as_deref() == Some(location.as_str());
+        let taken = match (c.status, c.lease.as_ref()) {
+            (CopyStatus::Error, _) if here => Some(Take::Failed {
+                reason: "recall from tape".into(),
+            }),
             // A recall (or copy) here that was killed: its lease ran out, or its holder was
             // this site's agent on this host and its process is gone.
             (CopyStatus::Transferring, Some(l)) if here && c.is_stalled(DateTime::now()) => {
-                Take::Stalled(l.owner.clone())
+                Some(Take::Stalled {
+                    stale: l.owner.clone(),
+                })
             }
             (CopyStatus::Transferring, Some(l))
                 if here && owner::is_dead_predecessor(&l.owner, &ctx.owner) =>
             {
-                Take::Abandoned(l.owner.clone())
+                Some(Take::Abandoned {
+                    stale: l.owner.clone(),
+                })
             }
-            _ => Take::Refused,
+            _ => None,
         };
-        if how == Take::Refused {
+        let Some(taken) = taken else {
             return Err(RecallError::CopyExists {
                 copy,
                 status: c.status,
@@ -453,7 +473,8 @@ async fn recall_type(
                     _ => ": another agent works on it",
                 },
             });
-        }
+        };
+        how = taken;
     }
     if dir_has_entries(&dir).map_err(|source| RecallError::Io {
         copy: copy.clone(),
@@ -493,20 +514,23 @@ async fn recall_type(
             dry_run: true,
         });
     }
-    take(ctx, &copy, &dir, &how).await?;
+    let held = match Held::take(ctx, copy.clone(), how, copy::lease(ctx)).await? {
+        Taken::Held(held) => held,
+        Taken::Lost => return Err(RecallError::ClaimLost(copy)),
+        Taken::Journaled(why) => return Err(RecallError::Journaled { copy, why }),
+    };
     let mut failures = Vec::new();
     for (backend, receipt) in &ready {
-        match restore(ctx, run, digest, &copy, backend.as_ref(), receipt, &dir).await {
+        match restore(ctx, &held, run, digest, backend.as_ref(), receipt, &dir).await {
             Ok(measured) => {
                 let reason = format!(
                     "restored from tape {} ({}): every file and the run digest matched the manifest",
                     backend.name(),
                     receipt.reference
                 );
-                let here = Some((dir.as_path(), run.files.as_slice()));
-                record::finish_in(ctx, &copy, measured, copy::lease(ctx), reason, None, here)
-                    .await
-                    .map_err(RecallError::Record)?;
+                let stamps = async { replay::local_stamps(&dir, &run.files) };
+                held.finish(&measured, reason, None, &location, stamps)
+                    .await?;
                 return Ok(Recalled {
                     copy,
                     backend: backend.name().to_owned(),
@@ -523,77 +547,8 @@ async fn recall_type(
         }
     }
     let err = one_or_all(&copy, failures);
-    copy::fail(ctx, &copy, &Failure::new(err.class(), err.to_string())).await;
+    held.fail(&Failure::new(err.class(), err.to_string())).await;
     Err(err)
-}
-
-/// How the destination copy is taken.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Take {
-    /// No copy here yet: a new claim.
-    Claim,
-    /// This site's `error` copy in the run's directory: `error → transferring`.
-    Failed,
-    /// A `transferring` copy here whose lease expired (held by this owner).
-    Stalled(String),
-    /// A `transferring` copy here whose holder, this site's agent on this host, is gone.
-    Abandoned(String),
-    /// Any other copy: not ours to take.
-    Refused,
-}
-
-/// Takes the destination copy as `how` says, in one conditional update.
-async fn take(ctx: &Context, copy: &CopyRef, dir: &Path, how: &Take) -> Result<(), RecallError> {
-    let catalog_err = |source| RecallError::Catalog {
-        run: copy.run.number.to_string(),
-        source,
-    };
-    let lease = copy::lease(ctx);
-    let won = if let Take::Stalled(stale) | Take::Abandoned(stale) = how {
-        let taken = if matches!(how, Take::Stalled(_)) {
-            ctx.catalog
-                .reclaim_stalled(copy, stale, &ctx.owner, lease)
-                .await
-        } else {
-            ctx.catalog
-                .reclaim_abandoned(copy, stale, &ctx.owner, lease)
-                .await
-        };
-        matches!(taken.map_err(catalog_err)?, Claim::Won(_))
-    } else if *how == Take::Failed {
-        let mut change = Transition::new(
-            CopyStatus::Error,
-            CopyStatus::Transferring,
-            Some(&ctx.owner),
-            &ctx.owner,
-        );
-        change.lease_for = copy::lease(ctx);
-        change.reason = Some("recall from tape".into());
-        matches!(
-            ctx.catalog
-                .transition(copy, &change)
-                .await
-                .map_err(catalog_err)?,
-            Cas::Done
-        )
-    } else {
-        let claim = ClaimRequest {
-            copy: copy.clone(),
-            location: dir.display().to_string(),
-            protocol: crate::catalog::Protocol::Local,
-            owner: ctx.owner.clone(),
-            lease_for: copy::lease(ctx),
-        };
-        matches!(
-            ctx.catalog.claim_copy(&claim).await.map_err(catalog_err)?,
-            Claim::Won(_)
-        )
-    };
-    if won {
-        Ok(())
-    } else {
-        Err(RecallError::ClaimLost(copy.clone()))
-    }
 }
 
 /// The one failure, or all of them with the gravest class.
@@ -701,13 +656,14 @@ async fn prepare(
 /// files into `dir`. Returns the measured run digest. On failure nothing is left behind.
 async fn restore(
     ctx: &Context,
+    held: &Held<'_>,
     run: &RunDoc,
     digest: &str,
-    copy: &CopyRef,
     backend: &dyn TapeBackend,
     receipt: &Receipt,
     dir: &Path,
 ) -> Result<String, RecallError> {
+    let copy = held.copy();
     let io = |what, path: &Path| {
         let (copy, path) = (copy.clone(), path.to_path_buf());
         move |source| RecallError::Io {
@@ -724,11 +680,8 @@ async fn restore(
     })?;
     let scratch =
         Scratch::create(root, run.number).map_err(io("creating scratch directory in", root))?;
-    let work =
-        async { Ok(fetch_and_measure(run, digest, copy, backend, receipt, scratch.path()).await) };
-    let measured = record::with_lease(ctx, copy, copy::lease(ctx), work)
-        .await
-        .map_err(RecallError::Record)??;
+    let work = fetch_and_measure(run, digest, copy, backend, receipt, scratch.path());
+    let measured = held.work(work).await?;
     let place = datadir::Place::new(run, &ctx.site.name, &copy.data_type);
     move_into_place(&place, root, scratch.path(), dir, run).map_err(|(what, path, source)| {
         RecallError::Io {

@@ -296,7 +296,7 @@ impl Bytes for SiteBytes<'_> {
                 let dir = PathBuf::from(&entry.location);
                 let files = run.files.clone();
                 match tokio::task::spawn_blocking(move || {
-                    super::verify::rehash(&place, &dir, &files)
+                    super::rehash::rehash(&place, &dir, &files)
                 })
                 .await
                 {

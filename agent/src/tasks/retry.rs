@@ -34,10 +34,11 @@
 //!    A run the operator names is retried at once: past the class, the limit and the
 //!    backoff, one attempt per invocation.
 //!
-//! **How a retried copy re-enters the push path**: the responsible agent moves the entry
-//! `error → transferring` itself (a conditional update on the status; the catalogue gives it
-//! the lease and counts the attempt), then runs the same copy as a fresh claim,
-//! `copy::transfer_claimed` (the lifecycle push and pull share), from a source holding a
+//! **How a retried copy re-enters the push path**: it becomes a job of the agent's
+//! scheduler (`copy::job`), like a push or a pull, on its link's turn. When the job starts it
+//! takes the copy (`lifecycle::Take::Failed`: `error → transferring`, a conditional update on
+//! the status; the catalogue gives it the lease and counts the attempt; or a reclaim of a
+//! stalled or abandoned copy), then copies it as push and pull do, from a source holding a
 //! verified copy. The entry is
 //! kept (not removed and requested again), so `attempts` and the audit trail of earlier
 //! failures survive: the limit and the suspect-source rule are counted from them.
@@ -61,15 +62,14 @@ use bson::DateTime;
 use catalog_schema::{CopyEntry, CopyStatus, RunDoc};
 use tokio_util::sync::CancellationToken;
 
-use super::copy::{self, Direction, Outcome};
+use super::copy::{self, lease, Direction};
+use super::lifecycle::{self, Held, Take, Taken};
 use super::owner;
-use super::push::lease;
-use super::verify::copies_in;
-use super::{record, walk, Context, RunScope, Subject, TaskReport, WorkList, MAX_PAGES};
-use crate::catalog::{Cas, Claim, CopyRef, Transition};
+use super::scheduler::Mode;
+use super::{copies_in, walk, Context, RunScope, Subject, Task, TaskReport, WorkList, MAX_PAGES};
+use crate::catalog::{Cas, CopyRef, Transition};
 use crate::config::{Site, TransferMethod};
 use crate::datadir;
-use crate::transport::TransportError;
 
 /// Attempts after which a copy is given up.
 pub const MAX_ATTEMPTS: i64 = 5;
@@ -81,16 +81,6 @@ pub const BACKOFF_CAP: Duration = Duration::from_secs(3600);
 pub const SUSPECT_SOURCE_AFTER: usize = 2;
 
 pub use catalog_schema::{Failure, FailureClass};
-
-/// The class of a transport failure.
-pub fn class_of_transport(e: &TransportError) -> FailureClass {
-    match e {
-        TransportError::ChecksumMismatch { .. } => FailureClass::Checksum,
-        TransportError::UnsafePath { .. } => FailureClass::Refused,
-        e if e.is_retryable() => FailureClass::Retryable,
-        _ => FailureClass::Fatal,
-    }
-}
 
 /// The wait after a copy's `attempts`-th attempt failed: [`BACKOFF_BASE`] × 2^attempts,
 /// at most [`BACKOFF_CAP`].
@@ -143,18 +133,30 @@ fn routes(ctx: &Context) -> Vec<Route<'_>> {
 }
 
 /// Runs the task.
+///
+/// Copies to make again become jobs of the agent's scheduler, which takes each copy
+/// (reclaims it, or moves it `error → transferring`) when the job starts, on the link's
+/// turn among every other copy; the report gets them when they end (in `--once`, before
+/// the task returns).
 pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
     let mut report = TaskReport::default();
+    let mut jobs = Jobs::default();
     for route in routes(ctx) {
         if token.is_cancelled() {
             break;
         }
-        reclaim_stalled(ctx, &route, token, &mut report).await;
-        reclaim_abandoned(ctx, &route, token, &mut report).await;
-        retry_failed(ctx, &route, token, &mut report).await;
+        reclaim_stalled(ctx, &route, token, &mut report, &mut jobs).await;
+        reclaim_abandoned(ctx, &route, token, &mut report, &mut jobs).await;
+        retry_failed(ctx, &route, token, &mut report, &mut jobs).await;
     }
+    // Paused links are reported by the push and pull tasks.
+    copy::settle(ctx, Task::Retry, &[], &jobs.0, token, &mut report).await;
     report
 }
+
+/// The copies handed to the scheduler in this cycle.
+#[derive(Default)]
+struct Jobs(Vec<CopyRef>);
 
 /// Where a copy can be copied from again.
 struct Source {
@@ -168,7 +170,7 @@ struct Source {
 /// The first of `route.sources` holding a verified copy (transferred, with the run's
 /// digest) of `data_type` recorded at the run's own directory there
 /// ([`datadir::check_location`]). A verified copy recorded anywhere else is flagged
-/// `[refused]` ([`record::refuse`]) and passed over; when it was the only one, the refusal
+/// `[refused]` ([`lifecycle::refuse`]) and passed over; when it was the only one, the refusal
 /// is the error.
 async fn verified_source(
     ctx: &Context,
@@ -190,7 +192,7 @@ async fn verified_source(
         let dir = match datadir::check_location(s, data_type, run, c.location.as_deref()) {
             Ok(dir) => dir,
             Err(e) if e.is_refusal() => {
-                refused = Some(record::refuse(ctx, run, c, &e).await);
+                refused = Some(lifecycle::refuse(ctx, run, c, &e).await);
                 continue;
             }
             Err(e) => return Err(e.to_string()),
@@ -226,6 +228,7 @@ async fn reclaim_stalled(
     route: &Route<'_>,
     token: &CancellationToken,
     report: &mut TaskReport,
+    jobs: &mut Jobs,
 ) {
     let now = DateTime::now();
     let dest = &route.dest.name;
@@ -251,7 +254,7 @@ async fn reclaim_stalled(
             if token.is_cancelled() {
                 return;
             }
-            let outcome = reclaim_one(ctx, route, run, c, Reclaim::Expired).await;
+            let outcome = reclaim_one(ctx, route, run, c, Reclaim::Expired, jobs).await;
             note(report, run, c, outcome);
         }
     }
@@ -264,6 +267,7 @@ async fn reclaim_abandoned(
     route: &Route<'_>,
     token: &CancellationToken,
     report: &mut TaskReport,
+    jobs: &mut Jobs,
 ) {
     let copies = match copies_in(ctx, &route.dest.name, CopyStatus::Transferring).await {
         Ok(copies) => copies,
@@ -294,7 +298,7 @@ async fn reclaim_abandoned(
         } else {
             continue;
         };
-        let outcome = reclaim_one(ctx, route, run, c, how).await;
+        let outcome = reclaim_one(ctx, route, run, c, how, jobs).await;
         note(report, run, c, outcome);
     }
 }
@@ -329,15 +333,16 @@ async fn clear_unleased(
         ));
     }
     let copy = CopyRef::new(run.key(), &c.host, &c.data_type);
-    match ctx
-        .catalog
-        .reclaim_unleased(&copy, idle_before, &ctx.owner, grace)
+    let how = Take::Unleased { idle_before };
+    let lost = how.lost();
+    let held = match Held::take(ctx, copy.clone(), how, grace)
         .await
         .map_err(|e| e.to_string())?
     {
-        Claim::Won(_) => {}
-        Claim::Lost => return Ok(Step::Skipped("reclaimed by another agent".into())),
-    }
+        Taken::Held(held) => held,
+        Taken::Lost => return Ok(Step::Skipped(lost.into())),
+        Taken::Journaled(why) => return Ok(Step::Skipped(why)),
+    };
     let why = Failure::new(
         FailureClass::Retryable,
         format!(
@@ -346,14 +351,9 @@ async fn clear_unleased(
             humantime::format_duration(grace)
         ),
     );
-    let mut to_error = Transition::new(
-        CopyStatus::Transferring,
-        CopyStatus::Error,
-        Some(&ctx.owner),
-        &ctx.owner,
-    );
+    let mut to_error = held.change(CopyStatus::Transferring, CopyStatus::Error);
     to_error.record_failure(&why);
-    record::cas(ctx, &copy, &to_error).await?;
+    held.step(&to_error).await.map_err(|e| e.to_string())?;
     let cleared = why.to_string();
     match ctx
         .catalog
@@ -406,6 +406,8 @@ impl Reclaim {
 enum Step {
     Done(String),
     Skipped(String),
+    /// Handed to the scheduler: reported when its job ends.
+    Queued,
 }
 
 async fn reclaim_one(
@@ -414,6 +416,7 @@ async fn reclaim_one(
     run: &RunDoc,
     c: &CopyEntry,
     how: Reclaim,
+    jobs: &mut Jobs,
 ) -> Result<Step, String> {
     let Some(stale) = c.lease.as_ref().map(|l| l.owner.clone()) else {
         return Ok(Step::Skipped("no lease to reclaim".into()));
@@ -439,29 +442,27 @@ async fn reclaim_one(
             src.site
         )));
     }
-    let copy = CopyRef::new(run.key(), &route.dest.name, &c.data_type);
-    // Verified bytes whose record waits in the journal are recorded, not copied again.
-    if let Some(why) = super::replay::before_claim(ctx, &copy).await {
-        return Ok(Step::Skipped(why));
-    }
-    let taken = match how {
-        Reclaim::Expired => {
-            ctx.catalog
-                .reclaim_stalled(&copy, &stale, &ctx.owner, lease(ctx))
-                .await
-        }
-        Reclaim::Abandoned | Reclaim::Orphaned => {
-            ctx.catalog
-                .reclaim_abandoned(&copy, &stale, &ctx.owner, lease(ctx))
-                .await
-        }
+    let take = match how {
+        Reclaim::Expired => Take::Stalled {
+            stale: stale.clone(),
+        },
+        Reclaim::Abandoned | Reclaim::Orphaned => Take::Abandoned {
+            stale: stale.clone(),
+        },
     };
-    match taken.map_err(|e| e.to_string())? {
-        Claim::Won(_) => {}
-        Claim::Lost => return Ok(Step::Skipped("reclaimed by another agent".into())),
-    }
     let attempts = c.attempts.saturating_add(1);
     if attempts > MAX_ATTEMPTS {
+        // Given up: taken and failed here, nothing to copy.
+        let copy = CopyRef::new(run.key(), &route.dest.name, &c.data_type);
+        let lost = take.lost();
+        let held = match Held::take(ctx, copy, take, lease(ctx))
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Taken::Held(held) => held,
+            Taken::Lost => return Ok(Step::Skipped(lost.into())),
+            Taken::Journaled(why) => return Ok(Step::Skipped(why)),
+        };
         let why = Failure::new(
             FailureClass::Retryable,
             format!(
@@ -469,25 +470,30 @@ async fn reclaim_one(
                 c.attempts
             ),
         );
-        copy::fail(ctx, &copy, &why).await;
+        held.fail(&why).await;
         return Err(format!("gave up: {why}"));
     }
-    copy_again(ctx, route, run, &copy, &src).await?;
-    Ok(Step::Done(format!(
+    let done = format!(
         "reclaimed from {stale} ({cause}), copied from {} (attempt {attempts})",
         src.site
-    )))
+    );
+    copy_again(ctx, route, run, &c.data_type, &src, take, done, jobs)
 }
 
-/// The copy in `transferring`, leased by this agent: copies it from `src`.
-async fn copy_again(
+/// Hands the copy to the scheduler: its job takes the copy as `take` says when it starts,
+/// and copies it from `src`; `done` is the report's line when it is recorded.
+#[allow(clippy::too_many_arguments)]
+fn copy_again(
     ctx: &Context,
     route: &Route<'_>,
     run: &RunDoc,
-    copy: &CopyRef,
+    data_type: &str,
     src: &Source,
-) -> Result<(), String> {
-    let dst_dir = datadir::run_dir(route.dest, &copy.data_type, run).map_err(|e| e.to_string())?;
+    take: Take,
+    done: String,
+    jobs: &mut Jobs,
+) -> Result<Step, String> {
+    let dst_dir = datadir::run_dir(route.dest, data_type, run).map_err(|e| e.to_string())?;
     // This agent initiates the link: it is the source (a push) or the destination (a pull).
     let (peer, direction) = if src.site == ctx.site.name {
         (route.dest, Direction::Push)
@@ -498,16 +504,26 @@ async fn copy_again(
             .ok_or_else(|| format!("source site {} is not in the site map", src.site))?;
         (peer, Direction::Pull)
     };
-    let way = copy::Route {
-        peer,
+    if ctx.scheduler.mode() == Mode::Waiting {
+        if let Some(why) = ctx.scheduler.paused(&peer.name) {
+            return Ok(Step::Skipped(format!("not started: {why}")));
+        }
+    }
+    let planned = copy::Planned {
+        peer: peer.clone(),
         direction,
         src_dir: src.dir.display().to_string(),
         dst_dir,
+        digest: src.digest.clone(),
+        take: Some(take),
     };
-    match copy::transfer_claimed(ctx, run, &src.digest, &copy.data_type, way).await {
-        Ok(Outcome::Copied) => Ok(()),
-        Ok(Outcome::Skipped(why)) => Err(why),
-        Err(e) => Err(e.to_string()),
+    let job = copy::job(ctx, Task::Retry, run.clone(), data_type, planned, done);
+    let copy = job.copy.clone();
+    if ctx.scheduler.submit(job) {
+        jobs.0.push(copy);
+        Ok(Step::Queued)
+    } else {
+        Ok(Step::Skipped("being copied by this agent".into()))
     }
 }
 
@@ -516,6 +532,7 @@ async fn retry_failed(
     route: &Route<'_>,
     token: &CancellationToken,
     report: &mut TaskReport,
+    jobs: &mut Jobs,
 ) {
     let copies = match copies_in(ctx, &route.dest.name, CopyStatus::Error).await {
         Ok(copies) => copies,
@@ -528,7 +545,7 @@ async fn retry_failed(
         if token.is_cancelled() {
             return;
         }
-        let outcome = retry_one(ctx, route, run, c).await;
+        let outcome = retry_one(ctx, route, run, c, jobs).await;
         note(report, run, c, outcome);
     }
 }
@@ -539,6 +556,7 @@ fn note(report: &mut TaskReport, run: &RunDoc, c: &CopyEntry, outcome: Result<St
     match outcome {
         Ok(Step::Done(what)) => report.did(subject, what),
         Ok(Step::Skipped(why)) => report.skip(subject, why),
+        Ok(Step::Queued) => {}
         Err(e) => report.fail(subject, e),
     }
 }
@@ -548,6 +566,7 @@ async fn retry_one(
     route: &Route<'_>,
     run: &RunDoc,
     c: &CopyEntry,
+    jobs: &mut Jobs,
 ) -> Result<Step, String> {
     // The failed copy's own recorded location must be its run's directory: a forged one is
     // refused (never copied over, never "repaired" silently), even when asked for by hand.
@@ -609,38 +628,20 @@ async fn retry_one(
             c.attempts.saturating_add(1)
         )));
     }
-    let copy = CopyRef::new(run.key(), &route.dest.name, &c.data_type);
-    let mut take = Transition::new(
-        CopyStatus::Error,
-        CopyStatus::Transferring,
-        Some(&ctx.owner),
-        &ctx.owner,
+    let attempt = c.attempts.saturating_add(1);
+    let take = Take::Failed {
+        reason: format!(
+            "retry {attempt} of {MAX_ATTEMPTS} from {} after {}",
+            src.site,
+            class.tag()
+        ),
+    };
+    let done = format!(
+        "retried from {} (attempt {attempt}) after {}",
+        src.site,
+        class.tag()
     );
-    take.lease_for = lease(ctx);
-    take.reason = Some(format!(
-        "retry {} of {MAX_ATTEMPTS} from {} after {}",
-        c.attempts.saturating_add(1),
-        src.site,
-        class.tag()
-    ));
-    match ctx
-        .catalog
-        .transition(&copy, &take)
-        .await
-        .map_err(|e| e.to_string())?
-    {
-        Cas::Done => {}
-        Cas::Lost => {
-            return Ok(Step::Skipped("taken by another agent".into()));
-        }
-    }
-    copy_again(ctx, route, run, &copy, &src).await?;
-    Ok(Step::Done(format!(
-        "retried from {} (attempt {}) after {}",
-        src.site,
-        c.attempts.saturating_add(1),
-        class.tag()
-    )))
+    copy_again(ctx, route, run, &c.data_type, &src, take, done, jobs)
 }
 
 /// Checksum failures of copy `c` recorded in the run's audit trail after `since` (the
@@ -706,6 +707,8 @@ async fn suspect_source(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tasks::lifecycle::class_of_transport;
+    use crate::transport::TransportError;
 
     /// The typed class decides; the text is read only when no class was recorded (cax).
     #[test]
@@ -838,14 +841,14 @@ mod tests {
         assert_eq!(wait_before_retry(FailureClass::Retryable, 1), backoff(1));
         assert_eq!(wait_before_retry(FailureClass::Checksum, 2), backoff(2));
         let recorded = Failure::new(
-            copy::CopyError::Catalog {
-                copy: "tpc/1 raw@mirror".into(),
+            copy::CopyError::Record(lifecycle::RecordError::Catalog {
+                copy: CopyRef::new(catalog_schema::RunKey::new("tpc", 1), "mirror", "raw"),
                 source: crate::catalog::CatalogError::Unreachable {
                     catalog: "mongodb://x".into(),
                     op: "status".into(),
                     detail: "no server".into(),
                 },
-            }
+            })
             .class(),
             "from daq: …".into(),
         )

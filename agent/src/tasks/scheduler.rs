@@ -91,8 +91,8 @@ pub struct Job {
 /// How a job ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobEnd {
-    /// Copied, verified and recorded.
-    Done,
+    /// Copied, verified and recorded; what was done, for the report.
+    Done(String),
     /// Left alone, with why (claimed by another agent, a dry run, not started).
     Skipped(String),
     /// Failed with the cause; `link_fault`: the link is to blame (counts towards a pause).
@@ -389,7 +389,7 @@ impl Scheduler {
                 link.weight = link.weight.saturating_sub(running.weight);
                 link.running = link.running.saturating_sub(1);
                 match &end {
-                    JobEnd::Done => {
+                    JobEnd::Done(_) => {
                         if link.pauses > 0 {
                             tracing::info!(link = %running.link, "link resumed: a copy succeeded");
                         }
@@ -631,7 +631,14 @@ mod tests {
         let mut all = Vec::new();
         for run in (1..=6).rev() {
             for (link, took) in [("fast-a", 1), ("fast-b", 1), ("slow", 100)] {
-                let j = job(&m, run, link, 4, Duration::from_secs(took), JobEnd::Done);
+                let j = job(
+                    &m,
+                    run,
+                    link,
+                    4,
+                    Duration::from_secs(took),
+                    JobEnd::Done("copied".into()),
+                );
                 all.push(j.copy.clone());
                 assert!(s.submit(j));
             }
@@ -687,7 +694,7 @@ mod tests {
                 "up",
                 1,
                 Duration::from_millis(10),
-                JobEnd::Done,
+                JobEnd::Done("copied".into()),
             ));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -726,7 +733,14 @@ mod tests {
         let s = Arc::new(Scheduler::new(limits(1, 1, 1), Mode::Background));
         let m = Arc::new(Meter::default());
         for run in 1..=3 {
-            s.submit(job(&m, run, "l", 1, Duration::from_secs(60), JobEnd::Done));
+            s.submit(job(
+                &m,
+                run,
+                "l",
+                1,
+                Duration::from_secs(60),
+                JobEnd::Done("copied".into()),
+            ));
         }
         tokio::task::yield_now().await;
         assert_eq!(
@@ -750,13 +764,27 @@ mod tests {
             ends,
             vec![JobEnd::Skipped("not started: the agent is stopping".into())]
         );
-        assert!(!s.submit(job(&m, 9, "l", 1, Duration::ZERO, JobEnd::Done)));
+        assert!(!s.submit(job(
+            &m,
+            9,
+            "l",
+            1,
+            Duration::ZERO,
+            JobEnd::Done("copied".into())
+        )));
     }
 
     #[tokio::test]
     async fn a_job_that_panics_frees_its_slot_and_is_reported() {
         let s = Arc::new(Scheduler::new(limits(1, 1, 1), Mode::Waiting));
-        let mut job = job(&Arc::default(), 1, "l", 1, Duration::ZERO, JobEnd::Done);
+        let mut job = job(
+            &Arc::default(),
+            1,
+            "l",
+            1,
+            Duration::ZERO,
+            JobEnd::Done("copied".into()),
+        );
         job.start = Box::new(|| Box::pin(async { panic!("bug") }));
         let c = job.copy.clone();
         assert!(s.submit(job));

@@ -38,16 +38,17 @@ use bson::{doc, Bson, DateTime, Document};
 use catalog_schema::{CopyEntry, CopyStatus, RunDoc};
 use tokio_util::sync::CancellationToken;
 
-use super::retry::{Failure, FailureClass};
-use super::{copy, record, walk, Context, Subject, TaskReport, WorkList, MAX_PAGES};
-use crate::catalog::{Cas, Claim, ClaimRequest, CopyRef, Transition};
+use super::lifecycle::{Held, RecordError, Take, Taken};
+use super::{copy, walk, Context, Subject, TaskReport, WorkList, MAX_PAGES};
+use crate::catalog::{Cas, CopyRef, Transition};
 use crate::checksum;
 use crate::config::{SiteMap, SshEnvironment, TapeBackendConfig, TapeKind};
 use crate::datadir::{self, Place};
 use crate::tape::{
-    build, key_of, Batch, BuildContext, Receipt, RunRef, StoredFile, TapeBackend, TapeFile,
-    VerifyKind, VerifyLevel, VerifyReport,
+    build, key_of, Batch, BuildContext, Receipt, RunRef, StoredFile, TapeBackend, TapeError,
+    TapeFile, VerifyKind, VerifyLevel, VerifyReport,
 };
+use catalog_schema::{Failure, FailureClass};
 
 /// How long a claim lasts without renewal; renewed every third of it.
 pub const LEASE: Duration = Duration::from_secs(1800);
@@ -89,7 +90,7 @@ pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
                 match back_up(ctx, backend.as_ref(), data_type, run).await {
                     Ok(Some(skip)) => report.skip(subject, skip),
                     Ok(None) => report.did(subject, "written, verified on tape and recorded"),
-                    Err(e) => report.fail(subject, e),
+                    Err(e) => report.fail_as(subject, e.class(), e.to_string()),
                 }
             }
         }
@@ -344,16 +345,15 @@ async fn back_up(
     backend: &dyn TapeBackend,
     data_type: &str,
     run: &RunDoc,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, BackupError> {
     let Some(digest) = run.digest.clone() else {
         return Ok(Some("no manifest yet".into()));
     };
     if run.copy(backend.name(), data_type).is_some() {
         return Ok(Some("already has a tape copy".into()));
     }
-    let Some((_, src_dir)) = copy::verified_source(ctx, run, &[&ctx.site], data_type, &digest)
-        .await
-        .map_err(|e| e.to_string())?
+    let Some((_, src_dir)) =
+        copy::verified_source(ctx, run, &[&ctx.site], data_type, &digest).await?
     else {
         return Ok(Some("no verified copy here".into()));
     };
@@ -366,7 +366,7 @@ async fn back_up(
         let Some(md5) = f.md5.clone() else {
             return Ok(Some(format!("manifest has no md5 for {}", f.path)));
         };
-        let local = datadir::file_in(&place, &src_dir, &f.path).map_err(|e| e.to_string())?;
+        let local = datadir::file_in(&place, &src_dir, &f.path)?;
         files.push(TapeFile {
             path: f.path.clone(),
             local,
@@ -389,70 +389,107 @@ async fn back_up(
         )));
     }
     let copy = CopyRef::new(run.key(), backend.name(), data_type);
-    let claim = ClaimRequest {
-        copy: copy.clone(),
+    let how = Take::Claim {
         location: format!("{}:{name}/", backend.name()),
         protocol: crate::catalog::Protocol::Tape,
-        owner: ctx.owner.clone(),
-        lease_for: LEASE,
     };
-    match ctx
-        .catalog
-        .claim_copy(&claim)
-        .await
-        .map_err(|e| e.to_string())?
-    {
-        Claim::Won(_) => {}
-        Claim::Lost => return Ok(Some("claimed by another agent".into())),
+    let held = match Held::take(ctx, copy, how, LEASE).await? {
+        Taken::Held(held) => held,
+        Taken::Lost => return Ok(Some("claimed by another agent".into())),
+        Taken::Journaled(why) => return Ok(Some(why)),
+    };
+    let written = write_and_verify(backend, &batch, digest, &held).await;
+    match written {
+        Ok((measured, receipt, verified)) => {
+            let reason = format!(
+                "on tape {}: reference {}, volumes [{}], {} of {} files written; verified {} ({} files checked, {} bytes read)",
+                backend.name(),
+                receipt.reference,
+                receipt.volumes.join(", "),
+                receipt.written,
+                receipt.files.len(),
+                verified.level,
+                verified.checked.len(),
+                verified.bytes_read
+            );
+            let details = tape_details(&receipt, &verified);
+            let no_files = async { Vec::new() };
+            held.finish(&measured, reason, Some(details), "tape", no_files)
+                .await?;
+            Ok(None)
+        }
+        Err(e) => {
+            held.fail(&Failure::new(e.class(), e.to_string())).await;
+            Err(e)
+        }
     }
+}
+
+/// Writes the batch, verifies it at the backend's level while the lease is renewed, and
+/// proves the run digest from what the tape side reports.
+async fn write_and_verify(
+    backend: &dyn TapeBackend,
+    batch: &Batch,
+    digest: String,
+    held: &Held<'_>,
+) -> Result<(String, Receipt, VerifyReport), BackupError> {
     let level = level_for(backend);
     let work = async {
-        let receipt = backend.put(&batch).await.map_err(|e| e.to_string())?;
-        let report = backend
-            .verify(&receipt, level)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>((receipt, report))
+        let receipt = backend.put(batch).await?;
+        let report = backend.verify(&receipt, level).await?;
+        Ok::<_, BackupError>((receipt, report))
     };
-    let (receipt, verified) = match record::with_lease(ctx, &copy, LEASE, work).await {
-        Ok(done) => done,
-        Err(why) => {
-            let class = FailureClass::classify(&why);
-            copy::fail(ctx, &copy, &Failure::new(class, why.clone())).await;
-            return Err(why);
+    let (receipt, verified) = held.work(work).await?;
+    let measured = tape_digest(batch, &receipt).map_err(BackupError::Receipt)?;
+    if measured != digest {
+        return Err(BackupError::Digest {
+            measured,
+            expected: digest,
+        });
+    }
+    Ok((measured, receipt, verified))
+}
+
+/// Why a run was not backed up to tape.
+#[derive(Debug, thiserror::Error)]
+enum BackupError {
+    /// No usable source copy here (before the tape copy is claimed).
+    #[error(transparent)]
+    Source(#[from] copy::CopyError),
+    /// A file of the source copy cannot be placed (before the tape copy is claimed).
+    #[error(transparent)]
+    Path(#[from] datadir::PathError),
+    /// The backend failed to write or verify.
+    #[error(transparent)]
+    Tape(#[from] TapeError),
+    /// Taking or recording the tape copy failed.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// The tape side's receipt cannot prove the run digest.
+    #[error("{0}")]
+    Receipt(String),
+    /// The tape side's files make another run digest.
+    #[error("run digest from the tape side {measured} != manifest {expected}")]
+    Digest {
+        /// From the tape side's checksums.
+        measured: String,
+        /// The manifest's.
+        expected: String,
+    },
+}
+
+impl BackupError {
+    /// How the retry task treats the copy (and the report classes the failure).
+    fn class(&self) -> FailureClass {
+        match self {
+            Self::Source(e) => e.class(),
+            Self::Path(e) if e.is_refusal() => FailureClass::Refused,
+            Self::Path(_) | Self::Receipt(_) => FailureClass::Fatal,
+            Self::Tape(e) => super::lifecycle::class_of_tape(e),
+            Self::Record(e) => e.class(),
+            Self::Digest { .. } => FailureClass::Checksum,
         }
-    };
-    let measured = match tape_digest(&batch, &receipt) {
-        Ok(m) if m == digest => m,
-        Ok(m) => {
-            let why = format!("run digest from the tape side {m} != manifest {digest}");
-            copy::fail(
-                ctx,
-                &copy,
-                &Failure::new(FailureClass::Checksum, why.clone()),
-            )
-            .await;
-            return Err(why);
-        }
-        Err(why) => {
-            copy::fail(ctx, &copy, &Failure::new(FailureClass::Fatal, why.clone())).await;
-            return Err(why);
-        }
-    };
-    let reason = format!(
-        "on tape {}: reference {}, volumes [{}], {} of {} files written; verified {} ({} files checked, {} bytes read)",
-        backend.name(),
-        receipt.reference,
-        receipt.volumes.join(", "),
-        receipt.written,
-        receipt.files.len(),
-        verified.level,
-        verified.checked.len(),
-        verified.bytes_read
-    );
-    let details = tape_details(&receipt, &verified);
-    record::finish(ctx, &copy, measured, LEASE, reason, Some(details)).await?;
-    Ok(None)
+    }
 }
 
 /// The run as tape backends name it: its name (else its number), period and detector. The

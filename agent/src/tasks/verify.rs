@@ -28,14 +28,14 @@
 use std::path::Path;
 
 use bson::DateTime;
-use catalog_schema::{CopyEntry, CopyStatus, FileEntry, RunDoc};
+use catalog_schema::{CopyEntry, CopyStatus, Failure, FailureClass, RunDoc};
 use tokio_util::sync::CancellationToken;
 
-use super::retry::{Failure, FailureClass};
-use super::{owner, record};
-use super::{walk, Context, Subject, TaskReport, WorkList, MAX_PAGES};
-use crate::catalog::{Cas, CopyRef, Transition};
-use crate::checksum;
+use super::lifecycle::{self, Held, RecordError};
+use super::owner;
+use super::rehash::{rehash, Rehash};
+use super::{copies_in, Context, Subject, TaskReport};
+use crate::catalog::CopyRef;
 use crate::datadir::{self, Place};
 
 /// Runs the task.
@@ -61,29 +61,6 @@ pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
         }
     }
     report
-}
-
-/// The copies at `host` in `status` of the runs in scope, each with its run (the indexed
-/// work list, walked page by page: [`walk`]).
-pub(super) async fn copies_in(
-    ctx: &Context,
-    host: &str,
-    status: CopyStatus,
-) -> Result<Vec<(RunDoc, CopyEntry)>, String> {
-    let runs = walk(ctx, WorkList::InStatus(host, status), MAX_PAGES)
-        .await
-        .map_err(|e| format!("{status} copies at {host}: catalogue: {e}"))?;
-    let mut out = Vec::new();
-    for run in runs {
-        for c in run
-            .data
-            .iter()
-            .filter(|c| c.host == host && c.status == status)
-        {
-            out.push((run.clone(), c.clone()));
-        }
-    }
-    Ok(out)
 }
 
 /// The outcome for one copy.
@@ -117,7 +94,7 @@ async fn verify_one(ctx: &Context, run: &RunDoc, c: &CopyEntry) -> Result<Verdic
     };
     let dir = match datadir::copy_dir(&ctx.site, run, c) {
         Ok(dir) => dir,
-        Err(e) if e.is_refusal() => return Err(record::refuse(ctx, run, c, &e).await),
+        Err(e) if e.is_refusal() => return Err(lifecycle::refuse(ctx, run, c, &e).await),
         Err(e) => return Err(e.to_string()),
     };
     if ctx.dry_run {
@@ -134,29 +111,25 @@ async fn verify_one(ctx: &Context, run: &RunDoc, c: &CopyEntry) -> Result<Verdic
         .await
         .map_err(|e| format!("re-hash task failed: {e}"))?;
     let copy = CopyRef::new(run.key(), &ctx.site.name, &c.data_type);
-    let owner = lease_owner.as_deref();
+    // The updates name the lease owner seen: a holder that came back meanwhile wins.
+    let held = Held::taken_over(ctx, copy, lease_owner);
+    let changed = || Verdict::Skipped("changed by another agent while it was hashed".into());
     if rehash.bad.is_empty() && rehash.digest.as_deref() == Some(digest.as_str()) {
-        let mut change = Transition::new(
-            CopyStatus::Verifying,
-            CopyStatus::Transferred,
-            owner,
-            &ctx.owner,
-        );
+        let mut change = held.change(CopyStatus::Verifying, CopyStatus::Transferred);
         change.checksum = Some(digest.clone());
         change.reason = Some(format!(
             "re-hashed {} files at {}: run digest matches",
             run.files.len(),
             ctx.site.name
         ));
-        return match record(ctx, &copy, &change).await? {
-            Cas::Done => Ok(Verdict::Good(format!(
+        return match held.step(&change).await {
+            Ok(()) => Ok(Verdict::Good(format!(
                 "{} files re-hashed in {}, digest {digest}",
                 run.files.len(),
                 dir.display()
             ))),
-            Cas::Lost => Ok(Verdict::Skipped(
-                "changed by another agent while it was hashed".into(),
-            )),
+            Err(RecordError::Lost { .. }) => Ok(changed()),
+            Err(e) => Err(e.to_string()),
         };
     }
     let restorable = verified_elsewhere(run, c, &digest).next().is_some();
@@ -167,12 +140,12 @@ async fn verify_one(ctx: &Context, run: &RunDoc, c: &CopyEntry) -> Result<Verdic
         &digest,
         restorable,
     );
-    let mut change = Transition::new(CopyStatus::Verifying, CopyStatus::Error, owner, &ctx.owner);
+    let mut change = held.change(CopyStatus::Verifying, CopyStatus::Error);
     change.record_failure(&failure);
-    if record(ctx, &copy, &change).await? == Cas::Lost {
-        return Ok(Verdict::Skipped(
-            "changed by another agent while it was hashed".into(),
-        ));
+    match held.step(&change).await {
+        Ok(()) => {}
+        Err(RecordError::Lost { .. }) => return Ok(changed()),
+        Err(e) => return Err(e.to_string()),
     }
     if restorable {
         let place = Place::new(run, &ctx.site.name, &c.data_type);
@@ -232,13 +205,6 @@ pub(super) fn remove_bad(place: &Place, dir: &Path, rehash: &Rehash) -> Vec<Stri
         .collect()
 }
 
-async fn record(ctx: &Context, copy: &CopyRef, change: &Transition) -> Result<Cas, String> {
-    ctx.catalog
-        .transition(copy, change)
-        .await
-        .map_err(|e| format!("{copy}: {e}"))
-}
-
 /// The lease owner to name in the final update (`None`: the copy has no lease), or why the
 /// copy must be left alone.
 fn may_take(ctx: &Context, c: &CopyEntry, now: DateTime) -> Result<Option<String>, String> {
@@ -272,71 +238,4 @@ pub(super) fn verified_elsewhere<'r>(
             && o.status == CopyStatus::Transferred
             && o.checksum.as_deref() == Some(digest.as_str())
     })
-}
-
-/// A manifest file that does not match.
-pub(super) struct BadFile {
-    pub(super) path: String,
-    pub(super) why: String,
-}
-
-/// What re-hashing a copy found.
-pub(super) struct Rehash {
-    /// The run digest over the files that could be read (`None`: none could).
-    pub(super) digest: Option<String>,
-    pub(super) bad: Vec<BadFile>,
-}
-
-/// Hashes every manifest file below `dir` and compares it with the manifest. Blocking.
-pub(super) fn rehash(place: &Place, dir: &Path, files: &[FileEntry]) -> Rehash {
-    let mut measured: Vec<(String, u64, String)> = Vec::with_capacity(files.len());
-    let mut bad = Vec::new();
-    for f in files {
-        let mut flag = |why: String| {
-            bad.push(BadFile {
-                path: f.path.clone(),
-                why,
-            })
-        };
-        let path = match datadir::file_in(place, dir, &f.path) {
-            Ok(p) => p,
-            Err(why) => {
-                flag(why.to_string());
-                continue;
-            }
-        };
-        match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.is_file() => {}
-            Ok(_) => {
-                flag("not a regular file".into());
-                continue;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                flag("missing".into());
-                continue;
-            }
-            Err(e) => {
-                flag(format!("cannot stat: {e}"));
-                continue;
-            }
-        }
-        match checksum::hash_file(&path) {
-            Ok(d) => {
-                let sha = d.sha256_hex();
-                let size_ok = i64::try_from(d.size).ok() == Some(f.size);
-                if !size_ok || sha != f.sha256 {
-                    flag(format!(
-                        "{} bytes sha256 {sha}, manifest {} bytes sha256 {}",
-                        d.size, f.size, f.sha256
-                    ));
-                }
-                measured.push((f.path.clone(), d.size, sha));
-            }
-            Err(e) => flag(format!("cannot hash: {e}")),
-        }
-    }
-    Rehash {
-        digest: checksum::run_digest_of(&measured).ok(),
-        bad,
-    }
 }
