@@ -63,6 +63,8 @@ for v in $(env | sed -n 's/^\(FERRY_[A-Za-z0-9_]*\)=.*/\1/p'); do
     [ "$v" = FERRY_BIN ] || unset "$v"
 done
 unset XDG_DATA_HOME XDG_STATE_HOME XDG_CONFIG_HOME
+# The Rust toolchain stays the caller's.
+export RUSTUP_HOME="${RUSTUP_HOME:-$HOME/.rustup}" CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}"
 export HOME=$W/home NO_COLOR=1
 ETC=$W/etc/ferry
 PREFIX=$W/usr/local
