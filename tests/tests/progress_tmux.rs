@@ -5,8 +5,9 @@
 //! `tmux capture-pane` several times while it copies and once after, and must show:
 //!
 //! - bars while copying (else the test would prove nothing), never an "ETA 0s" at a rate of
-//!   0 B/s, and never a total bar with nothing moved (the empty `total … ETA 0s` line that
-//!   stood above the first run's header);
+//!   0 B/s, never a total bar with nothing moved (the empty `total … ETA 0s` line that
+//!   stood above the first run's header), and never a total ahead of the bytes its file
+//!   lines show (file bars drawn only on a steady tick lagged it by a report);
 //! - at the end: no bar left anywhere on the screen, the `total X of Y` line, then the
 //!   cycle's report, whose lines are the last ones on screen (no bar drawn after it).
 //!
@@ -122,6 +123,47 @@ fn zero_rate(rate: &str) -> bool {
         .is_some_and(|n| n == 0.0)
 }
 
+/// "1020.00 KiB" or "2.9 MiB" in bytes.
+fn size_of(text: &str) -> Option<f64> {
+    let mut words = text.split_whitespace();
+    let n: f64 = words.next()?.parse().ok()?;
+    let unit = match words.next()? {
+        "B" => 1.0,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        "kB" | "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        _ => return None,
+    };
+    Some(n * unit)
+}
+
+/// On a bar line, the bytes done: the size between "] " and "/".
+fn done_of(line: &str) -> Option<f64> {
+    let after = &line[line.find("] ")? + 2..];
+    size_of(&after[..after.find('/')?])
+}
+
+/// The bytes the total bar shows, and the bytes the file lines account for (finished files'
+/// sizes and the files in flight), on one screen with a total bar.
+fn total_and_files(screen: &[String]) -> Option<(f64, f64)> {
+    let total = screen
+        .iter()
+        .find(|l| l.trim_start().starts_with("total [") && is_bar(l))?;
+    let mut files = 0.0;
+    for line in screen {
+        if line.starts_with("  ok    ") {
+            let size = &line[line.find(" (")? + 2..];
+            files += size_of(&size[..size.find(',')?])?;
+        } else if is_bar(line) && !line.trim_start().starts_with("total [") {
+            files += done_of(line)?;
+        }
+    }
+    Some((done_of(total)?, files))
+}
+
 /// Writes a run of `files` files of `size` bytes (and its marker) under `data`.
 fn write_run(data: &Path, number: u32, files: usize, size: usize) {
     let dir = data.join(format!("Run{number:06}"));
@@ -191,9 +233,9 @@ fn bars_under_tmux(name: &str, mirror: serde_json::Value) {
 
     // Bars were drawn while copying (else nothing below is tested).
     assert!(
-        during
+        during.iter().any(|s| s
             .iter()
-            .any(|s| s.iter().any(|l| l.trim_start().starts_with("total [") && is_bar(l))),
+            .any(|l| l.trim_start().starts_with("total [") && is_bar(l))),
         "no total bar in any of {} captures while copying; last:\n{shown}",
         during.len()
     );
@@ -208,6 +250,18 @@ fn bars_under_tmux(name: &str, mirror: serde_json::Value) {
             assert!(
                 !(line.trim_start().starts_with("total [") && line.contains("] 0 B/")),
                 "a total bar with nothing moved: {line:?}\n{}",
+                screen.join("\n")
+            );
+        }
+    }
+
+    // The total and the file bars are drawn from the same reports: the total never runs
+    // ahead of what the files show (by more than the rounding of the numbers shown).
+    for screen in &during {
+        if let Some((total, files)) = total_and_files(screen) {
+            assert!(
+                total <= files + 300_000.0,
+                "the total shows {total} bytes, the files {files}:\n{}",
                 screen.join("\n")
             );
         }
@@ -228,7 +282,10 @@ fn bars_under_tmux(name: &str, mirror: serde_json::Value) {
         .iter()
         .position(|l| l.starts_with("   total ") && l.contains(" of "))
         .unwrap_or_else(|| panic!("no `total X of Y` line on the final screen:\n{shown}"));
-    assert!(total < first_task, "the total line after the report:\n{shown}");
+    assert!(
+        total < first_task,
+        "the total line after the report:\n{shown}"
+    );
     assert!(
         report[total].contains("11.4 MiB of 11.4 MiB"),
         "{:?}\n{shown}",
@@ -249,7 +306,9 @@ fn bars_under_tmux(name: &str, mirror: serde_json::Value) {
         "{shown}"
     );
     assert_eq!(
-        report.last().map(|l| l.starts_with("  done     site daq: heartbeat")),
+        report
+            .last()
+            .map(|l| l.starts_with("  done     site daq: heartbeat")),
         Some(true),
         "the last line on screen is not the report's last:\n{shown}"
     );
