@@ -20,7 +20,9 @@ use std::time::Duration;
 use bson::doc;
 use catalog_common::{claim, key, manifest, seed_run, with_database};
 use ferry::catalog::mongo::{MongoCatalog, MongoConfig, Password};
-use ferry::catalog::{Cas, Catalog, CatalogUri, CopyRef, CopyStatus, Failure, FailureClass, Transition};
+use ferry::catalog::{
+    Cas, Catalog, CatalogUri, CopyRef, CopyStatus, Failure, FailureClass, Transition,
+};
 use ferry_tests::{unique_db_name, MongoServer};
 
 const AGENT_PASSWORD: &str = "Agent-Pass-1";
@@ -38,7 +40,7 @@ async fn server_with_documented_users(db: &str) -> MongoServer {
         admin
             .database("admin")
             .run_command(doc! {"createUser": user, "pwd": pwd,
-                "roles": [{"role": role, "db": db}]})
+            "roles": [{"role": role, "db": db}]})
             .await
             .unwrap();
     }
