@@ -11,7 +11,8 @@
 //! - at the end: no bar left anywhere on the screen, the `total X of Y` line, then the
 //!   cycle's report, whose lines are the last ones on screen (no bar drawn after it).
 //!
-//! Needs tmux (`apt-get install tmux`); fails saying so when it is missing.
+//! Needs tmux (`apt-get install tmux`, deploy/install-test-deps.sh); fails saying so when it
+//! is missing.
 
 // Test bodies and helpers.
 #![allow(clippy::unwrap_used)]
@@ -43,7 +44,7 @@ impl Tmux {
         found.unwrap_or_else(|| {
             panic!(
                 "tmux not found on PATH: this test runs ferry under a real terminal; \
-                 install it with `apt-get install tmux`"
+                 install it with `apt-get install tmux` (deploy/install-test-deps.sh)"
             )
         })
     }
