@@ -17,7 +17,7 @@ cargo test --workspace --locked --no-fail-fast "$@" || status=$?
 # test filter.
 if [ $# -eq 0 ]; then
     bash deploy/package-test.sh || status=1
-    cargo build --locked -p ferry --bin ferry &&
+    cargo build --workspace --locked --bin ferry &&
         FERRY_BIN="${CARGO_TARGET_DIR:-target}/debug/ferry" bash deploy/newcomer-walk.sh ||
         status=1
 fi
