@@ -12,6 +12,7 @@
 #   cargo-deb, dpkg-dev, systemd,    the package test: build the .deb, verify the unit, read the
 #   man-db                           man page (deploy/package-test.sh)
 #   python3 + pymongo                 a catalogue test reads documents back with pymongo
+#   tmux                              progress bars under a real terminal (tests/tests/progress_tmux.rs)
 #
 # Idempotent: what is already there is skipped (a second run takes seconds), and apt-get update
 # runs only when an apt package is missing. Prints one line per item.
@@ -92,6 +93,7 @@ else
 fi
 
 ensure_apt rclone rclone have rclone
+ensure_apt tmux tmux have tmux
 
 # The package test (deploy/package-test.sh): cargo-deb builds the .deb, dpkg-shlibdeps (in
 # dpkg-dev) finds its library dependencies, systemd-analyze verifies the unit, man reads the

@@ -15,7 +15,6 @@
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 
 use bytesize::ByteSize;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -172,7 +171,10 @@ impl CopyProgress for Bars {
                 let bar = self.multi.add(ProgressBar::new(*size));
                 bar.set_style(style(FILE_STYLE).progress_chars("=> "));
                 bar.set_message(path.to_string());
-                bar.enable_steady_tick(Duration::from_millis(200));
+                // No steady tick: indicatif draws a ticking bar only on its ticks, so its
+                // bytes lagged the total's (drawn at once) by up to a tick. The transport
+                // reports every file in flight four times a second, moving or not, and
+                // each report draws the file's bar and the total together.
                 lock(&self.files).insert(key(path), bar);
             }
             Progress::Bytes { path, done, .. } => {
@@ -271,6 +273,7 @@ mod tests {
     use super::*;
     use crate::checksum::FileDigest;
     use crate::transport::{CopyReport, TransportError};
+    use std::time::Duration;
 
     fn report(size: u64) -> CopyReport {
         let mut digest = FileDigest::empty();
