@@ -149,10 +149,8 @@ impl<'a> Scan<'a> {
             Expr::Match(m) => union(m.arms.iter().map(|a| &*a.body).collect()),
             Expr::If(i) => {
                 let mut branches = vec![];
-                if let Some(last) = i.then_branch.stmts.last() {
-                    if let Stmt::Expr(e, None) = last {
-                        branches.push(e);
-                    }
+                if let Some(Stmt::Expr(e, None)) = i.then_branch.stmts.last() {
+                    branches.push(e);
                 }
                 if let Some((_, els)) = &i.else_branch {
                     branches.push(&**els);
@@ -270,7 +268,11 @@ impl<'a> Visit<'a> for Scan<'a> {
     }
 
     fn visit_expr_struct(&mut self, s: &'a syn::ExprStruct) {
-        if s.path.segments.last().is_some_and(|l| l.ident == "Diagnostic") {
+        if s.path
+            .segments
+            .last()
+            .is_some_and(|l| l.ident == "Diagnostic")
+        {
             for f in &s.fields {
                 if matches!(&f.member, syn::Member::Named(n) if n == "message") {
                     self.message(&f.expr, "site-map diagnostic");
@@ -391,7 +393,10 @@ fn entries_in_page() -> BTreeMap<String, usize> {
             });
         // A code span that starts or ends with a backtick is padded with one space.
         let inner = if ticks > 1 { inner.trim() } else { inner };
-        let prev = entries.insert(inner.split_whitespace().collect::<Vec<_>>().join(" "), n + 1);
+        let prev = entries.insert(
+            inner.split_whitespace().collect::<Vec<_>>().join(" "),
+            n + 1,
+        );
         assert!(prev.is_none(), "{PAGE}:{}: listed twice: {inner}", n + 1);
     }
     entries
@@ -411,7 +416,11 @@ fn every_error_message_the_code_can_produce_is_in_the_troubleshooting_page() {
         .filter(|(m, _)| !page.contains_key(*m))
         .map(|(m, from)| {
             let from: Vec<&str> = from.iter().map(String::as_str).collect();
-            format!("#### {}\n    from {}", code_span(m), from.join("\n    and  "))
+            format!(
+                "#### {}\n    from {}",
+                code_span(m),
+                from.join("\n    and  ")
+            )
         })
         .collect();
     assert!(
