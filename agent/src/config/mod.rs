@@ -283,7 +283,7 @@ mod tests {
             daq.completion,
             CompletionRule::Marker("RUN_COMPLETE".into())
         );
-        assert_eq!(daq.purge.retention, Duration::from_secs(60));
+        assert_eq!(daq.purge.retention, Duration::from_secs(5));
         let mirror = l.map.site("mirror").unwrap();
         assert_eq!(mirror.purge, PurgePolicy::default());
         assert_eq!(mirror.limits, Limits::default());
