@@ -68,7 +68,12 @@ fn every_example_site_map_validates() {
         assert!(o.stdout.contains("tape backends ("), "{}", o.stdout);
         // Every tape backend's entry holds what its every-cycle tasks need (an error
         // would have failed above), and the examples configure read-back too.
-        assert!(!o.stdout.contains("notes ("), "{}:\n{}", f.display(), o.stdout);
+        assert!(
+            !o.stdout.contains("notes ("),
+            "{}:\n{}",
+            f.display(),
+            o.stdout
+        );
     }
 }
 
@@ -690,7 +695,8 @@ fn a_command_tape_backend_without_retrieve_is_a_note_not_an_error() {
     assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
     assert!(o.stdout.contains("notes (1):"), "{}", o.stdout);
     assert!(
-        o.stdout.contains(": note: sites[0].tape[0]: tape backend \"lab-tape\": no `retrieve`"),
+        o.stdout
+            .contains(": note: sites[0].tape[0]: tape backend \"lab-tape\": no `retrieve`"),
         "{}",
         o.stdout
     );

@@ -1448,7 +1448,11 @@ fn check_tape_needs(cx: &mut Ctx, tape: &TapeBackendConfig, spans: &TapeSpans) {
                 "tape backend {:?}: {}; {users} need{} it (operation{} {}): {outcome}",
                 tape.name,
                 unmet.problem,
-                if unmet.needed_by().len() == 1 { "s" } else { "" },
+                if unmet.needed_by().len() == 1 {
+                    "s"
+                } else {
+                    ""
+                },
                 if operations.len() == 1 { "" } else { "s" },
                 operations.join(", "),
             ),

@@ -68,7 +68,9 @@ impl CommandConfig {
         if let Some(u) = unmet_needs(&cfg.kind).into_iter().find(|u| u.refused) {
             return Err(bad(format!("{}; {}", u.problem, u.fix)));
         }
-        let stat = stat.as_deref().ok_or_else(|| bad("needs a `stat` template".into()))?;
+        let stat = stat
+            .as_deref()
+            .ok_or_else(|| bad("needs a `stat` template".into()))?;
         let out = Self {
             name: cfg.name.clone(),
             gateway: gateway.clone(),
