@@ -66,6 +66,14 @@ fn every_example_site_map_validates() {
         );
         assert!(o.stdout.contains("links ("), "{}", o.stdout);
         assert!(o.stdout.contains("tape backends ("), "{}", o.stdout);
+        // Every tape backend's entry holds what its every-cycle tasks need (an error
+        // would have failed above), and the examples configure read-back too.
+        assert!(
+            !o.stdout.contains("notes ("),
+            "{}:\n{}",
+            f.display(),
+            o.stdout
+        );
     }
 }
 
@@ -605,4 +613,96 @@ fn an_agent_started_without_host_says_the_host_name_was_tried() {
         stderr.contains("FERRY_SITE=\"mirrror\" is not a site"),
         "{stderr}"
     );
+}
+
+/// A site map with one `command` tape backend at the origin, written as `entry`.
+fn map_with_tape(entry: &str) -> String {
+    format!(
+        r#"{{
+  "version": 1,
+  "sites": [
+    {{"name": "daq", "method": "local", "origin": true,
+     "data_dirs": {{"raw": "/data/raw"}},
+     "tape": [
+       {entry}
+     ]}}
+  ]
+}}"#
+    )
+}
+
+/// A `command` backend without `stat` passed `config validate --host` and then failed every
+/// cycle (the backend could not be built).
+#[test]
+fn a_command_tape_backend_without_stat_is_refused_naming_its_place_and_task() {
+    let (dir, path) = write_map(
+        "site-map.json",
+        &map_with_tape(
+            r#"{"name": "lab-tape", "kind": "command", "put": ["dsmc", "archive", "{file}"],
+        "retrieve": ["dsmc", "retrieve", "{tape_path}", "{dest}"], "tape_path": "/t/{key}"}"#,
+        ),
+    );
+    for extra in [&[][..], &["--host", "daq"][..]] {
+        let o = validate(&path, extra, dir.path());
+        assert_eq!(o.code, 2, "{extra:?}: {}{}", o.stdout, o.stderr);
+        let line = o
+            .stderr
+            .lines()
+            .find(|l| l.contains("`stat`"))
+            .unwrap_or_else(|| panic!("no stat error: {}", o.stderr));
+        assert!(
+            line.contains("site-map.json:7:8: error: sites[0].tape[0]: "),
+            "{line}"
+        );
+        assert!(line.contains("tape backend \"lab-tape\""), "{line}");
+        assert!(line.contains("tape backup"), "{line}");
+        assert!(line.contains("every cycle"), "{line}");
+        assert!(line.contains("add \"stat\""), "{line}");
+    }
+}
+
+#[test]
+fn a_template_using_file_without_stage_is_an_error_at_the_key() {
+    let (dir, path) = write_map(
+        "site-map.json",
+        &map_with_tape(
+            r#"{"name": "lab-tape", "kind": "command", "put": ["dsmc", "archive", "{file}"],
+        "stat": ["dsmc", "query", "archive", "{file}"]}"#,
+        ),
+    );
+    let o = validate(&path, &[], dir.path());
+    assert_eq!(o.code, 2, "{}{}", o.stdout, o.stderr);
+    assert!(
+        o.stderr
+            .contains("site-map.json:8:9: error: sites[0].tape[0].stat: tape backend \"lab-tape\": `stat` uses {file}"),
+        "{}",
+        o.stderr
+    );
+    assert!(o.stderr.contains("set \"stage\""), "{}", o.stderr);
+}
+
+/// Without `retrieve` only `ferry recall` (run on request) is affected: a note, valid.
+#[test]
+fn a_command_tape_backend_without_retrieve_is_a_note_not_an_error() {
+    let (dir, path) = write_map(
+        "site-map.json",
+        &map_with_tape(
+            r#"{"name": "lab-tape", "kind": "command", "tape_path": "/t/{key}",
+        "put": ["cp", "{file}", "{tape_path}"], "stat": ["cat", "{tape_path}"]}"#,
+        ),
+    );
+    let o = validate(&path, &[], dir.path());
+    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+    assert!(o.stdout.contains("notes (1):"), "{}", o.stdout);
+    assert!(
+        o.stdout
+            .contains(": note: sites[0].tape[0]: tape backend \"lab-tape\": no `retrieve`"),
+        "{}",
+        o.stdout
+    );
+    assert!(o.stdout.contains("`ferry recall`"), "{}", o.stdout);
+    let o = validate(&path, &["--json"], dir.path());
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(v["notes"][0]["severity"], "note", "{v}");
+    assert_eq!(v["warnings"].as_array().unwrap().len(), 0, "{v}");
 }

@@ -110,18 +110,30 @@ fn changer_settings_are_checked_at_their_paths() {
 
 #[test]
 fn backend_settings_that_cannot_work_fail_at_build() {
+    // The site map refuses these entries (`config validate` names their places); a
+    // configuration built in code is refused by the backend itself, with the same words.
+    let command = |stat: Option<&str>| ferry::config::TapeBackendConfig {
+        name: "t".into(),
+        kind: TapeKind::Command {
+            gateway: None,
+            put: vec!["x".into(), "{file}".into()],
+            verify: None,
+            retrieve: None,
+            stat: stat.map(|s| vec!["y".to_string(), s.to_string()]),
+            ok_exit_codes: vec![0],
+            tape_path: None,
+            stage: None,
+            output: ferry::config::CommandOutput::Stub,
+            timeout: std::time::Duration::from_secs(60),
+        },
+    };
     // No stat: a put could not be idempotent.
-    let cfg =
-        tape_config(json!({ "name": "t", "kind": "command", "put": ["x", "{file}"] })).unwrap();
-    let e = build(&cfg, &BuildContext::default()).expect_err("no stat");
+    assert!(tape_config(json!({ "name": "t", "kind": "command", "put": ["x"] })).is_err());
+    let e = build(&command(None), &BuildContext::default()).expect_err("no stat");
     assert!(matches!(e, TapeError::Config { .. }), "{e:?}");
     assert!(e.to_string().contains("stat"), "{e}");
     // {file} outside put needs a stage directory.
-    let cfg = tape_config(json!({
-        "name": "t", "kind": "command", "put": ["x", "{file}"], "stat": ["y", "{file}"]
-    }))
-    .unwrap();
-    let e = build(&cfg, &BuildContext::default()).expect_err("file in stat");
+    let e = build(&command(Some("{file}")), &BuildContext::default()).expect_err("file in stat");
     assert!(e.to_string().contains("stage"), "{e}");
     // A gateway the caller did not resolve.
     let cfg = tape_config(json!({

@@ -183,6 +183,12 @@ fn summary_text(loaded: &Loaded, path: &std::path::Path, host: Option<&str>) -> 
     for w in &loaded.warnings {
         let _ = writeln!(s, "  {w}");
     }
+    if !loaded.notes.is_empty() {
+        let _ = writeln!(s, "notes ({}):", loaded.notes.len());
+        for n in &loaded.notes {
+            let _ = writeln!(s, "  {n}");
+        }
+    }
     match host {
         Some(h) => {
             let _ = writeln!(s, "valid, including the host-local checks for site {h}");
@@ -246,5 +252,6 @@ fn summary_json(loaded: &Loaded, host: Option<&str>) -> Value {
             "name": t.name, "site": site.name, "kind": t.kind.name(),
         })).collect::<Vec<_>>(),
         "warnings": loaded.warnings.iter().map(diag_json).collect::<Vec<_>>(),
+        "notes": loaded.notes.iter().map(diag_json).collect::<Vec<_>>(),
     })
 }

@@ -19,6 +19,10 @@ pub enum Severity {
     Error,
     /// The site map loads, but something was ignored, mapped or is risky.
     Warning,
+    /// The site map loads and works; an optional part is not configured (such as a tape
+    /// backend without `retrieve`, which `ferry recall` then skips). Shown by
+    /// `ferry config validate`, not logged by the agent.
+    Note,
 }
 
 impl fmt::Display for Severity {
@@ -26,6 +30,7 @@ impl fmt::Display for Severity {
         f.write_str(match self {
             Self::Error => "error",
             Self::Warning => "warning",
+            Self::Note => "note",
         })
     }
 }

@@ -92,6 +92,9 @@ pub struct Loaded {
     pub map: SiteMap,
     /// Things that were ignored, mapped or are risky; never fatal.
     pub warnings: Vec<Diagnostic>,
+    /// Optional parts not configured (a tape backend that cannot be recalled from); for
+    /// `ferry config validate`, not for the agent's log.
+    pub notes: Vec<Diagnostic>,
     /// The input format.
     pub format: SourceFormat,
 }
@@ -233,12 +236,17 @@ pub fn parse_str(text: &str, file: &Path, opts: &LoadOptions) -> Result<Loaded, 
     if cx.has_errors() {
         return Err(invalid(cx));
     }
+    let (notes, warnings) = cx
+        .diags
+        .into_iter()
+        .partition(|d| d.severity == Severity::Note);
     Ok(Loaded {
         map: SiteMap {
             catalog: draft.catalog,
             sites: draft.sites.into_iter().map(|(s, _)| s).collect(),
         },
-        warnings: cx.diags,
+        warnings,
+        notes,
         format,
     })
 }
@@ -275,7 +283,7 @@ mod tests {
             daq.completion,
             CompletionRule::Marker("RUN_COMPLETE".into())
         );
-        assert_eq!(daq.purge.retention, Duration::from_secs(60));
+        assert_eq!(daq.purge.retention, Duration::from_secs(5));
         let mirror = l.map.site("mirror").unwrap();
         assert_eq!(mirror.purge, PurgePolicy::default());
         assert_eq!(mirror.limits, Limits::default());

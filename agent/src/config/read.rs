@@ -446,7 +446,7 @@ pub(crate) fn object<'a>(
                     "duplicate key \"{}\" (first at line {}); remove one",
                     m.key, prev.line
                 ),
-                Severity::Warning => format!(
+                Severity::Warning | Severity::Note => format!(
                     "duplicate key \"{}\" (first at line {}); the last value is used, as cax did",
                     m.key, prev.line
                 ),

@@ -44,6 +44,8 @@ pub(crate) struct TapeSpans {
     pub item: Span,
     pub name: Span,
     pub gateway: Option<Span>,
+    /// Where each key of the entry is (its name's position), for problems with a setting.
+    pub keys: BTreeMap<String, Span>,
 }
 
 /// A site map read from either format, before the cross-site checks.
@@ -836,6 +838,17 @@ fn read_tape(cx: &mut Ctx, node: &Node, path: &str) -> Option<(TapeBackendConfig
         },
         name: name_span,
         gateway: gateway_span,
+        keys: o
+            .members()
+            .iter()
+            .map(|m| {
+                let span = Span {
+                    pos: m.key_pos,
+                    path: join(path, &m.key),
+                };
+                (m.key.clone(), span)
+            })
+            .collect(),
     };
     Some((TapeBackendConfig { name, kind }, spans))
 }
@@ -1358,6 +1371,7 @@ pub(crate) fn finish(cx: &mut Ctx, draft: &mut Draft) {
             } else {
                 tape_seen.insert(tape.name.clone(), name_span.clone());
             }
+            check_tape_needs(cx, tape, tape_spans);
             if let (
                 TapeKind::Command {
                     gateway: Some(g), ..
@@ -1393,6 +1407,56 @@ pub(crate) fn finish(cx: &mut Ctx, draft: &mut Draft) {
             draft.sites_span.pos,
             &draft.sites_span.path,
             "no site has \"origin\": true, so no agent will register new runs",
+        );
+    }
+}
+
+/// What the tasks that use a tape backend need of its entry, as the backend declares it
+/// ([`crate::tape::needs`]): an error where an agent would fail every cycle (the backend
+/// cannot be built, or a task that runs every cycle calls the operation), a note where only
+/// an operation run on request (`ferry recall`) is missing. Each names the backend, the
+/// key (or the entry, for a key to add), the tasks that need it and what to add.
+fn check_tape_needs(cx: &mut Ctx, tape: &TapeBackendConfig, spans: &TapeSpans) {
+    for unmet in crate::tape::needs::unmet_needs(tape) {
+        let at = unmet
+            .present
+            .then(|| spans.keys.get(unmet.key))
+            .flatten()
+            .unwrap_or(&spans.item);
+        let users: Vec<&str> = unmet.needed_by().iter().map(|u| u.task).collect();
+        let users = match users.as_slice() {
+            [] => "no task".to_owned(),
+            [one] => (*one).to_owned(),
+            [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+        };
+        let operations: Vec<String> = unmet.operations.iter().map(|o| o.to_string()).collect();
+        let (severity, outcome) = if unmet.refused {
+            (
+                Severity::Error,
+                "the backend is refused as it stands, so every task using it fails every cycle",
+            )
+        } else if unmet.fails_every_cycle() {
+            (Severity::Error, "they would fail every cycle")
+        } else {
+            (Severity::Note, "the rest of the backend works")
+        };
+        cx.push(
+            severity,
+            Some(at.pos),
+            &at.path,
+            format!(
+                "tape backend {:?}: {}; {users} need{} it (operation{} {}): {outcome}",
+                tape.name,
+                unmet.problem,
+                if unmet.needed_by().len() == 1 {
+                    "s"
+                } else {
+                    ""
+                },
+                if operations.len() == 1 { "" } else { "s" },
+                operations.join(", "),
+            ),
+            Some(unmet.fix),
         );
     }
 }

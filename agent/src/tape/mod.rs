@@ -7,6 +7,7 @@
 //! | `mod.rs`       | the [`TapeBackend`] trait, the batch/receipt types, [`build`]         |
 //! | `error.rs`     | [`TapeError`], with [`TapeError::is_retryable`]                       |
 //! | `sample.rs`    | seeded sampling shared by the verifiers                               |
+//! | `needs.rs`     | which operations the tasks call, what each backend's entry must hold for them |
 //! | [`directory`]  | a directory tree (HSM-mounted file system, NAS): temp, fsync, rename, sidecar |
 //! | [`command`]    | argv templates (JLab `jput`, TSM `dsmc`, HPSS `hsi`), locally or via a gateway |
 //! | [`tar`]        | papertape: tar archives on tape drives, N copies in parallel          |
@@ -40,6 +41,7 @@ pub mod command;
 pub mod directory;
 mod error;
 mod io;
+pub mod needs;
 mod sample;
 pub mod tar;
 

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::Template;
 use crate::config::{CommandOutput, TapeBackendConfig, TapeKind};
+use crate::tape::needs::{Operation, Unmet};
 use crate::tape::TapeError;
 
 /// A `command` backend's settings.
@@ -62,9 +63,14 @@ impl CommandConfig {
         let parse = |what: &str, argv: &[String]| {
             Template::parse(argv).map_err(|e| bad(format!("{what}: {e}")))
         };
-        let stat = stat.as_deref().ok_or_else(|| {
-            bad("needs a `stat` template: without it a put cannot tell whether a file is already on tape".into())
-        })?;
+        // Settings an operation needs (declared in `unmet_needs`, which `ferry config
+        // validate` reports with their places): the first that refuses the entry.
+        if let Some(u) = unmet_needs(&cfg.kind).into_iter().find(|u| u.refused) {
+            return Err(bad(format!("{}; {}", u.problem, u.fix)));
+        }
+        let stat = stat
+            .as_deref()
+            .ok_or_else(|| bad("needs a `stat` template".into()))?;
         let out = Self {
             name: cfg.name.clone(),
             gateway: gateway.clone(),
@@ -84,36 +90,140 @@ impl CommandConfig {
             output: *output,
             timeout: *timeout,
         };
-        let templates = [
-            ("stat", Some(&out.stat)),
-            ("verify", out.verify.as_ref()),
-            ("retrieve", out.retrieve.as_ref()),
-            ("tape_path", out.tape_path.as_ref()),
-        ];
-        for (what, t) in templates {
-            if t.is_some_and(|t| t.uses("file")) && out.stage.is_none() {
-                return Err(bad(format!(
-                    "{what} uses {{file}}, which is known outside `put` only with a `stage` \
-                     directory (then {{file}} is <stage>/<run>/<path>); name the tape side \
-                     with `tape_path` and {{tape_path}} instead"
-                )));
-            }
-        }
-        for (what, t) in [("put", Some(&out.put))].into_iter().chain(templates) {
-            if t.is_some_and(|t| t.uses("tape_path") || t.uses("tape_dir"))
-                && out.tape_path.is_none()
-            {
-                return Err(bad(format!(
-                    "{what} uses {{tape_path}} or {{tape_dir}}, but no `tape_path` is set"
-                )));
-            }
-        }
-        if out.output == CommandOutput::Hsi && out.tape_path.is_none() {
-            return Err(bad(
-                "output \"hsi\" finds a file in `hsi hashlist` by its tape path: set `tape_path`"
-                    .into(),
-            ));
-        }
         Ok(out)
     }
+}
+
+/// What a `command` entry's operations need that it lacks or cannot use (see
+/// [`crate::tape::needs`]):
+///
+/// - `stat` is the idempotency probe of every put, and the metadata check of `verify`
+///   when there is no `verify` template: required;
+/// - `{file}` outside `put` is known only with a `stage` directory, `{tape_path}` and
+///   `{tape_dir}` only with `tape_path`, and output `hsi` finds files by their tape path;
+/// - without `retrieve` nothing can be read back: `ferry recall` skips the backend and
+///   backups are verified from the tape system's metadata (not refused).
+///
+/// Templates that do not parse are left to [`CommandConfig::from_site_map`] and the
+/// site-map reader, which name the bad placeholder.
+pub fn unmet_needs(kind: &TapeKind) -> Vec<Unmet> {
+    let TapeKind::Command {
+        put,
+        verify,
+        retrieve,
+        stat,
+        tape_path,
+        stage,
+        output,
+        ..
+    } = kind
+    else {
+        return Vec::new();
+    };
+    let parsed = |argv: Option<&[String]>| argv.and_then(|a| Template::parse(a).ok());
+    let stat_ops = |verify: &Option<Vec<String>>| {
+        let mut ops = vec![Operation::Stat, Operation::Put];
+        if verify.is_none() {
+            ops.push(Operation::Verify);
+        }
+        ops
+    };
+    let mut out = Vec::new();
+    if stat.is_none() {
+        out.push(Unmet {
+            operations: stat_ops(verify),
+            key: "stat",
+            present: false,
+            refused: true,
+            problem: "no `stat` template: without it a put cannot tell whether a file is \
+                      already on tape"
+                .into(),
+            fix: "add \"stat\": an argv printing what the tape system holds of one file, \
+                  such as [\"dsmc\", \"query\", \"archive\", \"{file}\"] (with \"stage\") or \
+                  [\"cat\", \"{tape_path}\"] (with \"tape_path\")"
+                .into(),
+        });
+    }
+    let all = vec![
+        Operation::Stat,
+        Operation::Put,
+        Operation::Verify,
+        Operation::Retrieve,
+    ];
+    let templates: [(&'static str, Option<Template>, Vec<Operation>); 5] = [
+        ("put", parsed(Some(put)), vec![Operation::Put]),
+        ("stat", parsed(stat.as_deref()), stat_ops(verify)),
+        ("verify", parsed(verify.as_deref()), vec![Operation::Verify]),
+        (
+            "retrieve",
+            parsed(retrieve.as_deref()),
+            vec![Operation::Retrieve, Operation::Verify],
+        ),
+        (
+            "tape_path",
+            parsed(tape_path.as_ref().map(std::slice::from_ref)),
+            all.clone(),
+        ),
+    ];
+    for (key, template, operations) in &templates {
+        let Some(t) = template else { continue };
+        if *key != "put" && t.uses("file") && stage.is_none() {
+            out.push(Unmet {
+                operations: operations.clone(),
+                key: *key,
+                present: true,
+                refused: true,
+                problem: format!(
+                    "`{key}` uses {{file}}, which is known outside `put` only with a `stage` \
+                     directory (then {{file}} is <stage>/<run>/<path>)"
+                ),
+                fix: "set \"stage\", or name the tape side with \"tape_path\" and use \
+                      {tape_path} instead"
+                    .into(),
+            });
+        }
+        if (t.uses("tape_path") || t.uses("tape_dir")) && tape_path.is_none() {
+            out.push(Unmet {
+                operations: operations.clone(),
+                key: *key,
+                present: true,
+                refused: true,
+                problem: format!(
+                    "`{key}` uses {{tape_path}} or {{tape_dir}}, but no `tape_path` is set"
+                ),
+                fix: "add \"tape_path\": a file's name on the tape side, such as \
+                      \"/mss/exp/{run}/{path}\""
+                    .into(),
+            });
+        }
+    }
+    if *output == CommandOutput::Hsi && tape_path.is_none() {
+        out.push(Unmet {
+            operations: all,
+            key: "tape_path",
+            present: false,
+            refused: true,
+            problem: "output \"hsi\" finds a file in `hsi hashlist` by its tape path, and no \
+                      `tape_path` is set"
+                .into(),
+            fix: "add \"tape_path\": a file's name in HPSS, such as \"/home/e/exp/{run}/{path}\""
+                .into(),
+        });
+    }
+    if retrieve.is_none() {
+        out.push(Unmet {
+            operations: vec![Operation::Retrieve],
+            key: "retrieve",
+            present: false,
+            refused: false,
+            problem: "no `retrieve` template: nothing can be read back, so `ferry recall` \
+                      skips this backend and backups are verified from the tape system's \
+                      metadata only"
+                .into(),
+            fix: "add \"retrieve\": an argv reading one file back to {dest}, such as \
+                  [\"dsmc\", \"retrieve\", \"{file}\", \"{dest}\"]"
+                .into(),
+        });
+    }
+    out
 }

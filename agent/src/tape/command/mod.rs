@@ -23,5 +23,5 @@ mod template;
 mod verify;
 
 pub use backend::CommandBackend;
-pub use config::CommandConfig;
+pub use config::{unmet_needs, CommandConfig};
 pub use template::{Template, Vars};
