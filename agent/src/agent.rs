@@ -94,6 +94,7 @@ impl Agent {
                 audit,
                 cursors: Arc::default(),
                 purging: Arc::default(),
+                would_register: Arc::default(),
             },
         }
     }

@@ -171,6 +171,39 @@ async fn lost_run_dir_and_lost_file_are_error_lost_then_recopied() {
     }
 }
 
+/// At the origin, a run directory the DAQ is still writing (no completion marker yet) is a
+/// run not registered yet, not dark data; a complete run directory no copy here knows is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_still_being_written_at_the_origin_is_not_dark_data() {
+    let w = World::new().await;
+    w.registered_and_pushed(1).await;
+    let writing = w.path("daq/raw/Run000002");
+    std::fs::create_dir_all(&writing).unwrap();
+    std::fs::write(writing.join("a.evio"), b"half a run").unwrap();
+    let complete = w.path("daq/raw/Run000003");
+    std::fs::create_dir_all(&complete).unwrap();
+    std::fs::write(complete.join("a.evio"), b"a whole run").unwrap();
+    std::fs::write(complete.join("RUN_COMPLETE"), b"").unwrap();
+
+    let r = audit_as(&w.ctx("daq")).await;
+    assert!(r.failed().is_empty(), "{}", joined(&r));
+    let dark = dark_lines(&r);
+    assert_eq!(dark.len(), 1, "{}", joined(&r));
+    assert!(dark[0].contains("Run000003"), "{dark:?}");
+    let being_written: Vec<String> = r
+        .skipped()
+        .into_iter()
+        .filter(|l| l.contains("Run000002"))
+        .collect();
+    assert_eq!(being_written.len(), 1, "{}", joined(&r));
+    assert!(
+        being_written[0].contains("still being written")
+            && being_written[0].contains("no completion marker RUN_COMPLETE")
+            && being_written[0].contains("registered once complete"),
+        "{being_written:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dark_run_dir_and_extra_file_are_reported_and_left_alone() {
     let w = World::new().await;

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 struct Sandbox {
     dir: tempfile::TempDir,
@@ -411,4 +411,95 @@ fn daq_written_runs_get_manifest_digest_and_copies() {
         })
         .count();
     assert_eq!(mirrored, 2, "{doc:#}");
+}
+
+/// Sets a file's modification time.
+fn set_mtime(file: &Path, at: SystemTime) {
+    std::fs::File::options()
+        .write(true)
+        .open(file)
+        .unwrap()
+        .set_modified(at)
+        .unwrap();
+}
+
+/// The millisecond time of a run document's `start` or `end` (relaxed extended JSON).
+fn millis(doc: &serde_json::Value, field: &str) -> i64 {
+    let shown = doc[field]["$date"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {field}: {doc:#}"));
+    chrono::DateTime::parse_from_rfc3339(shown)
+        .unwrap()
+        .timestamp_millis()
+}
+
+/// A run registered from disk had `start: None`, so `ferry runs list --since` never found
+/// it: it now takes its files' earliest modification time as `start` and the completion
+/// marker's as `end`.
+#[test]
+fn a_run_found_on_disk_gets_start_and_end_from_its_files_and_is_listed_since() {
+    let sb = Sandbox::new();
+    let run = sb.run(1, &[10, 20], true);
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_780_000_000); // 2026-05-28
+    let at = |s: u64| t0 + Duration::from_secs(s);
+    set_mtime(&run.join("sub dir/001 ü.evio"), at(0));
+    set_mtime(&run.join("sub dir/000 ü.evio"), at(1800));
+    set_mtime(&run.join("RUN_COMPLETE"), at(3600));
+
+    let out = sb.once(&["--task", "register"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let runs = sb.runs_json();
+    let doc = &runs[0];
+    let t0_ms = 1_780_000_000_000;
+    assert_eq!(millis(doc, "start"), t0_ms, "{doc:#}");
+    assert_eq!(millis(doc, "end"), t0_ms + 3_600_000, "{doc:#}");
+
+    let list_since = |day: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["runs", "list", "--since", day, "--catalog"])
+            .arg(format!("sqlite:{}", sb.path("catalog.sqlite").display()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let found = list_since("2026-05-01");
+    assert!(
+        found.contains("Run000001") && found.contains("2026-05-28"),
+        "{found}"
+    );
+    assert!(!list_since("2026-06-01").contains("Run000001"));
+}
+
+/// `--once --dry-run --run N` on a run not registered yet said it would register it, then
+/// failed the cycle because the run was not in the catalogue: the later tasks now say what
+/// they would do with it once registered, and nothing fails or is written.
+#[test]
+fn a_dry_run_on_a_new_run_says_what_it_would_do_and_fails_nothing() {
+    let sb = Sandbox::new();
+    sb.run(1, &[10], true);
+    let out = sb.once(&["--dry-run", "--run", "1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("dry run: would register 1 files"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stdout.contains("run 1 (Run000001) raw: dry run: not registered yet; would push to mirror after registering"),
+        "{}",
+        text(&out)
+    );
+    assert!(!stdout.contains("FAILED"), "{}", text(&out));
+    assert!(!stdout.contains("not in the catalogue"), "{}", text(&out));
+    // The whole cycle, dry: the audit does not call the run dark data either.
+    let out = sb.once(&["--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("dark data"), "{}", text(&out));
+    assert!(
+        !sb.path("catalog.sqlite").exists() || sb.runs_json().as_array().unwrap().is_empty(),
+        "a dry run wrote a run"
+    );
 }

@@ -13,7 +13,9 @@
 //!    is gone is **lost data**; a file of the wrong size is corrupt (re-hashed first below);
 //!    files in the directory that the manifest does not list are **dark data**. Run
 //!    directories found at the layout's depth (as the register task's `discover` walks
-//!    them) that belong to no copy here are dark data too.
+//!    them) that belong to no copy here are dark data too, except at an origin a run
+//!    directory still being written (not complete by the site's completion rule): that is
+//!    a run not registered yet, reported as such.
 //! 4. **re-hash** the surviving copies for **bit rot** (verify's `rehash`), copies of the
 //!    wrong size first, then the least recently verified first, until
 //!    [`Settings::byte_budget`] bytes were read in this pass. The rest waits for the next
@@ -579,6 +581,10 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) -> std::io::Result<()> 
 }
 
 /// Run directories on disk that belong to no copy here (only when auditing every run).
+/// At an origin, a directory the DAQ is still writing (not complete by the site's
+/// completion rule) is not dark data but a run not registered yet, and a dry run's
+/// [`register::WouldRegister`] runs are said to be registered by this cycle; every other
+/// directory is dark data, reported and logged as a warning.
 fn dark_runs(ctx: &Context, known: &HashSet<PathBuf>, cut_off: bool) -> Vec<(Subject, String)> {
     if ctx.scope != RunScope::All {
         return Vec::new();
@@ -603,13 +609,34 @@ fn dark_runs(ctx: &Context, known: &HashSet<PathBuf>, cut_off: bool) -> Vec<(Sub
         .iter()
         .filter(|f| !known.contains(&canonical(&f.dir)))
         .map(|f| {
+            let subject = Subject::Run {
+                number: f.key.as_ref().map(|k| k.number),
+                name: Some(f.name.clone()),
+                data_type: f.data_type.clone(),
+            };
+            let shown = f.dir.display();
+            if ctx.site.origin {
+                if let Some(why) = register::still_written(&f.dir, &ctx.site.completion) {
+                    let line = format!(
+                        "run directory {shown} is still being written ({why}); registered \
+                         once complete"
+                    );
+                    return (subject, line);
+                }
+                if ctx.dry_run && ctx.would_register.holds_dir(&f.dir) {
+                    let line = format!(
+                        "dry run: run directory {shown} is not registered yet; the register \
+                         task would register it in this cycle"
+                    );
+                    return (subject, line);
+                }
+            }
             let line = format!(
-                "dark data: run directory {} ({} {}) is not in the catalogue at this site; \
-                 left alone",
-                f.dir.display(),
-                f.data_type,
-                f.name
+                "dark data: run directory {shown} ({} {}) is not in the catalogue at this \
+                 site; left alone",
+                f.data_type, f.name
             );
+            tracing::warn!(site = %me, dir = %shown, "{line}");
             (Subject::Site(me.clone()), line)
         })
         .collect()
@@ -636,6 +663,7 @@ fn dark_files(h: &Held, extra: &[String]) -> (Subject, String) {
             ""
         }
     );
+    tracing::warn!(site = %h.copy.host, dir = %h.dir.display(), "{line}");
     (h.subject(), line)
 }
 

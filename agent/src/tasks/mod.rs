@@ -150,6 +150,9 @@ pub struct Context {
     /// ([`crate::journal`]); replayed at the start of every cycle. `None`: no journal (the
     /// record then fails as the catalogue does).
     pub journal: Option<Arc<crate::journal::Journal>>,
+    /// In a dry run, the runs the register task would have registered this cycle, for the
+    /// later tasks to report on ([`register::WouldRegister`]). Shared by clones.
+    pub would_register: Arc<register::WouldRegister>,
 }
 
 /// Runs asked of the catalogue per page of a work list.
@@ -388,6 +391,7 @@ pub async fn run_cycle(ctx: &Context, tasks: &[Task], token: &CancellationToken)
             Task::Audit => audit::run_scheduled(ctx, token).await,
             Task::Heartbeat => heartbeat::run(ctx, token, &report, started).await,
         };
+        register::note_would_register(ctx, task, &mut outcome);
         outcome.quarantined = ctx
             .catalog
             .quarantine()
@@ -404,6 +408,10 @@ pub async fn run_cycle(ctx: &Context, tasks: &[Task], token: &CancellationToken)
 /// With `--run N` / `--name X`: a line saying the run is not in the catalogue, if it is not
 /// (asked for by hand, doing nothing must not look like success).
 async fn missing_run(ctx: &Context) -> Option<String> {
+    if ctx.dry_run && ctx.would_register.holds(&ctx.scope) {
+        // Not in the catalogue because this dry run registered nothing; said so above.
+        return None;
+    }
     let sel = match &ctx.scope {
         RunScope::All | RunScope::Range(_) => return None,
         RunScope::Number(n) => RunSelector::Number(*n),

@@ -28,15 +28,26 @@
 //! Registration also records which copies the collaboration wants ([`wanted_sites`]): every
 //! site the site map's links reach from this origin, through sites that hold the data type.
 //! The copy tasks find their work through those wants.
+//!
+//! **Start and end.** A run found on disk has no DAQ record of when it was taken, so a new
+//! run document gets `start` and `end` from the disk ([`disk_times`]): the earliest and the
+//! latest modification time of its files, or, where the site's completion rule is a
+//! marker, the marker's time as `end`. A document the DAQ wrote keeps its own `start` and
+//! `end` (registration never changes them).
+//!
+//! **Dry run.** `--dry-run` registers nothing; the runs it would register are kept in
+//! [`WouldRegister`] for the rest of the cycle, so the later tasks and the audit say what
+//! would happen to them once registered instead of not finding them in the catalogue.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use bson::DateTime;
 use catalog_schema::{CopyStatus, FileEntry, RunDoc, RunKey};
 use tokio_util::sync::CancellationToken;
 
-use super::{Context, Subject, TaskReport};
+use super::{Context, RunScope, Subject, Task, TaskReport};
 use crate::catalog::{
     want_tag, Cas, CopyRef, Manifest, NewRun, OriginCopy, Registered, RunSelector, Transition,
 };
@@ -101,6 +112,7 @@ pub enum RegisterError {
 pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
     // Copies at this site that another tool recorded without a Ferry manifest (a DAQ's
     // entry, a copy cax made), at origins and elsewhere alike.
+    ctx.would_register.clear();
     let mut report = super::adopt::run(ctx, token).await;
     if !ctx.site.origin {
         return report;
@@ -219,16 +231,33 @@ async fn register_one(ctx: &Context, run: &Found) -> Result<Outcome, String> {
         }
         CompletionRule::QuietPeriod(d) => (None, Some(*d)),
     };
+    // The marker's time is the run's end where the site's rule uses one.
+    let end_marker = match &ctx.site.completion {
+        CompletionRule::Marker(m) => Some(m.clone()),
+        CompletionRule::QuietPeriod(_) => None,
+    };
     let dir = run.dir.clone();
-    let built = tokio::task::spawn_blocking(move || build_manifest(&dir, marker.as_deref(), quiet))
-        .await
-        .map_err(|e| format!("manifest task failed: {e}"))?;
-    let manifest = match built {
+    let built = tokio::task::spawn_blocking(move || {
+        let manifest = build_manifest(&dir, marker.as_deref(), quiet)?;
+        let times = disk_times(&dir, end_marker.as_deref())?;
+        Ok::<_, RegisterError>((manifest, times))
+    })
+    .await
+    .map_err(|e| format!("manifest task failed: {e}"))?;
+    let (manifest, times) = match built {
         Ok(m) => m,
         Err(RegisterError::Incomplete { why, .. }) => return Ok(Outcome::Skipped(why)),
         Err(e) => return Err(e.to_string()),
     };
+    let want = wants(&ctx.map, &ctx.site.name, &run.data_type);
     if ctx.dry_run {
+        ctx.would_register.add(Pending {
+            key: key.clone(),
+            name: run.name.clone(),
+            data_type: run.data_type.clone(),
+            dir: run.dir.clone(),
+            want: want.clone(),
+        });
         return Ok(Outcome::Skipped(format!(
             "dry run: would register {} files, {} bytes, digest {}",
             manifest.files.len(),
@@ -236,6 +265,14 @@ async fn register_one(ctx: &Context, run: &Found) -> Result<Outcome, String> {
             manifest.digest
         )));
     }
+    // A document the DAQ wrote keeps its own times; a new one takes the disk's.
+    let (start, end) = match &existing {
+        Some(_) => (None, None),
+        None => (
+            Some(DateTime::from_system_time(times.start)),
+            Some(DateTime::from_system_time(times.end)),
+        ),
+    };
     let new = NewRun {
         key: key.clone(),
         // A DAQ-written document's name stands (the directory may be named otherwise).
@@ -243,10 +280,10 @@ async fn register_one(ctx: &Context, run: &Found) -> Result<Outcome, String> {
             .as_ref()
             .and_then(|d| d.name.clone())
             .or_else(|| Some(run.name.clone())),
-        start: None,
-        end: None,
+        start,
+        end,
         manifest: Some(manifest.clone()),
-        want: wants(&ctx.map, &ctx.site.name, &run.data_type),
+        want,
         who: ctx.owner.clone(),
     };
     match ctx
@@ -284,6 +321,102 @@ async fn register_one(ctx: &Context, run: &Found) -> Result<Outcome, String> {
         Cas::Lost => Ok(Outcome::Skipped(
             "origin copy already recorded by another agent".into(),
         )),
+    }
+}
+
+/// A run the dry run's register would have registered this cycle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// Detector and number.
+    pub key: RunKey,
+    /// The run name.
+    pub name: String,
+    /// Data type.
+    pub data_type: String,
+    /// The run directory.
+    pub dir: PathBuf,
+    /// The copies registration would want (`"<site>/<type>"`).
+    pub want: Vec<String>,
+}
+
+/// The runs a dry run's register would have registered in this cycle (empty outside dry
+/// runs): what the later tasks report on instead of a run they cannot find. Shared by
+/// clones of the [`Context`]; the register task empties it at the start of each cycle.
+#[derive(Debug, Default)]
+pub struct WouldRegister(Mutex<Vec<Pending>>);
+
+impl WouldRegister {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Pending>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn clear(&self) {
+        self.lock().clear();
+    }
+
+    fn add(&self, run: Pending) {
+        self.lock().push(run);
+    }
+
+    /// The runs, in the order found.
+    pub fn runs(&self) -> Vec<Pending> {
+        self.lock().clone()
+    }
+
+    /// Whether the run directory `dir` is one of them.
+    pub fn holds_dir(&self, dir: &Path) -> bool {
+        self.lock().iter().any(|p| p.dir == dir)
+    }
+
+    /// Whether the run `--run N` / `--name X` asks for is one of them.
+    pub fn holds(&self, scope: &RunScope) -> bool {
+        match scope {
+            RunScope::Number(n) => self.lock().iter().any(|p| p.key.number == *n),
+            RunScope::Name(name) => self.lock().iter().any(|p| &p.name == name),
+            RunScope::All | RunScope::Range(_) => !self.lock().is_empty(),
+        }
+    }
+}
+
+/// In a dry run, what `task` would do with the runs the register task would have
+/// registered (they are not in the catalogue, so the task's work list cannot hold them):
+/// a skipped line each, saying so. Nothing outside dry runs.
+pub fn note_would_register(ctx: &Context, task: Task, report: &mut TaskReport) {
+    if !ctx.dry_run {
+        return;
+    }
+    for p in ctx.would_register.runs() {
+        let what = match task {
+            Task::Push => {
+                let to: Vec<&str> = ctx
+                    .site
+                    .push_to
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|s| p.want.contains(&want_tag(s, &p.data_type)))
+                    .collect();
+                if to.is_empty() {
+                    continue;
+                }
+                format!("would push to {} after registering", to.join(", "))
+            }
+            Task::Tape if !ctx.site.tape.is_empty() => {
+                let to: Vec<&str> = ctx.site.tape.iter().map(|t| t.name.as_str()).collect();
+                format!(
+                    "would back up to tape ({}) after registering",
+                    to.join(", ")
+                )
+            }
+            _ => continue,
+        };
+        report.skip(
+            Subject::Run {
+                number: Some(p.key.number),
+                name: Some(p.name.clone()),
+                data_type: p.data_type.clone(),
+            },
+            format!("dry run: not registered yet; {what}"),
+        );
     }
 }
 
@@ -351,6 +484,72 @@ pub fn reachable(links: &[Link], origin: &str, holds: impl Fn(&str) -> bool) -> 
         }
     }
     seen
+}
+
+/// When a run directory's data was written, as far as its files tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskTimes {
+    /// The earliest modification time of its files.
+    pub start: SystemTime,
+    /// The latest modification time of its files, or the completion marker's.
+    pub end: SystemTime,
+}
+
+/// The [`DiskTimes`] of the run directory `dir`: the earliest and the latest modification
+/// time of its files, `marker` (the completion marker, when the site's rule uses one)
+/// excluded; when the marker is there, its own time is the end (never before the start).
+pub fn disk_times(dir: &Path, marker: Option<&str>) -> Result<DiskTimes, RegisterError> {
+    let mut files = Vec::new();
+    list_files(dir, dir, &mut files)?;
+    let mut marker_time = None;
+    let mut times = Vec::with_capacity(files.len());
+    for (rel, path) in &files {
+        let t = mtime(path)?;
+        if Some(rel.as_str()) == marker {
+            marker_time = Some(t);
+        } else {
+            times.push(t);
+        }
+    }
+    let (Some(first), Some(last)) = (times.iter().min(), times.iter().max()) else {
+        return Err(RegisterError::Refused {
+            dir: dir.display().to_string(),
+            why: "the run directory holds no files; an empty run is not registered".into(),
+        });
+    };
+    let end = marker_time.map_or(*last, |m| m.max(*first));
+    Ok(DiskTimes { start: *first, end })
+}
+
+/// Why the run directory `dir` is still being written by the site's completion `rule`
+/// (stat only, nothing is read): no completion marker yet, a `.part` file, or a file
+/// modified within the quiet period. `None`: complete by the rule (or unreadable, which
+/// the register task reports itself).
+pub fn still_written(dir: &Path, rule: &CompletionRule) -> Option<String> {
+    if let CompletionRule::Marker(m) = rule {
+        if !dir.join(m).is_file() {
+            return Some(format!("no completion marker {m} yet"));
+        }
+    }
+    let mut files = Vec::new();
+    list_files(dir, dir, &mut files).ok()?;
+    if let Some((rel, _)) = files.iter().find(|(rel, _)| rel.ends_with(PART_SUFFIX)) {
+        return Some(format!("{rel} is still being written"));
+    }
+    if let CompletionRule::QuietPeriod(quiet) = rule {
+        let newest = newest_mtime(&files).ok()?;
+        let age = SystemTime::now()
+            .duration_since(newest)
+            .unwrap_or(Duration::ZERO);
+        if age < *quiet {
+            return Some(format!(
+                "a file was modified {} ago, within the quiet period of {}",
+                humantime::format_duration(Duration::from_secs(age.as_secs())),
+                humantime::format_duration(*quiet)
+            ));
+        }
+    }
+    None
 }
 
 /// Finds run directories under each of the site's data directories.
@@ -608,17 +807,20 @@ fn list_files(
 fn newest_mtime(files: &[(String, PathBuf)]) -> Result<SystemTime, RegisterError> {
     let mut newest = SystemTime::UNIX_EPOCH;
     for (_, path) in files {
-        let meta = std::fs::symlink_metadata(path).map_err(|source| RegisterError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let m = meta.modified().map_err(|source| RegisterError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        newest = newest.max(m);
+        newest = newest.max(mtime(path)?);
     }
     Ok(newest)
+}
+
+fn mtime(path: &Path) -> Result<SystemTime, RegisterError> {
+    let io = |source| RegisterError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::symlink_metadata(path)
+        .map_err(io)?
+        .modified()
+        .map_err(io)
 }
 
 #[cfg(test)]
