@@ -170,7 +170,7 @@ pub fn unmet_needs(kind: &TapeKind) -> Vec<Unmet> {
         if *key != "put" && t.uses("file") && stage.is_none() {
             out.push(Unmet {
                 operations: operations.clone(),
-                key: *key,
+                key,
                 present: true,
                 refused: true,
                 problem: format!(
@@ -185,7 +185,7 @@ pub fn unmet_needs(kind: &TapeKind) -> Vec<Unmet> {
         if (t.uses("tape_path") || t.uses("tape_dir")) && tape_path.is_none() {
             out.push(Unmet {
                 operations: operations.clone(),
-                key: *key,
+                key,
                 present: true,
                 refused: true,
                 problem: format!(
