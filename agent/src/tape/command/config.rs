@@ -167,34 +167,32 @@ pub fn unmet_needs(kind: &TapeKind) -> Vec<Unmet> {
     ];
     for (key, template, operations) in &templates {
         let Some(t) = template else { continue };
-        if *key != "put" && t.uses("file") && stage.is_none() {
+        let mut refuse = |problem: String, fix: &str| {
             out.push(Unmet {
                 operations: operations.clone(),
                 key,
                 present: true,
                 refused: true,
-                problem: format!(
+                problem,
+                fix: fix.into(),
+            });
+        };
+        if *key != "put" && t.uses("file") && stage.is_none() {
+            refuse(
+                format!(
                     "`{key}` uses {{file}}, which is known outside `put` only with a `stage` \
                      directory (then {{file}} is <stage>/<run>/<path>)"
                 ),
-                fix: "set \"stage\", or name the tape side with \"tape_path\" and use \
-                      {tape_path} instead"
-                    .into(),
-            });
+                "set \"stage\", or name the tape side with \"tape_path\" and use \
+                 {tape_path} instead",
+            );
         }
         if (t.uses("tape_path") || t.uses("tape_dir")) && tape_path.is_none() {
-            out.push(Unmet {
-                operations: operations.clone(),
-                key,
-                present: true,
-                refused: true,
-                problem: format!(
-                    "`{key}` uses {{tape_path}} or {{tape_dir}}, but no `tape_path` is set"
-                ),
-                fix: "add \"tape_path\": a file's name on the tape side, such as \
-                      \"/mss/exp/{run}/{path}\""
-                    .into(),
-            });
+            refuse(
+                format!("`{key}` uses {{tape_path}} or {{tape_dir}}, but no `tape_path` is set"),
+                "add \"tape_path\": a file's name on the tape side, such as \
+                 \"/mss/exp/{run}/{path}\"",
+            );
         }
     }
     if *output == CommandOutput::Hsi && tape_path.is_none() {
