@@ -1,6 +1,7 @@
 //! The transfer scheduler end to end: one DAQ site's daemon (the real `ferry` binary) pushing
-//! to three mirrors over real OpenSSH sshd, one of them behind a throttling proxy
-//! ([`ThrottleProxy`]), the catalogue in the MongoDB-wire server.
+//! to three mirrors over real OpenSSH sshd, each behind a throttling proxy
+//! ([`ThrottleProxy`]), one of them four times slower than the others, the catalogue in the
+//! MongoDB-wire server.
 //!
 //! - The fast mirrors get every run while the slow mirror's copies are still in flight.
 //! - A run written while the slow link is busy is started at the fast mirrors within one
@@ -32,7 +33,13 @@ const MIRRORS: [&str; 3] = ["fast-a", "fast-b", "slow"];
 const FILES_PER_RUN: usize = 6;
 const FILE_SIZE: usize = 256 << 10;
 /// The slow link's bandwidth, each way.
-const SLOW_RATE: u64 = 768 << 10;
+const SLOW_RATE: u64 = 512 << 10;
+/// The fast links' bandwidth, each way: four times the slow one's. Unthrottled loopback
+/// finishes a fast file in a few milliseconds, no longer than the agent's own work between
+/// two files, and the global limit was then reached at the servers only by luck of the
+/// timing (seen on a loaded 2-core CI machine: a global peak of 4 of 5). At this rate a
+/// file is in flight about a quarter of a second, long beside the gaps between files.
+const FAST_RATE: u64 = 2 << 20;
 const INTERVAL: Duration = Duration::from_secs(1);
 /// The DAQ site's limits.
 const FILES_IN_FLIGHT: usize = 2;
@@ -41,7 +48,7 @@ const GLOBAL: usize = 5;
 
 struct World {
     sites: BTreeMap<String, Sshd>,
-    _proxy: ThrottleProxy,
+    _proxies: Vec<ThrottleProxy>,
     home: tempfile::TempDir,
     sftp_log: PathBuf,
     uri: String,
@@ -73,30 +80,33 @@ impl World {
             std::fs::create_dir_all(sshd.root().join("raw")).unwrap();
             sites.insert(name.to_string(), sshd);
         }
-        let slow = &sites["slow"];
-        let proxy = ThrottleProxy::start(
-            slow.port(),
-            Shape {
-                rate: Some(SLOW_RATE),
-                delay: Duration::ZERO,
-            },
-        )
-        .unwrap();
-        // The slow mirror is reached through the proxy: its host key under the proxy's port.
-        let key = std::fs::read_to_string(slow.known_hosts_path()).unwrap();
-        let key = key.split_once(' ').unwrap().1.trim().to_string();
-        let proxied_hosts = home.path().join("known_hosts_slow");
-        std::fs::write(
-            &proxied_hosts,
-            format!("[127.0.0.1]:{} {key}\n", proxy.port()),
-        )
-        .unwrap();
+        // Every mirror is reached through a throttling proxy: its host key under the
+        // proxy's port.
+        let mut proxies = Vec::new();
+        let mut proxied: BTreeMap<String, (u16, PathBuf)> = BTreeMap::new();
+        for name in MIRRORS {
+            let rate = if name == "slow" { SLOW_RATE } else { FAST_RATE };
+            let sshd = &sites[name];
+            let proxy = ThrottleProxy::start(
+                sshd.port(),
+                Shape {
+                    rate: Some(rate),
+                    delay: Duration::ZERO,
+                },
+            )
+            .unwrap();
+            let key = std::fs::read_to_string(sshd.known_hosts_path()).unwrap();
+            let key = key.split_once(' ').unwrap().1.trim().to_string();
+            let hosts = home.path().join(format!("known_hosts_{name}"));
+            std::fs::write(&hosts, format!("[127.0.0.1]:{} {key}\n", proxy.port())).unwrap();
+            proxied.insert(name.to_string(), (proxy.port(), hosts));
+            proxies.push(proxy);
+        }
         let mut json = Vec::new();
         for (name, sshd) in &sites {
-            let (port, known_hosts) = if name == "slow" {
-                (proxy.port(), proxied_hosts.clone())
-            } else {
-                (sshd.port(), sshd.known_hosts_path().to_path_buf())
+            let (port, known_hosts) = match proxied.get(name) {
+                Some((port, hosts)) => (*port, hosts.clone()),
+                None => (sshd.port(), sshd.known_hosts_path().to_path_buf()),
             };
             let mut site = serde_json::json!({
                 "name": name,
@@ -130,7 +140,7 @@ impl World {
             .unwrap();
         World {
             sites,
-            _proxy: proxy,
+            _proxies: proxies,
             home,
             sftp_log,
             uri,
@@ -421,6 +431,7 @@ fn fast_mirrors_get_every_run_while_the_slow_link_is_busy_within_the_limits() {
 
     // The limits, counted at the servers.
     let log = std::fs::read_to_string(&w.sftp_log).unwrap();
+    let _ = std::fs::write("/tmp/sftp-debug.log", &log);
     let roots: BTreeMap<String, PathBuf> =
         MIRRORS.iter().map(|m| (m.to_string(), w.root(m))).collect();
     let p = peaks(&log, &roots);

@@ -3,7 +3,8 @@
 //! - [`Limits`]: the numbers from the site map (files in flight per run, transfers per link,
 //!   global transfers, bandwidth per link).
 //! - [`Gates`]: the semaphores built from them; [`Gates::admit`] waits for a slot at every
-//!   level (global → link → run) and returns a [`Permit`] that frees them when dropped.
+//!   level (run → link → global: a file takes a global slot only once its link has room)
+//!   and returns a [`Permit`] that frees them when dropped.
 //! - [`RateLimiter`]: a token bucket shared by the copies of one link. It is applied as a
 //!   wrapper around the byte stream ([`throttle`] for async chunk streams, [`ThrottledRead`]
 //!   for blocking readers), never inside a copy loop.
