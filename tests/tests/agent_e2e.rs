@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
 use bson::{doc, Document};
-use ferry_tests::{unique_db_name, MongoServer, Sshd};
+use ferry_tests::{unique_db_name, MongoServer, Shape, Sshd, ThrottleProxy};
 use futures::TryStreamExt;
 use sha2::{Digest, Sha256};
 
@@ -35,6 +35,8 @@ const MARKER: &str = "RUN_COMPLETE";
 /// A collaboration of sites, each behind its own sshd, sharing one site map and catalogue.
 struct World {
     sites: BTreeMap<String, Sshd>,
+    /// Throttling proxies some sites are reached through ([`World::throttle`]).
+    proxies: Vec<ThrottleProxy>,
     home: tempfile::TempDir,
     uri: String,
     db: String,
@@ -82,10 +84,40 @@ impl World {
         std::fs::write(home.path().join("map.json"), map.to_string()).unwrap();
         World {
             sites,
+            proxies: Vec::new(),
             home,
             uri,
             db,
         }
+    }
+
+    /// From now on `site` is reached through a proxy at `rate` bytes a second each way: the
+    /// site map names the proxy's port, and a known_hosts file lists the site's key under it.
+    fn throttle(&mut self, site: &str, rate: u64) {
+        let sshd = &self.sites[site];
+        let proxy = ThrottleProxy::start(
+            sshd.port(),
+            Shape {
+                rate: Some(rate),
+                delay: std::time::Duration::ZERO,
+            },
+        )
+        .unwrap();
+        let key = std::fs::read_to_string(sshd.known_hosts_path()).unwrap();
+        let key = key.split_once(' ').unwrap().1.trim().to_string();
+        let hosts = self.home.path().join(format!("known_hosts_{site}"));
+        std::fs::write(&hosts, format!("[127.0.0.1]:{} {key}\n", proxy.port())).unwrap();
+        let path = self.home.path().join("map.json");
+        let mut map: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for entry in map["sites"].as_array_mut().unwrap() {
+            if entry["name"] == site {
+                entry["port"] = proxy.port().into();
+                entry["known_hosts"] = hosts.display().to_string().into();
+            }
+        }
+        std::fs::write(&path, map.to_string()).unwrap();
+        self.proxies.push(proxy);
     }
 
     fn root(&self, site: &str) -> PathBuf {
@@ -384,6 +416,80 @@ fn three_sites_push_then_pull_every_run_ends_with_three_verified_copies() {
     );
     assert_eq!(world.logins("origin"), 0);
     assert_eq!(world.logins("mirror-b"), 0);
+}
+
+/// The time of the first event of `action` for the copy at `site`, in ms since the epoch.
+fn event_at(run: &Document, action: &str, site: &str, reason_part: &str) -> i64 {
+    run.get_array("events")
+        .unwrap()
+        .iter()
+        .map(|e| e.as_document().unwrap())
+        .find(|e| {
+            e.get_str("action").ok() == Some(action)
+                && e.get_str("host").ok() == Some(site)
+                && e.get_str("reason").unwrap_or("").contains(reason_part)
+        })
+        .unwrap_or_else(|| panic!("no {action} {reason_part:?} event at {site}: {run:#?}"))
+        .get_datetime("time")
+        .unwrap()
+        .timestamp_millis()
+}
+
+/// `--once` at a site that both pushes and pulls: the pull does not wait for the push. Both
+/// copy tasks hand their jobs to the scheduler, and the cycle waits for all of them together
+/// before the tasks that count copies; each task's report still lists its own copies.
+#[test]
+fn once_at_a_site_that_pushes_and_pulls_runs_both_links_at_once() {
+    let mut world = World::new(
+        "agent_e2e_both",
+        &["up", "hub", "down"],
+        |name| match name {
+            "up" => serde_json::json!({ "origin": true }),
+            "hub" => serde_json::json!({
+                "origin": true, "push_to": ["down"], "pull_from": ["up"]
+            }),
+            _ => serde_json::json!({}),
+        },
+    );
+    // The push goes over a slow link: 4 MiB at 1 MiB/s, about four seconds; the pull
+    // (256 KiB, unthrottled) takes a fraction of that.
+    world.throttle("down", 1 << 20);
+    let pushed = world.run("hub", 1, &[("a.evio", 2 << 20), ("b.evio", 2 << 20)]);
+    let pulled = world.run("up", 2, &[("c.evio", 256 << 10)]);
+    world.once("up", &["--task", "register"]);
+    let out = world.once(
+        "hub",
+        &["--task", "register", "--task", "push", "--task", "pull"],
+    );
+    // Each task reports its own copy, completed after both ended.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        done_runs(&out.stdout),
+        BTreeSet::from([1, 2]),
+        "{}",
+        text(&out)
+    );
+    let push_at = stdout.find("push").unwrap_or(usize::MAX);
+    let pull_at = stdout.find("pull").unwrap_or(usize::MAX);
+    assert!(push_at < pull_at, "push reported before pull: {stdout}");
+
+    let docs = world.runs();
+    let (one, two) = (&docs[0], &docs[1]);
+    for (run, site, dir) in [(one, "down", &pushed), (two, "hub", &pulled)] {
+        let at = copy_at(run, site);
+        assert_eq!(at[0].get_str("status").unwrap(), "transferred", "{run:#?}");
+        let location = PathBuf::from(at[0].get_str("location").unwrap());
+        assert_eq!(run_digest(&location), run_digest(dir), "{site}");
+    }
+    // The pull was claimed, and recorded, while the push was still on the wire.
+    let push_done = event_at(one, "status", "down", "-> transferred");
+    let pull_claimed = event_at(two, "claimed", "hub", "");
+    let pull_done = event_at(two, "status", "hub", "-> transferred");
+    assert!(
+        pull_claimed < push_done && pull_done < push_done,
+        "the pull (claimed at {pull_claimed}, done at {pull_done}) waited for the push \
+         (done at {push_done})"
+    );
 }
 
 #[test]

@@ -238,6 +238,28 @@ impl World {
 
     /// Bytes the site's sshd sent over all its connections so far (its log's
     /// `Transferred: sent N, received M bytes` line per connection).
+    /// Waits (at most 10 s) until every site's sshd has logged the end of every connection it
+    /// accepted: a session process writes its "Transferred" line after the client has gone,
+    /// which may be after the agent's process has exited.
+    fn sessions_closed(&self) {
+        let start = std::time::Instant::now();
+        for (site, sshd) in &self.sites {
+            loop {
+                let log = std::fs::read_to_string(sshd.log_path()).unwrap();
+                let opened = log.matches("Accepted publickey").count();
+                let closed = log.matches("Transferred: sent ").count();
+                if closed >= opened {
+                    break;
+                }
+                assert!(
+                    start.elapsed() < std::time::Duration::from_secs(10),
+                    "{site}: {opened} connections accepted, {closed} ended: {log}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+    }
+
     fn bytes_sent(&self, site: &str) -> u64 {
         sent_in_log(&std::fs::read_to_string(self.sites[site].log_path()).unwrap())
     }
@@ -535,6 +557,7 @@ fn a_cax_collaboration_switches_to_ferry_with_nothing_changed() {
     // Counted at the servers: the sources' sshd sent every wanted copy once (1000 to midway
     // and tegner, 1001 to tegner, 1002 to midway and again to tegner for the rotted copy),
     // plus protocol overhead; pulling 1001 to midway again would add 677 kB.
+    world.sessions_closed();
     let sent = world.bytes_sent(DAQ) + world.bytes_sent(MIDWAY);
     let wanted = 2 * size[&1000] + size[&1001] + 2 * size[&1002];
     assert!(

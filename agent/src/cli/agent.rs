@@ -186,7 +186,7 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
         }
         // The daemon plans copies each cycle and lets them run behind it; `--once` waits for
         // the copies it started before the cycle goes on.
-        let mode = if cli.once { Mode::Waiting } else { Mode::Background };
+        let mode = if cli.once { Mode::Once } else { Mode::Background };
         let agent = Agent::build(AgentSpec {
             map: Arc::new(loaded.map.clone()),
             site: site_model,

@@ -34,7 +34,7 @@ use catalog_schema::{want_tag, CopyStatus, RunDoc};
 use tokio_util::sync::CancellationToken;
 
 use super::lifecycle::{self, Held, RecordError, Take, Taken};
-use super::scheduler::{Job, JobEnd, JobFuture, Mode};
+use super::scheduler::{Job, JobEnd, JobFuture, Mode, Owed};
 use super::{replay, walk, Context, RunScope, Subject, Task, TaskReport, WorkList};
 use crate::catalog::{CopyRef, RunSelector};
 use crate::checksum::{self, ChecksumError};
@@ -568,7 +568,7 @@ pub(super) async fn for_each_wanted(
             return;
         }
     };
-    let waiting = ctx.scheduler.mode() == Mode::Waiting;
+    let waiting = ctx.scheduler.mode().waits();
     for run in runs {
         if token.is_cancelled() {
             break;
@@ -723,7 +723,8 @@ fn counts_against_link(e: &CopyError) -> bool {
 /// After a copy task handed its jobs over: in [`Mode::Waiting`] waits for them (when
 /// `token` is cancelled the scheduler starts nothing more and only running jobs are waited
 /// for); then adds every job of `task` that finished since the last report, and a failed
-/// line for each of `links` that is paused.
+/// line for each of `links` that is paused. In [`Mode::Once`] the report is owed: the
+/// cycle completes it in [`settle_owed`], once every copy task's jobs have ended.
 pub(super) async fn settle(
     ctx: &Context,
     task: Task,
@@ -732,15 +733,59 @@ pub(super) async fn settle(
     token: &CancellationToken,
     report: &mut TaskReport,
 ) {
-    if ctx.scheduler.mode() == Mode::Waiting && !submitted.is_empty() {
-        tokio::select! {
-            () = ctx.scheduler.wait_for(submitted) => {}
-            () = token.cancelled() => {
-                ctx.scheduler.close();
-                ctx.scheduler.wait_for(submitted).await;
-            }
+    match ctx.scheduler.mode() {
+        Mode::Once => {
+            ctx.scheduler.owe(Owed {
+                task,
+                links: links.to_vec(),
+                submitted: submitted.to_vec(),
+            });
+            return;
+        }
+        Mode::Waiting => wait_for(ctx, submitted, token).await,
+        Mode::Background => {}
+    }
+    add_finished(ctx, task, links, report);
+}
+
+/// In [`Mode::Once`], after the last copy task: waits for the jobs of every copy task of the
+/// cycle together, then completes their reports in `reports` (as [`settle`] does for one).
+pub(super) async fn settle_owed(
+    ctx: &Context,
+    token: &CancellationToken,
+    reports: &mut [(Task, TaskReport)],
+) {
+    let owed = ctx.scheduler.take_owed();
+    if owed.is_empty() {
+        return;
+    }
+    let submitted: Vec<CopyRef> = owed.iter().flat_map(|o| o.submitted.clone()).collect();
+    wait_for(ctx, &submitted, token).await;
+    for o in owed {
+        if let Some((_, report)) = reports.iter_mut().find(|(t, _)| *t == o.task) {
+            add_finished(ctx, o.task, &o.links, report);
         }
     }
+}
+
+/// Waits until none of `submitted` is waiting or running; when `token` is cancelled first,
+/// starts nothing more and waits only for the running ones.
+async fn wait_for(ctx: &Context, submitted: &[CopyRef], token: &CancellationToken) {
+    if submitted.is_empty() {
+        return;
+    }
+    tokio::select! {
+        () = ctx.scheduler.wait_for(submitted) => {}
+        () = token.cancelled() => {
+            ctx.scheduler.close();
+            ctx.scheduler.wait_for(submitted).await;
+        }
+    }
+}
+
+/// Adds every job of `task` that finished since the last report, and a failed line for each
+/// of `links` that is paused.
+fn add_finished(ctx: &Context, task: Task, links: &[String], report: &mut TaskReport) {
     for done in ctx.scheduler.take_finished(task) {
         let subject = done.subject;
         match done.end {

@@ -107,6 +107,11 @@ impl Task {
             Task::Heartbeat => "heartbeat",
         }
     }
+
+    /// Whether the task hands copies to the scheduler (retry, push, pull).
+    pub fn copies(self) -> bool {
+        matches!(self, Task::Retry | Task::Push | Task::Pull)
+    }
 }
 
 impl fmt::Display for Task {
@@ -377,6 +382,10 @@ pub async fn run_cycle(ctx: &Context, tasks: &[Task], token: &CancellationToken)
         if token.is_cancelled() {
             break;
         }
+        if !task.copies() {
+            // `--once`: every copy task's jobs end before the tasks that count copies.
+            copy::settle_owed(ctx, token, &mut report.tasks).await;
+        }
         let skips_before = ctx.catalog.quarantine().count();
         let mut outcome = match task {
             Task::Register => register::run(ctx, token).await,
@@ -399,6 +408,7 @@ pub async fn run_cycle(ctx: &Context, tasks: &[Task], token: &CancellationToken)
             .saturating_sub(skips_before);
         report.tasks.push((task, outcome));
     }
+    copy::settle_owed(ctx, token, &mut report.tasks).await;
     if let Some(missing) = missing_run(ctx).await {
         report.failed.push(Entry::failure(missing));
     }

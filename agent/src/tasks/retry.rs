@@ -65,7 +65,6 @@ use tokio_util::sync::CancellationToken;
 use super::copy::{self, lease, Direction};
 use super::lifecycle::{self, Held, Take, Taken};
 use super::owner;
-use super::scheduler::Mode;
 use super::{copies_in, walk, Context, RunScope, Subject, Task, TaskReport, WorkList, MAX_PAGES};
 use crate::catalog::{Cas, CopyRef, Transition};
 use crate::config::{Site, TransferMethod};
@@ -504,7 +503,7 @@ fn copy_again(
             .ok_or_else(|| format!("source site {} is not in the site map", src.site))?;
         (peer, Direction::Pull)
     };
-    if ctx.scheduler.mode() == Mode::Waiting {
+    if ctx.scheduler.mode().waits() {
         if let Some(why) = ctx.scheduler.paused(&peer.name) {
             return Ok(Step::Skipped(format!("not started: {why}")));
         }

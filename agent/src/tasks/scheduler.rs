@@ -24,9 +24,13 @@
 //!   probes it, and a success resumes it. The pause is reported by the copy task every
 //!   cycle; other links are not held.
 //! - **Modes.** [`Mode::Background`] (the daemon): the tasks return after planning and
-//!   report finished jobs at a later cycle. [`Mode::Waiting`] (`--once`, `ferry recall`,
-//!   library callers): each copy task waits for the jobs it handed over, so its report is
-//!   complete; the jobs of all its links still run at once.
+//!   report finished jobs at a later cycle. [`Mode::Once`] (`--once`): the copy tasks
+//!   (retry, push, pull) hand their jobs over and return; the cycle waits for all of them
+//!   together after the last copy task, before tape, purge, audit and heartbeat, and then
+//!   completes each copy task's report ([`Scheduler::owe`], [`Scheduler::take_owed`]), so a
+//!   site's push and pull links run at once. [`Mode::Waiting`] (`ferry recall`, library
+//!   callers that run one task): each copy task waits for the jobs it handed over, so its
+//!   report is complete when it returns; the jobs of all its links still run at once.
 //! - **Shutdown** ([`Scheduler::close`], [`Scheduler::shutdown`]): nothing new starts, jobs
 //!   not started are dropped (never claimed, still wanted), running jobs get the grace
 //!   period; a job cut off after it keeps this agent's lease, which the next agent on this
@@ -122,10 +126,33 @@ pub struct Finished {
 /// How the copy tasks use the scheduler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// Each copy task waits for the jobs it handed over (`--once`, library callers).
+    /// Each copy task waits for the jobs it handed over (`ferry recall`, library callers).
     Waiting,
+    /// The copy tasks return after planning; the cycle waits for all their jobs together
+    /// after the last copy task (`--once`).
+    Once,
     /// The tasks return after planning; jobs run on behind the cycle (the daemon).
     Background,
+}
+
+impl Mode {
+    /// Whether every job handed over in a cycle ends in that cycle (`--once`, library
+    /// callers): a paused link is then reported at once instead of being queued on.
+    pub fn waits(self) -> bool {
+        matches!(self, Mode::Waiting | Mode::Once)
+    }
+}
+
+/// A copy task's report still owed in [`Mode::Once`]: what it handed over, and the links
+/// whose pause it reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owed {
+    /// The copy task.
+    pub task: Task,
+    /// Its links (paused ones are reported).
+    pub links: Vec<String>,
+    /// The jobs it handed over.
+    pub submitted: Vec<CopyRef>,
 }
 
 /// How busy the scheduler is.
@@ -154,6 +181,8 @@ struct State {
     /// Link of each job waiting.
     pending: HashMap<CopyRef, String>,
     finished: Vec<Finished>,
+    /// Copy tasks' reports owed in [`Mode::Once`].
+    owed: Vec<Owed>,
     /// The last link that started a job (ties go to the links after it).
     last: Option<String>,
 }
@@ -383,7 +412,7 @@ impl Scheduler {
             let Some(running) = st.running.remove(&copy) else {
                 return;
             };
-            let waiting = self.mode == Mode::Waiting;
+            let waiting = self.mode.waits();
             let mut dropped = Vec::new();
             if let Some(link) = st.links.get_mut(&running.link) {
                 link.weight = link.weight.saturating_sub(running.weight);
@@ -460,6 +489,16 @@ impl Scheduler {
             .partition(|f| f.task == task);
         st.finished = rest;
         mine
+    }
+
+    /// In [`Mode::Once`]: a copy task's report, to be completed once its jobs have ended.
+    pub fn owe(&self, owed: Owed) {
+        self.state().owed.push(owed);
+    }
+
+    /// The reports owed so far, taken out.
+    pub fn take_owed(&self) -> Vec<Owed> {
+        std::mem::take(&mut self.state().owed)
     }
 
     /// Waits until none of `copies` is waiting or running.
