@@ -228,6 +228,13 @@ impl SiteRoots {
             }
             let unmarked = match read_marker(dir).map_err(|e| io(&dir.join(MARKER), e))? {
                 Some(found) if found == marker_text(&site.name, data_type) => false,
+                // An empty marker names no site: the write of an agent that was killed
+                // before the marker was made atomic. Written again by `mark`.
+                Some(found) if found.is_empty() => {
+                    let marker = dir.join(MARKER);
+                    std::fs::remove_file(&marker).map_err(|e| io(&marker, e))?;
+                    true
+                }
                 Some(found) => {
                     return Err(RootError::Foreign {
                         site: site.name.clone(),
@@ -312,17 +319,33 @@ fn read_marker(dir: &Path) -> std::io::Result<Option<String>> {
     }
 }
 
+/// Writes the marker whole or not at all: into `.ferry-site.new` (fsynced), then hard-linked
+/// to its name, which fails if a marker is there already; an agent killed on the way leaves
+/// at most the `.new` file, which the next write replaces.
 fn write_marker(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_file_name(format!("{MARKER}.new"));
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o644)
         .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
+        .open(&tmp)?;
     writeln!(f, "{text}")?;
-    f.sync_all()
+    f.sync_all()?;
+    drop(f);
+    let linked = std::fs::hard_link(&tmp, path);
+    std::fs::remove_file(&tmp)?;
+    linked?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Device and inode of a directory and of each of its ancestors, the directory first.
@@ -434,6 +457,25 @@ mod tests {
         assert!(a.is_dir());
         roots.mark(|_| false).unwrap();
         assert_eq!(std::fs::read_to_string(a.join(MARKER)).unwrap(), "a/raw\n");
+    }
+
+    #[test]
+    fn an_empty_marker_left_by_a_killed_agent_is_written_again_not_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        let m = two_sites(&a, &b, "");
+        // What a kill between the marker's creation and its write used to leave.
+        std::fs::write(a.join(MARKER), b"").unwrap();
+        std::fs::write(a.join(format!("{MARKER}.new")), b"a/r").unwrap();
+        std::fs::write(a.join("Run1"), b"x").unwrap();
+        let site = m.site("a").unwrap();
+        let mut roots = SiteRoots::open(&m, site, Locking::Skip).unwrap();
+        roots.mark(|_| true).unwrap();
+        assert_eq!(std::fs::read_to_string(a.join(MARKER)).unwrap(), "a/raw\n");
+        assert!(!a.join(format!("{MARKER}.new")).exists());
+        SiteRoots::open(&m, site, Locking::Skip).unwrap();
     }
 
     #[test]
