@@ -1058,7 +1058,7 @@ async fn the_daemon_serves_prometheus_metrics_of_its_cycles() {
         .unwrap();
     let scrape = || -> Option<String> {
         let mut s = std::net::TcpStream::connect(&addr).ok()?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: ferry\r\n\r\n")
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\n\r\n")
             .ok()?;
         let mut out = String::new();
         s.read_to_string(&mut out).ok()?;
