@@ -13,6 +13,7 @@
 #   man-db                           man page (deploy/package-test.sh)
 #   python3 + pymongo                 a catalogue test reads documents back with pymongo
 #   tmux                              progress bars under a real terminal (tests/tests/progress_tmux.rs)
+#   prometheus                        a real Prometheus scrapes the daemon; promtool checks its text
 #
 # Idempotent: what is already there is skipped (a second run takes seconds), and apt-get update
 # runs only when an apt package is missing. Prints one line per item.
@@ -84,6 +85,8 @@ ensure_apt ss iproute2 have ss ip
 # A firewalled host in its own network namespace (tests/src/netns.rs; needs root).
 ensure_apt unshare util-linux have unshare nsenter
 ensure_apt kill procps test -x /usr/bin/kill
+# The metrics tests: a Prometheus server started by the harness, and `promtool check metrics`.
+ensure_apt prometheus prometheus have prometheus promtool
 
 if [ -d /run/sshd ]; then
     report /run/sshd "already there"

@@ -14,6 +14,7 @@ use crate::catalog::{Catalog, CopyRef, RunScope};
 use crate::config::{self, Site, SiteMap, SshEnvironment};
 use crate::daemon::{run_cycles, CancellationToken, LoopOptions, Stopped};
 use crate::journal::Journal;
+use crate::metrics::Metrics;
 use crate::tasks::copy::CopyProgress;
 use crate::tasks::scheduler::{Mode, Scheduler};
 use crate::tasks::sessions::SessionPool;
@@ -45,6 +46,9 @@ pub struct AgentSpec {
     pub state_dir: Option<PathBuf>,
     /// How often the scheduled audit runs at most.
     pub audit_every: Option<Duration>,
+    /// Where the agent's figures go (the daemon makes them before it reaches its
+    /// catalogue, to serve them from its first second). `None`: figures of its own.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// An assembled agent.
@@ -78,6 +82,9 @@ impl Agent {
         if let Some(every) = spec.audit_every {
             audit.every = every;
         }
+        let metrics = spec
+            .metrics
+            .unwrap_or_else(|| Metrics::new(&spec.site.name));
         Agent {
             ctx: Context {
                 map: spec.map,
@@ -95,6 +102,7 @@ impl Agent {
                 cursors: Arc::default(),
                 purging: Arc::default(),
                 would_register: Arc::default(),
+                metrics,
             },
         }
     }

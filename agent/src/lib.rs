@@ -32,6 +32,7 @@ pub mod config;
 pub mod daemon;
 pub mod datadir;
 pub mod journal;
+pub mod metrics;
 pub mod tape;
 pub mod tasks;
 pub mod transport;

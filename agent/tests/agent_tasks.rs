@@ -1058,7 +1058,7 @@ async fn the_daemon_serves_prometheus_metrics_of_its_cycles() {
         .unwrap();
     let scrape = || -> Option<String> {
         let mut s = std::net::TcpStream::connect(&addr).ok()?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: ferry\r\n\r\n")
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\n\r\n")
             .ok()?;
         let mut out = String::new();
         s.read_to_string(&mut out).ok()?;
@@ -1100,4 +1100,152 @@ async fn the_daemon_serves_prometheus_metrics_of_its_cycles() {
         .success());
     assert_eq!(daemon.0.wait().unwrap().code(), Some(0));
     assert!(scrape().is_none(), "the endpoint outlived the daemon");
+}
+
+/// A daemon started on `w`'s site map with `extra` arguments, its metrics at the returned
+/// address; killed when dropped.
+fn metrics_daemon(w: &World, extra: &[&str]) -> (MetricsDaemon, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .env_remove("FERRY_CATALOG")
+        .env("FERRY_STATE_DIR", w.path("state"))
+        .arg("--config")
+        .arg(w.path("map.json"))
+        .args([
+            "--host",
+            "daq",
+            "--interval",
+            "1s",
+            "--metrics-listen",
+            &addr,
+        ])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    (MetricsDaemon(child), addr)
+}
+
+/// Killed when the test ends, passed or not.
+struct MetricsDaemon(std::process::Child);
+
+impl Drop for MetricsDaemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// The body of `GET /metrics` at `addr`, if it answers.
+fn scrape_body(addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_answer_while_the_catalogue_does_not() {
+    let w = World::new().await;
+    let (_daemon, addr) = metrics_daemon(
+        &w,
+        &[
+            "--catalog",
+            "mongodb://127.0.0.1:1/run?serverSelectionTimeoutMS=200",
+        ],
+    );
+    let t0 = std::time::Instant::now();
+    let body = loop {
+        if let Some(b) = scrape_body(&addr) {
+            break b;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the endpoint never answered while the catalogue was unreachable"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(body.contains("ferry_catalog_up{site=\"daq\"} 0"), "{body}");
+    assert!(body.contains("ferry_up{site=\"daq\"} 1"), "{body}");
+    // Still waiting, still answering.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let later = scrape_body(&addr).expect("the endpoint stopped answering");
+    assert!(
+        later.contains("ferry_catalog_up{site=\"daq\"} 0"),
+        "{later}"
+    );
+    assert!(
+        later.contains("ferry_cycles_total{site=\"daq\"} 0"),
+        "{later}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promtool_accepts_the_metrics_text() {
+    let Ok(promtool) = which_promtool() else {
+        panic!(
+            "promtool not installed: run deploy/install-test-deps.sh (Debian package prometheus)"
+        );
+    };
+    let w = World::new().await;
+    w.run_files(33);
+    let (_daemon, addr) = metrics_daemon(&w, &[]);
+    let t0 = std::time::Instant::now();
+    let body = loop {
+        if let Some(b) = scrape_body(&addr).filter(|b| b.contains("ferry_link_copied_files_total{"))
+        {
+            break b;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no copy in the metrics: {:?}",
+            scrape_body(&addr)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(body.contains("ferry_catalog_up{site=\"daq\"} 1"), "{body}");
+    assert!(
+        body.contains("ferry_link_last_transfer_timestamp_seconds{site=\"daq\",from=\"daq\""),
+        "{body}"
+    );
+    use std::io::Write;
+    let mut check = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics refused the text:\n{}{}\n{body}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn which_promtool() -> Result<std::path::PathBuf, ()> {
+    ["/usr/bin/promtool", "/usr/local/bin/promtool"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.exists())
+        .ok_or(())
 }

@@ -268,6 +268,11 @@ impl<C: Catalog> Catalog for Faulty<C> {
             .await
     }
 
+    async fn copies_by_status(&self, host: &str) -> Result<Vec<(CopyStatus, u64)>, CatalogError> {
+        self.call("count copies", self.inner.copies_by_status(host))
+            .await
+    }
+
     async fn runs_needing_copy_scoped(
         &self,
         dest: &str,

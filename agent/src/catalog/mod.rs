@@ -498,6 +498,10 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     /// Reads a site's heartbeat.
     async fn read_heartbeat(&self, site: &str) -> Result<Option<Heartbeat>, CatalogError>;
 
+    /// How many runs have a copy at `host` in each status (every status, zeros included),
+    /// counted on the index the work lists use: the agent's `ferry_site_copies` gauge.
+    async fn copies_by_status(&self, host: &str) -> Result<Vec<(CopyStatus, u64)>, CatalogError>;
+
     /// Brings copy entries written by other tools (a DAQ, a collaborator's script) into the
     /// back end's work-list indexes; returns how many entries it adopted (at most `limit`
     /// runs are looked at per call). Call it once per cycle, before the work queries. Only

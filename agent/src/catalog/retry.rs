@@ -367,6 +367,12 @@ impl<C: Catalog> Catalog for Retrying<C> {
             .0
     }
 
+    async fn copies_by_status(&self, host: &str) -> Result<Vec<(CopyStatus, u64)>, CatalogError> {
+        self.run("count copies", || self.inner.copies_by_status(host))
+            .await
+            .0
+    }
+
     async fn runs_needing_copy_scoped(
         &self,
         dest: &str,

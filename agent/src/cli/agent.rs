@@ -159,6 +159,21 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
             coded(code, e.to_string())
         })?;
         tracing::info!(%site, %catalog, once = cli.once, lock = %lock.path().display(), "ferry agent starting");
+        // The endpoint answers from the first second, before the catalogue does (its
+        // `ferry_catalog_up` is 0 until then).
+        let metrics = Metrics::new(&site);
+        let stop_metrics = CancellationToken::new();
+        if let Some(addr) = cli.metrics_listen {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                coded(Exit::Usage, format!("--metrics-listen {addr}: cannot listen: {e}"))
+            })?;
+            tracing::info!(%addr, "Prometheus metrics at http://{addr}/metrics");
+            let stopped = stop_metrics.clone();
+            tokio::spawn(metrics::serve(listener, Arc::clone(&metrics), async move {
+                stopped.cancelled().await;
+            }));
+        }
+        let _stop_metrics = stop_metrics.clone().drop_guard();
         let mut shutdown = std::pin::pin!(shutdown);
         // By hand (`--once`) an unreachable catalogue is an answer (exit 3); the daemon
         // instead waits for it, alive and saying why, until it answers or is stopped.
@@ -167,6 +182,7 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
             match crate::catalog::open_target(&catalog).await {
                 Ok(opened) => break opened,
                 Err(e) if !cli.once && e.is_retryable() => {
+                    metrics.catalog_answers(false);
                     let e = catalog.scrub(&e.to_string());
                     tracing::warn!(%catalog, "catalogue unreachable, retrying in {wait:?}: {e}");
                     tokio::select! {
@@ -181,6 +197,7 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
                 }
             }
         };
+        metrics.catalog_answers(true);
         if !cli.dry_run {
             mark_roots(&mut roots, opened.as_ref(), &site).await?;
         }
@@ -199,19 +216,8 @@ pub(super) fn run(cli: &Cli) -> Result<Exit> {
             progress,
             state_dir: Some(state_dir),
             audit_every: Some(cli.audit_every),
+            metrics: Some(Arc::clone(&metrics)),
         });
-        let metrics = Metrics::new(&site);
-        let stop_metrics = CancellationToken::new();
-        if let Some(addr) = cli.metrics_listen {
-            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-                coded(Exit::Usage, format!("--metrics-listen {addr}: cannot listen: {e}"))
-            })?;
-            tracing::info!(%addr, "Prometheus metrics at http://{addr}/metrics");
-            let stopped = stop_metrics.clone();
-            tokio::spawn(metrics::serve(listener, Arc::clone(&metrics), async move {
-                stopped.cancelled().await;
-            }));
-        }
         let opts = LoopOptions {
             interval: cli.interval,
             once: cli.once,

@@ -76,6 +76,7 @@ pub(super) fn run(cli: &Cli, args: &RecallArgs) -> Result<Exit> {
             progress: Arc::new(LogProgress::new()),
             state_dir: Some(crate::daemon::lock::SiteLock::default_dir()),
             audit_every: None,
+            metrics: None,
         });
         let ctx = agent.context();
         tracing::info!(%site, %catalog, run = %request.run, to = request.to.as_deref(),

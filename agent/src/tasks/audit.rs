@@ -45,6 +45,7 @@
 //! is not complete, so the next cycle continues it. `--task audit` runs [`run`], which
 //! audits now whatever the schedule says.
 
+use crate::metrics::{Alarm, Check};
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -268,6 +269,7 @@ async fn audit(ctx: &Context, token: &CancellationToken) -> Pass {
     }
     // 2. mount check
     if let Some(alarm) = mount_alarm(&ctx.site, &held) {
+        ctx.metrics.audit_alarm(Alarm::Mount);
         report.fail(Subject::Site(ctx.site.name.clone()), alarm);
         return incomplete(report);
     }
@@ -504,6 +506,7 @@ fn threshold_alarm(ctx: &Context, total: usize, bad: usize) -> Option<String> {
         dirs.join(", ")
     );
     tracing::error!(site = %ctx.site.name, "{alarm}");
+    ctx.metrics.audit_alarm(Alarm::Threshold);
     Some(alarm)
 }
 
@@ -690,7 +693,10 @@ async fn to_error(ctx: &Context, h: &Held, failure: &Failure) -> Result<bool, St
     let mut change = Transition::new(CopyStatus::Transferred, CopyStatus::Error, None, &ctx.owner);
     change.record_failure(failure);
     match ctx.catalog.transition(&copy, &change).await {
-        Ok(Cas::Done) => Ok(true),
+        Ok(Cas::Done) => {
+            ctx.metrics.failure(failure.class);
+            Ok(true)
+        }
         Ok(Cas::Lost) => Ok(false),
         Err(e) => Err(format!("{copy}: {e}")),
     }
@@ -729,6 +735,7 @@ async fn mark_lost(ctx: &Context, h: &Held, why: &str, report: &mut TaskReport) 
 }
 
 async fn mark_corrupt(ctx: &Context, h: &Held, found: &Rehash, report: &mut TaskReport) {
+    ctx.metrics.checksum_mismatch(Check::Audit);
     let digest = h.run.digest.as_deref().unwrap_or_default();
     let restore = restorable(h);
     let failure = verify::mismatch(

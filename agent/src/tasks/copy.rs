@@ -41,6 +41,7 @@ use crate::checksum::{self, ChecksumError};
 use crate::config::{DestinationVerify, Site, TransferMethod};
 use crate::datadir::{self, PathError};
 use crate::journal::Stamp;
+use crate::metrics::Check;
 use crate::transport::dest;
 use crate::transport::run::{copy_run_on, FileJob, Progress, RunCopy};
 use crate::transport::{CopyOptions, CopyReport, SshSession, TransportError, Verify};
@@ -568,6 +569,9 @@ pub(super) async fn for_each_wanted(
             return;
         }
     };
+    if matches!(ctx.scope, RunScope::All) {
+        ctx.metrics.runs_waiting(dest, data_type, runs.len());
+    }
     let waiting = ctx.scheduler.mode().waits();
     for run in runs {
         if token.is_cancelled() {
@@ -842,7 +846,17 @@ async fn run_held(
         .sum();
     ctx.progress
         .run_started(&plan.label, run.files.len(), bytes);
+    let files = u64::try_from(run.files.len()).unwrap_or(u64::MAX);
+    let in_flight = ctx.metrics.copy_started(&plan.source, &plan.copy.host);
     let result = copy_and_record(ctx, held, run, digest, plan).await;
+    drop(in_flight);
+    match &result {
+        Ok(()) => ctx
+            .metrics
+            .copied(&plan.source, &plan.copy.host, files, bytes),
+        Err(e) if e.class() == FailureClass::Checksum => ctx.metrics.checksum_mismatch(Check::Copy),
+        Err(_) => {}
+    }
     if let Some(e) = result
         .as_ref()
         .err()

@@ -52,6 +52,7 @@ pub async fn run(
     if let Some(at) = last {
         beat.stats.insert("last_transfer", at);
     }
+    count_copies(ctx).await;
     if ctx.dry_run {
         report.skip(
             Subject::Site(ctx.site.name.clone()),
@@ -59,7 +60,9 @@ pub async fn run(
         );
         return report;
     }
-    match ctx.catalog.heartbeat(&beat).await {
+    let written = ctx.catalog.heartbeat(&beat).await;
+    ctx.metrics.catalog_answers(written.is_ok());
+    match written {
         Ok(()) => report.did(Subject::Site(ctx.site.name.clone()), "heartbeat written"),
         Err(e) => report.fail(
             Subject::Site(ctx.site.name.clone()),
@@ -67,6 +70,23 @@ pub async fn run(
         ),
     }
     report
+}
+
+/// The site's copies per status for the metrics, and whether the catalogue answers
+/// (read-only, so also in a dry run).
+async fn count_copies(ctx: &Context) {
+    match ctx.catalog.copies_by_status(&ctx.site.name).await {
+        Ok(counts) => {
+            for (status, runs) in counts {
+                ctx.metrics.site_copies(status, runs);
+            }
+            ctx.metrics.catalog_answers(true);
+        }
+        Err(e) => {
+            tracing::warn!("counting the copies at {}: {e}", ctx.site.name);
+            ctx.metrics.catalog_answers(false);
+        }
+    }
 }
 
 /// The heartbeat document for a cycle that began at `started` and ends at `now`.

@@ -395,6 +395,7 @@ impl<'c> Held<'c> {
     /// mismatches). Best effort: if this fails too, the lease expires and the retry task
     /// reclaims the copy.
     pub async fn fail(&self, why: &Failure) {
+        self.ctx.metrics.failure(why.class);
         let mut change = self.change(CopyStatus::Transferring, CopyStatus::Error);
         change.record_failure(why);
         if let Err(e) = self.ctx.catalog.transition(&self.copy, &change).await {

@@ -158,6 +158,9 @@ pub struct Context {
     /// In a dry run, the runs the register task would have registered this cycle, for the
     /// later tasks to report on ([`register::WouldRegister`]). Shared by clones.
     pub would_register: Arc<register::WouldRegister>,
+    /// The agent's Prometheus figures ([`crate::metrics`]): each task reports its events
+    /// there with one call where they happen.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Runs asked of the catalogue per page of a work list.

@@ -73,6 +73,7 @@ pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
             return report;
         }
     };
+    ctx.metrics.tape_queue(waiting_for_tape(ctx, &runs));
     for cfg in &ctx.site.tape {
         let backend = match open(ctx, cfg) {
             Ok(b) => b,
@@ -97,6 +98,27 @@ pub async fn run(ctx: &Context, token: &CancellationToken) -> TaskReport {
         reverify(ctx, backend.as_ref(), token, &mut report).await;
     }
     report
+}
+
+/// The copies of `runs` (transferred here) that some tape endpoint of this site does not
+/// hold verified yet: the tape task's queue.
+fn waiting_for_tape(ctx: &Context, runs: &[RunDoc]) -> usize {
+    let done = |r: &RunDoc, host: &str, t: &str| {
+        r.copy(host, t)
+            .is_some_and(|c| c.status == CopyStatus::Transferred)
+    };
+    let mut n = 0;
+    for cfg in &ctx.site.tape {
+        for r in runs {
+            n += ctx
+                .site
+                .data_dirs
+                .keys()
+                .filter(|t| done(r, &ctx.site.name, t) && !done(r, &cfg.name, t))
+                .count();
+        }
+    }
+    n
 }
 
 /// How long a tape copy's verification lasts before the tape task verifies it again: half

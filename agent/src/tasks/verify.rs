@@ -25,6 +25,7 @@
 //! a refused one is flagged `[refused]` and never touched); `copies_in` and the re-hash are
 //! shared with the purge and audit tasks.
 
+use crate::metrics::Check;
 use std::path::Path;
 
 use bson::DateTime;
@@ -140,6 +141,8 @@ async fn verify_one(ctx: &Context, run: &RunDoc, c: &CopyEntry) -> Result<Verdic
         &digest,
         restorable,
     );
+    ctx.metrics.checksum_mismatch(Check::Verify);
+    ctx.metrics.failure(failure.class);
     let mut change = held.change(CopyStatus::Verifying, CopyStatus::Error);
     change.record_failure(&failure);
     match held.step(&change).await {

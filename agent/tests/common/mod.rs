@@ -91,6 +91,7 @@ impl World {
             progress: Arc::new(LogProgress::new()),
             state_dir: Some(self.path("state")),
             audit_every: None,
+            metrics: None,
         })
         .context()
         .clone()

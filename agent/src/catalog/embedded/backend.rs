@@ -1014,6 +1014,26 @@ impl Catalog for EmbeddedCatalog {
         .transpose()
     }
 
+    async fn copies_by_status(&self, host: &str) -> Result<Vec<(CopyStatus, u64)>, CatalogError> {
+        let host = host.to_string();
+        self.blocking("count copies", move |conn, shown| {
+            let mut out = Vec::with_capacity(CopyStatus::ALL.len());
+            for status in CopyStatus::ALL {
+                let op = format!("count {status} copies at {host}");
+                let n: i64 = conn
+                    .query_row(
+                        "SELECT COUNT(DISTINCT run_id) FROM copies WHERE host = ?1 AND status = ?2",
+                        params![host, status.as_str()],
+                        |row| row.get(0),
+                    )
+                    .map_err(|e| sql_error(shown, &op, e))?;
+                out.push((status, u64::try_from(n).unwrap_or(0)));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn runs_needing_copy_scoped(
         &self,
         dest: &str,

@@ -1293,6 +1293,20 @@ impl Catalog for MongoCatalog {
             .transpose()
     }
 
+    async fn copies_by_status(&self, host: &str) -> Result<Vec<(CopyStatus, u64)>, CatalogError> {
+        let mut out = Vec::with_capacity(CopyStatus::ALL.len());
+        for status in CopyStatus::ALL {
+            let op = format!("count {status} copies at {host}");
+            let n = self
+                .runs
+                .count_documents(doc! { "data.host_status": host_status(host, status) })
+                .await
+                .map_err(|e| classify(&self.shown, &op, e))?;
+            out.push((status, n));
+        }
+        Ok(out)
+    }
+
     async fn runs_needing_copy_scoped(
         &self,
         dest: &str,
