@@ -14,6 +14,8 @@
 #   python3 + pymongo                 a catalogue test reads documents back with pymongo
 #   tmux                              progress bars under a real terminal (tests/tests/progress_tmux.rs)
 #   prometheus                        a real Prometheus scrapes the daemon; promtool checks its text
+#   chromium, chromium-driver         a headless browser driven through WebDriver against
+#                                     `ferry serve` (tests/src/chromedriver.rs, tests/tests/serve_browser.rs)
 #
 # Idempotent: what is already there is skipped (a second run takes seconds), and apt-get update
 # runs only when an apt package is missing. Prints one line per item.
@@ -97,6 +99,8 @@ fi
 
 ensure_apt rclone rclone have rclone
 ensure_apt tmux tmux have tmux
+ensure_apt chromium chromium have chromium
+ensure_apt chromedriver chromium-driver have chromedriver
 
 # The package test (deploy/package-test.sh): cargo-deb builds the .deb, dpkg-shlibdeps (in
 # dpkg-dev) finds its library dependencies, systemd-analyze verifies the unit, man reads the

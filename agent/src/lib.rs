@@ -19,6 +19,7 @@
 //! | [`journal`] | verified copies whose record the catalogue could not take, replayed later | `catalog` |
 //! | [`datadir`] | paths below data directories (exact locations, no links); data-directory identity and locks | `config`, `daemon::lock` |
 //! | [`agent`]   | the one place an agent is assembled (`Agent::build`) and run    | `tasks`, `daemon` |
+//! | [`serve`]   | `ferry serve`: the read-only web view and JSON API of the catalogue | `catalog` |
 //! | [`cli`]     | the command line: argument parsing, logging, exit codes          | everything      |
 //!
 //! `config`, `checksum`, `catalog` and `transport` know nothing of the agent's tasks or of
@@ -33,6 +34,7 @@ pub mod daemon;
 pub mod datadir;
 pub mod journal;
 pub mod metrics;
+pub mod serve;
 pub mod tape;
 pub mod tasks;
 pub mod transport;

@@ -8,6 +8,8 @@
 //!   (`agent.rs`).
 //! - [`ThrottleProxy`] — a TCP proxy pacing a link to a bandwidth, optionally delayed
 //!   (`throttle.rs`).
+//! - [`ChromeDriver`] — Debian's `chromedriver` driving a headless `chromium`, for the
+//!   browser tests of `ferry serve` (`chromedriver.rs`).
 //! - [`unique_db_name`] — a database name no other test uses.
 //!
 //! Servers listen on free ports (`ports.rs`), are ready when their constructor returns, and
@@ -27,6 +29,7 @@
 
 pub mod agent;
 pub mod binaries;
+pub mod chromedriver;
 pub mod fault_server;
 pub mod keys;
 pub mod mongo;
@@ -42,6 +45,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 pub use agent::SshAgent;
 pub use binaries::ServerKind;
+pub use chromedriver::ChromeDriver;
 pub use fault_server::{Fault, FaultAction, FaultServer, FsyncSeen, Op, Trigger};
 pub use keys::{KeyPair, KeyType};
 pub use mongo::MongoServer;

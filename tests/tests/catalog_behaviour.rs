@@ -699,6 +699,59 @@ async fn collaborator_filters(f: &Fixture) {
         vec![2, 3]
     );
     assert_eq!(list(filter(|f| f.limit = Some(2))).await, vec![1, 2]);
+    // The web view's filters (`ferry serve`): started before, detector, number or name or
+    // range, and the keyset page after a run.
+    assert_eq!(
+        list(filter(|f| f.until = Some(DateTime::from_millis(
+            1_700_000_000_000 + 2 * 3_600_000
+        ))))
+        .await,
+        vec![1]
+    );
+    assert_eq!(
+        list(filter(|f| f.detector = Some("tpc".into()))).await,
+        vec![1, 2, 3]
+    );
+    assert_eq!(
+        list(filter(|f| f.detector = Some("muon_veto".into()))).await,
+        Vec::<i64>::new()
+    );
+    assert_eq!(
+        list(filter(|f| f.scope = RunScope::Number(2))).await,
+        vec![2]
+    );
+    assert_eq!(
+        list(filter(|f| f.scope = RunScope::Name("run3".into()))).await,
+        vec![3]
+    );
+    assert_eq!(
+        list(filter(|f| f.scope = RunScope::Range(RunRange {
+            from: Some(2),
+            to: None
+        })))
+        .await,
+        vec![2, 3]
+    );
+    assert_eq!(
+        list(filter(|f| {
+            f.after = Some(key(1));
+            f.limit = Some(1);
+        }))
+        .await,
+        vec![2]
+    );
+    assert_eq!(
+        list(filter(|f| {
+            f.after = Some(key(2));
+            f.host = Some("lngs".into());
+        }))
+        .await,
+        Vec::<i64>::new()
+    );
+    assert_eq!(
+        list(filter(|f| f.after = Some(key(3)))).await,
+        Vec::<i64>::new()
+    );
 
     assert_eq!(
         numbers(&c.find_runs(&RunSelector::Number(2)).await.unwrap()),

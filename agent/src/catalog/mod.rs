@@ -271,7 +271,16 @@ pub struct RunFilter {
     pub fewer_copies_than: Option<u32>,
     /// Started on or after this time.
     pub since: Option<DateTime>,
-    /// At most this many runs (newest number first).
+    /// Started before this time.
+    pub until: Option<DateTime>,
+    /// Of this detector (a document without one is a `tpc` run).
+    pub detector: Option<String>,
+    /// Only the runs in this scope: one number, one name, a range of numbers.
+    pub scope: RunScope,
+    /// Only the runs after this key in the list's `(number, detector)` order: the next
+    /// page, keyset-paged ([`page_after`] of the previous page).
+    pub after: Option<RunKey>,
+    /// At most this many runs (lowest number first).
     pub limit: Option<u32>,
 }
 
@@ -915,6 +924,13 @@ pub fn page_after(page: &[RunDoc], limit: u32) -> Option<RunKey> {
     } else {
         None
     }
+}
+
+/// A run document as MongoDB relaxed extended JSON, the document as stored: what
+/// `ferry runs --json` prints and what `ferry serve` answers under `/api/`.
+pub fn run_json(run: &RunDoc) -> Result<serde_json::Value, catalog_schema::ShapeError> {
+    run.to_document()
+        .map(|d| bson::Bson::Document(d).into_relaxed_extjson())
 }
 
 /// One page of readable runs from a back end's raw pages.

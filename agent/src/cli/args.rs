@@ -103,6 +103,9 @@ pub enum Command {
     /// Nagios/Icinga plugin: is this site's agent alive and well? (heartbeat age, failed
     /// work, free disk, last copy made). Exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
     Check(CheckArgs),
+    /// Serve a read-only web view and JSON API of the run catalogue (needs no site map):
+    /// the runs, each run, the sites and their agents, the transfers per link.
+    Serve(ServeArgs),
     /// Print the man page (roff) or a shell's completion script, for packagers and source
     /// installs: `ferry generate bash > /usr/share/bash-completion/completions/ferry`.
     Generate {
@@ -140,6 +143,26 @@ pub struct CheckArgs {
     /// WARNING when the agent has made no copy (push, pull, retry) for longer than this.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub max_since_transfer: Option<std::time::Duration>,
+}
+
+/// `ferry serve`
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The address to listen on: loopback unless told otherwise (port 0: any free port,
+    /// printed at start).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// Ask for HTTP basic credentials, checked against this htpasswd file of bcrypt hashes
+    /// (`htpasswd -nB USER`).
+    #[arg(long, value_name = "FILE")]
+    pub users: Option<PathBuf>,
+    /// Show an agent as silent when its last heartbeat is older than this.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub silent_after: std::time::Duration,
+    /// Runs per page of the runs table.
+    #[arg(long, value_name = "N", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub page_size: u32,
 }
 
 /// `ferry recall`

@@ -4,7 +4,8 @@
 //! - [`exit`]: the documented exit codes and how errors map onto them.
 //! - [`logging`]: tracing set-up (text or JSON, stderr or an appended file).
 //! - [`progress`]: progress bars for `--once` on a terminal, log lines otherwise.
-//! - `agent`, `validate`, `runs`, `recall`, `check`, `generate`: one file per command.
+//! - `agent`, `validate`, `runs`, `recall`, `check`, `serve`, `generate`: one file per
+//!   command.
 
 mod agent;
 pub mod args;
@@ -15,6 +16,7 @@ pub mod logging;
 pub mod progress;
 mod recall;
 mod runs;
+mod serve;
 mod validate;
 
 use std::process::ExitCode;
@@ -45,6 +47,7 @@ pub fn main() -> ExitCode {
         }) => validate::run(&cli, v),
         Some(args::Command::Runs { command }) => runs::run(&cli, command),
         Some(args::Command::Recall(r)) => recall::run(&cli, r),
+        Some(args::Command::Serve(s)) => serve::run(&cli, s),
         Some(args::Command::Check(_)) => Ok(Exit::Ok), // handled above
         Some(args::Command::Generate { what }) => generate::run(*what),
         None => agent::run(&cli),

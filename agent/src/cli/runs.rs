@@ -109,7 +109,7 @@ fn filter_of(cli: &Cli, args: &RunsListArgs) -> Result<RunFilter> {
         missing_at: args.missing_at.clone(),
         fewer_copies_than: args.fewer_copies_than,
         since,
-        limit: None,
+        ..RunFilter::default()
     })
 }
 
@@ -345,10 +345,7 @@ fn table(rows: &[Vec<String>]) -> String {
 fn json(runs: &[RunDoc], as_array: bool) -> Result<String> {
     let values = runs
         .iter()
-        .map(|r| {
-            r.to_document()
-                .map(|d| bson::Bson::Document(d).into_relaxed_extjson())
-        })
+        .map(catalog::run_json)
         .collect::<Result<Vec<_>, _>>()?;
     let text = if as_array {
         serde_json::to_string_pretty(&values)?

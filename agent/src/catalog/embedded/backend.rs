@@ -1198,6 +1198,44 @@ impl Catalog for EmbeddedCatalog {
             let a = arg(Value::Integer(since.timestamp_millis()), &mut args);
             conds.push(format!("r.start >= {a}"));
         }
+        if let Some(until) = filter.until {
+            let a = arg(Value::Integer(until.timestamp_millis()), &mut args);
+            conds.push(format!("r.start < {a}"));
+        }
+        if let Some(d) = &filter.detector {
+            let a = arg(text(d), &mut args);
+            conds.push(format!("r.detector = {a}"));
+        }
+        match &filter.scope {
+            RunScope::All => {}
+            RunScope::Number(n) => {
+                let a = arg(Value::Integer(*n), &mut args);
+                conds.push(format!("r.number = {a}"));
+            }
+            RunScope::Name(name) => {
+                let a = arg(text(name), &mut args);
+                conds.push(format!("r.name = {a}"));
+            }
+            RunScope::Range(range) => {
+                if let Some(from) = range.from {
+                    let a = arg(Value::Integer(from), &mut args);
+                    conds.push(format!("r.number >= {a}"));
+                }
+                if let Some(to) = range.to {
+                    let a = arg(Value::Integer(to), &mut args);
+                    conds.push(format!("r.number <= {a}"));
+                }
+            }
+        }
+        if let Some(k) = &filter.after {
+            let (n, d) = (
+                arg(Value::Integer(k.number), &mut args),
+                arg(text(&k.detector), &mut args),
+            );
+            conds.push(format!(
+                "(r.number > {n} OR (r.number = {n} AND r.detector > {d}))"
+            ));
+        }
         let mut sql = "SELECT r.doc, r.id, r.detector, r.number FROM runs r".to_string();
         if !conds.is_empty() {
             sql.push_str(" WHERE ");

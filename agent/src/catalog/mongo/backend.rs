@@ -1415,11 +1415,23 @@ impl Catalog for MongoCatalog {
         if let Some(since) = f.since {
             and.push(doc! { "start": { "$gte": since } });
         }
+        if let Some(until) = f.until {
+            and.push(doc! { "start": { "$lt": until } });
+        }
+        match f.detector.as_deref() {
+            // A DAQ wrote TPC runs without a detector: they are `tpc` runs.
+            Some(d) if d == catalog_schema::DEFAULT_DETECTOR => and.push(doc! { "$or": [
+                { "detector": d }, { "detector": { "$exists": false } },
+            ] }),
+            Some(d) => and.push(doc! { "detector": d }),
+            None => {}
+        }
         let filter = if and.is_empty() {
             Document::new()
         } else {
             doc! { "$and": and }
         };
+        let filter = paged(filter, &f.scope, f.after.as_ref());
         self.find_docs("list runs", filter, None, f.limit).await
     }
 }
