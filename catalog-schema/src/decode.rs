@@ -492,6 +492,7 @@ pub fn readable_filter() -> Document {
             "size": { "bsonType": int(), "minimum": 0, "multipleOf": 1 },
             "sha256": { "bsonType": "string" },
             "md5": { "bsonType": opt("string") },
+            "adler32": { "bsonType": opt("string") },
         },
     };
     let copy = doc! {

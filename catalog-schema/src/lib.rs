@@ -100,6 +100,7 @@ mod schema_tests {
             size: 1,
             sha256: "0".repeat(64),
             md5: Some("0".repeat(32)),
+            adler32: None,
         });
         let mut copy = CopyEntry::new("h", "raw", CopyStatus::Transferring, now);
         copy.location = Some("/x".into());

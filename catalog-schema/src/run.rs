@@ -23,6 +23,10 @@ pub struct FileEntry {
     /// MD5, lower-case hex (what tape systems record).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub md5: Option<String>,
+    /// ADLER32, 8 lower-case hex digits (what grid storage elements record). Absent in runs
+    /// registered before Ferry measured it, and in documents written by other tools.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adler32: Option<String>,
 }
 
 /// What identifies a run: its detector and number (unique together).
@@ -131,6 +135,7 @@ impl FileEntry {
                 .ok_or_else(|| f.error("size", crate::decode::Problem::Missing))?,
             sha256: f.string("sha256")?,
             md5: f.opt_string("md5")?,
+            adler32: f.opt_string("adler32")?,
         })
     }
 
@@ -142,6 +147,9 @@ impl FileEntry {
         d.insert("sha256", self.sha256.clone());
         if let Some(m) = &self.md5 {
             d.insert("md5", m.clone());
+        }
+        if let Some(a) = &self.adler32 {
+            d.insert("adler32", a.clone());
         }
         d
     }
@@ -759,6 +767,21 @@ mod tests {
         assert_eq!(c.get_document("note").unwrap(), &odd);
     }
 
+    #[test]
+    fn a_file_without_adler32_reads_and_one_with_it_round_trips() {
+        let old = doc! { "number": 1, "files": [ { "path": "a", "size": 1, "sha256": "00", "md5": "11" } ], "data": [] };
+        let run = RunDoc::from_document(old).unwrap();
+        assert_eq!(run.files[0].adler32, None);
+        assert!(!run.files[0].to_document().contains_key("adler32"));
+        let new = doc! { "number": 1, "files": [ { "path": "a", "size": 1, "sha256": "00", "adler32": "11e60398" } ], "data": [] };
+        let run = RunDoc::from_document(new).unwrap();
+        assert_eq!(run.files[0].adler32.as_deref(), Some("11e60398"));
+        let back = run.to_document().unwrap();
+        let f = back.get_array("files").unwrap()[0].as_document().unwrap();
+        assert_eq!(f.get_str("adler32").unwrap(), "11e60398");
+        assert!(RunDoc::from_document(doc! { "number": 1, "files": [ { "path": "a", "size": 1, "sha256": "00", "adler32": 5 } ], "data": [] }).is_err());
+    }
+
     /// The encoder Ferry stores with and the serde encoder the MongoDB back end pushes new
     /// entries with agree.
     #[test]
@@ -770,6 +793,7 @@ mod tests {
             size: 3,
             sha256: "00".into(),
             md5: Some("11".into()),
+            adler32: Some("11e60398".into()),
         });
         run.push_event(Event::run("w", "registered", None));
         assert_eq!(bson::to_document(&run).unwrap(), run.to_document().unwrap());

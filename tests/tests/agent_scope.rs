@@ -163,6 +163,7 @@ fn filler_manifest(n: i64) -> Manifest {
             size: 10,
             sha256: format!("{n:0>64}"),
             md5: Some(format!("{n:0>32}")),
+            adler32: None,
         }],
         size: 10,
         digest: format!("{n:f>64}"),

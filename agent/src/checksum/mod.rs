@@ -1,4 +1,4 @@
-//! Streaming checksums (SHA-256 and MD5 in one pass) and the run digest.
+//! Streaming checksums (SHA-256, MD5 and ADLER32 in one pass) and the run digest.
 //!
 //! DESIGN §3.2: every file is hashed with SHA-256 (the primary checksum) and MD5 (what tape
 //! systems and JLab stub files record), both **in the same pass** that reads the bytes for
@@ -6,9 +6,13 @@
 //! own threads:
 //!
 //! ```text
-//!   copy loop ──Bytes──▶ [bounded channel] ──▶ thread "ferry-sha256" ──▶ [u8; 32]
+//!   copy loop ──Bytes──▶ [bounded channel] ──▶ thread "ferry-sha256" ──▶ [u8; 32] + ADLER32
 //!             └─Bytes──▶ [bounded channel] ──▶ thread "ferry-md5"    ──▶ [u8; 16]
 //! ```
+//!
+//! ADLER32 is what grid storage elements keep of every file (Rucio's and FTS3's default), so
+//! a copy at one is checked against it. It costs a fraction of SHA-256's time and rides on
+//! the SHA-256 thread (the `adler2` crate), so MD5's thread, the slower one, is untouched.
 //!
 //! A chunk is a [`Bytes`] handed to both channels by reference count, never copied. The
 //! channels are bounded ([`CHANNEL_DEPTH`] chunks), so a slow hasher slows the copy instead of
@@ -90,6 +94,8 @@ pub struct FileDigest {
     pub sha256: [u8; 32],
     /// MD5 of the bytes.
     pub md5: [u8; 16],
+    /// ADLER32 of the bytes (what storage elements record).
+    pub adler32: u32,
 }
 
 impl FileDigest {
@@ -103,12 +109,19 @@ impl FileDigest {
         hex::encode(self.md5)
     }
 
+    /// ADLER32 as 8 lowercase hex digits (the catalogue's `adler32` field, and how
+    /// `gfal-sum` and XRootD print it).
+    pub fn adler32_hex(&self) -> String {
+        adler32_hex(self.adler32)
+    }
+
     /// The digest of zero bytes.
     pub fn empty() -> Self {
         FileDigest {
             size: 0,
             sha256: Sha256::digest([]).into(),
             md5: Md5::digest([]).into(),
+            adler32: 1,
         }
     }
 }
@@ -119,6 +132,7 @@ impl fmt::Debug for FileDigest {
             .field("size", &self.size)
             .field("sha256", &self.sha256_hex())
             .field("md5", &self.md5_hex())
+            .field("adler32", &self.adler32_hex())
             .finish()
     }
 }
@@ -127,36 +141,91 @@ impl fmt::Display for FileDigest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "size={} sha256={} md5={}",
+            "size={} sha256={} md5={} adler32={}",
             self.size,
             self.sha256_hex(),
-            self.md5_hex()
+            self.md5_hex(),
+            self.adler32_hex()
         )
     }
 }
 
-/// One hashing thread: its input channel and the handle that yields the digest.
-struct Worker<const N: usize> {
-    name: &'static str,
-    tx: mpsc::Sender<Bytes>,
-    handle: JoinHandle<[u8; N]>,
+/// ADLER32 as 8 lowercase hex digits, zero-padded.
+pub fn adler32_hex(value: u32) -> String {
+    format!("{value:08x}")
 }
 
-impl<const N: usize> Worker<N> {
-    fn spawn<D>(name: &'static str) -> Result<Self, ChecksumError>
+/// What one hashing thread computes: fed chunks in order, then finished into `Out`.
+trait Sink: Default + 'static {
+    type Out: Send + 'static;
+    fn feed(&mut self, chunk: &[u8]);
+    fn done(self) -> Self::Out;
+}
+
+/// Any `digest` hash with an `N`-byte output.
+#[derive(Default)]
+struct Hash<D, const N: usize>(D);
+
+impl<D, const N: usize> Sink for Hash<D, N>
+where
+    D: Digest + Default + Send + 'static,
+    [u8; N]: From<digest::Output<D>>,
+{
+    type Out = [u8; N];
+    fn feed(&mut self, chunk: &[u8]) {
+        self.0.update(chunk);
+    }
+    fn done(self) -> [u8; N] {
+        <[u8; N]>::from(self.0.finalize())
+    }
+}
+
+/// SHA-256 and ADLER32 of the same bytes on one thread.
+#[derive(Default)]
+struct Sha256Adler {
+    sha256: Sha256,
+    adler: adler2::Adler32,
+}
+
+impl Sink for Sha256Adler {
+    type Out = ([u8; 32], u32);
+    fn feed(&mut self, chunk: &[u8]) {
+        self.sha256.update(chunk);
+        self.adler.write_slice(chunk);
+    }
+    fn done(self) -> ([u8; 32], u32) {
+        (self.sha256.finalize().into(), self.adler.checksum())
+    }
+}
+
+/// ADLER32 of a byte slice (for tests and small in-memory buffers).
+pub fn adler32_of(bytes: &[u8]) -> u32 {
+    let mut a = adler2::Adler32::new();
+    a.write_slice(bytes);
+    a.checksum()
+}
+
+/// One hashing thread: its input channel and the handle that yields the digest.
+struct Worker<T> {
+    name: &'static str,
+    tx: mpsc::Sender<Bytes>,
+    handle: JoinHandle<T>,
+}
+
+impl<T: Send + 'static> Worker<T> {
+    fn spawn<S>(name: &'static str) -> Result<Self, ChecksumError>
     where
-        D: Digest + Default + 'static,
-        [u8; N]: From<digest::Output<D>>,
+        S: Sink<Out = T>,
     {
         let (tx, mut rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
         let handle = std::thread::Builder::new()
             .name(format!("ferry-{name}"))
             .spawn(move || {
-                let mut hasher = D::default();
+                let mut sink = S::default();
                 while let Some(chunk) = rx.blocking_recv() {
-                    hasher.update(&chunk);
+                    sink.feed(&chunk);
                 }
-                <[u8; N]>::from(hasher.finalize())
+                sink.done()
             })
             .map_err(|e| ChecksumError::Thread {
                 thread: name,
@@ -173,7 +242,7 @@ impl<const N: usize> Worker<N> {
     }
 
     /// Close the input and wait for the digest (blocks until the queue is drained).
-    fn join(self) -> Result<[u8; N], ChecksumError> {
+    fn join(self) -> Result<T, ChecksumError> {
         let name = self.name;
         drop(self.tx);
         self.handle.join().map_err(|_| ChecksumError::Thread {
@@ -183,12 +252,12 @@ impl<const N: usize> Worker<N> {
     }
 }
 
-/// SHA-256 + MD5 of a byte stream, each computed on its own thread.
+/// SHA-256 (with ADLER32) and MD5 of a byte stream, each computed on its own thread.
 ///
 /// Feed chunks in order; the digests cover exactly the concatenation of the chunks.
 pub struct StreamHasher {
-    sha256: Worker<32>,
-    md5: Worker<16>,
+    sha256: Worker<([u8; 32], u32)>,
+    md5: Worker<[u8; 16]>,
     size: u64,
 }
 
@@ -196,8 +265,8 @@ impl StreamHasher {
     /// Start the two hashing threads.
     pub fn new() -> Result<Self, ChecksumError> {
         Ok(StreamHasher {
-            sha256: Worker::spawn::<Sha256>("sha256")?,
-            md5: Worker::spawn::<Md5>("md5")?,
+            sha256: Worker::spawn::<Sha256Adler>("sha256")?,
+            md5: Worker::spawn::<Hash<Md5, 16>>("md5")?,
             size: 0,
         })
     }
@@ -242,9 +311,14 @@ impl StreamHasher {
     /// Wait for both threads to drain their queues and return the digest (blocking).
     pub fn blocking_finish(self) -> Result<FileDigest, ChecksumError> {
         let size = self.size;
-        let sha256 = self.sha256.join()?;
+        let (sha256, adler32) = self.sha256.join()?;
         let md5 = self.md5.join()?;
-        Ok(FileDigest { size, sha256, md5 })
+        Ok(FileDigest {
+            size,
+            sha256,
+            md5,
+            adler32,
+        })
     }
 
     /// [`blocking_finish`](Self::blocking_finish) off the async executor.
@@ -290,7 +364,7 @@ pub fn hash_file_with_sha512(path: &Path) -> Result<(FileDigest, [u8; 64]), Chec
     };
     let mut file = std::fs::File::open(path).map_err(read_err)?;
     let mut hasher = StreamHasher::new()?;
-    let sha512 = Worker::<64>::spawn::<Sha512>("sha512")?;
+    let sha512 = Worker::<[u8; 64]>::spawn::<Hash<Sha512, 64>>("sha512")?;
     loop {
         let mut buf = vec![0u8; READ_CHUNK];
         let n = read_full(&mut file, &mut buf).map_err(read_err)?;
@@ -447,6 +521,8 @@ mod tests {
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
         assert_eq!(empty.md5_hex(), "d41d8cd98f00b204e9800998ecf8427e");
+        assert_eq!(empty.adler32, 1);
+        assert_eq!(empty.adler32_hex(), "00000001");
         assert_eq!(empty, FileDigest::empty());
 
         let abc = digest_of(&[b"a", b"", b"bc"]);
@@ -456,6 +532,19 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert_eq!(abc.md5_hex(), "900150983cd24fb0d6963f7d28e17f72");
+        // python: zlib.adler32(b"abc")
+        assert_eq!(abc.adler32, 0x024d_0127);
+    }
+
+    #[test]
+    fn adler32_of_wikipedia_is_the_published_value_in_one_pass_with_the_others() {
+        // The worked example of Wikipedia's "Adler-32" article.
+        let d = digest_of(&[b"Wiki", b"pedia"]);
+        assert_eq!(d.adler32, 0x11E6_0398);
+        assert_eq!(d.adler32_hex(), "11e60398");
+        assert_eq!(adler32_of(b"Wikipedia"), 0x11E6_0398);
+        assert_eq!(adler32_of(b""), 1);
+        assert_eq!(adler32_hex(1), "00000001");
     }
 
     #[test]
@@ -472,6 +561,8 @@ mod tests {
             "9bc1b2a288b26af7257a36277ae3816a7d4f16e89c1e7e77d0a5c48bad62b360"
         );
         assert_eq!(whole.md5_hex(), "7202826a7791073fe2787f0c94603278");
+        // python: hex(zlib.adler32(b"a" * 1048576))
+        assert_eq!(whole.adler32, 0xd15e_5af1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -734,6 +734,7 @@ fn hash_run(
             size: i64::try_from(digest.size).unwrap_or(i64::MAX),
             sha256: digest.sha256_hex(),
             md5: Some(digest.md5_hex()),
+            adler32: Some(digest.adler32_hex()),
         });
     }
     // A file that changed while it was read would give a manifest that no copy matches.

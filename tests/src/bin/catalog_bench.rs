@@ -37,6 +37,7 @@ fn manifest(n: i64) -> Manifest {
             size: 1 << 30,
             sha256: format!("{n:0>60}{i:04}"),
             md5: Some(format!("{n:0>28}{i:04}")),
+            adler32: None,
         })
         .collect();
     Manifest {

@@ -231,6 +231,7 @@ pub fn manifest(seed: &str) -> Manifest {
             size: 1024,
             sha256: format!("{:0>64}", seed),
             md5: Some(format!("{:0>32}", seed)),
+            adler32: None,
         }],
         size: 1024,
         digest: format!("{:f>64}", seed),
