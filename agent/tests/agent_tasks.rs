@@ -971,8 +971,12 @@ async fn a_run_asked_for_by_hand_that_exists_nowhere_is_a_failure_not_silence() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ferry_check_reports_the_agent_as_a_nagios_plugin() {
     let w = World::new().await;
+    // Disk thresholds of 0 %: the shared test machine's own free space does not count.
     let check = |extra: &[&str]| {
         let mut args = vec!["--host", "daq", "check"];
+        if !extra.contains(&"--warn-free") {
+            args.extend_from_slice(&["--warn-free", "0", "--critical-free", "0"]);
+        }
         args.extend_from_slice(extra);
         let out = w.ferry(&args);
         (
@@ -991,15 +995,18 @@ async fn ferry_check_reports_the_agent_as_a_nagios_plugin() {
     w.run_files(21);
     let out = w.ferry(&["--host", "daq", "--once"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let (code, line) = check(&["--max-since-transfer", "1h"]);
-    assert_eq!(code, Some(0), "{line}");
+    let (code, out) = check(&["--max-since-transfer", "1h"]);
+    assert_eq!(code, Some(0), "{out}");
+    let first = out.lines().next().unwrap();
+    assert!(first.starts_with("FERRY OK - daq: last cycle "), "{out}");
+    assert!(first.contains(" | age=") && first.len() < 100, "{first}");
     assert!(
-        line.starts_with("FERRY OK - daq: last cycle ended"),
-        "{line}"
+        out.contains("raw_used=") && out.contains("last copy made"),
+        "{out}"
     );
     assert!(
-        line.contains("| age=") && line.contains("raw_used="),
-        "{line}"
+        out.contains("this host is daq: its data directories and state directory passed"),
+        "{out}"
     );
 
     // Old heartbeat, full disk, an unreachable catalogue.
@@ -1015,6 +1022,118 @@ async fn ferry_check_reports_the_agent_as_a_nagios_plugin() {
     ]);
     assert_eq!(code, Some(3), "{line}");
     assert!(line.starts_with("FERRY UNKNOWN - "), "{line}");
+}
+
+/// `ferry check --config` on a monitoring host answered UNKNOWN (it ran the site's
+/// host-local checks there), and `--max-since-transfer` always warned on a site that only
+/// receives: `--site` judges from the catalogue alone, a receive-only site on what it
+/// received, and the first line stays short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_check_on_a_monitoring_host_judges_a_receive_only_site_on_what_it_received() {
+    let w = World::new().await;
+    w.run_files(22);
+    let out = w.ferry(&["--host", "daq", "--once"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // The mirror's own agent copies nothing (the DAQ pushes to it); its cycle records what
+    // it received.
+    let out = w.ferry(&["--host", "mirror", "--once"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let beat = w.catalog.read_heartbeat("mirror").await.unwrap().unwrap();
+    assert!(beat.stats.get_datetime("last_received").is_ok(), "{beat:?}");
+    assert!(
+        beat.stats.get_datetime("last_transfer").is_err(),
+        "{beat:?}"
+    );
+
+    // The monitoring host: not the mirror's machine (its data directory is not there).
+    std::fs::rename(w.path("mirror/raw"), w.path("mirror/raw.elsewhere")).unwrap();
+    let uri = format!("sqlite:{}", w.path("catalog.sqlite").display());
+    let check = |how: &[&str], extra: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
+        cmd.env_remove("FERRY_CATALOG").env_remove("FERRY_SITE");
+        cmd.args(how).arg("check").args(extra);
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let map = w.path("map.json").display().to_string();
+    let by_map: &[&str] = &["--config", &map];
+    let by_uri: &[&str] = &["--catalog", &uri];
+    let base = [
+        "--site",
+        "mirror",
+        "--warn-free",
+        "0",
+        "--critical-free",
+        "0",
+    ];
+    // On the site's machine, --config runs its host-local checks: UNKNOWN here.
+    let (code, out) = check(&["--config", &map, "--host", "mirror"], &base[2..]);
+    assert_eq!(code, Some(3), "{out}");
+    assert!(out.contains("pass --site SITE"), "{out}");
+    for how in [by_map, by_uri] {
+        let (code, out) = check(how, &[&base[..], &["--max-since-transfer", "1h"]].concat());
+        assert_eq!(code, Some(0), "{how:?}: {out}");
+        let first = out.lines().next().unwrap();
+        assert!(first.starts_with("FERRY OK - mirror: last cycle "), "{out}");
+        assert!(
+            first.contains(" | age=") && first.chars().count() < 100,
+            "{first}"
+        );
+        assert!(out.contains("last copy received"), "{out}");
+        assert!(out.contains("judged from the catalogue alone"), "{out}");
+        assert!(out.contains("raw_used="), "{out}");
+        // WARNING: a disk over its threshold, by the heartbeat's figures.
+        let (code, out) = check(
+            how,
+            &[
+                "--site",
+                "mirror",
+                "--warn-free",
+                "100",
+                "--critical-free",
+                "0",
+            ],
+        );
+        assert_eq!(code, Some(1), "{how:?}: {out}");
+        assert!(out.starts_with("FERRY WARNING - mirror: raw has "), "{out}");
+        // CRITICAL: the heartbeat is too old.
+        let (code, out) = check(how, &[&base[..], &["--max-age", "1ms"]].concat());
+        assert_eq!(code, Some(2), "{how:?}: {out}");
+        assert!(
+            out.starts_with("FERRY CRITICAL - mirror: last cycle "),
+            "{out}"
+        );
+    }
+    // Nothing received for longer than allowed: WARNING, said on the first line.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (code, out) = check(
+        by_uri,
+        &[&base[..], &["--max-since-transfer", "1s"]].concat(),
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.starts_with("FERRY WARNING - mirror: no copy received for "),
+        "{out}"
+    );
+    // The DAQ sends: judged on the copies its agent made.
+    let (code, out) = check(
+        by_map,
+        &[
+            "--site",
+            "daq",
+            "--warn-free",
+            "0",
+            "--critical-free",
+            "0",
+            "--max-since-transfer",
+            "1h",
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("last copy made"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

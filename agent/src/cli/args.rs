@@ -140,9 +140,15 @@ pub struct CheckArgs {
     /// CRITICAL when a data directory has less than this percent free.
     #[arg(long, value_name = "PERCENT", default_value_t = 5, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub critical_free: u8,
-    /// WARNING when the agent has made no copy (push, pull, retry) for longer than this.
+    /// WARNING when the agent has made no copy (push, pull, retry) for longer than this; a
+    /// site that only receives (no outgoing links): when it has received none for as long.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub max_since_transfer: Option<std::time::Duration>,
+    /// The site to judge. On another host than SITE (a monitoring host) it is judged from
+    /// the catalogue alone, its heartbeat, without the site map's host-local checks
+    /// [default: this host's site: --host, FERRY_SITE, the host name].
+    #[arg(long, value_name = "SITE")]
+    pub site: Option<String>,
 }
 
 /// `ferry serve`

@@ -10,18 +10,32 @@
 //!   quarantined: N,              // run documents skipped as unreadable this cycle
 //!   quarantined_documents: N,    // distinct unreadable documents seen since start-up
 //!   tasks: { register: { done, skipped, failed, quarantined }, … },  // per task that ran
-//!   disks: { raw: { path, total_bytes, free_bytes, used_percent } | { path, error } } }
+//!   disks: { raw: { path, total_bytes, free_bytes, used_percent } | { path, error } },
+//!   last_transfer: <date>,       // the last copy this agent made (push, pull, retry)
+//!   last_received: <date>,       // the last copy this site received, whoever made it
+//!   sends_to: [site, …] }        // the sites the site map's links take copies to from here
 //! ```
+//!
+//! `last_received` is when the newest copy that came here by a transfer (it has a claim
+//! event at this site) became `transferred`, looked for among the [`RECEIVED_LOOKBACK`]
+//! highest-numbered runs with a `transferred` copy here, and carried over from the previous
+//! heartbeat when they show none newer. With `sends_to` it lets `ferry check` judge a site
+//! that only receives on what it receives, from the catalogue alone.
 //!
 //! It runs last in the cycle, so the counts are the whole cycle's but its own; it takes
 //! them from [`super::run_cycle`] (the only task that needs the other tasks' reports).
 
 use bson::{doc, DateTime, Document};
+use catalog_schema::heartbeat::{LAST_RECEIVED, LAST_TRANSFER, SENDS_TO};
+use catalog_schema::{CopyStatus, RunDoc};
 use tokio_util::sync::CancellationToken;
 
 use super::purge::disk_usage;
 use super::{Context, CycleReport, Outcome, Subject, Task, TaskReport};
-use crate::catalog::Heartbeat;
+use crate::catalog::{Heartbeat, RunFilter};
+
+/// Runs looked at for the last copy received (the highest-numbered ones).
+pub const RECEIVED_LOOKBACK: u32 = 20;
 
 /// Runs the task: `cycle` is what the cycle did so far, `started` when it began.
 pub async fn run(
@@ -38,19 +52,41 @@ pub async fn run(
     let copied = cycle.tasks.iter().any(|(t, r)| {
         matches!(t, Task::Push | Task::Pull | Task::Retry) && r.count(Outcome::Done) > 0
     });
+    let prev = match ctx.catalog.read_heartbeat(&ctx.site.name).await {
+        Ok(prev) => prev,
+        Err(e) => {
+            tracing::warn!("reading the previous heartbeat: {e}");
+            None
+        }
+    };
     let last = if copied {
         Some(now)
     } else {
-        match ctx.catalog.read_heartbeat(&ctx.site.name).await {
-            Ok(prev) => prev.and_then(|p| p.stats.get_datetime("last_transfer").ok().copied()),
-            Err(e) => {
-                tracing::warn!("reading the previous heartbeat: {e}");
-                None
-            }
-        }
+        prev.as_ref().and_then(Heartbeat::last_transfer)
     };
     if let Some(at) = last {
-        beat.stats.insert("last_transfer", at);
+        beat.stats.insert(LAST_TRANSFER, at);
+    }
+    // When a copy last arrived here (for a site that only receives): the newest among the
+    // latest runs, else the previous heartbeat's (an older one the look-up no longer sees).
+    let filter = RunFilter {
+        host: Some(ctx.site.name.clone()),
+        status: Some(CopyStatus::Transferred),
+        limit: Some(RECEIVED_LOOKBACK),
+        ..RunFilter::default()
+    };
+    let newest = match ctx.catalog.list_runs(&filter).await {
+        Ok(runs) => runs
+            .iter()
+            .filter_map(|r| received_at(r, &ctx.site.name))
+            .max(),
+        Err(e) => {
+            tracing::warn!("looking up the last copy received here: {e}");
+            None
+        }
+    };
+    if let Some(at) = newest.max(prev.as_ref().and_then(Heartbeat::last_received)) {
+        beat.stats.insert(LAST_RECEIVED, at);
     }
     count_copies(ctx).await;
     if ctx.dry_run {
@@ -145,6 +181,56 @@ pub fn build(ctx: &Context, cycle: &CycleReport, started: DateTime, now: DateTim
             "quarantined_documents": as_i64(ctx.catalog.quarantine().documents().len()),
             "tasks": tasks,
             "disks": disks,
+            SENDS_TO: sends_to(ctx),
         },
     }
+}
+
+/// The sites the site map's links take copies to from this site (whoever initiates).
+fn sends_to(ctx: &Context) -> Vec<String> {
+    let mut to: Vec<String> = Vec::new();
+    for l in ctx.map.links() {
+        if l.from == ctx.site.name && !to.contains(&l.to) {
+            to.push(l.to);
+        }
+    }
+    to
+}
+
+/// When a copy of `run` last arrived at `site` by a transfer: for each of its `transferred`
+/// copies there that was claimed there (a copy the origin registered, or another tool
+/// recorded, was not received), the last event that moved it to `transferred`. `None` when
+/// there is none, or the run's events no longer hold them (the oldest are trimmed).
+pub fn received_at(run: &RunDoc, site: &str) -> Option<DateTime> {
+    let became_transferred = format!("-> {}", CopyStatus::Transferred);
+    run.data
+        .iter()
+        .filter(|c| c.host == site && c.status == CopyStatus::Transferred)
+        .filter_map(|c| {
+            let of_copy = || {
+                run.events.iter().filter(|e| {
+                    e.host.as_deref() == Some(site)
+                        && e.data_type.as_deref() == Some(c.data_type.as_str())
+                })
+            };
+            let claimed = of_copy().any(|e| matches!(e.action.as_str(), "claimed" | "reclaimed"));
+            if !claimed {
+                return None;
+            }
+            of_copy()
+                .filter(|e| {
+                    e.action == "status"
+                        && e.reason.as_deref().is_some_and(|r| {
+                            // `from -> to`, then `: why` when a reason was given.
+                            r.split(':')
+                                .next()
+                                .unwrap_or(r)
+                                .trim_end()
+                                .ends_with(&became_transferred)
+                        })
+                })
+                .map(|e| e.time)
+                .max()
+        })
+        .max()
 }
